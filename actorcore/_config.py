@@ -1,0 +1,88 @@
+"""One immutable, validated configuration object for the runtime.
+
+Environment variables (``ACTORCORE_*``) are read here and nowhere else, once,
+by :meth:`Config.from_env`; ``init(...)`` keyword arguments override them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Config"]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get("ACTORCORE_" + name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Runtime settings shared by the driver, the node daemon and its workers."""
+
+    num_cpus: float = 0.0  # 0 = os.cpu_count()
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    inline_threshold: int = 100 * KiB
+    object_store_memory: int = 0  # 0 = 30% of RAM, capped by /dev/shm
+    shm_root: str = "/dev/shm"
+    spill_dir: str = ""  # "" = <tmp>/actorcore-spill-<session>
+    max_frame_bytes: int = 1 << 31
+    max_header_bytes: int = 64 * MiB
+    loop: str = "uvloop"  # "uvloop" or "asyncio": the runtime's own loops
+    prestart_workers: int = -1  # -1 = one per CPU
+    lease_linger_s: float = 0.2
+    max_tasks_in_flight_per_worker: int = 128
+    actors_per_shared_worker: int = 2000
+    shared_worker_threads: int = 8
+    worker_idle_timeout_s: float = 60.0
+    log_to_driver: bool = True
+    default_max_retries: int = 3
+    heartbeat_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.inline_threshold < 0:
+            raise ValueError("inline_threshold must be >= 0")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ValueError("num_cpus and num_gpus must be >= 0")
+        for k, v in self.resources.items():
+            if not isinstance(k, str) or v < 0:
+                raise ValueError(f"resources: {k!r} must be a name with a quantity >= 0")
+            if k in ("CPU", "GPU"):
+                raise ValueError(f"resources: use num_cpus/num_gpus, not resources[{k!r}]")
+        if self.loop not in ("uvloop", "asyncio"):
+            raise ValueError(f"loop must be 'uvloop' or 'asyncio', not {self.loop!r}")
+        if self.object_store_memory < 0:
+            raise ValueError("object_store_memory must be >= 0")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Config:
+        """Build the config from ``ACTORCORE_*`` variables, then ``overrides``."""
+        values: dict[str, Any] = {
+            "inline_threshold": int(_env("INLINE_THRESHOLD", str(100 * KiB))),
+            "object_store_memory": int(_env("OBJECT_STORE_MEMORY", "0")),
+            "shm_root": _env("SHM_ROOT", "/dev/shm"),
+            "spill_dir": _env("SPILL_DIR", ""),
+            "loop": _env("LOOP", "uvloop"),
+            "log_to_driver": _env("LOG_TO_DRIVER", "1") not in ("0", "false", "no"),
+            "lease_linger_s": float(_env("LEASE_LINGER_S", "0.2")),
+        }
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key, value in overrides.items():
+            if key not in known:
+                raise TypeError(f"unknown setting {key!r}")
+            if value is not None:
+                values[key] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        return cls(**d)

@@ -1,0 +1,161 @@
+"""The node daemon process: ``python -m actorcore._daemon`` (reads its boot
+settings as one JSON line on stdin, answers with one JSON line on stdout when
+ready).
+
+Start-up order matters: the listening socket and the session directories come
+first, then the fork server is forked while this process still has no thread
+and no event loop, and only then does the uvloop loop start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+__all__ = ["main", "read_node_file"]
+
+logger = logging.getLogger("actorcore.daemon")
+
+
+def _setup_logging(path: str) -> None:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _write_node_file(path: str, info: dict[str, Any], token: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({**info, "token": token}, f)
+
+
+def read_node_file(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def main() -> None:
+    boot = json.loads(sys.stdin.readline())
+    for path in reversed(boot.get("sys_path", [])):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    from store._arena import Arena
+    from store._session import SessionDirs, default_capacity, sweep_stale
+
+    from ._config import Config
+    from ._ids import new_id
+
+    config = Config.from_dict(boot["config"])
+    sweep_stale(config.shm_root)
+    dirs = SessionDirs.create(boot["session"], config.shm_root, config.spill_dir)
+    _setup_logging(os.path.join(dirs.logs_dir, "daemon.log"))
+    capacity, note = default_capacity(config.shm_root, config.object_store_memory)
+    if note:
+        logger.warning("%s", note)
+    Arena.create(dirs.arena_path, capacity)
+    node_id = new_id()
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((boot.get("host", "127.0.0.1"), int(boot.get("port", 0))))
+    lsock.listen(1024)
+    address = list(lsock.getsockname()[:2])
+    node = {
+        "node_id": node_id,
+        "address": address,
+        "arena_path": dirs.arena_path,
+        "capacity": capacity,
+        "session": dirs.session,
+        "session_dir": dirs.disk_dir,
+    }
+    worker_boot = {
+        "config": config.to_dict(),
+        "token": boot["token"],
+        "node": node,
+        "log_dir": dirs.logs_dir,
+    }
+    zsock, zpid = _fork_zygote(lsock, worker_boot)
+    try:
+        _serve(config, boot, dirs, node, capacity, note, lsock, (zsock, zpid))
+    finally:
+        dirs.remove()
+
+
+def _fork_zygote(lsock: socket.socket, worker_boot: dict[str, Any]) -> tuple[socket.socket, int]:
+    parent, child = socket.socketpair()
+    me = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        parent.close()
+        lsock.close()
+        from ._zygote import zygote_main
+
+        try:
+            zygote_main(child, worker_boot, me)
+        finally:
+            os._exit(1)
+    child.close()
+    return parent, pid
+
+
+def _serve(
+    config: Any,
+    boot: dict[str, Any],
+    dirs: Any,
+    node: dict[str, Any],
+    capacity: int,
+    note: str | None,
+    lsock: socket.socket,
+    zygote: tuple[socket.socket, int],
+) -> None:
+    from store._arena import Arena
+
+    from ._node import NodeDaemon
+
+    if config.loop == "uvloop":
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    daemon = NodeDaemon(
+        config=config,
+        token=bytes.fromhex(boot["token"]),
+        node_id=node["node_id"],
+        dirs=dirs,
+        arena=Arena(dirs.arena_path, capacity),
+        capacity=capacity,
+        listen_sock=lsock,
+        zygote=zygote,
+        owner_pid=boot.get("owner_pid"),
+        sys_path=list(boot.get("sys_path", [])),
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop, f"signal {sig.name}")
+    loop.run_until_complete(daemon.serve())
+    ready = {**node, "node_id": node["node_id"].hex(), "pid": os.getpid(), "capacity_note": note}
+    _write_node_file(os.path.join(dirs.shm_dir, "node.json"), ready, boot["token"])
+    sys.stdout.write(json.dumps(ready) + "\n")
+    sys.stdout.flush()
+    # from here on the driver stops reading our pipes: output goes to the log
+    log_fd = os.open(os.path.join(dirs.logs_dir, "daemon.out"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    try:
+        loop.run_until_complete(daemon.wait_stopped())
+    finally:
+        loop.run_until_complete(daemon.close())
+        loop.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Running user code in a worker: arguments in, results out, errors wrapped.
+
+Shared by tasks and actor methods. Arguments arrive pickled (inline, or as a
+store object for big ones) with top-level ObjectRef arguments already resolved
+by the caller. Results go back inline when small and through the store when
+large; an exception becomes a TaskError carrying the remote traceback.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._refcount import ERROR, INLINE, STORE
+from ._serialization import exception_blob, format_exception, loads_payload, serialize
+from ._submitter import Dep
+from .errors import SerializationError, TaskError
+
+if TYPE_CHECKING:
+    from ._runtime import CoreRuntime
+
+__all__ = ["ExecPool", "TaskContext", "current_task", "decode_args", "encode_error", "encode_results"]
+
+
+class TaskContext:
+    """What is running right now, for logs and ``get_runtime_context()``."""
+
+    __slots__ = ("actor_id", "label", "task_id")
+
+    def __init__(self, label: str, task_id: bytes, actor_id: bytes | None) -> None:
+        self.label = label
+        self.task_id = task_id
+        self.actor_id = actor_id
+
+
+current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "actorcore_task", default=None
+)
+
+
+def _arg_value(rt: CoreRuntime, r: list[Any], refs: list[Any]) -> Any:
+    _i, kind, data, oid = r
+    if kind == INLINE:
+        value, found = loads_payload(data, "an argument")
+    elif kind == STORE:
+        value, found = rt.store.get(oid, "an argument")
+    else:
+        raise SerializationError(f"argument {_i} arrived in an unknown form ({kind})")
+    refs.extend(found)
+    return value
+
+
+def decode_args(rt: CoreRuntime, payload: Any, resolved: list[Any]) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+    """Unpickle arguments; returns ``(args, kwargs, registration)``.
+
+    ``registration`` is None or an Event to wait on before replying (this
+    worker is registering as borrower of refs it received).
+    """
+    refs: list[Any] = []
+    if not payload:
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {}
+    else:
+        if isinstance(payload, list | tuple) and isinstance(payload[0], int):
+            (args, kwargs), found = rt.store.get(payload[1], "the arguments")
+        else:
+            (args, kwargs), found = loads_payload(payload, "the arguments")
+        refs.extend(found)
+    if resolved:
+        values = {r[0]: _arg_value(rt, r, refs) for r in resolved}
+        args = tuple(values[a.i] if type(a) is Dep else a for a in args)
+        if kwargs:
+            kwargs = {k: values[v.i] if type(v) is Dep else v for k, v in kwargs.items()}
+    reg = rt.register_borrows(refs, None) if refs else None
+    return args, kwargs, reg
+
+
+def encode_error(exc: BaseException, where: str) -> list[Any]:
+    """One ``[ERROR, blob, None]`` result for an exception raised by user code."""
+    if isinstance(exc, TaskError | SerializationError) or getattr(exc, "_actorcore_system", False):
+        err: BaseException = exc
+    else:
+        err = TaskError(where, format_exception(exc), exc, pid=os.getpid())
+    return [ERROR, exception_blob(err), None]
+
+
+def encode_results(
+    rt: CoreRuntime, value: Any, return_ids: list[bytes], owner: list[Any], where: str
+) -> tuple[list[Any], Any]:
+    """Results for a call's return ids, and an Event to wait for (borrows), or None."""
+    n = len(return_ids)
+    if n == 1:
+        values = [value]
+    else:
+        try:
+            values = list(value)
+        except TypeError:
+            values = []
+        if len(values) != n:
+            err = ValueError(f"{where} declared num_returns={n} but returned {value!r:.60}")
+            return [encode_error(err, where)] * n, None
+    out = []
+    waits = []
+    for oid, v in zip(return_ids, values, strict=True):
+        try:
+            ser = serialize(v, f"the return value of {where}")
+        except SerializationError as e:
+            out.append([ERROR, exception_blob(e), None])
+            continue
+        nested = None
+        if ser.nested:
+            nested = [[r.id, list(r.owner)] for r in ser.nested]
+            ev = rt.lend_to(ser.nested, owner)
+            if ev is not None:
+                waits.append(ev)
+        if ser.size > rt.config.inline_threshold:
+            size = rt.store.put(oid, ser, owner[0])
+            out.append([STORE, size, nested])
+        else:
+            out.append([INLINE, ser.payload(), nested])
+    return out, (waits or None)
+
+
+class ExecPool:
+    """Threads that run user code off the event loop. Jobs are plain callables."""
+
+    def __init__(self, size: int, name: str = "actorcore-exec") -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._size = size
+        self._name = name
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            grow = self._idle == 0 and len(self._threads) < self._size
+            if not grow:
+                self._idle -= 1
+        if grow:
+            t = threading.Thread(target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException:  # a job must not kill its thread
+                import logging
+
+                logging.getLogger(__name__).exception("executor job failed")
+            with self._lock:
+                self._idle += 1
+
+    def resize(self, size: int) -> None:
+        self._size = max(self._size, size)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)

@@ -1,0 +1,245 @@
+"""Actor mailboxes and the task queue of a worker.
+
+An :class:`ActorMailbox` holds one actor's calls in arrival order. Sync
+methods run on the worker's executor threads, at most ``max_concurrency`` at a
+time (1 by default: one at a time, in order); an executor thread drains the
+mailbox without going back to the event loop between calls. ``async def``
+methods run on the loop and interleave at ``await`` up to ``max_concurrency``.
+
+The :class:`TaskQueue` runs a leased worker's tasks one at a time, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import inspect
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .errors import ActorDiedError, TaskCancelledError
+
+if TYPE_CHECKING:
+    from ._worker import Call, WorkerRuntime
+
+__all__ = ["ActorMailbox", "TaskQueue"]
+
+_FAIR_BATCH = 64
+
+
+def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
+    """Raise ``exc_type`` in another thread at its next bytecode (cancelling sync code)."""
+    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+    return n == 1
+
+
+class ActorMailbox:
+    """One actor: its instance, its queue of calls, and how they may run."""
+
+    def __init__(
+        self,
+        worker: WorkerRuntime,
+        actor_id: bytes,
+        instance: Any,
+        class_name: str,
+        max_concurrency: int,
+    ) -> None:
+        self.worker = worker
+        self.actor_id = actor_id
+        self.instance = instance
+        self.class_name = class_name
+        self.max_concurrency = max_concurrency
+        self.queue: collections.deque[Call] = collections.deque()
+        self.running = 0
+        self.lock = threading.Lock()
+        self.dead: str | None = None
+        self._is_coro: dict[str, bool] = {}
+        self.async_tasks: dict[bytes, asyncio.Task[Any]] = {}
+
+    def is_coroutine(self, method: str) -> bool:
+        flag = self._is_coro.get(method)
+        if flag is None:
+            fn = getattr(type(self.instance), method, None)
+            flag = self._is_coro[method] = inspect.iscoroutinefunction(fn)
+        return flag
+
+    def push(self, call: Call) -> None:
+        """A call arrived (loop thread)."""
+        with self.lock:
+            reason = self.dead
+            if reason is None:
+                self.queue.append(call)
+        if reason is not None:
+            self.worker.reply_died(call, self, reason)
+            return
+        self._fill()
+
+    def _fill(self) -> None:
+        """Start queued calls while slots are free (any thread)."""
+        while True:
+            with self.lock:
+                if self.dead is not None or not self.queue or self.running >= self.max_concurrency:
+                    return
+                call = self.queue.popleft()
+                self.running += 1
+            if self.is_coroutine(call.method):
+                self.worker.call_soon(self._start_async, call)
+            else:
+                self.worker.pool.submit(lambda call=call: self._drain(call))
+
+    def _start_async(self, call: Call) -> None:
+        task = self.worker.loop.create_task(self.worker.run_actor_call_async(self, call))
+        self.async_tasks[call.task_id] = task
+        task.add_done_callback(lambda _t, tid=call.task_id: self._async_done(tid))
+
+    def _async_done(self, task_id: bytes) -> None:
+        self.async_tasks.pop(task_id, None)
+        with self.lock:
+            self.running -= 1
+        self._fill()
+
+    def _drain(self, call: Call | None) -> None:
+        """Run sync calls while the head of the queue is one (executor thread).
+
+        The slot taken for ``call`` stays taken between calls, so a sync actor
+        runs its calls one after another without a trip through the loop.
+        """
+        for _ in range(_FAIR_BATCH):
+            if call is not None:
+                self.worker.run_actor_call(self, call)
+            with self.lock:
+                if self.dead is None and self.queue and not self.is_coroutine(self.queue[0].method):
+                    call = self.queue.popleft()
+                    continue
+                self.running -= 1
+            self._fill()
+            return
+        # let other actors have this thread too; the slot stays ours
+        self.worker.pool.submit(lambda: self._drain(None))
+
+    def cancel(self, task_id: bytes) -> bool:
+        with self.lock:
+            for call in self.queue:
+                if call.task_id == task_id:
+                    self.queue.remove(call)
+                    break
+            else:
+                call = None
+        if call is not None:
+            self.worker.reply_error(call, TaskCancelledError(f"call {call.method}() was cancelled"))
+            return True
+        task = self.async_tasks.get(task_id)
+        if task is not None:
+            task.cancel()
+            return True
+        return False
+
+    def close(self, reason: str) -> None:
+        """The actor is gone: refuse queued calls (callers then look for it elsewhere)."""
+        with self.lock:
+            self.dead = reason
+            calls = list(self.queue)
+            self.queue.clear()
+        for call in calls:
+            self.worker.reply_died(call, self, reason)
+        for task in list(self.async_tasks.values()):
+            task.cancel()
+
+
+class TaskQueue:
+    """A leased worker's tasks: one at a time, in the order they were pushed."""
+
+    def __init__(self, worker: WorkerRuntime) -> None:
+        self.worker = worker
+        self.queue: collections.deque[Call] = collections.deque()
+        self.running: Call | None = None
+        self.busy = False
+        self.lock = threading.Lock()
+        self.thread_id = 0
+        self.async_task: asyncio.Task[Any] | None = None
+
+    def push(self, call: Call) -> None:
+        with self.lock:
+            self.queue.append(call)
+            if self.busy:
+                return
+            self.busy = True
+        self._next()
+
+    def _next(self) -> None:
+        with self.lock:
+            if not self.queue:
+                self.busy = False
+                self.running = None
+                return
+            head = self.queue[0]
+            if head.is_async:
+                self.queue.popleft()
+                self.running = head
+        if head.is_async:
+            self.worker.call_soon(self._start_async, head)
+        else:
+            self.worker.pool.submit(self._drain)
+
+    def _start_async(self, call: Call) -> None:
+        self.async_task = task = self.worker.loop.create_task(self.worker.run_task_async(call))
+        task.add_done_callback(lambda _t: self._after_async())
+
+    def _after_async(self) -> None:
+        self.async_task = None
+        self._next()
+
+    def _drain(self) -> None:
+        self.thread_id = threading.get_ident()
+        while True:
+            with self.lock:
+                if not self.queue:
+                    self.busy = False
+                    self.running = None
+                    return
+                call = self.queue[0]
+                if call.is_async:
+                    break
+                self.queue.popleft()
+                self.running = call
+            try:
+                self.worker.run_task(call)
+            except TaskCancelledError:
+                pass  # an interrupt that arrived after the task ended
+        self._next()
+
+    def hand_back(self) -> dict[Any, list[int]]:
+        """Take the tasks not started yet; returns ``{peer: [rid, ...]}``."""
+        with self.lock:
+            calls = list(self.queue)
+            self.queue.clear()
+        out: dict[Any, list[int]] = {}
+        for c in calls:
+            out.setdefault(c.peer, []).append(c.rid)
+        return out
+
+    def cancel(self, task_id: bytes, force: bool) -> bool:
+        with self.lock:
+            for call in self.queue:
+                if call.task_id == task_id:
+                    self.queue.remove(call)
+                    break
+            else:
+                call = None
+            running = self.running
+        if call is not None:
+            self.worker.reply_error(call, TaskCancelledError(f"task {call.name} was cancelled"))
+            return True
+        if running is None or running.task_id != task_id:
+            return False
+        if force:
+            self.worker.exit_now("force-cancelled")
+        if running.is_async:
+            if self.async_task is not None:
+                self.async_task.cancel()
+        else:
+            running.cancelled = True
+            interrupt_thread(self.thread_id, TaskCancelledError)
+        return True
+

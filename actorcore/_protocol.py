@@ -1,0 +1,494 @@
+"""The wire protocol: bytes <-> typed messages. No sockets, no ``await``.
+
+A frame is::
+
+    prelude   struct "<IH": header length, number of raw buffers
+    lengths   one "<Q" per raw buffer
+    header    msgpack array [tag, [fields...]]
+    buffers   raw bytes (pickle-5 out-of-band data), never inside msgpack
+
+Every message is an immutable ``NamedTuple`` with a class attribute ``TAG``
+from :class:`Tag`; :data:`MESSAGES` maps tags back to classes, built once.
+Field values are msgpack-native (bytes, str, int, float, bool, None, lists,
+dicts).
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import Any, NamedTuple
+
+import msgpack
+
+from .errors import ProtocolError
+
+__all__ = ["MESSAGES", "PROTOCOL_VERSION", "FrameDecoder", "Tag", "encode"]
+
+PROTOCOL_VERSION = 1
+
+_PRELUDE = struct.Struct("<IH")
+_BUFLEN = struct.Struct("<Q")
+
+
+class Tag(IntEnum):
+    # handshake
+    HELLO = 1
+    AUTH = 2
+    WELCOME = 3
+    REJECT = 4
+    # generic replies
+    REPLY = 10
+    ERROR_REPLY = 11
+    # tasks and actor calls (owner <-> worker, direct)
+    PUSH_TASK = 20
+    TASK_RESULT = 21
+    ACTOR_CALL = 22
+    CANCEL_TASK = 23
+    TASKS_RETURNED = 24
+    # ownership (borrower <-> owner)
+    GET_OBJECT = 30
+    ADD_BORROWER = 31
+    REMOVE_BORROWERS = 32
+    # node daemon services
+    REGISTER_WORKER = 40
+    REQUEST_LEASE = 41
+    RETURN_LEASE = 42
+    REVOKE_LEASE = 43
+    WORKER_BLOCKED = 44
+    CREATE_ACTOR = 45
+    HOST_ACTOR = 46
+    KILL_ACTOR = 47
+    DROP_ACTOR = 48
+    WAIT_ACTOR = 49
+    GET_NAMED_ACTOR = 50
+    CLUSTER_INFO = 51
+    LOG_BATCH = 52
+    SUBSCRIBE_LOGS = 53
+    LIST_STATE = 54
+    REGISTER_DRIVER = 55
+    SHUTDOWN_NODE = 56
+    CANCEL_LEASE_REQUEST = 57
+    # object store (client <-> node daemon)
+    CREATE_OBJECT = 60
+    SEAL_OBJECT = 61
+    OPEN_OBJECTS = 62
+    RELEASE_OBJECTS = 63
+    FREE_OBJECTS = 64
+    ABORT_OBJECT = 65
+    STORE_STATS = 66
+
+
+# --- handshake ------------------------------------------------------------------
+
+
+class HelloMsg(NamedTuple):
+    """Server -> client, first frame: who the server is and a nonce to sign."""
+
+    version: int
+    role: str
+    peer_id: bytes
+    nonce: bytes
+    TAG = Tag.HELLO
+
+
+class AuthMsg(NamedTuple):
+    """Client -> server: proof of the cluster token over the server's nonce."""
+
+    version: int
+    role: str
+    peer_id: bytes
+    nonce: bytes
+    proof: bytes
+    TAG = Tag.AUTH
+
+
+class WelcomeMsg(NamedTuple):
+    """Server -> client: accepted, with the server's proof over the client nonce."""
+
+    proof: bytes
+    TAG = Tag.WELCOME
+
+
+class RejectMsg(NamedTuple):
+    """Either side, before closing: why the peer was refused."""
+
+    reason: str
+    TAG = Tag.REJECT
+
+
+# --- generic replies -------------------------------------------------------------
+
+
+class ReplyMsg(NamedTuple):
+    rid: int
+    value: Any
+    TAG = Tag.REPLY
+
+
+class ErrorReplyMsg(NamedTuple):
+    """A request failed: ``kind`` names the error class, ``blob`` pickles it (or None)."""
+
+    rid: int
+    kind: str
+    message: str
+    blob: bytes | None
+    TAG = Tag.ERROR_REPLY
+
+
+# --- tasks and actor calls ---------------------------------------------------------
+
+
+class PushTaskMsg(NamedTuple):
+    """Owner -> leased worker: run a task.
+
+    ``args`` pickles ``(args, kwargs)`` (b"" for none); ``resolved`` lists the
+    top-level ObjectRef arguments already resolved by the owner as
+    ``[index, kind, payload]``; ``fn_blob`` is sent the first time a function
+    crosses a connection, ``None`` afterwards.
+    """
+
+    rid: int
+    task_id: bytes
+    fn_id: bytes
+    fn_blob: bytes | None
+    name: str
+    args: bytes
+    resolved: list[Any]
+    return_ids: list[bytes]
+    owner: list[Any]
+    opts: int
+    TAG = Tag.PUSH_TASK
+
+
+class TaskResultMsg(NamedTuple):
+    """Worker -> owner: ``results`` is one ``[kind, payload, nested]`` per return id."""
+
+    rid: int
+    results: list[Any]
+    TAG = Tag.TASK_RESULT
+
+
+class ActorCallMsg(NamedTuple):
+    """Caller -> the worker hosting the actor: call a method."""
+
+    rid: int
+    actor_id: bytes
+    method: str
+    task_id: bytes
+    args: bytes
+    resolved: list[Any]
+    return_ids: list[bytes]
+    owner: list[Any]
+    TAG = Tag.ACTOR_CALL
+
+
+class CancelTaskMsg(NamedTuple):
+    task_id: bytes
+    force: bool
+    TAG = Tag.CANCEL_TASK
+
+
+class TasksReturnedMsg(NamedTuple):
+    """Worker -> owner: these pushed tasks were not started; submit them elsewhere."""
+
+    rids: list[int]
+    TAG = Tag.TASKS_RETURNED
+
+
+# --- ownership ---------------------------------------------------------------------
+
+
+class GetObjectMsg(NamedTuple):
+    """Borrower -> owner: the value (or location) of an object, once ready."""
+
+    rid: int
+    oid: bytes
+    TAG = Tag.GET_OBJECT
+
+
+class AddBorrowerMsg(NamedTuple):
+    rid: int
+    oid: bytes
+    borrower: list[Any]
+    TAG = Tag.ADD_BORROWER
+
+
+class RemoveBorrowersMsg(NamedTuple):
+    borrower: list[Any]
+    oids: list[bytes]
+    TAG = Tag.REMOVE_BORROWERS
+
+
+# --- node daemon services ------------------------------------------------------------
+
+
+class RegisterWorkerMsg(NamedTuple):
+    rid: int
+    worker_id: bytes
+    pid: int
+    address: list[Any]
+    TAG = Tag.REGISTER_WORKER
+
+
+class RegisterDriverMsg(NamedTuple):
+    rid: int
+    driver_id: bytes
+    pid: int
+    address: list[Any]
+    embedded: bool
+    sys_path: list[str]
+    TAG = Tag.REGISTER_DRIVER
+
+
+class RequestLeaseMsg(NamedTuple):
+    rid: int
+    shape: dict[str, float]
+    TAG = Tag.REQUEST_LEASE
+
+
+class CancelLeaseRequestMsg(NamedTuple):
+    request_rid: int
+    TAG = Tag.CANCEL_LEASE_REQUEST
+
+
+class ReturnLeaseMsg(NamedTuple):
+    worker_id: bytes
+    kill: bool
+    TAG = Tag.RETURN_LEASE
+
+
+class RevokeLeaseMsg(NamedTuple):
+    worker_id: bytes
+    TAG = Tag.REVOKE_LEASE
+
+
+class WorkerBlockedMsg(NamedTuple):
+    blocked: bool
+    TAG = Tag.WORKER_BLOCKED
+
+
+class CreateActorMsg(NamedTuple):
+    """Owner -> daemon: create an actor; replies once it is placed (or dead)."""
+
+    rid: int
+    actor_id: bytes
+    spec: dict[str, Any]
+    TAG = Tag.CREATE_ACTOR
+
+
+class HostActorMsg(NamedTuple):
+    """Daemon -> worker: construct an actor here; replies when ``__init__`` ended."""
+
+    rid: int
+    actor_id: bytes
+    spec: dict[str, Any]
+    TAG = Tag.HOST_ACTOR
+
+
+class KillActorMsg(NamedTuple):
+    rid: int
+    actor_id: bytes
+    no_restart: bool
+    TAG = Tag.KILL_ACTOR
+
+
+class DropActorMsg(NamedTuple):
+    actor_id: bytes
+    reason: str
+    TAG = Tag.DROP_ACTOR
+
+
+class WaitActorMsg(NamedTuple):
+    """Caller -> daemon: the actor's address once ALIVE with epoch >= ``min_epoch``."""
+
+    rid: int
+    actor_id: bytes
+    min_epoch: int
+    TAG = Tag.WAIT_ACTOR
+
+
+class GetNamedActorMsg(NamedTuple):
+    rid: int
+    name: str
+    namespace: str
+    TAG = Tag.GET_NAMED_ACTOR
+
+
+class ClusterInfoMsg(NamedTuple):
+    rid: int
+    what: str
+    TAG = Tag.CLUSTER_INFO
+
+
+class LogBatchMsg(NamedTuple):
+    lines: list[Any]
+    TAG = Tag.LOG_BATCH
+
+
+class SubscribeLogsMsg(NamedTuple):
+    rid: int
+    TAG = Tag.SUBSCRIBE_LOGS
+
+
+class ListStateMsg(NamedTuple):
+    rid: int
+    kind: str
+    TAG = Tag.LIST_STATE
+
+
+class ShutdownNodeMsg(NamedTuple):
+    rid: int
+    TAG = Tag.SHUTDOWN_NODE
+
+
+# --- object store ----------------------------------------------------------------------
+
+
+class CreateObjectMsg(NamedTuple):
+    rid: int
+    oid: bytes
+    size: int
+    owner: list[Any]
+    TAG = Tag.CREATE_OBJECT
+
+
+class SealObjectMsg(NamedTuple):
+    rid: int
+    oid: bytes
+    meta: bytes
+    TAG = Tag.SEAL_OBJECT
+
+
+class OpenObjectsMsg(NamedTuple):
+    rid: int
+    oids: list[bytes]
+    TAG = Tag.OPEN_OBJECTS
+
+
+class ReleaseObjectsMsg(NamedTuple):
+    oids: list[bytes]
+    TAG = Tag.RELEASE_OBJECTS
+
+
+class FreeObjectsMsg(NamedTuple):
+    oids: list[bytes]
+    TAG = Tag.FREE_OBJECTS
+
+
+class AbortObjectMsg(NamedTuple):
+    oid: bytes
+    TAG = Tag.ABORT_OBJECT
+
+
+class StoreStatsMsg(NamedTuple):
+    rid: int
+    TAG = Tag.STORE_STATS
+
+
+def _collect() -> dict[int, type]:
+    table: dict[int, type] = {}
+    for obj in list(globals().values()):
+        tag = getattr(obj, "TAG", None)
+        if isinstance(obj, type) and isinstance(tag, Tag):
+            if tag in table:
+                raise RuntimeError(f"duplicate tag {tag!r}")
+            table[int(tag)] = obj
+    return table
+
+
+MESSAGES: dict[int, type] = _collect()
+
+_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+_pack = _packer.pack
+
+
+def encode(msg: Any, buffers: list[Any] | None = None) -> bytes | list[Any]:
+    """Encode one message into a frame.
+
+    Returns one ``bytes`` when there are no buffers, else a list of byte-likes
+    to write in order (the buffers themselves are never copied).
+    """
+    header = msgpack.packb((msg.TAG, msg), use_bin_type=True)
+    if not buffers:
+        return _PRELUDE.pack(len(header), 0) + header
+    lens = b"".join(_BUFLEN.pack(memoryview(b).nbytes) for b in buffers)
+    return [_PRELUDE.pack(len(header), len(buffers)) + lens + header, *buffers]
+
+
+def decode_header(header: Any) -> Any:
+    """Turn a decoded msgpack header into its typed message, or raise ProtocolError."""
+    try:
+        tag, fields = header
+        cls = MESSAGES[tag]
+        return cls(*fields)
+    except KeyError:
+        raise ProtocolError(f"unknown message type {header[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(f"malformed message: {e}") from None
+
+
+class FrameDecoder:
+    """Incremental frame parser: feed bytes, take whole frames.
+
+    ``feed`` returns a list of ``(message, buffers)``. A malformed or oversized
+    frame raises :class:`ProtocolError`; after that the stream is unusable.
+    """
+
+    __slots__ = ("_buf", "_max_frame", "_max_header", "_pos")
+
+    def __init__(self, max_header_bytes: int, max_frame_bytes: int) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._max_header = max_header_bytes
+        self._max_frame = max_frame_bytes
+
+    def pending_bytes(self) -> int:
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[Any, list[bytes]]]:
+        buf = self._buf
+        if self._pos and self._pos == len(buf):
+            buf.clear()
+            self._pos = 0
+        buf += data
+        out: list[tuple[Any, list[bytes]]] = []
+        pos = self._pos
+        end = len(buf)
+        unpack_prelude = _PRELUDE.unpack_from
+        while end - pos >= 6:
+            hlen, nbufs = unpack_prelude(buf, pos)
+            if hlen > self._max_header:
+                raise ProtocolError(
+                    f"frame header of {hlen} bytes exceeds the limit of {self._max_header}"
+                )
+            start = pos + 6 + 8 * nbufs
+            if end < start:
+                break
+            lens = [_BUFLEN.unpack_from(buf, pos + 6 + 8 * i)[0] for i in range(nbufs)]
+            total = hlen + sum(lens)
+            if total > self._max_frame:
+                raise ProtocolError(
+                    f"frame of {total} bytes exceeds the limit of {self._max_frame}"
+                )
+            if end - start < total:
+                break
+            try:
+                header = msgpack.unpackb(
+                    memoryview(buf)[start : start + hlen], use_list=False, raw=False
+                )
+            except Exception as e:
+                raise ProtocolError(f"undecodable frame header: {e}") from None
+            msg = decode_header(header)
+            bufs: list[bytes] = []
+            p = start + hlen
+            for n in lens:
+                bufs.append(bytes(buf[p : p + n]))
+                p += n
+            out.append((msg, bufs))
+            pos = p
+        self._pos = pos
+        if pos > 1 << 20:
+            del buf[:pos]
+            self._pos = 0
+        return out

@@ -1,0 +1,580 @@
+"""The runtime client that every actorcore process runs (driver and worker).
+
+It owns the process's event loop (a thread of its own in a driver, the main
+thread in a worker), its listening socket, its connections to peers, and the
+object table. All state changes happen under one re-entrant lock, so any
+thread (a driver's main thread, a worker's executor threads, the loop thread)
+may submit work and send frames directly; replies arrive on the loop thread.
+
+Submitting tasks lives in :mod:`._submitter`, calling actors in
+:mod:`._actor_client`, reading values (get, wait, await) in :mod:`._values`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import _global as G
+from . import _protocol as P
+from ._config import Config
+from ._refcount import ERROR, INLINE, STORE, FreeStore, ObjectEntry, ObjectTable, ReleaseBorrow
+from ._rpc import DEFERRED, RpcPeer, Service, error_from_reply, handles, next_rid
+from ._serialization import exception_blob
+from ._store_client import StoreClient
+from ._transport import Listener, SyncClient, open_connection
+from .errors import BlockingCallError, ConnectionBrokenError, NodeDiedError, ObjectLostError
+
+__all__ = ["CoreRuntime", "NodeInfo"]
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[Any, ...]  # (process id, host, port)
+
+
+class NodeInfo:
+    """What a process learns about its node daemon when it connects."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.node_id: bytes = info["node_id"]
+        self.address: tuple[str, int] = tuple(info["address"])  # type: ignore[assignment]
+        self.arena_path: str = info["arena_path"]
+        self.capacity: int = info["capacity"]
+        self.session: str = info["session"]
+        self.session_dir: str = info.get("session_dir", "")
+        self.raw = info
+
+
+class CoreRuntime(Service):
+    """One process's runtime: ownership, connections, and the object table."""
+
+    role = "driver"
+
+    def __init__(self, config: Config, token: bytes, my_id: bytes, node: NodeInfo) -> None:
+        super().__init__()
+        self.config = config
+        self.token = token
+        self.my_id = my_id
+        self.node = node
+        self.lock = threading.RLock()
+        self.table = ObjectTable(my_id)
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.loop_thread_id = 0
+        self.address: Address = (my_id, "", 0)
+        self.peers: dict[bytes, RpcPeer] = {}
+        self._connecting: dict[bytes, list[Callable[[Any], None]]] = {}
+        self._handlers = self.bound_handlers()
+        self.listener: Listener | None = None
+        self.daemon: RpcPeer = None  # type: ignore[assignment]
+        self.store: StoreClient = None  # type: ignore[assignment]
+        self.dropped: collections.deque[bytes] = collections.deque()
+        self._flush_scheduled = False
+        self._frees: list[bytes] = []
+        self._releases: dict[tuple[Any, ...], list[bytes]] = {}
+        self.broken: BaseException | None = None
+        self.closing = False
+        self.persistent_actors: set[bytes] = set()
+        self.namespace = "default"
+        self.job_id = b""
+        from ._actor_client import ActorClients
+        from ._submitter import TaskSubmitter
+
+        self.submitter = TaskSubmitter(self)
+        self.actors = ActorClients(self)
+
+    # --- start and stop ----------------------------------------------------------------
+
+    async def astart(self) -> None:
+        """Listen, connect to the node daemon, open the store; on the runtime loop."""
+        self.loop = asyncio.get_running_loop()
+        self.loop_thread_id = threading.get_ident()
+        cfg = self.config
+        self.listener = Listener(
+            self.loop,
+            token=self.token,
+            role=self.role,
+            my_id=self.my_id,
+            make_receiver=self._new_peer,
+            on_connection=self._on_inbound,
+            max_header_bytes=cfg.max_header_bytes,
+            max_frame_bytes=cfg.max_frame_bytes,
+        )
+        self.listener.start()
+        host, port = self.listener.address
+        self.address = (self.my_id, host, port)
+        self.daemon = await self._connect(self.node.address, peer_id_hint=None)
+        sync = await self.loop.run_in_executor(None, self._open_store_conn)
+        self.store = StoreClient(self.node.arena_path, self.node.capacity, sync, self.my_id)
+        self.store.on_release = self._schedule_flush
+        await self.register()
+
+    def _open_store_conn(self) -> SyncClient:
+        return SyncClient(
+            self.node.address,
+            token=self.token,
+            role=self.role,
+            my_id=self.my_id,
+            max_header_bytes=self.config.max_header_bytes,
+            max_frame_bytes=self.config.max_frame_bytes,
+        )
+
+    async def register(self) -> None:
+        """Introduce this process to the daemon (subclasses)."""
+
+    async def astop(self) -> None:
+        self.closing = True
+        self.submitter.close()
+        if self.listener is not None:
+            self.listener.close()
+        for peer in list(self.peers.values()):
+            if peer.conn is not None:
+                peer.conn.close()
+        if self.daemon is not None and self.daemon.conn is not None:
+            self.daemon.conn.close()
+        await self.cancel_tasks()
+        if self.store is not None:
+            self.store.close()
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _new_peer(self) -> RpcPeer:
+        return RpcPeer(self, self._handlers)
+
+    def _on_inbound(self, conn: Any) -> None:
+        peer: RpcPeer = conn.receiver
+        peer.conn = conn
+        with self.lock:
+            old = self.peers.get(conn.peer_id)
+            if old is None or old.conn is None or old.conn.closed:
+                self.peers[conn.peer_id] = peer
+
+    async def _connect(self, address: tuple[str, int], peer_id_hint: bytes | None) -> RpcPeer:
+        peer = self._new_peer()
+        conn = await open_connection(
+            self.loop,
+            address,
+            peer,
+            token=self.token,
+            role=self.role,
+            my_id=self.my_id,
+            max_header_bytes=self.config.max_header_bytes,
+            max_frame_bytes=self.config.max_frame_bytes,
+        )
+        peer.conn = conn
+        return peer
+
+    def with_peer(self, address: Address, cb: Callable[[Any], None]) -> None:
+        """Call ``cb(peer)`` once connected to the process at ``address`` (or ``cb(exc)``).
+
+        Thread-safe; ``cb`` may run right away in this thread or later on the loop.
+        """
+        pid = address[0]
+        with self.lock:
+            peer = self.peers.get(pid)
+            if peer is not None and peer.conn is not None and not peer.conn.closed:
+                ready = peer
+            else:
+                ready = None
+                waiters = self._connecting.get(pid)
+                if waiters is not None:
+                    waiters.append(cb)
+                    return
+                self._connecting[pid] = [cb]
+        if ready is not None:
+            cb(ready)
+            return
+        self.call_soon(self._start_connect, address)
+
+    def _start_connect(self, address: Address) -> None:
+        self.spawn(self._connect_to(address))
+
+    async def _connect_to(self, address: Address) -> None:
+        pid = address[0]
+        try:
+            if self.broken is not None:
+                raise self.broken
+            peer: Any = await self._connect((address[1], address[2]), pid)
+            with self.lock:
+                old = self.peers.get(pid)
+                if old is not None and old.conn is not None and not old.conn.closed:
+                    peer.conn.close()
+                    peer = old
+                else:
+                    self.peers[pid] = peer
+        except Exception as e:
+            peer = ConnectionBrokenError(f"cannot reach process {pid.hex()[:12]} at {address[1:]}: {e}")
+        with self.lock:
+            waiters = self._connecting.pop(pid, [])
+            for cb in waiters:
+                cb(peer)
+
+    def on_peer_closed(self, peer: RpcPeer, exc: BaseException) -> None:
+        conn = peer.conn
+        if conn is None:
+            return
+        if peer is self.daemon:
+            self._daemon_lost(exc)
+            return
+        with self.lock:
+            if self.peers.get(conn.peer_id) is peer:
+                del self.peers[conn.peer_id]
+            still = self.peers.get(conn.peer_id)
+            instrs = [] if still is not None else self.table.peer_gone(conn.peer_id)
+        self.execute(instrs)
+        self.submitter.peer_closed(peer)
+
+    def _daemon_lost(self, exc: BaseException) -> None:
+        if self.closing:
+            return
+        self.broken = NodeDiedError(f"lost the connection to the node daemon: {exc}")
+        logger.error("%s", self.broken)
+        self.submitter.fail_all(self.broken)
+
+    # --- scheduling work on the loop ----------------------------------------------------------
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self.loop_thread_id
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the runtime loop; from any thread."""
+        if threading.get_ident() == self.loop_thread_id:
+            self.loop.call_soon(fn, *args)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:
+                pass  # the loop is closed: the runtime is shutting down
+
+    # --- dropping refs and releasing objects ------------------------------------------------
+
+    def drop_ref(self, oid: bytes) -> None:
+        """An ObjectRef died (``__del__``, any thread): count it down later."""
+        self.dropped.append(oid)
+        if not self._flush_scheduled:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_scheduled or self.closing:
+            return
+        self._flush_scheduled = True
+        self.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Count down dropped refs, then send frees, releases and unpins."""
+        self._flush_scheduled = False
+        dropped = self.dropped
+        oids = []
+        while dropped:
+            oids.append(dropped.popleft())
+        if oids:
+            with self.lock:
+                instrs = self.table.remove_local(oids)
+            self.execute(instrs)
+        self._send_releases()
+
+    def execute(self, instrs: list[Any]) -> None:
+        """Carry out what the object table asked for (batched; any thread)."""
+        if not instrs:
+            return
+        with self.lock:
+            for ins in instrs:
+                if isinstance(ins, FreeStore):
+                    self._frees.append(ins.oid)
+                elif isinstance(ins, ReleaseBorrow):
+                    self._releases.setdefault(tuple(ins.owner), []).append(ins.oid)
+                else:
+                    self.actors.out_of_scope(ins.oid)
+        self._schedule_flush()
+
+    def _send_releases(self) -> None:
+        with self.lock:
+            frees, self._frees = self._frees, []
+            releases, self._releases = self._releases, {}
+        unpins = self.store.take_released() if self.store is not None else []
+        if self.broken is not None or self.daemon is None:
+            return
+        try:
+            if frees:
+                self.daemon.send(P.FreeObjectsMsg(frees))
+            if unpins:
+                self.daemon.send(P.ReleaseObjectsMsg(unpins))
+        except ConnectionError:
+            return
+        for owner, oids in releases.items():
+            self.with_peer(owner, lambda p, oids=oids: self._send_remove_borrowers(p, oids))
+
+    def _send_remove_borrowers(self, peer: Any, oids: list[bytes]) -> None:
+        if isinstance(peer, BaseException):
+            return  # the owner is gone, and its objects with it
+        try:
+            peer.send(P.RemoveBorrowersMsg(list(self.address), oids))
+        except ConnectionError:
+            pass
+
+    # --- blocking calls to the daemon ----------------------------------------------------------
+
+    def call_daemon(self, msg: Any, timeout: float = 30.0) -> Any:
+        """Send a request to the node daemon and wait for its value (not on the runtime loop)."""
+        if self.on_loop_thread():
+            raise BlockingCallError("this call blocks; it cannot run on the runtime's own loop")
+        done = threading.Event()
+        box: list[Any] = []
+
+        def cb(reply: Any) -> None:
+            box.append(reply)
+            done.set()
+
+        self.daemon.request(msg, cb)
+        if not done.wait(timeout):
+            raise TimeoutError(f"the node daemon did not answer {type(msg).__name__} in {timeout} s")
+        reply = box[0]
+        if isinstance(reply, BaseException):
+            raise reply
+        if reply.TAG == P.Tag.ERROR_REPLY:
+            raise error_from_reply(reply)
+        return reply.value
+
+    # --- the owner's side of borrowing -------------------------------------------------------
+
+    @handles(P.Tag.GET_OBJECT)
+    def on_get_object(self, peer: RpcPeer, msg: P.GetObjectMsg, _bufs: list[bytes]) -> Any:
+        with self.lock:
+            e = self.table.entries.get(msg.oid)
+            if e is None:
+                raise ObjectLostError(
+                    f"object {msg.oid.hex()} is gone: its owner freed it or never had it"
+                )
+            if self.table.add_waiter(e, lambda e, rid=msg.rid: peer.reply(rid, wire_value(e))):
+                return DEFERRED
+            return wire_value(e)
+
+    @handles(P.Tag.ADD_BORROWER)
+    def on_add_borrower(self, peer: RpcPeer, msg: P.AddBorrowerMsg, _bufs: list[bytes]) -> bool:
+        with self.lock:
+            ok = self.table.add_borrower(msg.oid, msg.borrower[0])
+        if not ok:
+            raise ObjectLostError(f"object {msg.oid.hex()} was freed before it could be borrowed")
+        return True
+
+    @handles(P.Tag.REMOVE_BORROWERS)
+    def on_remove_borrowers(self, peer: RpcPeer, msg: P.RemoveBorrowersMsg, _bufs: list[bytes]) -> Any:
+        with self.lock:
+            instrs = self.table.remove_borrower(msg.oids, msg.borrower[0])
+        self.execute(instrs)
+        return DEFERRED
+
+    def register_borrows(self, refs: list[Any], container: bytes | None) -> Any:
+        """Register this process as borrower of the foreign refs just unpickled.
+
+        Returns a ``threading.Event`` set once every owner acknowledged (None if
+        there was nothing to do). While registrations are in flight the
+        container object (whose value held the refs) is pinned.
+        """
+        todo: list[ObjectEntry] = []
+        with self.lock:
+            for ref in refs:
+                e = self.table.entries.get(ref.id)
+                if e is not None and not e.registered:
+                    e.registered = True
+                    todo.append(e)
+            if not todo:
+                return None
+            if container is not None:
+                self.table.add_submitted([container])
+        done = threading.Event()
+        left = [len(todo)]
+
+        def acked(_reply: Any) -> None:
+            with self.lock:
+                left[0] -= 1
+                finished = left[0] == 0
+            if finished:
+                if container is not None:
+                    with self.lock:
+                        instrs = self.table.remove_submitted([container])
+                    self.execute(instrs)
+                done.set()
+
+        for e in todo:
+            msg = P.AddBorrowerMsg(next_rid(), e.oid, list(self.address))
+            self.with_peer(e.owner, lambda p, msg=msg: self._request_or_fail(p, msg, acked))
+        return done
+
+    def lend_to(self, refs: list[Any], borrower: list[Any]) -> Any:
+        """Refs inside a value we return to ``borrower``: make it their borrower first.
+
+        For refs this process owns that is a local note; for others the owner
+        is asked, and the returned Event is set once every owner acknowledged.
+        """
+        foreign = []
+        with self.lock:
+            for r in refs:
+                if r.owner[0] == self.my_id:
+                    self.table.add_borrower(r.id, borrower[0])
+                else:
+                    foreign.append(r)
+        if not foreign:
+            return None
+        done = threading.Event()
+        left = [len(foreign)]
+
+        def acked(_reply: Any) -> None:
+            with self.lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
+        for r in foreign:
+            msg = P.AddBorrowerMsg(next_rid(), r.id, list(borrower))
+            self.with_peer(r.owner, lambda p, msg=msg: self._request_or_fail(p, msg, acked))
+        return done
+
+    def _request_or_fail(self, peer: Any, msg: Any, cb: Callable[[Any], None]) -> None:
+        if isinstance(peer, BaseException):
+            cb(peer)
+            return
+        try:
+            peer.request(msg, cb)
+        except ConnectionError as e:
+            cb(e)
+
+    # --- messages from the daemon and from workers --------------------------------------------
+
+    @handles(P.Tag.TASKS_RETURNED)
+    def on_tasks_returned(self, peer: RpcPeer, msg: P.TasksReturnedMsg, _bufs: list[bytes]) -> Any:
+        self.submitter.tasks_returned(peer, list(msg.rids))
+        return DEFERRED
+
+    @handles(P.Tag.REVOKE_LEASE)
+    def on_revoke_lease(self, peer: RpcPeer, msg: P.RevokeLeaseMsg, _bufs: list[bytes]) -> Any:
+        self.submitter.revoke(msg.worker_id)
+        return DEFERRED
+
+    @handles(P.Tag.LOG_BATCH)
+    def on_log_batch(self, peer: RpcPeer, msg: P.LogBatchMsg, _bufs: list[bytes]) -> Any:
+        from ._logs import print_lines
+
+        print_lines(msg.lines)
+        return DEFERRED
+
+    def block_begin(self) -> None:
+        """This thread is about to wait in get() (workers give their CPU back)."""
+
+    def block_end(self) -> None:
+        """The wait in get() is over."""
+
+    # --- fetching values owned elsewhere ------------------------------------------------------
+
+    def fetch(self, e: ObjectEntry) -> None:
+        """Ask the owner for a borrowed object's value (under the lock)."""
+        if e.fetching or e.owned:
+            return
+        e.fetching = True
+        oid = e.oid
+        self.with_peer(e.owner, lambda p: self._request_value(p, oid))
+
+    def _request_value(self, peer: Any, oid: bytes) -> None:
+        if isinstance(peer, BaseException):
+            self._fetched(oid, peer)
+            return
+        try:
+            peer.request(P.GetObjectMsg(next_rid(), oid), lambda r: self._fetched(oid, r))
+        except ConnectionError as e:
+            self._fetched(oid, e)
+
+    def _fetched(self, oid: bytes, reply: Any) -> None:
+        with self.lock:
+            e = self.table.entries.get(oid)
+            if e is None:
+                return
+            if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
+                cause = reply if isinstance(reply, BaseException) else reply.message
+                err = ObjectLostError(
+                    f"object {oid.hex()} is lost: its owner {bytes(e.owner[0]).hex()[:12]} "
+                    f"could not provide it ({cause})"
+                )
+                waiters = self.table.complete(e, ERROR, err)
+            else:
+                kind, data, _nested = reply.value
+                if kind == ERROR:
+                    data = load_error(data)
+                waiters = self.table.complete(e, kind, data)
+            for cb in waiters:
+                cb(e)
+
+    # --- put --------------------------------------------------------------------------------
+
+    def put(self, value: Any) -> Any:
+        from ._ids import new_id
+        from ._ref import ObjectRef
+        from ._serialization import serialize
+
+        if isinstance(value, ObjectRef):
+            raise TypeError(
+                "ac.put() of an ObjectRef is not allowed: pass the ref itself, "
+                "or put a list containing it"
+            )
+        return self.put_serialized(serialize(value, "the value given to put()"))
+
+    def put_serialized(self, ser: Any) -> Any:
+        """Own a new object holding ``ser``: inline, or in the store when large."""
+        from ._ids import new_id
+        from ._ref import ObjectRef
+
+        oid = new_id()
+        if ser.size > self.config.inline_threshold:
+            self.store.put(oid, ser, self.my_id)
+            kind, data = STORE, ser.size
+        else:
+            kind, data = INLINE, ser.payload()
+        with self.lock:
+            e = self.table.create_owned(oid, self.address)
+            e.local = 1
+            self.table.complete(e, kind, data)
+            if ser.nested:
+                self.table.set_nested(oid, [(r.id, r.owner) for r in ser.nested], registered=True)
+        return ObjectRef(oid, self.address, _counted=True)
+
+
+def wire_value(e: ObjectEntry) -> list[Any]:
+    """An entry's value as sent to a borrower: ``[kind, payload, nested]``."""
+    data = e.data
+    if e.kind == ERROR:
+        data = exception_blob(data)
+    nested = [[oid, list(owner)] for oid, owner in e.nested] if e.nested else None
+    return [e.kind, data, nested]
+
+
+def load_error(blob: bytes | None) -> BaseException:
+    import pickle
+
+    from .errors import ActorCoreError
+
+    if blob is None:
+        return ActorCoreError("the remote error could not be transferred")
+    try:
+        exc = pickle.loads(blob)
+    except Exception as e:
+        return ActorCoreError(f"the remote error could not be unpickled: {e}")
+    return exc if isinstance(exc, BaseException) else ActorCoreError(repr(exc))
+
+
+def pid_tag() -> str:
+    return f"pid={os.getpid()}"
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def is_interactive() -> bool:
+    return hasattr(sys, "ps1")

@@ -1,0 +1,534 @@
+"""Submitting tasks: dependency resolution, worker leases, pipelining, retries.
+
+The owner (the process calling ``f.remote()``) resolves the task's top-level
+ObjectRef arguments first, then pushes the task straight to a worker it leased
+from the node daemon for the task's resource shape. Up to
+``max_tasks_in_flight_per_worker`` tasks are pipelined per lease. An idle
+lease is kept for ``lease_linger_s`` (so a loop of one-at-a-time tasks does not
+pay a lease round trip each), and given back at once when the daemon asks for
+it because another owner waits.
+
+A worker that dies takes its tasks with it: each is retried up to
+``max_retries`` times, then fails with WorkerCrashedError. A worker that blocks
+in ``get`` hands back the tasks it has not started, and they go elsewhere.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from . import _protocol as P
+from ._ids import new_id
+from ._refcount import ERROR, FAILED, STORE, ObjectEntry
+from ._rpc import next_rid
+from ._serialization import serialize
+from .errors import ActorCoreError, TaskCancelledError, WorkerCrashedError
+
+if TYPE_CHECKING:
+    from ._runtime import CoreRuntime
+
+__all__ = ["Dep", "FunctionDescriptor", "TaskSpec", "TaskSubmitter", "prepare_args"]
+
+logger = logging.getLogger(__name__)
+
+OPT_RETRY_EXCEPTIONS = 1
+
+
+class Dep:
+    """Placeholder for a top-level ObjectRef argument, replaced by its value on the worker."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def __reduce__(self) -> Any:
+        return (Dep, (self.i,))
+
+
+class FunctionDescriptor:
+    __slots__ = ("blob", "fn_id", "is_async", "name")
+
+    def __init__(self, fn_id: bytes, blob: bytes, name: str, is_async: bool) -> None:
+        self.fn_id = fn_id
+        self.blob = blob
+        self.name = name
+        self.is_async = is_async
+
+
+class PreparedArgs:
+    """Arguments ready to send: a payload, the refs to resolve first, the refs inside."""
+
+    __slots__ = ("deps", "held", "nested_ids", "payload", "store_ref")
+
+    def __init__(self) -> None:
+        self.payload: Any = b""
+        self.deps: list[Any] = []  # top-level ObjectRefs, by Dep index
+        self.nested_ids: list[bytes] = []
+        self.store_ref: Any = None  # when the arguments went to the store
+        self.held: list[bytes] = []  # every id counted as "submitted"
+
+
+def prepare_args(rt: CoreRuntime, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> PreparedArgs:
+    from ._ref import ObjectRef
+
+    p = PreparedArgs()
+    if not args and not kwargs:
+        return p
+    deps: list[Any] = p.deps
+    if any(isinstance(a, ObjectRef) for a in args):
+        new_args = []
+        for a in args:
+            if isinstance(a, ObjectRef):
+                new_args.append(Dep(len(deps)))
+                deps.append(a)
+            else:
+                new_args.append(a)
+        args = tuple(new_args)
+    if kwargs and any(isinstance(v, ObjectRef) for v in kwargs.values()):
+        new_kwargs = {}
+        for k, v in kwargs.items():
+            if isinstance(v, ObjectRef):
+                new_kwargs[k] = Dep(len(deps))
+                deps.append(v)
+            else:
+                new_kwargs[k] = v
+        kwargs = new_kwargs
+    ser = serialize((args, kwargs), f"an argument of {where}")
+    p.nested_ids = [r.id for r in ser.nested]
+    if ser.size > rt.config.inline_threshold:
+        # big arguments go through the store once, whatever the number of retries
+        ref = rt.put_serialized(ser)
+        p.store_ref = ref
+        p.payload = [STORE, ref.id]
+    else:
+        p.payload = ser.payload()
+    p.held = [d.id for d in deps] + p.nested_ids
+    if p.store_ref is not None:
+        p.held.append(p.store_ref.id)
+    return p
+
+
+class TaskSpec:
+    __slots__ = (
+        "args",
+        "cancelled",
+        "fn",
+        "key",
+        "lease",
+        "name",
+        "opts",
+        "resolved",
+        "retries_left",
+        "return_ids",
+        "rid",
+        "shape",
+        "task_id",
+        "unresolved",
+    )
+
+    def __init__(self) -> None:
+        self.rid = 0
+        self.lease: Lease | None = None
+        self.cancelled = False
+        self.resolved: list[Any] = []
+        self.unresolved = 0
+
+
+class Lease:
+    __slots__ = ("address", "gen", "in_flight", "paused", "peer", "revoked", "worker_id")
+
+    def __init__(self, worker_id: bytes, address: Any, peer: Any) -> None:
+        self.worker_id = worker_id
+        self.address = address
+        self.peer = peer
+        self.in_flight: dict[int, TaskSpec] = {}
+        self.revoked = False
+        self.paused = False
+        self.gen = 0
+
+
+class ShapeQueue:
+    __slots__ = ("key", "leases", "pending", "requesting", "shape")
+
+    def __init__(self, key: Any, shape: dict[str, float]) -> None:
+        self.key = key
+        self.shape = shape
+        self.pending: collections.deque[TaskSpec] = collections.deque()
+        self.leases: list[Lease] = []
+        self.requesting = 0  # rid of the lease request in flight, 0 if none
+
+
+def resolve_dep(e: ObjectEntry) -> list[Any]:
+    """How a ready top-level argument travels: ``[kind, payload, object id]``."""
+    return [e.kind, e.data, e.oid]
+
+
+class TaskSubmitter:
+    """Owner side of tasks; every method runs under ``rt.lock``."""
+
+    def __init__(self, rt: CoreRuntime) -> None:
+        self.rt = rt
+        self.queues: dict[Any, ShapeQueue] = {}
+        self.by_return: dict[bytes, TaskSpec] = {}
+        self.closed = False
+
+    # --- submission --------------------------------------------------------------------
+
+    def submit(
+        self,
+        fn: FunctionDescriptor,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        name: str,
+        shape: dict[str, float],
+        num_returns: int,
+        max_retries: int,
+        retry_exceptions: bool,
+    ) -> list[Any]:
+        from ._ref import ObjectRef
+
+        rt = self.rt
+        prepared = prepare_args(rt, args, kwargs, f"{name}()")
+        spec = TaskSpec()
+        spec.task_id = new_id()
+        spec.fn = fn
+        spec.name = name
+        spec.args = prepared
+        spec.shape = shape
+        spec.key = tuple(sorted(shape.items()))
+        spec.retries_left = max_retries
+        spec.opts = OPT_RETRY_EXCEPTIONS if retry_exceptions else 0
+        spec.return_ids = [new_id() for _ in range(num_returns)]
+        address = rt.address
+        with rt.lock:
+            table = rt.table
+            for oid in spec.return_ids:
+                e = table.create_owned(oid, address)
+                e.local = 1
+                e.task = spec
+                self.by_return[oid] = spec
+            table.add_submitted(prepared.held)
+            self._resolve_then_queue(spec)
+        return [ObjectRef(oid, address, _counted=True) for oid in spec.return_ids]
+
+    def _resolve_then_queue(self, spec: TaskSpec) -> None:
+        deps = spec.args.deps
+        if not deps:
+            self._enqueue(spec)
+            return
+        table = self.rt.table
+        spec.resolved = [None] * len(deps)
+        spec.unresolved = len(deps)
+        for i, ref in enumerate(deps):
+            e = table.entries[ref.id]
+            cb = functools.partial(self._dep_ready, spec, i)
+            if not table.add_waiter(e, cb):
+                cb(e)
+            elif not e.owned:
+                self.rt.fetch(e)
+
+    def _dep_ready(self, spec: TaskSpec, i: int, e: ObjectEntry) -> None:
+        with self.rt.lock:
+            if e.state == FAILED:
+                if spec.unresolved > 0:
+                    spec.unresolved = -1
+                    self._finish_failed(spec, e.data)
+                return
+            spec.resolved[i] = [i, *resolve_dep(e)]
+            spec.unresolved -= 1
+            if spec.unresolved == 0 and not spec.cancelled:
+                self._enqueue(spec)
+
+    def _enqueue(self, spec: TaskSpec, front: bool = False) -> None:
+        q = self.queues.get(spec.key)
+        if q is None:
+            q = self.queues[spec.key] = ShapeQueue(spec.key, spec.shape)
+        if front:
+            q.pending.appendleft(spec)
+        else:
+            q.pending.append(spec)
+        self._pump(q)
+
+    # --- leases and pushing ---------------------------------------------------------------
+
+    def _pump(self, q: ShapeQueue) -> None:
+        limit = self.rt.config.max_tasks_in_flight_per_worker
+        pending = q.pending
+        while pending:
+            best: Lease | None = None
+            for lease in q.leases:
+                if lease.revoked or lease.paused:
+                    continue
+                n = len(lease.in_flight)
+                if n < limit and (best is None or n < len(best.in_flight)):
+                    best = lease
+            if best is None:
+                break
+            self._push(pending.popleft(), best)
+        if pending and not q.requesting and not self.closed:
+            self._request_lease(q)
+        if not pending:
+            for lease in list(q.leases):
+                if not lease.in_flight:
+                    self._lease_idle(q, lease)
+
+    def _push(self, spec: TaskSpec, lease: Lease) -> None:
+        rt = self.rt
+        spec.rid = rid = next_rid()
+        spec.lease = lease
+        lease.in_flight[rid] = spec
+        lease.gen += 1
+        conn = lease.peer.conn
+        sent = conn.state.get("fns")
+        if sent is None:
+            sent = conn.state["fns"] = set()
+        fn = spec.fn
+        blob = None
+        if fn.fn_id not in sent:
+            sent.add(fn.fn_id)
+            blob = fn.blob
+        resolved = [r for r in spec.resolved if r is not None] if spec.resolved else []
+        msg = P.PushTaskMsg(
+            rid, spec.task_id, fn.fn_id, blob, spec.name, spec.args.payload, resolved,
+            spec.return_ids, rt.address, spec.opts,
+        )
+        try:
+            lease.peer.request(msg, functools.partial(self._on_reply, spec, lease))
+        except ConnectionError as e:
+            sent.discard(fn.fn_id)
+            self._on_reply(spec, lease, e)
+
+    def _request_lease(self, q: ShapeQueue) -> None:
+        rt = self.rt
+        rid = q.requesting = next_rid()
+        try:
+            rt.daemon.request(P.RequestLeaseMsg(rid, q.shape), functools.partial(self._on_grant, q, rid))
+        except ConnectionError as e:
+            self._on_grant(q, rid, e)
+
+    def _on_grant(self, q: ShapeQueue, rid: int, reply: Any) -> None:
+        with self.rt.lock:
+            if q.requesting == rid:
+                q.requesting = 0
+            if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
+                err = reply if isinstance(reply, BaseException) else ActorCoreError(reply.message)
+                self._fail_queue(q, err)
+                return
+            worker_id, address = reply.value
+            self.rt.with_peer(tuple(address), functools.partial(self._leased, q, worker_id, address))
+
+    def _leased(self, q: ShapeQueue, worker_id: bytes, address: Any, peer: Any) -> None:
+        with self.rt.lock:
+            if isinstance(peer, BaseException):
+                # the worker died before we reached it: the daemon knows; ask again
+                self._return_lease(worker_id, kill=True)
+                self._pump(q)
+                return
+            q.leases.append(Lease(worker_id, address, peer))
+            self._pump(q)
+
+    def _lease_idle(self, q: ShapeQueue, lease: Lease) -> None:
+        if lease.revoked or self.closed:
+            self._drop_lease(q, lease)
+            return
+        gen = lease.gen
+        linger = self.rt.config.lease_linger_s
+        self.rt.call_soon(self._arm_linger, q, lease, gen, linger)
+
+    def _arm_linger(self, q: ShapeQueue, lease: Lease, gen: int, linger: float) -> None:
+        self.rt.loop.call_later(linger, self._linger_over, q, lease, gen)
+
+    def _linger_over(self, q: ShapeQueue, lease: Lease, gen: int) -> None:
+        with self.rt.lock:
+            if lease.gen == gen and not lease.in_flight and lease in q.leases:
+                self._drop_lease(q, lease)
+
+    def _drop_lease(self, q: ShapeQueue, lease: Lease) -> None:
+        if lease in q.leases:
+            q.leases.remove(lease)
+            self._return_lease(lease.worker_id, kill=False)
+
+    def _return_lease(self, worker_id: bytes, kill: bool) -> None:
+        try:
+            self.rt.daemon.send(P.ReturnLeaseMsg(worker_id, kill))
+        except ConnectionError:
+            pass
+
+    def revoke(self, worker_id: bytes) -> None:
+        """The daemon wants this worker back: stop pushing, return once idle."""
+        with self.rt.lock:
+            for q in self.queues.values():
+                for lease in q.leases:
+                    if lease.worker_id == worker_id:
+                        lease.revoked = True
+                        if not lease.in_flight:
+                            self._drop_lease(q, lease)
+                        return
+
+    def tasks_returned(self, peer: Any, rids: list[int]) -> None:
+        """A blocked worker handed back tasks it had not started."""
+        with self.rt.lock:
+            for q in self.queues.values():
+                for lease in q.leases:
+                    if lease.peer is not peer:
+                        continue
+                    lease.paused = True
+                    specs = [lease.in_flight.pop(r) for r in rids if r in lease.in_flight]
+                    for spec in reversed(specs):
+                        spec.lease = None
+                        q.pending.appendleft(spec)
+                    self._pump(q)
+
+    # --- results ------------------------------------------------------------------------
+
+    def _on_reply(self, spec: TaskSpec, lease: Lease, reply: Any) -> None:
+        with self.rt.lock:
+            if lease.in_flight.pop(spec.rid, None) is None:
+                return  # handed back, or already failed
+            spec.lease = None
+            q = self.queues.get(spec.key)
+            if isinstance(reply, BaseException):
+                self._lease_lost(q, lease, reply)
+                self._retry_or_fail(spec, reply)
+            elif reply.TAG == P.Tag.ERROR_REPLY:
+                from ._rpc import error_from_reply
+
+                self._finish_failed(spec, error_from_reply(reply))
+            else:
+                lease.paused = False
+                self._finish(spec, reply.results)
+            if q is not None:
+                if lease.revoked and not lease.in_flight:
+                    self._drop_lease(q, lease)
+                self._pump(q)
+
+    def _lease_lost(self, q: ShapeQueue | None, lease: Lease, err: BaseException) -> None:
+        if q is not None and lease in q.leases:
+            q.leases.remove(lease)
+        others = list(lease.in_flight.values())
+        lease.in_flight.clear()
+        for spec in others:
+            spec.lease = None
+            self._retry_or_fail(spec, err)
+
+    def _retry_or_fail(self, spec: TaskSpec, err: BaseException) -> None:
+        if spec.cancelled:
+            self._finish_failed(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+        elif spec.retries_left != 0 and not self.closed:
+            spec.retries_left -= 1
+            logger.info("retrying task %s after its worker died: %s", spec.name, err)
+            self._enqueue(spec, front=True)
+        else:
+            self._finish_failed(
+                spec,
+                WorkerCrashedError(
+                    f"the worker running {spec.name} died and no retries were left: {err}"
+                ),
+            )
+
+    def _finish(self, spec: TaskSpec, results: list[Any]) -> None:
+        rt = self.rt
+        table = rt.table
+        if (
+            spec.opts & OPT_RETRY_EXCEPTIONS
+            and spec.retries_left != 0
+            and any(r[0] == ERROR for r in results)
+            and not spec.cancelled
+        ):
+            spec.retries_left -= 1
+            self._enqueue(spec, front=True)
+            return
+        from ._runtime import load_error
+
+        frees = []
+        for oid, (kind, data, nested) in zip(spec.return_ids, results, strict=True):
+            self.by_return.pop(oid, None)
+            e = table.entries.get(oid)
+            if e is None:
+                if kind == STORE:
+                    frees.append(oid)  # nobody wants it any more
+                continue
+            e.task = None
+            if kind == ERROR:
+                data = load_error(data)
+            for cb in table.complete(e, kind, data):
+                cb(e)
+            if nested:
+                table.set_nested(oid, [(n[0], tuple(n[1])) for n in nested], registered=True)
+        if frees:
+            from ._refcount import FreeStore
+
+            rt.execute([FreeStore(oid) for oid in frees])
+        self._release_args(spec)
+
+    def _finish_failed(self, spec: TaskSpec, err: BaseException) -> None:
+        table = self.rt.table
+        for oid in spec.return_ids:
+            self.by_return.pop(oid, None)
+            e = table.entries.get(oid)
+            if e is not None:
+                e.task = None
+                for cb in table.complete(e, ERROR, err):
+                    cb(e)
+        self._release_args(spec)
+
+    def _release_args(self, spec: TaskSpec) -> None:
+        held = spec.args.held
+        if held:
+            instrs = self.rt.table.remove_submitted(held)
+            spec.args.held = []
+            self.rt.execute(instrs)
+        spec.args.store_ref = None
+
+    def _fail_queue(self, q: ShapeQueue, err: BaseException) -> None:
+        while q.pending:
+            self._finish_failed(q.pending.popleft(), err)
+
+    # --- cancel and teardown ----------------------------------------------------------------
+
+    def cancel(self, oid: bytes, force: bool) -> bool:
+        """Cancel the task producing ``oid``; False if it is not (any more) a pending task."""
+        with self.rt.lock:
+            spec = self.by_return.get(oid)
+            if spec is None or spec.cancelled:
+                return False
+            spec.cancelled = True
+            lease = spec.lease
+            if lease is None:
+                q = self.queues.get(spec.key)
+                if q is not None and spec in q.pending:
+                    q.pending.remove(spec)
+                self._finish_failed(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+                return True
+        try:
+            lease.peer.send(P.CancelTaskMsg(spec.task_id, force))
+        except ConnectionError:
+            pass
+        return True
+
+    def peer_closed(self, peer: Any) -> None:
+        """Connections to leased workers fail their requests themselves; forget the lease."""
+        with self.rt.lock:
+            for q in self.queues.values():
+                for lease in list(q.leases):
+                    if lease.peer is peer:
+                        q.leases.remove(lease)
+                        self._pump(q)
+
+    def fail_all(self, err: BaseException) -> None:
+        with self.rt.lock:
+            for q in self.queues.values():
+                self._fail_queue(q, err)
+
+    def close(self) -> None:
+        with self.rt.lock:
+            self.closed = True
+            for q in self.queues.values():
+                for lease in list(q.leases):
+                    self._drop_lease(q, lease)
+

@@ -1,0 +1,305 @@
+"""Reading values: ``get``, ``wait``, ``await ref``, futures and ``as_completed``.
+
+A value is turned into a Python object in the thread that asked for it: small
+values are unpickled from their inline payload, large ones from the store with
+zero-copy buffers. Waiting threads sleep on a lock; waiting coroutines on a
+future of their own loop, woken in batches from the runtime's loop.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import concurrent.futures
+import threading
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._refcount import FAILED, INLINE, PENDING, STORE, ObjectEntry
+from ._serialization import loads_payload
+from .errors import GetTimeoutError, ObjectLostError
+
+if TYPE_CHECKING:
+    from ._ref import ObjectRef
+    from ._runtime import CoreRuntime
+
+__all__ = ["as_completed", "await_ref", "get", "ref_future", "value_of", "wait", "wait_async"]
+
+
+def _check_refs(refs: Sequence[Any], fn: str) -> None:
+    from ._ref import ObjectRef
+
+    for r in refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"{fn}() takes ObjectRefs, got a {type(r).__name__}: {r!r:.80}")
+
+
+def entry_of(rt: CoreRuntime, ref: ObjectRef) -> ObjectEntry:
+    """The entry of ``ref`` (under the lock); starts a fetch for borrowed values."""
+    e = rt.table.entries.get(ref.id)
+    if e is None:
+        e = rt.table.add_local(ref.id, ref.owner)  # a ref from before a restart
+        e.local -= 1
+        if e.owned:
+            rt.table.complete(e, 2, ObjectLostError(f"object {ref.id.hex()} is unknown here"))
+    if e.state == PENDING and not e.owned and not e.fetching:
+        rt.fetch(e)
+    return e
+
+
+def value_of(rt: CoreRuntime, e: ObjectEntry) -> Any:
+    """The Python value of a READY entry; raises the error of a FAILED one."""
+    if e.state == FAILED:
+        raise e.data
+    if e.kind == INLINE:
+        value, refs = loads_payload(e.data, f"object {e.oid.hex()}")
+    elif e.kind == STORE:
+        value, refs = rt.store.get(e.oid, f"object {e.oid.hex()}")
+    else:
+        raise ObjectLostError(f"object {e.oid.hex()} has no value here")
+    if refs:
+        rt.register_borrows(refs, e.oid)
+    return value
+
+
+def _wait_entries(rt: CoreRuntime, refs: Sequence[ObjectRef], num: int, timeout: float | None) -> list[ObjectEntry]:
+    """Block until ``num`` of ``refs`` left PENDING; returns their entries."""
+    if rt.broken is not None:
+        raise rt.broken
+    with rt.lock:
+        entries = [entry_of(rt, r) for r in refs]
+        ready = sum(1 for e in entries if e.state != PENDING)
+        if ready >= num:
+            return entries
+        lock = _thread.allocate_lock()
+        lock.acquire()
+        need = [num - ready]
+
+        def woke(_e: ObjectEntry) -> None:
+            need[0] -= 1
+            if need[0] == 0:
+                lock.release()
+
+        waiting = [e for e in entries if rt.table.add_waiter(e, woke)]
+    rt.block_begin()
+    try:
+        if not lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            raise GetTimeoutError(
+                f"{sum(1 for e in entries if e.state == PENDING)} of {len(refs)} objects were "
+                f"not ready after {timeout} s"
+            )
+    finally:
+        rt.block_end()
+        with rt.lock:
+            for e in waiting:
+                rt.table.remove_waiter(e, woke)
+    if rt.broken is not None and any(e.state == PENDING for e in entries):
+        raise rt.broken
+    return entries
+
+
+def get(rt: CoreRuntime, refs: Any, timeout: float | None) -> Any:
+    from ._ref import ObjectRef
+
+    if isinstance(refs, ObjectRef):
+        e = _wait_entries(rt, (refs,), 1, timeout)[0]
+        return value_of(rt, e)
+    if not isinstance(refs, list | tuple):
+        raise TypeError(f"get() takes an ObjectRef or a list of them, not {type(refs).__name__}")
+    _check_refs(refs, "get")
+    entries = _wait_entries(rt, refs, len(refs), timeout)
+    return [value_of(rt, e) for e in entries]
+
+
+def _partition(refs: Sequence[ObjectRef], entries: list[ObjectEntry], num: int) -> tuple[list[Any], list[Any]]:
+    ready: list[Any] = []
+    rest: list[Any] = []
+    for ref, e in zip(refs, entries, strict=True):
+        if e.state != PENDING and len(ready) < num:
+            ready.append(ref)
+        else:
+            rest.append(ref)
+    return ready, rest
+
+
+def _check_wait_args(refs: Sequence[Any], num_returns: int) -> list[Any]:
+    if not isinstance(refs, list | tuple):
+        raise TypeError(f"wait() takes a list of ObjectRefs, not {type(refs).__name__}")
+    _check_refs(refs, "wait")
+    if len({r.id for r in refs}) != len(refs):
+        raise ValueError("wait() got the same ObjectRef more than once")
+    if not 1 <= num_returns <= max(len(refs), 1):
+        raise ValueError(f"num_returns must be between 1 and len(refs)={len(refs)}, not {num_returns}")
+    return list(refs)
+
+
+def wait(rt: CoreRuntime, refs: Sequence[Any], num_returns: int, timeout: float | None) -> tuple[list[Any], list[Any]]:
+    refs = _check_wait_args(refs, num_returns)
+    if not refs:
+        return [], []
+    with rt.lock:
+        entries = [entry_of(rt, r) for r in refs]
+    # fast path: enough are ready already (the common case of a draining loop)
+    ready, rest = _partition(refs, entries, num_returns)
+    if len(ready) >= num_returns:
+        return ready, rest
+    try:
+        entries = _wait_entries(rt, refs, num_returns, timeout)
+    except GetTimeoutError:
+        pass
+    return _partition(refs, entries, num_returns)
+
+
+# --- coroutines ---------------------------------------------------------------------------
+
+
+class _LoopWaker:
+    """Wakes futures of one foreign loop in batches: one self-pipe write per batch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.thread = threading.get_ident()
+        self.pending: list[asyncio.Future[Any]] = []
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def wake(self, fut: asyncio.Future[Any]) -> None:
+        if threading.get_ident() == self.thread:
+            if not fut.done():
+                fut.set_result(None)
+            return
+        with self.lock:
+            self.pending.append(fut)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._run)
+        except RuntimeError:
+            pass  # that loop was closed; nobody is waiting any more
+
+    def _run(self) -> None:
+        with self.lock:
+            futs, self.pending = self.pending, []
+            self.scheduled = False
+        for fut in futs:
+            if not fut.done():
+                fut.set_result(None)
+
+
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = weakref.WeakKeyDictionary()
+_wakers_lock = threading.Lock()
+
+
+def _waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+    w = _wakers.get(loop)
+    if w is None:
+        with _wakers_lock:
+            w = _wakers.get(loop)
+            if w is None:
+                w = _wakers[loop] = _LoopWaker(loop)
+    return w
+
+
+async def _until_ready(rt: CoreRuntime, entries: list[ObjectEntry], num: int, timeout: float | None) -> None:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    waker = _waker(loop)
+    with rt.lock:
+        ready = sum(1 for e in entries if e.state != PENDING)
+        if ready >= num:
+            return
+        need = [num - ready]
+
+        def woke(_e: ObjectEntry) -> None:
+            need[0] -= 1
+            if need[0] == 0:
+                waker.wake(fut)
+
+        waiting = [e for e in entries if rt.table.add_waiter(e, woke)]
+    try:
+        if timeout is None:
+            await fut
+        else:
+            await asyncio.wait_for(fut, timeout)
+    finally:
+        with rt.lock:
+            for e in waiting:
+                rt.table.remove_waiter(e, woke)
+
+
+async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
+    if rt.broken is not None:
+        raise rt.broken
+    with rt.lock:
+        e = entry_of(rt, ref)
+    if e.state == PENDING:
+        await _until_ready(rt, [e], 1, None)
+    return value_of(rt, e)
+
+
+async def wait_async(
+    rt: CoreRuntime, refs: Sequence[Any], num_returns: int, timeout: float | None
+) -> tuple[list[Any], list[Any]]:
+    refs = _check_wait_args(refs, num_returns)
+    if not refs:
+        return [], []
+    with rt.lock:
+        entries = [entry_of(rt, r) for r in refs]
+    try:
+        await _until_ready(rt, entries, num_returns, timeout)
+    except TimeoutError:
+        pass
+    return _partition(refs, entries, num_returns)
+
+
+async def as_completed(rt: CoreRuntime, refs: Sequence[Any]) -> AsyncIterator[Any]:
+    """Yield each ref once its value is there (or failed), in completion order."""
+    _check_refs(refs, "as_completed")
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    waker_thread = threading.get_ident()
+
+    def put(ref: Any) -> None:
+        if threading.get_ident() == waker_thread:
+            queue.put_nowait(ref)
+        else:
+            loop.call_soon_threadsafe(queue.put_nowait, ref)
+
+    registered: list[tuple[ObjectEntry, Any]] = []
+    with rt.lock:
+        for ref in refs:
+            e = entry_of(rt, ref)
+
+            def woke(_e: ObjectEntry, ref: Any = ref) -> None:
+                put(ref)
+
+            if rt.table.add_waiter(e, woke):
+                registered.append((e, woke))
+            else:
+                queue.put_nowait(ref)
+    try:
+        for _ in range(len(refs)):
+            yield await queue.get()
+    finally:
+        with rt.lock:
+            for e, cb in registered:
+                rt.table.remove_waiter(e, cb)
+
+
+def ref_future(rt: CoreRuntime, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+    fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def settle(e: ObjectEntry) -> None:
+        try:
+            fut.set_result(value_of(rt, e))
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    with rt.lock:
+        e = entry_of(rt, ref)
+        if not rt.table.add_waiter(e, lambda e: rt.call_soon(settle, e)):
+            settle(e)
+    return fut
+

@@ -1,0 +1,340 @@
+"""A worker process: runs tasks pushed by owners and hosts actors.
+
+Started by the node daemon's fork server with the heavy modules already
+imported, a worker opens its own event loop on the main thread, connects to
+its node daemon, and serves owners directly. Sync user code runs on executor
+threads, ``async def`` code on the loop. A worker ends when its daemon goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import sys
+import threading
+from typing import Any
+
+from . import _global as G
+from . import _protocol as P
+from ._config import Config
+from ._execution import ExecPool, TaskContext, current_task, decode_args, encode_error, encode_results
+from ._ids import new_id
+from ._mailbox import ActorMailbox, TaskQueue
+from ._rpc import DEFERRED, RpcPeer, error_reply, handles, next_rid
+from ._runtime import CoreRuntime, NodeInfo
+from .errors import ActorDiedError, TaskCancelledError, TaskError
+
+__all__ = ["Call", "WorkerRuntime", "worker_main"]
+
+logger = logging.getLogger(__name__)
+
+
+class Call:
+    """One task or actor call received by this worker."""
+
+    __slots__ = (
+        "cancelled",
+        "fn",
+        "is_async",
+        "method",
+        "name",
+        "owner",
+        "payload",
+        "peer",
+        "resolved",
+        "return_ids",
+        "rid",
+        "task_id",
+    )
+
+    def __init__(self, peer: RpcPeer, msg: Any, name: str, method: str, fn: Any, is_async: bool) -> None:
+        self.peer = peer
+        self.rid = msg.rid
+        self.task_id = msg.task_id
+        self.payload = msg.args
+        self.resolved = msg.resolved
+        self.return_ids = msg.return_ids
+        self.owner = msg.owner
+        self.name = name
+        self.method = method
+        self.fn = fn
+        self.is_async = is_async
+        self.cancelled = False
+
+
+class WorkerRuntime(CoreRuntime):
+    role = "worker"
+
+    def __init__(self, config: Config, token: bytes, my_id: bytes, node: NodeInfo) -> None:
+        super().__init__(config, token, my_id, node)
+        self.pool = ExecPool(max(4, config.shared_worker_threads))
+        self.tasks = TaskQueue(self)
+        self.mailboxes: dict[bytes, ActorMailbox] = {}
+        self.functions: dict[bytes, Any] = {}
+        self._fn_lock = threading.Lock()
+        self._blocked = 0
+        self._block_lock = threading.Lock()
+        self.stopped: asyncio.Future[None] | None = None
+
+    async def register(self) -> None:
+        self.stopped = self.loop.create_future()
+        info = await self.daemon.call(
+            P.RegisterWorkerMsg(next_rid(), self.my_id, os.getpid(), list(self.address))
+        )
+        for path in info.get("sys_path", []):
+            if path not in sys.path:
+                sys.path.append(path)
+
+    def _daemon_lost(self, exc: BaseException) -> None:
+        if self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(None)
+
+    def exit_now(self, reason: str) -> None:
+        logger.info("worker exiting: %s", reason)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    # --- code ----------------------------------------------------------------------------
+
+    def function(self, fn_id: bytes, blob: bytes | None) -> Any:
+        fn = self.functions.get(fn_id)
+        if fn is not None:
+            return fn
+        if blob is None:
+            raise LookupError(f"function {fn_id.hex()[:12]} was never sent to this worker")
+        with self._fn_lock:
+            fn = self.functions.get(fn_id)
+            if fn is None:
+                fn = self.functions[fn_id] = pickle.loads(blob)
+        return fn
+
+    # --- tasks --------------------------------------------------------------------------
+
+    @handles(P.Tag.PUSH_TASK)
+    def on_push_task(self, peer: RpcPeer, msg: P.PushTaskMsg, _bufs: list[bytes]) -> Any:
+        fn = self.function(msg.fn_id, msg.fn_blob)
+        is_async = asyncio.iscoroutinefunction(fn)
+        self.tasks.push(Call(peer, msg, msg.name, "", fn, is_async))
+        return DEFERRED
+
+    def run_task(self, call: Call) -> None:
+        token = current_task.set(TaskContext(call.name, call.task_id, None))
+        try:
+            args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            value = call.fn(*args, **kwargs)
+            results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
+        except TaskCancelledError as e:
+            results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
+        except BaseException as e:
+            results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
+        finally:
+            current_task.reset(token)
+        self._reply(call, results, reg, waits)
+
+    async def run_task_async(self, call: Call) -> None:
+        token = current_task.set(TaskContext(call.name, call.task_id, None))
+        try:
+            args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            value = await call.fn(*args, **kwargs)
+            results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
+        except asyncio.CancelledError:
+            err = TaskCancelledError(f"task {call.name} was cancelled")
+            results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
+        except Exception as e:
+            results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
+        finally:
+            current_task.reset(token)
+        if reg is not None or waits:
+            await self.loop.run_in_executor(None, self._wait_all, reg, waits)
+            reg = waits = None
+        self._reply(call, results, reg, waits)
+
+    @staticmethod
+    def _wait_all(reg: Any, waits: Any) -> None:
+        if reg is not None:
+            reg.wait(30.0)
+        for ev in waits or ():
+            ev.wait(30.0)
+
+    def _reply(self, call: Call, results: list[Any], reg: Any, waits: Any) -> None:
+        if reg is not None or waits:
+            self._wait_all(reg, waits)
+        conn = call.peer.conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.send(P.TaskResultMsg(call.rid, results))
+            except ConnectionError:
+                pass
+
+    def reply_error(self, call: Call, exc: BaseException) -> None:
+        self._reply(call, [encode_error(exc, call.name)] * len(call.return_ids), None, None)
+
+    def reply_died(self, call: Call, mb: ActorMailbox, reason: str) -> None:
+        err = ActorDiedError(f"actor {mb.class_name} ({mb.actor_id.hex()[:12]}) is gone: {reason}")
+        conn = call.peer.conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.send(error_reply(call.rid, err))
+            except ConnectionError:
+                pass
+
+    @handles(P.Tag.CANCEL_TASK)
+    def on_cancel_task(self, peer: RpcPeer, msg: P.CancelTaskMsg, _bufs: list[bytes]) -> Any:
+        if not self.tasks.cancel(msg.task_id, msg.force):
+            for mb in list(self.mailboxes.values()):
+                if mb.cancel(msg.task_id):
+                    break
+        return DEFERRED
+
+    # --- blocking in get ------------------------------------------------------------------
+
+    def block_begin(self) -> None:
+        with self._block_lock:
+            self._blocked += 1
+            first = self._blocked == 1
+        if not first:
+            return
+        try:
+            self.daemon.send(P.WorkerBlockedMsg(True))
+        except ConnectionError:
+            return
+        for peer, rids in self.tasks.hand_back().items():
+            try:
+                peer.send(P.TasksReturnedMsg(rids))
+            except ConnectionError:
+                pass
+
+    def block_end(self) -> None:
+        with self._block_lock:
+            self._blocked -= 1
+            last = self._blocked == 0
+        if last:
+            try:
+                self.daemon.send(P.WorkerBlockedMsg(False))
+            except ConnectionError:
+                pass
+
+    # --- actors ---------------------------------------------------------------------------
+
+    @handles(P.Tag.HOST_ACTOR)
+    def on_host_actor(self, peer: RpcPeer, msg: P.HostActorMsg, _bufs: list[bytes]) -> Any:
+        self.pool.submit(lambda: self._construct(peer, msg))
+        return DEFERRED
+
+    def _construct(self, peer: RpcPeer, msg: P.HostActorMsg) -> None:
+        spec = msg.spec
+        name = spec["class_name"]
+        token = current_task.set(TaskContext(name, new_id(), msg.actor_id))
+        try:
+            cls = self.function(spec["class_id"], spec["class_blob"])
+            args, kwargs, reg = decode_args(self, spec["args"], spec.get("resolved") or [])
+            instance = cls(*args, **kwargs)
+            if reg is not None:
+                reg.wait(30.0)
+        except BaseException as e:
+            err = TaskError(f"{name}.__init__", _format(e), e, pid=os.getpid())
+            peer.reply_error(msg.rid, err)
+            return
+        finally:
+            current_task.reset(token)
+        max_conc = int(spec.get("max_concurrency") or 1)
+        self.pool.resize(max_conc + self.config.shared_worker_threads)
+        self.mailboxes[msg.actor_id] = ActorMailbox(self, msg.actor_id, instance, name, max_conc)
+        peer.reply(msg.rid, True)
+
+    @handles(P.Tag.ACTOR_CALL)
+    def on_actor_call(self, peer: RpcPeer, msg: P.ActorCallMsg, _bufs: list[bytes]) -> Any:
+        mb = self.mailboxes.get(msg.actor_id)
+        if mb is None:
+            raise ActorDiedError(f"actor {msg.actor_id.hex()[:12]} is not on this worker")
+        mb.push(Call(peer, msg, f"{mb.class_name}.{msg.method}", msg.method, None, False))
+        return DEFERRED
+
+    def _method(self, mb: ActorMailbox, call: Call) -> Any:
+        if call.method.startswith("__") and call.method != "__call__":
+            raise AttributeError(f"{mb.class_name} has no remote method {call.method!r}")
+        try:
+            return getattr(mb.instance, call.method)
+        except AttributeError:
+            raise AttributeError(f"{mb.class_name} has no method {call.method!r}") from None
+
+    def run_actor_call(self, mb: ActorMailbox, call: Call) -> None:
+        token = current_task.set(TaskContext(mb.class_name, call.task_id, mb.actor_id))
+        try:
+            method = self._method(mb, call)
+            args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            value = method(*args, **kwargs)
+            results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
+        except BaseException as e:
+            results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
+        finally:
+            current_task.reset(token)
+        self._reply(call, results, reg, waits)
+
+    async def run_actor_call_async(self, mb: ActorMailbox, call: Call) -> None:
+        token = current_task.set(TaskContext(mb.class_name, call.task_id, mb.actor_id))
+        try:
+            method = self._method(mb, call)
+            args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            value = await method(*args, **kwargs)
+            results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
+        except asyncio.CancelledError:
+            err = TaskCancelledError(f"call {call.method}() was cancelled")
+            results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
+        except Exception as e:
+            results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
+        finally:
+            current_task.reset(token)
+        if reg is not None or waits:
+            await self.loop.run_in_executor(None, self._wait_all, reg, waits)
+            reg = waits = None
+        self._reply(call, results, reg, waits)
+
+    @handles(P.Tag.DROP_ACTOR)
+    def on_drop_actor(self, peer: RpcPeer, msg: P.DropActorMsg, _bufs: list[bytes]) -> Any:
+        mb = self.mailboxes.pop(msg.actor_id, None)
+        if mb is not None:
+            mb.close(msg.reason)
+        return DEFERRED
+
+
+def _format(e: BaseException) -> str:
+    from ._serialization import format_exception
+
+    return format_exception(e)
+
+
+def worker_main(boot: dict[str, Any]) -> None:
+    """Entry point of a worker process (in the child of the fork server)."""
+    from . import _logs
+    from ._ids import reset_after_fork
+
+    reset_after_fork()
+    config = Config.from_dict(boot["config"])
+    token = bytes.fromhex(boot["token"])
+    my_id = new_id()
+    node = NodeInfo(boot["node"])
+    if config.loop == "uvloop":
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    rt = WorkerRuntime(config, token, my_id, node)
+    G.runtime = rt
+    _logs.capture_output(rt)
+    try:
+        loop.run_until_complete(rt.astart())
+        assert rt.stopped is not None
+        loop.run_until_complete(rt.stopped)
+    except BaseException as e:  # a worker that cannot start just ends
+        logger.error("worker failed: %r", e)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+

@@ -1,0 +1,111 @@
+"""The fork server: a process with the heavy modules imported, forking workers.
+
+The node daemon forks it once at start, before it has any thread or event
+loop. Asked over a socketpair, it forks a worker in a few milliseconds (no
+interpreter start, no imports) and answers with its pid; it reaps workers and
+reports each exit. It dies with the daemon (``PR_SET_PDEATHSIG``), and its
+workers die with it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+__all__ = ["die_with_parent", "zygote_main"]
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(expected_parent: int) -> None:
+    """Get SIGKILL when the parent dies; exit now if it already did."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != expected_parent:
+        os._exit(0)
+
+
+def _worker_child(sock: socket.socket, boot: dict[str, Any], zygote_pid: int) -> None:
+    sock.close()
+    die_with_parent(zygote_pid)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    log_dir = boot.get("log_dir")
+    if log_dir:
+        fd = os.open(os.path.join(log_dir, f"worker-{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    from store import _arena
+
+    _arena.reset_after_fork()
+    from ._worker import worker_main
+
+    worker_main(boot)
+    os._exit(0)
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        try:
+            sock.sendall(f"X {pid} {code}\n".encode())
+        except OSError:
+            os._exit(0)
+
+
+def zygote_main(sock: socket.socket, boot: dict[str, Any], daemon_pid: int) -> None:
+    """Serve fork requests until the daemon goes away. Never returns."""
+    die_with_parent(daemon_pid)
+    log_dir = boot.get("log_dir")
+    if log_dir:
+        fd = os.open(os.path.join(log_dir, "zygote.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    me = os.getpid()
+    # pre-import what every worker needs
+    import cloudpickle  # noqa: F401
+    import numpy  # noqa: F401
+
+    from . import _worker  # noqa: F401
+
+    buf = b""
+    while True:
+        ready, _, _ = select.select([sock], [], [], 0.5)
+        _reap(sock)
+        if not ready:
+            continue
+        data = sock.recv(4096)
+        if not data:
+            os._exit(0)
+        buf += data
+        while buf:
+            cmd, buf = buf[:1], buf[1:]
+            if cmd != b"F":
+                continue
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    _worker_child(sock, boot, me)
+                finally:
+                    os._exit(1)
+            sock.sendall(f"P {pid}\n".encode())

@@ -1,0 +1,238 @@
+"""The errors actorcore raises, in one hierarchy under :class:`ActorCoreError`.
+
+Three families:
+
+* usage errors, raised at the call site (also ``ValueError``/``TypeError`` where
+  natural): :class:`BlockingCallError`, :class:`NotInitializedError`,
+  :class:`SerializationError`;
+* remote errors, which carry what happened elsewhere: :class:`TaskError` (also
+  an instance of the user's own exception class), :class:`ActorDiedError`,
+  :class:`WorkerCrashedError`, :class:`NodeDiedError`, :class:`ObjectLostError`,
+  :class:`TaskCancelledError`, :class:`ObjectStoreFullError`;
+* internal errors: :class:`ProtocolError`, :class:`ConnectionClosedError`,
+  :class:`ConnectionBrokenError`.
+
+Every error survives pickling, so it can cross process boundaries.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+__all__ = [
+    "ActorCoreError",
+    "ActorDiedError",
+    "AuthenticationError",
+    "BlockingCallError",
+    "ConnectionBrokenError",
+    "ConnectionClosedError",
+    "GetTimeoutError",
+    "NodeDiedError",
+    "NotInitializedError",
+    "ObjectLostError",
+    "ObjectStoreFullError",
+    "ProtocolError",
+    "SerializationError",
+    "TaskCancelledError",
+    "TaskError",
+    "WorkerCrashedError",
+]
+
+
+class ActorCoreError(Exception):
+    """Base class of every error raised by actorcore."""
+
+    def __reduce__(self) -> Any:
+        return (type(self), self.args)
+
+
+# --- usage errors -------------------------------------------------------------
+
+
+class BlockingCallError(ActorCoreError, RuntimeError):
+    """Raised when a blocking call (``ac.get``) is made on a running event loop's thread.
+
+    Blocking there would stall the loop; ``await ref`` instead.
+    """
+
+
+class NotInitializedError(ActorCoreError, RuntimeError):
+    """Raised when the runtime is used before ``ac.init()`` or after ``ac.shutdown()``."""
+
+
+class SerializationError(ActorCoreError, TypeError):
+    """Raised when a value cannot be pickled or unpickled.
+
+    The message names the value's type and where it was (argument, return value,
+    actor state).
+    """
+
+
+class GetTimeoutError(ActorCoreError, TimeoutError):
+    """Raised when ``get`` or ``wait`` with a timeout runs out of time."""
+
+
+# --- remote errors ------------------------------------------------------------
+
+
+class TaskError(ActorCoreError):
+    """Raised when user code raised an exception in a task or actor method.
+
+    The instance raised is also an instance of the user's own exception class
+    (so ``except ValueError:`` works), and carries the remote traceback text in
+    :attr:`traceback_text` and the original exception in :attr:`cause` (``None``
+    when it could not be unpickled; :attr:`cause_type_name` still names it).
+    """
+
+    def __init__(
+        self,
+        function_name: str,
+        traceback_text: str,
+        cause: BaseException | None = None,
+        cause_type_name: str | None = None,
+        cause_message: str | None = None,
+        pid: int = 0,
+    ) -> None:
+        if cause_type_name is None:
+            cause_type_name = type(cause).__qualname__ if cause is not None else "Exception"
+        if cause_message is None:
+            cause_message = str(cause) if cause is not None else ""
+        super().__init__(function_name, traceback_text)
+        self.function_name = function_name
+        self.traceback_text = traceback_text
+        self.cause = cause
+        self.cause_type_name = cause_type_name
+        self.cause_message = cause_message
+        self.pid = pid
+
+    def __str__(self) -> str:
+        where = f" (pid={self.pid})" if self.pid else ""
+        return (
+            f"{self.cause_type_name}: {self.cause_message}\n"
+            f"raised in {self.function_name}{where}; remote traceback:\n{self.traceback_text}"
+        )
+
+    def __reduce__(self) -> Any:
+        try:
+            cause_blob = pickle.dumps(self.cause) if self.cause is not None else None
+        except Exception:
+            cause_blob = None
+        return (
+            _rebuild_task_error,
+            (
+                self.function_name,
+                self.traceback_text,
+                cause_blob,
+                self.cause_type_name,
+                self.cause_message,
+                self.pid,
+            ),
+        )
+
+    def as_instance_of_cause(self) -> TaskError:
+        """Return a copy that is also an instance of the cause's class, when possible."""
+        cause = self.cause
+        if cause is None or isinstance(self, type(cause)):
+            return self
+        cls = _dual_class(type(cause))
+        if cls is None:
+            return self
+        err = cls.__new__(cls)
+        # Exception.__new__ leaves __init__ to us; the user's __init__ is skipped
+        # on purpose (it may need arguments we do not have).
+        TaskError.__init__(
+            err,
+            self.function_name,
+            self.traceback_text,
+            cause,
+            self.cause_type_name,
+            self.cause_message,
+            self.pid,
+        )
+        try:
+            err.__dict__.update({k: v for k, v in vars(cause).items() if k not in err.__dict__})
+        except TypeError:
+            pass
+        return err
+
+
+_DUAL_CLASSES: dict[type, type | None] = {}
+
+
+def _dual_class(cause_cls: type) -> type | None:
+    """A class deriving from both TaskError and the cause's class, or None."""
+    if cause_cls in _DUAL_CLASSES:
+        return _DUAL_CLASSES[cause_cls]
+    dual: type | None
+    try:
+        dual = type(
+            f"TaskError({cause_cls.__name__})",
+            (TaskError, cause_cls),
+            {"__module__": __name__, "__str__": TaskError.__str__, "__reduce__": TaskError.__reduce__},
+        )
+    except TypeError:
+        dual = None  # incompatible layout (some C exceptions); plain TaskError
+    _DUAL_CLASSES[cause_cls] = dual
+    return dual
+
+
+def _rebuild_task_error(
+    function_name: str,
+    traceback_text: str,
+    cause_blob: bytes | None,
+    cause_type_name: str,
+    cause_message: str,
+    pid: int = 0,
+) -> TaskError:
+    cause = None
+    if cause_blob is not None:
+        try:
+            cause = pickle.loads(cause_blob)
+        except Exception:
+            cause = None
+    err = TaskError(function_name, traceback_text, cause, cause_type_name, cause_message, pid)
+    return err.as_instance_of_cause()
+
+
+class ActorDiedError(ActorCoreError):
+    """Raised when a call targets an actor that died (killed, crashed, or failed in ``__init__``)."""
+
+
+class WorkerCrashedError(ActorCoreError):
+    """Raised when the worker running a task died and no retries were left."""
+
+
+class NodeDiedError(ActorCoreError):
+    """Raised when the node holding a task, actor or object died."""
+
+
+class ObjectLostError(ActorCoreError):
+    """Raised when an object's value can no longer be reached (its owner or every copy is gone)."""
+
+
+class TaskCancelledError(ActorCoreError):
+    """Raised when getting the result of a task cancelled with ``ac.cancel``."""
+
+
+class ObjectStoreFullError(ActorCoreError, MemoryError):
+    """Raised when an object does not fit in the store even after eviction and spilling."""
+
+
+# --- internal errors ----------------------------------------------------------
+
+
+class ProtocolError(ActorCoreError):
+    """Raised when a peer sent bytes that are not a valid actorcore frame or message."""
+
+
+class AuthenticationError(ProtocolError):
+    """Raised when a peer failed the handshake (wrong cluster token or protocol version)."""
+
+
+class ConnectionClosedError(ActorCoreError, ConnectionError):
+    """Raised on requests over a connection that this side closed."""
+
+
+class ConnectionBrokenError(ActorCoreError, ConnectionError):
+    """Raised on requests pending over a connection that the peer or network broke."""

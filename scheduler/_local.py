@@ -1,0 +1,361 @@
+"""The local scheduler: a synchronous state machine, no I/O.
+
+It accounts the node's resources, keeps the queue of lease requests (a worker
+for a resource shape, to run tasks) and of actor placements, and decides which
+worker serves what. The node daemon feeds it events and carries out the
+instructions it returns: start a worker, grant a lease, host an actor, ask an
+owner to give a lease back, stop an idle worker, warn about infeasible work.
+
+Worker roles: IDLE (pooled), LEASED (running an owner's tasks), DEDICATED
+(hosting one actor that holds resources), SHARED (hosting many actors that
+hold none). A worker blocked in ``get`` gives its lease's resources back until
+it unblocks, so nested waits cannot starve the node.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _resources as R
+
+__all__ = [
+    "GrantLease",
+    "HostActor",
+    "Infeasible",
+    "LocalScheduler",
+    "RevokeLease",
+    "StartWorker",
+    "StopWorker",
+    "WorkerRole",
+]
+
+
+class WorkerRole(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    LEASED = "leased"
+    DEDICATED = "dedicated"
+    SHARED = "shared"
+
+
+# --- instructions ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartWorker:
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class GrantLease:
+    key: Any
+    worker_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HostActor:
+    actor_id: bytes
+    worker_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeLease:
+    worker_id: bytes
+    owner: Any
+
+
+@dataclass(frozen=True, slots=True)
+class StopWorker:
+    worker_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Infeasible:
+    key: Any
+    missing: dict[str, float]
+
+
+Instruction = StartWorker | GrantLease | HostActor | RevokeLease | StopWorker | Infeasible
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    worker_id: bytes
+    role: WorkerRole = WorkerRole.STARTING
+    shape: dict[str, float] = field(default_factory=dict)  # resources held
+    owner: Any = None  # lease holder
+    blocked: int = 0
+    revoked: bool = False
+    actors: set[bytes] = field(default_factory=set)
+    idle_since: float = 0.0
+
+
+@dataclass(slots=True)
+class LeaseRequest:
+    key: Any
+    shape: dict[str, float]
+    owner: Any
+    warned: bool = False
+
+
+@dataclass(slots=True)
+class ActorRequest:
+    actor_id: bytes
+    shape: dict[str, float]
+    warned: bool = False
+
+
+class LocalScheduler:
+    """Resource accounting and placement for one node."""
+
+    def __init__(
+        self,
+        total: dict[str, float],
+        *,
+        max_shared_workers: int = 1,
+        actors_per_shared_worker: int = 2000,
+        max_workers: int = 256,
+    ) -> None:
+        self.total = dict(total)
+        self.available = dict(total)
+        self.workers: dict[bytes, WorkerInfo] = {}
+        self.leases: deque[LeaseRequest] = deque()
+        self.actor_queue: deque[ActorRequest] = deque()
+        self.max_shared_workers = max(1, max_shared_workers)
+        self.actors_per_shared_worker = actors_per_shared_worker
+        self.max_workers = max_workers
+        self.starting = 0
+        self.actor_worker: dict[bytes, bytes] = {}
+
+    # --- events ------------------------------------------------------------------------
+
+    def request_lease(self, key: Any, shape: dict[str, float], owner: Any) -> list[Instruction]:
+        req = LeaseRequest(key, R.normalize(shape), owner)
+        self.leases.append(req)
+        return self._schedule()
+
+    def cancel_lease_request(self, key: Any) -> list[Instruction]:
+        self.leases = deque(r for r in self.leases if r.key != key)
+        return self._schedule()
+
+    def return_lease(self, worker_id: bytes, now: float = 0.0) -> list[Instruction]:
+        w = self.workers.get(worker_id)
+        if w is None or w.role is not WorkerRole.LEASED:
+            return []
+        self._release(w)
+        w.role = WorkerRole.IDLE
+        w.owner = None
+        w.revoked = False
+        w.idle_since = now
+        return self._schedule()
+
+    def worker_started(self, worker_id: bytes, now: float = 0.0) -> list[Instruction]:
+        self.starting = max(0, self.starting - 1)
+        self.workers[worker_id] = WorkerInfo(worker_id, WorkerRole.IDLE, idle_since=now)
+        return self._schedule()
+
+    def worker_start_failed(self) -> list[Instruction]:
+        self.starting = max(0, self.starting - 1)
+        return []
+
+    def worker_died(self, worker_id: bytes) -> tuple[list[bytes], list[Instruction]]:
+        """Returns the actors that were on the worker, and instructions."""
+        w = self.workers.pop(worker_id, None)
+        if w is None:
+            return [], self._schedule()
+        if w.role in (WorkerRole.LEASED, WorkerRole.DEDICATED):
+            self._release(w)
+        for a in w.actors:
+            self.actor_worker.pop(a, None)
+        return sorted(w.actors), self._schedule()
+
+    def worker_blocked(self, worker_id: bytes, blocked: bool) -> list[Instruction]:
+        w = self.workers.get(worker_id)
+        if w is None or w.role not in (WorkerRole.LEASED, WorkerRole.DEDICATED):
+            return []
+        if blocked:
+            w.blocked += 1
+            if w.blocked == 1:
+                R.add(self.available, w.shape)
+        elif w.blocked > 0:
+            w.blocked -= 1
+            if w.blocked == 0:
+                R.subtract(self.available, w.shape)
+        return self._schedule()
+
+    def place_actor(self, actor_id: bytes, shape: dict[str, float]) -> list[Instruction]:
+        self.actor_queue.append(ActorRequest(actor_id, R.normalize(shape)))
+        return self._schedule()
+
+    def actor_removed(self, actor_id: bytes) -> list[Instruction]:
+        """An actor ended. A dedicated worker is stopped; a shared one keeps serving."""
+        self.actor_queue = deque(a for a in self.actor_queue if a.actor_id != actor_id)
+        wid = self.actor_worker.pop(actor_id, None)
+        out: list[Instruction] = []
+        w = self.workers.get(wid) if wid else None
+        if w is not None:
+            w.actors.discard(actor_id)
+            if w.role is WorkerRole.DEDICATED:
+                self._release(w)
+                del self.workers[w.worker_id]
+                out.append(StopWorker(w.worker_id))
+        return out + self._schedule()
+
+    def owner_gone(self, owner: Any) -> list[Instruction]:
+        self.leases = deque(r for r in self.leases if r.owner != owner)
+        out: list[Instruction] = []
+        for w in list(self.workers.values()):
+            if w.role is WorkerRole.LEASED and w.owner == owner:
+                # its tasks may still be running: stop the worker rather than reuse it
+                self._release(w)
+                del self.workers[w.worker_id]
+                out.append(StopWorker(w.worker_id))
+        return out + self._schedule()
+
+    def reap_idle(self, now: float, idle_timeout: float, keep: int) -> list[Instruction]:
+        """Stop workers idle for longer than ``idle_timeout``, keeping ``keep`` of them."""
+        idle = sorted(
+            (w for w in self.workers.values() if w.role is WorkerRole.IDLE),
+            key=lambda w: w.idle_since,
+        )
+        out: list[Instruction] = []
+        for w in idle[: max(0, len(idle) - keep)]:
+            if now - w.idle_since > idle_timeout:
+                del self.workers[w.worker_id]
+                out.append(StopWorker(w.worker_id))
+        return out
+
+    # --- matching ----------------------------------------------------------------------
+
+    def _release(self, w: WorkerInfo) -> None:
+        if not w.blocked:
+            R.add(self.available, w.shape)
+        w.blocked = 0
+        w.shape = {}
+
+    def _take(self, w: WorkerInfo, shape: dict[str, float]) -> None:
+        R.subtract(self.available, shape)
+        w.shape = dict(shape)
+
+    def _idle_worker(self) -> WorkerInfo | None:
+        for w in self.workers.values():
+            if w.role is WorkerRole.IDLE:
+                return w
+        return None
+
+    def _schedule(self) -> list[Instruction]:
+        out: list[Instruction] = []
+        want_workers = 0
+        want_workers += self._schedule_actors(out)
+        want_workers += self._schedule_leases(out)
+        return out + self._start_workers(want_workers)
+
+    def _schedule_actors(self, out: list[Instruction]) -> int:
+        want = 0
+        for req in list(self.actor_queue):
+            if R.is_empty(req.shape):
+                w = self._shared_worker()
+                if w is None:
+                    want += 1
+                    continue
+            else:
+                if not self._feasible(req, out):
+                    continue
+                if not R.fits(self.available, req.shape):
+                    continue
+                w = self._idle_worker()
+                if w is None:
+                    want += 1
+                    continue
+                w.role = WorkerRole.DEDICATED
+                self._take(w, req.shape)
+            w.actors.add(req.actor_id)
+            self.actor_worker[req.actor_id] = w.worker_id
+            self.actor_queue.remove(req)
+            out.append(HostActor(req.actor_id, w.worker_id))
+        return want
+
+    def _shared_worker(self) -> WorkerInfo | None:
+        """Spread light actors over up to ``max_shared_workers`` hosts, then pack them."""
+        shared = [w for w in self.workers.values() if w.role is WorkerRole.SHARED]
+        open_ = [w for w in shared if len(w.actors) < self.actors_per_shared_worker]
+        if len(shared) < self.max_shared_workers or not open_:
+            w = self._idle_worker()
+            if w is not None:
+                w.role = WorkerRole.SHARED
+                return w
+        if open_:
+            return min(open_, key=lambda x: len(x.actors))
+        return None
+
+    def _schedule_leases(self, out: list[Instruction]) -> int:
+        want = 0
+        blocked_owners: set[Any] = set()
+        for req in list(self.leases):
+            if not self._feasible(req, out):
+                continue
+            if not R.fits(self.available, req.shape):
+                blocked_owners.add(req.owner)
+                continue
+            w = self._idle_worker()
+            if w is None:
+                want += 1
+                continue
+            w.role = WorkerRole.LEASED
+            w.owner = req.owner
+            self._take(w, req.shape)
+            self.leases.remove(req)
+            out.append(GrantLease(req.key, w.worker_id))
+        if blocked_owners:
+            out.extend(self._revocations(blocked_owners))
+        return want
+
+    def _revocations(self, waiting_owners: set[Any]) -> list[Instruction]:
+        out: list[Instruction] = []
+        for w in self.workers.values():
+            if w.role is WorkerRole.LEASED and not w.revoked and not w.blocked:
+                if any(o != w.owner for o in waiting_owners):
+                    w.revoked = True
+                    out.append(RevokeLease(w.worker_id, w.owner))
+        return out
+
+    def _feasible(self, req: LeaseRequest | ActorRequest, out: list[Instruction]) -> bool:
+        miss = R.missing(self.total, req.shape)
+        if not miss:
+            return True
+        if not req.warned:
+            req.warned = True
+            key = req.key if isinstance(req, LeaseRequest) else req.actor_id
+            out.append(Infeasible(key, miss))
+        return False
+
+    def _start_workers(self, want: int) -> list[Instruction]:
+        live = len(self.workers) + self.starting
+        need = min(want - self.starting, self.max_workers - live)
+        if need <= 0:
+            return []
+        self.starting += need
+        return [StartWorker(need)]
+
+    # --- views ------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        out = {r.value: 0 for r in WorkerRole}
+        for w in self.workers.values():
+            out[w.role.value] += 1
+        out["starting"] = self.starting
+        return out
+
+    def validate(self) -> None:
+        used: dict[str, float] = {}
+        for w in self.workers.values():
+            if w.role in (WorkerRole.LEASED, WorkerRole.DEDICATED) and not w.blocked:
+                R.add(used, w.shape)
+            if w.role in (WorkerRole.IDLE, WorkerRole.SHARED):
+                assert not w.shape, f"{w.role} worker holds resources"
+        for k, total in self.total.items():
+            expect = total - used.get(k, 0.0)
+            assert abs(self.available.get(k, 0.0) - expect) < 1e-6, (k, self.available, used)

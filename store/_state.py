@@ -1,0 +1,371 @@
+"""The object store's accounting: a synchronous state machine, no I/O.
+
+It decides where an object's bytes go in the arena, who pins them, when they
+may be freed, what to spill when the arena is full, and what to restore on
+access. The node daemon carries out the I/O it asks for (writing and reading
+spill files) and reports back.
+
+Object life: CREATED (a writer holds the range) -> SEALED (readable) ->
+SPILLING -> SPILLED -> RESTORING -> SEALED ...; FREED once the owner let go and
+no reader pins it. A reader pins an object while any view into its range is
+alive; a pinned object is never freed, spilled or moved, so no reader ever
+sees another object's bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._allocator import ArenaAllocator
+
+__all__ = [
+    "Created",
+    "Full",
+    "Location",
+    "NeedRestore",
+    "NeedSpill",
+    "ObjectState",
+    "StoreState",
+    "StoreStats",
+    "Unknown",
+]
+
+
+class ObjectState(enum.Enum):
+    CREATED = "created"
+    SEALED = "sealed"
+    SPILLING = "spilling"
+    SPILLED = "spilled"
+    RESTORING = "restoring"
+
+
+_LEGAL = {
+    ObjectState.CREATED: {ObjectState.SEALED},
+    ObjectState.SEALED: {ObjectState.SPILLING},
+    ObjectState.SPILLING: {ObjectState.SPILLED, ObjectState.SEALED},
+    ObjectState.SPILLED: {ObjectState.RESTORING},
+    ObjectState.RESTORING: {ObjectState.SEALED, ObjectState.SPILLED},
+}
+
+
+@dataclass(slots=True)
+class Entry:
+    oid: bytes
+    size: int
+    owner: Any
+    creator: Any
+    state: ObjectState = ObjectState.CREATED
+    offset: int | None = None
+    meta: bytes = b""
+    pins: dict[Any, int] = field(default_factory=dict)
+    freed: bool = False
+    primary: bool = True
+    spill_path: str | None = None
+    last_access: int = 0
+
+
+# --- results ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class NeedSpill:
+    """No room: spill these objects (then try again)."""
+
+    oids: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Full:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    offset: int
+    size: int
+    meta: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NeedRestore:
+    oid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    oid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    capacity: int
+    used: int
+    objects: int
+    sealed: int
+    spilled: int
+    spilled_bytes: int
+    pinned: int
+    spill_count: int
+    restore_count: int
+
+
+class StoreState:
+    """Accounting of one node's object store."""
+
+    def __init__(self, capacity: int) -> None:
+        self.alloc = ArenaAllocator(capacity)
+        self.capacity = self.alloc.capacity
+        self.entries: dict[bytes, Entry] = {}
+        self._clock = itertools.count(1)
+        self.spill_count = 0
+        self.restore_count = 0
+
+    # --- state changes ----------------------------------------------------------------
+
+    def _set_state(self, e: Entry, new: ObjectState) -> None:
+        if new not in _LEGAL[e.state]:
+            raise AssertionError(f"object {e.oid.hex()}: illegal {e.state.name} -> {new.name}")
+        e.state = new
+
+    def _touch(self, e: Entry) -> None:
+        e.last_access = next(self._clock)
+
+    # --- writers ------------------------------------------------------------------------
+
+    def create(self, oid: bytes, size: int, creator: Any, owner: Any) -> Created | NeedSpill | Full:
+        if oid in self.entries:
+            raise ValueError(f"object {oid.hex()} already exists in the store")
+        if not self.alloc.fits_ever(size):
+            return Full(
+                f"an object of {size} bytes is larger than the whole object store "
+                f"({self.capacity} bytes); raise object_store_memory"
+            )
+        offset = self.alloc.allocate(size)
+        if offset is None:
+            victims = self._spill_candidates(size)
+            if victims:
+                return NeedSpill(victims)
+            st = self.alloc.stats()
+            return Full(
+                f"no room for an object of {size} bytes: {st.used} of {self.capacity} bytes "
+                f"in use, largest free range {st.largest_free} bytes, and nothing left to "
+                f"spill (every object is pinned by a reader or being written)"
+            )
+        e = Entry(oid, size, owner, creator, offset=offset)
+        self._touch(e)
+        self.entries[oid] = e
+        return Created(offset)
+
+    def seal(self, oid: bytes, meta: bytes) -> bool:
+        """Make a written object readable; False if it was freed meanwhile (and is gone)."""
+        e = self.entries[oid]
+        e.meta = meta
+        self._set_state(e, ObjectState.SEALED)
+        if e.freed:
+            self._maybe_drop(e)
+            return False
+        return True
+
+    def abort(self, oid: bytes) -> None:
+        """Forget an object that was never sealed; its range is free again."""
+        e = self.entries.get(oid)
+        if e is not None and e.state is ObjectState.CREATED:
+            self._drop(e)
+
+    # --- readers ------------------------------------------------------------------------
+
+    def open(self, oid: bytes, client: Any) -> Location | NeedRestore | Unknown:
+        e = self.entries.get(oid)
+        if e is None or e.state is ObjectState.CREATED or e.freed:
+            return Unknown(oid)
+        if e.state in (ObjectState.SPILLED, ObjectState.RESTORING):
+            return NeedRestore(oid)
+        # SEALED or SPILLING: the bytes are still in memory; a pin cancels the spill.
+        assert e.offset is not None
+        e.pins[client] = e.pins.get(client, 0) + 1
+        self._touch(e)
+        return Location(e.offset, e.size, e.meta)
+
+    def release(self, oid: bytes, client: Any, count: int = 1) -> None:
+        e = self.entries.get(oid)
+        if e is None:
+            return
+        left = e.pins.get(client, 0) - count
+        if left > 0:
+            e.pins[client] = left
+        else:
+            e.pins.pop(client, None)
+            self._maybe_drop(e)
+
+    # --- owners ------------------------------------------------------------------------
+
+    def free(self, oid: bytes) -> str | None:
+        """The owner let go. Returns a spill file path to delete, if any."""
+        e = self.entries.get(oid)
+        if e is None:
+            return None
+        e.freed = True
+        path = e.spill_path if e.state is ObjectState.SPILLED else None
+        self._maybe_drop(e)
+        return path
+
+    def client_gone(self, client: Any) -> list[str]:
+        """A process ended: drop its pins, its unsealed objects and the objects it owned.
+
+        Returns spill file paths to delete.
+        """
+        paths: list[str] = []
+        for e in list(self.entries.values()):
+            if e.pins.pop(client, None) is not None:
+                self._maybe_drop(e)
+            if e.oid not in self.entries:
+                continue
+            if e.state is ObjectState.CREATED and e.creator == client:
+                self._drop(e)
+            elif e.owner == client:
+                path = self.free(e.oid)
+                if path:
+                    paths.append(path)
+        return paths
+
+    # --- spilling -------------------------------------------------------------------------
+
+    def _spill_candidates(self, need: int) -> list[bytes]:
+        movable = [
+            e
+            for e in self.entries.values()
+            if e.state is ObjectState.SEALED and not e.pins and not e.freed
+        ]
+        movable.sort(key=lambda e: (e.primary, e.last_access))  # secondary copies first, LRU
+        out: list[bytes] = []
+        got = 0
+        for e in movable:
+            out.append(e.oid)
+            got += e.size
+            if got >= need:
+                break
+        return out
+
+    def begin_spill(self, oid: bytes) -> tuple[int, int] | None:
+        """Start spilling; returns ``(offset, size)`` to write out, or None to skip."""
+        e = self.entries.get(oid)
+        if e is None or e.state is not ObjectState.SEALED or e.pins or e.freed:
+            return None
+        self._set_state(e, ObjectState.SPILLING)
+        assert e.offset is not None
+        return e.offset, e.size
+
+    def spill_done(self, oid: bytes, path: str | None) -> str | None:
+        """The bytes are on disk at ``path`` (None: the write failed).
+
+        Returns a path to delete when the spill turned out useless.
+        """
+        e = self.entries.get(oid)
+        if e is None:
+            return path
+        if path is None or e.pins or e.freed:
+            # failed, or a reader arrived meanwhile: keep it in memory
+            self._set_state(e, ObjectState.SEALED)
+            self._maybe_drop(e)
+            return path
+        assert e.offset is not None
+        self.alloc.free(e.offset)
+        e.offset = None
+        e.spill_path = path
+        self._set_state(e, ObjectState.SPILLED)
+        self.spill_count += 1
+        return None
+
+    def begin_restore(self, oid: bytes) -> Created | NeedSpill | Full | None:
+        """Find room to bring a spilled object back; None if it is not spilled."""
+        e = self.entries.get(oid)
+        if e is None or e.state is not ObjectState.SPILLED:
+            return None
+        offset = self.alloc.allocate(e.size)
+        if offset is None:
+            victims = [v for v in self._spill_candidates(e.size) if v != oid]
+            if victims:
+                return NeedSpill(victims)
+            return Full(f"no room to restore a spilled object of {e.size} bytes")
+        e.offset = offset
+        self._set_state(e, ObjectState.RESTORING)
+        return Created(offset)
+
+    def restore_done(self, oid: bytes, ok: bool) -> str | None:
+        """The bytes were read back (or not). Returns the spill file to delete."""
+        e = self.entries.get(oid)
+        if e is None or e.state is not ObjectState.RESTORING:
+            return None
+        assert e.offset is not None
+        if not ok:
+            self.alloc.free(e.offset)
+            e.offset = None
+            self._set_state(e, ObjectState.SPILLED)
+            return None
+        self._set_state(e, ObjectState.SEALED)
+        self.restore_count += 1
+        path, e.spill_path = e.spill_path, None
+        self._maybe_drop(e)
+        return path
+
+    # --- dropping -------------------------------------------------------------------------
+
+    def _maybe_drop(self, e: Entry) -> None:
+        if not e.freed or e.pins:
+            return
+        if e.state in (ObjectState.SEALED, ObjectState.SPILLED):
+            self._drop(e)
+        # CREATED / SPILLING / RESTORING: dropped when that step ends
+
+    def _drop(self, e: Entry) -> None:
+        if e.offset is not None:
+            self.alloc.free(e.offset)
+            e.offset = None
+        self.entries.pop(e.oid, None)
+
+    # --- views ------------------------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        entries = self.entries.values()
+        spilled = [e for e in entries if e.state is ObjectState.SPILLED]
+        return StoreStats(
+            capacity=self.capacity,
+            used=self.alloc.used_bytes,
+            objects=len(self.entries),
+            sealed=sum(1 for e in entries if e.state is ObjectState.SEALED),
+            spilled=len(spilled),
+            spilled_bytes=sum(e.size for e in spilled),
+            pinned=sum(1 for e in entries if e.pins),
+            spill_count=self.spill_count,
+            restore_count=self.restore_count,
+        )
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "object_id": e.oid.hex(),
+                "size": e.size,
+                "state": e.state.value,
+                "owner": e.owner,
+                "pins": sum(e.pins.values()),
+                "spilled": e.state is ObjectState.SPILLED,
+            }
+            for e in self.entries.values()
+        ]
+
+    def validate(self) -> None:
+        self.alloc.validate()
+        in_memory = sum(
+            1 for e in self.entries.values() if e.offset is not None
+        )
+        assert in_memory == self.alloc.stats().blocks, "allocated ranges != objects in memory"
+        for e in self.entries.values():
+            assert (e.offset is None) == (e.state is ObjectState.SPILLED), e

@@ -1,0 +1,116 @@
+"""Test harness.
+
+* ``async def`` tests run on a fresh event loop, once on the default asyncio
+  loop and once on uvloop (the ``aloop`` parameter), under a deadline
+  (``@pytest.mark.timeout`` or 60 s).
+* An exception that reaches the loop's exception handler ("Task exception was
+  never retrieved" and friends) fails the test.
+* After every test, no child process of this test process may be left, and no
+  /dev/shm entry created by actorcore may remain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import os
+import time
+
+import psutil
+import pytest
+import uvloop
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if inspect.iscoroutinefunction(metafunc.function) and "aloop" not in metafunc.fixturenames:
+        metafunc.fixturenames.append("aloop")
+    if "aloop" in metafunc.fixturenames:
+        metafunc.parametrize("aloop", LOOPS)
+
+
+def _new_loop(impl: str) -> asyncio.AbstractEventLoop:
+    return uvloop.new_event_loop() if impl == "uvloop" else asyncio.new_event_loop()
+
+
+def _deadline(item: pytest.Item, default: float = 60.0) -> float:
+    marker = item.get_closest_marker("timeout")
+    if marker and marker.args:
+        return float(marker.args[0]) * 0.9
+    return default
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    fn = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(fn):
+        return None
+    impl = pyfuncitem.funcargs.get("aloop", "asyncio")
+    kwargs = {n: pyfuncitem.funcargs[n] for n in pyfuncitem._fixtureinfo.argnames}
+    loop = _new_loop(impl)
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    deadline = _deadline(pyfuncitem)
+    try:
+        loop.run_until_complete(asyncio.wait_for(fn(**kwargs), deadline))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+        gc.collect()
+    if errors:
+        msgs = [str(ctx.get("exception") or ctx.get("message")) for ctx in errors]
+        pytest.fail("exceptions reached the event loop: " + "; ".join(msgs))
+    return True
+
+
+@pytest.fixture
+def loop_runner(aloop: str):
+    """Run a coroutine to completion on a fresh loop of the parametrized kind."""
+
+    def run(coro, timeout: float = 60.0):
+        loop = _new_loop(aloop)
+        try:
+            return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        finally:
+            loop.close()
+
+    return run
+
+
+def _shm_entries() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("actorcore")}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest):
+    """Every process a test starts is gone after it; so are its /dev/shm files."""
+    me = psutil.Process()
+    before_children = {p.pid for p in me.children(recursive=True)}
+    before_shm = _shm_entries()
+    yield
+    if request.node.get_closest_marker("allow_leaks"):
+        return
+    deadline = time.monotonic() + 10.0
+    while True:
+        extra = [
+            p
+            for p in me.children(recursive=True)
+            if p.pid not in before_children and p.status() != psutil.STATUS_ZOMBIE
+        ]
+        leaked_shm = _shm_entries() - before_shm
+        if (not extra and not leaked_shm) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # polling a condition with a deadline, not synchronizing
+    for p in extra:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not extra, f"test left processes behind: {[(p.pid, p.name()) for p in extra]}"
+    assert not leaked_shm, f"test left /dev/shm entries behind: {sorted(leaked_shm)}"
