@@ -99,24 +99,27 @@ class ActorMailbox:
             self.running -= 1
         self._fill()
 
-    def _drain(self, call: Call | None) -> None:
+    def _drain(self, call: Call) -> None:
         """Run sync calls while the head of the queue is one (executor thread).
 
         The slot taken for ``call`` stays taken between calls, so a sync actor
         runs its calls one after another without a trip through the loop.
+        After a batch the thread is handed back (with the next call) so other
+        actors of a shared worker get their turn.
         """
-        for _ in range(_FAIR_BATCH):
-            if call is not None:
-                self.worker.run_actor_call(self, call)
+        budget = _FAIR_BATCH
+        while True:
+            self.worker.run_actor_call(self, call)
             with self.lock:
-                if self.dead is None and self.queue and not self.is_coroutine(self.queue[0].method):
-                    call = self.queue.popleft()
-                    continue
-                self.running -= 1
-            self._fill()
-            return
-        # let other actors have this thread too; the slot stays ours
-        self.worker.pool.submit(lambda: self._drain(None))
+                if self.dead is not None or not self.queue or self.is_coroutine(self.queue[0].method):
+                    self.running -= 1
+                    break
+                call = self.queue.popleft()
+            budget -= 1
+            if budget == 0:
+                self.worker.pool.submit(lambda call=call: self._drain(call))
+                return
+        self._fill()
 
     def cancel(self, task_id: bytes) -> bool:
         with self.lock:

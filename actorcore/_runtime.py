@@ -508,6 +508,18 @@ class CoreRuntime(Service):
             for cb in waiters:
                 cb(e)
 
+    # --- values ---------------------------------------------------------------------------
+
+    def await_ref(self, ref: Any) -> Any:
+        from . import _values
+
+        return _values.await_ref(self, ref)
+
+    def ref_future(self, ref: Any) -> Any:
+        from . import _values
+
+        return _values.ref_future(self, ref)
+
     # --- put --------------------------------------------------------------------------------
 
     def put(self, value: Any) -> Any:
