@@ -86,7 +86,7 @@ class ActorClient:
         self.held: list[bytes] = []  # constructor arguments, kept for restarts
 
     def describe(self) -> str:
-        return f"actor {self.class_name} ({self.actor_id.hex()[:12]})"
+        return f"actor {self.class_name} ({self.actor_id.hex()})"
 
 
 class ActorClients:

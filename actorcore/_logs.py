@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["capture_output", "print_lines"]
 
-_FLUSH_DELAY_S = 0.02
 
 
 class _LineStream(io.TextIOBase):
@@ -88,7 +87,9 @@ class _Shipper:
         self.rt.call_soon(self._arm)
 
     def _arm(self) -> None:
-        self.rt.loop.call_later(_FLUSH_DELAY_S, self.ship)
+        # lines written in the same loop tick go out together; no timer, so
+        # output printed just before a crash still leaves the process
+        self.ship()
 
     def ship(self) -> None:
         with self.lock:

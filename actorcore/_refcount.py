@@ -116,7 +116,7 @@ class ObjectEntry:
 
     def __repr__(self) -> str:
         return (
-            f"<ObjectEntry {self.oid.hex()[:12]} owned={self.owned} state={self.state} "
+            f"<ObjectEntry {self.oid.hex()} owned={self.owned} state={self.state} "
             f"local={self.local} submitted={self.submitted} contained={self.contained} "
             f"borrowers={len(self.borrowers or ())}>"
         )

@@ -208,7 +208,7 @@ class CoreRuntime(Service):
                 else:
                     self.peers[pid] = peer
         except Exception as e:
-            peer = ConnectionBrokenError(f"cannot reach process {pid.hex()[:12]} at {address[1:]}: {e}")
+            peer = ConnectionBrokenError(f"cannot reach process {pid.hex()} at {address[1:]}: {e}")
         with self.lock:
             waiters = self._connecting.pop(pid, [])
             for cb in waiters:
@@ -496,7 +496,7 @@ class CoreRuntime(Service):
             if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
                 cause = reply if isinstance(reply, BaseException) else reply.message
                 err = ObjectLostError(
-                    f"object {oid.hex()} is lost: its owner {bytes(e.owner[0]).hex()[:12]} "
+                    f"object {oid.hex()} is lost: its owner {bytes(e.owner[0]).hex()} "
                     f"could not provide it ({cause})"
                 )
                 waiters = self.table.complete(e, ERROR, err)

@@ -104,7 +104,7 @@ class WorkerRuntime(CoreRuntime):
         if fn is not None:
             return fn
         if blob is None:
-            raise LookupError(f"function {fn_id.hex()[:12]} was never sent to this worker")
+            raise LookupError(f"function {fn_id.hex()} was never sent to this worker")
         with self._fn_lock:
             fn = self.functions.get(fn_id)
             if fn is None:
@@ -173,7 +173,7 @@ class WorkerRuntime(CoreRuntime):
         self._reply(call, [encode_error(exc, call.name)] * len(call.return_ids), None, None)
 
     def reply_died(self, call: Call, mb: ActorMailbox, reason: str) -> None:
-        err = ActorDiedError(f"actor {mb.class_name} ({mb.actor_id.hex()[:12]}) is gone: {reason}")
+        err = ActorDiedError(f"actor {mb.class_name} ({mb.actor_id.hex()}) is gone: {reason}")
         conn = call.peer.conn
         if conn is not None and not conn.closed:
             try:
@@ -249,7 +249,7 @@ class WorkerRuntime(CoreRuntime):
     def on_actor_call(self, peer: RpcPeer, msg: P.ActorCallMsg, _bufs: list[bytes]) -> Any:
         mb = self.mailboxes.get(msg.actor_id)
         if mb is None:
-            raise ActorDiedError(f"actor {msg.actor_id.hex()[:12]} is not on this worker")
+            raise ActorDiedError(f"actor {msg.actor_id.hex()} is not on this worker")
         mb.push(Call(peer, msg, f"{mb.class_name}.{msg.method}", msg.method, None, False))
         return DEFERRED
 

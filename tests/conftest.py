@@ -19,7 +19,10 @@ import time
 
 import psutil
 import pytest
+import tempfile
 import uvloop
+
+from actorcore.testing import leftover_processes, leftover_shm
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -80,31 +83,49 @@ def loop_runner(aloop: str):
     return run
 
 
-def _shm_entries() -> set[str]:
+def _descends(p: psutil.Process, pids: set[int]) -> bool:
     try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith("actorcore")}
-    except FileNotFoundError:
-        return set()
+        return any(a.pid in pids for a in p.parents())
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _shm_entries() -> set[str]:
+    return leftover_shm()
+
+
+def _session_dirs() -> set[str]:
+    root = tempfile.gettempdir()
+    return {n for n in os.listdir(root) if n.startswith("actorcore-session-")}
 
 
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest):
     """Every process a test starts is gone after it; so are its /dev/shm files."""
     me = psutil.Process()
+    started = time.time()
     before_children = {p.pid for p in me.children(recursive=True)}
+    before_children |= {p.pid for p in leftover_processes(0.0)}
     before_shm = _shm_entries()
+    before_dirs = _session_dirs()
     yield
     if request.node.get_closest_marker("allow_leaks"):
         return
-    deadline = time.monotonic() + 10.0
+    deadline = time.monotonic() + 15.0
     while True:
         extra = [
             p
             for p in me.children(recursive=True)
             if p.pid not in before_children and p.status() != psutil.STATUS_ZOMBIE
         ]
+        extra += [
+            p
+            for p in leftover_processes(started)
+            if p.pid not in before_children and p not in extra and not _descends(p, before_children)
+        ]
         leaked_shm = _shm_entries() - before_shm
-        if (not extra and not leaked_shm) or time.monotonic() > deadline:
+        leaked_dirs = _session_dirs() - before_dirs
+        if (not extra and not leaked_shm and not leaked_dirs) or time.monotonic() > deadline:
             break
         time.sleep(0.05)  # polling a condition with a deadline, not synchronizing
     for p in extra:
@@ -114,3 +135,36 @@ def no_leaks(request: pytest.FixtureRequest):
             pass
     assert not extra, f"test left processes behind: {[(p.pid, p.name()) for p in extra]}"
     assert not leaked_shm, f"test left /dev/shm entries behind: {sorted(leaked_shm)}"
+    assert not leaked_dirs, f"test left session directories behind: {sorted(leaked_dirs)}"
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    """One embedded node (2 CPUs) shared by the tests of a module."""
+    import actorcore as ac
+
+    ac.init(num_cpus=2)
+    try:
+        yield ac
+    finally:
+        ac.shutdown()
+
+
+@pytest.fixture
+def fresh_runtime():
+    """A node of its own for one test; shut down even if the test fails."""
+    import actorcore as ac
+
+    started: list[bool] = []
+
+    def start(**kw):
+        kw.setdefault("num_cpus", 2)
+        info = ac.init(**kw)
+        started.append(True)
+        return info
+
+    try:
+        yield start
+    finally:
+        if started:
+            ac.shutdown()
