@@ -23,7 +23,7 @@ from ._ids import new_id
 from ._runtime import CoreRuntime, NodeInfo
 from .errors import ActorCoreError
 
-__all__ = ["DriverRuntime", "find_local_node"]
+__all__ = ["DriverRuntime", "find_local_node", "spawn_daemon"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class DriverRuntime(CoreRuntime):
     def start(cls, config: Config, address: str | None, namespace: str | None) -> DriverRuntime:
         if address is None:
             token = os.urandom(32)
-            proc, ready = _spawn_daemon(config, token)
+            proc, ready = spawn_daemon(config, token, os.getpid())
         else:
             if address not in ("auto", "local"):
                 raise ValueError(
@@ -153,7 +153,13 @@ class DriverRuntime(CoreRuntime):
         super()._daemon_lost(exc)
 
 
-def _spawn_daemon(config: Config, token: bytes) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def spawn_daemon(
+    config: Config, token: bytes, owner_pid: int | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start a node daemon process; returns it and its ready information.
+
+    With ``owner_pid`` the node ends when that process does (embedded mode).
+    """
     session = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([_PKG_ROOT, *filter(None, [env.get("PYTHONPATH")])])
@@ -169,7 +175,7 @@ def _spawn_daemon(config: Config, token: bytes) -> tuple[subprocess.Popen[bytes]
         "token": token.hex(),
         "session": session,
         "config": config.to_dict(),
-        "owner_pid": os.getpid(),
+        "owner_pid": owner_pid,
         "sys_path": [p for p in sys.path if p] + [os.getcwd()],
     }
     assert proc.stdin is not None and proc.stdout is not None

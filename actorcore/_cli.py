@@ -1,0 +1,217 @@
+"""The ``actorcore`` command: start and stop a node, look at it, run benchmarks.
+
+    actorcore start [--num-cpus N] [--resources JSON] [--object-store-memory BYTES]
+    actorcore stop
+    actorcore status
+    actorcore list {actors,workers,objects,nodes}
+    actorcore memory
+    actorcore logs [--tail N]
+    actorcore microbenchmark [FILTER] [--ray-python PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _client(node: dict[str, Any]) -> Any:
+    from ._config import Config
+    from ._ids import new_id
+    from ._transport import SyncClient
+
+    cfg = Config()
+    return SyncClient(
+        tuple(node["address"]),
+        token=bytes.fromhex(node["token"]),
+        role="cli",
+        my_id=new_id(),
+        max_header_bytes=cfg.max_header_bytes,
+        max_frame_bytes=cfg.max_frame_bytes,
+        timeout=30.0,
+    )
+
+
+def _ask(node: dict[str, Any], msg: Any) -> Any:
+    from . import _protocol as P
+    from ._rpc import error_from_reply
+
+    client = _client(node)
+    try:
+        reply = client.call(msg)
+    finally:
+        client.close()
+    if reply.TAG == P.Tag.ERROR_REPLY:
+        raise error_from_reply(reply)
+    return reply.value
+
+
+def _state(node: dict[str, Any], kind: str) -> Any:
+    from . import _protocol as P
+    from ._rpc import next_rid
+
+    return _ask(node, P.ListStateMsg(next_rid(), kind))
+
+
+def _node() -> dict[str, Any]:
+    from ._driver import find_local_node
+
+    return find_local_node()
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)"
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in cols)]
+    for r in rows:
+        lines.append("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
+    return "\n".join(lines)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from ._config import Config
+    from ._driver import spawn_daemon
+
+    overrides: dict[str, Any] = {}
+    if args.num_cpus is not None:
+        overrides["num_cpus"] = args.num_cpus
+    if args.num_gpus is not None:
+        overrides["num_gpus"] = args.num_gpus
+    if args.resources:
+        overrides["resources"] = json.loads(args.resources)
+    if args.object_store_memory:
+        overrides["object_store_memory"] = args.object_store_memory
+    config = Config.from_env(**overrides)
+    proc, ready = spawn_daemon(config, os.urandom(32), None)
+    for f in (proc.stdout, proc.stdin):
+        if f is not None:
+            f.close()
+    print(f"node started: pid {ready['pid']}, address {ready['address'][0]}:{ready['address'][1]}")
+    print(f"session {ready['session']}; connect with ac.init(address='auto'); stop with `actorcore stop`")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from . import _protocol as P
+    from ._rpc import next_rid
+    from .testing import wait_for
+
+    stopped = 0
+    for path in glob.glob("/dev/shm/actorcore-*/node.json"):
+        try:
+            with open(path) as f:
+                node = json.load(f)
+            _ask(node, P.ShutdownNodeMsg(next_rid()))
+        except (OSError, ConnectionError, ValueError):
+            continue
+        try:
+            wait_for(lambda p=path: not os.path.exists(p), 15.0)
+        except TimeoutError:
+            print(f"node {node['pid']} did not stop in time", file=sys.stderr)
+            continue
+        stopped += 1
+    print(f"stopped {stopped} node(s)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    node = _node()
+    info = _state(node, "node")
+    store = _state(node, "store")
+    print(f"node {info['node_id']} pid {info['pid']} at {info['address'][0]}:{info['address'][1]}")
+    print(f"  session {info['session']}, up {info['uptime_s']:.0f} s, {info['drivers']} driver(s)")
+    total, avail = info["resources_total"], info["resources_available"]
+    for k in sorted(total):
+        if k in ("memory", "object_store_memory"):
+            continue
+        print(f"  {k}: {total[k] - avail.get(k, 0):g}/{total[k]:g} in use")
+    print(f"  workers: {info['workers']}")
+    mb = 1024 * 1024
+    print(f"  object store: {store['used'] / mb:.1f}/{store['capacity'] / mb:.0f} MiB, "
+          f"{store['objects']} objects, {store['spilled']} spilled")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    node = _node()
+    if args.what == "nodes":
+        rows = [_state(node, "node")]
+        rows = [{"node_id": r["node_id"], "pid": r["pid"], "address": f"{r['address'][0]}:{r['address'][1]}"} for r in rows]
+    else:
+        rows = _state(node, args.what)
+    print(_table(rows))
+    return 0
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    node = _node()
+    store = _state(node, "store")
+    objects = _state(node, "objects")
+    mb = 1024 * 1024
+    print(f"object store: {store['used'] / mb:.1f} of {store['capacity'] / mb:.0f} MiB used; "
+          f"{store['objects']} objects ({store['spilled']} spilled, {store['spilled_bytes'] / mb:.1f} MiB on disk)")
+    print(_table(objects))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    node = _node()
+    logs = os.path.join(node["session_dir"], "logs")
+    for path in sorted(glob.glob(os.path.join(logs, "*"))):
+        with open(path, errors="replace") as f:
+            lines = f.readlines()[-args.tail:]
+        if lines:
+            print(f"==> {os.path.basename(path)} <==")
+            sys.stdout.writelines(lines)
+    return 0
+
+
+def cmd_microbenchmark(args: argparse.Namespace) -> int:
+    from bench.__main__ import main as bench_main
+
+    argv = list(args.filter)
+    if args.ray_python:
+        argv += ["--ray-python", args.ray_python]
+    return bench_main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="actorcore", description="actorcore node control")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("start", help="start a node daemon on this machine")
+    p.add_argument("--num-cpus", type=float)
+    p.add_argument("--num-gpus", type=float)
+    p.add_argument("--resources", help='custom resources as JSON, e.g. \'{"disk": 2}\'')
+    p.add_argument("--object-store-memory", type=int)
+    p.set_defaults(fn=cmd_start)
+    sub.add_parser("stop", help="stop the nodes started with `actorcore start`").set_defaults(fn=cmd_stop)
+    sub.add_parser("status", help="resources, workers and store of the local node").set_defaults(fn=cmd_status)
+    p = sub.add_parser("list", help="list actors, workers, objects or nodes")
+    p.add_argument("what", choices=["actors", "workers", "objects", "nodes"])
+    p.set_defaults(fn=cmd_list)
+    sub.add_parser("memory", help="object store use, object by object").set_defaults(fn=cmd_memory)
+    p = sub.add_parser("logs", help="print the session's log files")
+    p.add_argument("--tail", type=int, default=50)
+    p.set_defaults(fn=cmd_logs)
+    p = sub.add_parser("microbenchmark", help="run the benchmark suite (see bench/)")
+    p.add_argument("filter", nargs="*")
+    p.add_argument("--ray-python")
+    p.set_defaults(fn=cmd_microbenchmark)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except ConnectionError as e:
+        print(f"actorcore: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

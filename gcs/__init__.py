@@ -1,0 +1,83 @@
+"""Control state: what must survive any single process.
+
+Every component reads and writes control state (nodes, actors, names, jobs,
+elections) through one interface, :class:`ControlStore`: keys with
+revisions, leases, prefix watches and transactions, with etcd's semantics.
+Two back ends implement it:
+
+* :class:`EmbeddedControlStore`: in this process, for a single machine;
+* :class:`EtcdControlStore`: a real etcd, for clusters
+  (``etcd://host:2379/NAME``; every key lives under the namespace NAME).
+
+:func:`open_control_store` picks one from an address. :class:`ActorTable`,
+:class:`NameRegistry` and :class:`NodeRegistry` are typed tables on top of
+either; :class:`EtcdProcess` runs a throwaway etcd for tests.
+"""
+
+from __future__ import annotations
+
+from ._embedded import EmbeddedControlStore, EmbeddedState
+from ._etcd import EtcdAddress, EtcdControlStore
+from ._etcd_process import EtcdNotFoundError, EtcdProcess
+from ._interface import (
+    Compare,
+    ControlStore,
+    ControlStoreError,
+    ControlStoreUnavailableError,
+    DeleteOp,
+    EventType,
+    GetOp,
+    KeyValue,
+    LeaseExpiredError,
+    PutOp,
+    RevisionCompactedError,
+    TxnResult,
+    Watch,
+    WatchEvent,
+)
+from ._tables import ActorRecord, ActorTable, NameRegistry, NodeRegistry
+
+__all__ = [
+    "ActorRecord",
+    "ActorTable",
+    "Compare",
+    "ControlStore",
+    "ControlStoreError",
+    "ControlStoreUnavailableError",
+    "DeleteOp",
+    "EmbeddedControlStore",
+    "EmbeddedState",
+    "EtcdAddress",
+    "EtcdControlStore",
+    "EtcdNotFoundError",
+    "EtcdProcess",
+    "EventType",
+    "GetOp",
+    "KeyValue",
+    "LeaseExpiredError",
+    "NameRegistry",
+    "NodeRegistry",
+    "PutOp",
+    "RevisionCompactedError",
+    "TxnResult",
+    "Watch",
+    "WatchEvent",
+    "open_control_store",
+]
+
+
+def open_control_store(address: str | None = None) -> ControlStore:
+    """The control store for ``address``: embedded for None, etcd for ``etcd://...``.
+
+    The result is an async context manager; entering an etcd store checks
+    that etcd answers. An etcd store must be created in the event loop that
+    uses it.
+
+    Raises:
+        ValueError: an address that is neither None nor ``etcd://...``.
+    """
+    if address is None:
+        return EmbeddedControlStore()
+    if address.startswith("etcd://"):
+        return EtcdControlStore(address)
+    raise ValueError(f"unknown control store address {address!r}: expected etcd://host:port/NAME")
