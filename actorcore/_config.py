@@ -44,6 +44,7 @@ class Config:
     log_to_driver: bool = True
     default_max_retries: int = 3
     heartbeat_s: float = 1.0
+    session_tag: str = ""  # appended to session names (test runs tell theirs apart)
 
     def __post_init__(self) -> None:
         if self.inline_threshold < 0:
@@ -57,6 +58,8 @@ class Config:
                 raise ValueError(f"resources: use num_cpus/num_gpus, not resources[{k!r}]")
         if self.loop not in ("uvloop", "asyncio"):
             raise ValueError(f"loop must be 'uvloop' or 'asyncio', not {self.loop!r}")
+        if not all(c.isalnum() or c in "-_" for c in self.session_tag):
+            raise ValueError("session_tag may hold only letters, digits, '-' and '_'")
         if self.object_store_memory < 0:
             raise ValueError("object_store_memory must be >= 0")
 
@@ -71,6 +74,7 @@ class Config:
             "loop": _env("LOOP", "uvloop"),
             "log_to_driver": _env("LOG_TO_DRIVER", "1") not in ("0", "false", "no"),
             "lease_linger_s": float(_env("LEASE_LINGER_S", "0.2")),
+            "session_tag": _env("SESSION_TAG", ""),
         }
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():

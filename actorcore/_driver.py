@@ -161,6 +161,8 @@ def spawn_daemon(
     With ``owner_pid`` the node ends when that process does (embedded mode).
     """
     session = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
+    if config.session_tag:
+        session += "-" + config.session_tag
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([_PKG_ROOT, *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.Popen(

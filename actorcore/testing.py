@@ -89,18 +89,26 @@ def kill_pid(pid: int, timeout: float = 10.0) -> None:
     wait_for(gone, timeout, what=f"pid {pid} gone")
 
 
-def leftover_processes(since: float) -> list[psutil.Process]:
-    """actorcore processes (daemons, fork servers, workers) started after ``since``."""
+SESSION_MARKER = "ACTORCORE_TEST_SESSION"
+
+
+def leftover_processes(since: float, marker: str | None = None) -> list[psutil.Process]:
+    """Processes started after ``since`` that carry ``ACTORCORE_TEST_SESSION=marker``
+    in their environment (set it before starting anything: every driver, node
+    daemon and worker inherits it), so runs side by side never see each other's."""
+    marker = marker or os.environ.get(SESSION_MARKER)
+    if not marker:
+        return []
     out = []
-    for p in psutil.process_iter(["cmdline", "create_time", "status"]):
+    for p in psutil.process_iter(["create_time", "status"]):
         try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if p.info["status"] == psutil.STATUS_ZOMBIE:
+            if p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
-            if "actorcore" in cmd and p.info["create_time"] >= since - 0.5 and p.pid != os.getpid():
-                if "pytest" not in cmd:
-                    out.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            if p.info["create_time"] < since - 0.5:
+                continue
+            if p.environ().get(SESSION_MARKER) == marker:
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return out
 

@@ -22,9 +22,15 @@ import pytest
 import tempfile
 import uvloop
 
-from actorcore.testing import leftover_processes, leftover_shm
+from actorcore.testing import SESSION_MARKER, leftover_processes, leftover_shm
 
 LOOPS = ["asyncio", "uvloop"]
+
+# Everything this test session starts inherits the marker; the leak check looks
+# only at processes that carry it (runs side by side do not see each other).
+os.environ.setdefault(SESSION_MARKER, f"{os.getpid()}-{time.time()}")
+os.environ.setdefault("ACTORCORE_SESSION_TAG", f"t{os.getpid()}")
+_TAG = os.environ["ACTORCORE_SESSION_TAG"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -91,12 +97,12 @@ def _descends(p: psutil.Process, pids: set[int]) -> bool:
 
 
 def _shm_entries() -> set[str]:
-    return leftover_shm()
+    return {n for n in leftover_shm() if n.endswith("-" + _TAG)}
 
 
 def _session_dirs() -> set[str]:
     root = tempfile.gettempdir()
-    return {n for n in os.listdir(root) if n.startswith("actorcore-session-")}
+    return {n for n in os.listdir(root) if n.startswith("actorcore-session-") and n.endswith("-" + _TAG)}
 
 
 @pytest.fixture(autouse=True)
