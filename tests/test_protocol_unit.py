@@ -1,0 +1,84 @@
+"""Frames and typed messages, bytes in and out (no sockets)."""
+
+import struct
+
+import msgpack
+import pytest
+
+from actorcore import _protocol as P
+from actorcore.errors import ProtocolError
+
+
+def decoder(max_header=1 << 20, max_frame=1 << 24):
+    return P.FrameDecoder(max_header, max_frame)
+
+
+def test_every_message_class_has_a_unique_tag_and_round_trips():
+    assert len(P.MESSAGES) == len({int(t) for t in P.MESSAGES})
+    for tag, cls in P.MESSAGES.items():
+        fields = [7 if name == "rid" else b"x" for name in cls._fields]
+        msg = cls(*fields)
+        frames = decoder().feed(P.encode(msg))
+        assert len(frames) == 1
+        got, bufs = frames[0]
+        assert type(got) is cls and got.TAG == tag and bufs == []
+        assert list(got) == fields
+
+
+def test_frames_split_at_every_byte_reassemble():
+    data = P.encode(P.GetObjectMsg(1, b"a")) + P.encode(P.ReplyMsg(2, [1, 2, b"x"]))
+    for cut in range(len(data) + 1):
+        d = decoder()
+        out = d.feed(data[:cut]) + d.feed(data[cut:])
+        assert [type(m) for m, _ in out] == [P.GetObjectMsg, P.ReplyMsg]
+
+
+def test_raw_buffers_travel_outside_msgpack():
+    big = bytes(range(256)) * 100
+    frame = P.encode(P.LogBatchMsg([]), [big, b"tail"])
+    assert isinstance(frame, list) and frame[1] is big  # not copied into the header
+    (msg, bufs), = decoder().feed(b"".join(frame))
+    assert bufs == [big, b"tail"]
+
+
+def test_oversized_header_is_refused_before_it_arrives():
+    prelude = struct.pack("<IH", 10_000_000, 0)
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        decoder(max_header=1 << 20).feed(prelude)
+
+
+def test_oversized_frame_counts_its_buffers():
+    prelude = struct.pack("<IH", 10, 1) + struct.pack("<Q", 1 << 40)
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        decoder().feed(prelude)
+
+
+def test_garbage_header_is_a_protocol_error():
+    body = b"\xc1\xc1\xc1"  # 0xc1 is never valid msgpack
+    with pytest.raises(ProtocolError):
+        decoder().feed(struct.pack("<IH", len(body), 0) + body)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        [999, [1]],  # unknown tag
+        [int(P.Tag.GET_OBJECT), [1]],  # too few fields
+        [int(P.Tag.GET_OBJECT), [1, b"a", 3]],  # too many fields
+        "not a list",
+        [int(P.Tag.REPLY)],
+    ],
+)
+def test_malformed_messages_are_protocol_errors(header):
+    body = msgpack.packb(header)
+    with pytest.raises(ProtocolError):
+        decoder().feed(struct.pack("<IH", len(body), 0) + body)
+
+
+def test_decoder_keeps_memory_bounded_over_many_frames():
+    d = decoder()
+    frame = P.encode(P.GetObjectMsg(1, b"a" * 100))
+    for _ in range(30_000):
+        d.feed(frame)
+    assert d.pending_bytes() == 0
+    assert len(d._buf) < 2 << 20
