@@ -89,6 +89,21 @@ def loop_runner(aloop: str):
     return run
 
 
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _describe(p: psutil.Process) -> str:
+    try:
+        chain = [a.pid for a in p.parents()]
+        return f"pid {p.pid} ({' '.join(p.cmdline())[:80]}), parents {chain}"
+    except psutil.Error:
+        return f"pid {p.pid}"
+
+
 def _descends(p: psutil.Process, pids: set[int]) -> bool:
     try:
         return any(a.pid in pids for a in p.parents())
@@ -122,24 +137,29 @@ def no_leaks(request: pytest.FixtureRequest):
         extra = [
             p
             for p in me.children(recursive=True)
-            if p.pid not in before_children and p.status() != psutil.STATUS_ZOMBIE
+            if p.pid not in before_children and _alive(p) and not _descends(p, before_children)
         ]
         extra += [
             p
             for p in leftover_processes(started)
-            if p.pid not in before_children and p not in extra and not _descends(p, before_children)
+            if p.pid not in before_children
+            and p not in extra
+            and _alive(p)
+            and not _descends(p, before_children)
         ]
         leaked_shm = _shm_entries() - before_shm
         leaked_dirs = _session_dirs() - before_dirs
         if (not extra and not leaked_shm and not leaked_dirs) or time.monotonic() > deadline:
             break
         time.sleep(0.05)  # polling a condition with a deadline, not synchronizing
+    extra = [p for p in extra if _alive(p)]
+    described = [_describe(p) for p in extra]
     for p in extra:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    assert not extra, f"test left processes behind: {[(p.pid, p.name()) for p in extra]}"
+    assert not extra, f"test left processes behind: {described}"
     assert not leaked_shm, f"test left /dev/shm entries behind: {sorted(leaked_shm)}"
     assert not leaked_dirs, f"test left session directories behind: {sorted(leaked_dirs)}"
 

@@ -1,3 +1,6 @@
-"""Utilities users of Ray expect: an actor pool and a queue (see :mod:`actorcore.util`)."""
+"""Utilities users of Ray expect: an actor pool and a cluster-wide queue."""
 
-__all__: list[str] = []
+from ._actor_pool import ActorPool
+from ._queue import Empty, Full, Queue
+
+__all__ = ["ActorPool", "Empty", "Full", "Queue"]
