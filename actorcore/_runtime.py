@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 Address = tuple[Any, ...]  # (process id, host, port)
 
+# Dropped refs, frees and unpins wait this long to go out together.
+FLUSH_DELAY_S = 0.005
+
 
 class NodeInfo:
     """What a process learns about its node daemon when it connects."""
@@ -260,10 +263,14 @@ class CoreRuntime(Service):
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
+        """Flush soon, in one batch: one loop wake-up per ``FLUSH_DELAY_S``, not per ref."""
         if self._flush_scheduled or self.closing:
             return
         self._flush_scheduled = True
-        self.call_soon(self.flush)
+        self.call_soon(self._arm_flush)
+
+    def _arm_flush(self) -> None:
+        self.loop.call_later(FLUSH_DELAY_S, self.flush)
 
     def flush(self) -> None:
         """Count down dropped refs, then send frees, releases and unpins."""
