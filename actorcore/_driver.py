@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from typing import Any
 
 from . import _protocol as P
@@ -73,6 +74,8 @@ class DriverRuntime(CoreRuntime):
             token = bytes.fromhex(ready["token"])
             proc = None
         ready["node_id"] = bytes.fromhex(ready["node_id"])
+        if ready.get("capacity_note"):
+            warnings.warn(ready["capacity_note"], RuntimeWarning, stacklevel=3)
         rt = cls(config, token, NodeInfo(ready), proc)
         if namespace:
             rt.namespace = namespace
