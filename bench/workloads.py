@@ -335,21 +335,10 @@ def light_actors(n: int) -> dict[str, Any]:
     total = sum(fw.get([a.ping.remote() for a in actors]))
     dt = time.perf_counter() - t0
     assert total == n
-    me = psutil.Process()
-    procs = [p for p in psutil.process_iter(["cmdline"]) if _is_runtime(p, me)]
+    procs = psutil.Process().children(recursive=True)
     rss = sum(_rss(p) for p in procs)
     del actors
     return {"median": n / dt, "seconds": dt, "rss_mb": rss / 2**20, "processes": len(procs), "n": n}
-
-
-def _is_runtime(p: Any, me: Any) -> bool:
-    try:
-        if p.pid == me.pid:
-            return False
-        cmd = " ".join(p.info["cmdline"] or [])
-        return any(k in cmd for k in ("actorcore._daemon", "ray/", "raylet", "gcs_server", "ray::"))
-    except Exception:
-        return False
 
 
 def _rss(p: Any) -> int:
@@ -370,7 +359,7 @@ def idle_rss() -> dict[str, Any]:
     fw.get(one.remote())
     time.sleep(2.0)  # let start-up work settle; this measures an idle node
     me = psutil.Process()
-    procs = [p for p in psutil.process_iter(["cmdline"]) if _is_runtime(p, me)]
+    procs = me.children(recursive=True)  # both frameworks start their node below the driver
     rss = sum(_rss(p) for p in procs)
     return {"median": rss / 2**20, "processes": len(procs), "driver_mb": me.memory_info().rss / 2**20, "unit": "MB"}
 
