@@ -95,6 +95,7 @@ class NodeDaemon(Service):
         self.actor_waiters: dict[bytes, list[tuple[RpcPeer, int, int]]] = {}
         self.stopping: asyncio.Future[None] | None = None
         self.pool: WorkerPool | None = None
+        self.warm = 1  # idle workers kept ready
         self.listener: Listener | None = None
         self.address: tuple[str, int] = listen_sock.getsockname()[:2]
         self.started_at = time.time()
@@ -122,7 +123,8 @@ class NodeDaemon(Service):
         prestart = self.config.prestart_workers
         if prestart < 0:
             prestart = max(1, int(self.total["CPU"]))
-        self._run(self.sched._start_workers(prestart))
+        self.warm = prestart
+        self._run(self.sched.keep_warm(self.warm))
         self.spawn(self._housekeeping())
 
     async def wait_stopped(self) -> None:
@@ -153,6 +155,7 @@ class NodeDaemon(Service):
             if self.owner_pid is not None and not psutil.pid_exists(self.owner_pid):
                 self.stop("the driver that started this node exited")
             self._run(self.sched.reap_idle(time.monotonic(), self.config.worker_idle_timeout_s, keep))
+            self._run(self.sched.keep_warm(self.warm))
             self.actors.forget_dead()
 
     # --- connections ---------------------------------------------------------------
@@ -195,6 +198,7 @@ class NodeDaemon(Service):
         self.pool.kill(rec.pid)
         actor_ids, instrs = self.sched.worker_died(rec.worker_id)
         self._run(instrs)
+        self._run(self.sched.keep_warm(self.warm))
         self._run_actor(self.actors.worker_died(actor_ids, why))
 
     def _on_worker_exit(self, pid: int, code: int) -> None:

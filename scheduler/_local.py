@@ -215,6 +215,17 @@ class LocalScheduler:
                 out.append(StopWorker(w.worker_id))
         return out + self._schedule()
 
+    def keep_warm(self, n: int) -> list[Instruction]:
+        """Start workers until ``n`` are idle or starting (dead ones are replaced)."""
+        idle = sum(1 for w in self.workers.values() if w.role is WorkerRole.IDLE)
+        missing = n - idle - self.starting
+        live = len(self.workers) + self.starting
+        missing = min(missing, self.max_workers - live)
+        if missing <= 0:
+            return []
+        self.starting += missing
+        return [StartWorker(missing)]
+
     def reap_idle(self, now: float, idle_timeout: float, keep: int) -> list[Instruction]:
         """Stop workers idle for longer than ``idle_timeout``, keeping ``keep`` of them."""
         idle = sorted(

@@ -147,3 +147,12 @@ def test_worker_starts_are_bounded():
 def test_bad_shapes_are_refused(shape):
     with pytest.raises((ValueError, TypeError)):
         sched().request_lease("r", shape, "o")
+
+
+def test_keep_warm_replaces_dead_workers():
+    s = sched()
+    assert of(s.keep_warm(2), S.StartWorker) == [S.StartWorker(2)]
+    assert s.keep_warm(2) == []  # already starting
+    start(s, b"w1", b"w2")
+    s.worker_died(b"w1")
+    assert of(s.keep_warm(2), S.StartWorker) == [S.StartWorker(1)]
