@@ -120,6 +120,7 @@ class DriverRuntime(CoreRuntime):
 
     def stop(self) -> None:
         loop = self.loop
+        self.closing = True  # the daemon hanging up now is expected
         if self.proc is not None and self.broken is None:
             try:
                 from ._rpc import next_rid

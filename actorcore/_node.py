@@ -93,6 +93,7 @@ class NodeDaemon(Service):
         self.embedded_driver: bytes | None = None
         self.lease_waiters: dict[Any, tuple[RpcPeer, int]] = {}
         self.actor_waiters: dict[bytes, list[tuple[RpcPeer, int, int]]] = {}
+        self.pg_waiters: dict[bytes, list[tuple[RpcPeer, int]]] = {}
         self.stopping: asyncio.Future[None] | None = None
         self.pool: WorkerPool | None = None
         self.warm = 1  # idle workers kept ready
@@ -228,6 +229,9 @@ class NodeDaemon(Service):
                 rec = self.workers.get(ins.worker_id)
                 if rec is not None and self.pool is not None:
                     self.pool.kill(rec.pid)
+            elif isinstance(ins, S.PlacementGroupReady):
+                for peer, rid in self.pg_waiters.pop(ins.pg_id, []):
+                    peer.reply(rid, True)
             elif isinstance(ins, S.Infeasible):
                 self._warn_drivers(
                     f"work waits for resources no node of this cluster has: it needs "
@@ -468,6 +472,41 @@ class NodeDaemon(Service):
             "owner": list(a.spec.get("owner_address") or []),
         }
 
+    # --- placement groups ----------------------------------------------------------------------
+
+    @handles(P.Tag.CREATE_PLACEMENT_GROUP)
+    def on_create_pg(self, peer: RpcPeer, msg: P.CreatePlacementGroupMsg, _b: list[bytes]) -> Any:
+        if msg.name and self.sched.placement.by_name(msg.name) is not None:
+            raise ValueError(f"a placement group named {msg.name!r} exists already")
+        bundles = [{str(k): float(v) for k, v in dict(b).items()} for b in msg.bundles]
+        self._run(self.sched.create_placement_group(msg.pg_id, bundles, msg.strategy, msg.name))
+        return True
+
+    @handles(P.Tag.WAIT_PLACEMENT_GROUP)
+    def on_wait_pg(self, peer: RpcPeer, msg: P.WaitPlacementGroupMsg, _b: list[bytes]) -> Any:
+        state = self.sched.placement.state(msg.pg_id)
+        if state is None or state is S.GroupState.REMOVED:
+            return False
+        if state is S.GroupState.CREATED:
+            return True
+        self.pg_waiters.setdefault(msg.pg_id, []).append((peer, msg.rid))
+        return DEFERRED
+
+    @handles(P.Tag.REMOVE_PLACEMENT_GROUP)
+    def on_remove_pg(self, peer: RpcPeer, msg: P.RemovePlacementGroupMsg, _b: list[bytes]) -> Any:
+        stopped = self.sched.remove_placement_group(msg.pg_id)
+        self._run(stopped)
+        for p, rid in self.pg_waiters.pop(msg.pg_id, []):
+            p.reply(rid, False)
+        return True
+
+    @handles(P.Tag.GET_PLACEMENT_GROUP)
+    def on_get_pg(self, peer: RpcPeer, msg: P.GetPlacementGroupMsg, _b: list[bytes]) -> Any:
+        g = self.sched.placement.by_name(msg.name)
+        if g is None:
+            raise ValueError(f"no placement group named {msg.name!r}")
+        return {"pg_id": g.pg_id, "bundles": g.bundles, "strategy": g.strategy}
+
     # --- information ------------------------------------------------------------------------
 
     @handles(P.Tag.CLUSTER_INFO)
@@ -517,6 +556,8 @@ class NodeDaemon(Service):
             ]
         if msg.kind == "objects":
             return self.store.listing()
+        if msg.kind == "placement_groups":
+            return self.sched.placement.table()
         if msg.kind == "store":
             return self.store.stats()
         if msg.kind == "node":

@@ -69,6 +69,10 @@ class Tag(IntEnum):
     REGISTER_DRIVER = 55
     SHUTDOWN_NODE = 56
     CANCEL_LEASE_REQUEST = 57
+    CREATE_PLACEMENT_GROUP = 58
+    WAIT_PLACEMENT_GROUP = 59
+    REMOVE_PLACEMENT_GROUP = 70
+    GET_PLACEMENT_GROUP = 71
     # object store (client <-> node daemon)
     CREATE_OBJECT = 60
     SEAL_OBJECT = 61
@@ -340,6 +344,35 @@ class ListStateMsg(NamedTuple):
 class ShutdownNodeMsg(NamedTuple):
     rid: int
     TAG = Tag.SHUTDOWN_NODE
+
+
+class CreatePlacementGroupMsg(NamedTuple):
+    rid: int
+    pg_id: bytes
+    bundles: list[dict[str, float]]
+    strategy: str
+    name: str
+    TAG = Tag.CREATE_PLACEMENT_GROUP
+
+
+class WaitPlacementGroupMsg(NamedTuple):
+    """Replies True once the group holds its bundles (False if it was removed)."""
+
+    rid: int
+    pg_id: bytes
+    TAG = Tag.WAIT_PLACEMENT_GROUP
+
+
+class RemovePlacementGroupMsg(NamedTuple):
+    rid: int
+    pg_id: bytes
+    TAG = Tag.REMOVE_PLACEMENT_GROUP
+
+
+class GetPlacementGroupMsg(NamedTuple):
+    rid: int
+    name: str
+    TAG = Tag.GET_PLACEMENT_GROUP
 
 
 # --- object store ----------------------------------------------------------------------

@@ -66,6 +66,31 @@ def _check_options(opts: dict[str, Any], allowed: set[str], what: str) -> dict[s
     return opts
 
 
+def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
+    """The shape a scheduling strategy turns ``shape`` into."""
+    from scheduler import bundle_shape
+
+    from .util.scheduling_strategies import (
+        NodeAffinitySchedulingStrategy,
+        PlacementGroupSchedulingStrategy,
+    )
+
+    if strategy is None or strategy in ("DEFAULT", "SPREAD"):
+        return shape
+    if isinstance(strategy, PlacementGroupSchedulingStrategy):
+        pg = strategy.placement_group
+        index = strategy.placement_group_bundle_index
+        if not -1 <= index < pg.bundle_count:
+            raise ValueError(f"bundle index {index} is out of range for {pg.bundle_count} bundle(s)")
+        return bundle_shape(shape, pg.id.hex(), index)
+    if isinstance(strategy, NodeAffinitySchedulingStrategy):
+        return shape  # one node: every node affinity that can be met is met here
+    raise ValueError(
+        f"unknown scheduling_strategy {strategy!r}: use 'DEFAULT', 'SPREAD', or one of "
+        f"actorcore.util.scheduling_strategies"
+    )
+
+
 def _shape(opts: dict[str, Any], default_cpus: float) -> dict[str, float]:
     shape: dict[str, float] = {}
     cpus = opts.get("num_cpus")
@@ -79,7 +104,7 @@ def _shape(opts: dict[str, Any], default_cpus: float) -> dict[str, float]:
     for k, v in (opts.get("resources") or {}).items():
         if v:
             shape[k] = float(v)
-    return shape
+    return _placed(shape, opts.get("scheduling_strategy"))
 
 
 class _Export:

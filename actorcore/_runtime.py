@@ -515,6 +515,36 @@ class CoreRuntime(Service):
             for cb in waiters:
                 cb(e)
 
+    def daemon_ref(self, msg: Any) -> Any:
+        """An owned ref resolved with the value of the daemon's reply to ``msg``."""
+        from ._ids import new_id
+        from ._ref import ObjectRef
+        from ._serialization import serialize
+
+        oid = new_id()
+        with self.lock:
+            e = self.table.create_owned(oid, self.address)
+            e.local = 1
+
+        def done(reply: Any) -> None:
+            if isinstance(reply, BaseException):
+                kind, data = ERROR, reply
+            elif reply.TAG == P.Tag.ERROR_REPLY:
+                kind, data = ERROR, error_from_reply(reply)
+            else:
+                kind, data = INLINE, serialize(reply.value).payload()
+            with self.lock:
+                entry = self.table.entries.get(oid)
+                if entry is not None:
+                    for cb in self.table.complete(entry, kind, data):
+                        cb(entry)
+
+        try:
+            self.daemon.request(msg, done)
+        except ConnectionError as err:
+            done(err)
+        return ObjectRef(oid, self.address, _counted=True)
+
     # --- values ---------------------------------------------------------------------------
 
     def await_ref(self, ref: Any) -> Any:

@@ -268,10 +268,11 @@ def define() -> dict[str, Callable[[], dict[str, Any]]]:
 
     @row("placement group create/removal")
     def _():
-        util = getattr(ray, "util", None)
-        if getattr(util, "placement_group", None) is None:
-            return {"skipped": "no placement groups"}
+        util = ray.util
         num_pgs = 100
+        # as ray_perf.py: a node with a custom resource for the bundles
+        ray.shutdown()
+        init_framework(resources={"custom": 100})
 
         def create_remove():
             pgs = [util.placement_group(bundles=[{"custom": 0.001}]) for _ in range(num_pgs)]
@@ -279,7 +280,11 @@ def define() -> dict[str, Callable[[], dict[str, Any]]]:
             for pg in pgs:
                 util.remove_placement_group(pg)
 
-        return timeit(create_remove, num_pgs)
+        try:
+            return timeit(create_remove, num_pgs)
+        finally:
+            ray.shutdown()
+            init_framework()
 
     # --- beyond Ray's rows ---------------------------------------------------------
 
@@ -364,18 +369,24 @@ def idle_rss() -> dict[str, Any]:
     return {"median": rss / 2**20, "processes": len(procs), "driver_mb": me.memory_info().rss / 2**20, "unit": "MB"}
 
 
+def init_framework(**kw: Any) -> None:
+    if fw.__name__ == "ray":
+        fw.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kw)
+    else:
+        fw.init(**kw)
+
+
 def serve(framework: str) -> None:
     global fw
     if framework == "ray":
         import ray
 
         fw = ray
-        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     else:
         import actorcore
 
         fw = actorcore
-        actorcore.init()
+    init_framework()
     rows = define()
     extra = {"idle RSS of runtime processes (MB)": idle_rss}
     print(json.dumps({"ready": sorted(rows) + sorted(extra)}), flush=True)

@@ -1,5 +1,6 @@
 """Scheduling: resource shapes and the node-local scheduler (a sans-IO state machine)."""
 
+from ._placement import GroupState, PlacementGroupReady, bundle_shape
 from ._local import (
     GrantLease,
     HostActor,
@@ -13,6 +14,9 @@ from ._local import (
 
 __all__ = [
     "GrantLease",
+    "GroupState",
+    "PlacementGroupReady",
+    "bundle_shape",
     "HostActor",
     "Infeasible",
     "LocalScheduler",

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _resources as R
+from ._placement import GroupState, PlacementGroupReady, PlacementGroups
 
 __all__ = [
     "GrantLease",
+    "PlacementGroupReady",
     "HostActor",
     "Infeasible",
     "LocalScheduler",
@@ -78,7 +80,9 @@ class Infeasible:
     missing: dict[str, float]
 
 
-Instruction = StartWorker | GrantLease | HostActor | RevokeLease | StopWorker | Infeasible
+Instruction = (
+    StartWorker | GrantLease | HostActor | RevokeLease | StopWorker | Infeasible | PlacementGroupReady
+)
 
 
 @dataclass(slots=True)
@@ -129,6 +133,19 @@ class LocalScheduler:
         self.max_workers = max_workers
         self.starting = 0
         self.actor_worker: dict[bytes, bytes] = {}
+        self.placement = PlacementGroups(self)
+
+    # --- placement groups ---------------------------------------------------------------
+
+    def create_placement_group(
+        self, pg_id: bytes, bundles: list[dict[str, float]], strategy: str = "PACK", name: str = ""
+    ) -> list[Instruction]:
+        """Reserve bundles together; PlacementGroupReady once they are held."""
+        self.placement.create(pg_id, bundles, strategy, name)
+        return self._schedule()
+
+    def remove_placement_group(self, pg_id: bytes) -> list[Instruction]:
+        return self.placement.remove(pg_id) + self._schedule()
 
     # --- events ------------------------------------------------------------------------
 
@@ -259,6 +276,7 @@ class LocalScheduler:
 
     def _schedule(self) -> list[Instruction]:
         out: list[Instruction] = []
+        self.placement.reserve(out)
         want_workers = 0
         want_workers += self._schedule_actors(out)
         want_workers += self._schedule_leases(out)
@@ -367,6 +385,7 @@ class LocalScheduler:
                 R.add(used, w.shape)
             if w.role in (WorkerRole.IDLE, WorkerRole.SHARED):
                 assert not w.shape, f"{w.role} worker holds resources"
+        R.add(used, self.placement.reserved())
         for k, total in self.total.items():
             expect = total - used.get(k, 0.0)
             assert abs(self.available.get(k, 0.0) - expect) < 1e-6, (k, self.available, used)

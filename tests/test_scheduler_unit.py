@@ -156,3 +156,46 @@ def test_keep_warm_replaces_dead_workers():
     start(s, b"w1", b"w2")
     s.worker_died(b"w1")
     assert of(s.keep_warm(2), S.StartWorker) == [S.StartWorker(1)]
+
+
+def test_placement_group_reserves_bundles_and_work_runs_inside_it():
+    from scheduler import PlacementGroupReady, bundle_shape
+
+    s = sched(cpus=2)
+    start(s, b"w1", b"w2", b"w3")
+    out = s.create_placement_group(b"\x01", [{"CPU": 1}, {"disk": 1}])
+    assert of(out, PlacementGroupReady) == [PlacementGroupReady(b"\x01")]
+    assert s.available["CPU"] == 1.0 and s.available["disk"] == 1.0
+    inside = bundle_shape({"CPU": 1}, "01", 0)
+    assert of(s.request_lease("in", inside, "o"), S.GrantLease)
+    # the bundle is used up: a second task for it waits, an outside one still runs
+    assert not of(s.request_lease("in2", inside, "o"), S.GrantLease)
+    assert of(s.request_lease("out", {"CPU": 1}, "o"), S.GrantLease)
+    s.validate()
+
+
+def test_removing_a_group_stops_its_work_and_returns_resources():
+    from scheduler import bundle_shape
+
+    s = sched(cpus=2)
+    start(s, b"w1", b"w2")
+    s.create_placement_group(b"\x02", [{"CPU": 2}])
+    grant = of(s.request_lease("in", bundle_shape({"CPU": 1}, "02", -1), "o"), S.GrantLease)[0]
+    out = s.remove_placement_group(b"\x02")
+    assert S.StopWorker(grant.worker_id) in out
+    assert s.available["CPU"] == 2.0
+    assert not any("group" in k for k in s.total)
+    s.validate()
+
+
+def test_group_that_does_not_fit_now_waits_and_one_that_never_fits_warns():
+    from scheduler import PlacementGroupReady
+
+    s = sched(cpus=2)
+    start(s, b"w1")
+    s.request_lease("busy", {"CPU": 2}, "o")
+    assert not of(s.create_placement_group(b"\x03", [{"CPU": 1}]), PlacementGroupReady)
+    out = s.create_placement_group(b"\x04", [{"CPU": 8}])
+    assert of(out, S.Infeasible)
+    out = s.return_lease(b"w1")
+    assert of(out, PlacementGroupReady) == [PlacementGroupReady(b"\x03")]
