@@ -314,7 +314,6 @@ class ActorClients:
     def _send(self, c: ActorClient, spec: CallSpec) -> None:
         rt = self.rt
         spec.rid = rid = next_rid()
-        c.in_flight[rid] = spec
         msg = P.ActorCallMsg(
             rid, c.actor_id, spec.method, spec.task_id, spec.args.payload,
             spec.resolved, spec.return_ids, rt.address,
@@ -322,8 +321,26 @@ class ActorClients:
         peer = c.peer
         try:
             peer.request(msg, functools.partial(self._on_reply, c, spec, peer))
-        except ConnectionError as e:
-            self._on_reply(c, spec, peer, e)
+        except ConnectionError:
+            # never sent: it waits for the actor's next address, its retries untouched
+            c.queue.appendleft(spec)
+            self._host_gone(c, peer)
+            return
+        c.in_flight[rid] = spec
+
+    def peer_closed(self, peer: Any) -> None:
+        """A connection ended: actors hosted behind it must be located again."""
+        with self.rt.lock:
+            for c in list(self.clients.values()):
+                if c.peer is peer:
+                    self._host_gone(c, peer)
+
+    def _host_gone(self, c: ActorClient, peer: Any) -> None:
+        if c.peer is peer and c.state is ActorState.ALIVE:
+            c.state = ActorState.RESOLVING
+            c.peer = None
+        if c.state is ActorState.RESOLVING and (c.queue or c.in_flight):
+            self._resolve(c)
 
     def _on_reply(self, c: ActorClient, spec: CallSpec, peer: Any, reply: Any) -> None:
         with self.rt.lock:

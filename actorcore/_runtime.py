@@ -231,6 +231,7 @@ class CoreRuntime(Service):
             instrs = [] if still is not None else self.table.peer_gone(conn.peer_id)
         self.execute(instrs)
         self.submitter.peer_closed(peer)
+        self.actors.peer_closed(peer)
 
     def _daemon_lost(self, exc: BaseException) -> None:
         if self.closing:

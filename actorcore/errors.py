@@ -98,7 +98,9 @@ class TaskError(ActorCoreError):
             cause_type_name = type(cause).__qualname__ if cause is not None else "Exception"
         if cause_message is None:
             cause_message = str(cause) if cause is not None else ""
-        super().__init__(function_name, traceback_text)
+        # Not super(): in the class that also derives from the user's exception,
+        # super() would reach the user's __init__ with arguments it never takes.
+        Exception.__init__(self, *(cause.args if cause is not None and cause.args else (cause_message,)))
         self.function_name = function_name
         self.traceback_text = traceback_text
         self.cause = cause

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 __all__ = ["add", "fits", "is_empty", "missing", "normalize", "subtract"]
@@ -15,8 +16,8 @@ def normalize(shape: Mapping[str, float]) -> dict[str, float]:
     for k, v in shape.items():
         if not isinstance(v, int | float) or isinstance(v, bool):
             raise TypeError(f"resource {k!r} must be a number, not {type(v).__name__}")
-        if v < 0:
-            raise ValueError(f"resource {k!r} must be >= 0, not {v}")
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"resource {k!r} must be a finite number >= 0, not {v}")
         if v > 0:
             out[k] = float(v)
     return out

@@ -1,0 +1,687 @@
+"""Bad input (issue 2, item 10): nothing a peer sends takes the node daemon down.
+
+A raw client built here from plain sockets, msgpack and hmac (following
+``actorcore/_protocol.py`` and ``actorcore/_transport.py``) sends malformed
+frames, a wrong token, oversized frames, unknown message types and calls to
+actor methods that do not exist. Each gets an error or a dropped connection,
+and afterwards the daemon still serves the driver and new clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import pickle
+import socket
+import struct
+import threading
+
+import msgpack
+import pytest
+
+from actorcore import errors as E
+from actorcore.testing import list_state
+
+PRELUDE = struct.Struct("<IH")
+BUFLEN = struct.Struct("<Q")
+VERSION = 1
+
+# message tags (actorcore/_protocol.py)
+HELLO, AUTH, WELCOME, REJECT = 1, 2, 3, 4
+REPLY, ERROR_REPLY = 10, 11
+PUSH_TASK, TASK_RESULT, ACTOR_CALL = 20, 21, 22
+WAIT_ACTOR, LIST_STATE, SHUTDOWN_NODE = 49, 54, 56
+
+
+class PeerClosed(Exception):
+    pass
+
+
+def frame(tag, fields, buffers=()):
+    header = msgpack.packb([tag, list(fields)], use_bin_type=True)
+    lens = b"".join(BUFLEN.pack(len(b)) for b in buffers)
+    return PRELUDE.pack(len(header), len(buffers)) + lens + header + b"".join(buffers)
+
+
+class RawClient:
+    """A blocking client that speaks the wire protocol by hand."""
+
+    def __init__(self, address, timeout=10.0):
+        self.sock = socket.create_connection(tuple(address), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self.buf = b""
+        self.peer_id = os.urandom(16)
+
+    def close(self):
+        self.sock.close()
+
+    def _recv_exactly(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise PeerClosed(f"peer closed with {len(self.buf)} of {n} bytes read")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read(self):
+        """One frame as ``(tag, fields, buffers)``."""
+        hlen, nbufs = PRELUDE.unpack(self._recv_exactly(6))
+        lens = [BUFLEN.unpack(self._recv_exactly(8))[0] for _ in range(nbufs)]
+        tag, fields = msgpack.unpackb(self._recv_exactly(hlen), raw=False)
+        bufs = [self._recv_exactly(n) for n in lens]
+        return tag, fields, bufs
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def handshake(self, token, role="driver", *, wrong=False, extra=b""):
+        tag, fields, _ = self.read()
+        assert tag == HELLO
+        version, server_role, server_id, nonce = fields
+        assert version == VERSION
+        key = b"not the token" if wrong else token
+        proof = hmac.new(
+            key, b"client" + nonce + role.encode() + self.peer_id, hashlib.sha256
+        ).digest()
+        my_nonce = os.urandom(16)
+        self.send(frame(AUTH, [VERSION, role, self.peer_id, my_nonce, proof]) + extra)
+        tag, fields, _ = self.read()
+        if tag == WELCOME:
+            want = hmac.new(
+                token, b"server" + my_nonce + server_role.encode() + server_id, hashlib.sha256
+            )
+            assert hmac.compare_digest(want.digest(), fields[0]), (
+                "the server failed to prove the token"
+            )
+        return tag, fields
+
+    def request(self, tag, fields):
+        """Send a request (``fields[0]`` is its rid) and return the frame answering it."""
+        rid = fields[0]
+        self.send(frame(tag, fields))
+        while True:
+            rtag, rfields, bufs = self.read()
+            if rtag in (REPLY, ERROR_REPLY, TASK_RESULT) and rfields[0] == rid:
+                return rtag, rfields, bufs
+
+    def outcome(self):
+        """What the peer does next: ("frame", tag, fields) or ("closed",)."""
+        try:
+            tag, fields, _ = self.read()
+            return ("frame", tag, fields)
+        except (PeerClosed, ConnectionResetError):
+            return ("closed",)
+
+    def error_or_closed(self):
+        """Read until an error frame or the end; returns what ended it."""
+        seen = []
+        while True:
+            got = self.outcome()
+            seen.append(got)
+            if got[0] == "closed":
+                return seen
+            if got[1] in (REJECT, ERROR_REPLY):
+                return seen
+
+
+_rid = iter(range(10**6, 10**9))
+
+
+def rid():
+    return next(_rid)
+
+
+@pytest.fixture(scope="module")
+def node(runtime):
+    """The node's address, token and pid, from its node.json."""
+    info = runtime.init(ignore_reinit_error=True)
+    path = os.path.join("/dev/shm", f"actorcore-{info.session}", "node.json")
+    with open(path) as f:
+        data = json.load(f)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
+    return {
+        "address": tuple(data["address"]),
+        "token": bytes.fromhex(data["token"]),
+        "pid": data["pid"],
+        "session": info.session,
+    }
+
+
+@pytest.fixture
+def client(node):
+    c = RawClient(node["address"])
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def assert_still_serving(ac, node):
+    """The daemon answers the driver, runs a task, and accepts a new client."""
+
+    @ac.remote
+    def ping(x):
+        return x + 1
+
+    assert ac.get(ping.remote(41), timeout=30) == 42
+    state = list_state("node")
+    assert state["pid"] == node["pid"]
+    c = RawClient(node["address"])
+    try:
+        assert c.handshake(node["token"])[0] == WELCOME
+        tag, fields, _ = c.request(LIST_STATE, [rid(), "node"])
+        assert tag == REPLY and fields[1]["pid"] == node["pid"]
+    finally:
+        c.close()
+
+
+def is_error_or_drop(seen):
+    last = seen[-1]
+    return last[0] == "closed" or last[1] in (REJECT, ERROR_REPLY)
+
+
+# --- a wrong token, with messages behind it ------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_messages_after_a_wrong_token_are_never_decoded(fresh_runtime):
+    """First in the module (the shared ``runtime`` is not started yet).
+
+    A shutdown request sent right behind a failed AUTH must not be acted on."""
+    import actorcore as ac
+
+    info = fresh_runtime(num_cpus=1)
+    with open(os.path.join("/dev/shm", f"actorcore-{info.session}", "node.json")) as f:
+        data = json.load(f)
+    token = bytes.fromhex(data["token"])
+    c = RawClient(data["address"])
+    try:
+        behind = frame(SHUTDOWN_NODE, [rid()]) + frame(LIST_STATE, [rid(), "node"])
+        tag, _ = c.handshake(token, wrong=True, extra=behind)
+        assert tag == REJECT
+        assert c.outcome() == ("closed",)
+    finally:
+        c.close()
+
+    @ac.remote
+    def ping():
+        return "pong"
+
+    # A decoded SHUTDOWN_NODE would have stopped the daemon before it closed
+    # our socket; these requests come after that.
+    assert list_state("node")["pid"] == data["pid"]
+    assert ac.get(ping.remote(), timeout=30) == "pong"
+    assert list_state("node")["pid"] == data["pid"]
+
+
+# --- the raw client itself ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_raw_client_speaks_the_protocol(runtime, node, client):
+    tag, _ = client.handshake(node["token"])
+    assert tag == WELCOME
+    tag, fields, _ = client.request(LIST_STATE, [rid(), "node"])
+    assert tag == REPLY
+    assert fields[1]["pid"] == node["pid"]
+    assert fields[1]["session"] == node["session"]
+    # a request the handler rejects gets an error reply; the connection goes on
+    tag, fields, _ = client.request(LIST_STATE, [rid(), "no such kind"])
+    assert tag == ERROR_REPLY
+    assert "no such kind" in fields[2]
+    tag, fields, _ = client.request(LIST_STATE, [rid(), "workers"])
+    assert tag == REPLY and isinstance(fields[1], list)
+
+
+# --- malformed frames ------------------------------------------------------------------------
+
+
+GARBAGE = {
+    "random bytes": os.urandom(4096),
+    "all ones": b"\xff" * 64,
+    "header not msgpack": PRELUDE.pack(12, 0) + b"\xc1" * 12,
+    "header not a list": PRELUDE.pack(6, 0) + msgpack.packb("hello"),
+    "header an int": PRELUDE.pack(1, 0) + msgpack.packb(5),
+    "fields not a list": PRELUDE.pack(3, 0) + msgpack.packb([LIST_STATE, 7]),
+    "too few fields": frame(LIST_STATE, [12345]),
+    "too many fields": frame(LIST_STATE, [12345, "node", "extra", "more"]),
+    "truncated then closed": PRELUDE.pack(1000, 0) + b"\x93" * 10,
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", list(GARBAGE))
+def test_malformed_frame_after_handshake(runtime, node, client, kind):
+    assert client.handshake(node["token"])[0] == WELCOME
+    client.send(GARBAGE[kind])
+    if kind == "truncated then closed":
+        client.sock.shutdown(socket.SHUT_WR)
+    seen = client.error_or_closed()
+    assert is_error_or_drop(seen), seen
+    assert_still_serving(runtime, node)
+
+
+@pytest.mark.timeout(60)
+def test_garbage_instead_of_handshake(runtime, node, client):
+    tag, _, _ = client.read()
+    assert tag == HELLO
+    client.send(os.urandom(2048))
+    seen = client.error_or_closed()
+    assert is_error_or_drop(seen), seen
+    assert_still_serving(runtime, node)
+
+
+@pytest.mark.timeout(60)
+def test_request_before_handshake_is_refused(runtime, node, client):
+    tag, _, _ = client.read()
+    assert tag == HELLO
+    client.send(frame(LIST_STATE, [rid(), "node"]))
+    seen = client.error_or_closed()
+    assert seen[-1][0] == "closed" or seen[-1][1] == REJECT, seen
+    assert not [s for s in seen if s[0] == "frame" and s[1] == REPLY]
+    assert_still_serving(runtime, node)
+
+
+@pytest.mark.timeout(60)
+def test_many_bad_clients_at_once(runtime, node):
+    """A burst of bad connections in parallel, while the driver keeps working."""
+    errors = []
+
+    def bad(i):
+        try:
+            c = RawClient(node["address"])
+            try:
+                c.read()
+                c.send(GARBAGE[list(GARBAGE)[i % len(GARBAGE)]])
+                c.error_or_closed()
+            finally:
+                c.close()
+        except (OSError, PeerClosed) as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=bad, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    ac = runtime
+
+    @ac.remote
+    def square(x):
+        return x * x
+
+    assert ac.get([square.remote(i) for i in range(20)], timeout=30) == [i * i for i in range(20)]
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert_still_serving(runtime, node)
+
+
+@pytest.mark.timeout(60)
+def test_silent_and_half_sent_clients_do_not_block_others(runtime, node):
+    """Connections that never finish the handshake or a frame hold nobody up."""
+    idle = []
+    try:
+        for i in range(40):
+            c = RawClient(node["address"])
+            idle.append(c)
+            if i % 2:
+                assert c.handshake(node["token"])[0] == WELCOME
+                c.send(frame(LIST_STATE, [rid(), "node"])[:9])  # half a frame, then silence
+        assert_still_serving(runtime, node)
+    finally:
+        for c in idle:
+            c.close()
+    assert_still_serving(runtime, node)
+
+
+# --- wrong token ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_wrong_token_is_rejected(runtime, node, client):
+    tag, fields = client.handshake(node["token"], wrong=True)
+    assert tag == REJECT
+    assert "token" in fields[0]
+    assert client.outcome() == ("closed",)
+    assert_still_serving(runtime, node)
+
+
+@pytest.mark.timeout(60)
+def test_wrong_protocol_version_is_rejected(runtime, node, client):
+    tag, fields, _ = client.read()
+    assert tag == HELLO
+    nonce = fields[3]
+    proof = hmac.new(
+        node["token"], b"client" + nonce + b"driver" + client.peer_id, hashlib.sha256
+    ).digest()
+    client.send(frame(AUTH, [VERSION + 99, "driver", client.peer_id, os.urandom(16), proof]))
+    seen = client.error_or_closed()
+    assert seen[-1][0] == "closed" or seen[-1][1] == REJECT, seen
+    assert not [s for s in seen if s[0] == "frame" and s[1] == WELCOME]
+    assert_still_serving(runtime, node)
+
+
+# --- oversized frames -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "prelude",
+    [
+        PRELUDE.pack(2**32 - 1, 0),  # a 4 GiB header
+        PRELUDE.pack(65 * 1024 * 1024, 0),  # just over the 64 MiB header limit
+        PRELUDE.pack(10, 1) + BUFLEN.pack(2**40),  # a 1 TiB buffer
+        PRELUDE.pack(10, 3) + BUFLEN.pack(2**30) * 3,  # buffers adding up past the frame limit
+    ],
+    ids=["huge-header", "header-over-limit", "huge-buffer", "buffers-over-limit"],
+)
+def test_oversized_frame_is_refused(runtime, node, client, prelude):
+    assert client.handshake(node["token"])[0] == WELCOME
+    client.send(prelude + b"\x00" * 64)
+    seen = client.error_or_closed()
+    assert is_error_or_drop(seen), seen
+    assert_still_serving(runtime, node)
+
+
+@pytest.mark.timeout(60)
+def test_oversized_frame_during_handshake(runtime, node, client):
+    tag, _, _ = client.read()
+    assert tag == HELLO
+    client.send(PRELUDE.pack(1 << 30, 0) + b"\x00" * 64)
+    seen = client.error_or_closed()
+    assert is_error_or_drop(seen), seen
+    assert_still_serving(runtime, node)
+
+
+# --- unknown message types ------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("tag", [999, 0, 65535, -1])
+def test_unknown_message_type(runtime, node, client, tag):
+    assert client.handshake(node["token"])[0] == WELCOME
+    r = rid()
+    client.send(frame(tag, [r, "whatever", b"\x00"]))
+    seen = client.error_or_closed()
+    assert is_error_or_drop(seen), seen
+    if seen[-1][0] == "frame" and seen[-1][1] == ERROR_REPLY:
+        assert seen[-1][2][0] == r
+    assert_still_serving(runtime, node)
+
+
+@pytest.mark.timeout(60)
+def test_message_the_daemon_does_not_handle_gets_an_error_reply(runtime, node, client):
+    """An ACTOR_CALL is a worker's message: the daemon answers it with an error."""
+    assert client.handshake(node["token"])[0] == WELCOME
+    r = rid()
+    owner = [client.peer_id, "127.0.0.1", 1]
+    client.send(
+        frame(
+            ACTOR_CALL, [r, os.urandom(16), "m", os.urandom(16), b"", [], [os.urandom(16)], owner]
+        )
+    )
+    seen = client.error_or_closed()
+    assert is_error_or_drop(seen), seen
+    # a stray reply to a request nobody made is ignored, and the connection goes on
+    client2 = RawClient(node["address"])
+    try:
+        assert client2.handshake(node["token"])[0] == WELCOME
+        client2.send(frame(REPLY, [424242, "unsolicited"]))
+        client2.send(frame(TASK_RESULT, [424243, []]))
+        tag, _, _ = client2.request(LIST_STATE, [rid(), "node"])
+        assert tag == REPLY
+    finally:
+        client2.close()
+    assert_still_serving(runtime, node)
+
+
+@pytest.mark.timeout(60)
+def test_wrong_field_types_get_an_error(runtime, node, client):
+    assert client.handshake(node["token"])[0] == WELCOME
+    for fields in ([rid(), 12345], [rid(), None], [rid(), ["node"]], [rid(), {"a": 1}]):
+        client.send(frame(LIST_STATE, fields))
+        seen = client.error_or_closed()
+        assert is_error_or_drop(seen), seen
+        if seen[-1][0] == "closed":
+            break
+    assert_still_serving(runtime, node)
+
+
+# --- actors: methods that do not exist, arguments that cannot travel ------------------------------
+
+
+def _actor_address(client, actor):
+    """Ask the daemon where the actor lives: ``[worker_id, host, port]``."""
+    tag, fields, _ = client.request(WAIT_ACTOR, [rid(), actor.id, 0])
+    assert tag == REPLY, fields
+    state, address, _epoch, _cause = fields[1]
+    assert state == "ALIVE"
+    return address
+
+
+def _make_counter(ac):
+    @ac.remote
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def incr(self):
+            self.n += 1
+            return self.n
+
+    return Counter
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["no_such_method", "__init__", "__class__", "__reduce__", ""])
+def test_unknown_actor_method_over_the_wire(runtime, node, client, method):
+    ac = runtime
+    Counter = _make_counter(ac)
+    c = Counter.remote()
+    assert ac.get(c.incr.remote(), timeout=30) == 1
+    assert client.handshake(node["token"])[0] == WELCOME
+    _wid, host, port = _actor_address(client, c)
+    w = RawClient((host, port))
+    try:
+        assert w.handshake(node["token"])[0] == WELCOME
+        r = rid()
+        owner = [w.peer_id, "127.0.0.1", 1]
+        w.send(
+            frame(ACTOR_CALL, [r, c.id, method, os.urandom(16), b"", [], [os.urandom(16)], owner])
+        )
+        while True:
+            got = w.outcome()
+            if got[0] == "closed" or got[1] in (TASK_RESULT, ERROR_REPLY, REJECT):
+                break
+        assert got[0] == "frame", got
+        if got[1] == TASK_RESULT:
+            assert got[2][0] == r
+            [[_kind, blob, _nested]] = got[2][1]
+            err = pickle.loads(blob)
+            assert isinstance(err, E.ActorCoreError)
+            assert isinstance(err, AttributeError), err
+            assert repr(method) in str(err) or method in str(err)
+        else:
+            assert got[1] == ERROR_REPLY and got[2][0] == r
+    finally:
+        w.close()
+    # the actor is unharmed, its state untouched
+    assert ac.get(c.incr.remote(), timeout=30) == 2
+    assert_still_serving(runtime, node)
+
+
+@pytest.mark.timeout(60)
+def test_unknown_actor_method_through_the_runtime(runtime):
+    """Bypassing the handle's check: the worker refuses the name with a clear error."""
+    from actorcore._remote import ActorMethod
+
+    ac = runtime
+    Counter = _make_counter(ac)
+    c = Counter.remote()
+    with pytest.raises(AttributeError) as info:
+        c.no_such_method  # noqa: B018 - the handle checks first
+    assert "no_such_method" in str(info.value)
+    ref = ActorMethod(c, "no_such_method", 1).remote()
+    with pytest.raises(AttributeError) as info:
+        ac.get(ref, timeout=30)
+    assert "no_such_method" in str(info.value)
+    assert "Counter" in str(info.value)
+    assert ac.get(c.incr.remote(), timeout=30) == 1
+
+
+@pytest.mark.timeout(60)
+def test_call_to_unknown_actor_on_a_worker(runtime, node, client):
+    ac = runtime
+    Counter = _make_counter(ac)
+    c = Counter.remote()
+    assert ac.get(c.incr.remote(), timeout=30) == 1
+    assert client.handshake(node["token"])[0] == WELCOME
+    _wid, host, port = _actor_address(client, c)
+    w = RawClient((host, port))
+    try:
+        assert w.handshake(node["token"])[0] == WELCOME
+        r = rid()
+        w.send(
+            frame(
+                ACTOR_CALL,
+                [
+                    r,
+                    os.urandom(16),
+                    "incr",
+                    os.urandom(16),
+                    b"",
+                    [],
+                    [os.urandom(16)],
+                    [w.peer_id, "127.0.0.1", 1],
+                ],
+            )
+        )
+        seen = w.error_or_closed()
+        assert seen[-1][0] == "frame" and seen[-1][1] == ERROR_REPLY, seen
+        assert seen[-1][2][0] == r
+        # and garbage to the worker drops that connection, not the worker
+        w2 = RawClient((host, port))
+        try:
+            assert w2.handshake(node["token"])[0] == WELCOME
+            w2.send(os.urandom(512))
+            assert is_error_or_drop(w2.error_or_closed())
+        finally:
+            w2.close()
+    finally:
+        w.close()
+    assert ac.get(c.incr.remote(), timeout=30) == 2
+    assert_still_serving(runtime, node)
+
+
+@pytest.mark.timeout(60)
+def test_undecodable_task_pushed_to_a_worker(runtime, node, client):
+    """A task whose function blob is garbage fails; the worker lives on."""
+    ac = runtime
+    Counter = _make_counter(ac)
+    c = Counter.remote()
+    assert ac.get(c.incr.remote(), timeout=30) == 1
+    assert client.handshake(node["token"])[0] == WELCOME
+    _wid, host, port = _actor_address(client, c)
+    w = RawClient((host, port))
+    try:
+        assert w.handshake(node["token"])[0] == WELCOME
+        r = rid()
+        owner = [w.peer_id, "127.0.0.1", 1]
+        w.send(
+            frame(
+                PUSH_TASK,
+                [
+                    r,
+                    os.urandom(16),
+                    os.urandom(16),
+                    b"not a pickle",
+                    "bogus",
+                    b"",
+                    [],
+                    [os.urandom(16)],
+                    owner,
+                    0,
+                ],
+            )
+        )
+        seen = w.error_or_closed()
+        assert is_error_or_drop(seen), seen
+    finally:
+        w.close()
+    assert ac.get(c.incr.remote(), timeout=30) == 2
+    assert_still_serving(runtime, node)
+
+
+@pytest.mark.timeout(60)
+def test_unpicklable_argument_never_reaches_the_worker(runtime, tmp_path):
+    ac = runtime
+    marker = tmp_path / "ran"
+
+    @ac.remote
+    def record(path, _value):
+        with open(path, "a") as f:
+            f.write("ran\n")
+        return True
+
+    @ac.remote
+    class Recorder:
+        def __init__(self):
+            self.calls = 0
+
+        def record(self, _value):
+            self.calls += 1
+            return self.calls
+
+    with pytest.raises(E.SerializationError):
+        record.remote(str(marker), threading.Lock())
+    with pytest.raises(E.SerializationError):
+        record.remote(str(marker), _value=(x for x in range(3)))
+    r = Recorder.remote()
+    with pytest.raises(E.SerializationError):
+        r.record.remote(threading.Lock())
+    # the calls that work afterwards show that the failed ones never ran
+    assert ac.get(record.remote(str(marker), 1), timeout=30) is True
+    assert marker.read_text() == "ran\n"
+    assert ac.get(r.record.remote(1), timeout=30) == 1
+    assert_still_serving_simple(ac)
+
+
+class _Unloadable:
+    """Pickles fine; unpickling it raises (in the worker)."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+def _refuse_to_load():
+    raise RuntimeError("this argument refuses to be unpickled")
+
+
+@pytest.mark.timeout(60)
+def test_argument_that_fails_to_unpickle_in_the_worker(runtime, tmp_path):
+    ac = runtime
+    marker = tmp_path / "ran"
+
+    @ac.remote
+    def record(path, _value):
+        with open(path, "a") as f:
+            f.write("ran\n")
+        return True
+
+    with pytest.raises(E.ActorCoreError) as info:
+        ac.get(record.remote(str(marker), _Unloadable()), timeout=30)
+    assert "refuses to be unpickled" in str(info.value)
+    assert "argument" in str(info.value)
+    assert not marker.exists()
+    assert ac.get(record.remote(str(marker), 1), timeout=30) is True
+
+
+def assert_still_serving_simple(ac):
+    @ac.remote
+    def ping():
+        return "pong"
+
+    assert ac.get(ping.remote(), timeout=30) == "pong"
+    assert list_state("node")["pid"]
