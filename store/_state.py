@@ -309,6 +309,10 @@ class StoreState:
             self.alloc.free(e.offset)
             e.offset = None
             self._set_state(e, ObjectState.SPILLED)
+            if e.freed and not e.pins:  # freed while we tried: nobody needs the file
+                path = e.spill_path
+                self._drop(e)
+                return path
             return None
         self._set_state(e, ObjectState.SEALED)
         self.restore_count += 1

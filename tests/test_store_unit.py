@@ -573,11 +573,6 @@ def test_free_during_restore_drops_it_when_the_restore_ends():
     assert a not in s.entries and s.stats().used == 0
 
 
-@pytest.mark.xfail(
-    reason="BUG: store/_state.py restore_done(ok=False) of a freed object puts it back to "
-    "SPILLED and never drops it (entry and spill file leak)",
-    strict=True,
-)
 def test_free_during_a_failed_restore_does_not_leak():
     s = StoreState(1 * MB)
     a = _oid(1)
