@@ -212,11 +212,15 @@ class TaskQueue:
                 pass  # an interrupt that arrived after the task ended
         self._next()
 
-    def hand_back(self) -> dict[Any, list[int]]:
-        """Take the tasks not started yet; returns ``{peer: [rid, ...]}``."""
+    def hand_back(self, peer: Any = None) -> dict[Any, list[int]]:
+        """Take the tasks not started yet (of ``peer`` only, if given); ``{peer: [rid, ...]}``."""
         with self.lock:
-            calls = list(self.queue)
-            self.queue.clear()
+            calls = [c for c in self.queue if peer is None or c.peer is peer]
+            if peer is None:
+                self.queue.clear()
+            else:
+                for c in calls:
+                    self.queue.remove(c)
         out: dict[Any, list[int]] = {}
         for c in calls:
             out.setdefault(c.peer, []).append(c.rid)

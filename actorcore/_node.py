@@ -38,6 +38,9 @@ __all__ = ["NodeDaemon"]
 
 logger = logging.getLogger(__name__)
 
+# How long a caller may wait for an actor the daemon has not heard of yet.
+UNKNOWN_ACTOR_WAIT_S = 30.0
+
 
 @dataclass(slots=True)
 class WorkerRec:
@@ -443,15 +446,27 @@ class NodeDaemon(Service):
             max_restarts=int(spec.get("max_restarts") or 0),
         )
         self._run_actor(self.actors.created(info))
+        self._notify(msg.actor_id)  # callers that asked before it existed keep waiting for ALIVE
         return [msg.actor_id]
 
     @handles(P.Tag.WAIT_ACTOR)
     def on_wait_actor(self, peer: RpcPeer, msg: P.WaitActorMsg, _b: list[bytes]) -> Any:
-        answer = self.actors.where(msg.actor_id, msg.min_epoch)
-        if answer is not None:
-            return answer
+        if msg.actor_id not in self.actors.actors:
+            # its creation may still be on its way (another connection): wait for it
+            asyncio.get_running_loop().call_later(
+                UNKNOWN_ACTOR_WAIT_S, self._unknown_actor_expired, msg.actor_id
+            )
+        else:
+            answer = self.actors.where(msg.actor_id, msg.min_epoch)
+            if answer is not None:
+                return answer
         self.actor_waiters.setdefault(msg.actor_id, []).append((peer, msg.rid, msg.min_epoch))
         return DEFERRED
+
+    def _unknown_actor_expired(self, actor_id: bytes) -> None:
+        if actor_id not in self.actors.actors:
+            for peer, rid, _epoch in self.actor_waiters.pop(actor_id, []):
+                peer.reply(rid, ["DEAD", None, 0, "no such actor on this node"])
 
     @handles(P.Tag.KILL_ACTOR)
     def on_kill_actor(self, peer: RpcPeer, msg: P.KillActorMsg, _b: list[bytes]) -> Any:

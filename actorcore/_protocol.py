@@ -46,6 +46,7 @@ class Tag(IntEnum):
     ACTOR_CALL = 22
     CANCEL_TASK = 23
     TASKS_RETURNED = 24
+    STEAL_TASKS = 25
     # ownership (borrower <-> owner)
     GET_OBJECT = 30
     ADD_BORROWER = 31
@@ -194,10 +195,21 @@ class CancelTaskMsg(NamedTuple):
 
 
 class TasksReturnedMsg(NamedTuple):
-    """Worker -> owner: these pushed tasks were not started; submit them elsewhere."""
+    """Worker -> owner: these pushed tasks were not started; submit them elsewhere.
+
+    ``blocked``: the worker is waiting in get() (push nothing more to it until
+    its running task ends); else it answers a STEAL_TASKS.
+    """
 
     rids: list[int]
+    blocked: bool
     TAG = Tag.TASKS_RETURNED
+
+
+class StealTasksMsg(NamedTuple):
+    """Owner -> leased worker: hand back this owner's tasks that have not started."""
+
+    TAG = Tag.STEAL_TASKS
 
 
 # --- ownership ---------------------------------------------------------------------

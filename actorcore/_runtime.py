@@ -297,7 +297,7 @@ class CoreRuntime(Service):
                 elif isinstance(ins, ReleaseBorrow):
                     self._releases.setdefault(tuple(ins.owner), []).append(ins.oid)
                 else:
-                    self.actors.out_of_scope(ins.oid)
+                    self.actors.out_of_scope(ins.actor_id)
         self._schedule_flush()
 
     def _send_releases(self) -> None:
@@ -456,7 +456,7 @@ class CoreRuntime(Service):
 
     @handles(P.Tag.TASKS_RETURNED)
     def on_tasks_returned(self, peer: RpcPeer, msg: P.TasksReturnedMsg, _bufs: list[bytes]) -> Any:
-        self.submitter.tasks_returned(peer, list(msg.rids))
+        self.submitter.tasks_returned(peer, list(msg.rids), bool(msg.blocked))
         return DEFERRED
 
     @handles(P.Tag.REVOKE_LEASE)

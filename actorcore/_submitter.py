@@ -11,6 +11,12 @@ it because another owner waits.
 A worker that dies takes its tasks with it: each is retried up to
 ``max_retries`` times, then fails with WorkerCrashedError. A worker that blocks
 in ``get`` hands back the tasks it has not started, and they go elsewhere.
+
+Pipelining must not trap a short task behind a long one while a CPU is free:
+tasks are pipelined only onto a worker that finished something in the last
+``STALL_S``; a worker that has not (a long task) gets no more, another lease
+is asked for, and once it arrives the tasks queued behind the long one are
+stolen back (STEAL_TASKS) and run there.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
@@ -35,6 +42,7 @@ __all__ = ["Dep", "FunctionDescriptor", "TaskSpec", "TaskSubmitter", "prepare_ar
 logger = logging.getLogger(__name__)
 
 OPT_RETRY_EXCEPTIONS = 1
+STALL_S = 0.02  # a busy worker that finished nothing for this long takes no more tasks
 
 
 class Dep:
@@ -139,7 +147,7 @@ class TaskSpec:
 
 
 class Lease:
-    __slots__ = ("address", "gen", "in_flight", "paused", "peer", "revoked", "worker_id")
+    __slots__ = ("address", "gen", "in_flight", "paused", "peer", "progress", "revoked", "worker_id")
 
     def __init__(self, worker_id: bytes, address: Any, peer: Any) -> None:
         self.worker_id = worker_id
@@ -149,6 +157,10 @@ class Lease:
         self.revoked = False
         self.paused = False
         self.gen = 0
+        self.progress = 0.0  # when it last started being busy or finished a task
+
+    def stalled(self, now: float) -> bool:
+        return bool(self.in_flight) and now - self.progress >= STALL_S
 
 
 class ShapeQueue:
@@ -175,6 +187,7 @@ class TaskSubmitter:
         self.queues: dict[Any, ShapeQueue] = {}
         self.by_return: dict[bytes, TaskSpec] = {}
         self.closed = False
+        self._stall_timer = False
 
     # --- submission --------------------------------------------------------------------
 
@@ -259,28 +272,67 @@ class TaskSubmitter:
     def _pump(self, q: ShapeQueue) -> None:
         limit = self.rt.config.max_tasks_in_flight_per_worker
         pending = q.pending
+        now = time.monotonic()
+        pipelined = False
         while pending:
             best: Lease | None = None
             for lease in q.leases:
-                if lease.revoked or lease.paused:
-                    continue
                 n = len(lease.in_flight)
-                if n < limit and (best is None or n < len(best.in_flight)):
+                if lease.revoked or lease.paused or n >= limit or lease.stalled(now):
+                    continue
+                if best is None or n < len(best.in_flight):
                     best = lease
             if best is None:
                 break
+            pipelined = pipelined or bool(best.in_flight)
             self._push(pending.popleft(), best)
         if pending and not q.requesting and not self.closed:
             self._request_lease(q)
+        if pipelined:
+            self._arm_stall_check()
         if not pending:
             for lease in list(q.leases):
                 if not lease.in_flight:
                     self._lease_idle(q, lease)
 
+    def _arm_stall_check(self) -> None:
+        if not self._stall_timer and not self.closed:
+            self._stall_timer = True
+            self.rt.call_soon(self._arm_stall_timer)
+
+    def _arm_stall_timer(self) -> None:
+        self.rt.loop.call_later(STALL_S, self._check_stalls)
+
+    def _check_stalls(self) -> None:
+        """A pipeline stuck behind a long task: get another worker for what waits."""
+        with self.rt.lock:
+            self._stall_timer = False
+            now = time.monotonic()
+            again = False
+            for q in self.queues.values():
+                stuck = [lease for lease in q.leases if len(lease.in_flight) > 1 and lease.stalled(now)]
+                if stuck and not q.requesting and not self.closed:
+                    self._request_lease(q)
+                again = again or any(len(lease.in_flight) > 1 for lease in q.leases)
+            if again:
+                self._arm_stall_check()
+
+    def _steal_for(self, q: ShapeQueue) -> None:
+        """A new worker is idle: take back tasks queued behind long ones elsewhere."""
+        now = time.monotonic()
+        for lease in q.leases:
+            if len(lease.in_flight) > 1 and lease.stalled(now):
+                try:
+                    lease.peer.send(P.StealTasksMsg())
+                except ConnectionError:
+                    pass
+
     def _push(self, spec: TaskSpec, lease: Lease) -> None:
         rt = self.rt
         spec.rid = rid = next_rid()
         spec.lease = lease
+        if not lease.in_flight:
+            lease.progress = time.monotonic()
         lease.in_flight[rid] = spec
         lease.gen += 1
         conn = lease.peer.conn
@@ -330,6 +382,8 @@ class TaskSubmitter:
                 self._pump(q)
                 return
             q.leases.append(Lease(worker_id, address, peer))
+            if not q.pending:
+                self._steal_for(q)
             self._pump(q)
 
     def _lease_idle(self, q: ShapeQueue, lease: Lease) -> None:
@@ -370,14 +424,15 @@ class TaskSubmitter:
                             self._drop_lease(q, lease)
                         return
 
-    def tasks_returned(self, peer: Any, rids: list[int]) -> None:
-        """A blocked worker handed back tasks it had not started."""
+    def tasks_returned(self, peer: Any, rids: list[int], blocked: bool) -> None:
+        """A worker handed back tasks it had not started (it is blocked, or we stole them)."""
         with self.rt.lock:
             for q in self.queues.values():
                 for lease in q.leases:
                     if lease.peer is not peer:
                         continue
-                    lease.paused = True
+                    if blocked:
+                        lease.paused = True
                     specs = [lease.in_flight.pop(r) for r in rids if r in lease.in_flight]
                     for spec in reversed(specs):
                         spec.lease = None
@@ -401,6 +456,7 @@ class TaskSubmitter:
                 self._finish_failed(spec, error_from_reply(reply))
             else:
                 lease.paused = False
+                lease.progress = time.monotonic()
                 self._finish(spec, reply.results)
             if q is not None:
                 if lease.revoked and not lease.in_flight:

@@ -181,6 +181,13 @@ class WorkerRuntime(CoreRuntime):
             except ConnectionError:
                 pass
 
+    @handles(P.Tag.STEAL_TASKS)
+    def on_steal_tasks(self, peer: RpcPeer, msg: P.StealTasksMsg, _bufs: list[bytes]) -> Any:
+        rids = self.tasks.hand_back(peer).get(peer)
+        if rids:
+            peer.send(P.TasksReturnedMsg(rids, False))
+        return DEFERRED
+
     @handles(P.Tag.CANCEL_TASK)
     def on_cancel_task(self, peer: RpcPeer, msg: P.CancelTaskMsg, _bufs: list[bytes]) -> Any:
         if not self.tasks.cancel(msg.task_id, msg.force):
@@ -203,7 +210,7 @@ class WorkerRuntime(CoreRuntime):
             return
         for peer, rids in self.tasks.hand_back().items():
             try:
-                peer.send(P.TasksReturnedMsg(rids))
+                peer.send(P.TasksReturnedMsg(rids, True))
             except ConnectionError:
                 pass
 

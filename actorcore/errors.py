@@ -116,10 +116,7 @@ class TaskError(ActorCoreError):
         )
 
     def __reduce__(self) -> Any:
-        try:
-            cause_blob = pickle.dumps(self.cause) if self.cause is not None else None
-        except Exception:
-            cause_blob = None
+        cause_blob = _pickle_cause(self.cause) if self.cause is not None else None
         return (
             _rebuild_task_error,
             (
@@ -157,6 +154,53 @@ class TaskError(ActorCoreError):
         except TypeError:
             pass
         return err
+
+
+def _pickle_cause(cause: BaseException) -> bytes | None:
+    """Pickle a user exception so that it comes back, whatever its ``__init__`` takes.
+
+    cloudpickle keeps classes defined in functions or ``__main__``; when the
+    usual reduction cannot be undone (``__init__`` arguments differ from
+    ``.args``), the exception is rebuilt without calling ``__init__``.
+    """
+    import cloudpickle
+
+    try:
+        blob = cloudpickle.dumps(cause)
+        pickle.loads(blob)
+        return blob
+    except Exception:
+        pass
+    state = {}
+    try:
+        state = dict(vars(cause))
+        cloudpickle.dumps(state)
+    except Exception:
+        state = {}
+    try:
+        return cloudpickle.dumps(_RebuiltException(type(cause), cause.args, state))
+    except Exception:
+        return None
+
+
+class _RebuiltException:
+    """Pickles as a call that re-creates an exception without its ``__init__``."""
+
+    def __init__(self, cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> None:
+        self.cls, self.args, self.state = cls, args, state
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_exception, (self.cls, self.args, self.state))
+
+
+def _rebuild_exception(cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    exc = cls.__new__(cls)
+    exc.args = args
+    try:
+        exc.__dict__.update(state)
+    except AttributeError:
+        pass
+    return exc
 
 
 _DUAL_CLASSES: dict[type, type | None] = {}
