@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._refcount import ERROR, INLINE, STORE
 from ._serialization import exception_blob, format_exception, loads_payload, serialize
 from ._submitter import Dep
-from .errors import SerializationError, TaskError
+from .errors import ObjectStoreFullError, SerializationError, TaskError
 
 if TYPE_CHECKING:
     from ._runtime import CoreRuntime
@@ -118,7 +118,11 @@ def encode_results(
             if ev is not None:
                 waits.append(ev)
         if ser.size > rt.config.inline_threshold:
-            size = rt.store.put(oid, ser, owner[0])
+            try:
+                size = rt.store.put(oid, ser, owner[0])
+            except ObjectStoreFullError as e:
+                out.append([ERROR, exception_blob(e), None])
+                continue
             out.append([STORE, size, nested])
         else:
             out.append([INLINE, ser.payload(), nested])

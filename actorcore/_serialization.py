@@ -69,7 +69,23 @@ def _pickle(value: Any, buffers: list[pickle.PickleBuffer]) -> bytes:
         pass
     buffers.clear()
     del _local.nested[:]
-    return cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    out = io.BytesIO()
+    _Pickler(out, protocol=5, buffer_callback=buffers.append).dump(value)
+    return out.getvalue()
+
+
+def _rebuild_memoryview(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    mv = memoryview(buf)
+    return mv.cast("B").cast(fmt, shape) if mv.format != fmt or mv.shape != shape else mv
+
+
+class _Pickler(cloudpickle.CloudPickler):
+    """cloudpickle, plus memoryviews as out-of-band buffers (read back without a copy)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is memoryview and obj.c_contiguous:
+            return (_rebuild_memoryview, (pickle.PickleBuffer(obj), obj.format, obj.shape))
+        return super().reducer_override(obj)
 
 
 def serialize(value: Any, where: str = "value") -> Serialized:

@@ -46,6 +46,7 @@ class StoreClient:
         """
         raws = [b.raw() for b in ser.buffers]
         total, spans = layout(len(ser.stream), [r.nbytes for r in raws])
+        self._send_unpins()
         reply = self.conn.call(P.CreateObjectMsg(next_rid(), oid, total, [owner_id]))
         if reply.TAG == P.Tag.ERROR_REPLY:
             raise error_from_reply(reply)
@@ -64,6 +65,7 @@ class StoreClient:
             meta = self._meta.get(id(holder))
             if meta is not None:
                 return holder, meta
+        self._send_unpins()
         reply = self.conn.call(P.OpenObjectsMsg(next_rid(), [oid]))
         if reply.TAG == P.Tag.ERROR_REPLY:
             raise error_from_reply(reply)
@@ -95,6 +97,13 @@ class StoreClient:
         cb = self.on_release
         if cb is not None:
             cb()
+
+    def _send_unpins(self) -> None:
+        """Unpins queued by dead views go first, on this connection, so the daemon
+        counts them before it makes room for what we ask next."""
+        oids = self.take_released()
+        if oids:
+            self.conn.send(P.ReleaseObjectsMsg(oids))
 
     def take_released(self) -> list[bytes]:
         out = []

@@ -137,7 +137,10 @@ class TaskError(ActorCoreError):
         cls = _dual_class(type(cause))
         if cls is None:
             return self
-        err = cls.__new__(cls)
+        try:
+            err = cls.__new__(cls)
+        except TypeError:  # e.g. MemoryError's __new__ refuses subclasses built this way
+            return self
         # Exception.__new__ leaves __init__ to us; the user's __init__ is skipped
         # on purpose (it may need arguments we do not have).
         TaskError.__init__(

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 
 import psutil
@@ -41,6 +42,16 @@ def _owner_alive(path: str) -> bool:
         return False
 
 
+def _just_made(path: str) -> bool:
+    """A directory without its owner file yet may be a node that is starting."""
+    if os.path.exists(os.path.join(path, "owner")):
+        return False
+    try:
+        return time.time() - os.stat(path).st_mtime < 30.0
+    except OSError:
+        return False
+
+
 def sweep_stale(shm_root: str, spill_root: str | None = None) -> list[str]:
     """Remove session directories whose daemon is gone; returns what was removed."""
     removed = []
@@ -53,7 +64,7 @@ def sweep_stale(shm_root: str, spill_root: str | None = None) -> list[str]:
             if not name.startswith(prefix) or (prefix == PREFIX and name.startswith(SPILL_PREFIX)):
                 continue
             path = os.path.join(root, name)
-            if os.path.isdir(path) and not _owner_alive(path):
+            if os.path.isdir(path) and not _owner_alive(path) and not _just_made(path):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     if removed:

@@ -294,7 +294,12 @@ class StoreState:
             victims = [v for v in self._spill_candidates(e.size) if v != oid]
             if victims:
                 return NeedSpill(victims)
-            return Full(f"no room to restore a spilled object of {e.size} bytes")
+            st = self.alloc.stats()
+            return Full(
+                f"no room to restore a spilled object of {e.size} bytes: {st.used} of "
+                f"{self.capacity} bytes in use, largest free range {st.largest_free} bytes, "
+                f"and every object in memory is pinned by a reader"
+            )
         e.offset = offset
         self._set_state(e, ObjectState.RESTORING)
         return Created(offset)
