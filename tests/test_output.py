@@ -67,7 +67,8 @@ pids = {
     "actor": ac.get(p.say.remote("hi"), timeout=60),
     "actor_async": ac.get(p.say_async.remote("ho"), timeout=60),
 }
-print("RESULT " + json.dumps(pids), flush=True)
+sys.stdout.write("RESULT " + json.dumps(pids) + "\n")  # one write: worker lines cannot split it
+sys.stdout.flush()
 sys.stdin.readline()  # the test saw what it waited for
 ac.shutdown()
 print("DRIVER DONE", flush=True)
@@ -108,8 +109,9 @@ class DriverRun:
     def result(self, timeout=60.0):
         def find():
             for line in list(self.out):
-                if line.startswith("RESULT "):
-                    return json.loads(line[len("RESULT ") :])
+                at = line.find("RESULT {")
+                if at >= 0:
+                    return json.JSONDecoder().raw_decode(line[at + len("RESULT ") :])[0]
             if self.proc.poll() is not None:
                 raise AssertionError("driver exited early:\n" + "\n".join(self.err))
             return None
