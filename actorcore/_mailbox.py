@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["ActorMailbox", "TaskQueue"]
 
 _FAIR_BATCH = 64
+_GROW_AFTER_S = 0.001  # a threaded actor adds a thread when no call finished for this long
 
 
 def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
@@ -52,6 +53,9 @@ class ActorMailbox:
         self.max_concurrency = max_concurrency
         self.queue: collections.deque[Call] = collections.deque()
         self.running = 0
+        self.sync_running = 0  # threads draining sync calls
+        self.completed = 0  # sync calls finished (progress, for growing)
+        self._grow_armed = False
         self.lock = threading.Lock()
         self.dead: str | None = None
         self._is_coro: dict[str, bool] = {}
@@ -76,17 +80,54 @@ class ActorMailbox:
         self._fill()
 
     def _fill(self) -> None:
-        """Start queued calls while slots are free (any thread)."""
+        """Start queued calls while slots are free (any thread).
+
+        Async calls start at once, up to ``max_concurrency``. Sync calls get one
+        draining thread; more threads join only while the running ones make no
+        progress (blocking calls), so fast calls do not fight over the GIL.
+        """
         while True:
             with self.lock:
                 if self.dead is not None or not self.queue or self.running >= self.max_concurrency:
                     return
+                if not self.is_coroutine(self.queue[0].method) and self.sync_running:
+                    self._arm_grow()
+                    return
                 call = self.queue.popleft()
                 self.running += 1
-            if self.is_coroutine(call.method):
+                is_async = self.is_coroutine(call.method)
+                if not is_async:
+                    self.sync_running += 1
+            if is_async:
                 self.worker.call_soon(self._start_async, call)
             else:
                 self.worker.pool.submit(lambda call=call: self._drain(call))
+
+    def _arm_grow(self) -> None:
+        """(under the lock) check for a stall soon, unless a check is pending."""
+        if not self._grow_armed:
+            self._grow_armed = True
+            self.worker.call_soon(self._schedule_grow, self.completed)
+
+    def _schedule_grow(self, seen: int) -> None:
+        self.worker.loop.call_later(_GROW_AFTER_S, self._grow, seen)
+
+    def _grow(self, seen: int) -> None:
+        """No sync call finished since the last look: add a thread (up to the limit)."""
+        with self.lock:
+            self._grow_armed = False
+            if self.dead is not None or not self.queue or self.is_coroutine(self.queue[0].method):
+                return
+            if self.running >= self.max_concurrency:
+                return
+            if self.completed != seen:
+                self._arm_grow()
+                return
+            call = self.queue.popleft()
+            self.running += 1
+            self.sync_running += 1
+            self._arm_grow()
+        self.worker.pool.submit(lambda: self._drain(call))
 
     def _start_async(self, call: Call) -> None:
         task = self.worker.loop.create_task(self.worker.run_actor_call_async(self, call))
@@ -111,8 +152,10 @@ class ActorMailbox:
         while True:
             self.worker.run_actor_call(self, call)
             with self.lock:
+                self.completed += 1
                 if self.dead is not None or not self.queue or self.is_coroutine(self.queue[0].method):
                     self.running -= 1
+                    self.sync_running -= 1
                     break
                 call = self.queue.popleft()
             budget -= 1
