@@ -28,7 +28,7 @@ def _client(node: dict[str, Any]) -> Any:
 
     cfg = Config()
     return SyncClient(
-        tuple(node["address"]),
+        node.get("unix_name") or tuple(node["address"]),
         token=bytes.fromhex(node["token"]),
         role="cli",
         my_id=new_id(),

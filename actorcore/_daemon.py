@@ -70,6 +70,7 @@ def main() -> None:
     node = {
         "node_id": node_id,
         "address": address,
+        "unix_name": f"\0actorcore-{node_id.hex()}-{os.getpid()}",
         "arena_path": dirs.arena_path,
         "capacity": capacity,
         "session": dirs.session,
@@ -137,6 +138,7 @@ def _serve(
         zygote=zygote,
         owner_pid=boot.get("owner_pid"),
         sys_path=list(boot.get("sys_path", [])),
+        unix_name=node["unix_name"],
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop, f"signal {sig.name}")

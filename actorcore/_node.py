@@ -64,6 +64,7 @@ class NodeDaemon(Service):
         zygote: tuple[Any, int],
         owner_pid: int | None,
         sys_path: list[str],
+        unix_name: str | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -102,6 +103,7 @@ class NodeDaemon(Service):
         self.warm = 1  # idle workers kept ready
         self.listener: Listener | None = None
         self.address: tuple[str, int] = listen_sock.getsockname()[:2]
+        self.unix_name = unix_name or ""
         self.started_at = time.time()
 
     # --- life ---------------------------------------------------------------------
@@ -119,9 +121,11 @@ class NodeDaemon(Service):
             max_header_bytes=self.config.max_header_bytes,
             max_frame_bytes=self.config.max_frame_bytes,
             sock=self._listen_sock,
+            unix_name=self.unix_name or None,
         )
         self._handlers = self.bound_handlers()
         self.listener.start()
+        self.unix_name = self.listener.unix_name
         zsock, zpid = self._zygote
         self.pool = WorkerPool(loop, zsock, zpid, self._on_worker_exit)
         prestart = self.config.prestart_workers

@@ -28,6 +28,7 @@ __all__ = ["MESSAGES", "PROTOCOL_VERSION", "FrameDecoder", "Tag", "encode"]
 PROTOCOL_VERSION = 1
 
 _PRELUDE = struct.Struct("<IH")
+MAX_BUFFERS = 1024  # raw buffers in one frame
 _BUFLEN = struct.Struct("<Q")
 
 
@@ -503,6 +504,8 @@ class FrameDecoder:
         unpack_prelude = _PRELUDE.unpack_from
         while end - pos >= 6:
             hlen, nbufs = unpack_prelude(buf, pos)
+            if nbufs > MAX_BUFFERS:
+                raise ProtocolError(f"frame announces {nbufs} buffers, more than {MAX_BUFFERS}")
             if hlen > self._max_header:
                 raise ProtocolError(
                     f"frame header of {hlen} bytes exceeds the limit of {self._max_header}"

@@ -28,7 +28,7 @@ from ._refcount import ERROR, INLINE, STORE, FreeStore, ObjectEntry, ObjectTable
 from ._rpc import DEFERRED, RpcPeer, Service, error_from_reply, handles, next_rid
 from ._serialization import exception_blob
 from ._store_client import StoreClient
-from ._transport import Listener, SyncClient, open_connection
+from ._transport import Listener, SyncClient, best_address, open_connection
 from .errors import BlockingCallError, ConnectionBrokenError, NodeDiedError, ObjectLostError
 
 __all__ = ["CoreRuntime", "NodeInfo"]
@@ -51,6 +51,7 @@ class NodeInfo:
         self.capacity: int = info["capacity"]
         self.session: str = info["session"]
         self.session_dir: str = info.get("session_dir", "")
+        self.unix_name: str = info.get("unix_name", "")
         self.raw = info
 
 
@@ -110,8 +111,9 @@ class CoreRuntime(Service):
         )
         self.listener.start()
         host, port = self.listener.address
-        self.address = (self.my_id, host, port)
-        self.daemon = await self._connect(self.node.address, peer_id_hint=None)
+        self.address = (self.my_id, host, port, self.listener.unix_name)
+        daemon_at = self.node.unix_name or self.node.address
+        self.daemon = await self._connect(daemon_at, peer_id_hint=None)
         sync = await self.loop.run_in_executor(None, self._open_store_conn)
         self.store = StoreClient(self.node.arena_path, self.node.capacity, sync, self.my_id)
         self.store.on_release = self._schedule_flush
@@ -119,7 +121,7 @@ class CoreRuntime(Service):
 
     def _open_store_conn(self) -> SyncClient:
         return SyncClient(
-            self.node.address,
+            self.node.unix_name or self.node.address,
             token=self.token,
             role=self.role,
             my_id=self.my_id,
@@ -157,7 +159,7 @@ class CoreRuntime(Service):
             if old is None or old.conn is None or old.conn.closed:
                 self.peers[conn.peer_id] = peer
 
-    async def _connect(self, address: tuple[str, int], peer_id_hint: bytes | None) -> RpcPeer:
+    async def _connect(self, address: tuple[str, int] | str, peer_id_hint: bytes | None) -> RpcPeer:
         peer = self._new_peer()
         conn = await open_connection(
             self.loop,
@@ -202,7 +204,13 @@ class CoreRuntime(Service):
         try:
             if self.broken is not None:
                 raise self.broken
-            peer: Any = await self._connect((address[1], address[2]), pid)
+            try:
+                peer: Any = await self._connect(best_address(address), pid)
+            except OSError:
+                if isinstance(best_address(address), str):
+                    peer = await self._connect((address[1], address[2]), pid)
+                else:
+                    raise
             with self.lock:
                 old = self.peers.get(pid)
                 if old is not None and old.conn is not None and not old.conn.closed:

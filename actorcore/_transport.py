@@ -426,6 +426,7 @@ class Listener:
         host: str = "127.0.0.1",
         port: int = 0,
         sock: socket.socket | None = None,
+        unix_name: str | None = None,
     ) -> None:
         self.loop = loop
         self._token = token
@@ -442,17 +443,24 @@ class Listener:
         self._sock = sock
         self._sock.setblocking(False)
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
+        # Same-host peers use a Unix socket (abstract namespace: nothing to clean up).
+        self.unix_name = unix_name or f"\0actorcore-{my_id.hex()}-{os.getpid()}"
+        self._usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._usock.bind(self.unix_name)
+        self._usock.listen(1024)
+        self._usock.setblocking(False)
         self._handshakes: set[asyncio.Task[None]] = set()
         self.rejected = 0
         self._closed = False
 
     def start(self) -> None:
-        self.loop.add_reader(self._sock.fileno(), self._on_accept)
+        self.loop.add_reader(self._sock.fileno(), self._on_accept, self._sock)
+        self.loop.add_reader(self._usock.fileno(), self._on_accept, self._usock)
 
-    def _on_accept(self) -> None:
+    def _on_accept(self, listening: socket.socket) -> None:
         for _ in range(64):
             try:
-                sock, _addr = self._sock.accept()
+                sock, _addr = listening.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -494,11 +502,12 @@ class Listener:
         if self._closed:
             return
         self._closed = True
-        try:
-            self.loop.remove_reader(self._sock.fileno())
-        except Exception:
-            pass
-        self._sock.close()
+        for sock in (self._sock, self._usock):
+            try:
+                self.loop.remove_reader(sock.fileno())
+            except Exception:
+                pass
+            sock.close()
         for t in list(self._handshakes):
             t.cancel()
 
@@ -513,7 +522,7 @@ class SyncClient:
 
     def __init__(
         self,
-        address: tuple[str, int],
+        address: tuple[str, int] | str,
         *,
         token: bytes,
         role: str,
@@ -522,8 +531,13 @@ class SyncClient:
         max_frame_bytes: int,
         timeout: float = 300.0,
     ) -> None:
-        self._sock = socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT_S)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if isinstance(address, str):
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.settimeout(HANDSHAKE_TIMEOUT_S)
+            self._sock.connect(address)
+        else:
+            self._sock = socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT_S)
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._lock = threading.Lock()
         self._decoder = P.FrameDecoder(max_header_bytes, max_frame_bytes)
         self._stash: list[Any] = []
@@ -599,3 +613,14 @@ class SyncClient:
             if not self.closed:
                 self.closed = True
                 self._sock.close()
+
+
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "", socket.gethostname()}
+
+
+def best_address(address: Any) -> tuple[str, int] | str:
+    """Where to connect to a peer ``(id, host, port[, unix name])``: its Unix socket
+    when it is on this host, else TCP."""
+    if len(address) > 3 and address[3] and address[1] in _LOCAL_HOSTS:
+        return str(address[3])
+    return (address[1], address[2])

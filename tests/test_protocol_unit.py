@@ -82,3 +82,8 @@ def test_decoder_keeps_memory_bounded_over_many_frames():
         d.feed(frame)
     assert d.pending_bytes() == 0
     assert len(d._buf) < 2 << 20
+
+
+def test_too_many_buffers_is_refused():
+    with pytest.raises(ProtocolError, match="buffers"):
+        decoder().feed(struct.pack("<IH", 10, P.MAX_BUFFERS + 1))
