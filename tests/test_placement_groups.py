@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from actorcore.testing import list_state, wait_for
+
 
 @pytest.mark.timeout(90)
 def test_group_reserves_resources_and_runs_work_inside(fresh_runtime):
@@ -36,6 +38,12 @@ def test_group_reserves_resources_and_runs_work_inside(fresh_runtime):
         ac.get(inside.remote(), timeout=1.0)
 
     ac.util.remove_placement_group(pg)
+    aid = a.id.hex()
+    wait_for(
+        lambda: any(x["actor_id"] == aid and x["state"] == "DEAD" for x in list_state("actors")),
+        30,
+        what="the actor in the removed group is dead",
+    )
     with pytest.raises(ac.errors.ActorDiedError):
         ac.get(a.ping.remote(), timeout=30)
     table = {g["placement_group_id"]: g for g in ac.util.placement_group_table()}
