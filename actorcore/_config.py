@@ -38,7 +38,7 @@ class Config:
     prestart_workers: int = -1  # -1 = one per CPU
     lease_linger_s: float = 0.2
     max_tasks_in_flight_per_worker: int = 128
-    actors_per_shared_worker: int = 2000
+    actors_per_shared_worker: int = 10000
     shared_worker_threads: int = 8
     worker_idle_timeout_s: float = 60.0
     log_to_driver: bool = True

@@ -98,6 +98,7 @@ class NodeDaemon(Service):
         self.lease_waiters: dict[Any, tuple[RpcPeer, int]] = {}
         self.actor_waiters: dict[bytes, list[tuple[RpcPeer, int, int]]] = {}
         self.pg_waiters: dict[bytes, list[tuple[RpcPeer, int]]] = {}
+        self._dirty_actors: set[bytes] = set()
         self.stopping: asyncio.Future[None] | None = None
         self.pool: WorkerPool | None = None
         self.warm = 1  # idle workers kept ready
@@ -329,10 +330,26 @@ class NodeDaemon(Service):
             pass
 
     def _persist(self, actor_id: bytes) -> None:
+        """Write the actor's record to control state (batched: one task per loop tick)."""
+        if not self._dirty_actors:
+            asyncio.get_running_loop().call_soon(self._flush_records)
+        self._dirty_actors.add(actor_id)
+
+    def _flush_records(self) -> None:
+        dirty, self._dirty_actors = self._dirty_actors, set()
+        records = [r for r in map(self._record, dirty) if r is not None]
+        if records:
+            self.spawn(self._write_records(records))
+
+    async def _write_records(self, records: list[ActorRecord]) -> None:
+        for rec in records:
+            await self.actor_table.put(rec)
+
+    def _record(self, actor_id: bytes) -> ActorRecord | None:
         a = self.actors.actors.get(actor_id)
         if a is None:
-            return
-        rec = ActorRecord(
+            return None
+        return ActorRecord(
             actor_id=a.actor_id,
             name=a.name,
             namespace=a.namespace,
@@ -345,7 +362,6 @@ class NodeDaemon(Service):
             class_name=a.class_name,
             death_cause=a.death_cause,
         )
-        self.spawn(self.actor_table.put(rec))
 
     def _notify(self, actor_id: bytes) -> None:
         waiters = self.actor_waiters.pop(actor_id, [])
@@ -424,25 +440,34 @@ class NodeDaemon(Service):
     # --- actors ------------------------------------------------------------------------------
 
     @handles(P.Tag.CREATE_ACTOR)
-    async def on_create_actor(self, peer: RpcPeer, msg: P.CreateActorMsg, _b: list[bytes]) -> Any:
+    def on_create_actor(self, peer: RpcPeer, msg: P.CreateActorMsg, _b: list[bytes]) -> Any:
         assert peer.conn is not None
         spec = dict(msg.spec)
+        if spec.get("name"):
+            return self._create_named(peer.conn.peer_id, msg, spec)
+        return self._create(peer.conn.peer_id, msg, spec)
+
+    async def _create_named(self, owner: bytes, msg: P.CreateActorMsg, spec: dict[str, Any]) -> Any:
+        name = spec["name"]
+        namespace = spec.get("namespace") or "default"
+        if not await self.names.claim(namespace, name, msg.actor_id):
+            existing = await self.names.lookup(namespace, name)
+            if spec.get("get_if_exists") and existing is not None:
+                return [existing]
+            raise ValueError(
+                f"the actor name {name!r} is already taken in namespace {namespace!r}; "
+                f"pick another name, or pass get_if_exists=True to reuse that actor"
+            )
+        return self._create(owner, msg, spec)
+
+    def _create(self, owner: bytes, msg: P.CreateActorMsg, spec: dict[str, Any]) -> Any:
         name = spec.get("name")
         namespace = spec.get("namespace") or "default"
-        if name:
-            if not await self.names.claim(namespace, name, msg.actor_id):
-                existing = await self.names.lookup(namespace, name)
-                if spec.get("get_if_exists") and existing is not None:
-                    return [existing]
-                raise ValueError(
-                    f"the actor name {name!r} is already taken in namespace {namespace!r}; "
-                    f"pick another name, or pass get_if_exists=True to reuse that actor"
-                )
         info = L.ActorInfo(
             actor_id=msg.actor_id,
             class_name=spec.get("class_name", "Actor"),
             spec=spec,
-            owner=peer.conn.peer_id,
+            owner=owner,
             shape={str(k): float(v) for k, v in dict(spec.get("shape") or {}).items()},
             name=name,
             namespace=namespace,

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT_S = 10.0
 _HANDSHAKE_MAX = 4096
 _RECV_SIZE = 1 << 18
+_IOV_BATCH = 512  # frames handed to one sendmsg
 
 
 class Receiver:
@@ -129,27 +130,17 @@ class Connection:
         out = self._out
         try:
             if len(out) == 1:
-                data = out[0]
-                n = self.sock.send(data)
-            elif sum(memoryview(b).nbytes for b in out) < 65536:
-                data = b"".join(out)
-                n = self.sock.send(data)
+                n = self.sock.send(out[0])
             else:
-                n = self.sock.sendmsg(out[:512])
-                data = None
+                n = self.sock.sendmsg(out[:_IOV_BATCH])  # no copy into one buffer
         except (BlockingIOError, InterruptedError):
             n = 0
-            data = out[0] if len(out) == 1 else b"".join(out)
         except OSError as e:
             self._out = []
             self._armed = False
             self.loop.call_soon_threadsafe(self._break, e)
             return
-        if data is None:
-            self._consume(n)
-        else:
-            view = memoryview(data)
-            self._out = [view[n:]] if n < view.nbytes else []
+        self._consume(n)
         if self._out:
             if not self._writer_on:
                 self._writer_on = True

@@ -124,6 +124,8 @@ def _cell(r: dict[str, Any] | None) -> str:
     if "skipped" in r:
         return "n/a"
     s = _fmt(r["median"])
+    if "rss_mb" in r:
+        return f"{s} ({r['seconds']:.0f} s; {r['rss_mb']:,.0f} MB in {r['processes']} processes)"
     if "p99" in r:
         s += f" / {_fmt(r['p99'])}"
     elif r.get("rounds"):

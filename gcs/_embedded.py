@@ -142,7 +142,7 @@ class EmbeddedState:
         self.compacted_revision = 0  # a watch must start after this revision
         self._history_size = history_size
         self._kvs: dict[bytes, KeyValue] = {}
-        self._keys: list[bytes] = []  # sorted, for prefix ranges
+        self._sorted: list[bytes] | None = []  # keys in order, rebuilt lazily for ranges
         self._leases: dict[int, _Lease] = {}
         self._lease_ids = itertools.count(1)
         self._history: deque[WatchEvent] = deque()
@@ -157,9 +157,10 @@ class EmbeddedState:
         if not prefix:
             kv = self._kvs.get(key)
             return [] if kv is None else [kv]
-        start = bisect.bisect_left(self._keys, key)
+        keys = self._sorted_keys()
+        start = bisect.bisect_left(keys, key)
         out = []
-        for k in itertools.islice(self._keys, start, None):
+        for k in itertools.islice(keys, start, None):
             if not k.startswith(key):
                 break
             out.append(self._kvs[k])
@@ -222,10 +223,16 @@ class EmbeddedState:
         events.extend(self._delete_kv(k, rev) for k in doomed)
         return len(doomed)
 
+    def _sorted_keys(self) -> list[bytes]:
+        """Keys in order; sorted again only after keys came or went (writes stay O(1))."""
+        if self._sorted is None:
+            self._sorted = sorted(self._kvs)
+        return self._sorted
+
     def _put_kv(self, op: PutOp, rev: int) -> WatchEvent:
         old = self._kvs.get(op.key)
         if old is None:
-            bisect.insort(self._keys, op.key)
+            self._sorted = None  # a new key: re-sort on the next range read
             kv = KeyValue(op.key, op.value, rev, rev, 1, op.lease)
         else:
             self._detach(old)
@@ -237,7 +244,7 @@ class EmbeddedState:
 
     def _delete_kv(self, key: bytes, rev: int) -> WatchEvent:
         old = self._kvs.pop(key)
-        del self._keys[bisect.bisect_left(self._keys, key)]
+        self._sorted = None
         self._detach(old)
         return WatchEvent(EventType.DELETE, key, rev, None, old)
 
@@ -328,7 +335,7 @@ class EmbeddedState:
 
     def validate(self) -> None:
         """Check the core's invariants; raises AssertionError on a bug."""
-        assert self._keys == sorted(self._kvs), "key index out of sync"
+        assert self._sorted_keys() == sorted(self._kvs), "key index out of sync"
         for kv in self._kvs.values():
             assert kv.create_revision <= kv.mod_revision <= self.revision, kv
             assert kv.version >= 1, kv

@@ -284,11 +284,14 @@ class LocalScheduler:
 
     def _schedule_actors(self, out: list[Instruction]) -> int:
         want = 0
+        need_host = False  # one new shared host takes every light actor waiting
         for req in list(self.actor_queue):
             if R.is_empty(req.shape):
-                w = self._shared_worker()
+                w = None if need_host else self._shared_worker()
                 if w is None:
-                    want += 1
+                    if not need_host:
+                        need_host = True
+                        want += 1
                     continue
             else:
                 if not self._feasible(req, out):

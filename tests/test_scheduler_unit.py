@@ -199,3 +199,14 @@ def test_group_that_does_not_fit_now_waits_and_one_that_never_fits_warns():
     assert of(out, S.Infeasible)
     out = s.return_lease(b"w1")
     assert of(out, PlacementGroupReady) == [PlacementGroupReady(b"\x03")]
+
+
+def test_light_actors_waiting_for_a_host_start_one_worker_not_one_each():
+    s = S.LocalScheduler({"CPU": 2.0}, max_shared_workers=1, actors_per_shared_worker=2)
+    out = []
+    for i in range(50):
+        out += s.place_actor(b"a%d" % i, {})
+    assert sum(x.count for x in of(out, S.StartWorker)) == 1
+    out = start(s, b"w1")
+    assert len(of(out, S.HostActor)) == 2  # the host is full; one more worker for the rest
+    assert sum(x.count for x in of(out, S.StartWorker)) == 1
