@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
 from ._ids import new_id
-from ._refcount import ACTOR, ERROR, FAILED, STORE, ObjectEntry
+from ._ref import ObjectRef
+from ._refcount import ACTOR, ERROR, FAILED, STORE, FreeStore, ObjectEntry
 from ._rpc import error_from_reply, next_rid
+from ._serialization import load_error
 from ._submitter import PreparedArgs, prepare_args, resolve_dep
 from .errors import ActorDiedError, TaskCancelledError
 
@@ -243,8 +245,6 @@ class ActorClients:
     # --- calls ---------------------------------------------------------------------------
 
     def call(self, c: ActorClient, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], num_returns: int) -> list[Any]:
-        from ._ref import ObjectRef
-
         rt = self.rt
         prepared = prepare_args(rt, args, kwargs, f"{c.class_name}.{method}()")
         spec = CallSpec(method, prepared, c.max_task_retries)
@@ -378,8 +378,6 @@ class ActorClients:
             self._resolve(c)
 
     def _complete(self, c: ActorClient, spec: CallSpec, results: list[Any]) -> None:
-        from ._runtime import load_error
-
         table = self.rt.table
         frees = []
         for oid, (kind, data, nested) in zip(spec.return_ids, results, strict=True):
@@ -396,8 +394,6 @@ class ActorClients:
             if nested:
                 table.set_nested(oid, [(n[0], tuple(n[1])) for n in nested], registered=True)
         if frees:
-            from ._refcount import FreeStore
-
             self.rt.execute([FreeStore(oid) for oid in frees])
         self._release(spec)
 

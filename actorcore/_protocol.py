@@ -444,6 +444,10 @@ def _collect() -> dict[int, type]:
 
 
 MESSAGES: dict[int, type] = _collect()
+# tags of messages that carry a request id as their first field
+REQUESTS: frozenset[int] = frozenset(
+    tag for tag, cls in MESSAGES.items() if cls._fields[:1] == ("rid",)
+)
 
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
 _pack = _packer.pack

@@ -184,7 +184,7 @@ class RpcPeer(Receiver):
                 cb(msg)
             return
         handler = self.handlers.get(tag)
-        rid = msg.rid if msg._fields[0] == "rid" else None
+        rid = msg.rid if tag in P.REQUESTS else None
         if handler is None:
             err = ProtocolError(f"{conn.peer_role} sent {tag.name}, which this side does not handle")
             logger.warning("%s", err)

@@ -26,7 +26,9 @@ from . import _protocol as P
 from ._config import Config
 from ._refcount import ERROR, INLINE, STORE, FreeStore, ObjectEntry, ObjectTable, ReleaseBorrow
 from ._rpc import DEFERRED, RpcPeer, Service, error_from_reply, handles, next_rid
-from ._serialization import exception_blob
+from ._ids import new_id
+from ._ref import ObjectRef
+from ._serialization import exception_blob, load_error, serialize
 from ._store_client import StoreClient
 from ._transport import Listener, SyncClient, best_address, open_connection
 from .errors import BlockingCallError, ConnectionBrokenError, NodeDiedError, ObjectLostError
@@ -526,10 +528,6 @@ class CoreRuntime(Service):
 
     def daemon_ref(self, msg: Any) -> Any:
         """An owned ref resolved with the value of the daemon's reply to ``msg``."""
-        from ._ids import new_id
-        from ._ref import ObjectRef
-        from ._serialization import serialize
-
         oid = new_id()
         with self.lock:
             e = self.table.create_owned(oid, self.address)
@@ -569,10 +567,6 @@ class CoreRuntime(Service):
     # --- put --------------------------------------------------------------------------------
 
     def put(self, value: Any) -> Any:
-        from ._ids import new_id
-        from ._ref import ObjectRef
-        from ._serialization import serialize
-
         if isinstance(value, ObjectRef):
             raise TypeError(
                 "ac.put() of an ObjectRef is not allowed: pass the ref itself, "
@@ -582,9 +576,6 @@ class CoreRuntime(Service):
 
     def put_serialized(self, ser: Any) -> Any:
         """Own a new object holding ``ser``: inline, or in the store when large."""
-        from ._ids import new_id
-        from ._ref import ObjectRef
-
         oid = new_id()
         if ser.size > self.config.inline_threshold:
             self.store.put(oid, ser, self.my_id)
@@ -607,20 +598,6 @@ def wire_value(e: ObjectEntry) -> list[Any]:
         data = exception_blob(data)
     nested = [[oid, list(owner)] for oid, owner in e.nested] if e.nested else None
     return [e.kind, data, nested]
-
-
-def load_error(blob: bytes | None) -> BaseException:
-    import pickle
-
-    from .errors import ActorCoreError
-
-    if blob is None:
-        return ActorCoreError("the remote error could not be transferred")
-    try:
-        exc = pickle.loads(blob)
-    except Exception as e:
-        return ActorCoreError(f"the remote error could not be unpickled: {e}")
-    return exc if isinstance(exc, BaseException) else ActorCoreError(repr(exc))
 
 
 def pid_tag() -> str:

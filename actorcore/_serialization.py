@@ -187,3 +187,15 @@ def format_exception(exc: BaseException) -> str:
     buf = io.StringIO()
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=buf)
     return buf.getvalue()
+
+
+def load_error(blob: bytes | None) -> BaseException:
+    from .errors import ActorCoreError
+
+    if blob is None:
+        return ActorCoreError("the remote error could not be transferred")
+    try:
+        exc = pickle.loads(blob)
+    except Exception as e:
+        return ActorCoreError(f"the remote error could not be unpickled: {e}")
+    return exc if isinstance(exc, BaseException) else ActorCoreError(repr(exc))

@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 from . import _protocol as P
 from ._ids import new_id
 from ._refcount import ERROR, FAILED, STORE, ObjectEntry
-from ._rpc import next_rid
-from ._serialization import serialize
+from ._ref import ObjectRef
+from ._refcount import FreeStore
+from ._rpc import error_from_reply, next_rid
+from ._serialization import load_error, serialize
 from .errors import ActorCoreError, TaskCancelledError, WorkerCrashedError
 
 if TYPE_CHECKING:
@@ -81,8 +83,6 @@ class PreparedArgs:
 
 
 def prepare_args(rt: CoreRuntime, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> PreparedArgs:
-    from ._ref import ObjectRef
-
     p = PreparedArgs()
     if not args and not kwargs:
         return p
@@ -203,8 +203,6 @@ class TaskSubmitter:
         max_retries: int,
         retry_exceptions: bool,
     ) -> list[Any]:
-        from ._ref import ObjectRef
-
         rt = self.rt
         prepared = prepare_args(rt, args, kwargs, f"{name}()")
         spec = TaskSpec()
@@ -451,8 +449,6 @@ class TaskSubmitter:
                 self._lease_lost(q, lease, reply)
                 self._retry_or_fail(spec, reply)
             elif reply.TAG == P.Tag.ERROR_REPLY:
-                from ._rpc import error_from_reply
-
                 self._finish_failed(spec, error_from_reply(reply))
             else:
                 lease.paused = False
@@ -499,8 +495,6 @@ class TaskSubmitter:
             spec.retries_left -= 1
             self._enqueue(spec, front=True)
             return
-        from ._runtime import load_error
-
         frees = []
         for oid, (kind, data, nested) in zip(spec.return_ids, results, strict=True):
             self.by_return.pop(oid, None)
@@ -517,8 +511,6 @@ class TaskSubmitter:
             if nested:
                 table.set_nested(oid, [(n[0], tuple(n[1])) for n in nested], registered=True)
         if frees:
-            from ._refcount import FreeStore
-
             rt.execute([FreeStore(oid) for oid in frees])
         self._release_args(spec)
 

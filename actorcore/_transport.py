@@ -205,7 +205,10 @@ class Connection:
         for msg, bufs in frames:
             if self.closed:
                 return
-            receiver.on_frame(self, msg, bufs)
+            try:
+                receiver.on_frame(self, msg, bufs)
+            except Exception:  # one bad dispatch must not lose the frames after it
+                logger.exception("dispatching %s failed", type(msg).__name__)
 
     # --- closing -----------------------------------------------------------------------
 

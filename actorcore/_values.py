@@ -16,20 +16,18 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._ref import ObjectRef
 from ._refcount import FAILED, INLINE, PENDING, STORE, ObjectEntry
 from ._serialization import loads_payload
 from .errors import GetTimeoutError, ObjectLostError
 
 if TYPE_CHECKING:
-    from ._ref import ObjectRef
     from ._runtime import CoreRuntime
 
 __all__ = ["as_completed", "await_ref", "get", "ref_future", "value_of", "wait", "wait_async"]
 
 
 def _check_refs(refs: Sequence[Any], fn: str) -> None:
-    from ._ref import ObjectRef
-
     for r in refs:
         if not isinstance(r, ObjectRef):
             raise TypeError(f"{fn}() takes ObjectRefs, got a {type(r).__name__}: {r!r:.80}")
@@ -100,8 +98,6 @@ def _wait_entries(rt: CoreRuntime, refs: Sequence[ObjectRef], num: int, timeout:
 
 
 def get(rt: CoreRuntime, refs: Any, timeout: float | None) -> Any:
-    from ._ref import ObjectRef
-
     if isinstance(refs, ObjectRef):
         e = _wait_entries(rt, (refs,), 1, timeout)[0]
         return value_of(rt, e)

@@ -22,6 +22,8 @@ import threading
 import msgpack
 import pytest
 
+from actorcore._transport import HANDSHAKE_TIMEOUT_S
+
 from actorcore import errors as E
 from actorcore.testing import list_state
 
@@ -295,7 +297,9 @@ def test_many_bad_clients_at_once(runtime, node):
 
     def bad(i):
         try:
-            c = RawClient(node["address"])
+            # a truncated frame in place of AUTH is dropped at the daemon's handshake
+            # deadline (HANDSHAKE_TIMEOUT_S): wait longer than that
+            c = RawClient(node["address"], timeout=HANDSHAKE_TIMEOUT_S + 15)
             try:
                 c.read()
                 c.send(GARBAGE[list(GARBAGE)[i % len(GARBAGE)]])

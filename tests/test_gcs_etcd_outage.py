@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import psutil
 import pytest
 
 from gcs import (
@@ -48,6 +49,15 @@ async def until_up(call: Callable[[], Awaitable[T]], deadline: float = 10.0) -> 
             if time.monotonic() > until:
                 raise
             await asyncio.sleep(0.05)  # polling a condition under a deadline
+
+
+async def until_stopped(pid: int, deadline: float = 5.0) -> None:
+    """Wait until ``pid`` is really stopped (state T), not merely signalled."""
+    end = time.monotonic() + deadline
+    while psutil.Process(pid).status() != psutil.STATUS_STOPPED:
+        if time.monotonic() > end:
+            raise TimeoutError(f"pid {pid} did not stop")
+        await asyncio.sleep(0.005)  # polling a state with a deadline
 
 
 async def assert_unavailable_fast(call: Awaitable[object], bound: float) -> None:
@@ -95,6 +105,7 @@ async def test_hung_etcd_fails_calls_after_the_timeout_then_recovers():
                 assert etcd.pid is not None
                 os.kill(etcd.pid, signal.SIGSTOP)
                 try:
+                    await until_stopped(etcd.pid)  # kill() returns before the process stops
                     await assert_unavailable_fast(store.put(b"/h/1", b"a"), CALL_TIMEOUT + 1)
                 finally:
                     os.kill(etcd.pid, signal.SIGCONT)

@@ -87,3 +87,9 @@ def test_decoder_keeps_memory_bounded_over_many_frames():
 def test_too_many_buffers_is_refused():
     with pytest.raises(ProtocolError, match="buffers"):
         decoder().feed(struct.pack("<IH", 10, P.MAX_BUFFERS + 1))
+
+
+def test_request_tags_are_exactly_the_messages_with_a_rid():
+    for tag, cls in P.MESSAGES.items():
+        assert (tag in P.REQUESTS) == (cls._fields[:1] == ("rid",))
+    assert P.Tag.STEAL_TASKS not in P.REQUESTS and P.Tag.PUSH_TASK in P.REQUESTS
