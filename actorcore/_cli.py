@@ -24,7 +24,7 @@ __all__ = ["main"]
 def _client(node: dict[str, Any]) -> Any:
     from ._config import Config
     from ._ids import new_id
-    from ._transport import SyncClient
+    from ._sync_client import SyncClient
 
     cfg = Config()
     return SyncClient(

@@ -15,23 +15,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import _global as G
 from . import _protocol as P
 from ._config import Config
-from ._refcount import ERROR, INLINE, STORE, FreeStore, ObjectEntry, ObjectTable, ReleaseBorrow
-from ._rpc import DEFERRED, RpcPeer, Service, error_from_reply, handles, next_rid
+from ._ownership import OwnershipMixin
+from ._refcount import ERROR, INLINE, STORE, FreeStore, ObjectTable, ReleaseBorrow
+from ._rpc import DEFERRED, RpcPeer, Service, error_from_reply, handles
 from ._ids import new_id
 from ._ref import ObjectRef
-from ._serialization import exception_blob, load_error, serialize
+from ._serialization import serialize
 from ._store_client import StoreClient
-from ._transport import Listener, SyncClient, best_address, open_connection
-from .errors import BlockingCallError, ConnectionBrokenError, NodeDiedError, ObjectLostError
+from ._sync_client import SyncClient
+from ._transport import Listener, best_address, open_connection
+from .errors import BlockingCallError, ConnectionBrokenError, NodeDiedError
 
 __all__ = ["CoreRuntime", "NodeInfo"]
 
@@ -57,7 +56,7 @@ class NodeInfo:
         self.raw = info
 
 
-class CoreRuntime(Service):
+class CoreRuntime(OwnershipMixin, Service):
     """One process's runtime: ownership, connections, and the object table."""
 
     role = "driver"
@@ -358,110 +357,6 @@ class CoreRuntime(Service):
             raise error_from_reply(reply)
         return reply.value
 
-    # --- the owner's side of borrowing -------------------------------------------------------
-
-    @handles(P.Tag.GET_OBJECT)
-    def on_get_object(self, peer: RpcPeer, msg: P.GetObjectMsg, _bufs: list[bytes]) -> Any:
-        with self.lock:
-            e = self.table.entries.get(msg.oid)
-            if e is None:
-                raise ObjectLostError(
-                    f"object {msg.oid.hex()} is gone: its owner freed it or never had it"
-                )
-            if self.table.add_waiter(e, lambda e, rid=msg.rid: peer.reply(rid, wire_value(e))):
-                return DEFERRED
-            return wire_value(e)
-
-    @handles(P.Tag.ADD_BORROWER)
-    def on_add_borrower(self, peer: RpcPeer, msg: P.AddBorrowerMsg, _bufs: list[bytes]) -> bool:
-        with self.lock:
-            ok = self.table.add_borrower(msg.oid, msg.borrower[0])
-        if not ok:
-            raise ObjectLostError(f"object {msg.oid.hex()} was freed before it could be borrowed")
-        return True
-
-    @handles(P.Tag.REMOVE_BORROWERS)
-    def on_remove_borrowers(self, peer: RpcPeer, msg: P.RemoveBorrowersMsg, _bufs: list[bytes]) -> Any:
-        with self.lock:
-            instrs = self.table.remove_borrower(msg.oids, msg.borrower[0])
-        self.execute(instrs)
-        return DEFERRED
-
-    def register_borrows(self, refs: list[Any], container: bytes | None) -> Any:
-        """Register this process as borrower of the foreign refs just unpickled.
-
-        Returns a ``threading.Event`` set once every owner acknowledged (None if
-        there was nothing to do). While registrations are in flight the
-        container object (whose value held the refs) is pinned.
-        """
-        todo: list[ObjectEntry] = []
-        with self.lock:
-            for ref in refs:
-                e = self.table.entries.get(ref.id)
-                if e is not None and not e.registered:
-                    e.registered = True
-                    todo.append(e)
-            if not todo:
-                return None
-            if container is not None:
-                self.table.add_submitted([container])
-        done = threading.Event()
-        left = [len(todo)]
-
-        def acked(_reply: Any) -> None:
-            with self.lock:
-                left[0] -= 1
-                finished = left[0] == 0
-            if finished:
-                if container is not None:
-                    with self.lock:
-                        instrs = self.table.remove_submitted([container])
-                    self.execute(instrs)
-                done.set()
-
-        for e in todo:
-            msg = P.AddBorrowerMsg(next_rid(), e.oid, list(self.address))
-            self.with_peer(e.owner, lambda p, msg=msg: self._request_or_fail(p, msg, acked))
-        return done
-
-    def lend_to(self, refs: list[Any], borrower: list[Any]) -> Any:
-        """Refs inside a value we return to ``borrower``: make it their borrower first.
-
-        For refs this process owns that is a local note; for others the owner
-        is asked, and the returned Event is set once every owner acknowledged.
-        """
-        foreign = []
-        with self.lock:
-            for r in refs:
-                if r.owner[0] == self.my_id:
-                    self.table.add_borrower(r.id, borrower[0])
-                else:
-                    foreign.append(r)
-        if not foreign:
-            return None
-        done = threading.Event()
-        left = [len(foreign)]
-
-        def acked(_reply: Any) -> None:
-            with self.lock:
-                left[0] -= 1
-                if left[0] == 0:
-                    done.set()
-
-        for r in foreign:
-            msg = P.AddBorrowerMsg(next_rid(), r.id, list(borrower))
-            self.with_peer(r.owner, lambda p, msg=msg: self._request_or_fail(p, msg, acked))
-        return done
-
-    def _request_or_fail(self, peer: Any, msg: Any, cb: Callable[[Any], None]) -> None:
-        if isinstance(peer, BaseException):
-            cb(peer)
-            return
-        try:
-            peer.request(msg, cb)
-        except ConnectionError as e:
-            cb(e)
-
     # --- messages from the daemon and from workers --------------------------------------------
 
     @handles(P.Tag.TASKS_RETURNED)
@@ -486,45 +381,6 @@ class CoreRuntime(Service):
 
     def block_end(self) -> None:
         """The wait in get() is over."""
-
-    # --- fetching values owned elsewhere ------------------------------------------------------
-
-    def fetch(self, e: ObjectEntry) -> None:
-        """Ask the owner for a borrowed object's value (under the lock)."""
-        if e.fetching or e.owned:
-            return
-        e.fetching = True
-        oid = e.oid
-        self.with_peer(e.owner, lambda p: self._request_value(p, oid))
-
-    def _request_value(self, peer: Any, oid: bytes) -> None:
-        if isinstance(peer, BaseException):
-            self._fetched(oid, peer)
-            return
-        try:
-            peer.request(P.GetObjectMsg(next_rid(), oid), lambda r: self._fetched(oid, r))
-        except ConnectionError as e:
-            self._fetched(oid, e)
-
-    def _fetched(self, oid: bytes, reply: Any) -> None:
-        with self.lock:
-            e = self.table.entries.get(oid)
-            if e is None:
-                return
-            if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
-                cause = reply if isinstance(reply, BaseException) else reply.message
-                err = ObjectLostError(
-                    f"object {oid.hex()} is lost: its owner {bytes(e.owner[0]).hex()} "
-                    f"could not provide it ({cause})"
-                )
-                waiters = self.table.complete(e, ERROR, err)
-            else:
-                kind, data, _nested = reply.value
-                if kind == ERROR:
-                    data = load_error(data)
-                waiters = self.table.complete(e, kind, data)
-            for cb in waiters:
-                cb(e)
 
     def daemon_ref(self, msg: Any) -> Any:
         """An owned ref resolved with the value of the daemon's reply to ``msg``."""
@@ -589,27 +445,3 @@ class CoreRuntime(Service):
             if ser.nested:
                 self.table.set_nested(oid, [(r.id, r.owner) for r in ser.nested], registered=True)
         return ObjectRef(oid, self.address, _counted=True)
-
-
-def wire_value(e: ObjectEntry) -> list[Any]:
-    """An entry's value as sent to a borrower: ``[kind, payload, nested]``."""
-    data = e.data
-    if e.kind == ERROR:
-        data = exception_blob(data)
-    nested = [[oid, list(owner)] for oid, owner in e.nested] if e.nested else None
-    return [e.kind, data, nested]
-
-
-def pid_tag() -> str:
-    return f"pid={os.getpid()}"
-
-
-def running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def is_interactive() -> bool:
-    return hasattr(sys, "ps1")

@@ -23,7 +23,7 @@ from ._serialization import Serialized, deserialize
 from .errors import ObjectLostError
 
 if TYPE_CHECKING:
-    from ._transport import SyncClient
+    from ._sync_client import SyncClient
 
 __all__ = ["StoreClient"]
 

@@ -1,0 +1,191 @@
+"""Ownership between processes: the owner's side and the borrower's side.
+
+An owner answers borrowers: the value of an object once it is ready
+(GET_OBJECT), "I hold it too" (ADD_BORROWER) and "I let go" (REMOVE_BORROWERS).
+A borrower registers with the owner of every foreign ref it unpickles, before
+the object that carried the ref can go (the container stays pinned until the
+owners acknowledged), and lends the refs it returns to its caller. A borrower
+that needs a value asks the owner for it.
+
+A mixin of :class:`actorcore._runtime.CoreRuntime`, which provides ``lock``,
+``table``, ``address``, ``with_peer`` and ``execute``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import _protocol as P
+from ._refcount import ERROR, ObjectEntry
+from ._rpc import DEFERRED, RpcPeer, handles, next_rid
+from ._serialization import exception_blob, load_error
+from .errors import ObjectLostError
+
+__all__ = ["OwnershipMixin", "wire_value"]
+
+
+class OwnershipMixin:
+    lock: Any
+    table: Any
+    address: Any
+    my_id: bytes
+
+    if TYPE_CHECKING:  # provided by CoreRuntime
+
+        def with_peer(self, address: Any, cb: Callable[[Any], None]) -> None: ...
+
+        def execute(self, instrs: list[Any]) -> None: ...
+
+    # --- the owner's side of borrowing -------------------------------------------------------
+
+    @handles(P.Tag.GET_OBJECT)
+    def on_get_object(self, peer: RpcPeer, msg: P.GetObjectMsg, _bufs: list[bytes]) -> Any:
+        with self.lock:
+            e = self.table.entries.get(msg.oid)
+            if e is None:
+                raise ObjectLostError(
+                    f"object {msg.oid.hex()} is gone: its owner freed it or never had it"
+                )
+            if self.table.add_waiter(e, lambda e, rid=msg.rid: peer.reply(rid, wire_value(e))):
+                return DEFERRED
+            return wire_value(e)
+
+    @handles(P.Tag.ADD_BORROWER)
+    def on_add_borrower(self, peer: RpcPeer, msg: P.AddBorrowerMsg, _bufs: list[bytes]) -> bool:
+        with self.lock:
+            ok = self.table.add_borrower(msg.oid, msg.borrower[0])
+        if not ok:
+            raise ObjectLostError(f"object {msg.oid.hex()} was freed before it could be borrowed")
+        return True
+
+    @handles(P.Tag.REMOVE_BORROWERS)
+    def on_remove_borrowers(self, peer: RpcPeer, msg: P.RemoveBorrowersMsg, _bufs: list[bytes]) -> Any:
+        with self.lock:
+            instrs = self.table.remove_borrower(msg.oids, msg.borrower[0])
+        self.execute(instrs)
+        return DEFERRED
+
+    def register_borrows(self, refs: list[Any], container: bytes | None) -> Any:
+        """Register this process as borrower of the foreign refs just unpickled.
+
+        Returns a ``threading.Event`` set once every owner acknowledged (None if
+        there was nothing to do). While registrations are in flight the
+        container object (whose value held the refs) is pinned.
+        """
+        todo: list[ObjectEntry] = []
+        with self.lock:
+            for ref in refs:
+                e = self.table.entries.get(ref.id)
+                if e is not None and not e.registered:
+                    e.registered = True
+                    todo.append(e)
+            if not todo:
+                return None
+            if container is not None:
+                self.table.add_submitted([container])
+        done = threading.Event()
+        left = [len(todo)]
+
+        def acked(_reply: Any) -> None:
+            with self.lock:
+                left[0] -= 1
+                finished = left[0] == 0
+            if finished:
+                if container is not None:
+                    with self.lock:
+                        instrs = self.table.remove_submitted([container])
+                    self.execute(instrs)
+                done.set()
+
+        for e in todo:
+            msg = P.AddBorrowerMsg(next_rid(), e.oid, list(self.address))
+            self.with_peer(e.owner, lambda p, msg=msg: self._request_or_fail(p, msg, acked))
+        return done
+
+    def lend_to(self, refs: list[Any], borrower: list[Any]) -> Any:
+        """Refs inside a value we return to ``borrower``: make it their borrower first.
+
+        For refs this process owns that is a local note; for others the owner
+        is asked, and the returned Event is set once every owner acknowledged.
+        """
+        foreign = []
+        with self.lock:
+            for r in refs:
+                if r.owner[0] == self.my_id:
+                    self.table.add_borrower(r.id, borrower[0])
+                else:
+                    foreign.append(r)
+        if not foreign:
+            return None
+        done = threading.Event()
+        left = [len(foreign)]
+
+        def acked(_reply: Any) -> None:
+            with self.lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
+        for r in foreign:
+            msg = P.AddBorrowerMsg(next_rid(), r.id, list(borrower))
+            self.with_peer(r.owner, lambda p, msg=msg: self._request_or_fail(p, msg, acked))
+        return done
+
+    def _request_or_fail(self, peer: Any, msg: Any, cb: Callable[[Any], None]) -> None:
+        if isinstance(peer, BaseException):
+            cb(peer)
+            return
+        try:
+            peer.request(msg, cb)
+        except ConnectionError as e:
+            cb(e)
+
+    # --- fetching values owned elsewhere ------------------------------------------------------
+
+    def fetch(self, e: ObjectEntry) -> None:
+        """Ask the owner for a borrowed object's value (under the lock)."""
+        if e.fetching or e.owned:
+            return
+        e.fetching = True
+        oid = e.oid
+        self.with_peer(e.owner, lambda p: self._request_value(p, oid))
+
+    def _request_value(self, peer: Any, oid: bytes) -> None:
+        if isinstance(peer, BaseException):
+            self._fetched(oid, peer)
+            return
+        try:
+            peer.request(P.GetObjectMsg(next_rid(), oid), lambda r: self._fetched(oid, r))
+        except ConnectionError as e:
+            self._fetched(oid, e)
+
+    def _fetched(self, oid: bytes, reply: Any) -> None:
+        with self.lock:
+            e = self.table.entries.get(oid)
+            if e is None:
+                return
+            if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
+                cause = reply if isinstance(reply, BaseException) else reply.message
+                err = ObjectLostError(
+                    f"object {oid.hex()} is lost: its owner {bytes(e.owner[0]).hex()} "
+                    f"could not provide it ({cause})"
+                )
+                waiters = self.table.complete(e, ERROR, err)
+            else:
+                kind, data, _nested = reply.value
+                if kind == ERROR:
+                    data = load_error(data)
+                waiters = self.table.complete(e, kind, data)
+            for cb in waiters:
+                cb(e)
+
+
+def wire_value(e: ObjectEntry) -> list[Any]:
+    """An entry's value as sent to a borrower: ``[kind, payload, nested]``."""
+    data = e.data
+    if e.kind == ERROR:
+        data = exception_blob(data)
+    nested = [[oid, list(owner)] for oid, owner in e.nested] if e.nested else None
+    return [e.kind, data, nested]
