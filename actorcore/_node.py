@@ -439,7 +439,11 @@ class NodeDaemon(NodeActorsMixin, Service):
     @handles(P.Tag.OPEN_OBJECTS)
     def on_open_objects(self, peer: RpcPeer, msg: P.OpenObjectsMsg, _b: list[bytes]) -> Any:
         assert peer.conn is not None
-        return self.store.open_many(list(msg.oids), peer.conn.peer_id)
+        oids = list(msg.oids)
+        ready = self.store.open_now(oids, peer.conn.peer_id)
+        if ready is not None:
+            return ready
+        return self.store.open_many(oids, peer.conn.peer_id)
 
     @handles(P.Tag.RELEASE_OBJECTS)
     def on_release_objects(self, peer: RpcPeer, msg: P.ReleaseObjectsMsg, _b: list[bytes]) -> Any:

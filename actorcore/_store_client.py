@@ -46,8 +46,7 @@ class StoreClient:
         """
         raws = [b.raw() for b in ser.buffers]
         total, spans = layout(len(ser.stream), [r.nbytes for r in raws])
-        self._send_unpins()
-        reply = self.conn.call(P.CreateObjectMsg(next_rid(), oid, total, [owner_id]))
+        reply = self.conn.call(P.CreateObjectMsg(next_rid(), oid, total, [owner_id]), self._unpins())
         if reply.TAG == P.Tag.ERROR_REPLY:
             raise error_from_reply(reply)
         offset = reply.value
@@ -65,8 +64,7 @@ class StoreClient:
             meta = self._meta.get(id(holder))
             if meta is not None:
                 return holder, meta
-        self._send_unpins()
-        reply = self.conn.call(P.OpenObjectsMsg(next_rid(), [oid]))
+        reply = self.conn.call(P.OpenObjectsMsg(next_rid(), [oid]), self._unpins())
         if reply.TAG == P.Tag.ERROR_REPLY:
             raise error_from_reply(reply)
         loc = reply.value[0]
@@ -84,7 +82,12 @@ class StoreClient:
         return holder, meta
 
     def get(self, oid: bytes, where: str = "value") -> tuple[Any, list[Any]]:
-        """Read object ``oid``; returns the value and the refs found inside."""
+        """Read object ``oid``; returns the value and the refs found inside.
+
+        While a view of the object from an earlier read is alive the mapping is
+        reused; otherwise the daemon is asked (and pins it for this process).
+        A mapping is not kept beyond its views: a pinned object cannot spill.
+        """
         holder, (stream_len, spans) = self._holder(oid)
         mv = memoryview(holder)
         buffers = [mv[o : o + n] for o, n in spans]
@@ -98,12 +101,11 @@ class StoreClient:
         if cb is not None:
             cb()
 
-    def _send_unpins(self) -> None:
-        """Unpins queued by dead views go first, on this connection, so the daemon
-        counts them before it makes room for what we ask next."""
+    def _unpins(self) -> Any:
+        """Unpins queued by dead views, to go first on this connection (in the same
+        write), so the daemon counts them before it makes room for what we ask next."""
         oids = self.take_released()
-        if oids:
-            self.conn.send(P.ReleaseObjectsMsg(oids))
+        return P.ReleaseObjectsMsg(oids) if oids else None
 
     def take_released(self) -> list[bytes]:
         out = []

@@ -143,6 +143,20 @@ class StoreService:
 
     # --- readers --------------------------------------------------------------------
 
+    def open_now(self, oids: list[bytes], client: bytes) -> list[Any] | None:
+        """Open objects that are sealed and in memory, without waiting; None if any is not."""
+        entries = self.state.entries
+        for oid in oids:
+            e = entries.get(oid)
+            if e is None or e.state not in (ObjectState.SEALED, ObjectState.SPILLING) or e.freed:
+                return None
+        out = []
+        for oid in oids:
+            r = self.state.open(oid, client)
+            assert isinstance(r, Location)
+            out.append([r.offset, r.size, r.meta])
+        return out
+
     async def open_many(self, oids: list[bytes], client: bytes) -> list[Any]:
         return [await self.open(oid, client) for oid in oids]
 

@@ -19,6 +19,12 @@ from .errors import AuthenticationError, ConnectionBrokenError, ConnectionClosed
 __all__ = ["SyncClient"]
 
 
+def _join(first: Any, second: Any) -> Any:
+    if isinstance(first, bytes) and isinstance(second, bytes):
+        return first + second
+    return [*(first if isinstance(first, list) else [first]), *(second if isinstance(second, list) else [second])]
+
+
 class SyncClient:
     """A blocking, thread-safe request/reply connection (one request at a time).
 
@@ -80,9 +86,14 @@ class SyncClient:
         if not isinstance(reply, P.WelcomeMsg) or not hmac.compare_digest(want, reply.proof):
             raise AuthenticationError("server failed to prove the cluster token")
 
-    def call(self, msg: Any) -> Any:
-        """Send a request and return its reply message (REPLY or ERROR_REPLY)."""
+    def call(self, msg: Any, before: Any = None) -> Any:
+        """Send a request and return its reply message (REPLY or ERROR_REPLY).
+
+        ``before``: a one-way message to send ahead of it, in the same write.
+        """
         frame = P.encode(msg)
+        if before is not None:
+            frame = _join(P.encode(before), frame)
         with self._lock:
             if self.closed:
                 raise ConnectionClosedError("the store connection is closed")

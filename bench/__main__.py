@@ -52,6 +52,8 @@ RAY_ROWS = [
     "placement group create/removal",
 ]
 EXTRA_ROWS = [
+    "single client get calls, 2 MiB numpy array",
+    "single client get calls, 200 MiB numpy array",
     "1:1 actor call latency (p50/p99 us)",
     "asyncio driver, 100 coroutines awaiting actor calls",
     "idle RSS of runtime processes (MB)",

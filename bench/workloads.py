@@ -288,6 +288,23 @@ def define() -> dict[str, Callable[[], dict[str, Any]]]:
 
     # --- beyond Ray's rows ---------------------------------------------------------
 
+    def get_array(mib: int) -> dict[str, Any]:
+        ref = ray.put(np.ones(mib * 1024 * 1024 // 8, dtype=np.float64))
+
+        def get_once() -> None:
+            a = ray.get(ref)
+            assert a.shape[0] == mib * 1024 * 1024 // 8
+
+        return timeit(get_once)
+
+    @row("single client get calls, 2 MiB numpy array")
+    def _():
+        return get_array(2)
+
+    @row("single client get calls, 200 MiB numpy array")
+    def _():
+        return get_array(200)
+
     @row("1:1 actor call latency (p50/p99 us)")
     def _():
         a = Actor.remote()
