@@ -44,7 +44,16 @@ class ActorState(enum.Enum):
 
 
 class CallSpec:
-    __slots__ = ("args", "method", "resolved", "retries_left", "return_ids", "rid", "task_id", "unresolved")
+    __slots__ = (
+        "args",
+        "method",
+        "resolved",
+        "retries_left",
+        "return_ids",
+        "rid",
+        "task_id",
+        "unresolved",
+    )
 
     def __init__(self, method: str, args: PreparedArgs, retries: int) -> None:
         self.method = method
@@ -244,7 +253,14 @@ class ActorClients:
 
     # --- calls ---------------------------------------------------------------------------
 
-    def call(self, c: ActorClient, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], num_returns: int) -> list[Any]:
+    def call(
+        self,
+        c: ActorClient,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        num_returns: int,
+    ) -> list[Any]:
         rt = self.rt
         prepared = prepare_args(rt, args, kwargs, f"{c.class_name}.{method}()")
         spec = CallSpec(method, prepared, c.max_task_retries)
@@ -315,8 +331,14 @@ class ActorClients:
         rt = self.rt
         spec.rid = rid = next_rid()
         msg = P.ActorCallMsg(
-            rid, c.actor_id, spec.method, spec.task_id, spec.args.payload,
-            spec.resolved, spec.return_ids, rt.address,
+            rid,
+            c.actor_id,
+            spec.method,
+            spec.task_id,
+            spec.args.payload,
+            spec.resolved,
+            spec.return_ids,
+            rt.address,
         )
         peer = c.peer
         try:
@@ -369,7 +391,9 @@ class ActorClients:
                 s.retries_left -= 1
                 retry.append(s)
             else:
-                self._fail(c, s, ActorDiedError(f"{c.describe()} died while running {s.method}(): {err}"))
+                self._fail(
+                    c, s, ActorDiedError(f"{c.describe()} died while running {s.method}(): {err}")
+                )
         c.queue.extendleft(reversed(retry))
         if c.peer is peer and c.state is ActorState.ALIVE:
             c.state = ActorState.RESOLVING
@@ -437,7 +461,9 @@ class ActorClients:
         rt = self.rt
         done = threading.Event()
         try:
-            rt.daemon.request(P.KillActorMsg(next_rid(), actor_id, no_restart), lambda _r: done.set())
+            rt.daemon.request(
+                P.KillActorMsg(next_rid(), actor_id, no_restart), lambda _r: done.set()
+            )
         except ConnectionError:
             return
         if not rt.on_loop_thread():
@@ -472,4 +498,3 @@ class ActorClients:
             self.rt.daemon.send(P.KillActorMsg(0, actor_id, True))
         except ConnectionError:
             pass
-

@@ -68,7 +68,10 @@ class InitInfo:
 
 def _info(rt: Any) -> InitInfo:
     return InitInfo(
-        rt.node.address, rt.node.node_id.hex(), rt.node.session, rt.node.session_dir,
+        rt.node.address,
+        rt.node.node_id.hex(),
+        rt.node.session,
+        rt.node.session_dir,
         getattr(rt, "proc", None) is not None,
     )
 
@@ -105,20 +108,28 @@ def init(
         RuntimeError: already initialized (and ``ignore_reinit_error`` is False).
     """
     kw = dict(
-        num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-        object_store_memory=object_store_memory, log_to_driver=log_to_driver, **settings,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        resources=resources,
+        object_store_memory=object_store_memory,
+        log_to_driver=log_to_driver,
+        **settings,
     )
     if _on_loop_thread():
         return _init_async(address, namespace, ignore_reinit_error, kw)
     return _init_sync(address, namespace, ignore_reinit_error, kw)
 
 
-async def _init_async(address: str | None, namespace: str | None, ignore: bool, kw: dict[str, Any]) -> InitInfo:
+async def _init_async(
+    address: str | None, namespace: str | None, ignore: bool, kw: dict[str, Any]
+) -> InitInfo:
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, _init_sync, address, namespace, ignore, kw)
 
 
-def _init_sync(address: str | None, namespace: str | None, ignore: bool, kw: dict[str, Any]) -> InitInfo:
+def _init_sync(
+    address: str | None, namespace: str | None, ignore: bool, kw: dict[str, Any]
+) -> InitInfo:
     global _atexit_registered
     from ._driver import DriverRuntime
 
@@ -252,7 +263,10 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     info = _daemon_call(P.GetNamedActorMsg(next_rid(), name, namespace or rt.namespace))
     owner = tuple(info["owner"]) if info["owner"] else rt.address
     return ActorHandle(
-        bytes(info["actor_id"]), info["class_name"], dict(info["methods"]), owner,
+        bytes(info["actor_id"]),
+        info["class_name"],
+        dict(info["methods"]),
+        owner,
         int(info["max_task_retries"]),
     )
 

@@ -1,12 +1,12 @@
 """The ``actorcore`` command: start and stop a node, look at it, run benchmarks.
 
-    actorcore start [--num-cpus N] [--resources JSON] [--object-store-memory BYTES]
-    actorcore stop
-    actorcore status
-    actorcore list {actors,workers,objects,nodes}
-    actorcore memory
-    actorcore logs [--tail N]
-    actorcore microbenchmark [FILTER] [--ray-python PATH]
+actorcore start [--num-cpus N] [--resources JSON] [--object-store-memory BYTES]
+actorcore stop
+actorcore status
+actorcore list {actors,workers,objects,nodes}
+actorcore memory
+actorcore logs [--tail N]
+actorcore microbenchmark [FILTER] [--ray-python PATH]
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         if f is not None:
             f.close()
     print(f"node started: pid {ready['pid']}, address {ready['address'][0]}:{ready['address'][1]}")
-    print(f"session {ready['session']}; connect with ac.init(address='auto'); stop with `actorcore stop`")
+    print(f"session {ready['session']}")
+    print("connect with ac.init(address='auto'); stop with `actorcore stop`")
     return 0
 
 
@@ -135,8 +136,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {k}: {total[k] - avail.get(k, 0):g}/{total[k]:g} in use")
     print(f"  workers: {info['workers']}")
     mb = 1024 * 1024
-    print(f"  object store: {store['used'] / mb:.1f}/{store['capacity'] / mb:.0f} MiB, "
-          f"{store['objects']} objects, {store['spilled']} spilled")
+    print(
+        f"  object store: {store['used'] / mb:.1f}/{store['capacity'] / mb:.0f} MiB, "
+        f"{store['objects']} objects, {store['spilled']} spilled"
+    )
     return 0
 
 
@@ -144,7 +147,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     node = _node()
     if args.what == "nodes":
         rows = [_state(node, "node")]
-        rows = [{"node_id": r["node_id"], "pid": r["pid"], "address": f"{r['address'][0]}:{r['address'][1]}"} for r in rows]
+        rows = [
+            {
+                "node_id": r["node_id"],
+                "pid": r["pid"],
+                "address": f"{r['address'][0]}:{r['address'][1]}",
+            }
+            for r in rows
+        ]
     else:
         rows = _state(node, args.what)
     print(_table(rows))
@@ -156,8 +166,11 @@ def cmd_memory(args: argparse.Namespace) -> int:
     store = _state(node, "store")
     objects = _state(node, "objects")
     mb = 1024 * 1024
-    print(f"object store: {store['used'] / mb:.1f} of {store['capacity'] / mb:.0f} MiB used; "
-          f"{store['objects']} objects ({store['spilled']} spilled, {store['spilled_bytes'] / mb:.1f} MiB on disk)")
+    print(
+        f"object store: {store['used'] / mb:.1f} of {store['capacity'] / mb:.0f} MiB used; "
+        f"{store['objects']} objects ({store['spilled']} spilled, "
+        f"{store['spilled_bytes'] / mb:.1f} MiB on disk)"
+    )
     print(_table(objects))
     return 0
 
@@ -167,7 +180,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     logs = os.path.join(node["session_dir"], "logs")
     for path in sorted(glob.glob(os.path.join(logs, "*"))):
         with open(path, errors="replace") as f:
-            lines = f.readlines()[-args.tail:]
+            lines = f.readlines()[-args.tail :]
         if lines:
             print(f"==> {os.path.basename(path)} <==")
             sys.stdout.writelines(lines)
@@ -189,11 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("start", help="start a node daemon on this machine")
     p.add_argument("--num-cpus", type=float)
     p.add_argument("--num-gpus", type=float)
-    p.add_argument("--resources", help='custom resources as JSON, e.g. \'{"disk": 2}\'')
+    p.add_argument("--resources", help="custom resources as JSON, e.g. '{\"disk\": 2}'")
     p.add_argument("--object-store-memory", type=int)
     p.set_defaults(fn=cmd_start)
-    sub.add_parser("stop", help="stop the nodes started with `actorcore start`").set_defaults(fn=cmd_stop)
-    sub.add_parser("status", help="resources, workers and store of the local node").set_defaults(fn=cmd_status)
+    sub.add_parser("stop", help="stop the nodes started with `actorcore start`").set_defaults(
+        fn=cmd_stop
+    )
+    sub.add_parser("status", help="resources, workers and store of the local node").set_defaults(
+        fn=cmd_status
+    )
     p = sub.add_parser("list", help="list actors, workers, objects or nodes")
     p.add_argument("what", choices=["actors", "workers", "objects", "nodes"])
     p.set_defaults(fn=cmd_list)

@@ -148,7 +148,9 @@ def _serve(
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     # from here on the driver stops reading our pipes: output goes to the log
-    log_fd = os.open(os.path.join(dirs.logs_dir, "daemon.out"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log_fd = os.open(
+        os.path.join(dirs.logs_dir, "daemon.out"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+    )
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)

@@ -52,7 +52,9 @@ def find_local_node(shm_root: str = "/dev/shm") -> dict[str, Any]:
 class DriverRuntime(CoreRuntime):
     role = "driver"
 
-    def __init__(self, config: Config, token: bytes, node: NodeInfo, proc: subprocess.Popen[bytes] | None) -> None:
+    def __init__(
+        self, config: Config, token: bytes, node: NodeInfo, proc: subprocess.Popen[bytes] | None
+    ) -> None:
         super().__init__(config, token, new_id(), node)
         self.proc = proc
         self._thread: threading.Thread | None = None
@@ -110,7 +112,11 @@ class DriverRuntime(CoreRuntime):
 
         info = await self.daemon.call(
             P.RegisterDriverMsg(
-                next_rid(), self.my_id, os.getpid(), list(self.address), self.proc is not None,
+                next_rid(),
+                self.my_id,
+                os.getpid(),
+                list(self.address),
+                self.proc is not None,
                 [p for p in sys.path if p],
             )
         )

@@ -23,7 +23,14 @@ from .errors import ObjectStoreFullError, SerializationError, TaskError
 if TYPE_CHECKING:
     from ._runtime import CoreRuntime
 
-__all__ = ["ExecPool", "TaskContext", "current_task", "decode_args", "encode_error", "encode_results"]
+__all__ = [
+    "ExecPool",
+    "TaskContext",
+    "current_task",
+    "decode_args",
+    "encode_error",
+    "encode_results",
+]
 
 
 class TaskContext:
@@ -54,7 +61,9 @@ def _arg_value(rt: CoreRuntime, r: list[Any], refs: list[Any]) -> Any:
     return value
 
 
-def decode_args(rt: CoreRuntime, payload: Any, resolved: list[Any]) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+def decode_args(
+    rt: CoreRuntime, payload: Any, resolved: list[Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
     """Unpickle arguments; returns ``(args, kwargs, registration)``.
 
     ``registration`` is None or an Event to wait on before replying (this
@@ -146,7 +155,9 @@ class ExecPool:
             if not grow:
                 self._idle -= 1
         if grow:
-            t = threading.Thread(target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True)
+            t = threading.Thread(
+                target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True
+            )
             self._threads.append(t)
             t.start()
         self._jobs.put(job)

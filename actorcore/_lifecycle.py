@@ -139,15 +139,22 @@ class ActorLifecycle:
         a.worker_id = worker_id
         return [Host(actor_id, worker_id)]
 
-    def constructed(self, actor_id: bytes, worker_id: bytes, address: list[Any]) -> list[Instruction]:
+    def constructed(
+        self, actor_id: bytes, worker_id: bytes, address: list[Any]
+    ) -> list[Instruction]:
         a = self.actors.get(actor_id)
         if a is None or a.phase is ActorPhase.DEAD or a.worker_id != worker_id:
-            return [Unhost(actor_id, worker_id, "the actor was killed while starting"), Removed(actor_id)]
+            return [
+                Unhost(actor_id, worker_id, "the actor was killed while starting"),
+                Removed(actor_id),
+            ]
         self._set_phase(a, ActorPhase.ALIVE)
         a.address = address
         return [Persist(actor_id), Notify(actor_id)]
 
-    def construction_failed(self, actor_id: bytes, worker_id: bytes, cause: str) -> list[Instruction]:
+    def construction_failed(
+        self, actor_id: bytes, worker_id: bytes, cause: str
+    ) -> list[Instruction]:
         a = self.actors.get(actor_id)
         if a is None or a.worker_id != worker_id or a.phase is ActorPhase.DEAD:
             return [Removed(actor_id)]

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["capture_output", "print_lines"]
 
 
-
 class _LineStream(io.TextIOBase):
     def __init__(self, kind: str, shipper: _Shipper) -> None:
         super().__init__()

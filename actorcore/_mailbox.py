@@ -18,7 +18,7 @@ import inspect
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .errors import ActorDiedError, TaskCancelledError
+from .errors import TaskCancelledError
 
 if TYPE_CHECKING:
     from ._worker import Call, WorkerRuntime
@@ -31,7 +31,9 @@ _GROW_AFTER_S = 0.001  # a threaded actor adds a thread when no call finished fo
 
 def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     """Raise ``exc_type`` in another thread at its next bytecode (cancelling sync code)."""
-    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
+    )
     return n == 1
 
 
@@ -153,7 +155,11 @@ class ActorMailbox:
             self.worker.run_actor_call(self, call)
             with self.lock:
                 self.completed += 1
-                if self.dead is not None or not self.queue or self.is_coroutine(self.queue[0].method):
+                if (
+                    self.dead is not None
+                    or not self.queue
+                    or self.is_coroutine(self.queue[0].method)
+                ):
                     self.running -= 1
                     self.sync_running -= 1
                     break
@@ -292,4 +298,3 @@ class TaskQueue:
             running.cancelled = True
             interrupt_thread(self.thread_id, TaskCancelledError)
         return True
-

@@ -74,7 +74,11 @@ class NodeDaemon(NodeActorsMixin, Service):
         self._listen_sock = listen_sock
         self._zygote = zygote
         ncpu = config.num_cpus or float(os.cpu_count() or 1)
-        total = {"CPU": ncpu, **({"GPU": config.num_gpus} if config.num_gpus else {}), **config.resources}
+        total = {
+            "CPU": ncpu,
+            **({"GPU": config.num_gpus} if config.num_gpus else {}),
+            **config.resources,
+        }
         total["memory"] = float(psutil.virtual_memory().total)
         total["object_store_memory"] = float(capacity)
         self.total = total
@@ -161,7 +165,9 @@ class NodeDaemon(NodeActorsMixin, Service):
             await asyncio.sleep(1.0)
             if self.owner_pid is not None and not psutil.pid_exists(self.owner_pid):
                 self.stop("the driver that started this node exited")
-            self._run(self.sched.reap_idle(time.monotonic(), self.config.worker_idle_timeout_s, keep))
+            self._run(
+                self.sched.reap_idle(time.monotonic(), self.config.worker_idle_timeout_s, keep)
+            )
             self._run(self.sched.keep_warm(self.warm))
             self.actors.forget_dead()
 
@@ -313,7 +319,9 @@ class NodeDaemon(NodeActorsMixin, Service):
         return DEFERRED
 
     @handles(P.Tag.CANCEL_LEASE_REQUEST)
-    def on_cancel_lease_request(self, peer: RpcPeer, msg: P.CancelLeaseRequestMsg, _b: list[bytes]) -> Any:
+    def on_cancel_lease_request(
+        self, peer: RpcPeer, msg: P.CancelLeaseRequestMsg, _b: list[bytes]
+    ) -> Any:
         assert peer.conn is not None
         key = (peer.conn.peer_id, msg.request_rid)
         self.lease_waiters.pop(key, None)
@@ -381,8 +389,12 @@ class NodeDaemon(NodeActorsMixin, Service):
                 {
                     "worker_id": wid.hex(),
                     "pid": rec.pid,
-                    "role": self.sched.workers[wid].role.value if wid in self.sched.workers else "?",
-                    "actors": len(self.sched.workers[wid].actors) if wid in self.sched.workers else 0,
+                    "role": self.sched.workers[wid].role.value
+                    if wid in self.sched.workers
+                    else "?",
+                    "actors": len(self.sched.workers[wid].actors)
+                    if wid in self.sched.workers
+                    else 0,
                 }
                 for wid, rec in self.workers.items()
             ]
@@ -459,4 +471,3 @@ class NodeDaemon(NodeActorsMixin, Service):
     @handles(P.Tag.STORE_STATS)
     def on_store_stats(self, peer: RpcPeer, msg: P.StoreStatsMsg, _b: list[bytes]) -> Any:
         return self.store.stats()
-

@@ -11,6 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from gcs import ActorRecord
+from scheduler import GroupState
 from scheduler import _local as S
 
 from . import _lifecycle as L
@@ -202,7 +203,9 @@ class NodeActorsMixin:
         return True
 
     @handles(P.Tag.GET_NAMED_ACTOR)
-    async def on_get_named_actor(self, peer: RpcPeer, msg: P.GetNamedActorMsg, _b: list[bytes]) -> Any:
+    async def on_get_named_actor(
+        self, peer: RpcPeer, msg: P.GetNamedActorMsg, _b: list[bytes]
+    ) -> Any:
         actor_id = await self.names.lookup(msg.namespace or "default", msg.name)
         a = self.actors.actors.get(actor_id) if actor_id else None
         if a is None or a.phase is L.ActorPhase.DEAD:
@@ -228,9 +231,9 @@ class NodeActorsMixin:
     @handles(P.Tag.WAIT_PLACEMENT_GROUP)
     def on_wait_pg(self, peer: RpcPeer, msg: P.WaitPlacementGroupMsg, _b: list[bytes]) -> Any:
         state = self.sched.placement.state(msg.pg_id)
-        if state is None or state is S.GroupState.REMOVED:
+        if state is None or state is GroupState.REMOVED:
             return False
-        if state is S.GroupState.CREATED:
+        if state is GroupState.CREATED:
             return True
         self.pg_waiters.setdefault(msg.pg_id, []).append((peer, msg.rid))
         return DEFERRED

@@ -61,7 +61,9 @@ class OwnershipMixin:
         return True
 
     @handles(P.Tag.REMOVE_BORROWERS)
-    def on_remove_borrowers(self, peer: RpcPeer, msg: P.RemoveBorrowersMsg, _bufs: list[bytes]) -> Any:
+    def on_remove_borrowers(
+        self, peer: RpcPeer, msg: P.RemoveBorrowersMsg, _bufs: list[bytes]
+    ) -> Any:
         with self.lock:
             instrs = self.table.remove_borrower(msg.oids, msg.borrower[0])
         self.execute(instrs)

@@ -112,7 +112,12 @@ class ObjectEntry:
         self.task: Any = None
 
     def total(self) -> int:
-        return self.local + self.submitted + self.contained + (len(self.borrowers) if self.borrowers else 0)
+        return (
+            self.local
+            + self.submitted
+            + self.contained
+            + (len(self.borrowers) if self.borrowers else 0)
+        )
 
     def __repr__(self) -> str:
         return (
@@ -216,7 +221,9 @@ class ObjectTable:
                     self._drop(e, out)
         return out
 
-    def set_nested(self, oid: bytes, nested: list[tuple[bytes, tuple[Any, ...]]], registered: bool) -> None:
+    def set_nested(
+        self, oid: bytes, nested: list[tuple[bytes, tuple[Any, ...]]], registered: bool
+    ) -> None:
         """``oid`` holds these refs: they stay alive while it does.
 
         ``registered``: for borrowed inner refs, whether this process is already

@@ -19,13 +19,31 @@ from ._submitter import FunctionDescriptor
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "RemoteFunction", "method", "remote"]
 
 _TASK_OPTIONS = {
-    "num_cpus", "num_gpus", "resources", "memory", "max_retries", "retry_exceptions",
-    "num_returns", "name", "scheduling_strategy", "runtime_env",
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "memory",
+    "max_retries",
+    "retry_exceptions",
+    "num_returns",
+    "name",
+    "scheduling_strategy",
+    "runtime_env",
 }
 _ACTOR_OPTIONS = {
-    "num_cpus", "num_gpus", "resources", "memory", "name", "namespace", "lifetime",
-    "max_restarts", "max_task_retries", "max_concurrency", "get_if_exists",
-    "scheduling_strategy", "runtime_env",
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "memory",
+    "name",
+    "namespace",
+    "lifetime",
+    "max_restarts",
+    "max_task_retries",
+    "max_concurrency",
+    "get_if_exists",
+    "scheduling_strategy",
+    "runtime_env",
 }
 
 
@@ -42,7 +60,9 @@ def _check_options(opts: dict[str, Any], allowed: set[str], what: str) -> dict[s
     res = opts.get("resources")
     if res is not None:
         if not isinstance(res, dict):
-            raise TypeError(f"resources must be a dict of name -> quantity, not {type(res).__name__}")
+            raise TypeError(
+                f"resources must be a dict of name -> quantity, not {type(res).__name__}"
+            )
         for k, v in res.items():
             if k in ("CPU", "GPU"):
                 raise ValueError(f"use num_cpus/num_gpus instead of resources[{k!r}]")
@@ -81,7 +101,9 @@ def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
         pg = strategy.placement_group
         index = strategy.placement_group_bundle_index
         if not -1 <= index < pg.bundle_count:
-            raise ValueError(f"bundle index {index} is out of range for {pg.bundle_count} bundle(s)")
+            raise ValueError(
+                f"bundle index {index} is out of range for {pg.bundle_count} bundle(s)"
+            )
         return bundle_shape(shape, pg.id.hex(), index)
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
         return shape  # one node: every node affinity that can be met is met here
@@ -121,14 +143,18 @@ class _Export:
         if d is None:
             blob = dumps_function(self.obj)
             fn_id = hashlib.blake2b(blob, digest_size=16).digest()
-            d = self._desc = FunctionDescriptor(fn_id, blob, name, inspect.iscoroutinefunction(self.obj))
+            d = self._desc = FunctionDescriptor(
+                fn_id, blob, name, inspect.iscoroutinefunction(self.obj)
+            )
         return d
 
 
 class RemoteFunction:
     """A function made remote with ``@ac.remote``; call ``f.remote(...)``."""
 
-    def __init__(self, fn: Callable[..., Any], options: dict[str, Any], export: _Export | None = None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], options: dict[str, Any], export: _Export | None = None
+    ) -> None:
         self._fn = fn
         self._options = _check_options(dict(options), _TASK_OPTIONS, f"task {fn.__qualname__}")
         self._export = export or _Export(fn)
@@ -192,7 +218,9 @@ class ActorClass:
 
     def __init__(self, cls: type, options: dict[str, Any], export: _Export | None = None) -> None:
         self._cls = cls
-        self._options = _check_options(dict(options), _ACTOR_OPTIONS, f"actor class {cls.__qualname__}")
+        self._options = _check_options(
+            dict(options), _ACTOR_OPTIONS, f"actor class {cls.__qualname__}"
+        )
         self._export = export or _Export(cls)
         self._methods = _methods(cls)
         self._is_async = any(
@@ -249,7 +277,15 @@ class ActorHandle:
     a handle to it does (unless it is named or detached).
     """
 
-    __slots__ = ("__weakref__", "_class_name", "_method_cache", "_methods", "_retries", "id", "owner")
+    __slots__ = (
+        "__weakref__",
+        "_class_name",
+        "_method_cache",
+        "_methods",
+        "_retries",
+        "id",
+        "owner",
+    )
 
     def __init__(
         self,
@@ -296,7 +332,10 @@ class ActorHandle:
         collector = nested_collector()
         if collector is not None:
             collector.append(self)
-        return (_rebuild_handle, (self.id, self._class_name, self._methods, list(self.owner), self._retries))
+        return (
+            _rebuild_handle,
+            (self.id, self._class_name, self._methods, list(self.owner), self._retries),
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other.id == self.id
@@ -308,7 +347,9 @@ class ActorHandle:
         return f"ActorHandle({self._class_name}, {self.id.hex()})"
 
 
-def _rebuild_handle(actor_id: bytes, class_name: str, methods: dict[str, int], owner: Any, retries: int) -> ActorHandle:
+def _rebuild_handle(
+    actor_id: bytes, class_name: str, methods: dict[str, int], owner: Any, retries: int
+) -> ActorHandle:
     h = ActorHandle(actor_id, class_name, dict(methods), tuple(owner), retries)
     ctx = current_deserialization()
     if ctx is not None:

@@ -186,7 +186,9 @@ class RpcPeer(Receiver):
         handler = self.handlers.get(tag)
         rid = msg.rid if tag in P.REQUESTS else None
         if handler is None:
-            err = ProtocolError(f"{conn.peer_role} sent {tag.name}, which this side does not handle")
+            err = ProtocolError(
+                f"{conn.peer_role} sent {tag.name}, which this side does not handle"
+            )
             logger.warning("%s", err)
             if rid is not None:
                 self.reply_error(rid, err)
@@ -212,7 +214,9 @@ class RpcPeer(Receiver):
             return
         exc = task.exception()
         if exc is not None:
-            if not isinstance(exc, ActorCoreError | ValueError | TypeError | KeyError | LookupError):
+            if not isinstance(
+                exc, ActorCoreError | ValueError | TypeError | KeyError | LookupError
+            ):
                 logger.error("handler failed", exc_info=exc)
             self.reply_error(rid, exc)
         else:

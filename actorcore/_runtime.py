@@ -21,11 +21,11 @@ from typing import Any
 
 from . import _protocol as P
 from ._config import Config
+from ._ids import new_id
 from ._ownership import OwnershipMixin
+from ._ref import ObjectRef
 from ._refcount import ERROR, INLINE, STORE, FreeStore, ObjectTable, ReleaseBorrow
 from ._rpc import DEFERRED, RpcPeer, Service, error_from_reply, handles
-from ._ids import new_id
-from ._ref import ObjectRef
 from ._serialization import serialize
 from ._store_client import StoreClient
 from ._sync_client import SyncClient
@@ -349,7 +349,9 @@ class CoreRuntime(OwnershipMixin, Service):
 
         self.daemon.request(msg, cb)
         if not done.wait(timeout):
-            raise TimeoutError(f"the node daemon did not answer {type(msg).__name__} in {timeout} s")
+            raise TimeoutError(
+                f"the node daemon did not answer {type(msg).__name__} in {timeout} s"
+            )
         reply = box[0]
         if isinstance(reply, BaseException):
             raise reply

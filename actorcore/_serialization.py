@@ -38,7 +38,9 @@ class Serialized:
 
     __slots__ = ("buffers", "nested", "size", "stream")
 
-    def __init__(self, stream: bytes, buffers: list[pickle.PickleBuffer], nested: list[Any]) -> None:
+    def __init__(
+        self, stream: bytes, buffers: list[pickle.PickleBuffer], nested: list[Any]
+    ) -> None:
         self.stream = stream
         self.buffers = buffers
         self.nested = nested
@@ -140,7 +142,9 @@ def current_deserialization() -> DeserializationContext | None:
     return getattr(_local, "deser", None)
 
 
-def deserialize(stream: Any, buffers: list[Any] | None = None, where: str = "value") -> tuple[Any, list[Any]]:
+def deserialize(
+    stream: Any, buffers: list[Any] | None = None, where: str = "value"
+) -> tuple[Any, list[Any]]:
     """Unpickle; returns the value and the refs created while doing it."""
     outer = getattr(_local, "deser", None)
     ctx = _local.deser = DeserializationContext()
@@ -153,7 +157,9 @@ def deserialize(stream: Any, buffers: list[Any] | None = None, where: str = "val
     return value, ctx.refs
 
 
-def loads_payload(payload: bytes | list[Any] | tuple[Any, ...], where: str = "value") -> tuple[Any, list[Any]]:
+def loads_payload(
+    payload: bytes | list[Any] | tuple[Any, ...], where: str = "value"
+) -> tuple[Any, list[Any]]:
     if isinstance(payload, list | tuple):
         return deserialize(payload[0], list(payload[1:]), where)
     return deserialize(payload, None, where)

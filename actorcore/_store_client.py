@@ -33,7 +33,9 @@ class StoreClient:
         self.arena = Arena(arena_path, capacity)
         self.conn = conn
         self.my_id = my_id
-        self._holders: weakref.WeakValueDictionary[bytes, np.ndarray] = weakref.WeakValueDictionary()
+        self._holders: weakref.WeakValueDictionary[bytes, np.ndarray] = (
+            weakref.WeakValueDictionary()
+        )
         self._meta: dict[int, tuple[int, list[list[int]]]] = {}
         self.released: collections.deque[bytes] = collections.deque()
         self.on_release: Any = None  # set by the runtime: schedules a flush
@@ -46,7 +48,9 @@ class StoreClient:
         """
         raws = [b.raw() for b in ser.buffers]
         total, spans = layout(len(ser.stream), [r.nbytes for r in raws])
-        reply = self.conn.call(P.CreateObjectMsg(next_rid(), oid, total, [owner_id]), self._unpins())
+        reply = self.conn.call(
+            P.CreateObjectMsg(next_rid(), oid, total, [owner_id]), self._unpins()
+        )
         if reply.TAG == P.Tag.ERROR_REPLY:
             raise error_from_reply(reply)
         offset = reply.value

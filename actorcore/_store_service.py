@@ -107,7 +107,9 @@ class StoreService:
         try:
             paths = await asyncio.gather(
                 *(
-                    loop.run_in_executor(None, _write_file, self.arena, off, size, self.dirs.spill_path(oid))
+                    loop.run_in_executor(
+                        None, _write_file, self.arena, off, size, self.dirs.spill_path(oid)
+                    )
                     for oid, (off, size), _f in started
                 )
             )
@@ -196,7 +198,9 @@ class StoreService:
             break
         e = self.state.entries[oid]
         loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, _read_file, self.arena, r.offset, e.size, e.spill_path)
+        ok = await loop.run_in_executor(
+            None, _read_file, self.arena, r.offset, e.size, e.spill_path
+        )
         _unlink(self.state.restore_done(oid, ok))
         self._wake(oid)
 

@@ -29,9 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
 from ._ids import new_id
-from ._refcount import ERROR, FAILED, STORE, ObjectEntry
 from ._ref import ObjectRef
-from ._refcount import FreeStore
+from ._refcount import ERROR, FAILED, STORE, FreeStore, ObjectEntry
 from ._rpc import error_from_reply, next_rid
 from ._serialization import load_error, serialize
 from .errors import ActorCoreError, TaskCancelledError, WorkerCrashedError
@@ -82,7 +81,9 @@ class PreparedArgs:
         self.held: list[bytes] = []  # every id counted as "submitted"
 
 
-def prepare_args(rt: CoreRuntime, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> PreparedArgs:
+def prepare_args(
+    rt: CoreRuntime, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+) -> PreparedArgs:
     p = PreparedArgs()
     if not args and not kwargs:
         return p
@@ -147,7 +148,16 @@ class TaskSpec:
 
 
 class Lease:
-    __slots__ = ("address", "gen", "in_flight", "paused", "peer", "progress", "revoked", "worker_id")
+    __slots__ = (
+        "address",
+        "gen",
+        "in_flight",
+        "paused",
+        "peer",
+        "progress",
+        "revoked",
+        "worker_id",
+    )
 
     def __init__(self, worker_id: bytes, address: Any, peer: Any) -> None:
         self.worker_id = worker_id
@@ -308,7 +318,9 @@ class TaskSubmitter:
             now = time.monotonic()
             again = False
             for q in self.queues.values():
-                stuck = [lease for lease in q.leases if len(lease.in_flight) > 1 and lease.stalled(now)]
+                stuck = [
+                    lease for lease in q.leases if len(lease.in_flight) > 1 and lease.stalled(now)
+                ]
                 if stuck and not q.requesting and not self.closed:
                     self._request_lease(q)
                 again = again or any(len(lease.in_flight) > 1 for lease in q.leases)
@@ -344,8 +356,16 @@ class TaskSubmitter:
             blob = fn.blob
         resolved = [r for r in spec.resolved if r is not None] if spec.resolved else []
         msg = P.PushTaskMsg(
-            rid, spec.task_id, fn.fn_id, blob, spec.name, spec.args.payload, resolved,
-            spec.return_ids, rt.address, spec.opts,
+            rid,
+            spec.task_id,
+            fn.fn_id,
+            blob,
+            spec.name,
+            spec.args.payload,
+            resolved,
+            spec.return_ids,
+            rt.address,
+            spec.opts,
         )
         try:
             lease.peer.request(msg, functools.partial(self._on_reply, spec, lease))
@@ -357,7 +377,9 @@ class TaskSubmitter:
         rt = self.rt
         rid = q.requesting = next_rid()
         try:
-            rt.daemon.request(P.RequestLeaseMsg(rid, q.shape), functools.partial(self._on_grant, q, rid))
+            rt.daemon.request(
+                P.RequestLeaseMsg(rid, q.shape), functools.partial(self._on_grant, q, rid)
+            )
         except ConnectionError as e:
             self._on_grant(q, rid, e)
 
@@ -370,7 +392,9 @@ class TaskSubmitter:
                 self._fail_queue(q, err)
                 return
             worker_id, address = reply.value
-            self.rt.with_peer(tuple(address), functools.partial(self._leased, q, worker_id, address))
+            self.rt.with_peer(
+                tuple(address), functools.partial(self._leased, q, worker_id, address)
+            )
 
     def _leased(self, q: ShapeQueue, worker_id: bytes, address: Any, peer: Any) -> None:
         with self.rt.lock:
@@ -579,4 +603,3 @@ class TaskSubmitter:
             for q in self.queues.values():
                 for lease in list(q.leases):
                     self._drop_lease(q, lease)
-

@@ -22,7 +22,10 @@ __all__ = ["SyncClient"]
 def _join(first: Any, second: Any) -> Any:
     if isinstance(first, bytes) and isinstance(second, bytes):
         return first + second
-    return [*(first if isinstance(first, list) else [first]), *(second if isinstance(second, list) else [second])]
+    return [
+        *(first if isinstance(first, list) else [first]),
+        *(second if isinstance(second, list) else [second]),
+    ]
 
 
 class SyncClient:

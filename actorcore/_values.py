@@ -61,7 +61,9 @@ def value_of(rt: CoreRuntime, e: ObjectEntry) -> Any:
     return value
 
 
-def _wait_entries(rt: CoreRuntime, refs: Sequence[ObjectRef], num: int, timeout: float | None) -> list[ObjectEntry]:
+def _wait_entries(
+    rt: CoreRuntime, refs: Sequence[ObjectRef], num: int, timeout: float | None
+) -> list[ObjectEntry]:
     """Block until ``num`` of ``refs`` left PENDING; returns their entries."""
     if rt.broken is not None:
         raise rt.broken
@@ -108,7 +110,9 @@ def get(rt: CoreRuntime, refs: Any, timeout: float | None) -> Any:
     return [value_of(rt, e) for e in entries]
 
 
-def _partition(refs: Sequence[ObjectRef], entries: list[ObjectEntry], num: int) -> tuple[list[Any], list[Any]]:
+def _partition(
+    refs: Sequence[ObjectRef], entries: list[ObjectEntry], num: int
+) -> tuple[list[Any], list[Any]]:
     ready: list[Any] = []
     rest: list[Any] = []
     for ref, e in zip(refs, entries, strict=True):
@@ -126,11 +130,15 @@ def _check_wait_args(refs: Sequence[Any], num_returns: int) -> list[Any]:
     if len({r.id for r in refs}) != len(refs):
         raise ValueError("wait() got the same ObjectRef more than once")
     if not 1 <= num_returns <= max(len(refs), 1):
-        raise ValueError(f"num_returns must be between 1 and len(refs)={len(refs)}, not {num_returns}")
+        raise ValueError(
+            f"num_returns must be between 1 and len(refs)={len(refs)}, not {num_returns}"
+        )
     return list(refs)
 
 
-def wait(rt: CoreRuntime, refs: Sequence[Any], num_returns: int, timeout: float | None) -> tuple[list[Any], list[Any]]:
+def wait(
+    rt: CoreRuntime, refs: Sequence[Any], num_returns: int, timeout: float | None
+) -> tuple[list[Any], list[Any]]:
     refs = _check_wait_args(refs, num_returns)
     if not refs:
         return [], []
@@ -184,7 +192,9 @@ class _LoopWaker:
                 fut.set_result(None)
 
 
-_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = weakref.WeakKeyDictionary()
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = (
+    weakref.WeakKeyDictionary()
+)
 _wakers_lock = threading.Lock()
 
 
@@ -198,7 +208,9 @@ def _waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
     return w
 
 
-async def _until_ready(rt: CoreRuntime, entries: list[ObjectEntry], num: int, timeout: float | None) -> None:
+async def _until_ready(
+    rt: CoreRuntime, entries: list[ObjectEntry], num: int, timeout: float | None
+) -> None:
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
     waker = _waker(loop)
@@ -298,4 +310,3 @@ def ref_future(rt: CoreRuntime, ref: ObjectRef) -> concurrent.futures.Future[Any
         if not rt.table.add_waiter(e, lambda e: rt.call_soon(settle, e)):
             settle(e)
     return fut
-

@@ -19,7 +19,14 @@ from typing import Any
 from . import _global as G
 from . import _protocol as P
 from ._config import Config
-from ._execution import ExecPool, TaskContext, current_task, decode_args, encode_error, encode_results
+from ._execution import (
+    ExecPool,
+    TaskContext,
+    current_task,
+    decode_args,
+    encode_error,
+    encode_results,
+)
 from ._ids import new_id
 from ._mailbox import ActorMailbox, TaskQueue
 from ._rpc import DEFERRED, RpcPeer, error_reply, handles, next_rid
@@ -49,7 +56,9 @@ class Call:
         "task_id",
     )
 
-    def __init__(self, peer: RpcPeer, msg: Any, name: str, method: str, fn: Any, is_async: bool) -> None:
+    def __init__(
+        self, peer: RpcPeer, msg: Any, name: str, method: str, fn: Any, is_async: bool
+    ) -> None:
         self.peer = peer
         self.rid = msg.rid
         self.task_id = msg.task_id
@@ -344,4 +353,3 @@ def worker_main(boot: dict[str, Any]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-

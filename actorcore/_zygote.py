@@ -40,7 +40,11 @@ def _worker_child(sock: socket.socket, boot: dict[str, Any], zygote_pid: int) ->
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log_dir = boot.get("log_dir")
     if log_dir:
-        fd = os.open(os.path.join(log_dir, f"worker-{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(
+            os.path.join(log_dir, f"worker-{os.getpid()}.log"),
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+            0o600,
+        )
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
@@ -73,7 +77,9 @@ def zygote_main(sock: socket.socket, boot: dict[str, Any], daemon_pid: int) -> N
     die_with_parent(daemon_pid)
     log_dir = boot.get("log_dir")
     if log_dir:
-        fd = os.open(os.path.join(log_dir, "zygote.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(
+            os.path.join(log_dir, "zygote.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)

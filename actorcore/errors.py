@@ -100,7 +100,9 @@ class TaskError(ActorCoreError):
             cause_message = str(cause) if cause is not None else ""
         # Not super(): in the class that also derives from the user's exception,
         # super() would reach the user's __init__ with arguments it never takes.
-        Exception.__init__(self, *(cause.args if cause is not None and cause.args else (cause_message,)))
+        Exception.__init__(
+            self, *(cause.args if cause is not None and cause.args else (cause_message,))
+        )
         self.function_name = function_name
         self.traceback_text = traceback_text
         self.cause = cause
@@ -218,7 +220,11 @@ def _dual_class(cause_cls: type) -> type | None:
         dual = type(
             f"TaskError({cause_cls.__name__})",
             (TaskError, cause_cls),
-            {"__module__": __name__, "__str__": TaskError.__str__, "__reduce__": TaskError.__reduce__},
+            {
+                "__module__": __name__,
+                "__str__": TaskError.__str__,
+                "__reduce__": TaskError.__reduce__,
+            },
         )
     except TypeError:
         dual = None  # incompatible layout (some C exceptions); plain TaskError
@@ -245,7 +251,7 @@ def _rebuild_task_error(
 
 
 class ActorDiedError(ActorCoreError):
-    """Raised when a call targets an actor that died (killed, crashed, or failed in ``__init__``)."""
+    """Raised when a call targets an actor that died (killed, crashed, failed in ``__init__``)."""
 
 
 class WorkerCrashedError(ActorCoreError):

@@ -35,7 +35,9 @@ __all__ = [
 ]
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = "") -> Any:
+def wait_for(
+    cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> Any:
     """Return ``cond()``'s first truthy value; raise TimeoutError after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -54,7 +56,6 @@ def list_state(kind: str) -> Any:
 
 def runtime_processes() -> list[psutil.Process]:
     """The node daemon and every process below it."""
-    rt = G.require()
     pid = list_state("node")["pid"]
     proc = psutil.Process(pid)
     return [proc, *proc.children(recursive=True)]

@@ -16,8 +16,8 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -59,7 +59,11 @@ EXTRA_ROWS = [
     "idle RSS of runtime processes (MB)",
 ]
 MEMORY_BOUND = {"single client put gigabytes", "multi client put gigabytes"}
-LOWER_IS_BETTER = {"1:1 actor call latency (p50/p99 us)", "idle RSS of runtime processes (MB)", "startup: init() to first result (s)"}
+LOWER_IS_BETTER = {
+    "1:1 actor call latency (p50/p99 us)",
+    "idle RSS of runtime processes (MB)",
+    "startup: init() to first result (s)",
+}
 
 
 class Runner:
@@ -71,7 +75,16 @@ class Runner:
         if framework == "actorcore":
             env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         self.proc = subprocess.Popen(
-            [python, _WORKLOADS, "--framework", framework, "--rounds", str(rounds), "--round-s", str(round_s)],
+            [
+                python,
+                _WORKLOADS,
+                "--framework",
+                framework,
+                "--rounds",
+                str(rounds),
+                "--round-s",
+                str(round_s),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=open(os.path.join(tempfile.gettempdir(), f"bench-{framework}.log"), "w"),
@@ -150,12 +163,20 @@ def _ratio(name: str, ours: dict[str, Any] | None, ray: dict[str, Any] | None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("filter", nargs="*", help="keep rows whose name contains any of these")
-    ap.add_argument("--ray-python", help="a Python with Ray installed, to run Ray's rows side by side")
+    ap.add_argument(
+        "--ray-python", help="a Python with Ray installed, to run Ray's rows side by side"
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--round-s", type=float, default=1.0)
-    ap.add_argument("--light-actors", type=int, default=100_000, help="actors for the light-actor row (0: skip)")
+    ap.add_argument(
+        "--light-actors", type=int, default=100_000, help="actors for the light-actor row (0: skip)"
+    )
     ap.add_argument("--markdown", help="also write the table to this file")
     args = ap.parse_args(argv)
 
@@ -187,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.light_actors and wanted("light actors"):
             name = f"light actors {args.light_actors}"
             r = mine.run(name)
-            results.append((f"{args.light_actors:,} light actors created + called once (per s)", r, None))
+            results.append(
+                (f"{args.light_actors:,} light actors created + called once (per s)", r, None)
+            )
             _print_row(results[-1][0], r, None)
     finally:
         mine.close()
@@ -197,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if wanted("floor"):
         fl = floor.measure(args.rounds, args.round_s)
         results.append(("floor: bare msgpack echo, one at a time", {"median": fl["sync"]}, None))
-        results.append(("floor: bare msgpack echo, 1000 in flight", {"median": fl["pipelined"]}, None))
+        results.append(
+            ("floor: bare msgpack echo, 1000 in flight", {"median": fl["pipelined"]}, None)
+        )
         for name, r, _ in results[-2:]:
             _print_row(name, r, None)
 
@@ -216,8 +241,12 @@ def _print_row(name: str, ours: Any, ray: Any) -> None:
 
 def _write_markdown(args: argparse.Namespace, results: list[Any], started: str) -> None:
     cmd = "python -m bench " + " ".join(
-        [*(repr(f) for f in args.filter), *(["--ray-python", args.ray_python] if args.ray_python else []),
-         "--markdown", args.markdown]
+        [
+            *(repr(f) for f in args.filter),
+            *(["--ray-python", args.ray_python] if args.ray_python else []),
+            "--markdown",
+            args.markdown,
+        ]
     )
     lines = [
         "| row | actorcore | Ray 2.60 | ratio | >= target |",

@@ -38,7 +38,12 @@ def measure(python: str, framework: str, runs: int = 3) -> dict[str, Any]:
         d = json.loads(line)
         samples.append(d["startup"])
         imports.append(d["import"])
-    return {"median": statistics.median(samples), "samples": samples, "import_s": statistics.median(imports), "unit": "s"}
+    return {
+        "median": statistics.median(samples),
+        "samples": samples,
+        "import_s": statistics.median(imports),
+        "unit": "s",
+    }
 
 
 if __name__ == "__main__":

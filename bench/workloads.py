@@ -231,7 +231,9 @@ def define() -> dict[str, Callable[[], dict[str, Any]]]:
         n = 1000
         actors = [Actor.remote() for _ in range(n_cpu)]
         clients = [Client.remote(a) for a in actors]
-        return timeit(lambda: ray.get([c.small_value_batch_arg.remote(n) for c in clients]), n * len(clients))
+        return timeit(
+            lambda: ray.get([c.small_value_batch_arg.remote(n) for c in clients]), n * len(clients)
+        )
 
     @row("1:1 async-actor calls sync")
     def _():
@@ -246,7 +248,9 @@ def define() -> dict[str, Callable[[], dict[str, Any]]]:
     @row("1:1 async-actor calls with args async")
     def _():
         a = AsyncActor.remote()
-        return timeit(lambda: ray.get([a.small_value_with_arg.remote(i) for i in range(1000)]), 1000)
+        return timeit(
+            lambda: ray.get([a.small_value_with_arg.remote(i) for i in range(1000)]), 1000
+        )
 
     @row("1:n async-actor calls async")
     def _():
@@ -383,7 +387,12 @@ def idle_rss() -> dict[str, Any]:
     me = psutil.Process()
     procs = me.children(recursive=True)  # both frameworks start their node below the driver
     rss = sum(_rss(p) for p in procs)
-    return {"median": rss / 2**20, "processes": len(procs), "driver_mb": me.memory_info().rss / 2**20, "unit": "MB"}
+    return {
+        "median": rss / 2**20,
+        "processes": len(procs),
+        "driver_mb": me.memory_info().rss / 2**20,
+        "unit": "MB",
+    }
 
 
 def init_framework(**kw: Any) -> None:

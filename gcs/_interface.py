@@ -33,8 +33,8 @@ __all__ = [
     "PutOp",
     "RevisionCompactedError",
     "TxnResult",
-    "WatchEvent",
     "Watch",
+    "WatchEvent",
 ]
 
 

@@ -1,6 +1,5 @@
 """Scheduling: resource shapes and the node-local scheduler (a sans-IO state machine)."""
 
-from ._placement import GroupState, PlacementGroupReady, bundle_shape
 from ._local import (
     GrantLease,
     HostActor,
@@ -11,17 +10,18 @@ from ._local import (
     StopWorker,
     WorkerRole,
 )
+from ._placement import GroupState, PlacementGroupReady, bundle_shape
 
 __all__ = [
     "GrantLease",
     "GroupState",
-    "PlacementGroupReady",
-    "bundle_shape",
     "HostActor",
     "Infeasible",
     "LocalScheduler",
+    "PlacementGroupReady",
     "RevokeLease",
     "StartWorker",
     "StopWorker",
     "WorkerRole",
+    "bundle_shape",
 ]

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _resources as R
-from ._placement import GroupState, PlacementGroupReady, PlacementGroups
+from ._placement import PlacementGroupReady, PlacementGroups
 
 __all__ = [
     "GrantLease",
-    "PlacementGroupReady",
     "HostActor",
     "Infeasible",
     "LocalScheduler",
+    "PlacementGroupReady",
     "RevokeLease",
     "StartWorker",
     "StopWorker",
@@ -81,7 +81,13 @@ class Infeasible:
 
 
 Instruction = (
-    StartWorker | GrantLease | HostActor | RevokeLease | StopWorker | Infeasible | PlacementGroupReady
+    StartWorker
+    | GrantLease
+    | HostActor
+    | RevokeLease
+    | StopWorker
+    | Infeasible
+    | PlacementGroupReady
 )
 
 

@@ -74,7 +74,9 @@ class PlacementGroups:
         self.sched = sched
         self.groups: dict[bytes, Group] = {}
 
-    def create(self, pg_id: bytes, bundles: list[dict[str, float]], strategy: str, name: str) -> None:
+    def create(
+        self, pg_id: bytes, bundles: list[dict[str, float]], strategy: str, name: str
+    ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
         if not bundles:
@@ -133,7 +135,9 @@ class PlacementGroups:
         out: list[Any] = []
         if g.state is GroupState.CREATED:
             for w in list(s.workers.values()):
-                if w.role in (WorkerRole.LEASED, WorkerRole.DEDICATED) and any(k in g.offered for k in w.shape):
+                if w.role in (WorkerRole.LEASED, WorkerRole.DEDICATED) and any(
+                    k in g.offered for k in w.shape
+                ):
                     # give its share back now; its death (which follows) reports its actors
                     s._release(w)
                     out.append(StopWorker(w.worker_id))

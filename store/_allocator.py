@@ -90,8 +90,10 @@ class ArenaAllocator:
 
     def validate(self) -> None:
         """Check invariants (tests switch this on): no overlap, sizes add up."""
-        spans = sorted([(o, s, "free") for o, s in self._free_sizes.items()] +
-                       [(o, s, "used") for o, s in self._used.items()])
+        spans = sorted(
+            [(o, s, "free") for o, s in self._free_sizes.items()]
+            + [(o, s, "used") for o, s in self._used.items()]
+        )
         pos = 0
         for off, size, _kind in spans:
             assert off == pos, f"gap or overlap at {off} (expected {pos})"

@@ -372,9 +372,7 @@ class StoreState:
 
     def validate(self) -> None:
         self.alloc.validate()
-        in_memory = sum(
-            1 for e in self.entries.values() if e.offset is not None
-        )
+        in_memory = sum(1 for e in self.entries.values() if e.offset is not None)
         assert in_memory == self.alloc.stats().blocks, "allocated ranges != objects in memory"
         for e in self.entries.values():
             assert (e.offset is None) == (e.state is ObjectState.SPILLED), e

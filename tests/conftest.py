@@ -15,11 +15,11 @@ import asyncio
 import gc
 import inspect
 import os
+import tempfile
 import time
 
 import psutil
 import pytest
-import tempfile
 import uvloop
 
 from actorcore.testing import SESSION_MARKER, leftover_processes, leftover_shm
@@ -117,7 +117,9 @@ def _shm_entries() -> set[str]:
 
 def _session_dirs() -> set[str]:
     root = tempfile.gettempdir()
-    return {n for n in os.listdir(root) if n.startswith("actorcore-session-") and n.endswith("-" + _TAG)}
+    return {
+        n for n in os.listdir(root) if n.startswith("actorcore-session-") and n.endswith("-" + _TAG)
+    }
 
 
 @pytest.fixture(autouse=True)

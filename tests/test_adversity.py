@@ -13,8 +13,8 @@ import hashlib
 import hmac
 import json
 import os
-import random
 import pickle
+import random
 import socket
 import struct
 import threading
@@ -22,9 +22,8 @@ import threading
 import msgpack
 import pytest
 
-from actorcore._transport import HANDSHAKE_TIMEOUT_S
-
 from actorcore import errors as E
+from actorcore._transport import HANDSHAKE_TIMEOUT_S
 from actorcore.testing import list_state
 
 PRELUDE = struct.Struct("<IH")

@@ -37,7 +37,7 @@ def test_raw_buffers_travel_outside_msgpack():
     big = bytes(range(256)) * 100
     frame = P.encode(P.LogBatchMsg([]), [big, b"tail"])
     assert isinstance(frame, list) and frame[1] is big  # not copied into the header
-    (msg, bufs), = decoder().feed(b"".join(frame))
+    ((_msg, bufs),) = decoder().feed(b"".join(frame))
     assert bufs == [big, b"tail"]
 
 

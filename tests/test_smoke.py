@@ -35,4 +35,3 @@ async def test_await_from_a_running_loop(runtime):
         return 2 * x
 
     assert await double.remote(21) == 42
-

@@ -87,7 +87,9 @@ class ActorPool:
         while self.has_next():
             yield self.get_next()
 
-    def map_unordered(self, fn: Callable[[Any, Any], ObjectRef], values: Iterable[Any]) -> Iterator[Any]:
+    def map_unordered(
+        self, fn: Callable[[Any, Any], ObjectRef], values: Iterable[Any]
+    ) -> Iterator[Any]:
         """Results of ``fn`` over ``values``, as they complete."""
         while self.has_next():
             self.get_next_unordered()

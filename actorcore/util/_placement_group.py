@@ -1,9 +1,9 @@
 """Placement groups: bundles of resources reserved together.
 
-    pg = ac.util.placement_group([{"CPU": 1}, {"CPU": 1}], strategy="PACK")
-    pg.wait(timeout_seconds=10)
-    f.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 0)).remote()
-    ac.util.remove_placement_group(pg)
+pg = ac.util.placement_group([{"CPU": 1}, {"CPU": 1}], strategy="PACK")
+pg.wait(timeout_seconds=10)
+f.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 0)).remote()
+ac.util.remove_placement_group(pg)
 """
 
 from __future__ import annotations
@@ -73,10 +73,18 @@ def placement_group(
     if not isinstance(bundles, list) or not bundles:
         raise ValueError("bundles must be a non-empty list of {resource: amount} dicts")
     for b in bundles:
-        if not isinstance(b, dict) or not b or any(not isinstance(v, int | float) or v < 0 for v in b.values()):
-            raise ValueError(f"each bundle must be a non-empty dict of resource -> amount >= 0, not {b!r}")
+        if (
+            not isinstance(b, dict)
+            or not b
+            or any(not isinstance(v, int | float) or v < 0 for v in b.values())
+        ):
+            raise ValueError(
+                f"each bundle must be a non-empty dict of resource -> amount >= 0, not {b!r}"
+            )
     if strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-        raise ValueError(f"strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, not {strategy!r}")
+        raise ValueError(
+            f"strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, not {strategy!r}"
+        )
     if lifetime not in (None, "detached"):
         raise ValueError(f"lifetime must be None or 'detached', not {lifetime!r}")
     rt = G.require()
