@@ -338,7 +338,7 @@ class ActorClients:
             spec.args.payload,
             spec.resolved,
             spec.return_ids,
-            rt.address,
+            list(rt.address),
         )
         peer = c.peer
         try:

@@ -176,7 +176,7 @@ def _shutdown_sync() -> None:
         if rt is None or rt.role == "worker":
             return
         G.runtime = None
-        rt.stop()
+        rt.stop()  # type: ignore[attr-defined]  # a DriverRuntime (workers returned above)
 
 
 def get(refs: Any, *, timeout: float | None = None) -> Any:

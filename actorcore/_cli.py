@@ -12,6 +12,7 @@ actorcore microbenchmark [FILTER] [--ray-python PATH]
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -100,6 +101,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gone(path: str) -> bool:
+    return not os.path.exists(path)
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     from . import _protocol as P
     from ._rpc import next_rid
@@ -114,7 +119,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         except (OSError, ConnectionError, ValueError):
             continue
         try:
-            wait_for(lambda p=path: not os.path.exists(p), 15.0)
+            wait_for(functools.partial(_gone, path), 15.0)
         except TimeoutError:
             print(f"node {node['pid']} did not stop in time", file=sys.stderr)
             continue

@@ -112,7 +112,7 @@ def encode_results(
         if len(values) != n:
             err = ValueError(f"{where} declared num_returns={n} but returned {value!r:.60}")
             return [encode_error(err, where)] * n, None
-    out = []
+    out: list[list[Any]] = []
     waits = []
     for oid, v in zip(return_ids, values, strict=True):
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
+import functools
 import inspect
 import threading
 from typing import TYPE_CHECKING, Any
@@ -103,7 +104,7 @@ class ActorMailbox:
             if is_async:
                 self.worker.call_soon(self._start_async, call)
             else:
-                self.worker.pool.submit(lambda call=call: self._drain(call))
+                self.worker.pool.submit(functools.partial(self._drain, call))
 
     def _arm_grow(self) -> None:
         """(under the lock) check for a stall soon, unless a check is pending."""
@@ -129,14 +130,14 @@ class ActorMailbox:
             self.running += 1
             self.sync_running += 1
             self._arm_grow()
-        self.worker.pool.submit(lambda: self._drain(call))
+        self.worker.pool.submit(functools.partial(self._drain, call))
 
     def _start_async(self, call: Call) -> None:
         task = self.worker.loop.create_task(self.worker.run_actor_call_async(self, call))
         self.async_tasks[call.task_id] = task
-        task.add_done_callback(lambda _t, tid=call.task_id: self._async_done(tid))
+        task.add_done_callback(functools.partial(self._async_done, call.task_id))
 
-    def _async_done(self, task_id: bytes) -> None:
+    def _async_done(self, task_id: bytes, _task: Any = None) -> None:
         self.async_tasks.pop(task_id, None)
         with self.lock:
             self.running -= 1
@@ -166,7 +167,7 @@ class ActorMailbox:
                 call = self.queue.popleft()
             budget -= 1
             if budget == 0:
-                self.worker.pool.submit(lambda call=call: self._drain(call))
+                self.worker.pool.submit(functools.partial(self._drain, call))
                 return
         self._fill()
 

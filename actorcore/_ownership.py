@@ -13,6 +13,7 @@ A mixin of :class:`actorcore._runtime.CoreRuntime`, which provides ``lock``,
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -103,7 +104,7 @@ class OwnershipMixin:
 
         for e in todo:
             msg = P.AddBorrowerMsg(next_rid(), e.oid, list(self.address))
-            self.with_peer(e.owner, lambda p, msg=msg: self._request_or_fail(p, msg, acked))
+            self.with_peer(e.owner, functools.partial(self._request_or_fail, msg=msg, cb=acked))
         return done
 
     def lend_to(self, refs: list[Any], borrower: list[Any]) -> Any:
@@ -132,7 +133,7 @@ class OwnershipMixin:
 
         for r in foreign:
             msg = P.AddBorrowerMsg(next_rid(), r.id, list(borrower))
-            self.with_peer(r.owner, lambda p, msg=msg: self._request_or_fail(p, msg, acked))
+            self.with_peer(r.owner, functools.partial(self._request_or_fail, msg=msg, cb=acked))
         return done
 
     def _request_or_fail(self, peer: Any, msg: Any, cb: Callable[[Any], None]) -> None:

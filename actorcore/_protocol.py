@@ -16,8 +16,9 @@ dicts).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import msgpack
 
@@ -26,6 +27,8 @@ from .errors import ProtocolError
 __all__ = ["MESSAGES", "PROTOCOL_VERSION", "FrameDecoder", "Tag", "encode"]
 
 PROTOCOL_VERSION = 1
+
+_M = TypeVar("_M")
 
 _PRELUDE = struct.Struct("<IH")
 MAX_BUFFERS = 1024  # raw buffers in one frame
@@ -85,9 +88,20 @@ class Tag(IntEnum):
     STORE_STATS = 66
 
 
+def message(tag: Tag) -> Callable[[type[_M]], type[_M]]:
+    """Give a message class its tag (a class attribute, not a tuple field)."""
+
+    def mark(cls: type[_M]) -> type[_M]:
+        cls.TAG = tag  # type: ignore[attr-defined]
+        return cls
+
+    return mark
+
+
 # --- handshake ------------------------------------------------------------------
 
 
+@message(Tag.HELLO)
 class HelloMsg(NamedTuple):
     """Server -> client, first frame: who the server is and a nonce to sign."""
 
@@ -95,9 +109,9 @@ class HelloMsg(NamedTuple):
     role: str
     peer_id: bytes
     nonce: bytes
-    TAG = Tag.HELLO
 
 
+@message(Tag.AUTH)
 class AuthMsg(NamedTuple):
     """Client -> server: proof of the cluster token over the server's nonce."""
 
@@ -106,32 +120,32 @@ class AuthMsg(NamedTuple):
     peer_id: bytes
     nonce: bytes
     proof: bytes
-    TAG = Tag.AUTH
 
 
+@message(Tag.WELCOME)
 class WelcomeMsg(NamedTuple):
     """Server -> client: accepted, with the server's proof over the client nonce."""
 
     proof: bytes
-    TAG = Tag.WELCOME
 
 
+@message(Tag.REJECT)
 class RejectMsg(NamedTuple):
     """Either side, before closing: why the peer was refused."""
 
     reason: str
-    TAG = Tag.REJECT
 
 
 # --- generic replies -------------------------------------------------------------
 
 
+@message(Tag.REPLY)
 class ReplyMsg(NamedTuple):
     rid: int
     value: Any
-    TAG = Tag.REPLY
 
 
+@message(Tag.ERROR_REPLY)
 class ErrorReplyMsg(NamedTuple):
     """A request failed: ``kind`` names the error class, ``blob`` pickles it (or None)."""
 
@@ -139,12 +153,12 @@ class ErrorReplyMsg(NamedTuple):
     kind: str
     message: str
     blob: bytes | None
-    TAG = Tag.ERROR_REPLY
 
 
 # --- tasks and actor calls ---------------------------------------------------------
 
 
+@message(Tag.PUSH_TASK)
 class PushTaskMsg(NamedTuple):
     """Owner -> leased worker: run a task.
 
@@ -164,17 +178,17 @@ class PushTaskMsg(NamedTuple):
     return_ids: list[bytes]
     owner: list[Any]
     opts: int
-    TAG = Tag.PUSH_TASK
 
 
+@message(Tag.TASK_RESULT)
 class TaskResultMsg(NamedTuple):
     """Worker -> owner: ``results`` is one ``[kind, payload, nested]`` per return id."""
 
     rid: int
     results: list[Any]
-    TAG = Tag.TASK_RESULT
 
 
+@message(Tag.ACTOR_CALL)
 class ActorCallMsg(NamedTuple):
     """Caller -> the worker hosting the actor: call a method."""
 
@@ -186,15 +200,15 @@ class ActorCallMsg(NamedTuple):
     resolved: list[Any]
     return_ids: list[bytes]
     owner: list[Any]
-    TAG = Tag.ACTOR_CALL
 
 
+@message(Tag.CANCEL_TASK)
 class CancelTaskMsg(NamedTuple):
     task_id: bytes
     force: bool
-    TAG = Tag.CANCEL_TASK
 
 
+@message(Tag.TASKS_RETURNED)
 class TasksReturnedMsg(NamedTuple):
     """Worker -> owner: these pushed tasks were not started; submit them elsewhere.
 
@@ -204,50 +218,49 @@ class TasksReturnedMsg(NamedTuple):
 
     rids: list[int]
     blocked: bool
-    TAG = Tag.TASKS_RETURNED
 
 
+@message(Tag.STEAL_TASKS)
 class StealTasksMsg(NamedTuple):
     """Owner -> leased worker: hand back this owner's tasks that have not started."""
-
-    TAG = Tag.STEAL_TASKS
 
 
 # --- ownership ---------------------------------------------------------------------
 
 
+@message(Tag.GET_OBJECT)
 class GetObjectMsg(NamedTuple):
     """Borrower -> owner: the value (or location) of an object, once ready."""
 
     rid: int
     oid: bytes
-    TAG = Tag.GET_OBJECT
 
 
+@message(Tag.ADD_BORROWER)
 class AddBorrowerMsg(NamedTuple):
     rid: int
     oid: bytes
     borrower: list[Any]
-    TAG = Tag.ADD_BORROWER
 
 
+@message(Tag.REMOVE_BORROWERS)
 class RemoveBorrowersMsg(NamedTuple):
     borrower: list[Any]
     oids: list[bytes]
-    TAG = Tag.REMOVE_BORROWERS
 
 
 # --- node daemon services ------------------------------------------------------------
 
 
+@message(Tag.REGISTER_WORKER)
 class RegisterWorkerMsg(NamedTuple):
     rid: int
     worker_id: bytes
     pid: int
     address: list[Any]
-    TAG = Tag.REGISTER_WORKER
 
 
+@message(Tag.REGISTER_DRIVER)
 class RegisterDriverMsg(NamedTuple):
     rid: int
     driver_id: bytes
@@ -255,181 +268,180 @@ class RegisterDriverMsg(NamedTuple):
     address: list[Any]
     embedded: bool
     sys_path: list[str]
-    TAG = Tag.REGISTER_DRIVER
 
 
+@message(Tag.REQUEST_LEASE)
 class RequestLeaseMsg(NamedTuple):
     rid: int
     shape: dict[str, float]
-    TAG = Tag.REQUEST_LEASE
 
 
+@message(Tag.CANCEL_LEASE_REQUEST)
 class CancelLeaseRequestMsg(NamedTuple):
     request_rid: int
-    TAG = Tag.CANCEL_LEASE_REQUEST
 
 
+@message(Tag.RETURN_LEASE)
 class ReturnLeaseMsg(NamedTuple):
     worker_id: bytes
     kill: bool
-    TAG = Tag.RETURN_LEASE
 
 
+@message(Tag.REVOKE_LEASE)
 class RevokeLeaseMsg(NamedTuple):
     worker_id: bytes
-    TAG = Tag.REVOKE_LEASE
 
 
+@message(Tag.WORKER_BLOCKED)
 class WorkerBlockedMsg(NamedTuple):
     blocked: bool
-    TAG = Tag.WORKER_BLOCKED
 
 
+@message(Tag.CREATE_ACTOR)
 class CreateActorMsg(NamedTuple):
     """Owner -> daemon: create an actor; replies once it is placed (or dead)."""
 
     rid: int
     actor_id: bytes
     spec: dict[str, Any]
-    TAG = Tag.CREATE_ACTOR
 
 
+@message(Tag.HOST_ACTOR)
 class HostActorMsg(NamedTuple):
     """Daemon -> worker: construct an actor here; replies when ``__init__`` ended."""
 
     rid: int
     actor_id: bytes
     spec: dict[str, Any]
-    TAG = Tag.HOST_ACTOR
 
 
+@message(Tag.KILL_ACTOR)
 class KillActorMsg(NamedTuple):
     rid: int
     actor_id: bytes
     no_restart: bool
-    TAG = Tag.KILL_ACTOR
 
 
+@message(Tag.DROP_ACTOR)
 class DropActorMsg(NamedTuple):
     actor_id: bytes
     reason: str
-    TAG = Tag.DROP_ACTOR
 
 
+@message(Tag.WAIT_ACTOR)
 class WaitActorMsg(NamedTuple):
     """Caller -> daemon: the actor's address once ALIVE with epoch >= ``min_epoch``."""
 
     rid: int
     actor_id: bytes
     min_epoch: int
-    TAG = Tag.WAIT_ACTOR
 
 
+@message(Tag.GET_NAMED_ACTOR)
 class GetNamedActorMsg(NamedTuple):
     rid: int
     name: str
     namespace: str
-    TAG = Tag.GET_NAMED_ACTOR
 
 
+@message(Tag.CLUSTER_INFO)
 class ClusterInfoMsg(NamedTuple):
     rid: int
     what: str
-    TAG = Tag.CLUSTER_INFO
 
 
+@message(Tag.LOG_BATCH)
 class LogBatchMsg(NamedTuple):
     lines: list[Any]
-    TAG = Tag.LOG_BATCH
 
 
+@message(Tag.SUBSCRIBE_LOGS)
 class SubscribeLogsMsg(NamedTuple):
     rid: int
-    TAG = Tag.SUBSCRIBE_LOGS
 
 
+@message(Tag.LIST_STATE)
 class ListStateMsg(NamedTuple):
     rid: int
     kind: str
-    TAG = Tag.LIST_STATE
 
 
+@message(Tag.SHUTDOWN_NODE)
 class ShutdownNodeMsg(NamedTuple):
     rid: int
-    TAG = Tag.SHUTDOWN_NODE
 
 
+@message(Tag.CREATE_PLACEMENT_GROUP)
 class CreatePlacementGroupMsg(NamedTuple):
     rid: int
     pg_id: bytes
     bundles: list[dict[str, float]]
     strategy: str
     name: str
-    TAG = Tag.CREATE_PLACEMENT_GROUP
 
 
+@message(Tag.WAIT_PLACEMENT_GROUP)
 class WaitPlacementGroupMsg(NamedTuple):
     """Replies True once the group holds its bundles (False if it was removed)."""
 
     rid: int
     pg_id: bytes
-    TAG = Tag.WAIT_PLACEMENT_GROUP
 
 
+@message(Tag.REMOVE_PLACEMENT_GROUP)
 class RemovePlacementGroupMsg(NamedTuple):
     rid: int
     pg_id: bytes
-    TAG = Tag.REMOVE_PLACEMENT_GROUP
 
 
+@message(Tag.GET_PLACEMENT_GROUP)
 class GetPlacementGroupMsg(NamedTuple):
     rid: int
     name: str
-    TAG = Tag.GET_PLACEMENT_GROUP
 
 
 # --- object store ----------------------------------------------------------------------
 
 
+@message(Tag.CREATE_OBJECT)
 class CreateObjectMsg(NamedTuple):
     rid: int
     oid: bytes
     size: int
     owner: list[Any]
-    TAG = Tag.CREATE_OBJECT
 
 
+@message(Tag.SEAL_OBJECT)
 class SealObjectMsg(NamedTuple):
     rid: int
     oid: bytes
     meta: bytes
-    TAG = Tag.SEAL_OBJECT
 
 
+@message(Tag.OPEN_OBJECTS)
 class OpenObjectsMsg(NamedTuple):
     rid: int
     oids: list[bytes]
-    TAG = Tag.OPEN_OBJECTS
 
 
+@message(Tag.RELEASE_OBJECTS)
 class ReleaseObjectsMsg(NamedTuple):
     oids: list[bytes]
-    TAG = Tag.RELEASE_OBJECTS
 
 
+@message(Tag.FREE_OBJECTS)
 class FreeObjectsMsg(NamedTuple):
     oids: list[bytes]
-    TAG = Tag.FREE_OBJECTS
 
 
+@message(Tag.ABORT_OBJECT)
 class AbortObjectMsg(NamedTuple):
     oid: bytes
-    TAG = Tag.ABORT_OBJECT
 
 
+@message(Tag.STORE_STATS)
 class StoreStatsMsg(NamedTuple):
     rid: int
-    TAG = Tag.STORE_STATS
 
 
 def _collect() -> dict[int, type]:
@@ -446,7 +458,7 @@ def _collect() -> dict[int, type]:
 MESSAGES: dict[int, type] = _collect()
 # tags of messages that carry a request id as their first field
 REQUESTS: frozenset[int] = frozenset(
-    tag for tag, cls in MESSAGES.items() if cls._fields[:1] == ("rid",)
+    tag for tag, cls in MESSAGES.items() if getattr(cls, "_fields", ())[:1] == ("rid",)
 )
 
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
@@ -464,6 +476,12 @@ def encode(msg: Any, buffers: list[Any] | None = None) -> bytes | list[Any]:
         return _PRELUDE.pack(len(header), 0) + header
     lens = b"".join(_BUFLEN.pack(memoryview(b).nbytes) for b in buffers)
     return [_PRELUDE.pack(len(header), len(buffers)) + lens + header, *buffers]
+
+
+def encode_bytes(msg: Any) -> bytes:
+    """Encode a message that has no raw buffers (handshake, control) as one bytes."""
+    header = msgpack.packb((msg.TAG, msg), use_bin_type=True)
+    return _PRELUDE.pack(len(header), 0) + header
 
 
 def decode_header(header: Any) -> Any:

@@ -309,5 +309,5 @@ class ObjectTable:
             assert e.local >= 0 and e.submitted >= 0 and e.contained >= 0, e
         for peer, oids in self.borrowed_by.items():
             for oid in oids:
-                e = self.entries.get(oid)
-                assert e is not None and e.borrowers and peer in e.borrowers, (peer, oid)
+                be = self.entries.get(oid)
+                assert be is not None and be.borrowers and peer in be.borrowers, (peer, oid)

@@ -15,6 +15,7 @@ the connection and the process go on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import pickle
@@ -203,7 +204,7 @@ class RpcPeer(Receiver):
         if asyncio.iscoroutine(result):
             task = self.service.spawn(result)
             if rid is not None:
-                task.add_done_callback(lambda t, rid=rid: self._finish(rid, t))
+                task.add_done_callback(functools.partial(self._finish, rid))
             return
         if rid is not None:
             self.reply(rid, result)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -324,7 +325,7 @@ class CoreRuntime(OwnershipMixin, Service):
         except ConnectionError:
             return
         for owner, oids in releases.items():
-            self.with_peer(owner, lambda p, oids=oids: self._send_remove_borrowers(p, oids))
+            self.with_peer(owner, functools.partial(self._send_remove_borrowers, oids=oids))
 
     def _send_remove_borrowers(self, peer: Any, oids: list[bytes]) -> None:
         if isinstance(peer, BaseException):
@@ -392,6 +393,7 @@ class CoreRuntime(OwnershipMixin, Service):
             e.local = 1
 
         def done(reply: Any) -> None:
+            data: Any
             if isinstance(reply, BaseException):
                 kind, data = ERROR, reply
             elif reply.TAG == P.Tag.ERROR_REPLY:

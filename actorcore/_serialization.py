@@ -78,7 +78,9 @@ def _pickle(value: Any, buffers: list[pickle.PickleBuffer]) -> bytes:
 
 def _rebuild_memoryview(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
     mv = memoryview(buf)
-    return mv.cast("B").cast(fmt, shape) if mv.format != fmt or mv.shape != shape else mv
+    if mv.format == fmt and mv.shape == shape:
+        return mv
+    return mv.cast("B").cast(fmt, shape)  # type: ignore[call-overload]
 
 
 class _Pickler(cloudpickle.CloudPickler):
@@ -94,7 +96,8 @@ def serialize(value: Any, where: str = "value") -> Serialized:
     """Pickle ``value``; raises SerializationError naming its type and ``where``."""
     buffers: list[pickle.PickleBuffer] = []
     outer = getattr(_local, "nested", None)
-    _local.nested = nested = []
+    nested: list[Any] = []
+    _local.nested = nested
     try:
         stream = _pickle(value, buffers)
     except Exception as e:

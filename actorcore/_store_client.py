@@ -93,7 +93,7 @@ class StoreClient:
         A mapping is not kept beyond its views: a pinned object cannot spill.
         """
         holder, (stream_len, spans) = self._holder(oid)
-        mv = memoryview(holder)
+        mv = holder.data  # views of it keep `holder` (and the pin) alive
         buffers = [mv[o : o + n] for o, n in spans]
         return deserialize(mv[:stream_len], buffers, where)
 

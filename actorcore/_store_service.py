@@ -177,8 +177,13 @@ class StoreService:
             return None
 
     def _until_sealed(self, oid: bytes) -> asyncio.Future[None]:
-        fut = asyncio.get_running_loop().create_future()
-        self._sealed_waiters.setdefault(oid, []).append(lambda: fut.done() or fut.set_result(None))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self._sealed_waiters.setdefault(oid, []).append(wake)
         return fut
 
     async def _restore(self, oid: bytes) -> None:
@@ -197,6 +202,7 @@ class StoreService:
                 continue
             break
         e = self.state.entries[oid]
+        assert e.spill_path is not None
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(
             None, _read_file, self.arena, r.offset, e.size, e.spill_path

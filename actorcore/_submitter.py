@@ -139,7 +139,25 @@ class TaskSpec:
         "unresolved",
     )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        fn: FunctionDescriptor,
+        name: str,
+        args: PreparedArgs,
+        shape: dict[str, float],
+        retries: int,
+        opts: int,
+        num_returns: int,
+    ) -> None:
+        self.task_id = new_id()
+        self.fn = fn
+        self.name = name
+        self.args = args
+        self.shape = shape
+        self.key: Any = tuple(sorted(shape.items()))
+        self.retries_left = retries
+        self.opts = opts
+        self.return_ids = [new_id() for _ in range(num_returns)]
         self.rid = 0
         self.lease: Lease | None = None
         self.cancelled = False
@@ -215,16 +233,8 @@ class TaskSubmitter:
     ) -> list[Any]:
         rt = self.rt
         prepared = prepare_args(rt, args, kwargs, f"{name}()")
-        spec = TaskSpec()
-        spec.task_id = new_id()
-        spec.fn = fn
-        spec.name = name
-        spec.args = prepared
-        spec.shape = shape
-        spec.key = tuple(sorted(shape.items()))
-        spec.retries_left = max_retries
-        spec.opts = OPT_RETRY_EXCEPTIONS if retry_exceptions else 0
-        spec.return_ids = [new_id() for _ in range(num_returns)]
+        opts = OPT_RETRY_EXCEPTIONS if retry_exceptions else 0
+        spec = TaskSpec(fn, name, prepared, shape, max_retries, opts, num_returns)
         address = rt.address
         with rt.lock:
             table = rt.table
@@ -364,7 +374,7 @@ class TaskSubmitter:
             spec.args.payload,
             resolved,
             spec.return_ids,
-            rt.address,
+            list(rt.address),
             spec.opts,
         )
         try:

@@ -81,7 +81,7 @@ class SyncClient:
             raise AuthenticationError("the server did not greet with a matching HELLO")
         nonce = os.urandom(16)
         proof = _proof(token, b"client", hello.nonce, role, my_id)
-        self._sock.sendall(P.encode(P.AuthMsg(P.PROTOCOL_VERSION, role, my_id, nonce, proof)))
+        self._sock.sendall(P.encode_bytes(P.AuthMsg(P.PROTOCOL_VERSION, role, my_id, nonce, proof)))
         reply = self._read()
         if isinstance(reply, P.RejectMsg):
             raise AuthenticationError(f"server refused the connection: {reply.reason}")

@@ -305,7 +305,9 @@ async def server_handshake(
     decoder = P.FrameDecoder(_HANDSHAKE_MAX, _HANDSHAKE_MAX)
     stash: list[Any] = []
     nonce = os.urandom(16)
-    await loop.sock_sendall(sock, P.encode(P.HelloMsg(P.PROTOCOL_VERSION, role, my_id, nonce)))
+    await loop.sock_sendall(
+        sock, P.encode_bytes(P.HelloMsg(P.PROTOCOL_VERSION, role, my_id, nonce))
+    )
     auth = await _read_one(loop, sock, decoder, stash)
     if not isinstance(auth, P.AuthMsg):
         await _reject(loop, sock, "expected an AUTH message")
@@ -319,13 +321,13 @@ async def server_handshake(
         await _reject(loop, sock, "wrong cluster token")
         raise AuthenticationError(f"{auth.role} {auth.peer_id.hex()} failed authentication")
     proof = _proof(token, b"server", auth.nonce, role, my_id)
-    await loop.sock_sendall(sock, P.encode(P.WelcomeMsg(proof)))
+    await loop.sock_sendall(sock, P.encode_bytes(P.WelcomeMsg(proof)))
     return auth.role, auth.peer_id, _leftover(decoder, stash)
 
 
 async def _reject(loop: asyncio.AbstractEventLoop, sock: socket.socket, reason: str) -> None:
     try:
-        await loop.sock_sendall(sock, P.encode(P.RejectMsg(reason)))
+        await loop.sock_sendall(sock, P.encode_bytes(P.RejectMsg(reason)))
     except OSError:
         pass
 
@@ -346,7 +348,7 @@ async def client_handshake(
     nonce = os.urandom(16)
     proof = _proof(token, b"client", hello.nonce, role, my_id)
     await loop.sock_sendall(
-        sock, P.encode(P.AuthMsg(P.PROTOCOL_VERSION, role, my_id, nonce, proof))
+        sock, P.encode_bytes(P.AuthMsg(P.PROTOCOL_VERSION, role, my_id, nonce, proof))
     )
     reply = await _read_one(loop, sock, decoder, stash)
     if isinstance(reply, P.RejectMsg):

@@ -140,7 +140,7 @@ class TaskError(ActorCoreError):
         if cls is None:
             return self
         try:
-            err = cls.__new__(cls)
+            err = cls.__new__(cls)  # type: ignore[call-overload]
         except TypeError:  # e.g. MemoryError's __new__ refuses subclasses built this way
             return self
         # Exception.__new__ leaves __init__ to us; the user's __init__ is skipped
@@ -199,7 +199,7 @@ class _RebuiltException:
 
 
 def _rebuild_exception(cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
-    exc = cls.__new__(cls)
+    exc = cls.__new__(cls)  # type: ignore[call-overload]
     exc.args = args
     try:
         exc.__dict__.update(state)

@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(
             ("floor: bare msgpack echo, 1000 in flight", {"median": fl["pipelined"]}, None)
         )
-        for name, r, _ in results[-2:]:
-            _print_row(name, r, None)
+        for floor_name, floor_row, _ in results[-2:]:
+            _print_row(floor_name, floor_row, None)
 
     if args.markdown:
         _write_markdown(args, results, started)

@@ -357,7 +357,7 @@ def light_actors(n: int) -> dict[str, Any]:
             return 1
 
     t0 = time.perf_counter()
-    actors = [Light.remote() for _ in range(n)]
+    actors = [Light.remote() for _ in range(n)]  # type: ignore[attr-defined]
     total = sum(fw.get([a.ping.remote() for a in actors]))
     dt = time.perf_counter() - t0
     assert total == n

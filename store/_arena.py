@@ -138,14 +138,14 @@ class Arena:
 
     def read_into(self, offset: int, size: int, fd: int) -> None:
         """Write the range to ``fd`` (spilling)."""
-        mv = memoryview(self.array()[offset : offset + size])
+        mv = self.array()[offset : offset + size].data
         done = 0
         while done < size:
             done += os.write(fd, mv[done : done + (64 << 20)])
 
     def fill_from(self, offset: int, size: int, fd: int) -> None:
         """Read ``size`` bytes from ``fd`` into the range (restoring)."""
-        mv = memoryview(self.array()[offset : offset + size])
+        mv = self.array()[offset : offset + size].data
         done = 0
         while done < size:
             n = os.readv(fd, [mv[done : done + (64 << 20)]])
