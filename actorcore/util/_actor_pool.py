@@ -78,12 +78,15 @@ class ActorPool:
         self._return(actor)
         return _api.get(ref)
 
-    def map(self, fn: Callable[[Any, Any], ObjectRef], values: Iterable[Any]) -> Iterator[Any]:
-        """Results of ``fn`` over ``values``, in order."""
-        while self.has_next():
+    def _submit_all(self, fn: Callable[[Any, Any], ObjectRef], values: Iterable[Any]) -> None:
+        while self.has_next():  # results of earlier submissions are dropped
             self.get_next_unordered()
         for v in values:
             self.submit(fn, v)
+
+    def map(self, fn: Callable[[Any, Any], ObjectRef], values: Iterable[Any]) -> Iterator[Any]:
+        """Results of ``fn`` over ``values``, in order."""
+        self._submit_all(fn, values)
         while self.has_next():
             yield self.get_next()
 
@@ -91,10 +94,7 @@ class ActorPool:
         self, fn: Callable[[Any, Any], ObjectRef], values: Iterable[Any]
     ) -> Iterator[Any]:
         """Results of ``fn`` over ``values``, as they complete."""
-        while self.has_next():
-            self.get_next_unordered()
-        for v in values:
-            self.submit(fn, v)
+        self._submit_all(fn, values)
         while self.has_next():
             yield self.get_next_unordered()
 

@@ -100,15 +100,10 @@ def placement_group(
 def remove_placement_group(pg: PlacementGroup) -> None:
     """Release the group; tasks and actors running in it are stopped.
 
-    Returns once the node has released the resources and sent the stop to the
-    work inside (a call already on its way may still be answered).
+    Returns at once, as Ray's does: the node releases the group right after,
+    and a call already on its way to an actor in it may still be answered.
     """
-    rt = G.require()
-    msg = P.RemovePlacementGroupMsg(next_rid(), pg.id)
-    if rt.on_loop_thread():
-        rt.daemon.send(msg)
-    else:
-        rt.call_daemon(msg)
+    G.require().daemon.send(P.RemovePlacementGroupMsg(0, pg.id))
 
 
 def get_placement_group(name: str) -> PlacementGroup:
