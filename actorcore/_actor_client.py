@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 from . import _protocol as P
 from ._ids import new_id
 from ._ref import ObjectRef
-from ._refcount import ACTOR, ERROR, FAILED, STORE, FreeStore, ObjectEntry
+from ._refcount import ACTOR, ERROR, FAILED, ObjectEntry, wake
 from ._rpc import error_from_reply, next_rid
-from ._serialization import load_error
 from ._submitter import PreparedArgs, prepare_args, resolve_dep
 from .errors import ActorDiedError, TaskCancelledError
 
@@ -47,6 +46,7 @@ class CallSpec:
     __slots__ = (
         "args",
         "method",
+        "peer",
         "resolved",
         "retries_left",
         "return_ids",
@@ -64,6 +64,7 @@ class CallSpec:
         self.unresolved = 0
         self.retries_left = retries
         self.rid = 0
+        self.peer: Any = None  # where it was sent last
 
 
 class ActorClient:
@@ -147,7 +148,10 @@ class ActorClients:
             self._on_registered(c, reply)
             done.set()
 
-        def send(resolved: list[Any]) -> None:
+        def send(resolved: list[Any] | BaseException) -> None:
+            if isinstance(resolved, BaseException):  # an argument failed: so does the actor
+                registered_cb(resolved)
+                return
             spec["resolved"] = resolved
             try:
                 rt.daemon.request(P.CreateActorMsg(next_rid(), actor_id, spec), registered_cb)
@@ -176,6 +180,12 @@ class ActorClients:
 
         def ready(i: int, e: ObjectEntry) -> None:
             with self.rt.lock:
+                if left[0] <= 0:
+                    return  # already failed
+                if e.state == FAILED:
+                    left[0] = 0
+                    then(e.data)
+                    return
                 resolved[i] = [i, *resolve_dep(e)]
                 left[0] -= 1
                 if left[0] == 0:
@@ -279,7 +289,9 @@ class ActorClients:
             else:
                 if prepared.deps:
                     self._resolve_deps(c, spec)
-                if c.state is ActorState.ALIVE and not c.queue and spec.unresolved == 0:
+                if spec.unresolved < 0:
+                    pass  # an argument had failed: the call failed with it, nothing to send
+                elif c.state is ActorState.ALIVE and not c.queue and spec.unresolved == 0:
                     self._send(c, spec)
                 else:
                     c.queue.append(spec)
@@ -342,12 +354,13 @@ class ActorClients:
         )
         peer = c.peer
         try:
-            peer.request(msg, functools.partial(self._on_reply, c, spec, peer))
+            peer.request(msg, functools.partial(self._on_reply, c, spec, peer, rid))
         except ConnectionError:
             # never sent: it waits for the actor's next address, its retries untouched
             c.queue.appendleft(spec)
             self._host_gone(c, peer)
             return
+        spec.peer = peer
         c.in_flight[rid] = spec
 
     def peer_closed(self, peer: Any) -> None:
@@ -364,10 +377,11 @@ class ActorClients:
         if c.state is ActorState.RESOLVING and (c.queue or c.in_flight):
             self._resolve(c)
 
-    def _on_reply(self, c: ActorClient, spec: CallSpec, peer: Any, reply: Any) -> None:
+    def _on_reply(self, c: ActorClient, spec: CallSpec, peer: Any, rid: int, reply: Any) -> None:
         with self.rt.lock:
-            if c.in_flight.pop(spec.rid, None) is None:
-                return
+            if c.in_flight.get(rid) is not spec:
+                return  # a late reply for a call that was already failed or sent again
+            del c.in_flight[rid]
             if isinstance(reply, BaseException):
                 self._lost(c, peer, spec, reply)
             elif reply.TAG == P.Tag.ERROR_REPLY:
@@ -378,13 +392,17 @@ class ActorClients:
                     self._fail(c, spec, err)
             else:
                 self._complete(c, spec, reply.results)
+            if c.state is ActorState.ALIVE:
+                self._drain(c)
             if c.kill_when_idle and not c.queue and not c.in_flight:
                 self._kill_now(c)
 
     def _lost(self, c: ActorClient, peer: Any, spec: CallSpec, err: BaseException) -> None:
         """The host went away (or no longer has the actor): retry or fail what was sent."""
-        failed = [spec, *sorted(c.in_flight.values(), key=lambda s: s.rid)]
-        c.in_flight.clear()
+        lost = [s for s in c.in_flight.values() if s.peer is peer]
+        for s in lost:
+            del c.in_flight[s.rid]
+        failed = sorted([spec, *lost], key=lambda s: s.rid)  # retried in the order they were sent
         retry = []
         for s in failed:
             if s.retries_left != 0:
@@ -400,25 +418,13 @@ class ActorClients:
             c.peer = None
         if c.state is ActorState.RESOLVING:
             self._resolve(c)
+        elif c.state is ActorState.ALIVE:
+            self._drain(c)
 
     def _complete(self, c: ActorClient, spec: CallSpec, results: list[Any]) -> None:
-        table = self.rt.table
-        frees = []
         for oid, (kind, data, nested) in zip(spec.return_ids, results, strict=True):
             self.by_return.pop(oid, None)
-            e = table.entries.get(oid)
-            if e is None:
-                if kind == STORE:
-                    frees.append(oid)
-                continue
-            if kind == ERROR:
-                data = load_error(data)
-            for cb in table.complete(e, kind, data):
-                cb(e)
-            if nested:
-                table.set_nested(oid, [(n[0], tuple(n[1])) for n in nested], registered=True)
-        if frees:
-            self.rt.execute([FreeStore(oid) for oid in frees])
+            self.rt.adopt_result(oid, kind, data, nested)
         self._release(spec)
 
     def _fail(self, c: ActorClient, spec: CallSpec, err: BaseException) -> None:
@@ -427,8 +433,7 @@ class ActorClients:
             self.by_return.pop(oid, None)
             e = table.entries.get(oid)
             if e is not None:
-                for cb in table.complete(e, ERROR, err):
-                    cb(e)
+                wake(table.complete(e, ERROR, err), e)
         self._release(spec)
 
     def _release(self, spec: CallSpec) -> None:
@@ -448,6 +453,7 @@ class ActorClients:
             if spec in c.queue:
                 c.queue.remove(spec)
                 self._fail(c, spec, TaskCancelledError(f"call {spec.method}() was cancelled"))
+                self._drain(c)
                 return True
             peer = c.peer
         if peer is not None:
@@ -476,7 +482,8 @@ class ActorClients:
             return
         with rt.lock:
             c = self.clients.get(actor_id)
-            if c is not None and (c.queue or c.in_flight):
+            if c is not None and (c.queue or c.in_flight or (c.resolving and c.epoch < 0)):
+                # calls still to finish, or not created yet: end it once it is idle
                 c.kill_when_idle = True
                 return
             if c is not None:

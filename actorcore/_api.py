@@ -226,8 +226,9 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     """Cancel the task (or async actor call) producing ``ref``.
 
     A queued task is dropped; a running async one is cancelled; a running sync
-    task gets TaskCancelledError raised in it (``force=True`` kills its worker).
-    Getting ``ref`` then raises TaskCancelledError.
+    task gets TaskCancelledError raised in it at its next Python bytecode (a
+    blocking C call such as ``time.sleep`` finishes first; ``force=True`` kills
+    its worker at once). Getting ``ref`` then raises TaskCancelledError.
     """
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, not {type(ref).__name__}")

@@ -151,7 +151,7 @@ class ExecPool:
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
-            grow = self._idle == 0 and len(self._threads) < self._size
+            grow = self._idle <= 0 and len(self._threads) < self._size
             if not grow:
                 self._idle -= 1
         if grow:

@@ -30,11 +30,11 @@ _FAIR_BATCH = 64
 _GROW_AFTER_S = 0.001  # a threaded actor adds a thread when no call finished for this long
 
 
-def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
-    """Raise ``exc_type`` in another thread at its next bytecode (cancelling sync code)."""
-    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
-    )
+def interrupt_thread(thread_id: int, exc_type: type[BaseException] | None) -> bool:
+    """Raise ``exc_type`` in another thread at its next bytecode (cancelling sync code);
+    ``None`` takes back an interrupt that has not fired yet."""
+    exc = ctypes.py_object(exc_type) if exc_type is not None else ctypes.py_object()
+    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)
     return n == 1
 
 
@@ -211,6 +211,19 @@ class TaskQueue:
         self.lock = threading.Lock()
         self.thread_id = 0
         self.async_task: asyncio.Task[Any] | None = None
+        self.in_user_code: Call | None = None  # interrupts land only while this is set
+
+    def run_user_code(self, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run a sync task's function; a cancel may interrupt it only in here."""
+        me = threading.get_ident()
+        with self.lock:
+            self.in_user_code = call
+        try:
+            return call.fn(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.in_user_code = None
+            interrupt_thread(me, None)  # an interrupt that came too late must not land in our code
 
     def push(self, call: Call) -> None:
         with self.lock:
@@ -295,7 +308,9 @@ class TaskQueue:
         if running.is_async:
             if self.async_task is not None:
                 self.async_task.cancel()
-        else:
-            running.cancelled = True
-            interrupt_thread(self.thread_id, TaskCancelledError)
+            return True
+        with self.lock:
+            if self.in_user_code is running:
+                running.cancelled = True
+                interrupt_thread(self.thread_id, TaskCancelledError)
         return True

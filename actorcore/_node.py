@@ -21,6 +21,7 @@ import psutil
 
 from gcs import ActorTable, EmbeddedControlStore, NameRegistry
 from scheduler import _local as S
+from scheduler import _resources as R
 from store._arena import Arena
 from store._session import SessionDirs
 from store._state import StoreState
@@ -312,7 +313,7 @@ class NodeDaemon(NodeActorsMixin, Service):
     @handles(P.Tag.REQUEST_LEASE)
     def on_request_lease(self, peer: RpcPeer, msg: P.RequestLeaseMsg, _b: list[bytes]) -> Any:
         assert peer.conn is not None
-        shape = {str(k): float(v) for k, v in dict(msg.shape).items()}
+        shape = R.normalize({str(k): v for k, v in dict(msg.shape).items()})  # may refuse
         key = (peer.conn.peer_id, msg.rid)
         self.lease_waiters[key] = (peer, msg.rid)
         self._run(self.sched.request_lease(key, shape, peer.conn.peer_id))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from gcs import ActorRecord
 from scheduler import GroupState
 from scheduler import _local as S
+from scheduler import _resources as R
 
 from . import _lifecycle as L
 from . import _protocol as P
@@ -143,6 +144,7 @@ class NodeActorsMixin:
     def on_create_actor(self, peer: RpcPeer, msg: P.CreateActorMsg, _b: list[bytes]) -> Any:
         assert peer.conn is not None
         spec = dict(msg.spec)
+        spec["shape"] = R.normalize(dict(spec.get("shape") or {}))  # refuse bad shapes first
         if spec.get("name"):
             return self._create_named(peer.conn.peer_id, msg, spec)
         return self._create(peer.conn.peer_id, msg, spec)

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
-from ._refcount import ERROR, ObjectEntry
+from ._ids import new_id
+from ._refcount import ERROR, INLINE, ObjectEntry, wake
 from ._rpc import DEFERRED, RpcPeer, handles, next_rid
 from ._serialization import exception_blob, load_error
 from .errors import ObjectLostError
@@ -107,6 +108,42 @@ class OwnershipMixin:
             self.with_peer(e.owner, functools.partial(self._request_or_fail, msg=msg, cb=acked))
         return done
 
+    def adopt_result(self, oid: bytes, kind: int, data: Any, nested: Any) -> None:
+        """Take a task's or call's result for ``oid`` (under the lock).
+
+        The refs nested in it live as long as it does. The worker registered us
+        as their borrower before replying (so no release could overtake the
+        reply); for refs we own that registration is dropped again here, the
+        containment counting for it. A result nobody wants any more goes through
+        a stand-in entry that is dropped at once, which frees its store copy and
+        releases its nested refs the usual way.
+        """
+        table = self.table
+        e = table.entries.get(oid)
+        unwanted = e is None
+        if e is None:
+            e = table.create_owned(oid, self.address)
+            e.local = 1
+        e.task = None
+        if kind == ERROR:
+            data = load_error(data)
+        wake(table.complete(e, kind, data), e)
+        if nested:
+            pairs = [(n[0], tuple(n[1])) for n in nested]
+            table.set_nested(oid, pairs, registered=True)
+            mine = [inner for inner, owner in pairs if owner[0] == self.my_id]
+            if mine:
+                self.execute(table.remove_borrower(mine, self.my_id))
+        if unwanted:
+            self.execute(table.remove_local([oid]))
+
+    def discard_result(self, nested: Any) -> None:
+        """Let go of the refs nested in a result that will not be used (a retried attempt)."""
+        if nested:
+            stand_in = new_id()
+            self.adopt_result(stand_in, INLINE, b"", nested)
+            self.execute(self.table.remove_local([stand_in]))
+
     def lend_to(self, refs: list[Any], borrower: list[Any]) -> Any:
         """Refs inside a value we return to ``borrower``: make it their borrower first.
 
@@ -181,8 +218,7 @@ class OwnershipMixin:
                 if kind == ERROR:
                     data = load_error(data)
                 waiters = self.table.complete(e, kind, data)
-            for cb in waiters:
-                cb(e)
+            wake(waiters, e)
 
 
 def wire_value(e: ObjectEntry) -> list[Any]:

@@ -21,6 +21,7 @@ exception. Waiters are callbacks run once the state leaves PENDING.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,10 @@ __all__ = [
     "ObjectEntry",
     "ObjectTable",
     "ReleaseBorrow",
+    "wake",
 ]
+
+logger = logging.getLogger(__name__)
 
 PENDING = 0
 READY = 1
@@ -311,3 +315,12 @@ class ObjectTable:
             for oid in oids:
                 be = self.entries.get(oid)
                 assert be is not None and be.borrowers and peer in be.borrowers, (peer, oid)
+
+
+def wake(waiters: list[Callable[[ObjectEntry], None]], e: ObjectEntry) -> None:
+    """Call every waiter; one that fails does not keep the others waiting."""
+    for cb in waiters:
+        try:
+            cb(e)
+        except Exception:
+            logger.exception("a waiter of object %s failed", e.oid.hex())

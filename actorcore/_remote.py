@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -55,8 +56,10 @@ def _check_options(opts: dict[str, Any], allowed: set[str], what: str) -> dict[s
         )
     for key in ("num_cpus", "num_gpus", "memory"):
         v = opts.get(key)
-        if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v < 0):
-            raise ValueError(f"{key} must be a number >= 0, not {v!r}")
+        if v is not None and (
+            not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v < math.inf
+        ):
+            raise ValueError(f"{key} must be a finite number >= 0, not {v!r}")
     res = opts.get("resources")
     if res is not None:
         if not isinstance(res, dict):
@@ -66,8 +69,8 @@ def _check_options(opts: dict[str, Any], allowed: set[str], what: str) -> dict[s
         for k, v in res.items():
             if k in ("CPU", "GPU"):
                 raise ValueError(f"use num_cpus/num_gpus instead of resources[{k!r}]")
-            if not isinstance(v, int | float) or v < 0:
-                raise ValueError(f"resources[{k!r}] must be a number >= 0, not {v!r}")
+            if not isinstance(v, int | float) or not 0 <= v < math.inf:
+                raise ValueError(f"resources[{k!r}] must be a finite number >= 0, not {v!r}")
     if opts.get("runtime_env"):
         raise ValueError("runtime_env is not supported by actorcore yet")
     n = opts.get("num_returns")

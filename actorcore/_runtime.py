@@ -25,7 +25,7 @@ from ._config import Config
 from ._ids import new_id
 from ._ownership import OwnershipMixin
 from ._ref import ObjectRef
-from ._refcount import ERROR, INLINE, STORE, FreeStore, ObjectTable, ReleaseBorrow
+from ._refcount import ERROR, INLINE, STORE, FreeStore, ObjectTable, ReleaseBorrow, wake
 from ._rpc import DEFERRED, RpcPeer, Service, error_from_reply, handles
 from ._serialization import serialize
 from ._store_client import StoreClient
@@ -225,7 +225,10 @@ class CoreRuntime(OwnershipMixin, Service):
         with self.lock:
             waiters = self._connecting.pop(pid, [])
             for cb in waiters:
-                cb(peer)
+                try:
+                    cb(peer)
+                except Exception:  # one caller's failure must not strand the others
+                    logger.exception("a connection waiter failed")
 
     def on_peer_closed(self, peer: RpcPeer, exc: BaseException) -> None:
         conn = peer.conn
@@ -403,8 +406,7 @@ class CoreRuntime(OwnershipMixin, Service):
             with self.lock:
                 entry = self.table.entries.get(oid)
                 if entry is not None:
-                    for cb in self.table.complete(entry, kind, data):
-                        cb(entry)
+                    wake(self.table.complete(entry, kind, data), entry)
 
         try:
             self.daemon.request(msg, done)

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 from . import _protocol as P
 from ._ids import new_id
 from ._ref import ObjectRef
-from ._refcount import ERROR, FAILED, STORE, FreeStore, ObjectEntry
+from ._refcount import ERROR, FAILED, STORE, ObjectEntry, wake
 from ._rpc import error_from_reply, next_rid
-from ._serialization import load_error, serialize
+from ._serialization import serialize
 from .errors import ActorCoreError, TaskCancelledError, WorkerCrashedError
 
 if TYPE_CHECKING:
@@ -466,6 +466,8 @@ class TaskSubmitter:
                     if blocked:
                         lease.paused = True
                     specs = [lease.in_flight.pop(r) for r in rids if r in lease.in_flight]
+                    for r in rids:  # the worker will never answer these
+                        peer.pending.pop(r, None)
                     for spec in reversed(specs):
                         spec.lease = None
                         q.pending.appendleft(spec)
@@ -519,7 +521,6 @@ class TaskSubmitter:
 
     def _finish(self, spec: TaskSpec, results: list[Any]) -> None:
         rt = self.rt
-        table = rt.table
         if (
             spec.opts & OPT_RETRY_EXCEPTIONS
             and spec.retries_left != 0
@@ -527,25 +528,13 @@ class TaskSubmitter:
             and not spec.cancelled
         ):
             spec.retries_left -= 1
+            for _kind, _data, nested in results:
+                rt.discard_result(nested)
             self._enqueue(spec, front=True)
             return
-        frees = []
         for oid, (kind, data, nested) in zip(spec.return_ids, results, strict=True):
             self.by_return.pop(oid, None)
-            e = table.entries.get(oid)
-            if e is None:
-                if kind == STORE:
-                    frees.append(oid)  # nobody wants it any more
-                continue
-            e.task = None
-            if kind == ERROR:
-                data = load_error(data)
-            for cb in table.complete(e, kind, data):
-                cb(e)
-            if nested:
-                table.set_nested(oid, [(n[0], tuple(n[1])) for n in nested], registered=True)
-        if frees:
-            rt.execute([FreeStore(oid) for oid in frees])
+            rt.adopt_result(oid, kind, data, nested)
         self._release_args(spec)
 
     def _finish_failed(self, spec: TaskSpec, err: BaseException) -> None:
@@ -555,8 +544,7 @@ class TaskSubmitter:
             e = table.entries.get(oid)
             if e is not None:
                 e.task = None
-                for cb in table.complete(e, ERROR, err):
-                    cb(e)
+                wake(table.complete(e, ERROR, err), e)
         self._release_args(spec)
 
     def _release_args(self, spec: TaskSpec) -> None:

@@ -133,7 +133,7 @@ class WorkerRuntime(CoreRuntime):
         token = current_task.set(TaskContext(call.name, call.task_id, None))
         try:
             args, kwargs, reg = decode_args(self, call.payload, call.resolved)
-            value = call.fn(*args, **kwargs)
+            value = self.tasks.run_user_code(call, args, kwargs)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
         except TaskCancelledError as e:
             results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None

@@ -141,8 +141,16 @@ class StoreState:
     # --- writers ------------------------------------------------------------------------
 
     def create(self, oid: bytes, size: int, creator: Any, owner: Any) -> Created | NeedSpill | Full:
-        if oid in self.entries:
-            raise ValueError(f"object {oid.hex()} already exists in the store")
+        old = self.entries.get(oid)
+        if old is not None:
+            # A retried task writes its return value again: the copy a dead worker
+            # sealed was never handed to the owner, so nobody reads it. Replace it.
+            if old.owner != owner or old.pins or old.state not in (
+                ObjectState.SEALED,
+                ObjectState.SPILLED,
+            ):
+                raise ValueError(f"object {oid.hex()} already exists in the store")
+            self._drop(old)
         if not self.alloc.fits_ever(size):
             return Full(
                 f"an object of {size} bytes is larger than the whole object store "

@@ -238,14 +238,30 @@ def test_object_is_visible_only_once_sealed():
     s.validate()
 
 
-def test_create_twice_and_seal_twice_are_refused():
+def test_create_twice_replaces_only_an_unread_copy_of_the_same_owner():
+    """A retried task writes its return value again: the sealed copy a dead worker
+    left (never handed to the owner, read by nobody) is replaced; anything else
+    is refused."""
     s = StoreState(1 * MB)
     a = _oid(1)
     _sealed(s, a, 100)
-    with pytest.raises(ValueError, match=a.hex()):
-        s.create(a, 100, W, OWNER)
     with pytest.raises(AssertionError):
         s.seal(a, b"again")
+    # same owner, nobody reading: replaced by a fresh, unsealed object
+    assert isinstance(s.create(a, 200, W, OWNER), Created)
+    assert s.entries[a].state is ObjectState.CREATED and s.entries[a].size == 200
+    # still being written: refused
+    with pytest.raises(ValueError, match=a.hex()):
+        s.create(a, 100, W, OWNER)
+    s.seal(a, b"m")
+    # pinned by a reader: refused
+    s.open(a, R1)
+    with pytest.raises(ValueError, match=a.hex()):
+        s.create(a, 100, W, OWNER)
+    s.release(a, R1)
+    # another owner: refused
+    with pytest.raises(ValueError, match=a.hex()):
+        s.create(a, 100, W, "someone-else")
     s.validate()
 
 
