@@ -60,7 +60,7 @@ def test_a_failed_argument_does_not_block_later_calls_to_the_actor(runtime):
 def test_an_actor_given_a_failed_argument_dies_and_waiters_still_wake(runtime):
     bad = fails.remote()
     k = Keeper.remote(bad)
-    with pytest.raises(ac.errors.ActorDiedError, match="Boom|no"):
+    with pytest.raises(ac.errors.ActorDiedError, match=r"Boom|no"):
         ac.get(k.ping.remote(), timeout=30)
     with pytest.raises(Boom):  # a later waiter on the same ref is not stranded
         ac.get(bad, timeout=30)
