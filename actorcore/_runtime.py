@@ -216,7 +216,9 @@ class CoreRuntime(OwnershipMixin, Service):
             with self.lock:
                 old = self.peers.get(pid)
                 if old is not None and old.conn is not None and not old.conn.closed:
-                    peer.conn.close()
+                    # Both sides connected at once (or this process connected to
+                    # itself): keep using the one already known. Never close the new
+                    # one: the other side may already be sending on it.
                     peer = old
                 else:
                     self.peers[pid] = peer
