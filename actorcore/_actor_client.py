@@ -21,11 +21,11 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
+from ._args import PreparedArgs, prepare_args, resolve_dep
 from ._ids import new_id
 from ._ref import ObjectRef
 from ._refcount import ACTOR, ERROR, FAILED, ObjectEntry, wake
 from ._rpc import error_from_reply, next_rid
-from ._submitter import PreparedArgs, prepare_args, resolve_dep
 from .errors import ActorDiedError, TaskCancelledError
 
 if TYPE_CHECKING:

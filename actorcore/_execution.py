@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._args import Dep
 from ._refcount import ERROR, INLINE, STORE
 from ._serialization import exception_blob, format_exception, loads_payload, serialize
-from ._submitter import Dep
 from .errors import ObjectStoreFullError, SerializationError, TaskError
 
 if TYPE_CHECKING:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _global as G
+from ._args import FunctionDescriptor
 from ._ids import new_id
 from ._serialization import current_deserialization, dumps_function, nested_collector
-from ._submitter import FunctionDescriptor
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "RemoteFunction", "method", "remote"]
 

@@ -28,97 +28,22 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
+from ._args import FunctionDescriptor, PreparedArgs, prepare_args, resolve_dep
 from ._ids import new_id
 from ._ref import ObjectRef
-from ._refcount import ERROR, FAILED, STORE, ObjectEntry, wake
+from ._refcount import ERROR, FAILED, ObjectEntry, wake
 from ._rpc import error_from_reply, next_rid
-from ._serialization import serialize
 from .errors import ActorCoreError, TaskCancelledError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from ._runtime import CoreRuntime
 
-__all__ = ["Dep", "FunctionDescriptor", "TaskSpec", "TaskSubmitter", "prepare_args"]
+__all__ = ["TaskSpec", "TaskSubmitter"]
 
 logger = logging.getLogger(__name__)
 
 OPT_RETRY_EXCEPTIONS = 1
 STALL_S = 0.02  # a busy worker that finished nothing for this long takes no more tasks
-
-
-class Dep:
-    """Placeholder for a top-level ObjectRef argument, replaced by its value on the worker."""
-
-    __slots__ = ("i",)
-
-    def __init__(self, i: int) -> None:
-        self.i = i
-
-    def __reduce__(self) -> Any:
-        return (Dep, (self.i,))
-
-
-class FunctionDescriptor:
-    __slots__ = ("blob", "fn_id", "is_async", "name")
-
-    def __init__(self, fn_id: bytes, blob: bytes, name: str, is_async: bool) -> None:
-        self.fn_id = fn_id
-        self.blob = blob
-        self.name = name
-        self.is_async = is_async
-
-
-class PreparedArgs:
-    """Arguments ready to send: a payload, the refs to resolve first, the refs inside."""
-
-    __slots__ = ("deps", "held", "nested_ids", "payload", "store_ref")
-
-    def __init__(self) -> None:
-        self.payload: Any = b""
-        self.deps: list[Any] = []  # top-level ObjectRefs, by Dep index
-        self.nested_ids: list[bytes] = []
-        self.store_ref: Any = None  # when the arguments went to the store
-        self.held: list[bytes] = []  # every id counted as "submitted"
-
-
-def prepare_args(
-    rt: CoreRuntime, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
-) -> PreparedArgs:
-    p = PreparedArgs()
-    if not args and not kwargs:
-        return p
-    deps: list[Any] = p.deps
-    if any(isinstance(a, ObjectRef) for a in args):
-        new_args = []
-        for a in args:
-            if isinstance(a, ObjectRef):
-                new_args.append(Dep(len(deps)))
-                deps.append(a)
-            else:
-                new_args.append(a)
-        args = tuple(new_args)
-    if kwargs and any(isinstance(v, ObjectRef) for v in kwargs.values()):
-        new_kwargs = {}
-        for k, v in kwargs.items():
-            if isinstance(v, ObjectRef):
-                new_kwargs[k] = Dep(len(deps))
-                deps.append(v)
-            else:
-                new_kwargs[k] = v
-        kwargs = new_kwargs
-    ser = serialize((args, kwargs), f"an argument of {where}")
-    p.nested_ids = [r.id for r in ser.nested]
-    if ser.size > rt.config.inline_threshold:
-        # big arguments go through the store once, whatever the number of retries
-        ref = rt.put_serialized(ser)
-        p.store_ref = ref
-        p.payload = [STORE, ref.id]
-    else:
-        p.payload = ser.payload()
-    p.held = [d.id for d in deps] + p.nested_ids
-    if p.store_ref is not None:
-        p.held.append(p.store_ref.id)
-    return p
 
 
 class TaskSpec:
@@ -200,11 +125,6 @@ class ShapeQueue:
         self.pending: collections.deque[TaskSpec] = collections.deque()
         self.leases: list[Lease] = []
         self.requesting = 0  # rid of the lease request in flight, 0 if none
-
-
-def resolve_dep(e: ObjectEntry) -> list[Any]:
-    """How a ready top-level argument travels: ``[kind, payload, object id]``."""
-    return [e.kind, e.data, e.oid]
 
 
 class TaskSubmitter:

@@ -1,0 +1,101 @@
+"""Arguments of tasks and actor calls, ready to travel.
+
+Top-level ObjectRef arguments are replaced by :class:`Dep` placeholders and
+resolved by the caller before sending (their values travel with the call, or
+the worker reads them from the store); refs nested deeper travel as refs.
+Arguments bigger than the inline threshold go to the store once, whatever the
+number of retries.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._ref import ObjectRef
+from ._refcount import STORE, ObjectEntry
+from ._serialization import serialize
+
+if TYPE_CHECKING:
+    from ._runtime import CoreRuntime
+
+__all__ = ["Dep", "FunctionDescriptor", "PreparedArgs", "prepare_args", "resolve_dep"]
+
+
+class Dep:
+    """Placeholder for a top-level ObjectRef argument, replaced by its value on the worker."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def __reduce__(self) -> Any:
+        return (Dep, (self.i,))
+
+
+class FunctionDescriptor:
+    __slots__ = ("blob", "fn_id", "is_async", "name")
+
+    def __init__(self, fn_id: bytes, blob: bytes, name: str, is_async: bool) -> None:
+        self.fn_id = fn_id
+        self.blob = blob
+        self.name = name
+        self.is_async = is_async
+
+
+class PreparedArgs:
+    """Arguments ready to send: a payload, the refs to resolve first, the refs inside."""
+
+    __slots__ = ("deps", "held", "nested_ids", "payload", "store_ref")
+
+    def __init__(self) -> None:
+        self.payload: Any = b""
+        self.deps: list[Any] = []  # top-level ObjectRefs, by Dep index
+        self.nested_ids: list[bytes] = []
+        self.store_ref: Any = None  # when the arguments went to the store
+        self.held: list[bytes] = []  # every id counted as "submitted"
+
+
+def prepare_args(
+    rt: CoreRuntime, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+) -> PreparedArgs:
+    p = PreparedArgs()
+    if not args and not kwargs:
+        return p
+    deps: list[Any] = p.deps
+    if any(isinstance(a, ObjectRef) for a in args):
+        new_args = []
+        for a in args:
+            if isinstance(a, ObjectRef):
+                new_args.append(Dep(len(deps)))
+                deps.append(a)
+            else:
+                new_args.append(a)
+        args = tuple(new_args)
+    if kwargs and any(isinstance(v, ObjectRef) for v in kwargs.values()):
+        new_kwargs = {}
+        for k, v in kwargs.items():
+            if isinstance(v, ObjectRef):
+                new_kwargs[k] = Dep(len(deps))
+                deps.append(v)
+            else:
+                new_kwargs[k] = v
+        kwargs = new_kwargs
+    ser = serialize((args, kwargs), f"an argument of {where}")
+    p.nested_ids = [r.id for r in ser.nested]
+    if ser.size > rt.config.inline_threshold:
+        # big arguments go through the store once, whatever the number of retries
+        ref = rt.put_serialized(ser)
+        p.store_ref = ref
+        p.payload = [STORE, ref.id]
+    else:
+        p.payload = ser.payload()
+    p.held = [d.id for d in deps] + p.nested_ids
+    if p.store_ref is not None:
+        p.held.append(p.store_ref.id)
+    return p
+
+
+def resolve_dep(e: ObjectEntry) -> list[Any]:
+    """How a ready top-level argument travels: ``[kind, payload, object id]``."""
+    return [e.kind, e.data, e.oid]
