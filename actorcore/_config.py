@@ -43,7 +43,6 @@ class Config:
     worker_idle_timeout_s: float = 60.0
     log_to_driver: bool = True
     default_max_retries: int = 3
-    heartbeat_s: float = 1.0
     session_tag: str = ""  # appended to session names (test runs tell theirs apart)
 
     def __post_init__(self) -> None:

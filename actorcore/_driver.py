@@ -159,9 +159,6 @@ class DriverRuntime(CoreRuntime):
             if f is not None:
                 f.close()
 
-    def _daemon_lost(self, exc: BaseException) -> None:
-        super()._daemon_lost(exc)
-
 
 def spawn_daemon(
     config: Config, token: bytes, owner_pid: int | None = None

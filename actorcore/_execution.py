@@ -179,7 +179,3 @@ class ExecPool:
 
     def resize(self, size: int) -> None:
         self._size = max(self._size, size)
-
-    def stop(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)

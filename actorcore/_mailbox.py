@@ -311,6 +311,5 @@ class TaskQueue:
             return True
         with self.lock:
             if self.in_user_code is running:
-                running.cancelled = True
                 interrupt_thread(self.thread_id, TaskCancelledError)
         return True

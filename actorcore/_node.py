@@ -319,16 +319,6 @@ class NodeDaemon(NodeActorsMixin, Service):
         self._run(self.sched.request_lease(key, shape, peer.conn.peer_id))
         return DEFERRED
 
-    @handles(P.Tag.CANCEL_LEASE_REQUEST)
-    def on_cancel_lease_request(
-        self, peer: RpcPeer, msg: P.CancelLeaseRequestMsg, _b: list[bytes]
-    ) -> Any:
-        assert peer.conn is not None
-        key = (peer.conn.peer_id, msg.request_rid)
-        self.lease_waiters.pop(key, None)
-        self._run(self.sched.cancel_lease_request(key))
-        return DEFERRED
-
     @handles(P.Tag.RETURN_LEASE)
     def on_return_lease(self, peer: RpcPeer, msg: P.ReturnLeaseMsg, _b: list[bytes]) -> Any:
         w = self.sched.workers.get(msg.worker_id)
@@ -468,7 +458,3 @@ class NodeDaemon(NodeActorsMixin, Service):
     def on_free_objects(self, peer: RpcPeer, msg: P.FreeObjectsMsg, _b: list[bytes]) -> Any:
         self.store.free(list(msg.oids))
         return DEFERRED
-
-    @handles(P.Tag.STORE_STATS)
-    def on_store_stats(self, peer: RpcPeer, msg: P.StoreStatsMsg, _b: list[bytes]) -> Any:
-        return self.store.stats()

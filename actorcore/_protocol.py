@@ -69,11 +69,9 @@ class Tag(IntEnum):
     GET_NAMED_ACTOR = 50
     CLUSTER_INFO = 51
     LOG_BATCH = 52
-    SUBSCRIBE_LOGS = 53
     LIST_STATE = 54
     REGISTER_DRIVER = 55
     SHUTDOWN_NODE = 56
-    CANCEL_LEASE_REQUEST = 57
     CREATE_PLACEMENT_GROUP = 58
     WAIT_PLACEMENT_GROUP = 59
     REMOVE_PLACEMENT_GROUP = 70
@@ -85,7 +83,6 @@ class Tag(IntEnum):
     RELEASE_OBJECTS = 63
     FREE_OBJECTS = 64
     ABORT_OBJECT = 65
-    STORE_STATS = 66
 
 
 def message(tag: Tag) -> Callable[[type[_M]], type[_M]]:
@@ -276,11 +273,6 @@ class RequestLeaseMsg(NamedTuple):
     shape: dict[str, float]
 
 
-@message(Tag.CANCEL_LEASE_REQUEST)
-class CancelLeaseRequestMsg(NamedTuple):
-    request_rid: int
-
-
 @message(Tag.RETURN_LEASE)
 class ReturnLeaseMsg(NamedTuple):
     worker_id: bytes
@@ -353,11 +345,6 @@ class ClusterInfoMsg(NamedTuple):
 @message(Tag.LOG_BATCH)
 class LogBatchMsg(NamedTuple):
     lines: list[Any]
-
-
-@message(Tag.SUBSCRIBE_LOGS)
-class SubscribeLogsMsg(NamedTuple):
-    rid: int
 
 
 @message(Tag.LIST_STATE)
@@ -437,11 +424,6 @@ class FreeObjectsMsg(NamedTuple):
 @message(Tag.ABORT_OBJECT)
 class AbortObjectMsg(NamedTuple):
     oid: bytes
-
-
-@message(Tag.STORE_STATS)
-class StoreStatsMsg(NamedTuple):
-    rid: int
 
 
 def _collect() -> dict[int, type]:

@@ -115,7 +115,7 @@ class CoreRuntime(OwnershipMixin, Service):
         host, port = self.listener.address
         self.address = (self.my_id, host, port, self.listener.unix_name)
         daemon_at = self.node.unix_name or self.node.address
-        self.daemon = await self._connect(daemon_at, peer_id_hint=None)
+        self.daemon = await self._connect(daemon_at)
         sync = await self.loop.run_in_executor(None, self._open_store_conn)
         self.store = StoreClient(self.node.arena_path, self.node.capacity, sync, self.my_id)
         self.store.on_release = self._schedule_flush
@@ -161,7 +161,7 @@ class CoreRuntime(OwnershipMixin, Service):
             if old is None or old.conn is None or old.conn.closed:
                 self.peers[conn.peer_id] = peer
 
-    async def _connect(self, address: tuple[str, int] | str, peer_id_hint: bytes | None) -> RpcPeer:
+    async def _connect(self, address: tuple[str, int] | str) -> RpcPeer:
         peer = self._new_peer()
         conn = await open_connection(
             self.loop,
@@ -207,10 +207,10 @@ class CoreRuntime(OwnershipMixin, Service):
             if self.broken is not None:
                 raise self.broken
             try:
-                peer: Any = await self._connect(best_address(address), pid)
+                peer: Any = await self._connect(best_address(address))
             except OSError:
                 if isinstance(best_address(address), str):
-                    peer = await self._connect((address[1], address[2]), pid)
+                    peer = await self._connect((address[1], address[2]))
                 else:
                     raise
             with self.lock:

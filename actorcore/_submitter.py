@@ -102,9 +102,8 @@ class Lease:
         "worker_id",
     )
 
-    def __init__(self, worker_id: bytes, address: Any, peer: Any) -> None:
+    def __init__(self, worker_id: bytes, peer: Any) -> None:
         self.worker_id = worker_id
-        self.address = address
         self.peer = peer
         self.in_flight: dict[int, TaskSpec] = {}
         self.revoked = False
@@ -322,18 +321,16 @@ class TaskSubmitter:
                 self._fail_queue(q, err)
                 return
             worker_id, address = reply.value
-            self.rt.with_peer(
-                tuple(address), functools.partial(self._leased, q, worker_id, address)
-            )
+            self.rt.with_peer(tuple(address), functools.partial(self._leased, q, worker_id))
 
-    def _leased(self, q: ShapeQueue, worker_id: bytes, address: Any, peer: Any) -> None:
+    def _leased(self, q: ShapeQueue, worker_id: bytes, peer: Any) -> None:
         with self.rt.lock:
             if isinstance(peer, BaseException):
                 # the worker died before we reached it: the daemon knows; ask again
                 self._return_lease(worker_id, kill=True)
                 self._pump(q)
                 return
-            q.leases.append(Lease(worker_id, address, peer))
+            q.leases.append(Lease(worker_id, peer))
             if not q.pending:
                 self._steal_for(q)
             self._pump(q)

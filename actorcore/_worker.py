@@ -42,7 +42,6 @@ class Call:
     """One task or actor call received by this worker."""
 
     __slots__ = (
-        "cancelled",
         "fn",
         "is_async",
         "method",
@@ -70,7 +69,6 @@ class Call:
         self.method = method
         self.fn = fn
         self.is_async = is_async
-        self.cancelled = False
 
 
 class WorkerRuntime(CoreRuntime):
