@@ -44,11 +44,13 @@ def read_node_file(path: str) -> dict[str, Any]:
 
 def main() -> None:
     boot = json.loads(sys.stdin.readline())
-    for path in reversed(boot.get("sys_path", [])):
+    # The driver's paths come after the daemon's own: a user's module named like
+    # one of ours (store.py, gcs.py) must never shadow actorcore's.
+    for path in boot.get("sys_path", []):
         if path not in sys.path:
-            sys.path.insert(0, path)
-    from store._arena import Arena
-    from store._session import SessionDirs, default_capacity, sweep_stale
+            sys.path.append(path)
+    from actorcore.store._arena import Arena
+    from actorcore.store._session import SessionDirs, default_capacity, sweep_stale
 
     from ._config import Config
     from ._ids import new_id
@@ -116,7 +118,7 @@ def _serve(
     lsock: socket.socket,
     zygote: tuple[socket.socket, int],
 ) -> None:
-    from store._arena import Arena
+    from actorcore.store._arena import Arena
 
     from ._node import NodeDaemon
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import psutil
 
-from gcs import ActorTable, EmbeddedControlStore, NameRegistry
-from scheduler import _local as S
-from scheduler import _resources as R
-from store._arena import Arena
-from store._session import SessionDirs
-from store._state import StoreState
+from actorcore.gcs import ActorTable, EmbeddedControlStore, NameRegistry
+from actorcore.scheduler import _local as S
+from actorcore.scheduler import _resources as R
+from actorcore.store._arena import Arena
+from actorcore.store._session import SessionDirs
+from actorcore.store._state import StoreState
 
 from . import _lifecycle as L
 from . import _protocol as P

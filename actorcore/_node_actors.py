@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from gcs import ActorRecord
-from scheduler import GroupState
-from scheduler import _local as S
-from scheduler import _resources as R
+from actorcore.gcs import ActorRecord
+from actorcore.scheduler import GroupState
+from actorcore.scheduler import _local as S
+from actorcore.scheduler import _resources as R
 
 from . import _lifecycle as L
 from . import _protocol as P

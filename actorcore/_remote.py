@@ -91,7 +91,7 @@ def _check_options(opts: dict[str, Any], allowed: set[str], what: str) -> dict[s
 
 def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
     """The shape a scheduling strategy turns ``shape`` into."""
-    from scheduler import bundle_shape
+    from actorcore.scheduler import bundle_shape
 
     from .util.scheduling_strategies import (
         NodeAffinitySchedulingStrategy,

@@ -15,9 +15,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from store._arena import Arena
-from store._session import SessionDirs
-from store._state import Created, Full, Location, NeedRestore, NeedSpill, ObjectState, StoreState
+from actorcore.store._arena import Arena
+from actorcore.store._session import SessionDirs
+from actorcore.store._state import Created, Full, Location, NeedRestore, NeedSpill, ObjectState, StoreState
 
 from .errors import ObjectStoreFullError
 

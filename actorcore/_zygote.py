@@ -48,7 +48,7 @@ def _worker_child(sock: socket.socket, boot: dict[str, Any], zygote_pid: int) ->
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
-    from store import _arena
+    from actorcore.store import _arena
 
     _arena.reset_after_fork()
     from ._worker import worker_main

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from store import _session
+from actorcore.store import _session
 
 
 def fake_statvfs(free_bytes):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from gcs import (
+from actorcore.gcs import (
     Compare,
     ControlStore,
     DeleteOp,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gcs import (
+from actorcore.gcs import (
     Compare,
     DeleteOp,
     EmbeddedState,

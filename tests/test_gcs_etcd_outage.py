@@ -16,7 +16,7 @@ from typing import TypeVar
 import psutil
 import pytest
 
-from gcs import (
+from actorcore.gcs import (
     ControlStoreUnavailableError,
     EtcdControlStore,
     EtcdProcess,

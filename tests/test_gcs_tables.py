@@ -8,7 +8,7 @@ import shutil
 import msgpack
 import pytest
 
-from gcs import (
+from actorcore.gcs import (
     ActorRecord,
     ActorTable,
     ControlStore,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from scheduler import _local as S
+from actorcore.scheduler import _local as S
 
 
 def sched(cpus=2.0, **kw):
@@ -159,7 +159,7 @@ def test_keep_warm_replaces_dead_workers():
 
 
 def test_placement_group_reserves_bundles_and_work_runs_inside_it():
-    from scheduler import PlacementGroupReady, bundle_shape
+    from actorcore.scheduler import PlacementGroupReady, bundle_shape
 
     s = sched(cpus=2)
     start(s, b"w1", b"w2", b"w3")
@@ -175,7 +175,7 @@ def test_placement_group_reserves_bundles_and_work_runs_inside_it():
 
 
 def test_removing_a_group_stops_its_work_and_returns_resources():
-    from scheduler import bundle_shape
+    from actorcore.scheduler import bundle_shape
 
     s = sched(cpus=2)
     start(s, b"w1", b"w2")
@@ -189,7 +189,7 @@ def test_removing_a_group_stops_its_work_and_returns_resources():
 
 
 def test_group_that_does_not_fit_now_waits_and_one_that_never_fits_warns():
-    from scheduler import PlacementGroupReady
+    from actorcore.scheduler import PlacementGroupReady
 
     s = sched(cpus=2)
     start(s, b"w1")

@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-from store._allocator import ALIGN, ArenaAllocator
-from store._state import (
+from actorcore.store._allocator import ALIGN, ArenaAllocator
+from actorcore.store._state import (
     Created,
     Full,
     Location,
