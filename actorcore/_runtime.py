@@ -6,7 +6,7 @@ object table. All state changes happen under one re-entrant lock, so any
 thread (a driver's main thread, a worker's executor threads, the loop thread)
 may submit work and send frames directly; replies arrive on the loop thread.
 
-Submitting tasks lives in :mod:`._submitter`, calling actors in
+Submitting tasks lives in :mod:`._owner`, calling actors in
 :mod:`._actor_client`, reading values (get, wait, await) in :mod:`._values`.
 """
 
@@ -89,7 +89,7 @@ class CoreRuntime(OwnershipMixin, Service):
         self.namespace = "default"
         self.job_id = b""
         from ._actor_client import ActorClients
-        from ._submitter import TaskSubmitter
+        from ._owner import TaskSubmitter
 
         self.submitter = TaskSubmitter(self)
         self.actors = ActorClients(self)
@@ -450,6 +450,8 @@ class CoreRuntime(OwnershipMixin, Service):
             e = self.table.create_owned(oid, self.address)
             e.local = 1
             self.table.complete(e, kind, data)
+            if kind == STORE:
+                e.locations = {self.node.node_id}
             if ser.nested:
                 self.table.set_nested(oid, [(r.id, r.owner) for r in ser.nested], registered=True)
         return ObjectRef(oid, self.address, _counted=True)
