@@ -8,6 +8,7 @@ tasks, actor calls and actor creation is one function, :func:`resolve_deps`.
 
 from ._deps import resolve_deps
 from ._task_shell import TaskSubmitter
-from ._tasks import Lease, ShapeQueue, TaskCore, TaskSpec
+from ._task_state import Lease, ShapeQueue, TaskSpec
+from ._tasks import TaskCore
 
 __all__ = ["Lease", "ShapeQueue", "TaskCore", "TaskSpec", "TaskSubmitter", "resolve_deps"]

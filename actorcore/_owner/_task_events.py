@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._tasks import Lease, TaskSpec
+    from ._task_state import Lease, TaskSpec
 
 __all__ = [
     "CancelChildren",

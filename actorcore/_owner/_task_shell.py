@@ -27,7 +27,8 @@ from .._refcount import ERROR, STORE, wake
 from .._rpc import error_from_reply, next_rid
 from . import _task_events as E
 from ._deps import resolve_deps
-from ._tasks import OPT_RETRY_EXCEPTIONS, Lease, TaskCore, TaskSpec
+from ._task_state import Lease, TaskSpec
+from ._tasks import OPT_RETRY_EXCEPTIONS, TaskCore
 
 if TYPE_CHECKING:
     from .._runtime import CoreRuntime
