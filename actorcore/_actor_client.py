@@ -18,6 +18,7 @@ import enum
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
@@ -126,8 +127,15 @@ class ActorClients:
         kwargs: dict[str, Any],
         max_task_retries: int,
         wait_registered: bool,
+        on_id: Callable[[bytes], None] | None = None,
     ) -> bytes:
-        """Create an actor; returns its id (an existing one for get_if_exists)."""
+        """Create an actor; returns its id (an existing one for get_if_exists).
+
+        Without ``wait_registered`` (on the runtime's loop, which cannot block)
+        ``actor_id`` is returned at once; should the daemon answer with another
+        actor (a named one that exists), calls made meanwhile go to that one
+        and ``on_id`` is called with its id.
+        """
         rt = self.rt
         prepared = prepare_args(rt, args, kwargs, f"{class_name}.__init__()")
         spec["args"] = prepared.payload
@@ -145,8 +153,10 @@ class ActorClients:
 
         def registered_cb(reply: Any) -> None:
             registered.append(reply)
-            self._on_registered(c, reply)
+            real = self._on_registered(c, reply)
             done.set()
+            if real is not None and on_id is not None:
+                on_id(real)
 
         def send(resolved: list[Any] | BaseException) -> None:
             if isinstance(resolved, BaseException):  # an argument failed: so does the actor
@@ -200,14 +210,21 @@ class ActorClients:
                 elif not e.owned:
                     self.rt.fetch(e)
 
-    def _on_registered(self, c: ActorClient, reply: Any) -> None:
+    def _on_registered(self, c: ActorClient, reply: Any) -> bytes | None:
+        """The daemon answered a creation; returns the actor's id if it is another one."""
         with self.rt.lock:
             c.resolving = False
             if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
                 err = reply if isinstance(reply, BaseException) else error_from_reply(reply)
                 self._dead(c, ActorDiedError(f"{c.describe()} could not be created: {err}"))
-                return
+                return None
+            real = bytes(reply.value[0])
+            if real != c.actor_id:  # get_if_exists found it: this client calls that one
+                c.actor_id = real
+                self.clients.setdefault(real, c)
+                self.rt.persistent_actors.add(real)
             self._resolve(c)
+        return real
 
     # --- resolving the host --------------------------------------------------------------
 
