@@ -1,20 +1,15 @@
 """The shell of the owner's task core: carries its instructions out on the runtime loop.
 
 Any thread may submit or cancel a task: it prepares the arguments, creates the
-return objects and hands the core an event. Events go through one deque; a
-thread other than the loop's wakes the loop once per batch
-(``call_soon_threadsafe`` only when no drain is already due), and the loop
-thread itself feeds the core at once. The core's state is only touched while
-draining, on the loop. Results complete their objects under the runtime's
+return objects and hands the core an event through an :class:`Inbox` (one
+loop wake-up per batch). The core's state is only touched on the loop. Results complete their objects under the runtime's
 lock, and the objects' waiters run after it is released.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,6 +22,7 @@ from .._refcount import ERROR, STORE, wake
 from .._rpc import error_from_reply, next_rid
 from . import _task_events as E
 from ._deps import resolve_deps
+from ._inbox import Inbox
 from ._task_state import Lease, TaskSpec
 from ._tasks import OPT_RETRY_EXCEPTIONS, TaskCore
 
@@ -49,9 +45,7 @@ class TaskSubmitter:
             linger_s=cfg.lease_linger_s,
             next_rid=next_rid,
         )
-        self.inbox: collections.deque[Any] = collections.deque()
-        self._scheduled = False
-        self._draining = False
+        self.inbox = Inbox(rt, self._process)
         self._run: dict[type, Callable[[Any], None]] = {
             E.PushTask: self._push,
             E.TaskDone: self._task_done,
@@ -66,40 +60,17 @@ class TaskSubmitter:
             E.NotATask: self._not_a_task,
         }
 
-    # --- feeding the core ---------------------------------------------------------------
-
     def post(self, event: Any) -> None:
         """Hand the core an event; any thread."""
-        self.inbox.append(event)
-        rt = self.rt
-        if threading.get_ident() == rt.loop_thread_id:
-            if not self._draining:
-                self._drain()
-            return
-        if self._scheduled:
-            return  # a drain is due and will see this event
-        self._scheduled = True
-        try:
-            rt.loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:
-            pass  # the loop is closed: the runtime is shutting down
+        self.inbox.post(event)
 
-    def _drain(self) -> None:
-        self._scheduled = False  # before reading: an event added from now on schedules again
-        self._draining = True
-        inbox = self.inbox
-        try:
-            while inbox:
-                events = []
-                while inbox:
-                    events.append(inbox.popleft())
-                for ins in self.core.handle(events, time.monotonic()):
-                    try:
-                        self._run[type(ins)](ins)
-                    except Exception:
-                        logger.exception("carrying out %s failed", type(ins).__name__)
-        finally:
-            self._draining = False
+    def _process(self, events: list[Any]) -> None:
+        run = self._run
+        for ins in self.core.handle(events, time.monotonic()):
+            try:
+                run[type(ins)](ins)
+            except Exception:
+                logger.exception("carrying out %s failed", type(ins).__name__)
 
     # --- the API's entry points (any thread) -----------------------------------------------
 
