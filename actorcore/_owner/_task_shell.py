@@ -2,8 +2,9 @@
 
 Any thread may submit or cancel a task: it prepares the arguments, creates the
 return objects and hands the core an event through an :class:`Inbox` (one
-loop wake-up per batch). The core's state is only touched on the loop. Results complete their objects under the runtime's
-lock, and the objects' waiters run after it is released.
+loop wake-up per batch). The core's state is only touched on the loop.
+Results complete their objects under the runtime's lock, and the objects'
+waiters run after it is released.
 """
 
 from __future__ import annotations
