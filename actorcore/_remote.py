@@ -338,7 +338,6 @@ class ActorHandle:
         if rt is not None and not _counted:
             with rt.lock:
                 rt.table.add_local(actor_id, self.owner)
-                rt.actors.client(actor_id, class_name, retries)
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("__") and name != "__call__":
@@ -400,10 +399,9 @@ class ActorMethod:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         h = self._handle
-        rt = G.require()
-        with rt.lock:
-            client = rt.actors.client(h.id, h._class_name, h._retries)
-        refs = rt.actors.call(client, self._name, args, kwargs, self._num_returns)
+        refs = G.require().actors.call(
+            h.id, h._class_name, h._retries, self._name, args, kwargs, self._num_returns
+        )
         return refs[0] if self._num_returns == 1 else refs
 
     __call__ = remote

@@ -7,7 +7,7 @@ thread (a driver's main thread, a worker's executor threads, the loop thread)
 may submit work and send frames directly; replies arrive on the loop thread.
 
 Submitting tasks lives in :mod:`._owner`, calling actors in
-:mod:`._actor_client`, reading values (get, wait, await) in :mod:`._values`.
+:mod:`._owner`, reading values (get, wait, await) in :mod:`._values`.
 """
 
 from __future__ import annotations
@@ -88,8 +88,7 @@ class CoreRuntime(OwnershipMixin, Service):
         self.persistent_actors: set[bytes] = set()
         self.namespace = "default"
         self.job_id = b""
-        from ._actor_client import ActorClients
-        from ._owner import TaskSubmitter
+        from ._owner import ActorClients, TaskSubmitter
 
         self.submitter = TaskSubmitter(self)
         self.actors = ActorClients(self)

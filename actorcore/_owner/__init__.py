@@ -6,9 +6,20 @@ runtime's loop and carries its instructions out. Argument resolution for
 tasks, actor calls and actor creation is one function, :func:`resolve_deps`.
 """
 
+from ._actor_shell import ActorClients
+from ._actors import ActorCore
 from ._deps import resolve_deps
 from ._task_shell import TaskSubmitter
 from ._task_state import Lease, ShapeQueue, TaskSpec
 from ._tasks import TaskCore
 
-__all__ = ["Lease", "ShapeQueue", "TaskCore", "TaskSpec", "TaskSubmitter", "resolve_deps"]
+__all__ = [
+    "ActorClients",
+    "ActorCore",
+    "Lease",
+    "ShapeQueue",
+    "TaskCore",
+    "TaskSpec",
+    "TaskSubmitter",
+    "resolve_deps",
+]

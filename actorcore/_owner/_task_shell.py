@@ -191,7 +191,7 @@ class TaskSubmitter:
             pass
 
     def _not_a_task(self, ins: E.NotATask) -> None:
-        self.rt.actors.cancel(ins.oid, ins.force)
+        self.rt.actors.cancel(ins.oid, ins.force)  # an actor call, maybe
 
     # --- instructions: tasks ------------------------------------------------------------------
 
