@@ -247,6 +247,23 @@ class CoreRuntime(OwnershipMixin, Service):
         self.submitter.peer_closed(peer)
         self.actors.peer_closed(peer)
 
+    def node_died(self, node_id: bytes) -> list[bytes]:
+        """A node of the cluster is gone (any thread).
+
+        Leases and actors on it are lost (their tasks and calls retried or
+        failed), and its store copies forgotten; returns the owned objects
+        left without a copy.
+        """
+        self.submitter.node_died(node_id)
+        self.actors.node_died(node_id)
+        with self.lock:
+            return self.table.node_gone(node_id)
+
+    def object_locations(self, oid: bytes) -> frozenset[bytes]:
+        """The nodes known to hold a store copy of the owned object ``oid``."""
+        with self.lock:
+            return self.table.locations_of(oid)
+
     def _daemon_lost(self, exc: BaseException) -> None:
         if self.closing:
             return

@@ -113,3 +113,28 @@ def test_cancel_not_recursive_leaves_children_running(runtime, tmp_path):
     (tmp_path / "stop").touch()
     wait_for(lambda: ac.available_resources().get("CPU") == 2, 10, what="child stopped")
     assert not (tmp_path / "cancelled").exists()
+
+
+@ac.remote
+def big(n):
+    return b"x" * n
+
+
+@pytest.mark.timeout(60)
+def test_owner_records_where_store_objects_are(runtime):
+    from actorcore import _global as G
+
+    rt = G.require()
+    here = rt.node.node_id
+    put = ac.put(b"y" * 1_000_000)
+    assert rt.object_locations(put.id) == {here}
+    made = big.remote(1_000_000)
+    assert len(ac.get(made, timeout=30)) == 1_000_000
+    assert rt.object_locations(made.id) == {here}
+    small = big.remote(10)
+    ac.get(small, timeout=30)
+    assert rt.object_locations(small.id) == frozenset()  # inline: in no store
+    # a node that is not this one dying changes nothing here
+    assert rt.node_died(b"?" * len(here)) == []
+    assert ac.get(big.remote(5), timeout=30) == b"xxxxx"
+    assert rt.object_locations(made.id) == {here}

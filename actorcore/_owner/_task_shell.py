@@ -47,6 +47,7 @@ class TaskSubmitter:
             next_rid=next_rid,
         )
         self.inbox = Inbox(rt, self._process)
+        self._daemons: dict[bytes, tuple[Any, ...]] = {}  # other nodes' daemons we asked
         self._run: dict[type, Callable[[Any], None]] = {
             E.PushTask: self._push,
             E.TaskDone: self._task_done,
@@ -123,6 +124,7 @@ class TaskSubmitter:
         self.post(E.PeerClosed(peer))
 
     def node_died(self, node_id: bytes) -> None:
+        self._daemons.pop(node_id, None)
         self.post(E.NodeDied(node_id))
 
     def fail_all(self, err: BaseException) -> None:
@@ -138,7 +140,9 @@ class TaskSubmitter:
         cb = functools.partial(self._on_grant, ins.rid)
         if ins.daemon is None:
             self._request_on(self.rt.daemon, msg, cb)
-        else:  # a spill: that node's daemon
+        else:  # a spill: that node's daemon (its leases go back there too)
+            if ins.node_id is not None:
+                self._daemons[ins.node_id] = tuple(ins.daemon)
             self.rt.with_peer(tuple(ins.daemon), lambda p: self._request_on(p, msg, cb))
 
     def _request_on(self, daemon: Any, msg: Any, cb: Callable[[Any], None]) -> None:
@@ -170,25 +174,21 @@ class TaskSubmitter:
             self.post(E.LeaseGranted(rid, worker_id, peer, node_id))
 
     def _return_lease(self, ins: E.ReturnLease) -> None:
-        try:
-            self.rt.daemon.send(P.ReturnLeaseMsg(ins.worker_id, ins.kill))
-        except ConnectionError:
-            pass
+        msg = P.ReturnLeaseMsg(ins.worker_id, ins.kill)
+        daemon = self._daemons.get(ins.node_id) if ins.node_id is not None else None
+        if daemon is None:
+            _send_quietly(self.rt.daemon, msg)
+        else:
+            self.rt.with_peer(daemon, lambda p: _send_quietly(p, msg))
 
     def _start_timer(self, ins: E.StartTimer) -> None:
         self.rt.loop.call_later(ins.delay, self.post, ins.event)
 
     def _steal(self, ins: E.StealTasks) -> None:
-        try:
-            ins.peer.send(P.StealTasksMsg())
-        except ConnectionError:
-            pass
+        _send_quietly(ins.peer, P.StealTasksMsg())
 
     def _send_cancel(self, ins: E.SendCancel) -> None:
-        try:
-            ins.peer.send(P.CancelTaskMsg(ins.task_id, ins.force, ins.recursive))
-        except ConnectionError:
-            pass
+        _send_quietly(ins.peer, P.CancelTaskMsg(ins.task_id, ins.force, ins.recursive))
 
     def _not_a_task(self, ins: E.NotATask) -> None:
         self.rt.actors.cancel(ins.oid, ins.force)  # an actor call, maybe
@@ -284,3 +284,13 @@ class TaskSubmitter:
         with self.rt.lock:
             for _kind, _data, nested in ins.results:
                 self.rt.discard_result(nested)
+
+
+def _send_quietly(peer: Any, msg: Any) -> None:
+    """Send a one-way message; a peer that is gone (or could not be reached) needs none."""
+    if isinstance(peer, BaseException):
+        return
+    try:
+        peer.send(msg)
+    except ConnectionError:
+        pass
