@@ -213,19 +213,22 @@ class OwnershipMixin:
             e = self.table.entries.get(oid)
             if e is None:
                 return
-            if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
-                cause = reply if isinstance(reply, BaseException) else reply.message
-                err = ObjectLostError(
-                    f"object {oid.hex()} is lost: its owner {bytes(e.owner[0]).hex()} "
-                    f"could not provide it ({cause})"
-                )
-                waiters = self.table.complete(e, ERROR, err)
-            else:
-                kind, data, _nested = reply.value
-                if kind == ERROR:
-                    data = load_error(data)
-                waiters = self.table.complete(e, kind, data)
-            wake(waiters, e)
+            waiters = self._complete_fetched(e, reply)
+        wake(waiters, e)  # not under the lock: waiters may take it, or block
+
+    def _complete_fetched(self, e: ObjectEntry, reply: Any) -> list[Any]:
+        """Store the owner's answer in a borrowed entry (under the lock); returns its waiters."""
+        if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
+            cause = reply if isinstance(reply, BaseException) else reply.message
+            err = ObjectLostError(
+                f"object {e.oid.hex()} is lost: its owner {bytes(e.owner[0]).hex()} "
+                f"could not provide it ({cause})"
+            )
+            return self.table.complete(e, ERROR, err)
+        kind, data, _nested = reply.value
+        if kind == ERROR:
+            data = load_error(data)
+        return self.table.complete(e, kind, data)
 
 
 def wire_value(e: ObjectEntry) -> list[Any]:

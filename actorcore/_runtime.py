@@ -423,8 +423,9 @@ class CoreRuntime(OwnershipMixin, Service):
                 kind, data = INLINE, serialize(reply.value).payload()
             with self.lock:
                 entry = self.table.entries.get(oid)
-                if entry is not None:
-                    wake(self.table.complete(entry, kind, data), entry)
+                waiters = self.table.complete(entry, kind, data) if entry is not None else []
+            if entry is not None:
+                wake(waiters, entry)  # not under the lock
 
         try:
             self.daemon.request(msg, done)
