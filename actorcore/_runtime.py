@@ -2,12 +2,14 @@
 
 It owns the process's event loop (a thread of its own in a driver, the main
 thread in a worker), its listening socket, its connections to peers, and the
-object table. All state changes happen under one re-entrant lock, so any
-thread (a driver's main thread, a worker's executor threads, the loop thread)
-may submit work and send frames directly; replies arrive on the loop thread.
+object table.
 
-Submitting tasks lives in :mod:`._owner`, calling actors in
-:mod:`._owner`, reading values (get, wait, await) in :mod:`._values`.
+Tasks and actor calls are run by the owner cores of :mod:`._owner`
+(``handle(events) -> instructions``), whose state only the loop touches: any
+thread (a driver's main thread, a worker's executor threads) hands them events
+and they wake the loop once per batch. The object table (reference counts and
+values, read by any thread in ``get``) is still guarded by ``lock``; no waiter
+runs while it is held. Reading values (get, wait, await) is in :mod:`._values`.
 """
 
 from __future__ import annotations
