@@ -1,4 +1,8 @@
-"""Events and instructions of the owner's actor core (:mod:`._actors`)."""
+"""Events and instructions of the owner's actor core (:mod:`._actors`).
+
+Slotted dataclasses, made once and never changed (not ``frozen``: that costs
+about four times as much to create, and a few are made per call).
+"""
 
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ __all__ = [
 # --- events --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreateActor:
     """Create the actor ``actor_id``; ``spec`` goes to the daemon once the arguments are ready."""
 
@@ -56,7 +60,7 @@ class CreateActor:
     notify: Any  # called with the daemon's answer (or the error of an argument)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ActorRegistered:
     """The daemon took the creation; ``real_id`` differs for a named actor that existed."""
 
@@ -64,7 +68,7 @@ class ActorRegistered:
     real_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ActorCreateFailed:
     """The creation was refused (or its arguments failed)."""
 
@@ -72,7 +76,7 @@ class ActorCreateFailed:
     error: BaseException
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SubmitActorCall:
     """A call of ``spec.method`` on the actor ``actor_id`` (made through a handle)."""
 
@@ -82,7 +86,7 @@ class SubmitActorCall:
     spec: CallSpec
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ArgsReady:
     """The top-level ObjectRef arguments of a call or creation are ready."""
 
@@ -90,7 +94,7 @@ class ArgsReady:
     resolved: list[Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ArgsFailed:
     """A top-level argument of a call or creation failed."""
 
@@ -98,7 +102,7 @@ class ArgsFailed:
     error: BaseException
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ActorLocated:
     """Where the actor runs now: ``state`` ALIVE (at ``address``, on ``node_id``) or DEAD."""
 
@@ -110,7 +114,7 @@ class ActorLocated:
     node_id: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ActorConnected:
     """The worker hosting incarnation ``epoch`` is reachable through ``peer``."""
 
@@ -120,7 +124,7 @@ class ActorConnected:
     node_id: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ActorUnreachable:
     """The host of incarnation ``epoch`` died before it could be reached."""
 
@@ -128,7 +132,7 @@ class ActorUnreachable:
     epoch: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ActorDied:
     """The actor cannot be located (its daemon is gone) or is dead for good."""
 
@@ -136,7 +140,7 @@ class ActorDied:
     error: BaseException
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallReplied:
     """The actor answered call ``rid``: ``[kind, data, nested]`` per return value."""
 
@@ -145,7 +149,7 @@ class CallReplied:
     results: list[Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallRejected:
     """Call ``rid`` failed with a system error; it is not retried."""
 
@@ -154,7 +158,7 @@ class CallRejected:
     error: BaseException
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallLost:
     """The host behind ``peer`` went away (or lost the actor) before answering ``rid``."""
 
@@ -164,7 +168,7 @@ class CallLost:
     error: BaseException
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendFailed:
     """Call ``spec`` could not be sent at all: it waits for the actor's next address."""
 
@@ -173,21 +177,21 @@ class SendFailed:
     peer: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PeerClosed:
     """A connection ended: actors hosted behind it must be located again."""
 
     peer: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NodeDied:
     """A node is gone: actors hosted there lose their calls in flight and are located again."""
 
     node_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelCall:
     """``ac.cancel`` of the ref ``oid`` of an actor call."""
 
@@ -195,7 +199,7 @@ class CancelCall:
     force: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ActorOutOfScope:
     """No handle to an actor this process owns is left."""
 
@@ -205,7 +209,7 @@ class ActorOutOfScope:
 # --- instructions ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResolveArgs:
     """Wait for the top-level ObjectRef arguments of ``item``; answer ArgsReady/ArgsFailed."""
 
@@ -213,7 +217,7 @@ class ResolveArgs:
     deps: list[Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendCreate:
     """Ask the daemon to create the actor (``resolved``: its ready ref arguments)."""
 
@@ -221,7 +225,7 @@ class SendCreate:
     resolved: list[Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreationFailed:
     """An argument of the creation failed: tell whoever waits for the answer."""
 
@@ -229,7 +233,7 @@ class CreationFailed:
     error: BaseException
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LocateActor:
     """Ask the daemon where incarnation ``min_epoch`` (or a later one) of the actor runs."""
 
@@ -237,7 +241,7 @@ class LocateActor:
     min_epoch: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectActor:
     """Connect to the actor's host; answer ActorConnected/ActorUnreachable."""
 
@@ -247,7 +251,7 @@ class ConnectActor:
     node_id: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendActorCall:
     """Send ``spec`` (request ``spec.rid``) to the host behind ``peer``."""
 
@@ -256,7 +260,7 @@ class SendActorCall:
     peer: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallDone:
     """The call's results are final: complete its objects, release its arguments."""
 
@@ -264,7 +268,7 @@ class CallDone:
     results: list[Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallFailed:
     """The call failed for good: so do its objects; release its arguments."""
 
@@ -272,7 +276,7 @@ class CallFailed:
     error: BaseException
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendCancel:
     """Tell the actor's host to cancel the call ``task_id``."""
 
@@ -280,14 +284,14 @@ class SendCancel:
     task_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KillActor:
     """Tell the daemon to end the actor (its owner let go of it)."""
 
     actor_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReleaseHeld:
     """Count down the refs a call or creation kept alive."""
 
