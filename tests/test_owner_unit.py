@@ -111,15 +111,38 @@ def test_idle_lease_lingers_then_goes_back():
     assert o.core.queues[s.key].leases == []
 
 
-def test_a_lease_used_again_while_lingering_is_kept():
-    o = Owner()
+def test_a_lease_used_again_while_lingering_is_kept_for_a_full_linger():
+    o = Owner(linger=0.2)
     s1, s2 = make_spec(), make_spec()
     rid = of(o.submit(s1), E.RequestLease)[0].rid
     _p, out = o.grant(rid)
     lease = lease_of(out)
-    timer = of(o.feed(E.TaskReplied(lease, s1.rid, OK)), E.StartTimer)[0]
+    (timer,) = of(o.feed(E.TaskReplied(lease, s1.rid, OK)), E.StartTimer)
+    o.now += 0.15
     assert lease_of(o.submit(s2)) is lease  # reused without a new request
-    assert of(o.feed(timer.event), E.ReturnLease) == []
+    out = o.feed(E.TaskReplied(lease, s2.rid, OK))
+    assert of(out, E.StartTimer) == []  # one timer per lease, not one per task
+    o.now += 0.05
+    out = o.feed(timer.event)
+    assert of(out, E.ReturnLease) == []
+    (again,) = of(out, E.StartTimer)  # idle for 0.05 s only: the rest of the linger
+    assert again.delay == pytest.approx(0.15)
+    o.now += 0.15
+    assert [r.worker_id for r in of(o.feed(again.event), E.ReturnLease)] == [lease.worker_id]
+
+
+def test_a_linger_timer_that_fires_while_busy_is_started_again_once_idle():
+    o = Owner(linger=0.2)
+    s1, s2 = make_spec(), make_spec()
+    rid = of(o.submit(s1), E.RequestLease)[0].rid
+    _p, out = o.grant(rid)
+    lease = lease_of(out)
+    (timer,) = of(o.feed(E.TaskReplied(lease, s1.rid, OK)), E.StartTimer)
+    o.submit(s2)
+    o.now += 0.3
+    assert o.feed(timer.event) == []  # busy: kept
+    (again,) = of(o.feed(E.TaskReplied(lease, s2.rid, OK)), E.StartTimer)
+    assert again.delay == 0.2
 
 
 def test_revoked_lease_returns_once_idle():

@@ -186,10 +186,9 @@ class CancelChildren:
 
 @dataclass(slots=True)
 class LingerOver:
-    """A lease's linger timer fired; return it if it stayed idle since (same ``gen``)."""
+    """A lease's linger timer fired; return it if it has been idle for ``linger_s``."""
 
     lease: Lease
-    gen: int
 
 
 @dataclass(slots=True)

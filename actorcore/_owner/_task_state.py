@@ -65,7 +65,7 @@ class Lease:
     """A worker leased for one shape, with the tasks pushed to it."""
 
     __slots__ = (
-        "gen",
+        "idle_since",
         "in_flight",
         "lingering",
         "node_id",
@@ -83,8 +83,8 @@ class Lease:
         self.in_flight: dict[int, TaskSpec] = {}
         self.revoked = False
         self.paused = False
-        self.gen = 0  # bumped by every push: a linger timer of an older gen is stale
-        self.lingering = -1  # the gen a linger timer was started for
+        self.idle_since = now  # when it last ran out of tasks
+        self.lingering = False  # a linger timer is running
         self.progress = now  # when it last started being busy or finished a task
 
     def stalled(self, now: float, stall_s: float) -> bool:

@@ -166,7 +166,6 @@ class TaskCore:
         if not lease.in_flight:
             lease.progress = self.now
         lease.in_flight[rid] = spec
-        lease.gen += 1
         self._out.append(E.PushTask(lease, spec))
 
     def _request_lease(
@@ -244,17 +243,24 @@ class TaskCore:
     def _lease_idle(self, q: ShapeQueue, lease: Lease) -> None:
         if lease.revoked or self.closed:
             self._drop_lease(q, lease)
-        elif lease.lingering != lease.gen:
-            lease.lingering = lease.gen
-            self._out.append(E.StartTimer(self.linger_s, E.LingerOver(lease, lease.gen)))
+            return
+        lease.idle_since = self.now
+        if not lease.lingering:  # one timer per lease at a time, not one per task
+            lease.lingering = True
+            self._out.append(E.StartTimer(self.linger_s, E.LingerOver(lease)))
 
     def _on_linger_over(self, ev: E.LingerOver) -> None:
         lease = ev.lease
-        if lease.lingering == ev.gen:
-            lease.lingering = -1
+        lease.lingering = False
         q = self.queues.get(self._key_of(lease))
-        if q is not None and lease.gen == ev.gen and not lease.in_flight:
+        if q is None or lease.in_flight:
+            return  # gone, or busy: it lingers again once idle
+        idle = self.now - lease.idle_since
+        if idle >= self.linger_s:
             self._drop_lease(q, lease)
+        else:  # used since the timer started: wait for the rest of its linger
+            lease.lingering = True
+            self._out.append(E.StartTimer(self.linger_s - idle, E.LingerOver(lease)))
 
     def _key_of(self, lease: Lease) -> Any:
         for key, q in self.queues.items():
