@@ -27,6 +27,7 @@ from ._api import (
     shutdown,
     wait,
 )
+from ._generator import ObjectRefGenerator
 from ._ref import ObjectRef
 from ._remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, method, remote
 
@@ -35,6 +36,7 @@ __all__ = [
     "ActorHandle",
     "ActorMethod",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "RuntimeContext",
     "as_completed",

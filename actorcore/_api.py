@@ -20,6 +20,7 @@ from . import _protocol as P
 from . import _values
 from ._config import Config
 from ._execution import current_task
+from ._generator import ObjectRefGenerator
 from ._ref import ObjectRef
 from ._remote import ActorHandle
 from ._rpc import next_rid
@@ -222,8 +223,14 @@ def as_completed(refs: Sequence[ObjectRef]) -> AsyncIterator[ObjectRef]:
     return _values.as_completed(G.require(), refs)
 
 
-def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+def cancel(
+    ref: ObjectRef | ObjectRefGenerator, *, force: bool = False, recursive: bool = True
+) -> None:
     """Cancel the task (or async actor call) producing ``ref``.
+
+    ``ref`` may be an ObjectRefGenerator: its streaming call stops at its next
+    item (an async generator at once), and the generator ends with
+    TaskCancelledError after the items already delivered.
 
     A queued task is dropped; a running async one is cancelled; a running sync
     task gets TaskCancelledError raised in it at its next Python bytecode (a
@@ -232,8 +239,12 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     With ``recursive`` (the default) the tasks that the cancelled task
     submitted are cancelled too, and theirs in turn.
     """
+    if isinstance(ref, ObjectRefGenerator):
+        ref = ref.completed()
     if not isinstance(ref, ObjectRef):
-        raise TypeError(f"cancel() takes an ObjectRef, not {type(ref).__name__}")
+        raise TypeError(
+            f"cancel() takes an ObjectRef or ObjectRefGenerator, not {type(ref).__name__}"
+        )
     rt = G.require()
     rt.submitter.cancel(ref.id, force, bool(recursive))
 

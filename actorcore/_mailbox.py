@@ -68,7 +68,9 @@ class ActorMailbox:
         flag = self._is_coro.get(method)
         if flag is None:
             fn = getattr(type(self.instance), method, None)
-            flag = self._is_coro[method] = inspect.iscoroutinefunction(fn)
+            flag = self._is_coro[method] = inspect.iscoroutinefunction(
+                fn
+            ) or inspect.isasyncgenfunction(fn)
         return flag
 
     def push(self, call: Call) -> None:

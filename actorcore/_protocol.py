@@ -83,6 +83,9 @@ class Tag(IntEnum):
     RELEASE_OBJECTS = 63
     FREE_OBJECTS = 64
     ABORT_OBJECT = 65
+    # streaming generators (worker -> owner items, owner -> worker acks)
+    GENERATOR_ITEM = 90
+    ITEMS_ACK = 91
 
 
 def message(tag: Tag) -> Callable[[type[_M]], type[_M]]:
@@ -175,6 +178,7 @@ class PushTaskMsg(NamedTuple):
     return_ids: list[bytes]
     owner: list[Any]
     opts: int
+    stream: int = 0  # 0: a plain task; else a streaming generator, back-pressure + 1
 
 
 @message(Tag.TASK_RESULT)
@@ -197,6 +201,7 @@ class ActorCallMsg(NamedTuple):
     resolved: list[Any]
     return_ids: list[bytes]
     owner: list[Any]
+    stream: int = 0  # 0: a plain call; else a streaming generator, back-pressure + 1
 
 
 @message(Tag.CANCEL_TASK)
@@ -438,6 +443,30 @@ def _collect() -> dict[int, type]:
                 raise RuntimeError(f"duplicate tag {tag!r}")
             table[int(tag)] = obj
     return table
+
+
+# --- streaming generators --------------------------------------------------------
+
+
+@message(Tag.GENERATOR_ITEM)
+class GeneratorItemMsg(NamedTuple):
+    """Worker -> owner: item ``index`` of the stream ``stream_id`` (the call's end ref).
+
+    ``result`` is ``[kind, data, nested]`` like a task result, for object ``oid``.
+    """
+
+    stream_id: bytes
+    index: int
+    oid: bytes
+    result: list[Any]
+
+
+@message(Tag.ITEMS_ACK)
+class ItemsAckMsg(NamedTuple):
+    """Owner -> worker: the consumer of ``stream_id`` has taken ``consumed`` items."""
+
+    stream_id: bytes
+    consumed: int
 
 
 MESSAGES: dict[int, type] = _collect()

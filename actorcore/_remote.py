@@ -31,7 +31,10 @@ _TASK_OPTIONS = {
     "name",
     "scheduling_strategy",
     "runtime_env",
+    "_generator_backpressure_num_objects",
+    "generator_backpressure",
 }
+_BACKPRESSURE_OPTIONS = ("generator_backpressure", "_generator_backpressure_num_objects")
 _ACTOR_OPTIONS = {
     "num_cpus",
     "num_gpus",
@@ -74,9 +77,7 @@ def _check_options(opts: dict[str, Any], allowed: set[str], what: str) -> dict[s
                 raise ValueError(f"resources[{k!r}] must be a finite number >= 0, not {v!r}")
     if opts.get("runtime_env"):
         raise ValueError("runtime_env is not supported by actorcore yet")
-    n = opts.get("num_returns")
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"num_returns must be an int >= 1, not {n!r}")
+    stream_of(opts)  # checks num_returns and the back-pressure options
     for key in ("max_retries", "max_restarts", "max_task_retries"):
         v = opts.get(key)
         if v is not None and (not isinstance(v, int) or v < -1):
@@ -88,6 +89,34 @@ def _check_options(opts: dict[str, Any], allowed: set[str], what: str) -> dict[s
     if lifetime not in (None, "detached", "non_detached"):
         raise ValueError(f"lifetime must be None, 'detached' or 'non_detached', not {lifetime!r}")
     return opts
+
+
+def stream_of(opts: dict[str, Any]) -> int:
+    """0 for a plain call; for ``num_returns="streaming"``, its back-pressure + 1.
+
+    Raises:
+        ValueError: a bad ``num_returns`` or back-pressure option.
+    """
+    n = opts.get("num_returns")
+    if n == "dynamic":
+        raise ValueError(
+            "num_returns='dynamic' is not supported; use num_returns='streaming', "
+            "which returns an ObjectRefGenerator at once"
+        )
+    streaming = n == "streaming"
+    if n is not None and not streaming and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"num_returns must be an int >= 1 or 'streaming', not {n!r}")
+    bp = 0
+    for key in _BACKPRESSURE_OPTIONS:
+        v = opts.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < -1:
+            raise ValueError(f"{key} must be an int >= 1 (0 or -1: no back-pressure), not {v!r}")
+        if not streaming:
+            raise ValueError(f"{key} applies only with num_returns='streaming'")
+        bp = max(v, 0)
+    return bp + 1 if streaming else 0
 
 
 def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
@@ -182,7 +211,8 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         rt = G.require()
         opts = self._options
-        n = opts.get("num_returns") or 1
+        stream = stream_of(opts)
+        n = 1 if stream else opts.get("num_returns") or 1
         retries = opts.get("max_retries")
         refs = rt.submitter.submit(
             self._export.descriptor(self._name),
@@ -193,12 +223,19 @@ class RemoteFunction:
             num_returns=n,
             max_retries=rt.config.default_max_retries if retries is None else retries,
             retry_exceptions=opts.get("retry_exceptions") or False,
+            stream=stream,
         )
+        if stream:
+            return rt.streams.generator(refs[0], stream - 1)
         return refs[0] if n == 1 else refs
 
 
-def method(*, num_returns: int = 1) -> Callable[[Any], Any]:
-    """Declare how many values an actor method returns: ``@ac.method(num_returns=2)``."""
+def method(*, num_returns: int | str = 1) -> Callable[[Any], Any]:
+    """Declare how many values an actor method returns: ``@ac.method(num_returns=2)``.
+
+    ``num_returns="streaming"`` makes a generator method return an ObjectRefGenerator.
+    """
+    stream_of({"num_returns": num_returns})
 
     def mark(fn: Any) -> Any:
         fn.__actorcore_num_returns__ = num_returns
@@ -390,24 +427,41 @@ def _rebuild_handle(
 class ActorMethod:
     """``handle.method``: call it (or ``.remote``) to get an awaitable ObjectRef."""
 
-    __slots__ = ("_handle", "_name", "_num_returns")
+    __slots__ = ("_handle", "_name", "_num_returns", "_stream")
 
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+    def __init__(
+        self, handle: ActorHandle, name: str, num_returns: Any, stream: int | None = None
+    ) -> None:
         self._handle = handle
         self._name = name
-        self._num_returns = num_returns
+        self._stream = stream_of({"num_returns": num_returns}) if stream is None else stream
+        self._num_returns = 1 if self._stream else num_returns
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         h = self._handle
-        refs = G.require().actors.call(
-            h.id, h._class_name, h._retries, self._name, args, kwargs, self._num_returns
+        rt = G.require()
+        stream = self._stream
+        refs = rt.actors.call(
+            h.id, h._class_name, h._retries, self._name, args, kwargs, self._num_returns, stream
         )
+        if stream:
+            return rt.streams.generator(refs[0], stream - 1)
         return refs[0] if self._num_returns == 1 else refs
 
     __call__ = remote
 
-    def options(self, *, num_returns: int | None = None) -> ActorMethod:
-        return ActorMethod(self._handle, self._name, num_returns or self._num_returns)
+    def options(self, *, num_returns: int | str | None = None, **opts: Any) -> ActorMethod:
+        """Per-call options: ``num_returns`` (an int or ``"streaming"``) and back-pressure."""
+        unknown = set(opts) - set(_BACKPRESSURE_OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {sorted(unknown)} for an actor method; valid options are "
+                f"{['num_returns', *_BACKPRESSURE_OPTIONS]}"
+            )
+        if num_returns is None:
+            num_returns = "streaming" if self._stream else self._num_returns
+        stream = stream_of({"num_returns": num_returns, **opts})
+        return ActorMethod(self._handle, self._name, num_returns, stream)
 
 
 def remote(*args: Any, **options: Any) -> Any:

@@ -94,6 +94,9 @@ class CoreRuntime(OwnershipMixin, Service):
 
         self.submitter = TaskSubmitter(self)
         self.actors = ActorClients(self)
+        from ._owner._stream_shell import GeneratorStreams
+
+        self.streams = GeneratorStreams(self)
 
     # --- start and stop ----------------------------------------------------------------
 
@@ -393,6 +396,13 @@ class CoreRuntime(OwnershipMixin, Service):
     @handles(P.Tag.REVOKE_LEASE)
     def on_revoke_lease(self, peer: RpcPeer, msg: P.RevokeLeaseMsg, _bufs: list[bytes]) -> Any:
         self.submitter.revoke(msg.worker_id)
+        return DEFERRED
+
+    @handles(P.Tag.GENERATOR_ITEM)
+    def on_generator_item(
+        self, peer: RpcPeer, msg: P.GeneratorItemMsg, _bufs: list[bytes]
+    ) -> Any:
+        self.streams.item(peer, msg)
         return DEFERRED
 
     @handles(P.Tag.LOG_BATCH)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import inspect
 import pickle
 import sys
 import threading
@@ -31,6 +32,7 @@ from ._ids import new_id
 from ._mailbox import ActorMailbox, TaskQueue
 from ._rpc import DEFERRED, RpcPeer, error_reply, handles, next_rid
 from ._runtime import CoreRuntime, NodeInfo
+from ._streaming import Producers
 from .errors import ActorDiedError, TaskCancelledError, TaskError
 
 __all__ = ["Call", "WorkerRuntime", "worker_main"]
@@ -52,6 +54,7 @@ class Call:
         "resolved",
         "return_ids",
         "rid",
+        "stream",
         "task_id",
     )
 
@@ -69,6 +72,7 @@ class Call:
         self.method = method
         self.fn = fn
         self.is_async = is_async
+        self.stream = msg.stream  # 0, or a streaming generator's back-pressure + 1
 
 
 class WorkerRuntime(CoreRuntime):
@@ -79,6 +83,7 @@ class WorkerRuntime(CoreRuntime):
         self.pool = ExecPool(max(4, config.shared_worker_threads))
         self.tasks = TaskQueue(self)
         self.mailboxes: dict[bytes, ActorMailbox] = {}
+        self.producers = Producers(self)
         self.functions: dict[bytes, Any] = {}
         self._fn_lock = threading.Lock()
         self._blocked = 0
@@ -123,7 +128,7 @@ class WorkerRuntime(CoreRuntime):
     @handles(P.Tag.PUSH_TASK)
     def on_push_task(self, peer: RpcPeer, msg: P.PushTaskMsg, _bufs: list[bytes]) -> Any:
         fn = self.function(msg.fn_id, msg.fn_blob)
-        is_async = asyncio.iscoroutinefunction(fn)
+        is_async = asyncio.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
         self.tasks.push(Call(peer, msg, msg.name, "", fn, is_async))
         return DEFERRED
 
@@ -132,6 +137,8 @@ class WorkerRuntime(CoreRuntime):
         try:
             args, kwargs, reg = decode_args(self, call.payload, call.resolved)
             value = self.tasks.run_user_code(call, args, kwargs)
+            if call.stream:
+                value = self.producers.drive_sync(call, value)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
         except TaskCancelledError as e:
             results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
@@ -145,7 +152,10 @@ class WorkerRuntime(CoreRuntime):
         token = current_task.set(TaskContext(call.name, call.task_id, None))
         try:
             args, kwargs, reg = decode_args(self, call.payload, call.resolved)
-            value = await call.fn(*args, **kwargs)
+            if call.stream:
+                value = await self.producers.drive_async(call, call.fn(*args, **kwargs))
+            else:
+                value = await call.fn(*args, **kwargs)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
         except asyncio.CancelledError:
             err = TaskCancelledError(f"task {call.name} was cancelled")
@@ -199,10 +209,16 @@ class WorkerRuntime(CoreRuntime):
     def on_cancel_task(self, peer: RpcPeer, msg: P.CancelTaskMsg, _bufs: list[bytes]) -> Any:
         if msg.recursive:  # first, while the cancelled task cannot submit more
             self.submitter.cancel_children(msg.task_id, msg.force)
+        self.producers.cancel(msg.task_id)  # a streaming call stops at its next item
         if not self.tasks.cancel(msg.task_id, msg.force):
             for mb in list(self.mailboxes.values()):
                 if mb.cancel(msg.task_id):
                     break
+        return DEFERRED
+
+    @handles(P.Tag.ITEMS_ACK)
+    def on_items_ack(self, peer: RpcPeer, msg: P.ItemsAckMsg, _bufs: list[bytes]) -> Any:
+        self.producers.ack(msg.stream_id, msg.consumed)
         return DEFERRED
 
     # --- blocking in get ------------------------------------------------------------------
@@ -283,6 +299,8 @@ class WorkerRuntime(CoreRuntime):
             method = self._method(mb, call)
             args, kwargs, reg = decode_args(self, call.payload, call.resolved)
             value = method(*args, **kwargs)
+            if call.stream:
+                value = self.producers.drive_sync(call, value)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
         except BaseException as e:
             results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
@@ -295,7 +313,10 @@ class WorkerRuntime(CoreRuntime):
         try:
             method = self._method(mb, call)
             args, kwargs, reg = decode_args(self, call.payload, call.resolved)
-            value = await method(*args, **kwargs)
+            if call.stream:
+                value = await self.producers.drive_async(call, method(*args, **kwargs))
+            else:
+                value = await method(*args, **kwargs)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
         except asyncio.CancelledError:
             err = TaskCancelledError(f"call {call.method}() was cancelled")

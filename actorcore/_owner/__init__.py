@@ -2,13 +2,16 @@
 
 ``TaskCore.handle(events, now) -> instructions`` holds leases, pipelining,
 stealing, retries and cancellation; :class:`TaskSubmitter` feeds it on the
-runtime's loop and carries its instructions out. Argument resolution for
+runtime's loop and carries its instructions out. Streaming generators have their own core
+(:mod:`._streams`, fed by :class:`GeneratorStreams`). Argument resolution for
 tasks, actor calls and actor creation is one function, :func:`resolve_deps`.
 """
 
 from ._actor_shell import ActorClients
 from ._actors import ActorCore
 from ._deps import resolve_deps
+from ._stream_shell import GeneratorStreams
+from ._streams import StreamCore
 from ._task_shell import TaskSubmitter
 from ._task_state import Lease, ShapeQueue, TaskSpec
 from ._tasks import TaskCore
@@ -16,8 +19,10 @@ from ._tasks import TaskCore
 __all__ = [
     "ActorClients",
     "ActorCore",
+    "GeneratorStreams",
     "Lease",
     "ShapeQueue",
+    "StreamCore",
     "TaskCore",
     "TaskSpec",
     "TaskSubmitter",

@@ -118,10 +118,12 @@ class ActorClients:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         num_returns: int,
+        stream: int = 0,
     ) -> list[Any]:
         rt = self.rt
         prepared = prepare_args(rt, args, kwargs, f"{class_name}.{method}()")
         spec = CallSpec(method, prepared, max_task_retries, num_returns)
+        spec.stream = stream
         address = rt.address
         table = rt.table
         with rt.lock:
@@ -129,6 +131,8 @@ class ActorClients:
                 table.create_owned(oid, address).local = 1
             if prepared.held:
                 table.add_submitted(prepared.held)
+        if stream:  # the stream first: its items may come as soon as the call is sent
+            rt.streams.open(spec.return_ids[0], stream - 1)
         self.post(E.SubmitActorCall(actor_id, class_name, max_task_retries, spec))
         return [ObjectRef(oid, address, _counted=True) for oid in spec.return_ids]
 
@@ -237,6 +241,7 @@ class ActorClients:
             spec.resolved,
             spec.return_ids,
             list(self.rt.address),
+            spec.stream,
         )
         try:
             peer.request(msg, functools.partial(self._on_reply, c, spec.rid, peer))

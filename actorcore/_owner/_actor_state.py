@@ -30,6 +30,7 @@ class CallSpec:
         "retries_left",
         "return_ids",
         "rid",
+        "stream",
         "task_id",
         "waiting",
     )
@@ -44,6 +45,7 @@ class CallSpec:
         self.retries_left = retries
         self.rid = 0  # of its last send; 0 if never sent
         self.peer: Any = None  # where it was sent last
+        self.stream = 0  # a streaming generator: its back-pressure + 1
 
     def __repr__(self) -> str:
         return f"<CallSpec {self.method} rid={self.rid}>"

@@ -87,6 +87,7 @@ class TaskSubmitter:
         num_returns: int,
         max_retries: int,
         retry_exceptions: bool,
+        stream: int = 0,
     ) -> list[Any]:
         rt = self.rt
         prepared = prepare_args(rt, args, kwargs, f"{name}()")
@@ -94,6 +95,7 @@ class TaskSubmitter:
         ctx = current_task.get()
         parent = ctx.task_id if ctx is not None else None
         spec = TaskSpec(fn, name, prepared, shape, max_retries, opts, num_returns, parent)
+        spec.stream = stream
         address = rt.address
         table = rt.table
         with rt.lock:
@@ -101,6 +103,8 @@ class TaskSubmitter:
                 table.create_owned(oid, address).local = 1
             if prepared.held:
                 table.add_submitted(prepared.held)
+        if stream:  # the stream first: its items may come as soon as the task is pushed
+            rt.streams.open(spec.return_ids[0], stream - 1)
         self.post(E.SubmitTask(spec))
         return [ObjectRef(oid, address, _counted=True) for oid in spec.return_ids]
 
@@ -230,6 +234,7 @@ class TaskSubmitter:
             spec.return_ids,
             list(self.rt.address),
             spec.opts,
+            spec.stream,
         )
         try:
             peer.request(msg, functools.partial(self._on_reply, lease, rid))

@@ -28,6 +28,7 @@ class TaskSpec:
         "return_ids",
         "rid",
         "shape",
+        "stream",
         "task_id",
     )
 
@@ -56,6 +57,7 @@ class TaskSpec:
         self.lease: Lease | None = None
         self.cancelled = False
         self.resolved: list[Any] = []
+        self.stream = 0  # a streaming generator: its back-pressure + 1
 
     def __repr__(self) -> str:
         return f"<TaskSpec {self.name} {self.task_id.hex()[:8]}>"

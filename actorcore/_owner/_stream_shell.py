@@ -1,0 +1,126 @@
+"""The shell of the owner's stream core: carries its instructions out on the runtime loop.
+
+Items arrive from workers (GENERATOR_ITEM) on the loop; consumers report
+progress and drops from any thread through an :class:`Inbox`. Delivered items
+become owned objects under the runtime's lock, like task results, and their
+refs go into the consumer's :class:`StreamBuffer`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import _protocol as P
+from .._generator import ObjectRefGenerator, StreamBuffer
+from .._ref import ObjectRef
+from .._refcount import FAILED, wake
+from . import _streams as S
+from ._inbox import Inbox
+
+if TYPE_CHECKING:
+    from .._refcount import ObjectEntry
+    from .._runtime import CoreRuntime
+
+__all__ = ["GeneratorStreams"]
+
+logger = logging.getLogger(__name__)
+
+
+class GeneratorStreams:
+    """Owner side of streaming calls: a :class:`StreamCore` fed on the runtime's loop."""
+
+    def __init__(self, rt: CoreRuntime) -> None:
+        self.rt = rt
+        self.core = S.StreamCore()
+        self.inbox = Inbox(rt, self._process)
+        self.buffers: dict[bytes, StreamBuffer] = {}
+        self._run: dict[type, Callable[[Any], None]] = {
+            S.DeliverItem: self._deliver,
+            S.DropItem: self._drop,
+            S.AckItems: self._ack,
+            S.EndStream: self._end,
+            S.CancelProducer: self._cancel,
+        }
+
+    def post(self, event: Any) -> None:
+        self.inbox.post(event)
+
+    def _process(self, events: list[Any]) -> None:
+        run = self._run
+        for ins in self.core.handle(events):
+            try:
+                run[type(ins)](ins)
+            except Exception:
+                logger.exception("carrying out %s failed", type(ins).__name__)
+
+    # --- entry points ------------------------------------------------------------------------
+
+    def open(self, stream_id: bytes, backpressure: int) -> None:
+        """A streaming call is being submitted (before it is); any thread.
+
+        Its end object must exist already: its completion ends the stream.
+        """
+        self.buffers[stream_id] = StreamBuffer()
+        self.post(S.StreamOpened(stream_id, backpressure))
+        rt = self.rt
+        with rt.lock:
+            e = rt.table.entries.get(stream_id)
+            waiting = e is not None and rt.table.add_waiter(e, self._end_done)
+        if not waiting:
+            self.post(S.StreamEnded(stream_id, e is None or e.state == FAILED))
+
+    def generator(self, end: ObjectRef, backpressure: int) -> ObjectRefGenerator:
+        """The consumer's side of the stream ``end.id`` opened just before."""
+        buf = self.buffers.get(end.id) or StreamBuffer()
+        return ObjectRefGenerator(self.rt, end, buf, counted=backpressure > 0)
+
+    def _end_done(self, e: ObjectEntry) -> None:
+        self.post(S.StreamEnded(e.oid, e.state == FAILED))
+
+    def item(self, peer: Any, msg: P.GeneratorItemMsg) -> None:
+        self.post(S.ItemArrived(msg.stream_id, msg.index, msg.oid, msg.result, peer))
+
+    def consumed(self, stream_id: bytes, n: int) -> None:
+        self.post(S.ItemsConsumed(stream_id, n))
+
+    def dropped(self, stream_id: bytes) -> None:
+        self.post(S.StreamDropped(stream_id))
+
+    # --- instructions -----------------------------------------------------------------------------
+
+    def _deliver(self, ins: S.DeliverItem) -> None:
+        rt = self.rt
+        kind, data, nested = ins.result
+        wakes: list[Any] = []
+        with rt.lock:
+            rt.table.create_owned(ins.oid, rt.address).local = 1
+            rt.adopt_result(ins.oid, kind, data, nested, wakes)
+        for waiters, e in wakes:
+            wake(waiters, e)
+        ref = ObjectRef(ins.oid, rt.address, _counted=True)
+        buf = self.buffers.get(ins.stream_id)
+        if buf is not None:
+            buf.push(ref)
+
+    def _drop(self, ins: S.DropItem) -> None:
+        kind, data, nested = ins.result
+        with self.rt.lock:
+            self.rt.adopt_result(ins.oid, kind, data, nested)  # no entry: freed at once
+
+    def _ack(self, ins: S.AckItems) -> None:
+        try:
+            ins.peer.send(P.ItemsAckMsg(ins.stream_id, ins.consumed))
+        except ConnectionError:
+            pass  # that producer is gone; a retry is told when its first item comes
+
+    def _end(self, ins: S.EndStream) -> None:
+        buf = self.buffers.pop(ins.stream_id, None)
+        if buf is not None:
+            buf.end(ins.failed)
+
+    def _cancel(self, ins: S.CancelProducer) -> None:
+        self.buffers.pop(ins.stream_id, None)
+        if not self.rt.closing:
+            self.rt.submitter.cancel(ins.stream_id, False, False)

@@ -1,0 +1,231 @@
+"""The owner's side of streaming generators: a sans-IO core. No I/O, no clock.
+
+A streaming call (``num_returns="streaming"``) has one return object, its *end*
+(whose value is the number of items); its id names the stream. The worker
+sends each yielded value as item ``index`` (an object of its own) before it
+replies; the owner hands items to the consumer in order, once each.
+
+Back-pressure: with ``backpressure=N`` the worker pauses while N items it
+sent are not consumed; the owner acks consumption (``AckItems``) often enough
+that a paused worker always hears of progress: when half of N was consumed
+since the last ack, or at once when the worker may be paused.
+
+A retried attempt (its worker died, or an actor restarted) starts again from
+item 0: the items already delivered are dropped (``DropItem``), and the new
+producer is told at once how far the consumer got. A stream whose generator
+was dropped by the consumer cancels its producer and drops what still comes.
+
+:class:`StreamCore` is driven by ``handle(events) -> instructions``; the shell
+(:mod:`._stream_shell`) feeds it on the runtime's loop only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "AckItems",
+    "CancelProducer",
+    "DeliverItem",
+    "DropItem",
+    "EndStream",
+    "ItemArrived",
+    "ItemsConsumed",
+    "StreamCore",
+    "StreamDropped",
+    "StreamEnded",
+    "StreamOpened",
+    "StreamState",
+]
+
+logger = logging.getLogger(__name__)
+
+# --- events --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StreamOpened:
+    """A streaming call was submitted; ``backpressure`` 0 means unbounded."""
+
+    stream_id: bytes
+    backpressure: int
+
+
+@dataclass(slots=True)
+class ItemArrived:
+    """The worker behind ``peer`` sent item ``index`` (object ``oid``, ``[kind, data, nested]``)."""
+
+    stream_id: bytes
+    index: int
+    oid: bytes
+    result: list[Any]
+    peer: Any
+
+
+@dataclass(slots=True)
+class ItemsConsumed:
+    """The consumer has taken ``consumed`` items so far."""
+
+    stream_id: bytes
+    consumed: int
+
+
+@dataclass(slots=True)
+class StreamEnded:
+    """The call's end object completed (``failed``: with an error)."""
+
+    stream_id: bytes
+    failed: bool
+
+
+@dataclass(slots=True)
+class StreamDropped:
+    """The consumer let go of the generator."""
+
+    stream_id: bytes
+
+
+# --- instructions ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DeliverItem:
+    """Make ``oid`` an owned object with ``result`` and queue its ref for the consumer."""
+
+    stream_id: bytes
+    oid: bytes
+    result: list[Any]
+
+
+@dataclass(slots=True)
+class DropItem:
+    """Nobody will read this item (a duplicate of a retry, or a dropped stream): free it."""
+
+    oid: bytes
+    result: list[Any]
+
+
+@dataclass(slots=True)
+class AckItems:
+    """Tell the producer behind ``peer`` that ``consumed`` items were taken."""
+
+    peer: Any
+    stream_id: bytes
+    consumed: int
+
+
+@dataclass(slots=True)
+class EndStream:
+    """No item comes any more: wake the consumer (``failed``: the end object holds an error)."""
+
+    stream_id: bytes
+    failed: bool
+
+
+@dataclass(slots=True)
+class CancelProducer:
+    """The generator was dropped while its call still runs: cancel the call."""
+
+    stream_id: bytes
+
+
+# --- the core ------------------------------------------------------------------------------
+
+
+class StreamState:
+    """One stream as its owner knows it."""
+
+    __slots__ = ("acked", "backpressure", "consumed", "delivered", "dropped", "peer", "sent")
+
+    def __init__(self, backpressure: int) -> None:
+        self.backpressure = backpressure
+        self.delivered = 0  # items handed to the consumer (the next index wanted)
+        self.consumed = 0  # items the consumer took
+        self.acked = 0  # the last ``consumed`` told to the producer
+        self.sent = 0  # items the current producer sent (it restarts at 0 on a retry)
+        self.peer: Any = None  # the current producer
+        self.dropped = False
+
+
+class StreamCore:
+    """Streams of one owner as a state machine: ``handle(events)``."""
+
+    def __init__(self) -> None:
+        self.streams: dict[bytes, StreamState] = {}
+        self._out: list[Any] = []
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            StreamOpened: self._on_opened,
+            ItemArrived: self._on_item,
+            ItemsConsumed: self._on_consumed,
+            StreamEnded: self._on_ended,
+            StreamDropped: self._on_dropped,
+        }
+
+    def handle(self, events: Iterable[Any]) -> list[Any]:
+        """Apply ``events`` in order; returns the instructions to carry out."""
+        out = self._out = []
+        handlers = self._handlers
+        for ev in events:
+            handlers[type(ev)](ev)
+        self._out = []
+        return out
+
+    def _on_opened(self, ev: StreamOpened) -> None:
+        self.streams[ev.stream_id] = StreamState(max(0, ev.backpressure))
+
+    def _on_item(self, ev: ItemArrived) -> None:
+        st = self.streams.get(ev.stream_id)
+        if st is None:
+            self._out.append(DropItem(ev.oid, ev.result))
+            return
+        if ev.peer is not st.peer:  # a new attempt: tell it at once how far we are
+            st.peer = ev.peer
+            st.sent = 0
+            if st.backpressure and st.consumed:
+                self._ack(st, ev.stream_id)
+        st.sent = ev.index + 1
+        if ev.index < st.delivered:
+            self._out.append(DropItem(ev.oid, ev.result))
+        elif ev.index == st.delivered:
+            st.delivered += 1
+            self._out.append(DeliverItem(ev.stream_id, ev.oid, ev.result))
+        else:  # a gap cannot happen on one ordered connection
+            logger.warning(
+                "stream %s: item %d came before %d", ev.stream_id.hex(), ev.index, st.delivered
+            )
+            self._out.append(DropItem(ev.oid, ev.result))
+
+    def _on_consumed(self, ev: ItemsConsumed) -> None:
+        st = self.streams.get(ev.stream_id)
+        if st is None or ev.consumed <= st.consumed:
+            return
+        st.consumed = ev.consumed
+        n = st.backpressure
+        if not n or st.peer is None:
+            return
+        may_be_paused = st.sent - st.acked >= n
+        if may_be_paused or st.consumed - st.acked >= max(1, n // 2):
+            self._ack(st, ev.stream_id)
+
+    def _ack(self, st: StreamState, stream_id: bytes) -> None:
+        st.acked = st.consumed
+        self._out.append(AckItems(st.peer, stream_id, st.consumed))
+
+    def _on_ended(self, ev: StreamEnded) -> None:
+        st = self.streams.pop(ev.stream_id, None)
+        if st is not None:
+            self._out.append(EndStream(ev.stream_id, ev.failed))
+
+    def _on_dropped(self, ev: StreamDropped) -> None:
+        st = self.streams.pop(ev.stream_id, None)
+        if st is not None:  # still running: stop it; what it still sends is dropped
+            st.dropped = True
+            self._out.append(CancelProducer(ev.stream_id))
+
+    def validate(self) -> None:
+        """Check the invariants (tests switch this on)."""
+        for sid, st in self.streams.items():
+            assert 0 <= st.acked <= st.consumed <= st.delivered, (sid, st)

@@ -1,0 +1,204 @@
+"""The worker's side of streaming generators: run the generator, send each item.
+
+A streaming call's function returns a generator (sync or async). Each yielded
+value is encoded like a task result (inline when small, through the store
+when large) under a fresh object id and sent to the owner as item ``index``
+(GENERATOR_ITEM) on the call's connection, before the call's reply, so the
+owner sees every item before the end. The call's own result is the number of
+items. An exception raised by the generator becomes the item at its position
+(an error), and the stream ends there.
+
+Back-pressure: with ``backpressure=N`` the producer waits before making item
+``i`` while ``i - acked >= N`` (``acked`` is what the owner last said the
+consumer took, ITEMS_ACK). A cancel wakes a waiting producer and stops it at
+its next item; an async generator is also cancelled at its ``await``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import _protocol as P
+from ._execution import encode_error, encode_results
+from ._ids import new_id
+from .errors import TaskCancelledError
+
+if TYPE_CHECKING:
+    from ._runtime import CoreRuntime
+    from ._worker import Call
+
+__all__ = ["Producer", "Producers"]
+
+logger = logging.getLogger(__name__)
+
+
+class Producer:
+    """One running streaming call on this worker."""
+
+    __slots__ = ("acked", "backpressure", "call", "cancelled", "event", "waiter")
+
+    def __init__(self, call: Call, backpressure: int) -> None:
+        self.call = call
+        self.backpressure = backpressure
+        self.acked = 0
+        self.cancelled = False
+        self.event = threading.Event()  # a sync producer waits on this
+        self.waiter: asyncio.Future[None] | None = None  # an async producer on this
+
+    def wake(self) -> None:
+        """Something changed (an ack, a cancel); on the worker's loop."""
+        self.event.set()
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+
+class Producers:
+    """The streaming calls running on this worker, by stream id and by task id."""
+
+    def __init__(self, rt: CoreRuntime) -> None:
+        self.rt = rt
+        self.by_stream: dict[bytes, Producer] = {}
+
+    def ack(self, stream_id: bytes, consumed: int) -> None:
+        p = self.by_stream.get(stream_id)
+        if p is not None and consumed > p.acked:
+            p.acked = consumed
+            p.wake()
+
+    def cancel(self, task_id: bytes) -> bool:
+        """Stop the streaming call ``task_id`` at its next item; False if none runs here."""
+        for p in list(self.by_stream.values()):
+            if p.call.task_id == task_id:
+                p.cancelled = True
+                p.wake()
+                return True
+        return False
+
+    def _open(self, call: Call) -> Producer:
+        p = Producer(call, call.stream - 1)
+        self.by_stream[call.return_ids[0]] = p
+        return p
+
+    def _close(self, call: Call) -> None:
+        self.by_stream.pop(call.return_ids[0], None)
+
+    # --- sync generators (on an executor thread) -------------------------------------------
+
+    def drive_sync(self, call: Call, gen: Any) -> int:
+        """Run ``gen`` to its end, sending each item; returns how many were sent."""
+        if not isinstance(gen, Iterator):
+            raise TypeError(_not_a_generator(call, gen))
+        p = self._open(call)
+        i = 0
+        try:
+            while True:
+                self._wait_sync(p, i)
+                try:
+                    value = next(gen)
+                except StopIteration:
+                    return i
+                except TaskCancelledError:
+                    raise
+                except Exception as e:
+                    self._send(p, i, new_id(), encode_error(e, call.name))
+                    return i + 1
+                self._send(p, i, *self._encode(call, value))
+                i += 1
+        finally:
+            self._close(call)
+            _close_quietly(gen)
+
+    def _wait_sync(self, p: Producer, i: int) -> None:
+        n = p.backpressure
+        while not p.cancelled and n and i - p.acked >= n:
+            p.event.clear()
+            if p.cancelled or i - p.acked < n:
+                break
+            p.event.wait()
+        if p.cancelled:
+            raise TaskCancelledError(f"streaming call {p.call.name} was cancelled")
+
+    def _encode(self, call: Call, value: Any) -> tuple[bytes, list[Any]]:
+        oid = new_id()
+        results, waits = encode_results(self.rt, value, [oid], call.owner, call.name)
+        for ev in waits or ():  # nested refs of other owners: rare; the registration is quick
+            ev.wait(30.0)
+        return oid, results[0]
+
+    def _send(self, p: Producer, i: int, oid: bytes, result: list[Any]) -> None:
+        call = p.call
+        conn = call.peer.conn
+        msg = P.GeneratorItemMsg(call.return_ids[0], i, oid, result)
+        try:
+            if conn is None:
+                raise ConnectionError("no connection")
+            conn.send(msg)
+        except ConnectionError:
+            p.cancelled = True  # the owner is gone: nobody reads the rest
+
+    # --- async generators (on the loop) -----------------------------------------------------
+
+    async def drive_async(self, call: Call, agen: Any) -> int:
+        """Run the async generator ``agen`` to its end, sending each item."""
+        if not isinstance(agen, AsyncIterator):
+            if isinstance(agen, Iterator):  # a sync generator from an async context
+                return await asyncio.get_running_loop().run_in_executor(
+                    None, self.drive_sync, call, agen
+                )
+            raise TypeError(_not_a_generator(call, agen))
+        p = self._open(call)
+        i = 0
+        try:
+            while True:
+                await self._wait_async(p, i)
+                try:
+                    value = await agen.__anext__()
+                except StopAsyncIteration:
+                    return i
+                except Exception as e:
+                    self._send(p, i, new_id(), encode_error(e, call.name))
+                    return i + 1
+                self._send(p, i, *self._encode(call, value))
+                i += 1
+        finally:
+            self._close(call)
+            await _aclose_quietly(agen)
+
+    async def _wait_async(self, p: Producer, i: int) -> None:
+        n = p.backpressure
+        while not p.cancelled and n and i - p.acked >= n:
+            p.waiter = asyncio.get_running_loop().create_future()
+            await p.waiter
+            p.waiter = None
+        if p.cancelled:
+            raise TaskCancelledError(f"streaming call {p.call.name} was cancelled")
+
+
+def _not_a_generator(call: Call, value: Any) -> str:
+    return (
+        f"{call.name} was called with num_returns='streaming' but returned "
+        f"{type(value).__name__}, not a generator; write it with `yield`"
+    )
+
+
+def _close_quietly(gen: Any) -> None:
+    close = getattr(gen, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            logger.debug("closing a generator failed", exc_info=True)
+
+
+async def _aclose_quietly(agen: Any) -> None:
+    aclose = getattr(agen, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            logger.debug("closing an async generator failed", exc_info=True)
