@@ -1,0 +1,104 @@
+"""The owner's stream core (issue 12) as a state machine: no sockets, no loop."""
+
+from __future__ import annotations
+
+from actorcore._owner import _streams as S
+
+SID = b"s" * 16
+
+
+def _core(bp: int = 0) -> S.StreamCore:
+    core = S.StreamCore()
+    assert core.handle([S.StreamOpened(SID, bp)]) == []
+    return core
+
+
+def _item(i: int, peer: object = "w1") -> S.ItemArrived:
+    return S.ItemArrived(SID, i, f"o{i}-{peer}".encode(), [0, b"x", None], peer)
+
+
+def _kinds(out: list) -> list[str]:
+    return [type(x).__name__ for x in out]
+
+
+def test_items_are_delivered_in_order_then_the_stream_ends():
+    core = _core()
+    out = core.handle([_item(0), _item(1), _item(2)])
+    assert _kinds(out) == ["DeliverItem"] * 3
+    assert [x.oid for x in out] == [b"o0-w1", b"o1-w1", b"o2-w1"]
+    out = core.handle([S.StreamEnded(SID, False)])
+    assert _kinds(out) == ["EndStream"] and not out[0].failed
+    assert SID not in core.streams
+
+
+def test_without_backpressure_no_acks_are_sent():
+    core = _core(0)
+    core.handle([_item(0), _item(1)])
+    assert core.handle([S.ItemsConsumed(SID, 1), S.ItemsConsumed(SID, 2)]) == []
+
+
+def test_acks_every_half_window_and_at_once_when_the_producer_may_wait():
+    core = _core(4)
+    core.handle([_item(0), _item(1)])
+    assert core.handle([S.ItemsConsumed(SID, 1)]) == []  # 1 < 4 // 2, producer not full
+    out = core.handle([S.ItemsConsumed(SID, 2)])
+    assert _kinds(out) == ["AckItems"] and out[0].consumed == 2 and out[0].peer == "w1"
+    core.handle([_item(2), _item(3), _item(4), _item(5)])  # 6 sent, 2 acked: full
+    out = core.handle([S.ItemsConsumed(SID, 3)])
+    assert _kinds(out) == ["AckItems"] and out[0].consumed == 3
+    core.validate()
+
+
+def test_consumed_never_goes_back():
+    core = _core(1)
+    core.handle([_item(0), _item(1)])
+    assert len(core.handle([S.ItemsConsumed(SID, 2)])) == 1
+    assert core.handle([S.ItemsConsumed(SID, 1)]) == []
+    core.validate()
+
+
+def test_a_retry_skips_what_was_delivered_and_is_told_the_progress():
+    core = _core(2)
+    core.handle([_item(0), _item(1), _item(2)])
+    core.handle([S.ItemsConsumed(SID, 1)])
+    # the first worker died; the retry starts again from item 0 on another connection
+    out = core.handle([_item(0, "w2")])
+    assert _kinds(out) == ["AckItems", "DropItem"]
+    assert out[0].peer == "w2" and out[0].consumed == 1
+    out = core.handle([_item(1, "w2"), _item(2, "w2"), _item(3, "w2")])
+    assert _kinds(out) == ["DropItem", "DropItem", "DeliverItem"]
+    assert out[2].oid == b"o3-w2"
+    core.validate()
+
+
+def test_dropping_the_generator_cancels_the_producer_and_drops_late_items():
+    core = _core(2)
+    core.handle([_item(0)])
+    out = core.handle([S.StreamDropped(SID)])
+    assert _kinds(out) == ["CancelProducer"]
+    assert _kinds(core.handle([_item(1)])) == ["DropItem"]
+    assert core.handle([S.StreamEnded(SID, True)]) == []  # nobody to tell
+    assert core.handle([S.StreamDropped(SID)]) == []
+
+
+def test_dropping_after_the_end_cancels_nothing():
+    core = _core()
+    core.handle([_item(0), S.StreamEnded(SID, False)])
+    assert core.handle([S.StreamDropped(SID)]) == []
+
+
+def test_a_failed_end_is_reported_as_failed():
+    core = _core()
+    out = core.handle([_item(0), S.StreamEnded(SID, True)])
+    assert _kinds(out) == ["DeliverItem", "EndStream"] and out[1].failed
+
+
+def test_items_of_an_unknown_stream_are_dropped():
+    core = S.StreamCore()
+    assert _kinds(core.handle([_item(0)])) == ["DropItem"]
+
+
+def test_a_gap_is_dropped_not_delivered_out_of_order():
+    core = _core()
+    out = core.handle([_item(1)])
+    assert _kinds(out) == ["DropItem"]

@@ -1,0 +1,302 @@
+"""Streaming generators (issue 12) with real processes: tasks and actor methods
+that ``yield``, called with ``num_returns="streaming"``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import actorcore as ac
+from actorcore import errors as E
+from actorcore.testing import wait_for
+
+
+def _stream(fn, *args, **opts):
+    return fn.options(num_returns="streaming", **opts).remote(*args)
+
+
+@ac.remote
+def count(n, payload=0):
+    for i in range(n):
+        yield i if not payload else np.full(payload, i, dtype=np.int64)
+
+
+@ac.remote
+def stamped(n):
+    for i in range(n):
+        yield (i, time.monotonic())
+
+
+@ac.remote
+def fails_at(n, k):
+    for i in range(n):
+        if i == k:
+            raise ValueError(f"bad item {i}")
+        yield i
+
+
+@ac.remote
+def forever(pause, marker=None):
+    try:
+        i = 0
+        while True:
+            yield i
+            i += 1
+            time.sleep(pause)
+    finally:
+        if marker:
+            with open(marker, "w") as f:
+                f.write("closed")
+
+
+@ac.remote
+def pid_then_wait(n):
+    yield os.getpid()
+    for i in range(1, n):
+        time.sleep(0.01)
+        yield i
+
+
+@ac.remote
+def dies_once(n, marker):
+    first = not os.path.exists(marker)
+    if first:
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+    for i in range(n):
+        if first and i == n // 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield i
+
+
+@ac.remote
+def sum_of_stream(n):
+    gen = count.options(num_returns="streaming").remote(n)
+    return sum(ac.get(r) for r in gen)
+
+
+@ac.remote
+class Source:
+    def __init__(self):
+        self.made = 0
+
+    def items(self, n):
+        for i in range(n):
+            self.made += 1
+            yield i * i
+
+    async def aitems(self, n):
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield {"i": i}
+
+    async def afails(self, k):
+        for i in range(k):
+            yield i
+        raise KeyError("async boom")
+
+    async def aforever(self):
+        i = 0
+        while True:
+            await asyncio.sleep(0.005)
+            yield i
+            i += 1
+
+
+# --- options ----------------------------------------------------------------------------
+
+
+def test_options_are_checked_at_the_call_site(runtime):
+    with pytest.raises(ValueError, match="streaming"):
+        count.options(num_returns="dynamic")
+    with pytest.raises(ValueError, match="only with num_returns='streaming'"):
+        count.options(generator_backpressure=3)
+    with pytest.raises(ValueError, match="int >= 1"):
+        count.options(num_returns="streaming", _generator_backpressure_num_objects="x")
+    src = Source.remote()
+    with pytest.raises(TypeError, match="unknown option"):
+        src.items.options(num_returns="streaming", bogus=1)
+
+
+# --- order, values, errors ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_items_arrive_in_order_and_the_end_counts_them(runtime):
+    gen = _stream(count, 200)
+    assert isinstance(gen, ac.ObjectRefGenerator)
+    assert [ac.get(r) for r in gen] == list(range(200))
+    assert ac.get(gen.completed()) == 200
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+@pytest.mark.timeout(60)
+def test_an_empty_generator_ends_at_once(runtime):
+    assert list(_stream(count, 0)) == []
+
+
+@pytest.mark.timeout(60)
+def test_an_error_arrives_at_its_item_then_iteration_stops(runtime):
+    refs = list(_stream(fails_at, 10, 3))
+    assert len(refs) == 4
+    assert ac.get(refs[:3]) == [0, 1, 2]
+    with pytest.raises(ValueError, match="bad item 3") as info:
+        ac.get(refs[3])
+    assert isinstance(info.value, E.TaskError)
+
+
+@pytest.mark.timeout(60)
+def test_a_function_that_does_not_yield_fails_clearly(runtime):
+    @ac.remote
+    def plain():
+        return 5
+
+    refs = list(_stream(plain))
+    assert len(refs) == 1
+    with pytest.raises(TypeError, match="not a generator"):
+        ac.get(refs[0])
+
+
+@pytest.mark.timeout(60)
+def test_large_items_go_through_the_store(runtime):
+    size = 300_000  # 2.4 MB each
+    got = [ac.get(r) for r in _stream(count, 5, size)]
+    assert [int(a[0]) for a in got] == [0, 1, 2, 3, 4]
+    assert all(a.shape == (size,) and int(a.sum()) == i * size for i, a in enumerate(got))
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_consumes_a_stream(runtime):
+    assert ac.get(sum_of_stream.remote(50), timeout=30) == sum(range(50))
+
+
+# --- back-pressure -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("option", ["generator_backpressure", "_generator_backpressure_num_objects"])
+def test_backpressure_bounds_how_far_the_producer_runs_ahead(runtime, option):
+    n, window = 30, 3
+    taken_at = []
+    made_at = []
+    for ref in _stream(stamped, n, **{option: window}):
+        i, t = ac.get(ref)
+        made_at.append(t)
+        taken_at.append(time.monotonic())
+        time.sleep(0.003)  # a slow consumer (workload, not synchronization)
+    assert len(made_at) == n
+    # item i is made only after the consumer took item i - window
+    for i in range(window, n):
+        assert made_at[i] > taken_at[i - window], (i, made_at[i], taken_at[i - window])
+
+
+@pytest.mark.timeout(60)
+def test_without_backpressure_the_producer_runs_ahead(runtime):
+    gen = _stream(stamped, 20)
+    first = ac.get(next(gen))
+    wait_for(lambda: gen.completed() in ac.wait([gen.completed()], timeout=0)[0], 20,
+             what="the producer to finish before the consumer read on")
+    rest = [ac.get(r) for r in gen]
+    assert first[0] == 0 and [x[0] for x in rest] == list(range(1, 20))
+
+
+# --- cancel, drop, killed workers ------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_cancel_stops_the_producer_and_ends_iteration(runtime, tmp_path):
+    marker = str(tmp_path / "closed")
+    gen = _stream(forever, 0.002, marker)
+    assert ac.get(next(gen)) == 0
+    ac.cancel(gen)
+    refs = list(gen)  # ends: never hangs
+    with pytest.raises(E.TaskCancelledError):
+        ac.get(refs[-1])
+    wait_for(lambda: os.path.exists(marker), 20, what="the generator to be closed")
+
+
+@pytest.mark.timeout(60)
+def test_dropping_the_generator_frees_items_and_stops_the_producer(runtime, tmp_path):
+    from actorcore import _global as G
+
+    marker = str(tmp_path / "closed")
+    gen = _stream(forever, 0.0, marker, generator_backpressure=4)
+    refs = [next(gen) for _ in range(3)]
+    oids = [r.id for r in refs]
+    del refs
+    rt = G.require()
+    del gen
+    wait_for(lambda: os.path.exists(marker), 20, what="the producer to stop")
+    wait_for(lambda: not any(o in rt.table.entries for o in oids), 20, what="the items freed")
+
+
+@pytest.mark.timeout(60)
+def test_dropping_frees_large_items_in_the_store(runtime):
+    from actorcore import _global as G
+
+    gen = _stream(count, 4, 200_000)
+    refs = list(gen)
+    oids = [r.id for r in refs]
+    assert int(ac.get(refs[3])[0]) == 3
+    del refs, gen
+    rt = G.require()
+    wait_for(lambda: not any(o in rt.table.entries for o in oids), 20, what="the items freed")
+
+
+@pytest.mark.timeout(90)
+def test_a_killed_worker_without_retries_ends_the_stream_with_an_error(runtime):
+    gen = _stream(pid_then_wait, 1000, max_retries=0, generator_backpressure=1)
+    pid = ac.get(next(gen))
+    os.kill(pid, signal.SIGKILL)
+    refs = list(gen)  # never hangs
+    with pytest.raises(E.WorkerCrashedError):
+        ac.get(refs[-1])
+    assert ac.get(refs[:-1]) == list(range(1, len(refs)))
+
+
+@pytest.mark.timeout(90)
+def test_a_killed_worker_with_retries_restarts_and_skips_what_was_seen(runtime, tmp_path):
+    marker = str(tmp_path / "first")
+    values = [ac.get(r) for r in _stream(dies_once, 20, marker, max_retries=2)]
+    assert values == list(range(20))
+    assert os.path.exists(marker)
+
+
+# --- actors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_actor_method_streams(runtime):
+    src = Source.remote()
+    gen = src.items.options(num_returns="streaming").remote(10)
+    assert [ac.get(r) for r in gen] == [i * i for i in range(10)]
+    empty = src.items.options(num_returns="streaming").remote(0)
+    assert ac.get(empty.completed()) == 0 and list(empty) == []
+
+
+@pytest.mark.timeout(60)
+async def test_async_generator_actor_method_from_an_asyncio_app(runtime):
+    src = Source.remote()
+    got = [await r async for r in src.aitems.options(num_returns="streaming").remote(20)]
+    assert got == [{"i": i} for i in range(20)]
+    gen = src.afails.options(num_returns="streaming").remote(2)
+    refs = [r async for r in gen]
+    assert [await r for r in refs[:2]] == [0, 1]
+    with pytest.raises(KeyError):
+        await refs[2]
+    gen = src.aforever.options(num_returns="streaming", generator_backpressure=2).remote()
+    assert await (await gen.__anext__()) == 0
+    ac.cancel(gen)
+    refs = [r async for r in gen]
+    with pytest.raises(E.TaskCancelledError):
+        await refs[-1]
+    with pytest.raises(E.BlockingCallError):
+        gen2 = src.aitems.options(num_returns="streaming").remote(1)
+        while True:
+            next(gen2)
