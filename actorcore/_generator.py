@@ -43,9 +43,9 @@ class StreamBuffer:
         self.waiters: collections.deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]
         self.waiters = collections.deque()
 
-    def push(self, ref: ObjectRef) -> None:
-        """An item arrived (runtime loop)."""
-        self.items.append(ref)
+    def push(self, refs: list[ObjectRef]) -> None:
+        """Items arrived (runtime loop)."""
+        self.items.extend(refs)
         self._wake()
 
     def end(self, failed: bool) -> None:

@@ -450,15 +450,15 @@ def _collect() -> dict[int, type]:
 
 @message(Tag.GENERATOR_ITEM)
 class GeneratorItemMsg(NamedTuple):
-    """Worker -> owner: item ``index`` of the stream ``stream_id`` (the call's end ref).
+    """Worker -> owner: items ``index``, ``index + 1``, ... of the stream ``stream_id``.
 
-    ``result`` is ``[kind, data, nested]`` like a task result, for object ``oid``.
+    The stream is named by the call's end ref. ``items`` holds ``[oid, result]``
+    each, ``result`` being ``[kind, data, nested]`` like a task result.
     """
 
     stream_id: bytes
     index: int
-    oid: bytes
-    result: list[Any]
+    items: list[Any]
 
 
 @message(Tag.ITEMS_ACK)

@@ -5,7 +5,15 @@ value is encoded like a task result (inline when small, through the store
 when large) under a fresh object id and sent to the owner as item ``index``
 (GENERATOR_ITEM) on the call's connection, before the call's reply, so the
 owner sees every item before the end. The call's own result is the number of
-items. An exception raised by the generator becomes the item at its position
+items.
+
+Items go out in batches: the first at once (time to first item), the next
+ones queued and flushed by the worker's loop, one message per batch (a
+producer faster than the wire fills batches instead of paying a frame and a
+syscall per item). A batch is also flushed when it is full, before the
+producer waits for acks, and at the end, before the reply. One small lock per
+producer orders the flushes of the loop and of the producer's thread; nothing
+is called under it but the connection's non-blocking ``send``. An exception raised by the generator becomes the item at its position
 (an error), and the stream ends there.
 
 Back-pressure: with ``backpressure=N`` the producer waits before making item
@@ -17,6 +25,7 @@ its next item; an async generator is also cancelled at its ``await``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -35,11 +44,24 @@ __all__ = ["Producer", "Producers"]
 
 logger = logging.getLogger(__name__)
 
+_BATCH = 256  # items per message at most
+
 
 class Producer:
     """One running streaming call on this worker."""
 
-    __slots__ = ("acked", "backpressure", "call", "cancelled", "event", "waiter")
+    __slots__ = (
+        "acked",
+        "backpressure",
+        "call",
+        "cancelled",
+        "event",
+        "flushed",
+        "lock",
+        "pending",
+        "scheduled",
+        "waiter",
+    )
 
     def __init__(self, call: Call, backpressure: int) -> None:
         self.call = call
@@ -48,6 +70,10 @@ class Producer:
         self.cancelled = False
         self.event = threading.Event()  # a sync producer waits on this
         self.waiter: asyncio.Future[None] | None = None  # an async producer on this
+        self.pending: collections.deque[list[Any]] = collections.deque()  # [oid, result]
+        self.flushed = 0  # items sent so far (the index of the first pending one)
+        self.scheduled = False  # a flush by the loop is due
+        self.lock = threading.Lock()
 
     def wake(self) -> None:
         """Something changed (an ack, a cancel); on the worker's loop."""
@@ -105,16 +131,19 @@ class Producers:
                 except TaskCancelledError:
                     raise
                 except Exception as e:
-                    self._send(p, i, new_id(), encode_error(e, call.name))
+                    self._emit(p, [new_id(), encode_error(e, call.name)])
                     return i + 1
-                self._send(p, i, *self._encode(call, value))
+                self._emit(p, self._encode(call, value))
                 i += 1
         finally:
+            self._flush(p)
             self._close(call)
             _close_quietly(gen)
 
     def _wait_sync(self, p: Producer, i: int) -> None:
         n = p.backpressure
+        if n and i - p.acked >= n:
+            self._flush(p)  # the owner must see what we made before it can ack it
         while not p.cancelled and n and i - p.acked >= n:
             p.event.clear()
             if p.cancelled or i - p.acked < n:
@@ -123,23 +152,45 @@ class Producers:
         if p.cancelled:
             raise TaskCancelledError(f"streaming call {p.call.name} was cancelled")
 
-    def _encode(self, call: Call, value: Any) -> tuple[bytes, list[Any]]:
+    def _encode(self, call: Call, value: Any) -> list[Any]:
         oid = new_id()
         results, waits = encode_results(self.rt, value, [oid], call.owner, call.name)
         for ev in waits or ():  # nested refs of other owners: rare; the registration is quick
             ev.wait(30.0)
-        return oid, results[0]
+        return [oid, results[0]]
 
-    def _send(self, p: Producer, i: int, oid: bytes, result: list[Any]) -> None:
+    def _emit(self, p: Producer, item: list[Any]) -> None:
+        """Queue one ``[oid, result]``; the first goes at once, the rest in batches."""
+        p.pending.append(item)
+        if p.flushed == 0 or len(p.pending) >= _BATCH:
+            self._flush(p)
+        elif not p.scheduled:
+            p.scheduled = True
+            self.rt.call_soon(self._flush_soon, p)
+
+    def _flush_soon(self, p: Producer) -> None:
+        p.scheduled = False  # before taking: an item queued from now on schedules again
+        self._flush(p)
+
+    def _flush(self, p: Producer) -> None:
+        """Send the queued items as one message (any thread)."""
         call = p.call
-        conn = call.peer.conn
-        msg = P.GeneratorItemMsg(call.return_ids[0], i, oid, result)
-        try:
-            if conn is None:
-                raise ConnectionError("no connection")
-            conn.send(msg)
-        except ConnectionError:
-            p.cancelled = True  # the owner is gone: nobody reads the rest
+        with p.lock:
+            pending = p.pending
+            if not pending:
+                return
+            items = []
+            while pending:
+                items.append(pending.popleft())
+            index = p.flushed
+            p.flushed += len(items)
+            conn = call.peer.conn
+            try:
+                if conn is None:
+                    raise ConnectionError("no connection")
+                conn.send(P.GeneratorItemMsg(call.return_ids[0], index, items))
+            except ConnectionError:
+                p.cancelled = True  # the owner is gone: nobody reads the rest
 
     # --- async generators (on the loop) -----------------------------------------------------
 
@@ -161,16 +212,19 @@ class Producers:
                 except StopAsyncIteration:
                     return i
                 except Exception as e:
-                    self._send(p, i, new_id(), encode_error(e, call.name))
+                    self._emit(p, [new_id(), encode_error(e, call.name)])
                     return i + 1
-                self._send(p, i, *self._encode(call, value))
+                self._emit(p, self._encode(call, value))
                 i += 1
         finally:
+            self._flush(p)
             self._close(call)
             await _aclose_quietly(agen)
 
     async def _wait_async(self, p: Producer, i: int) -> None:
         n = p.backpressure
+        if n and i - p.acked >= n:
+            self._flush(p)
         while not p.cancelled and n and i - p.acked >= n:
             p.waiter = asyncio.get_running_loop().create_future()
             await p.waiter

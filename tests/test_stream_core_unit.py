@@ -13,8 +13,9 @@ def _core(bp: int = 0) -> S.StreamCore:
     return core
 
 
-def _item(i: int, peer: object = "w1") -> S.ItemArrived:
-    return S.ItemArrived(SID, i, f"o{i}-{peer}".encode(), [0, b"x", None], peer)
+def _item(i: int, peer: object = "w1", n: int = 1) -> S.ItemsArrived:
+    items = [[f"o{j}-{peer}".encode(), [0, b"x", None]] for j in range(i, i + n)]
+    return S.ItemsArrived(SID, i, items, peer)
 
 
 def _kinds(out: list) -> list[str]:
@@ -24,8 +25,8 @@ def _kinds(out: list) -> list[str]:
 def test_items_are_delivered_in_order_then_the_stream_ends():
     core = _core()
     out = core.handle([_item(0), _item(1), _item(2)])
-    assert _kinds(out) == ["DeliverItem"] * 3
-    assert [x.oid for x in out] == [b"o0-w1", b"o1-w1", b"o2-w1"]
+    assert _kinds(out) == ["DeliverItems"] * 3
+    assert [x.items[0][0] for x in out] == [b"o0-w1", b"o1-w1", b"o2-w1"]
     out = core.handle([S.StreamEnded(SID, False)])
     assert _kinds(out) == ["EndStream"] and not out[0].failed
     assert SID not in core.streams
@@ -63,11 +64,11 @@ def test_a_retry_skips_what_was_delivered_and_is_told_the_progress():
     core.handle([S.ItemsConsumed(SID, 1)])
     # the first worker died; the retry starts again from item 0 on another connection
     out = core.handle([_item(0, "w2")])
-    assert _kinds(out) == ["AckItems", "DropItem"]
+    assert _kinds(out) == ["AckItems", "DropItems"]
     assert out[0].peer == "w2" and out[0].consumed == 1
     out = core.handle([_item(1, "w2"), _item(2, "w2"), _item(3, "w2")])
-    assert _kinds(out) == ["DropItem", "DropItem", "DeliverItem"]
-    assert out[2].oid == b"o3-w2"
+    assert _kinds(out) == ["DropItems", "DropItems", "DeliverItems"]
+    assert out[2].items[0][0] == b"o3-w2"
     core.validate()
 
 
@@ -76,7 +77,7 @@ def test_dropping_the_generator_cancels_the_producer_and_drops_late_items():
     core.handle([_item(0)])
     out = core.handle([S.StreamDropped(SID)])
     assert _kinds(out) == ["CancelProducer"]
-    assert _kinds(core.handle([_item(1)])) == ["DropItem"]
+    assert _kinds(core.handle([_item(1)])) == ["DropItems"]
     assert core.handle([S.StreamEnded(SID, True)]) == []  # nobody to tell
     assert core.handle([S.StreamDropped(SID)]) == []
 
@@ -90,15 +91,25 @@ def test_dropping_after_the_end_cancels_nothing():
 def test_a_failed_end_is_reported_as_failed():
     core = _core()
     out = core.handle([_item(0), S.StreamEnded(SID, True)])
-    assert _kinds(out) == ["DeliverItem", "EndStream"] and out[1].failed
+    assert _kinds(out) == ["DeliverItems", "EndStream"] and out[1].failed
 
 
 def test_items_of_an_unknown_stream_are_dropped():
     core = S.StreamCore()
-    assert _kinds(core.handle([_item(0)])) == ["DropItem"]
+    assert _kinds(core.handle([_item(0)])) == ["DropItems"]
 
 
 def test_a_gap_is_dropped_not_delivered_out_of_order():
     core = _core()
     out = core.handle([_item(1)])
-    assert _kinds(out) == ["DropItem"]
+    assert _kinds(out) == ["DropItems"]
+
+
+def test_a_batch_overlapping_what_was_delivered_is_split():
+    core = _core()
+    core.handle([_item(0, n=3)])
+    out = core.handle([_item(0, "w2", n=5)])  # a retry sends 0..4 in one batch
+    assert _kinds(out) == ["DropItems", "DeliverItems"]
+    assert [o for o, _r in out[0].items] == [b"o0-w2", b"o1-w2", b"o2-w2"]
+    assert [o for o, _r in out[1].items] == [b"o3-w2", b"o4-w2"]
+    assert core.streams[SID].delivered == 5

@@ -37,8 +37,8 @@ class GeneratorStreams:
         self.inbox = Inbox(rt, self._process)
         self.buffers: dict[bytes, StreamBuffer] = {}
         self._run: dict[type, Callable[[Any], None]] = {
-            S.DeliverItem: self._deliver,
-            S.DropItem: self._drop,
+            S.DeliverItems: self._deliver,
+            S.DropItems: self._drop,
             S.AckItems: self._ack,
             S.EndStream: self._end,
             S.CancelProducer: self._cancel,
@@ -80,7 +80,7 @@ class GeneratorStreams:
         self.post(S.StreamEnded(e.oid, e.state == FAILED))
 
     def item(self, peer: Any, msg: P.GeneratorItemMsg) -> None:
-        self.post(S.ItemArrived(msg.stream_id, msg.index, msg.oid, msg.result, peer))
+        self.post(S.ItemsArrived(msg.stream_id, msg.index, msg.items, peer))
 
     def consumed(self, stream_id: bytes, n: int) -> None:
         self.post(S.ItemsConsumed(stream_id, n))
@@ -90,24 +90,26 @@ class GeneratorStreams:
 
     # --- instructions -----------------------------------------------------------------------------
 
-    def _deliver(self, ins: S.DeliverItem) -> None:
+    def _deliver(self, ins: S.DeliverItems) -> None:
         rt = self.rt
-        kind, data, nested = ins.result
+        address = rt.address
+        create, adopt = rt.table.create_owned, rt.adopt_result
         wakes: list[Any] = []
         with rt.lock:
-            rt.table.create_owned(ins.oid, rt.address).local = 1
-            rt.adopt_result(ins.oid, kind, data, nested, wakes)
+            for oid, (kind, data, nested) in ins.items:
+                create(oid, address).local = 1
+                adopt(oid, kind, data, nested, wakes)
         for waiters, e in wakes:
             wake(waiters, e)
-        ref = ObjectRef(ins.oid, rt.address, _counted=True)
+        refs = [ObjectRef(oid, address, _counted=True) for oid, _result in ins.items]
         buf = self.buffers.get(ins.stream_id)
-        if buf is not None:
-            buf.push(ref)
+        if buf is not None:  # else the refs die here, which frees their objects
+            buf.push(refs)
 
-    def _drop(self, ins: S.DropItem) -> None:
-        kind, data, nested = ins.result
+    def _drop(self, ins: S.DropItems) -> None:
         with self.rt.lock:
-            self.rt.adopt_result(ins.oid, kind, data, nested)  # no entry: freed at once
+            for oid, (kind, data, nested) in ins.items:
+                self.rt.adopt_result(oid, kind, data, nested)  # no entry: freed at once
 
     def _ack(self, ins: S.AckItems) -> None:
         try:

@@ -11,7 +11,7 @@ that a paused worker always hears of progress: when half of N was consumed
 since the last ack, or at once when the worker may be paused.
 
 A retried attempt (its worker died, or an actor restarted) starts again from
-item 0: the items already delivered are dropped (``DropItem``), and the new
+item 0: the items already delivered are dropped (``DropItems``), and the new
 producer is told at once how far the consumer got. A stream whose generator
 was dropped by the consumer cancels its producer and drops what still comes.
 
@@ -29,10 +29,10 @@ from typing import Any
 __all__ = [
     "AckItems",
     "CancelProducer",
-    "DeliverItem",
-    "DropItem",
+    "DeliverItems",
+    "DropItems",
     "EndStream",
-    "ItemArrived",
+    "ItemsArrived",
     "ItemsConsumed",
     "StreamCore",
     "StreamDropped",
@@ -55,13 +55,12 @@ class StreamOpened:
 
 
 @dataclass(slots=True)
-class ItemArrived:
-    """The worker behind ``peer`` sent item ``index`` (object ``oid``, ``[kind, data, nested]``)."""
+class ItemsArrived:
+    """The worker behind ``peer`` sent items ``index``... as ``[oid, [kind, data, nested]]``."""
 
     stream_id: bytes
     index: int
-    oid: bytes
-    result: list[Any]
+    items: list[Any]
     peer: Any
 
 
@@ -92,20 +91,18 @@ class StreamDropped:
 
 
 @dataclass(slots=True)
-class DeliverItem:
-    """Make ``oid`` an owned object with ``result`` and queue its ref for the consumer."""
+class DeliverItems:
+    """Make each ``[oid, result]`` an owned object and queue its ref for the consumer."""
 
     stream_id: bytes
-    oid: bytes
-    result: list[Any]
+    items: list[Any]
 
 
 @dataclass(slots=True)
-class DropItem:
-    """Nobody will read this item (a duplicate of a retry, or a dropped stream): free it."""
+class DropItems:
+    """Nobody will read these items (duplicates of a retry, or a dropped stream): free them."""
 
-    oid: bytes
-    result: list[Any]
+    items: list[Any]
 
 
 @dataclass(slots=True)
@@ -158,7 +155,7 @@ class StreamCore:
         self._out: list[Any] = []
         self._handlers: dict[type, Callable[[Any], None]] = {
             StreamOpened: self._on_opened,
-            ItemArrived: self._on_item,
+            ItemsArrived: self._on_items,
             ItemsConsumed: self._on_consumed,
             StreamEnded: self._on_ended,
             StreamDropped: self._on_dropped,
@@ -176,27 +173,31 @@ class StreamCore:
     def _on_opened(self, ev: StreamOpened) -> None:
         self.streams[ev.stream_id] = StreamState(max(0, ev.backpressure))
 
-    def _on_item(self, ev: ItemArrived) -> None:
+    def _on_items(self, ev: ItemsArrived) -> None:
         st = self.streams.get(ev.stream_id)
+        items = ev.items
         if st is None:
-            self._out.append(DropItem(ev.oid, ev.result))
+            self._out.append(DropItems(items))
             return
         if ev.peer is not st.peer:  # a new attempt: tell it at once how far we are
             st.peer = ev.peer
             st.sent = 0
             if st.backpressure and st.consumed:
                 self._ack(st, ev.stream_id)
-        st.sent = ev.index + 1
-        if ev.index < st.delivered:
-            self._out.append(DropItem(ev.oid, ev.result))
-        elif ev.index == st.delivered:
-            st.delivered += 1
-            self._out.append(DeliverItem(ev.stream_id, ev.oid, ev.result))
-        else:  # a gap cannot happen on one ordered connection
+        st.sent = ev.index + len(items)
+        seen = st.delivered - ev.index  # how many of these were delivered already
+        if seen > 0:
+            self._out.append(DropItems(items[:seen]))
+            items = items[seen:]
+        elif seen < 0:  # a gap cannot happen on one ordered connection
             logger.warning(
                 "stream %s: item %d came before %d", ev.stream_id.hex(), ev.index, st.delivered
             )
-            self._out.append(DropItem(ev.oid, ev.result))
+            self._out.append(DropItems(items))
+            return
+        if items:
+            st.delivered += len(items)
+            self._out.append(DeliverItems(ev.stream_id, items))
 
     def _on_consumed(self, ev: ItemsConsumed) -> None:
         st = self.streams.get(ev.stream_id)
