@@ -62,6 +62,8 @@ class PullConfig:
     Attributes:
         chunk_bytes: bytes asked of a holder in one request.
         pull_window: bytes in flight at once for one pull.
+        holder_window: bytes in flight at once from one holder node (so that
+            the chunks of a pull spread over its holders).
         node_window: bytes in flight at once for all pulls of this node (the
             receiver budget).
         open_fanout: holders of one object asked (and used) at once.
@@ -71,6 +73,7 @@ class PullConfig:
 
     chunk_bytes: int = 8 * MiB
     pull_window: int = 64 * MiB
+    holder_window: int = 32 * MiB
     node_window: int = 256 * MiB
     open_fanout: int = 3
     stall_timeout_s: float = 10.0
@@ -78,8 +81,8 @@ class PullConfig:
     def __post_init__(self) -> None:
         if self.chunk_bytes <= 0:
             raise ValueError("chunk_bytes must be > 0")
-        if not self.chunk_bytes <= self.pull_window <= self.node_window:
-            raise ValueError("need chunk_bytes <= pull_window <= node_window")
+        if not self.chunk_bytes <= self.holder_window <= self.pull_window <= self.node_window:
+            raise ValueError("need chunk_bytes <= holder_window <= pull_window <= node_window")
         if self.open_fanout < 1:
             raise ValueError("open_fanout must be >= 1")
         if self.stall_timeout_s <= 0:
@@ -410,19 +413,22 @@ class PullState:
                     return out
                 if p.inflight_bytes + length > cfg.pull_window:
                     continue
-                h = self._least_loaded(p)
+                h = self._least_loaded(p, length)
                 if h is None:
                     continue
                 out.append(self._request_chunk(p, h, length, now))
                 progress = True
         return out
 
-    def _least_loaded(self, p: _Pull) -> Holder | None:
+    def _least_loaded(self, p: _Pull, length: int) -> Holder | None:
+        """The open holder with the fewest bytes in flight that has room for ``length``."""
         best: Holder | None = None
         best_load = -1
         for h, phase in p.holders.items():
             if phase is HolderPhase.OPEN:
                 load = self.nodes[h].inflight_bytes
+                if load + length > self.config.holder_window:
+                    continue
                 if best is None or load < best_load:
                     best, best_load = h, load
         return best
@@ -538,6 +544,7 @@ class PullState:
             per_node[h] = per_node.get(h, 0) + length
         for h, node in self.nodes.items():
             assert node.inflight_bytes == per_node.get(h, 0), h
+            assert node.inflight_bytes <= self.config.holder_window
             assert node.outstanding >= 0
         assert self.inflight_bytes == sum(per_node.values())
         assert self.inflight_bytes <= self.config.node_window

@@ -82,6 +82,7 @@ class SendChunk:
 class RefuseRead:
     peer: Peer
     rid: int
+    oid: bytes
     reason: str
 
 
@@ -107,7 +108,7 @@ class ServeState:
     def _on_asked(self, ev: ReadAskedEvent) -> list[Any]:
         if not 0 < ev.length <= self.config.max_read_bytes:
             why = f"a chunk must be 1 to {self.config.max_read_bytes} bytes, not {ev.length}"
-            return [RefuseRead(ev.peer, ev.rid, why)]
+            return [RefuseRead(ev.peer, ev.rid, ev.oid, why)]
         q = self.queues.get(ev.peer)
         if q is None:
             q = self.queues[ev.peer] = deque()

@@ -44,6 +44,7 @@ class Machine:
     def __init__(self, **cfg) -> None:
         cfg.setdefault("chunk_bytes", 1 * MiB)
         cfg.setdefault("pull_window", 4 * MiB)
+        cfg.setdefault("holder_window", cfg["pull_window"])
         cfg.setdefault("node_window", 8 * MiB)
         cfg.setdefault("stall_timeout_s", 5.0)
         self.s = PullState(PullConfig(**cfg))
@@ -120,6 +121,8 @@ def test_bad_config_is_refused():
     with pytest.raises(ValueError):
         PullConfig(pull_window=512 * MiB, node_window=256 * MiB)
     with pytest.raises(ValueError):
+        PullConfig(holder_window=128 * MiB, pull_window=64 * MiB)
+    with pytest.raises(ValueError):
         ServeConfig(window_bytes=MiB, max_read_bytes=2 * MiB)
 
 
@@ -141,7 +144,7 @@ def test_node_window_is_shared_by_all_pulls_round_robin():
     o1, o2 = b"1" * 16, b"2" * 16
     f1 = m.start(o1, size=10 * MiB)
     assert len(f1) == 4
-    f2 = m.start(o2, size=10 * MiB)
+    f2 = m.start(o2, holders=(B,), size=10 * MiB)
     assert len(f2) == 1  # only one MiB of the node's window was left
     assert m.s.inflight_bytes == 5 * MiB
     # as chunks of o1 land, the freed budget alternates between the pulls
@@ -201,6 +204,18 @@ def test_several_holders_are_used_at_once():
     rest = drain(m, first[1:] + fetches(out))
     assert isinstance(rest[0], Complete)
     assert set(rest[1:]) == {ReleaseAt(OID, A), ReleaseAt(OID, B)}
+
+
+def test_holder_window_leaves_work_for_a_holder_that_answers_later():
+    m = Machine(chunk_bytes=MiB, holder_window=2 * MiB, pull_window=8 * MiB)
+    m(PullEvent(OID, (A, B), "w", b"owner", 0.0))
+    m(OpenedEvent(OID, A, 16 * MiB, b"meta", 0.0))
+    first = fetches(m(AllocatedEvent(OID, 0.0)))
+    assert [f.holder for f in first] == [A, A]  # A's window is full, the pull's is not
+    later = fetches(m(OpenedEvent(OID, B, 16 * MiB, b"meta", 0.0)))
+    assert [f.holder for f in later] == [B, B]
+    rest = drain(m, first + later)
+    assert isinstance(rest[0], Complete)
 
 
 def test_open_fanout_limits_holders_asked():

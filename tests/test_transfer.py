@@ -1,0 +1,251 @@
+"""Node-to-node object pulls between real node daemons on this machine (over TCP).
+
+Each node is its own daemon process with its own arena and session, as if on
+another machine. The test process writes objects into a node's store as a
+client of that node (what a driver's ``put`` does) and reads them back from
+another node's store after a pull.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+
+import numpy as np
+import pytest
+from actorcore.store._session import sweep_stale
+
+from actorcore import _protocol as P
+from actorcore._config import Config
+from actorcore._driver import spawn_daemon
+from actorcore._ids import new_id
+from actorcore._rpc import error_from_reply, next_rid
+from actorcore._serialization import serialize
+from actorcore._store_client import StoreClient
+from actorcore._sync_client import SyncClient
+from actorcore.errors import ObjectLostError
+from actorcore.testing import kill_pid, wait_for
+
+MiB = 1 << 20
+TOKEN = os.urandom(32)
+
+
+class Node:
+    """One node daemon and a store client attached to it."""
+
+    def __init__(self, **cfg) -> None:
+        cfg.setdefault("num_cpus", 1)
+        cfg.setdefault("prestart_workers", 0)
+        cfg.setdefault("object_store_memory", 512 * MiB)
+        self.proc, self.info = spawn_daemon(Config.from_env(**cfg), TOKEN, os.getpid())
+        self.id = new_id()
+        self.clients: list[SyncClient] = []
+        self.store = StoreClient(
+            self.info["arena_path"], self.info["capacity"], self._client(), self.id
+        )
+        self.ctl = self._client()  # one request at a time per client: stats on its own
+        self.puller = self._client()
+        self.transfer_address = self.stats()["address"]
+
+    def _client(self) -> SyncClient:
+        c = SyncClient(
+            tuple(self.info["address"]),
+            token=TOKEN,
+            role="driver",
+            my_id=self.id,
+            max_header_bytes=1 << 20,
+            max_frame_bytes=1 << 30,
+            timeout=60.0,
+        )
+        self.clients.append(c)
+        return c
+
+    def call(self, msg, client: SyncClient | None = None):
+        reply = (client or self.ctl).call(msg)
+        if reply.TAG == P.Tag.ERROR_REPLY:
+            raise error_from_reply(reply)
+        return reply.value
+
+    def put(self, oid: bytes, value) -> int:
+        return self.store.put(oid, serialize(value), self.id)
+
+    def pull(self, oid: bytes, holders: list) -> int:
+        msg = P.PullObjectMsg(next_rid(), oid, [list(h.transfer_address) for h in holders], self.id)
+        return self.call(msg, self.puller)
+
+    def stats(self) -> dict:
+        return self.call(P.TransferStatsMsg(next_rid()))
+
+    def objects(self) -> list:
+        return self.call(P.ListStateMsg(next_rid(), "objects"))
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.store.arena.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc.stdout.close()
+
+    def kill(self) -> None:
+        kill_pid(self.proc.pid)
+        self.proc.wait(5)
+        sweep_stale(self.info["arena_path"].rsplit("/", 2)[0], tempfile.gettempdir())
+
+
+@pytest.fixture
+def nodes():
+    started: list[Node] = []
+
+    def start(n: int = 1, **cfg) -> list[Node]:
+        for _ in range(n):
+            started.append(Node(**cfg))
+        return started[-n:]
+
+    try:
+        yield start
+    finally:
+        for node in started:
+            node.stop()
+
+
+def _array(nbytes: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, nbytes, dtype=np.uint8)
+
+
+@pytest.mark.timeout(120)
+def test_pull_a_large_array_between_two_nodes(nodes):
+    a, b = nodes(2)
+    arr = _array(64 * MiB + 12345)
+    oid = new_id()
+    size = a.put(oid, arr)
+    assert b.pull(oid, [a]) == size
+    got, _ = b.store.get(oid)
+    assert np.array_equal(got, arr)
+    del got
+    # the copy on B is a real copy: B's store holds it, in B's own arena
+    assert any(o["object_id"] == oid.hex() and o["state"] == "sealed" for o in b.objects())
+    assert a.info["arena_path"] != b.info["arena_path"]
+    st = b.stats()
+    assert st["pulls_done"] == 1 and st["bytes_received"] == size
+    assert st["inflight_bytes"] == 0
+    # a second request finds the local copy: nothing moves
+    assert b.pull(oid, [a]) == size
+    assert b.stats()["bytes_received"] == size
+    # the holder unpinned it once the pull ended
+    wait_for(lambda: a.stats()["serving_bytes"] == 0, 10)
+    assert all(o["pins"] == 0 for o in a.objects())
+
+
+@pytest.mark.timeout(120)
+def test_pull_from_two_holders_uses_both(nodes):
+    # paced holders (50 MB/s each), so that both have answered before one could do it all
+    a1, a2 = nodes(2, transfer_chunk_bytes=1 * MiB, transfer_serve_rate=50e6)
+    (b,) = nodes(1, transfer_chunk_bytes=1 * MiB)
+    arr = _array(48 * MiB, seed=2)
+    oid = new_id()
+    a1.put(oid, arr)
+    a2.put(oid, arr)
+    b.pull(oid, [a1, a2])
+    got, _ = b.store.get(oid)
+    assert np.array_equal(got, arr)
+    sources = b.stats()["received_from"]
+    assert len(sources) == 2 and all(v > 0 for v in sources.values()), sources
+
+
+@pytest.mark.timeout(120)
+def test_holder_killed_mid_pull_resumes_from_the_other(nodes):
+    # Slow holders (16 MB/s each) so the kill lands mid-pull.
+    a1, a2 = nodes(2, transfer_chunk_bytes=1 * MiB, transfer_serve_rate=16e6)
+    (b,) = nodes(1, transfer_chunk_bytes=1 * MiB)
+    arr = _array(40 * MiB, seed=3)
+    oid = new_id()
+    a1.put(oid, arr)
+    a2.put(oid, arr)
+    key1 = "{}:{}".format(*a1.transfer_address)
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(_try(lambda: b.pull(oid, [a1, a2]))))
+    t.start()
+    try:
+        wait_for(lambda: b.stats()["received_from"].get(key1, 0) >= 2 * MiB, 30, what="a1 sends")
+        a1.kill()
+    finally:
+        t.join(60)
+    assert done and not isinstance(done[0], BaseException), done
+    got, _ = b.store.get(oid)
+    assert np.array_equal(got, arr)
+    st = b.stats()
+    assert st["received_from"][key1] < 40 * MiB
+
+
+@pytest.mark.timeout(120)
+def test_only_holder_killed_mid_pull_fails_clearly(nodes):
+    (a,) = nodes(1, transfer_chunk_bytes=1 * MiB, transfer_serve_rate=16e6)
+    (b,) = nodes(1, transfer_chunk_bytes=1 * MiB)
+    oid = new_id()
+    a.put(oid, _array(40 * MiB, seed=4))
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(_try(lambda: b.pull(oid, [a]))))
+    t.start()
+    try:
+        wait_for(lambda: b.stats()["bytes_received"] >= 2 * MiB, 30, what="a sends")
+        a.kill()
+    finally:
+        t.join(60)
+    assert done and isinstance(done[0], ObjectLostError), done
+    assert "could not be fetched" in str(done[0]) and oid.hex() in str(done[0])
+    # the half-written copy is gone from B's store and B goes on serving pulls
+    assert not b.objects()
+    assert b.stats()["pulls_failed"] == 1
+
+
+@pytest.mark.timeout(120)
+def test_holder_that_stops_answering_is_dropped(nodes):
+    a1, a2 = nodes(2, transfer_chunk_bytes=1 * MiB, transfer_serve_rate=16e6)
+    (b,) = nodes(1, transfer_chunk_bytes=1 * MiB, transfer_timeout_s=1.0)
+    arr = _array(24 * MiB, seed=5)
+    oid = new_id()
+    a1.put(oid, arr)
+    a2.put(oid, arr)
+    key1 = "{}:{}".format(*a1.transfer_address)
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(_try(lambda: b.pull(oid, [a1, a2]))))
+    t.start()
+    os_stopped = False
+    try:
+        wait_for(lambda: b.stats()["received_from"].get(key1, 0) >= MiB, 30, what="a1 sends")
+        os.kill(a1.proc.pid, signal.SIGSTOP)
+        os_stopped = True
+        t.join(60)
+    finally:
+        if os_stopped:
+            os.kill(a1.proc.pid, signal.SIGCONT)
+        t.join(60)
+    assert done and not isinstance(done[0], BaseException), done
+    got, _ = b.store.get(oid)
+    assert np.array_equal(got, arr)
+
+
+@pytest.mark.timeout(60)
+def test_pull_of_an_object_nobody_has_fails_at_once(nodes):
+    a, b = nodes(2)
+    with pytest.raises(ObjectLostError, match="no copy"):
+        b.pull(new_id(), [a])
+    with pytest.raises(ObjectLostError, match="no node holds a copy"):
+        b.pull(new_id(), [])
+    assert not b.objects()
+
+
+def _try(fn):
+    try:
+        return fn()
+    except BaseException as e:
+        return e
