@@ -410,6 +410,7 @@ class NodeDaemon(NodeActorsMixin, Service):
             return {
                 "node_id": self.node_id.hex(),
                 "address": list(self.address),
+                "transfer_address": list(self.transfer.address),
                 "pid": os.getpid(),
                 "session": self.dirs.session,
                 "uptime_s": time.time() - self.started_at,

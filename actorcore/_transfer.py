@@ -38,7 +38,7 @@ from actorcore.store._state import ObjectState
 from . import _protocol as P
 from ._transfer_link import PullLink
 from ._transfer_serve import DataListener, ServeConnection
-from .errors import ObjectLostError
+from .errors import ObjectLostError, ObjectStoreFullError
 
 if TYPE_CHECKING:
     from ._store_service import StoreService
@@ -207,6 +207,7 @@ class TransferService:
 
         Raises (through the future):
             ObjectLostError: no holder could provide it (the reason names each).
+            ObjectStoreFullError: this node's store has no room for it.
         """
         assert self.loop is not None, "start() first"
         fut: asyncio.Future[int] = self.loop.create_future()
@@ -344,9 +345,10 @@ class TransferService:
             self.store.abort(ins.oid)
         self.stats.pulls_failed += 1
         logger.warning("%s", ins.reason)
+        kind = ObjectStoreFullError if ins.no_room else ObjectLostError
         for fut in ins.waiters:
             if not fut.done():
-                fut.set_exception(ObjectLostError(ins.reason))
+                fut.set_exception(kind(ins.reason))
 
     # --- serving ------------------------------------------------------------------------
 

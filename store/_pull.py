@@ -233,12 +233,16 @@ class Complete:
 
 @dataclass(frozen=True, slots=True)
 class Fail:
-    """The pull failed: abort the local range (if ``allocated``) and fail ``waiters``."""
+    """The pull failed: abort the local range (if ``allocated``) and fail ``waiters``.
+
+    ``no_room``: it failed because the local store had no room (not a lost object).
+    """
 
     oid: bytes
     reason: str
     waiters: tuple[Any, ...]
     allocated: bool
+    no_room: bool = False
 
 
 # --- state -------------------------------------------------------------------------------
@@ -391,7 +395,7 @@ class PullState:
 
     def _on_allocation_failed(self, ev: AllocationFailedEvent) -> list[Any]:
         p = self.pulls[ev.oid]
-        return self._fail(p, f"no room in this node's object store: {ev.reason}")
+        return self._fail(p, f"no room in this node's object store: {ev.reason}", no_room=True)
 
     # --- chunks --------------------------------------------------------------------------
 
@@ -503,14 +507,14 @@ class PullState:
         out: list[Any] = [Complete(p.oid, p.size, p.meta, tuple(p.waiters))]
         return out + [ReleaseAt(p.oid, h) for h, ph in p.holders.items() if ph is HolderPhase.OPEN]
 
-    def _fail(self, p: _Pull, why: str = "") -> list[Any]:
+    def _fail(self, p: _Pull, why: str = "", no_room: bool = False) -> list[Any]:
         assert not p.inflight, "a pull fails only when no holder has a chunk in flight"
         self._forget(p)
         if not why:
             reasons = "; ".join(f"{h}: {r}" for h, r in p.dropped.items())
             why = f"every node holding it failed ({reasons})" if reasons else "no node holds a copy"
         reason = f"object {p.oid.hex()} could not be fetched: {why}"
-        out: list[Any] = [Fail(p.oid, reason, tuple(p.waiters), p.allocated)]
+        out: list[Any] = [Fail(p.oid, reason, tuple(p.waiters), p.allocated, no_room)]
         return out + [ReleaseAt(p.oid, h) for h, ph in p.holders.items() if ph is HolderPhase.OPEN]
 
     def _forget(self, p: _Pull) -> None:

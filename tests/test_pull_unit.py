@@ -324,6 +324,7 @@ def test_allocation_failure_fails_and_unpins():
     m(OpenedEvent(OID, A, 2 * MiB, b"meta", 0.0))
     out = m(AllocationFailedEvent(OID, "store full", 0.0))
     assert isinstance(out[0], Fail) and not out[0].allocated and "store full" in out[0].reason
+    assert out[0].no_room
     assert out[1:] == [ReleaseAt(OID, A)]
 
 
