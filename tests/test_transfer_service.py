@@ -132,7 +132,7 @@ async def test_unreachable_holder_fails_with_the_reason(tmp_path):
     s.bind(("127.0.0.1", 0))
     dead = s.getsockname()  # bound, not listening: connections are refused
     async with Side(tmp_path, "b") as b:
-        with pytest.raises(ObjectLostError, match="could not be fetched.*(refused|Connect)"):
+        with pytest.raises(ObjectLostError, match=r"could not be fetched.*(refused|Connect)"):
             await b.svc.pull(new_id(), [dead])
     s.close()
 
