@@ -42,39 +42,44 @@ TOKEN = os.urandom(32)
 # --- the floor ----------------------------------------------------------------------------
 
 
-def _floor_sender(port: int, nbytes: int, rounds: int) -> None:
+def _floor_sender(port: int, nbytes: int) -> None:
     s = socket.create_connection(("127.0.0.1", port))
     data = bytearray(os.urandom(MiB)) * (nbytes // MiB)
-    for _ in range(rounds):
-        s.recv(1)
+    while s.recv(1):
         s.sendall(data)
     s.close()
 
 
-def floor(nbytes: int, rounds: int) -> list[float]:
-    """GB/s of one loopback TCP stream into a preallocated, touched buffer."""
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(1)
-    proc = mp.get_context("spawn").Process(
-        target=_floor_sender, args=(ls.getsockname()[1], nbytes, rounds)
-    )
-    proc.start()
-    conn, _ = ls.accept()
-    buf = bytearray(nbytes)  # bytearray(n) is zero-filled: its pages are touched
-    mv = memoryview(buf)
-    out = []
-    for _ in range(rounds):
+class Floor:
+    """One loopback TCP stream: ``sendall`` in one process into ``recv_into`` a
+    preallocated, already touched buffer in another. One round per call."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self._ls = socket.socket()
+        self._ls.bind(("127.0.0.1", 0))
+        self._ls.listen(1)
+        self._proc = mp.get_context("spawn").Process(
+            target=_floor_sender, args=(self._ls.getsockname()[1], nbytes)
+        )
+        self._proc.start()
+        self._conn, _ = self._ls.accept()
+        self._buf = memoryview(bytearray(nbytes))  # zero-filled: its pages are touched
+
+    def round(self) -> float:
+        """GB/s of one transfer of ``nbytes``."""
+        mv, n = self._buf, self.nbytes
         t = time.perf_counter()
-        conn.send(b"x")
+        self._conn.send(b"x")
         got = 0
-        while got < nbytes:
-            got += conn.recv_into(mv[got:])
-        out.append(nbytes / (time.perf_counter() - t) / 1e9)
-    proc.join()
-    conn.close()
-    ls.close()
-    return out
+        while got < n:
+            got += self._conn.recv_into(mv[got:])
+        return n / (time.perf_counter() - t) / 1e9
+
+    def close(self) -> None:
+        self._conn.close()
+        self._proc.join(10)
+        self._ls.close()
 
 
 # --- nodes ----------------------------------------------------------------------------------
@@ -139,7 +144,9 @@ class Node:
             self.proc.stdout.close()
 
 
-def pulls(nbytes: int, rounds: int, chunk: int) -> dict[str, Any]:
+def run(nbytes: int, rounds: int, chunk: int) -> dict[str, Any]:
+    """Floor and pull rounds, alternating (so both see the same machine load)."""
+    floor = Floor(nbytes)
     nodes = [Node(chunk) for _ in range(4)]
     a, b, *others = nodes
     try:
@@ -148,58 +155,65 @@ def pulls(nbytes: int, rounds: int, chunk: int) -> dict[str, Any]:
         size = a.store.put(oid, serialize(arr), a.id)
         del arr
         puller = b.client()
-        times = []
+        floors, pulls = [], []
         for _ in range(rounds):
-            times.append(b.pull(puller, oid, a))
+            floors.append(floor.round())
+            pulls.append(size / b.pull(puller, oid, a) / 1e9)
             b.drop(oid)
-        gbps = [size / t / 1e9 for t in times]
-        # three nodes pull the same object at once
-        clients = [(n, n.client()) for n in [b, *others]]
-        start = threading.Barrier(len(clients) + 1)
-        took: list[float] = []
-
-        def one(n: Node, c: SyncClient) -> None:
-            start.wait()
-            took.append(n.pull(c, oid, a))
-
-        threads = [threading.Thread(target=one, args=nc) for nc in clients]
-        for t in threads:
-            t.start()
-        start.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
         return {
             "size": size,
-            "cold": gbps[0],
-            "warm": gbps[1:],
-            "broadcast_wall_s": wall,
-            "broadcast_gbps": len(clients) * size / wall / 1e9,
-            "broadcast_each_s": sorted(took),
+            "floor": floors,
+            "cold": pulls[0],
+            "warm": pulls[1:],
+            **broadcast(oid, size, a, [b, *others]),
         }
     finally:
+        floor.close()
         for n in nodes:
             n.stop()
 
 
+def broadcast(oid: bytes, size: int, holder: Node, pullers: list[Node]) -> dict[str, Any]:
+    """Every puller pulls ``oid`` from ``holder`` at once."""
+    clients = [(n, n.client()) for n in pullers]
+    start = threading.Barrier(len(clients) + 1)
+    took: list[float] = []
+
+    def one(n: Node, c: SyncClient) -> None:
+        start.wait()
+        took.append(n.pull(c, oid, holder))
+
+    threads = [threading.Thread(target=one, args=nc) for nc in clients]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {
+        "broadcast_wall_s": wall,
+        "broadcast_gbps": len(clients) * size / wall / 1e9,
+        "broadcast_each_s": sorted(took),
+    }
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--mib", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--chunk-mib", type=int, default=8)
     args = ap.parse_args()
-    nbytes = args.mib * MiB
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    fl = floor(nbytes, args.rounds)
+    r = run(args.mib * MiB, args.rounds, args.chunk_mib * MiB)
+    fl = r["floor"]
     print(f"floor: one TCP stream, sendall -> recv_into: {_fmt(fl)} GB/s")
-    r = pulls(nbytes, args.rounds, args.chunk_mib * MiB)
-    best = max(r["warm"]) if r["warm"] else r["cold"]
-    print(
-        f"pull {args.mib} MiB node A -> node B over TCP, first (cold pages): {r['cold']:.2f} GB/s"
-    )
-    print(f"pull {args.mib} MiB node A -> node B over TCP, again (warm): {_fmt(r['warm'])} GB/s")
-    print(f"  best warm pull / best floor: {best / max(fl):.0%}")
+    what = f"pull {args.mib} MiB node A -> node B over TCP"
+    print(f"{what}, first (cold pages): {r['cold']:.2f} GB/s")
+    print(f"{what}, again (warm pages): {_fmt(r['warm'])} GB/s")
+    if r["warm"]:
+        ratio = statistics.median(r["warm"]) / statistics.median(fl)
+        print(f"  median warm pull / median floor: {ratio:.0%}")
     each = ", ".join(f"{t:.2f}" for t in r["broadcast_each_s"])
     print(
         f"broadcast: 3 nodes pull it from A at once: {r['broadcast_wall_s']:.2f} s "
