@@ -76,8 +76,10 @@ class TransferConfig:
             node_window=max(p0.node_window, 8 * chunk),
             stall_timeout_s=config.transfer_timeout_s,
         )
+        peer_window = max(s0.peer_window_bytes, 2 * chunk)
         serve = SS.ServeConfig(
-            window_bytes=max(s0.window_bytes, 2 * chunk),
+            window_bytes=max(s0.window_bytes, 2 * peer_window),
+            peer_window_bytes=peer_window,
             max_read_bytes=max(s0.max_read_bytes, chunk),
         )
         return cls(pull=pull, serve=serve, serve_rate=config.transfer_serve_rate)
@@ -365,6 +367,7 @@ class TransferService:
             store=self.store,
             on_read=self._read_asked,
             on_closed=self._conn_closed,
+            write_timeout=self.config.pull.stall_timeout_s,
         )
         self._conns.add(conn)
 

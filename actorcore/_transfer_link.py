@@ -50,8 +50,9 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 class DataSocket:
     """A non-blocking socket with one ordered writer task and exact reads.
 
-    ``send`` queues byte-likes (small frames are coalesced; large buffers are
-    handed to ``sendmsg`` as they are). A failed write calls ``on_error`` once.
+    ``send`` queues byte-likes (handed to ``sendmsg`` as they are, a batch at a
+    time). A failed write, or a peer that takes nothing for ``write_timeout``
+    seconds, calls ``on_error`` once.
     """
 
     def __init__(
@@ -59,12 +60,14 @@ class DataSocket:
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         on_error: Callable[[BaseException], None],
+        write_timeout: float | None = None,
     ) -> None:
         sock.setblocking(False)
         self.loop = loop
         self.sock = sock
         self._fd = sock.fileno()
         self._on_error = on_error
+        self._write_timeout = write_timeout
         self._out: deque[tuple[list[Any], Done | None]] = deque()
         self._wake = asyncio.Event()
         self._writer = loop.create_task(self._write_loop())
@@ -96,7 +99,7 @@ class DataSocket:
                 await self._send_all(parts)
                 for done in dones:
                     done()
-        except OSError as e:
+        except OSError as e:  # TimeoutError included
             self._on_error(e)
 
     async def _send_all(self, parts: list[Any]) -> None:
@@ -105,7 +108,9 @@ class DataSocket:
             try:
                 n = self.sock.sendmsg(views)
             except (BlockingIOError, InterruptedError):
-                await self._ready(self.loop.add_writer, self.loop.remove_writer)
+                await self._ready(
+                    self.loop.add_writer, self.loop.remove_writer, self._write_timeout
+                )
                 continue
             while n:
                 head = views[0]
@@ -116,13 +121,19 @@ class DataSocket:
                     views[0] = head[n:]
                     n = 0
 
-    async def _ready(self, add: Callable[..., None], remove: Callable[[int], Any]) -> None:
+    async def _ready(
+        self, add: Callable[..., None], remove: Callable[[int], Any], timeout: float | None = None
+    ) -> None:
+        """Wait until the socket is readable/writable (TimeoutError after ``timeout`` s)."""
         if self.closed:
             raise ConnectionBrokenError("the data connection is closed")
         fut = self.loop.create_future()
         add(self._fd, _resolve, fut)
         try:
-            await fut
+            if timeout is None:
+                await fut
+            else:
+                await asyncio.wait_for(fut, timeout)
         finally:
             if not self.closed:  # close() unregistered it (the fd may be reused since)
                 remove(self._fd)

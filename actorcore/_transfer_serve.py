@@ -56,6 +56,7 @@ class ServeConnection:
         store: StoreService,
         on_read: Callable[[ServeConnection, P.TransferReadMsg], None],
         on_closed: Callable[[ServeConnection], None],
+        write_timeout: float | None = None,
     ) -> None:
         self.loop = loop
         self.peer_id = peer_id
@@ -67,7 +68,7 @@ class ServeConnection:
         self._decoder = P.FrameDecoder(MAX_REQUEST, MAX_REQUEST)
         self._opens: set[asyncio.Task[None]] = set()
         self.closed = False
-        self.data = DataSocket(loop, sock, self._write_failed)
+        self.data = DataSocket(loop, sock, self._write_failed, write_timeout)
         self._task = loop.create_task(self._run(leftover))
 
     # --- requests ------------------------------------------------------------------------
@@ -179,7 +180,8 @@ class ServeConnection:
     # --- closing ---------------------------------------------------------------------------
 
     def _write_failed(self, exc: BaseException) -> None:
-        logger.info("transfer connection from %s broke: %s", self.peer_id.hex(), exc)
+        why = "it read nothing for too long" if isinstance(exc, TimeoutError) else exc
+        logger.info("transfer connection from %s broke: %s", self.peer_id.hex(), why)
         self.loop.call_soon(self.close)
 
     def close(self) -> None:

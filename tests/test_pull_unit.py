@@ -123,7 +123,7 @@ def test_bad_config_is_refused():
     with pytest.raises(ValueError):
         PullConfig(holder_window=128 * MiB, pull_window=64 * MiB)
     with pytest.raises(ValueError):
-        ServeConfig(window_bytes=MiB, max_read_bytes=2 * MiB)
+        ServeConfig(window_bytes=MiB, peer_window_bytes=MiB, max_read_bytes=2 * MiB)
 
 
 # --- budgets -------------------------------------------------------------------------
@@ -156,7 +156,9 @@ def test_node_window_is_shared_by_all_pulls_round_robin():
 
 
 def test_serve_budget_caps_bytes_being_sent_and_takes_turns():
-    s = ServeState(ServeConfig(window_bytes=4 * MiB, max_read_bytes=2 * MiB))
+    s = ServeState(
+        ServeConfig(window_bytes=4 * MiB, peer_window_bytes=4 * MiB, max_read_bytes=2 * MiB)
+    )
     out = []
     for rid in range(4):
         out += s.handle(ReadAskedEvent("p1", rid, OID, rid * 2 * MiB, 2 * MiB))
@@ -172,8 +174,29 @@ def test_serve_budget_caps_bytes_being_sent_and_takes_turns():
     s.validate()
 
 
+def test_a_peer_that_stops_reading_holds_only_its_peer_window():
+    cfg = ServeConfig(window_bytes=8 * MiB, peer_window_bytes=4 * MiB, max_read_bytes=2 * MiB)
+    s = ServeState(cfg)
+    out = []
+    for rid in range(6):
+        out += s.handle(ReadAskedEvent("stuck", rid, OID, 0, 2 * MiB))
+    assert [c.rid for c in out] == [0, 1]  # its window is full; the rest wait
+    # another peer still gets the other half of the budget, again and again
+    for rid in range(10):
+        got = s.handle(ReadAskedEvent("p2", rid, OID, 0, 2 * MiB))
+        got += s.handle(ReadSentEvent("p2", rid - 1)) if rid else []
+        s.validate()
+        assert any(c.peer == "p2" for c in got)
+        assert s.peer_bytes["stuck"] == 4 * MiB
+    # once the stuck peer's chunks go out, its queue moves again
+    assert [c.peer for c in s.handle(ReadSentEvent("stuck", 0))] == ["stuck"]
+    s.validate()
+
+
 def test_serve_refuses_oversized_reads_and_forgets_gone_peers():
-    s = ServeState(ServeConfig(window_bytes=4 * MiB, max_read_bytes=2 * MiB))
+    s = ServeState(
+        ServeConfig(window_bytes=4 * MiB, peer_window_bytes=4 * MiB, max_read_bytes=2 * MiB)
+    )
     assert isinstance(s.handle(ReadAskedEvent("p1", 1, OID, 0, 3 * MiB))[0], RefuseRead)
     assert isinstance(s.handle(ReadAskedEvent("p1", 2, OID, 0, 0))[0], RefuseRead)
     s.handle(ReadAskedEvent("p1", 3, OID, 0, 2 * MiB))

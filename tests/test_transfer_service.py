@@ -16,6 +16,7 @@ from actorcore.store._serve import ServeConfig
 from actorcore.store._session import SessionDirs
 from actorcore.store._state import ObjectState, StoreState
 
+from actorcore import _protocol as P
 from actorcore._ids import new_id
 from actorcore._store_service import StoreService
 from actorcore._transfer import TransferConfig, TransferService
@@ -40,7 +41,9 @@ class Side:
         pull = PullConfig(
             chunk_bytes=MiB, holder_window=4 * MiB, pull_window=8 * MiB, node_window=16 * MiB, **cfg
         )
-        config = TransferConfig(pull=pull, serve=ServeConfig(8 * MiB, 2 * MiB), serve_rate=rate)
+        config = TransferConfig(
+            pull=pull, serve=ServeConfig(8 * MiB, 4 * MiB, 2 * MiB), serve_rate=rate
+        )
         self.svc = TransferService(self.store, node_id=new_id(), token=TOKEN, config=config)
 
     async def __aenter__(self) -> Side:
@@ -167,3 +170,23 @@ async def test_data_connections_need_the_token_and_the_transfer_role(tmp_path):
         assert await loop.sock_recv(sock, 10) == b""
         sock.close()
         assert a.svc.listener is not None and a.svc.listener.rejected == 2
+
+
+@pytest.mark.timeout(60)
+async def test_a_puller_that_stops_reading_is_dropped_and_others_go_on(tmp_path):
+    async with Side(tmp_path, "a", stall_timeout_s=1.0) as a, Side(tmp_path, "b") as b:
+        oid = new_id()
+        data = _data(16 * MiB, 7)
+        await a.put(oid, data)
+        loop = asyncio.get_running_loop()
+        sock, _ = await connect_data(loop, a.svc.address, TOKEN, new_id())
+        await loop.sock_sendall(sock, P.encode_bytes(P.TransferOpenMsg(1, oid)))
+        assert await loop.sock_recv(sock, 4096)  # OPENED
+        reads = [P.encode_bytes(P.TransferReadMsg(2 + i, oid, i * MiB, MiB)) for i in range(16)]
+        await loop.sock_sendall(sock, b"".join(reads))  # ... and never read the answers
+        await b.svc.pull(oid, [a.svc.address])
+        assert np.array_equal(b.read(oid), data)
+        # the stuck reader is cut off once its socket took nothing for a second
+        await _until(lambda: len(a.svc._conns) == 1 and a.pins() == 0, 20)
+        assert a.svc.serving.sending_bytes == 0
+        sock.close()
