@@ -162,6 +162,30 @@ def test_pull_from_two_holders_uses_both(nodes):
 
 
 @pytest.mark.timeout(120)
+def test_three_nodes_pull_one_object_at_once(nodes):
+    a, *pullers = nodes(4, transfer_chunk_bytes=2 * MiB)
+    arr = _array(32 * MiB, seed=6)
+    oid = new_id()
+    size = a.put(oid, arr)
+    done: list = []
+    threads = [
+        threading.Thread(target=lambda n=n: done.append(_try(lambda: n.pull(oid, [a]))))
+        for n in pullers
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert done == [size] * 3
+    for n in pullers:
+        got, _ = n.store.get(oid)
+        assert np.array_equal(got, arr)
+        del got
+    assert a.stats()["bytes_sent"] == 3 * size
+    wait_for(lambda: all(o["pins"] == 0 for o in a.objects()), 10)
+
+
+@pytest.mark.timeout(120)
 def test_holder_killed_mid_pull_resumes_from_the_other(nodes):
     # Slow holders (16 MB/s each) so the kill lands mid-pull.
     a1, a2 = nodes(2, transfer_chunk_bytes=1 * MiB, transfer_serve_rate=16e6)
