@@ -171,14 +171,15 @@ class TransferService:
         for oid in list(self.pulls.pulls):
             p = self.pulls.pulls.pop(oid)
             self._fail(PS.Fail(oid, "the node is shutting down", tuple(p.waiters), p.allocated))
-        for conn in list(self._conns):
+        conns = list(self._conns)
+        for conn in conns:
             conn.close()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for link in list(self._closing_links):
             await link.wait_closed()
-        for conn in list(self._conns):
+        for conn in conns:
             await conn.wait_closed()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -316,7 +317,8 @@ class TransferService:
         try:
             offset = await self.store.create(ins.oid, ins.size, creator, ins.owner or creator)
         except Exception as e:  # store full, or the object appeared meanwhile
-            self._feed(PS.AllocationFailedEvent(ins.oid, str(e), time.monotonic()))
+            full = isinstance(e, ObjectStoreFullError)
+            self._feed(PS.AllocationFailedEvent(ins.oid, str(e), time.monotonic(), full))
             return
         self.store.state.entries[ins.oid].primary = False  # a copy: evicted first
         self._ranges[ins.oid] = offset

@@ -222,7 +222,9 @@ class PullState:
 
     def _on_allocation_failed(self, ev: AllocationFailedEvent) -> list[Any]:
         p = self.pulls[ev.oid]
-        return self._fail(p, f"no room in this node's object store: {ev.reason}", no_room=True)
+        if ev.no_room:
+            return self._fail(p, f"no room in this node's object store: {ev.reason}", True)
+        return self._fail(p, f"this node's object store refused it: {ev.reason}")
 
     # --- chunks --------------------------------------------------------------------------
 

@@ -120,9 +120,12 @@ class AllocatedEvent:
 
 @dataclass(frozen=True, slots=True)
 class AllocationFailedEvent:
+    """The local store could not take ``oid`` (``no_room``: it is full)."""
+
     oid: bytes
     reason: str
     now: float
+    no_room: bool = True
 
 
 @dataclass(frozen=True, slots=True)
