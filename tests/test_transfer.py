@@ -194,20 +194,18 @@ def test_holder_killed_mid_pull_resumes_from_the_other(nodes):
     oid = new_id()
     a1.put(oid, arr)
     a2.put(oid, arr)
-    key1 = "{}:{}".format(*a1.transfer_address)
     done: list = []
     t = threading.Thread(target=lambda: done.append(_try(lambda: b.pull(oid, [a1, a2]))))
     t.start()
     try:
-        wait_for(lambda: b.stats()["received_from"].get(key1, 0) >= 2 * MiB, 30, what="a1 sends")
-        a1.kill()
+        victim = wait_for(lambda: _sending(b, [a1, a2], 2 * MiB), 30, what="a holder sends")
+        victim.kill()
     finally:
         t.join(60)
     assert done and not isinstance(done[0], BaseException), done
     got, _ = b.store.get(oid)
     assert np.array_equal(got, arr)
-    st = b.stats()
-    assert st["received_from"][key1] < 40 * MiB
+    assert b.stats()["received_from"][_key(victim)] < 40 * MiB
 
 
 @pytest.mark.timeout(120)
@@ -239,19 +237,17 @@ def test_holder_that_stops_answering_is_dropped(nodes):
     oid = new_id()
     a1.put(oid, arr)
     a2.put(oid, arr)
-    key1 = "{}:{}".format(*a1.transfer_address)
     done: list = []
     t = threading.Thread(target=lambda: done.append(_try(lambda: b.pull(oid, [a1, a2]))))
     t.start()
-    os_stopped = False
+    victim = None
     try:
-        wait_for(lambda: b.stats()["received_from"].get(key1, 0) >= MiB, 30, what="a1 sends")
-        os.kill(a1.proc.pid, signal.SIGSTOP)
-        os_stopped = True
+        victim = wait_for(lambda: _sending(b, [a1, a2], MiB), 30, what="a holder sends")
+        os.kill(victim.proc.pid, signal.SIGSTOP)
         t.join(60)
     finally:
-        if os_stopped:
-            os.kill(a1.proc.pid, signal.SIGCONT)
+        if victim is not None:
+            os.kill(victim.proc.pid, signal.SIGCONT)
         t.join(60)
     assert done and not isinstance(done[0], BaseException), done
     got, _ = b.store.get(oid)
@@ -266,6 +262,16 @@ def test_pull_of_an_object_nobody_has_fails_at_once(nodes):
     with pytest.raises(ObjectLostError, match="no node holds a copy"):
         b.pull(new_id(), [])
     assert not b.objects()
+
+
+def _key(node: Node) -> str:
+    return "{}:{}".format(*node.transfer_address)
+
+
+def _sending(puller: Node, holders: list[Node], at_least: int) -> Node | None:
+    """A holder that has sent ``puller`` at least ``at_least`` bytes, if any."""
+    got = puller.stats()["received_from"]
+    return next((h for h in holders if got.get(_key(h), 0) >= at_least), None)
 
 
 def _try(fn):
