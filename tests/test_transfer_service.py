@@ -190,3 +190,73 @@ async def test_a_puller_that_stops_reading_is_dropped_and_others_go_on(tmp_path)
         await _until(lambda: len(a.svc._conns) == 1 and a.pins() == 0, 20)
         assert a.svc.serving.sending_bytes == 0
         sock.close()
+
+
+class LyingHolder:
+    """A holder that opens anything (with the size it is told) and refuses every read."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.reads = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()
+        self.tasks: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tasks.add(loop.create_task(self._accept(loop)))
+
+    async def _accept(self, loop) -> None:
+        while True:
+            conn, _ = await loop.sock_accept(self.sock)
+            self.tasks.add(loop.create_task(self._serve(loop, conn)))
+
+    async def _serve(self, loop, conn) -> None:
+        from actorcore._transport import server_handshake
+
+        try:
+            await server_handshake(loop, conn, TOKEN, "transfer", new_id())
+            decoder = P.FrameDecoder(1 << 16, 1 << 16)
+            while data := await loop.sock_recv(conn, 1 << 16):
+                for msg, _ in decoder.feed(data):
+                    if isinstance(msg, P.TransferOpenMsg):
+                        reply = P.TransferOpenedMsg(msg.rid, self.size, b"meta")
+                    elif isinstance(msg, P.TransferReadMsg):
+                        self.reads += 1
+                        reply = P.TransferErrorMsg(msg.rid, "disk on fire")
+                    else:
+                        continue
+                    await loop.sock_sendall(conn, P.encode_bytes(reply))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    async def aclose(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.sock.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_holder_that_refuses_reads_is_dropped_for_another(tmp_path):
+    data = _data(12 * MiB, 8)
+    liar = LyingHolder(data.nbytes)
+    liar.start()
+    try:
+        async with Side(tmp_path, "a") as a, Side(tmp_path, "b") as b:
+            oid = new_id()
+            await a.put(oid, data)
+            # both get chunks (4 MiB holder windows); the liar fails its reads
+            await b.svc.pull(oid, [liar.address, a.svc.address])
+            assert np.array_equal(b.read(oid), data)
+            assert liar.reads >= 1
+            with pytest.raises(ObjectLostError, match="disk on fire"):
+                await b.svc.pull(new_id(), [liar.address])
+    finally:
+        await liar.aclose()
