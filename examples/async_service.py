@@ -103,22 +103,27 @@ async def main_async(args) -> None:
     await ac.init(address=args.address)
     services = (RateLimiter.remote(rate=20, burst=10), Cache.remote(capacity=50), Backend.remote())
     rng = random.Random(0)
-    users = [client(services, f"user{i}", args.requests, 0.05, args.deadline, rng) for i in range(args.users)]
-    greedy = client(services, "greedy", args.requests * 4, 0.0, args.deadline, rng)  # ignores any limit
+    n, deadline = args.requests, args.deadline
+    users = [client(services, f"user{i}", n, 0.05, deadline, rng) for i in range(args.users)]
+    greedy = client(services, "greedy", 4 * n, 0.0, deadline, rng)  # never pauses
 
     t0 = time.perf_counter()
     results = [r for rs in await asyncio.gather(greedy, *users) for r in rs]
     dt = time.perf_counter() - t0
     codes = [code for code, _ in results]
     lat = sorted(s for code, s in results if code == 200)
-    print(f"{args.users} users + 1 greedy client: {len(results)} requests in {dt:.2f} s "
-          f"({len(results) / dt:,.0f}/s), {codes.count(200)} ok, {codes.count(429)} rate-limited")
-    print(f"latency of ok requests: p50 {lat[len(lat) // 2] * 1e3:.1f} ms, "
-          f"p99 {lat[int(len(lat) * 0.99)] * 1e3:.1f} ms")
+    print(
+        f"{args.users} users + 1 greedy client: {len(results)} requests in {dt:.2f} s "
+        f"({len(results) / dt:,.0f}/s), {codes.count(200)} ok, {codes.count(429)} rate-limited"
+    )
+    print(
+        f"latency of ok requests: p50 {lat[len(lat) // 2] * 1e3:.1f} ms, "
+        f"p99 {lat[int(len(lat) * 0.99)] * 1e3:.1f} ms"
+    )
 
     # a deadline: the backend takes 3 s for this key, the app gives it args.deadline
     status, took = await handle(services, "patient-user", "slow", args.deadline)
-    print(f"a request for the slow key: {status} after {took:.2f} s (and its backend call cancelled)")
+    print(f"a request for the slow key: {status} after {took:.2f} s, its backend call cancelled")
 
     # an explicit cancel of a call in flight, then the same backend answers the next call
     ref = services[2].fetch.remote("slow")
@@ -133,13 +138,17 @@ async def main_async(args) -> None:
     after, _ = await handle(services, "patient-user", "fresh-key", args.deadline)
     after_s = time.perf_counter() - t1
     cache, backend = await services[1].stats(), await services[2].stats()
-    print(f"ac.cancel of a call in flight: TaskCancelledError={cancelled}; "
-          f"the next request got {after} in {after_s * 1e3:.0f} ms")
+    print(
+        f"ac.cancel of a call in flight: TaskCancelledError={cancelled}; "
+        f"the next request got {after} in {after_s * 1e3:.0f} ms"
+    )
     print(f"cache {cache}, backend {backend}")
     hit_rate = cache["hits"] / max(1, cache["hits"] + cache["misses"])
     ok = status == 504 and cancelled and after == 200 and backend["cancelled"] >= 2
-    print(f"RESULT timeout_status={status} backend_cancelled={backend['cancelled']} "
-          f"served_after_cancel={after == 200} cache_hit_rate={hit_rate:.2f} service_ok={ok}")
+    print(
+        f"RESULT timeout_status={status} backend_cancelled={backend['cancelled']} "
+        f"served_after_cancel={after == 200} cache_hit_rate={hit_rate:.2f} service_ok={ok}"
+    )
     await ac.shutdown()
     if not ok:
         raise SystemExit("the services did not behave as expected")

@@ -74,7 +74,8 @@ def run(pool, batches, rows, prefetch, out_dir):
             pool.submit(lambda model, batch: model.predict.remote(batch), ref)
         if pool.has_next():
             i, labels, confidence = pool.get_next_unordered()
-            np.savez(os.path.join(out_dir, f"batch_{i:05d}.npz"), labels=labels, confidence=confidence)
+            path = os.path.join(out_dir, f"batch_{i:05d}.npz")
+            np.savez(path, labels=labels, confidence=confidence)
             done += 1
             progress(done, batches, done * rows, t0)
     return time.perf_counter() - t0

@@ -21,7 +21,7 @@ STEPS_PER_UNIT, ETA = 50, 3
 
 
 def circles(n, seed):
-    """Points in the plane labelled by whether they fall inside a circle (not linearly separable)."""
+    """Points labelled by whether they fall inside a circle (not linearly separable)."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1.5, 1.5, (n, 2))
     r = np.hypot(x[:, 0], x[:, 1]) + 0.1 * rng.standard_normal(n)
@@ -101,8 +101,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--address", default=None, help="etcd://host:2379/NAME to join a cluster")
     ap.add_argument("--trials", type=int, default=54)
-    ap.add_argument("--rungs", type=int, default=4, help="the last rung trains ETA**(rungs-1) units")
-    ap.add_argument("--slots", type=int, default=0, help="trials training at once (default 2 per CPU)")
+    ap.add_argument("--rungs", type=int, default=4, help="the last trains ETA**(rungs-1) units")
+    ap.add_argument("--slots", type=int, default=0, help="trials training at once (2 per CPU)")
     ap.add_argument("--small", action="store_true", help="a quick run for CI")
     args = ap.parse_args()
     if args.small:
@@ -117,16 +117,21 @@ def main() -> None:
     dt = time.perf_counter() - t0
 
     print(f"{'trial':>5} {'lr':>8} {'hidden':>6} {'batch':>5} {'steps':>6} {'val acc':>7}")
-    ranked = sorted(range(len(trials)), key=lambda i: (trials[i]["rung"], trials[i]["acc"]), reverse=True)
+    ranked = sorted(range(len(trials)), key=lambda i: (trials[i]["rung"], trials[i]["acc"]))[::-1]
     for i in ranked[:10]:
         t, c = trials[i], trials[i]["config"]
         steps = ETA ** t["rung"] * STEPS_PER_UNIT
-        print(f"{i:>5} {c['lr']:>8.4f} {c['hidden']:>6} {c['batch']:>5} {steps:>6} {t['acc']:>7.3f}")
+        print(
+            f"{i:>5} {c['lr']:>8.4f} {c['hidden']:>6} {c['batch']:>5} {steps:>6} {t['acc']:>7.3f}"
+        )
     print(f"  ... {len(trials) - 10} more, stopped early" if len(trials) > 10 else "")
     used = sum(ETA ** t["rung"] for t in trials) * STEPS_PER_UNIT
     full = len(trials) * ETA ** (args.rungs - 1) * STEPS_PER_UNIT
     best = trials[ranked[0]]
-    print(f"{len(trials)} trials in {dt:.1f} s on {slots} slots; {used:,} training steps ({used / full:.0%} of training all fully)")
+    print(
+        f"{len(trials)} trials in {dt:.1f} s on {slots} slots: {used:,} training steps, "
+        f"{used / full:.0%} of what training every trial fully takes"
+    )
     found = best["rung"] == args.rungs - 1 and best["acc"] >= 0.9
     print(f"RESULT best_trial={ranked[0]} best_accuracy={best['acc']:.3f} best_found={found}")
     ac.shutdown()

@@ -25,7 +25,7 @@ DIM, NOISE, TARGET_ACCURACY = 50, 0.3, 0.88  # the best possible accuracy is ~0.
 
 
 def make_data(seed, n):
-    """Points x ~ N(0, I) labelled by a fixed hidden plane plus noise (the same plane for every seed)."""
+    """Points x ~ N(0, I) labelled by a hidden plane (the same for every seed) plus noise."""
     w_true = np.random.default_rng(0).standard_normal(DIM) / np.sqrt(DIM)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, DIM))
@@ -111,7 +111,9 @@ def main() -> None:
         dt = time.perf_counter() - t0
         acc = accuracy(w, x_test, y_test)
         grads = args.steps * args.workers
-        print(f"{name:>5}: {grads} gradients in {dt:.2f} s ({grads / dt:,.0f}/s), test accuracy {acc:.3f}")
+        print(
+            f"{name:>5}: {grads} gradients in {dt:.2f} s ({grads / dt:,.0f}/s), accuracy {acc:.3f}"
+        )
         results[name] = acc
         for actor in [ps, *workers]:
             ac.kill(actor)

@@ -23,7 +23,7 @@ PARAMS = 4  # weights of the observation (x, x_dot, theta, theta_dot)
 
 
 def run_cartpole(policies, rng):
-    """Reward (steps balanced) of each row of `policies` from a random start: the classic physics."""
+    """Steps balanced by each row of `policies` from a random start (the classic physics)."""
     n = len(policies)
     x, x_dot, theta, theta_dot = rng.uniform(-0.05, 0.05, (4, n))
     alive, reward = np.ones(n, bool), np.zeros(n)
@@ -53,7 +53,7 @@ class Simulator:
         eps = np.stack([np.random.default_rng(s).standard_normal(PARAMS) for s in seeds])
         policies = np.concatenate([w + sigma * eps, w - sigma * eps]).repeat(episodes, axis=0)
         r = run_cartpole(policies, self.rng).reshape(2, len(seeds), episodes).mean(axis=2)
-        return list(zip(seeds, r[0], r[1]))
+        return list(zip(seeds, r[0], r[1], strict=True))
 
     def evaluate(self, w, episodes):
         return float(run_cartpole(np.tile(w, (episodes, 1)), self.rng).mean())
@@ -75,7 +75,7 @@ def gather_rollouts(sims, w, seeds, chunk, sigma, episodes):
 
 
 def es_step(w, results, sigma, lr):
-    seeds, r_plus, r_minus = zip(*results)
+    seeds, r_plus, r_minus = zip(*results, strict=True)
     eps = np.stack([np.random.default_rng(s).standard_normal(PARAMS) for s in seeds])
     ranks = np.argsort(np.argsort(np.concatenate([r_plus, r_minus]))) / (2 * len(seeds) - 1) - 0.5
     weight = ranks[: len(seeds)] - ranks[len(seeds) :]  # centred ranks: robust to reward scale
@@ -99,7 +99,7 @@ def main() -> None:
     sims = [Simulator.remote(seed) for seed in range(n_sims)]
     chunk = max(1, args.population // (4 * n_sims))
     rng, w, sigma, lr = np.random.default_rng(0), np.zeros(PARAMS), 0.1, 0.02
-    print(f"cart-pole ES: {n_sims} simulators, {args.population} perturbations x {args.episodes} episodes")
+    print(f"cart-pole ES: {n_sims} simulators, {args.population} perturbations per iteration")
     rewards = [ac.get(sims[0].evaluate.remote(w, 20))]
     print(f"iter  0: policy reward {rewards[0]:6.1f}")
     t0, episodes = time.perf_counter(), 0
@@ -107,13 +107,15 @@ def main() -> None:
         seeds = [int(s) for s in rng.integers(0, 2**31, args.population)]
         results = gather_rollouts(sims, w, seeds, chunk, sigma, args.episodes)
         w, pop_mean = es_step(w, results, sigma, lr)
-        rewards.append(float(np.mean(ac.get([s.evaluate.remote(w, 20 // n_sims + 1) for s in sims]))))
+        evals = [s.evaluate.remote(w, 20 // n_sims + 1) for s in sims]
+        rewards.append(float(np.mean(ac.get(evals))))
         episodes += 2 * args.population * args.episodes
         print(f"iter {it:2d}: population reward {pop_mean:6.1f}, policy reward {rewards[-1]:6.1f}")
     dt = time.perf_counter() - t0
     print(f"{episodes:,} training episodes in {dt:.1f} s ({episodes / dt:,.0f} episodes/s)")
     improved = rewards[-1] > 2 * rewards[0] and rewards[-1] >= 100
-    print(f"RESULT first_reward={rewards[0]:.1f} last_reward={rewards[-1]:.1f} reward_improved={improved}")
+    first, last = rewards[0], rewards[-1]
+    print(f"RESULT first_reward={first:.1f} last_reward={last:.1f} reward_improved={improved}")
     ac.shutdown()
     if not improved:
         raise SystemExit("the policy did not improve")
