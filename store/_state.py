@@ -145,14 +145,9 @@ class StoreState:
         if old is not None:
             # A retried task writes its return value again: the copy a dead worker
             # sealed was never handed to the owner, so nobody reads it. Replace it.
-            if (
-                old.owner != owner
-                or old.pins
-                or old.state
-                not in (
-                    ObjectState.SEALED,
-                    ObjectState.SPILLED,
-                )
+            if old.owner != owner or old.pins or old.state not in (
+                ObjectState.SEALED,
+                ObjectState.SPILLED,
             ):
                 raise ValueError(f"object {oid.hex()} already exists in the store")
             self._drop(old)
