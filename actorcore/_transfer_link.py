@@ -313,6 +313,8 @@ class PullLink:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # every failure ends the link the same way
+            if not isinstance(e, OSError | ProtocolError):  # (timeouts are OSErrors)
+                logger.exception("data link to %s:%s failed", *self.holder)  # a bug
             self._broken(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
 
     async def _read_reply(self, data: DataSocket) -> None:
