@@ -99,6 +99,7 @@ class DataSocket:
                 await self._send_all(parts)
                 for done in dones:
                     done()
+                await asyncio.sleep(0)  # a fast reader never makes us wait: let others run
         except OSError as e:  # TimeoutError included
             self._on_error(e)
 
@@ -330,6 +331,7 @@ class PullLink:
             if self._on_bytes is not None:
                 self._on_bytes(self, req.dest.nbytes)
             req.callback(None)
+            await asyncio.sleep(0)  # a chunk at a time: the daemon's loop has other work
         elif lens:
             raise ProtocolError(f"{type(msg).__name__} came with raw data")
         elif isinstance(msg, P.TransferOpenedMsg) and req.kind == P.Tag.TRANSFER_OPEN:
