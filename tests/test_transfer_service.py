@@ -260,3 +260,33 @@ async def test_a_holder_that_refuses_reads_is_dropped_for_another(tmp_path):
                 await b.svc.pull(new_id(), [liar.address])
     finally:
         await liar.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_many_pulls_at_once_from_overlapping_holders(tmp_path):
+    async with (
+        Side(tmp_path, "a1") as a1,
+        Side(tmp_path, "a2") as a2,
+        Side(tmp_path, "b", capacity=128 * MiB) as b,
+    ):
+        rng = np.random.default_rng(9)
+        objs = {}
+        for i in range(24):
+            oid = new_id()
+            data = _data(int(rng.integers(1, 3 * MiB)), 100 + i)
+            holders = []
+            if i % 3 != 0:
+                await a1.put(oid, data)
+                holders.append(a1.svc.address)
+            if i % 3 != 1:
+                await a2.put(oid, data)
+                holders.append(a2.svc.address)
+            objs[oid] = (data, holders)
+        sizes = await asyncio.gather(*(b.svc.pull(oid, h) for oid, (_d, h) in objs.items()))
+        assert sizes == [d.nbytes for d, _h in objs.values()]
+        for oid, (data, _h) in objs.items():
+            assert np.array_equal(b.read(oid), data)
+        b.svc.pulls.validate()
+        assert not b.svc.pulls.pulls and b.svc.pulls.inflight_bytes == 0
+        await _until(lambda: a1.pins() == 0 and a2.pins() == 0)
+        b.store.state.validate()
