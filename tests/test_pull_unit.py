@@ -403,3 +403,71 @@ def test_a_stalled_open_times_out_and_the_next_holder_is_asked():
     assert m(PullEvent(OID, (A, B), "w", b"owner", 0.0)) == [OpenAt(OID, A)]
     out = m(TickEvent(3.0))
     assert out == [Disconnect(A, out[0].reason), OpenAt(OID, B)]
+
+
+# --- random schedules -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_schedules_keep_the_invariants_and_end_every_pull(seed):
+    """Pulls of random objects from random holders; answers, failures and ticks in
+    random order. Every pull ends exactly once: complete, or failed with no holder left."""
+    import random
+
+    rnd = random.Random(seed)
+    m = Machine(chunk_bytes=MiB, holder_window=2 * MiB, pull_window=4 * MiB, node_window=6 * MiB)
+    holders = [("h", i) for i in range(4)]
+    dead: set = set()
+    pending: list = []  # instructions the "shell" has not answered yet
+    ended: dict = {}
+    now = 0.0
+    oids = [bytes([i]) * 16 for i in range(6)]
+    for i, oid in enumerate(oids):
+        hs = tuple(rnd.sample(holders, rnd.randint(1, 3)))
+        pending += m(PullEvent(oid, hs, f"w{i}", b"owner", now))
+    sizes = {oid: rnd.randint(0, 9 * MiB) for oid in oids}
+    steps = 0
+    while pending and steps < 5000:
+        steps += 1
+        now += rnd.random() * 0.5
+        ins = pending.pop(rnd.randrange(len(pending)))
+        out: list = []
+        if isinstance(ins, OpenAt):
+            if ins.holder in dead:
+                continue  # its link broke: NodeFailedEvent was given already
+            if rnd.random() < 0.15:
+                out = m(OpenFailedEvent(ins.oid, ins.holder, "no copy", now))
+            else:
+                out = m(OpenedEvent(ins.oid, ins.holder, sizes[ins.oid], b"meta", now))
+        elif isinstance(ins, Allocate):
+            out = m(AllocatedEvent(ins.oid, now))
+        elif isinstance(ins, FetchChunk):
+            if ins.holder not in dead:
+                out = m(ChunkDoneEvent(ins.oid, ins.holder, ins.index, now))
+        elif isinstance(ins, (Complete, Fail)):
+            assert ins.oid not in ended
+            ended[ins.oid] = ins
+        if rnd.random() < 0.03:
+            victim = rnd.choice(holders)
+            if victim not in dead:
+                dead.add(victim)
+                out += m(NodeFailedEvent(victim, "killed", now))
+        if rnd.random() < 0.05:
+            out += m(TickEvent(now))
+        pending += out
+    # answer what is left: stalled holders time out
+    for _ in range(100):
+        if not m.s.pulls:
+            break
+        now += 100.0
+        for ins in m(TickEvent(now)):
+            if isinstance(ins, (Complete, Fail)):
+                ended[ins.oid] = ins
+    for ins in pending:
+        if isinstance(ins, (Complete, Fail)):
+            ended[ins.oid] = ins
+    assert set(ended) == set(oids) and not m.s.pulls
+    for oid, ins in ended.items():
+        if isinstance(ins, Complete):
+            assert ins.size == sizes[oid]
+    assert m.s.inflight_bytes == 0
