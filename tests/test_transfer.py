@@ -36,11 +36,12 @@ TOKEN = os.urandom(32)
 class Node:
     """One node daemon and a store client attached to it."""
 
-    def __init__(self, **cfg) -> None:
+    def __init__(self, token: bytes = TOKEN, **cfg) -> None:
+        self.token = token
         cfg.setdefault("num_cpus", 1)
         cfg.setdefault("prestart_workers", 0)
         cfg.setdefault("object_store_memory", 512 * MiB)
-        self.proc, self.info = spawn_daemon(Config.from_env(**cfg), TOKEN, os.getpid())
+        self.proc, self.info = spawn_daemon(Config.from_env(**cfg), token, os.getpid())
         self.id = new_id()
         self.clients: list[SyncClient] = []
         self.store = StoreClient(
@@ -53,7 +54,7 @@ class Node:
     def _client(self) -> SyncClient:
         c = SyncClient(
             tuple(self.info["address"]),
-            token=TOKEN,
+            token=self.token,
             role="driver",
             my_id=self.id,
             max_header_bytes=1 << 20,
@@ -73,8 +74,8 @@ class Node:
         return self.store.put(oid, serialize(value), self.id)
 
     def pull(self, oid: bytes, holders: list) -> int:
-        msg = P.PullObjectMsg(next_rid(), oid, [list(h.transfer_address) for h in holders], self.id)
-        return self.call(msg, self.puller)
+        addresses = [h if isinstance(h, list) else list(h.transfer_address) for h in holders]
+        return self.call(P.PullObjectMsg(next_rid(), oid, addresses, self.id), self.puller)
 
     def stats(self) -> dict:
         return self.call(P.TransferStatsMsg(next_rid()))
@@ -143,6 +144,26 @@ def test_pull_a_large_array_between_two_nodes(nodes):
     # the holder unpinned it once the pull ended
     wait_for(lambda: a.stats()["serving_bytes"] == 0, 10)
     assert all(o["pins"] == 0 for o in a.objects())
+
+
+@pytest.mark.timeout(120)
+def test_a_drivers_put_is_pulled_by_another_node(fresh_runtime):
+    import actorcore as ac
+    from actorcore import _global as G
+    from actorcore.testing import list_state
+
+    fresh_runtime(num_cpus=1)
+    arr = _array(100 * MiB, seed=11)
+    ref = ac.put(arr)  # into the driver's own node (A)
+    a_address = list(list_state("node")["transfer_address"])
+    b = Node(token=G.require().token)  # another node of the same cluster (same token)
+    try:
+        b.pull(ref.id, [a_address])
+        got, _ = b.store.get(ref.id)
+        assert np.array_equal(got, arr)
+        del got
+    finally:
+        b.stop()
 
 
 @pytest.mark.timeout(120)
