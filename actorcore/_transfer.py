@@ -205,8 +205,11 @@ class TransferService:
     def pull(self, oid: bytes, holders: Sequence[Any], owner: bytes = b"") -> asyncio.Future[int]:
         """Copy ``oid`` into this node's store from one of ``holders`` (transfer addresses).
 
-        Requests for an object already being pulled join that pull. The future
-        gets the object's size once the local copy is sealed.
+        Requests for an object already being pulled join that pull; an object
+        already here (and not being written here) resolves at once. The future
+        gets the object's size once the local copy is sealed. Cancelling it
+        leaves the pull running: the copy is kept (as a secondary copy, the
+        first the store evicts).
 
         Raises (through the future):
             ObjectLostError: no holder could provide it (the reason names each).
