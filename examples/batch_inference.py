@@ -2,9 +2,10 @@
 
 Each model actor builds its model once (a numpy MLP with fixed, seeded
 weights standing in for a checkpoint) and then classifies batch after batch.
-Loader tasks read batches (here: generate them) a few ahead of the models;
-whichever load finishes first (`ac.wait`) goes to whichever model is free
-(`ActorPool`), and each result is written to a file as it arrives.
+One loader task streams the batches (here: generates them) as a streaming
+generator, with back-pressure so that it reads only a few batches ahead of
+the models; each batch goes to whichever model is free (`ActorPool`), and
+each result is written to a file as it arrives.
 
 Run: python examples/batch_inference.py [--small] [--out DIR] [--address etcd://host:2379/NAME]
 """
@@ -36,9 +37,14 @@ def classify(layers, x):
     return logits.argmax(axis=1), (p.max(axis=1) / p.sum(axis=1)).astype(np.float32)
 
 
+def make_batch(i, rows):
+    return np.random.default_rng(i).standard_normal((rows, FEATURES), dtype=np.float32)
+
+
 @ac.remote(num_cpus=0)  # a loader waits on storage, not on a CPU
-def load_batch(i, rows):
-    return i, np.random.default_rng(i).standard_normal((rows, FEATURES), dtype=np.float32)
+def load_batches(batches, rows):
+    for i in range(batches):  # read (here: make) one batch at a time, as the models need them
+        yield i, make_batch(i, rows)
 
 
 @ac.remote(num_cpus=1)
@@ -61,24 +67,26 @@ def progress(done, total, rows, t0):
 
 
 def run(pool, batches, rows, prefetch, out_dir):
-    loading, next_batch, done, t0 = [], 0, 0, time.perf_counter()
-    while done < batches:
-        while next_batch < batches and len(loading) < prefetch:
-            loading.append(load_batch.remote(next_batch, rows))
-            next_batch += 1
-        if pool.has_next():  # take the loads that are ready, without waiting
-            ready, loading = ac.wait(loading, num_returns=len(loading), timeout=0)
-        else:  # nothing to collect: wait for the first load to finish
-            ready, loading = ac.wait(loading, num_returns=1)
-        for ref in ready:
-            pool.submit(lambda model, batch: model.predict.remote(batch), ref)
-        if pool.has_next():
-            i, labels, confidence = pool.get_next_unordered()
-            path = os.path.join(out_dir, f"batch_{i:05d}.npz")
-            np.savez(path, labels=labels, confidence=confidence)
-            done += 1
-            progress(done, batches, done * rows, t0)
+    t0 = time.perf_counter()
+    # the loader stays at most `prefetch` batches ahead of what the models took
+    stream = load_batches.options(
+        num_returns="streaming", generator_backpressure=prefetch
+    ).remote(batches, rows)
+    done = 0
+    for ref in stream:
+        if not pool.has_free():  # every model is busy: collect one result first
+            done = collect(pool, done, batches, rows, t0, out_dir)
+        pool.submit(lambda model, batch: model.predict.remote(batch), ref)
+    while pool.has_next():
+        done = collect(pool, done, batches, rows, t0, out_dir)
     return time.perf_counter() - t0
+
+
+def collect(pool, done, batches, rows, t0, out_dir):
+    i, labels, confidence = pool.get_next_unordered()
+    np.savez(os.path.join(out_dir, f"batch_{i:05d}.npz"), labels=labels, confidence=confidence)
+    progress(done + 1, batches, (done + 1) * rows, t0)
+    return done + 1
 
 
 def main() -> None:
@@ -105,7 +113,7 @@ def main() -> None:
 
     files = sorted(os.listdir(out_dir))
     sample = args.batches // 2  # check one batch against the model run right here
-    want_labels, _ = classify(build_model(), ac.get(load_batch.remote(sample, args.rows))[1])
+    want_labels, _ = classify(build_model(), make_batch(sample, args.rows))
     got = np.load(os.path.join(out_dir, f"batch_{sample:05d}.npz"))["labels"]
     ok = len(files) == args.batches and np.array_equal(got, want_labels)
     rows = args.batches * args.rows
