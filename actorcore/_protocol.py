@@ -529,14 +529,14 @@ def _collect() -> dict[int, type]:
 
 @message(Tag.GENERATOR_ITEM)
 class GeneratorItemMsg(NamedTuple):
-    """Worker -> owner: items ``index``, ``index + 1``, ... of the stream ``stream_id``.
+    """Worker -> owner: items ``start``, ``start + 1``, ... of the stream ``stream_id``.
 
     The stream is named by the call's end ref. ``items`` holds ``[oid, result]``
     each, ``result`` being ``[kind, data, nested]`` like a task result.
     """
 
     stream_id: bytes
-    index: int
+    start: int
     items: list[Any]
 
 

@@ -399,9 +399,7 @@ class CoreRuntime(OwnershipMixin, Service):
         return DEFERRED
 
     @handles(P.Tag.GENERATOR_ITEM)
-    def on_generator_item(
-        self, peer: RpcPeer, msg: P.GeneratorItemMsg, _bufs: list[bytes]
-    ) -> Any:
+    def on_generator_item(self, peer: RpcPeer, msg: P.GeneratorItemMsg, _bufs: list[bytes]) -> Any:
         self.streams.item(peer, msg)
         return DEFERRED
 

@@ -2,10 +2,11 @@
 
 A streaming call's function returns a generator (sync or async). Each yielded
 value is encoded like a task result (inline when small, through the store
-when large) under a fresh object id and sent to the owner as item ``index``
-(GENERATOR_ITEM) on the call's connection, before the call's reply, so the
-owner sees every item before the end. The call's own result is the number of
-items.
+when large) under a fresh object id and sent to the owner (GENERATOR_ITEM) on
+the call's connection, before the call's reply, so the owner sees every item
+before the end. The call's own result is the number of items. An exception
+raised by the generator becomes the item at its position (an error), and the
+stream ends there.
 
 Items go out in batches: the first at once (time to first item), the next
 ones queued and flushed by the worker's loop, one message per batch (a
@@ -13,8 +14,7 @@ producer faster than the wire fills batches instead of paying a frame and a
 syscall per item). A batch is also flushed when it is full, before the
 producer waits for acks, and at the end, before the reply. One small lock per
 producer orders the flushes of the loop and of the producer's thread; nothing
-is called under it but the connection's non-blocking ``send``. An exception raised by the generator becomes the item at its position
-(an error), and the stream ends there.
+is called under it but the connection's non-blocking ``send``.
 
 Back-pressure: with ``backpressure=N`` the producer waits before making item
 ``i`` while ``i - acked >= N`` (``acked`` is what the owner last said the

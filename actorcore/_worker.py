@@ -9,9 +9,9 @@ threads, ``async def`` code on the loop. A worker ends when its daemon goes.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
-import inspect
 import pickle
 import sys
 import threading

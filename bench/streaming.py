@@ -28,7 +28,7 @@ def _workload(lib: Any, items: int, rounds: int) -> dict[str, float]:
 
     @lib.remote
     def produce(n):
-        for i in range(n):
+        for i in range(n):  # noqa: UP028 (the same code runs on Ray)
             yield i
 
     @lib.remote
@@ -128,9 +128,7 @@ def table(ours: dict[str, Any], ray: dict[str, Any] | None) -> str:
             a, b = statistics.median(values), statistics.median(theirs)
             lower_better = "(ms)" in name
             ratio = f"{(b / a if lower_better else a / b):.1f}x"
-        lines.append(
-            f"| {name} | {_cell(values)} | {_cell(theirs) if theirs else '-'} | {ratio} |"
-        )
+        lines.append(f"| {name} | {_cell(values)} | {_cell(theirs) if theirs else '-'} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -69,9 +69,9 @@ def progress(done, total, rows, t0):
 def run(pool, batches, rows, prefetch, out_dir):
     t0 = time.perf_counter()
     # the loader stays at most `prefetch` batches ahead of what the models took
-    stream = load_batches.options(
-        num_returns="streaming", generator_backpressure=prefetch
-    ).remote(batches, rows)
+    stream = load_batches.options(num_returns="streaming", generator_backpressure=prefetch).remote(
+        batches, rows
+    )
     done = 0
     for ref in stream:
         if not pool.has_free():  # every model is busy: collect one result first

@@ -82,3 +82,11 @@ def test_batch_inference_writes_every_batch_with_the_right_predictions(tmp_path)
     assert r["check_matches"] == "True"
     assert int(r["files"]) == 20
     assert len(os.listdir(tmp_path / "out")) == 20
+
+
+@pytest.mark.timeout(60)
+def test_streaming_pipeline_bounds_every_stage_with_backpressure():
+    r = run_example("streaming_pipeline")
+    assert r["ok"] == "True"
+    assert int(r["bounded_lead"]) <= 2 * int(r["window"]) + 2
+    assert int(r["unbounded_lead"]) > int(r["bounded_lead"])

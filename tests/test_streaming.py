@@ -180,7 +180,9 @@ def test_a_worker_consumes_a_stream(runtime):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("option", ["generator_backpressure", "_generator_backpressure_num_objects"])
+@pytest.mark.parametrize(
+    "option", ["generator_backpressure", "_generator_backpressure_num_objects"]
+)
 def test_backpressure_bounds_how_far_the_producer_runs_ahead(runtime, option):
     n, window = 30, 3
     taken_at = []
@@ -200,8 +202,11 @@ def test_backpressure_bounds_how_far_the_producer_runs_ahead(runtime, option):
 def test_without_backpressure_the_producer_runs_ahead(runtime):
     gen = _stream(stamped, 20)
     first = ac.get(next(gen))
-    wait_for(lambda: gen.completed() in ac.wait([gen.completed()], timeout=0)[0], 20,
-             what="the producer to finish before the consumer read on")
+    wait_for(
+        lambda: gen.completed() in ac.wait([gen.completed()], timeout=0)[0],
+        20,
+        what="the producer to finish before the consumer read on",
+    )
     rest = [ac.get(r) for r in gen]
     assert first[0] == 0 and [x[0] for x in rest] == list(range(1, 20))
 

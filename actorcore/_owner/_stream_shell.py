@@ -80,7 +80,7 @@ class GeneratorStreams:
         self.post(S.StreamEnded(e.oid, e.state == FAILED))
 
     def item(self, peer: Any, msg: P.GeneratorItemMsg) -> None:
-        self.post(S.ItemsArrived(msg.stream_id, msg.index, msg.items, peer))
+        self.post(S.ItemsArrived(msg.stream_id, msg.start, msg.items, peer))
 
     def consumed(self, stream_id: bytes, n: int) -> None:
         self.post(S.ItemsConsumed(stream_id, n))
