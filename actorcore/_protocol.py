@@ -532,12 +532,14 @@ class GeneratorItemMsg(NamedTuple):
     """Worker -> owner: items ``start``, ``start + 1``, ... of the stream ``stream_id``.
 
     The stream is named by the call's end ref. ``items`` holds ``[oid, result]``
-    each, ``result`` being ``[kind, data, nested]`` like a task result.
+    each, ``result`` being ``[kind, data, nested]`` like a task result;
+    ``node_id`` is the producer's node (where store items are).
     """
 
     stream_id: bytes
     start: int
     items: list[Any]
+    node_id: bytes | None = None
 
 
 @message(Tag.ITEMS_ACK)

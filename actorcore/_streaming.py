@@ -188,7 +188,8 @@ class Producers:
             try:
                 if conn is None:
                     raise ConnectionError("no connection")
-                conn.send(P.GeneratorItemMsg(call.return_ids[0], index, items))
+                msg = P.GeneratorItemMsg(call.return_ids[0], index, items, self.rt.node.node_id)
+                conn.send(msg)
             except ConnectionError:
                 p.cancelled = True  # the owner is gone: nobody reads the rest
 

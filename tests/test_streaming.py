@@ -165,8 +165,13 @@ def test_a_function_that_does_not_yield_fails_clearly(runtime):
 
 @pytest.mark.timeout(60)
 def test_large_items_go_through_the_store(runtime):
+    from actorcore import _global as G
+
     size = 300_000  # 2.4 MB each
-    got = [ac.get(r) for r in _stream(count, 5, size)]
+    refs = list(_stream(count, 5, size))
+    rt = G.require()
+    assert all(rt.object_locations(r.id) == {rt.node.node_id} for r in refs)
+    got = [ac.get(r) for r in refs]
     assert [int(a[0]) for a in got] == [0, 1, 2, 3, 4]
     assert all(a.shape == (size,) and int(a.sum()) == i * size for i, a in enumerate(got))
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _protocol as P
 from .._generator import ObjectRefGenerator, StreamBuffer
 from .._ref import ObjectRef
-from .._refcount import FAILED, wake
+from .._refcount import FAILED, STORE, wake
 from . import _streams as S
 from ._inbox import Inbox
 
@@ -80,7 +80,8 @@ class GeneratorStreams:
         self.post(S.StreamEnded(e.oid, e.state == FAILED))
 
     def item(self, peer: Any, msg: P.GeneratorItemMsg) -> None:
-        self.post(S.ItemsArrived(msg.stream_id, msg.start, msg.items, peer))
+        node_id = bytes(msg.node_id) if msg.node_id else None
+        self.post(S.ItemsArrived(msg.stream_id, msg.start, msg.items, peer, node_id))
 
     def consumed(self, stream_id: bytes, n: int) -> None:
         self.post(S.ItemsConsumed(stream_id, n))
@@ -93,12 +94,15 @@ class GeneratorStreams:
     def _deliver(self, ins: S.DeliverItems) -> None:
         rt = self.rt
         address = rt.address
-        create, adopt = rt.table.create_owned, rt.adopt_result
+        table = rt.table
+        create, adopt, node_id = table.create_owned, rt.adopt_result, ins.node_id
         wakes: list[Any] = []
         with rt.lock:
             for oid, (kind, data, nested) in ins.items:
                 create(oid, address).local = 1
                 adopt(oid, kind, data, nested, wakes)
+                if kind == STORE and node_id is not None:
+                    table.add_location(oid, node_id)
         for waiters, e in wakes:
             wake(waiters, e)
         refs = [ObjectRef(oid, address, _counted=True) for oid, _result in ins.items]

@@ -62,6 +62,7 @@ class ItemsArrived:
     index: int
     items: list[Any]
     peer: Any
+    node_id: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -96,6 +97,7 @@ class DeliverItems:
 
     stream_id: bytes
     items: list[Any]
+    node_id: bytes | None = None  # where store items are
 
 
 @dataclass(slots=True)
@@ -197,7 +199,7 @@ class StreamCore:
             return
         if items:
             st.delivered += len(items)
-            self._out.append(DeliverItems(ev.stream_id, items))
+            self._out.append(DeliverItems(ev.stream_id, items, ev.node_id))
 
     def _on_consumed(self, ev: ItemsConsumed) -> None:
         st = self.streams.get(ev.stream_id)
