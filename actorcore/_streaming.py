@@ -52,9 +52,11 @@ class Producer:
 
     __slots__ = (
         "acked",
+        "actor_id",
         "backpressure",
         "call",
         "cancelled",
+        "error",
         "event",
         "flushed",
         "lock",
@@ -63,11 +65,13 @@ class Producer:
         "waiter",
     )
 
-    def __init__(self, call: Call, backpressure: int) -> None:
+    def __init__(self, call: Call, backpressure: int, actor_id: bytes | None) -> None:
         self.call = call
         self.backpressure = backpressure
+        self.actor_id = actor_id
         self.acked = 0
         self.cancelled = False
+        self.error: BaseException | None = None  # why it was stopped
         self.event = threading.Event()  # a sync producer waits on this
         self.waiter: asyncio.Future[None] | None = None  # an async producer on this
         self.pending: collections.deque[list[Any]] = collections.deque()  # [oid, result]
@@ -105,8 +109,16 @@ class Producers:
                 return True
         return False
 
-    def _open(self, call: Call) -> Producer:
-        p = Producer(call, call.stream - 1)
+    def actor_gone(self, actor_id: bytes, error: BaseException) -> None:
+        """The actor was dropped from this worker: its streaming calls stop with ``error``."""
+        for p in list(self.by_stream.values()):
+            if p.actor_id == actor_id:
+                p.error = error
+                p.cancelled = True
+                p.wake()
+
+    def _open(self, call: Call, actor_id: bytes | None) -> Producer:
+        p = Producer(call, call.stream - 1, actor_id)
         self.by_stream[call.return_ids[0]] = p
         return p
 
@@ -115,11 +127,11 @@ class Producers:
 
     # --- sync generators (on an executor thread) -------------------------------------------
 
-    def drive_sync(self, call: Call, gen: Any) -> int:
+    def drive_sync(self, call: Call, gen: Any, actor_id: bytes | None = None) -> int:
         """Run ``gen`` to its end, sending each item; returns how many were sent."""
         if not isinstance(gen, Iterator):
             raise TypeError(_not_a_generator(call, gen))
-        p = self._open(call)
+        p = self._open(call, actor_id)
         i = 0
         try:
             while True:
@@ -150,7 +162,7 @@ class Producers:
                 break
             p.event.wait()
         if p.cancelled:
-            raise TaskCancelledError(f"streaming call {p.call.name} was cancelled")
+            raise p.error or TaskCancelledError(f"streaming call {p.call.name} was cancelled")
 
     def _encode(self, call: Call, value: Any) -> list[Any]:
         oid = new_id()
@@ -195,15 +207,15 @@ class Producers:
 
     # --- async generators (on the loop) -----------------------------------------------------
 
-    async def drive_async(self, call: Call, agen: Any) -> int:
+    async def drive_async(self, call: Call, agen: Any, actor_id: bytes | None = None) -> int:
         """Run the async generator ``agen`` to its end, sending each item."""
         if not isinstance(agen, AsyncIterator):
             if isinstance(agen, Iterator):  # a sync generator from an async context
                 return await asyncio.get_running_loop().run_in_executor(
-                    None, self.drive_sync, call, agen
+                    None, self.drive_sync, call, agen, actor_id
                 )
             raise TypeError(_not_a_generator(call, agen))
-        p = self._open(call)
+        p = self._open(call, actor_id)
         i = 0
         try:
             while True:
@@ -231,7 +243,7 @@ class Producers:
             await p.waiter
             p.waiter = None
         if p.cancelled:
-            raise TaskCancelledError(f"streaming call {p.call.name} was cancelled")
+            raise p.error or TaskCancelledError(f"streaming call {p.call.name} was cancelled")
 
 
 def _not_a_generator(call: Call, value: Any) -> str:

@@ -300,7 +300,7 @@ class WorkerRuntime(CoreRuntime):
             args, kwargs, reg = decode_args(self, call.payload, call.resolved)
             value = method(*args, **kwargs)
             if call.stream:
-                value = self.producers.drive_sync(call, value)
+                value = self.producers.drive_sync(call, value, mb.actor_id)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
         except BaseException as e:
             results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
@@ -314,7 +314,7 @@ class WorkerRuntime(CoreRuntime):
             method = self._method(mb, call)
             args, kwargs, reg = decode_args(self, call.payload, call.resolved)
             if call.stream:
-                value = await self.producers.drive_async(call, method(*args, **kwargs))
+                value = await self.producers.drive_async(call, method(*args, **kwargs), mb.actor_id)
             else:
                 value = await method(*args, **kwargs)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
@@ -335,6 +335,10 @@ class WorkerRuntime(CoreRuntime):
         mb = self.mailboxes.pop(msg.actor_id, None)
         if mb is not None:
             mb.close(msg.reason)
+            err = ActorDiedError(
+                f"actor {mb.class_name} ({mb.actor_id.hex()}) is gone: {msg.reason}"
+            )
+            self.producers.actor_gone(mb.actor_id, err)
         return DEFERRED
 
 

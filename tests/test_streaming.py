@@ -100,6 +100,15 @@ class Source:
             yield i
         raise KeyError("async boom")
 
+    def forever(self):
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    def made_count(self):
+        return self.made
+
     async def aforever(self):
         i = 0
         while True:
@@ -310,3 +319,23 @@ async def test_async_generator_actor_method_from_an_asyncio_app(runtime):
         gen2 = src.aitems.options(num_returns="streaming").remote(1)
         while True:
             next(gen2)
+
+
+@pytest.mark.timeout(60)
+def test_dropping_an_actor_stream_frees_the_actor_for_its_next_call(runtime):
+    src = Source.remote()
+    gen = src.forever.options(num_returns="streaming", generator_backpressure=2).remote()
+    assert [ac.get(next(gen)) for _ in range(3)] == [0, 1, 2]
+    del gen  # the sync method is paused on back-pressure: it must stop, or the next call waits
+    assert ac.get(src.made_count.remote(), timeout=20) == 0
+
+
+@pytest.mark.timeout(60)
+def test_an_actor_killed_mid_stream_ends_it_with_actor_died(runtime):
+    src = Source.remote()
+    gen = src.forever.options(num_returns="streaming", generator_backpressure=2).remote()
+    assert ac.get(next(gen)) == 0
+    ac.kill(src)
+    refs = list(gen)  # never hangs
+    with pytest.raises(E.ActorDiedError):
+        ac.get(refs[-1])
