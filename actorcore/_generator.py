@@ -116,12 +116,17 @@ class ObjectRefGenerator:
             return ref
         _refuse_on_loop()
         buf = self._buf
-        while True:
-            buf.ready.clear()
-            ref = self._take()
-            if ref is not None:
-                return ref
-            buf.ready.wait()
+        rt = self._rt
+        rt.block_begin()  # in a worker: give the CPU back while we wait (as get() does)
+        try:
+            while True:
+                buf.ready.clear()
+                ref = self._take()
+                if ref is not None:
+                    return ref
+                buf.ready.wait()
+        finally:
+            rt.block_end()
 
     def __aiter__(self) -> ObjectRefGenerator:
         return self

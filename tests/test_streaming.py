@@ -190,6 +190,13 @@ def test_a_worker_consumes_a_stream(runtime):
     assert ac.get(sum_of_stream.remote(50), timeout=30) == sum(range(50))
 
 
+@pytest.mark.timeout(60)
+def test_consumers_holding_every_cpu_give_it_back_while_they_wait(runtime):
+    # two consumer tasks take both CPUs; their producers need one each
+    got = ac.get([sum_of_stream.remote(20) for _ in range(2)], timeout=40)
+    assert got == [sum(range(20))] * 2
+
+
 # --- back-pressure -------------------------------------------------------------------------
 
 
