@@ -28,6 +28,7 @@ from actorcore.store._state import StoreState
 
 from . import _lifecycle as L
 from . import _protocol as P
+from ._cluster_node import join_cluster
 from ._config import Config
 from ._node_actors import NodeActorsMixin
 from ._pool import WorkerPool
@@ -64,6 +65,7 @@ class NodeDaemon(NodeActorsMixin, Service):
         owner_pid: int | None,
         sys_path: list[str],
         unix_name: str | None = None,
+        cluster: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -74,7 +76,9 @@ class NodeDaemon(NodeActorsMixin, Service):
         self.sys_path = sys_path
         self._listen_sock = listen_sock
         self._zygote = zygote
-        ncpu = config.num_cpus or float(os.cpu_count() or 1)
+        # a node a driver starts to join a cluster offers only what the driver asked for
+        driver_node = bool(cluster) and cluster.get("started_by") == "driver"  # type: ignore[union-attr]
+        ncpu = config.num_cpus or (0.0 if driver_node else float(os.cpu_count() or 1))
         total = {
             "CPU": ncpu,
             **({"GPU": config.num_gpus} if config.num_gpus else {}),
@@ -109,6 +113,7 @@ class NodeDaemon(NodeActorsMixin, Service):
         self.address: tuple[str, int] = listen_sock.getsockname()[:2]
         self.unix_name = unix_name or ""
         self.started_at = time.time()
+        self.cluster = join_cluster(self, cluster)  # etcd-backed control state in a cluster
 
     # --- life ---------------------------------------------------------------------
 
@@ -130,6 +135,8 @@ class NodeDaemon(NodeActorsMixin, Service):
         self._handlers = self.bound_handlers()
         self.listener.start()
         self.unix_name = self.listener.unix_name
+        if self.cluster is not None:
+            await self.cluster.start(self._handlers)  # registered in etcd from here on
         zsock, zpid = self._zygote
         self.pool = WorkerPool(loop, zsock, zpid, self._on_worker_exit)
         prestart = self.config.prestart_workers
@@ -157,6 +164,8 @@ class NodeDaemon(NodeActorsMixin, Service):
             for peer in list(peers):
                 if peer.conn is not None:
                     peer.conn.close()
+        if self.cluster is not None:
+            await self.cluster.leave()
         await self.cancel_tasks()
         await self.control.aclose()
 

@@ -17,7 +17,7 @@ either; :class:`EtcdProcess` runs a throwaway etcd for tests.
 from __future__ import annotations
 
 from ._embedded import EmbeddedControlStore, EmbeddedState
-from ._etcd import EtcdAddress, EtcdControlStore
+from ._etcd import EtcdAddress, EtcdControlStore, EtcdOptions
 from ._etcd_process import EtcdNotFoundError, EtcdProcess
 from ._interface import (
     Compare,
@@ -49,6 +49,7 @@ __all__ = [
     "EmbeddedState",
     "EtcdAddress",
     "EtcdControlStore",
+    "EtcdOptions",
     "EtcdNotFoundError",
     "EtcdProcess",
     "EventType",

@@ -15,8 +15,10 @@ back (see /work/shared/ETCD.md, gotchas 1-6).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
+import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -45,7 +47,7 @@ from ._interface import (
     WatchEvent,
 )
 
-__all__ = ["EtcdAddress", "EtcdControlStore"]
+__all__ = ["EtcdAddress", "EtcdControlStore", "EtcdOptions"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,26 +96,127 @@ _RESULTS: Final = {
 
 @dataclass(frozen=True, slots=True)
 class EtcdAddress:
-    """A parsed ``etcd://host[:port][/NAME]`` address."""
+    """A parsed ``etcd://host[:port][,host[:port]...][/NAME]`` address.
+
+    ``host``/``port`` are the first endpoint; ``more`` holds the others.
+    """
 
     host: str
     port: int
     namespace: str
+    more: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def parse(cls, address: str) -> EtcdAddress:
-        """Raises ValueError for anything but ``etcd://host[:port][/NAME]``."""
-        parts = urllib.parse.urlsplit(address)
-        if parts.scheme != "etcd" or not parts.hostname:
+        """Raises ValueError for anything but ``etcd://host[:port][,...][/NAME]``."""
+        if not address.startswith("etcd://"):
             raise ValueError(f"expected etcd://host[:port][/NAME], got {address!r}")
-        name = parts.path.strip("/") or DEFAULT_NAMESPACE
+        netloc, _, path = address[len("etcd://") :].partition("/")
+        endpoints = [_endpoint(part, address) for part in netloc.split(",")]
+        name = path.strip("/") or DEFAULT_NAMESPACE
         if "/" in name:
             raise ValueError(f"an etcd namespace is one path segment, got {name!r}")
-        return cls(parts.hostname, parts.port or DEFAULT_PORT, name)
+        (host, port), *more = endpoints
+        return cls(host, port, name, tuple(more))
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        return [(self.host, self.port), *self.more]
+
+    def grpc_target(self) -> str:
+        """One gRPC target for every endpoint (``ipv4:``/``ipv6:`` lists fail over)."""
+        hosts = [h for h, _ in self.endpoints]
+        if len(hosts) > 1 and all(_is_ip(h, socket.AF_INET) for h in hosts):
+            return "ipv4:" + ",".join(f"{h}:{p}" for h, p in self.endpoints)
+        if len(hosts) > 1 and all(_is_ip(h, socket.AF_INET6) for h in hosts):
+            return "ipv6:" + ",".join(f"[{h}]:{p}" for h, p in self.endpoints)
+        if len(hosts) > 1:
+            logger.warning("etcd endpoints by name: only %s is used", _hostport(*self.endpoints[0]))
+        return _hostport(self.host, self.port)
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"etcd://{host}:{self.port}/{self.namespace}"
+        return f"etcd://{','.join(_hostport(h, p) for h, p in self.endpoints)}/{self.namespace}"
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_ip(host: str, family: int) -> bool:
+    try:
+        socket.inet_pton(family, host)
+    except OSError:
+        return False
+    return True
+
+
+def _endpoint(part: str, address: str) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit("//" + part)
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"bad port in etcd address {address!r}") from None
+    if not parts.hostname:
+        raise ValueError(f"expected etcd://host[:port][/NAME], got {address!r}")
+    return parts.hostname, port
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdOptions:
+    """How to log in to etcd: user and password (etcd's auth), TLS files.
+
+    ``ca`` alone gives server-authenticated TLS; with ``cert`` and ``key``
+    the client proves itself too (etcd's ``--client-cert-auth``).
+    """
+
+    user: str | None = None
+    password: str | None = None
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return dataclasses.asdict(self)
+
+
+class _Client(aetcd.Client):
+    """aetcd's client on one gRPC target (several endpoints), optionally over TLS.
+
+    Only the channel, the login and the stubs the store uses are set up here.
+    """
+
+    def __init__(self, target: str, opts: EtcdOptions, options: dict[str, Any]) -> None:
+        super().__init__(username=opts.user, password=opts.password, options=options)
+        self._target = target
+        self._opts = opts
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        opts = self._opts
+        if opts.ca is not None:
+            files = (_read(opts.ca), _read(opts.key), _read(opts.cert))
+            creds = grpc.ssl_channel_credentials(*files)
+            self.channel = grpc.aio.secure_channel(self._target, creds, self._options.items())
+        else:
+            self.channel = grpc.aio.insecure_channel(self._target, self._options.items())
+        self.kvstub = rpc.KVStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        if opts.user is not None and opts.password is not None:
+            request = rpc.AuthenticateRequest(name=opts.user, password=opts.password)
+            try:
+                reply = await rpc.AuthStub(self.channel).Authenticate(request, timeout=5.0)
+            except grpc.aio.AioRpcError as exc:
+                raise _map_error(exc, self._target) from exc
+            self.metadata = (("token", reply.token),)
+        self._connected.set()
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _map_error(exc: grpc.aio.AioRpcError, where: object) -> Exception:
@@ -143,31 +246,37 @@ class EtcdControlStore(ControlStore):
     answers.
 
     Args:
-        address: ``etcd://host[:port][/NAME]``; NAME defaults to ``default``.
+        address: ``etcd://host[:port][,host[:port]...][/NAME]``; NAME defaults
+            to ``default``; with several IP endpoints gRPC fails over between them.
         call_timeout: seconds before a call fails with ControlStoreUnavailableError.
+        options: etcd user/password and TLS files (:class:`EtcdOptions`).
 
     Raises:
         ValueError: a malformed address.
     """
 
-    def __init__(self, address: str, *, call_timeout: float = 5.0) -> None:
+    def __init__(
+        self, address: str, *, call_timeout: float = 5.0, options: EtcdOptions | None = None
+    ) -> None:
         self.address = EtcdAddress.parse(address)
         self._ns = self.address.namespace.encode() + b"/"
-        host = f"[{self.address.host}]" if ":" in self.address.host else self.address.host
-        self._client = aetcd.Client(host, self.address.port, options=dict(_CHANNEL_OPTIONS))
+        target = self.address.grpc_target()
+        self._client = _Client(target, options or EtcdOptions(), dict(_CHANNEL_OPTIONS))
         self._call_timeout = call_timeout
         self._watches: set[_EtcdWatch] = set()
         self._closing = False
         self._closed = False
 
     @classmethod
-    async def connect(cls, address: str, *, call_timeout: float = 5.0) -> EtcdControlStore:
+    async def connect(
+        cls, address: str, *, call_timeout: float = 5.0, options: EtcdOptions | None = None
+    ) -> EtcdControlStore:
         """Open a store and check that etcd answers.
 
         Raises:
             ControlStoreUnavailableError: etcd did not answer within ``call_timeout``.
         """
-        return await cls(address, call_timeout=call_timeout).__aenter__()
+        return await cls(address, call_timeout=call_timeout, options=options).__aenter__()
 
     async def __aenter__(self) -> EtcdControlStore:
         """Check that etcd answers; closes the store and raises if it does not."""

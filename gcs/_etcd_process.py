@@ -57,6 +57,8 @@ class EtcdProcess:
         base_dir: where the data directory is made.
         fast_leases: shorten raft's heartbeat (50 ms) so etcd accepts 1 s
             lease TTLs; with etcd's defaults the minimum TTL is 2 s.
+        extra_hosts: further addresses to serve clients on (the same port),
+            e.g. a test bridge's address that network namespaces reach.
 
     Raises:
         EtcdNotFoundError: no etcd binary.
@@ -71,6 +73,7 @@ class EtcdProcess:
         stop_timeout: float = 5.0,
         base_dir: str = "/dev/shm",
         fast_leases: bool = True,
+        extra_hosts: tuple[str, ...] = (),
     ) -> None:
         found = binary or shutil.which("etcd")
         if found is None:
@@ -81,6 +84,7 @@ class EtcdProcess:
         self.stop_timeout = stop_timeout
         self._base_dir = base_dir
         self._fast_leases = fast_leases
+        self._extra_hosts = tuple(extra_hosts)
         self._dir: Path | None = None
         self._client_port = 0
         self._peer_port = 0
@@ -96,9 +100,13 @@ class EtcdProcess:
         """``etcd://127.0.0.1:PORT/<namespace>``."""
         return self.address_for(self.namespace)
 
-    def address_for(self, namespace: str) -> str:
-        """The address of this server with another namespace."""
-        return f"etcd://127.0.0.1:{self._client_port}/{namespace}"
+    def address_for(self, namespace: str, host: str = "127.0.0.1") -> str:
+        """The address of this server with another namespace (and host)."""
+        return f"etcd://{host}:{self._client_port}/{namespace}"
+
+    @property
+    def port(self) -> int:
+        return self._client_port
 
     @property
     def data_dir(self) -> Path | None:
@@ -140,7 +148,9 @@ class EtcdProcess:
             self.binary,
             "--name", "t1",
             "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.client_url,
+            "--listen-client-urls", ",".join(
+                [self.client_url, *(f"http://{h}:{self._client_port}" for h in self._extra_hosts)]
+            ),
             "--advertise-client-urls", self.client_url,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,

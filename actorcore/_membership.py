@@ -1,0 +1,405 @@
+"""Cluster membership: a node registers in etcd, keeps its lease, and watches its peers.
+
+Keys (under the cluster's etcd namespace NAME):
+
+* ``/nodes/<id>``: the node's record, attached to its lease: present while the
+  node lives; gone (a watch DELETE) when it leaves or its lease expires;
+* ``/members/<id>``: the same record without a lease, kept after death, so a
+  node that joins later still lists dead nodes (``Alive: False``);
+* ``/token``: the cluster token (see :func:`cluster_token`).
+
+:class:`PeerTable` is the sans-IO view (records in, joins and leaves out);
+:class:`Membership` is the service the node daemon composes: it registers,
+refreshes the lease every TTL/3 (re-registering when etcd reports it lost),
+watches ``/nodes/`` from the revision it loaded + 1 (the etcd watch resumes
+from its last revision after an outage; a compacted revision resyncs), and
+talks to peer daemons directly for what etcd must not carry (load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from actorcore.gcs import (
+    ControlStoreError,
+    EtcdAddress,
+    EtcdControlStore,
+    EtcdOptions,
+    EventType,
+    KeyValue,
+    PutOp,
+    RevisionCompactedError,
+    WatchEvent,
+)
+
+from . import _protocol as P
+from ._rpc import RpcPeer, Service, next_rid
+from ._transport import open_connection
+
+__all__ = [
+    "ClusterSpec",
+    "Joined",
+    "Left",
+    "Membership",
+    "PeerTable",
+    "cluster_token",
+    "local_ip_towards",
+]
+
+logger = logging.getLogger(__name__)
+
+NODES = b"/nodes/"
+MEMBERS = b"/members/"
+TOKEN = b"/token"
+PEER_CALL_TIMEOUT_S = 5.0
+_RETRY_S = 0.5  # pacing of retries after etcd errors, not synchronization
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """How a node joins its cluster (the ``cluster`` part of the daemon's boot)."""
+
+    address: str  # etcd://host:port[,host:port...]/NAME
+    node_ip: str
+    ttl_s: float = 10.0
+    etcd: EtcdOptions = field(default_factory=EtcdOptions)
+    started_by: str = "cli"  # "cli" (actorcore start) or "driver"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClusterSpec:
+        return cls(
+            d["address"],
+            d["node_ip"],
+            float(d.get("ttl_s", 10.0)),
+            EtcdOptions(**(d.get("etcd") or {})),
+            d.get("started_by", "cli"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "node_ip": self.node_ip,
+            "ttl_s": self.ttl_s,
+            "etcd": self.etcd.to_dict(),
+            "started_by": self.started_by,
+        }
+
+
+def local_ip_towards(address: str) -> str:
+    """The address of the local interface that reaches etcd (a UDP connect sends nothing)."""
+    host, port = EtcdAddress.parse(address).endpoints[0]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((host, port))
+        return str(s.getsockname()[0])
+
+
+async def cluster_token(address: str, options: EtcdOptions, given: bytes | None) -> bytes:
+    """The cluster's token: the one in etcd; else ``given`` or a new one, stored there.
+
+    The first node creates it (compare-and-swap: two first nodes agree on one).
+
+    Raises:
+        ValueError: ``given`` differs from the token the cluster already has.
+    """
+    async with EtcdControlStore(address, options=options) as store:
+        mine = given or os.urandom(32)
+        await store.put_if_absent(TOKEN, mine)
+        kv = await store.get(TOKEN)
+        assert kv is not None
+        if given is not None and kv.value != given:
+            raise ValueError(f"the token given does not match cluster {address}'s token")
+        return kv.value
+
+
+# --- the sans-IO view ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    node_id: bytes
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    node_id: bytes
+
+
+def _decode(kv: KeyValue) -> dict[str, Any]:
+    return dict(msgpack.unpackb(kv.value, raw=False))
+
+
+def _node_id(key: bytes, prefix: bytes) -> bytes:
+    return bytes.fromhex(key[len(prefix) :].decode())
+
+
+class PeerTable:
+    """Every node of the cluster: live ones (``/nodes/``) and those seen before."""
+
+    def __init__(self) -> None:
+        self.members: dict[bytes, dict[str, Any]] = {}
+        self.live: dict[bytes, dict[str, Any]] = {}
+
+    def load(self, members: list[KeyValue], nodes: list[KeyValue]) -> list[Joined | Left]:
+        """Replace the view with a fresh read; returns what changed."""
+        before = set(self.live)
+        for kv in members:
+            self.members[_node_id(kv.key, MEMBERS)] = _decode(kv)
+        self.live = {_node_id(kv.key, NODES): _decode(kv) for kv in nodes}
+        self.members.update(self.live)
+        out: list[Joined | Left] = [Left(n) for n in before - set(self.live)]
+        out += [Joined(n, r) for n, r in self.live.items() if n not in before]
+        return out
+
+    def handle(self, event: WatchEvent) -> list[Joined | Left]:
+        """One watch event on ``/nodes/``."""
+        node_id = _node_id(event.key, NODES)
+        if event.type is EventType.PUT:
+            assert event.kv is not None
+            record = _decode(event.kv)
+            fresh = node_id not in self.live
+            self.live[node_id] = self.members[node_id] = record
+            return [Joined(node_id, record)] if fresh else []
+        if self.live.pop(node_id, None) is not None:
+            return [Left(node_id)]
+        return []
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """``ac.nodes()`` rows: every node ever seen, dead ones with ``Alive: False``."""
+        rows = []
+        for node_id, r in sorted(self.members.items(), key=lambda x: x[1].get("start_time", 0)):
+            rows.append(
+                {
+                    "NodeID": node_id.hex(),
+                    "Alive": node_id in self.live,
+                    "NodeManagerAddress": r["address"],
+                    "NodeManagerPort": r["port"],
+                    "Resources": dict(r["resources"]),
+                    "Pid": r["pid"],
+                    "StartTime": r.get("start_time", 0.0),
+                    "MetricsExportPort": r.get("metrics_port", 0),
+                }
+            )
+        return rows
+
+    def total(self) -> dict[str, float]:
+        """The sum of the live nodes' resources."""
+        out: dict[str, float] = {}
+        for r in self.live.values():
+            for k, v in r["resources"].items():
+                out[k] = out.get(k, 0.0) + float(v)
+        return out
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+class _Links(Service):
+    """Outgoing connections to peer daemons (answers nothing itself)."""
+
+
+class Membership:
+    """A node's place in its cluster: registration, lease, peer watch, peer calls.
+
+    Args:
+        spec: the cluster and this node's address in it.
+        node_id: this node.
+        record: what peers learn of this node (address, port, pid, resources...).
+        token: the cluster token (peer daemons prove it too).
+        limits: (max header bytes, max frame bytes) for peer connections.
+        on_change: called with the joins and leaves of every update.
+    """
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        node_id: bytes,
+        record: dict[str, Any],
+        token: bytes,
+        limits: tuple[int, int],
+        on_change: Callable[[list[Joined | Left]], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.node_id = node_id
+        self.record = record
+        self.store = EtcdControlStore(spec.address, options=spec.etcd)
+        self.table = PeerTable()
+        self.lease = 0
+        self._token = token
+        self._limits = limits
+        self._on_change = on_change
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._links = _Links()
+        self._peers: dict[bytes, RpcPeer] = {}
+        self._leaving = False
+
+    # --- life ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register and start watching; returns once this node is in etcd.
+
+        Raises:
+            ControlStoreUnavailableError: etcd does not answer.
+        """
+        await self.store.ping()
+        await self._register()
+        revision = await self._load()
+        self._own(self._watch(revision + 1), "watch")
+        self._own(self._keepalive(), "keepalive")
+        logger.info("node %s joined cluster %s", self.node_id.hex(), self.spec.address)
+
+    async def leave(self) -> None:
+        """Leave the cluster now: peers see this node's DELETE at once."""
+        self._leaving = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for peer in self._peers.values():
+            if peer.conn is not None:
+                peer.conn.close()
+        try:
+            await asyncio.wait_for(self.store.revoke_lease(self.lease), 2.0)
+        except (ControlStoreError, TimeoutError) as e:
+            logger.warning("could not leave the cluster cleanly (peers see it after the TTL): %s", e)
+
+    def _own(self, coro: Any, what: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"membership-{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("membership task failed", exc_info=task.exception())
+
+    # --- etcd ------------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        self.lease = await self.store.grant_lease(self.spec.ttl_s)
+        value = bytes(msgpack.packb(self.record, use_bin_type=True))
+        key = self.node_id.hex().encode()
+        await self.store.txn([], [PutOp(MEMBERS + key, value), PutOp(NODES + key, value, self.lease)])
+
+    async def _load(self) -> int:
+        members, _ = await self.store.get_prefix(MEMBERS)
+        nodes, revision = await self.store.get_prefix(NODES)
+        self._changed(self.table.load(members, nodes))
+        return revision
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.ttl_s / 3)  # the lease's refresh period
+            try:
+                ttl = await self.store.refresh_lease(self.lease)
+                if ttl <= 0:
+                    logger.error("this node's registration was lost (lease expired): registering again")
+                    await self._register()
+            except ControlStoreError as e:
+                logger.warning("could not refresh this node's lease: %s", e)
+
+    async def _watch(self, revision: int) -> None:
+        while not self._leaving:
+            try:
+                async with self.store.watch_prefix(NODES, start_revision=revision) as watch:
+                    async for event in watch:
+                        revision = event.revision + 1
+                        self._changed(self.table.handle(event))
+                return
+            except RevisionCompactedError:
+                logger.warning("membership watch fell behind a compaction: reloading")
+                revision = await self._load() + 1
+            except ControlStoreError as e:
+                logger.warning("membership watch failed (%s): watching again", e)
+                await asyncio.sleep(_RETRY_S)
+
+    def _changed(self, changes: list[Joined | Left]) -> None:
+        for ch in changes:
+            if isinstance(ch, Joined):
+                logger.info("node %s joined at %s:%s", ch.node_id.hex(), ch.record["address"], ch.record["port"])
+            else:
+                logger.info("node %s left the cluster", ch.node_id.hex())
+                peer = self._peers.pop(ch.node_id, None)
+                if peer is not None and peer.conn is not None:
+                    peer.conn.close()
+                if ch.node_id == self.node_id and not self._leaving:
+                    logger.error("this node's key vanished: registering again")
+                    self._own(self._register(), "register")
+        if changes and self._on_change is not None:
+            self._on_change(changes)
+
+    # --- peers ---------------------------------------------------------------------------
+
+    async def call_node(self, node_id: bytes, msg: Any) -> Any:
+        """Ask the daemon of ``node_id`` (a live peer); returns the reply's value.
+
+        Raises:
+            LookupError: no such live node.
+            ConnectionError, TimeoutError: it could not be reached.
+        """
+        peer = self._peers.get(node_id)
+        if peer is None or peer.conn is None or peer.conn.closed:
+            peer = await self._connect(node_id)
+        return await asyncio.wait_for(peer.call(msg), PEER_CALL_TIMEOUT_S)
+
+    async def _connect(self, node_id: bytes) -> RpcPeer:
+        record = self.table.live.get(node_id)
+        if record is None:
+            raise LookupError(f"node {node_id.hex()} is not a live node of this cluster")
+        peer = RpcPeer(self._links, {})
+        conn = await asyncio.wait_for(
+            open_connection(
+                asyncio.get_running_loop(),
+                (record["address"], int(record["port"])),
+                peer,
+                token=self._token,
+                role="daemon",
+                my_id=self.node_id,
+                max_header_bytes=self._limits[0],
+                max_frame_bytes=self._limits[1],
+            ),
+            PEER_CALL_TIMEOUT_S,
+        )
+        peer.conn = conn
+        self._peers[node_id] = peer
+        return peer
+
+    async def available(self, local: dict[str, float]) -> dict[str, float]:
+        """The live nodes' available resources, summed: this node's ``local`` plus
+        what each peer daemon reports (asked directly, node to node)."""
+        others = [n for n in self.table.live if n != self.node_id]
+        replies = await asyncio.gather(
+            *(self.call_node(n, P.ClusterInfoMsg(next_rid(), "available_local")) for n in others),
+            return_exceptions=True,
+        )
+        out = dict(local)
+        for node_id, reply in zip(others, replies, strict=True):
+            if isinstance(reply, BaseException):
+                logger.info("node %s did not report its load: %s", node_id.hex(), reply)
+                continue
+            for k, v in dict(reply).items():
+                out[k] = out.get(k, 0.0) + float(v)
+        return out
+
+
+def node_record(node_id: bytes, spec: ClusterSpec, port: int, resources: dict[str, float]) -> dict[str, Any]:
+    """What this node publishes about itself."""
+    return {
+        "node_id": node_id.hex(),
+        "address": spec.node_ip,
+        "port": port,
+        "pid": os.getpid(),
+        "resources": dict(resources),
+        "metrics_port": 0,  # placeholder until metrics are exported
+        "start_time": time.time(),
+        "started_by": spec.started_by,
+    }
