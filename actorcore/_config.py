@@ -52,6 +52,7 @@ class Config:
     etcd_ca: str = ""
     etcd_cert: str = ""
     etcd_key: str = ""
+    attach_node: str = ""  # node id (or a prefix) to attach to among local nodes of a cluster
 
     def __post_init__(self) -> None:
         if self.inline_threshold < 0:
@@ -91,6 +92,7 @@ class Config:
             "etcd_ca": _env("ETCD_CA", ""),
             "etcd_cert": _env("ETCD_CERT", ""),
             "etcd_key": _env("ETCD_KEY", ""),
+            "attach_node": _env("ATTACH_NODE", ""),
         }
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():

@@ -131,12 +131,14 @@ def start_cluster_node(
     port: int = 0,
     started_by: str = "cli",
     owner_pid: int | None = None,
+    wrap: list[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any], bytes]:
     """Start a node daemon that joins cluster ``address``; returns once it is registered.
 
     The path of ``actorcore start --address`` (``started_by="cli"``) and of a
     driver that finds no node of its cluster here (``"driver"``, with
-    ``owner_pid``: the node leaves with that process).
+    ``owner_pid``: the node leaves with that process). ``wrap`` prefixes the
+    daemon's command (tests: ``["ip", "netns", "exec", NS]``).
     """
     from ._membership import ClusterSpec, local_ip_towards
 
@@ -149,7 +151,13 @@ def start_cluster_node(
         started_by,
     )
     proc, ready = spawn_daemon(
-        config, token, owner_pid, cluster=spec.to_dict(), port=port, started_by=started_by
+        config,
+        token,
+        owner_pid,
+        cluster=spec.to_dict(),
+        port=port,
+        started_by=started_by,
+        wrap=wrap,
     )
     return proc, ready, token
 
@@ -174,6 +182,12 @@ class DriverRuntime(CoreRuntime):
             proc, ready = spawn_daemon(config, token, os.getpid())
         elif address.startswith("etcd://"):
             nodes = local_nodes(config.shm_root, address)
+            if config.attach_node:
+                nodes = [n for n in nodes if n["node_id"].startswith(config.attach_node)]
+                if not nodes:
+                    raise ConnectionError(
+                        f"no node {config.attach_node} of cluster {address} runs here"
+                    )
             if nodes:
                 ready = nodes[0]
                 token = bytes.fromhex(ready["token"])
@@ -283,6 +297,7 @@ def spawn_daemon(
     cluster: dict[str, Any] | None = None,
     port: int = 0,
     started_by: str = "driver",
+    wrap: list[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Start a node daemon process; returns it and its ready information.
 
@@ -300,7 +315,7 @@ def spawn_daemon(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([_PKG_ROOT, *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "actorcore._daemon"],
+        [*(wrap or []), sys.executable, "-m", "actorcore._daemon"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -268,7 +268,7 @@ class Membership:
             if peer.conn is not None:
                 peer.conn.close()
         try:
-            await asyncio.wait_for(self.store.revoke_lease(self.lease), 2.0)
+            await asyncio.wait_for(self.store.revoke_lease(self.lease), 5.0)
         except (ControlStoreError, TimeoutError) as e:
             logger.warning("could not leave the cluster cleanly (peers see it after the TTL): %s", e)
 

@@ -156,6 +156,8 @@ class NodeDaemon(NodeActorsMixin, Service):
             self.stopping.set_result(None)
 
     async def close(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.leave()  # first: peers see this node go at once
         if self.listener is not None:
             self.listener.close()
         if self.pool is not None:
@@ -164,8 +166,6 @@ class NodeDaemon(NodeActorsMixin, Service):
             for peer in list(peers):
                 if peer.conn is not None:
                     peer.conn.close()
-        if self.cluster is not None:
-            await self.cluster.leave()
         await self.cancel_tasks()
         await self.control.aclose()
 

@@ -1,0 +1,293 @@
+"""Cluster membership on one machine: nodes join through a real etcd, watch each
+other, and drivers attach to them (issue 8 items 1-3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import msgpack
+import pytest
+
+import actorcore as ac
+from actorcore._driver import local_nodes
+from actorcore.gcs import EtcdControlStore, EtcdProcess
+from actorcore.testing import Cluster, wait_for
+
+pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    with EtcdProcess(namespace="unused") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(etcd):
+    """Two nodes (1 CPU each, one with a custom resource) shared by the module."""
+    c = Cluster(num_nodes=0, etcd=etcd, ttl_s=3.0)
+    c.start()
+    try:
+        c.add_node(num_cpus=1, wait=False)
+        c.add_node(num_cpus=1, resources={"disk": 2}, wait=False)
+        c.wait_registered()
+        yield c
+    finally:
+        c.shutdown()
+
+
+@pytest.fixture
+def driver(cluster):
+    ac.init(address=cluster.address)
+    try:
+        yield ac
+    finally:
+        ac.shutdown()
+
+
+def _run_driver(code: str, timeout: float = 90.0, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )
+
+
+def test_nodes_and_resources_from_a_driver(cluster, driver):
+    rows = ac.nodes()
+    ids = {n.node_id for n in cluster.nodes}
+    assert {r["NodeID"] for r in rows} == ids
+    for r in rows:
+        assert r["Alive"] is True
+        assert r["NodeManagerAddress"] == "127.0.0.1"
+        assert r["NodeManagerPort"] > 0 and r["Pid"] > 0
+    assert {r["Pid"] for r in rows} == {n.pid for n in cluster.nodes}
+    total = ac.cluster_resources()
+    assert total["CPU"] == 2.0 and total["disk"] == 2.0
+    wait_for(lambda: ac.available_resources().get("CPU") == 2.0, 20, what="both CPUs free")
+    assert ac.available_resources()["disk"] == 2.0
+
+    @ac.remote(num_cpus=1)
+    def where() -> str:
+        return ac.get_runtime_context().get_node_id()
+
+    # the driver attached to the newest node of the cluster on this machine
+    assert ac.get(where.remote(), timeout=60) == cluster.nodes[-1].node_id
+
+
+def test_a_node_joining_and_leaving_is_seen_by_watch(etcd):
+    with Cluster(num_nodes=1, etcd=etcd, ttl_s=2.0) as c:
+        first = c.nodes[0]
+        second = c.add_node(num_cpus=1)  # add_node waits until every node lists it
+        third = c.add_node(num_cpus=1)
+        c.stop_node(second)  # a clean leave: seen at once
+
+        def status(node_id: str) -> bool | None:
+            return {r["NodeID"]: r["Alive"] for r in first.nodes()}.get(node_id)
+
+        wait_for(lambda: status(second.node_id) is False, 10, what="clean leave seen")
+        c.stop_node(third, kill=True)  # no goodbye: its lease expires after the TTL
+        wait_for(lambda: status(third.node_id) is False, 2.0 + 8.0, what="lease expiry seen")
+        rows = {r["NodeID"]: r for r in first.nodes()}
+        assert rows[first.node_id]["Alive"] is True
+        assert len(rows) == 3  # dead nodes stay listed
+
+
+def test_cli_start_prints_the_node_and_stop_stops_only_that_cluster(etcd, cluster):
+    address = etcd.address_for("cli-test")
+    env = {**os.environ, "ACTORCORE_NODE_TTL_S": "3"}
+    cmd = [sys.executable, "-m", "actorcore._cli"]
+    out = subprocess.run(
+        [*cmd, "start", "--address", address, "--num-cpus", "1", "--resources", '{"x": 1}'],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    node_id = first.split()[1]
+    pid = int(first.split("pid ")[1].split(",")[0])
+    try:
+        mine = local_nodes(cluster=address)
+        assert [n["node_id"] for n in mine] == [node_id]
+        assert mine[0]["pid"] == pid and mine[0]["started_by"] == "cli"
+        others = {n["node_id"] for n in local_nodes(cluster=cluster.address)}
+        stop = subprocess.run(
+            [*cmd, "stop", "--address", address], capture_output=True, text=True, timeout=60
+        )
+        assert stop.returncode == 0 and "stopped 1 node(s)" in stop.stdout, stop.stderr
+        assert local_nodes(cluster=address) == []
+        # the module's cluster is untouched
+        assert {n["node_id"] for n in local_nodes(cluster=cluster.address)} == others
+    finally:
+        try:
+            os.kill(pid, 15)
+        except ProcessLookupError:
+            pass
+        wait_for(lambda: not _alive(pid), 20, what="CLI node gone")
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_two_drivers_share_the_cluster(cluster):
+    code = """
+        import json, actorcore as ac
+        ac.init(address=%r)
+        @ac.remote(num_cpus=0)
+        def f(x):
+            return x * 2
+        print(json.dumps([ac.get(f.remote(21), timeout=60), len(ac.nodes())]))
+        ac.shutdown()
+    """ % (cluster.address,)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=90)
+        assert p.returncode == 0, err
+        assert json.loads(out.strip().splitlines()[-1]) == [42, 2]
+    # the drivers' exits stopped no node
+    assert all(_alive(n.pid) for n in cluster.nodes)
+    cluster.wait_registered(10)
+
+
+async def _registry(address: str) -> tuple[dict[str, dict], set[str]]:
+    async with EtcdControlStore(address) as store:
+        members, _ = await store.get_prefix(b"/members/")
+        live, _ = await store.get_prefix(b"/nodes/")
+    decode = {kv.key.split(b"/")[-1].decode(): msgpack.unpackb(kv.value) for kv in members}
+    return decode, {kv.key.split(b"/")[-1].decode() for kv in live}
+
+
+def test_a_driver_without_a_local_node_starts_one_that_leaves_with_it(etcd):
+    address = etcd.address_for("driver-node")
+    code = """
+        import sys, actorcore as ac
+        info = ac.init(address=%r, num_cpus=1)
+        print(info.node_id, flush=True)
+        sys.stdin.readline()
+        ac.shutdown()
+    """ % (address,)
+    p = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ACTORCORE_NODE_TTL_S": "30"},
+    )
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        node_id = p.stdout.readline().strip()
+        assert node_id, p.stderr.read() if p.stderr else ""
+        members, live = asyncio.run(_registry(address))
+        assert node_id in live
+        assert members[node_id]["started_by"] == "driver"
+        assert members[node_id]["resources"]["CPU"] == 1.0
+        assert local_nodes(cluster=address) == []  # never offered to other drivers
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.wait(60) == 0
+        # it left at once (revoked its lease), long before its 30 s TTL
+        _, live = asyncio.run(_registry(address))
+        assert node_id not in live
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_address_auto_and_local_nodes_ignore_embedded_nodes(cluster):
+    code = """
+        import sys, actorcore as ac
+        info = ac.init(num_cpus=1)
+        print(info.node_id, flush=True)
+        sys.stdin.readline()
+        ac.shutdown()
+    """
+    p = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        embedded = p.stdout.readline().strip()
+        assert embedded
+        listed = local_nodes()
+        assert embedded not in {n["node_id"] for n in listed}
+        assert all(n["started_by"] == "cli" for n in listed)
+        # address="auto" attaches to an `actorcore start` node, never the embedded one
+        ac.init(address="auto")
+        try:
+            assert ac.get_runtime_context().get_node_id() != embedded
+        finally:
+            ac.shutdown()
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.wait(60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_wrong_token_is_refused_and_a_given_token_must_match(cluster):
+    from actorcore._config import Config
+    from actorcore._driver import resolve_token
+    from actorcore._ids import new_id
+    from actorcore._sync_client import SyncClient
+
+    node = cluster.nodes[0]
+    with pytest.raises((ConnectionError, OSError)):
+        SyncClient(
+            tuple(node.ready["address"]),
+            token=os.urandom(32),
+            role="driver",
+            my_id=new_id(),
+            max_header_bytes=1 << 20,
+            max_frame_bytes=1 << 20,
+            timeout=10.0,
+        )
+    assert len(node.nodes()) >= 2  # the node is unharmed
+    # the cluster's token is in etcd: later nodes read it; a different one is an error
+    assert resolve_token(Config(), cluster.address) == node.token
+    with pytest.raises(ValueError, match="does not match"):
+        resolve_token(Config(cluster_token="not-the-token"), cluster.address)
+
+
+def test_cluster_token_is_created_once(etcd):
+    from actorcore._membership import cluster_token
+    from actorcore.gcs import EtcdOptions
+
+    address = etcd.address_for("token-race")
+
+    async def race() -> set[bytes]:
+        got = await asyncio.gather(*(cluster_token(address, EtcdOptions(), None) for _ in range(4)))
+        return set(got)
+
+    tokens = asyncio.run(race())
+    assert len(tokens) == 1 and len(next(iter(tokens))) == 32
