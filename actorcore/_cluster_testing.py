@@ -42,10 +42,11 @@ class ClusterNodeProc:
         return int(self.ready["pid"])
 
     def ask(self, msg: Any) -> Any:
-        """Send one request to this node's daemon (as ``actorcore`` CLI does)."""
+        """Send one request to this node's daemon over TCP (it may live in another
+        network namespace, where its Unix socket is out of reach)."""
         from ._cli import _ask
 
-        return _ask({**self.ready, "token": self.token.hex()}, msg)
+        return _ask({**self.ready, "token": self.token.hex(), "unix_name": None}, msg)
 
     def nodes(self) -> list[dict[str, Any]]:
         """``ac.nodes()`` as this node sees it."""
