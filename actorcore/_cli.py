@@ -111,11 +111,14 @@ def cmd_start(args: argparse.Namespace) -> int:
             config, args.address, node_ip=args.node_ip, port=args.port or 0, started_by="cli"
         )
     else:
-        proc, ready = spawn_daemon(config, os.urandom(32), None, port=args.port or 0, started_by="cli")
+        proc, ready = spawn_daemon(
+            config, os.urandom(32), None, port=args.port or 0, started_by="cli"
+        )
     for f in (proc.stdout, proc.stdin):
         if f is not None:
             f.close()
-    print(f"node {ready['node_id']} started: pid {ready['pid']}, address {ready['address'][0]}:{ready['address'][1]}")
+    host, port = ready["address"][:2]
+    print(f"node {ready['node_id']} started: pid {ready['pid']}, address {host}:{port}")
     print(f"session {ready['session']}")
     if args.address:
         print(f"joined cluster {args.address}; connect with ac.init(address={args.address!r})")
@@ -176,14 +179,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     node = _node()
     if args.what == "nodes":
-        rows = [_state(node, "node")]
+        from . import _protocol as P
+        from ._rpc import next_rid
+
         rows = [
             {
-                "node_id": r["node_id"],
-                "pid": r["pid"],
-                "address": f"{r['address'][0]}:{r['address'][1]}",
+                "node_id": r["NodeID"],
+                "alive": r["Alive"],
+                "pid": r["Pid"],
+                "address": f"{r['NodeManagerAddress']}:{r['NodeManagerPort']}",
             }
-            for r in rows
+            for r in _ask(node, P.ClusterInfoMsg(next_rid(), "nodes"))
         ]
     else:
         rows = _state(node, args.what)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -75,7 +76,7 @@ class BatchedActorTable(ActorTable):
         old = self._pending.get(record.actor_id)
         self._pending[record.actor_id] = (record, fut)
         if old is not None:  # a newer record replaces one not yet written
-            fut.add_done_callback(lambda f, o=old[1]: _copy(f, o))
+            fut.add_done_callback(functools.partial(_copy, dst=old[1]))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write())
         return await fut

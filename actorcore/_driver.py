@@ -87,7 +87,7 @@ def local_nodes(shm_root: str = "/dev/shm", cluster: str | None = None) -> list[
 
 
 def find_local_node(shm_root: str = "/dev/shm", cluster: str | None = None) -> dict[str, Any]:
-    """The newest node started with ``actorcore start`` on this machine (see :func:`local_nodes`)."""
+    """The newest node of ``actorcore start`` on this machine (see :func:`local_nodes`)."""
     nodes = local_nodes(shm_root, cluster)
     if not nodes:
         where = f" of cluster {cluster}" if cluster else ""

@@ -270,7 +270,9 @@ class Membership:
         try:
             await asyncio.wait_for(self.store.revoke_lease(self.lease), 5.0)
         except (ControlStoreError, TimeoutError) as e:
-            logger.warning("could not leave the cluster cleanly (peers see it after the TTL): %s", e)
+            logger.warning(
+                "could not leave the cluster cleanly (peers see it after the TTL): %s", e
+            )
 
     def _own(self, coro: Any, what: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"membership-{what}")
@@ -288,7 +290,9 @@ class Membership:
         self.lease = await self.store.grant_lease(self.spec.ttl_s)
         value = bytes(msgpack.packb(self.record, use_bin_type=True))
         key = self.node_id.hex().encode()
-        await self.store.txn([], [PutOp(MEMBERS + key, value), PutOp(NODES + key, value, self.lease)])
+        await self.store.txn(
+            [], [PutOp(MEMBERS + key, value), PutOp(NODES + key, value, self.lease)]
+        )
 
     async def _load(self) -> int:
         members, _ = await self.store.get_prefix(MEMBERS)
@@ -302,7 +306,9 @@ class Membership:
             try:
                 ttl = await self.store.refresh_lease(self.lease)
                 if ttl <= 0:
-                    logger.error("this node's registration was lost (lease expired): registering again")
+                    logger.error(
+                        "this node's registration was lost (lease expired): registering again"
+                    )
                     await self._register()
             except ControlStoreError as e:
                 logger.warning("could not refresh this node's lease: %s", e)
@@ -325,7 +331,12 @@ class Membership:
     def _changed(self, changes: list[Joined | Left]) -> None:
         for ch in changes:
             if isinstance(ch, Joined):
-                logger.info("node %s joined at %s:%s", ch.node_id.hex(), ch.record["address"], ch.record["port"])
+                logger.info(
+                    "node %s joined at %s:%s",
+                    ch.node_id.hex(),
+                    ch.record["address"],
+                    ch.record["port"],
+                )
             else:
                 logger.info("node %s left the cluster", ch.node_id.hex())
                 peer = self._peers.pop(ch.node_id, None)
@@ -391,7 +402,9 @@ class Membership:
         return out
 
 
-def node_record(node_id: bytes, spec: ClusterSpec, port: int, resources: dict[str, float]) -> dict[str, Any]:
+def node_record(
+    node_id: bytes, spec: ClusterSpec, port: int, resources: dict[str, float]
+) -> dict[str, Any]:
     """What this node publishes about itself."""
     return {
         "node_id": node_id.hex(),

@@ -35,7 +35,7 @@ def _on_node(cluster: Cluster, i: int, code: str) -> subprocess.CompletedProcess
 
 CREATE = """
     import actorcore as ac
-    ac.init(address=%r)
+    ac.init(address=ADDRESS)
 
     @ac.remote
     class Where:
@@ -54,7 +54,7 @@ CREATE = """
 
 
 def test_named_detached_actor_is_found_and_called_from_another_node(cluster):
-    out = _on_node(cluster, 0, CREATE % (cluster.address,))
+    out = _on_node(cluster, 0, CREATE.replace("ADDRESS", repr(cluster.address)))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == cluster.nodes[0].node_id
     # its creator exited: the detached actor lives on; a driver on node 1 finds it
@@ -91,7 +91,7 @@ def test_named_detached_actor_is_found_and_called_from_another_node(cluster):
 def test_name_claimed_at_once_on_two_nodes_goes_to_one(cluster):
     code = """
         import actorcore as ac
-        ac.init(address=%r)
+        ac.init(address=ADDRESS)
 
         @ac.remote
         class A:
@@ -104,7 +104,7 @@ def test_name_claimed_at_once_on_two_nodes_goes_to_one(cluster):
         except ValueError as e:
             print("lost", e)
         ac.shutdown()
-    """ % (cluster.address,)
+    """.replace("ADDRESS", repr(cluster.address))
     procs = []
     for i in (0, 1):
         env = {**os.environ, "ACTORCORE_ATTACH_NODE": cluster.nodes[i].node_id}

@@ -12,10 +12,10 @@ import textwrap
 
 import msgpack
 import pytest
+from actorcore.gcs import EtcdControlStore, EtcdProcess
 
 import actorcore as ac
 from actorcore._driver import local_nodes
-from actorcore.gcs import EtcdControlStore, EtcdProcess
 from actorcore.testing import Cluster, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120)]
@@ -147,13 +147,13 @@ def _alive(pid: int) -> bool:
 def test_two_drivers_share_the_cluster(cluster):
     code = """
         import json, actorcore as ac
-        ac.init(address=%r)
+        ac.init(address=ADDRESS)
         @ac.remote(num_cpus=0)
         def f(x):
             return x * 2
         print(json.dumps([ac.get(f.remote(21), timeout=60), len(ac.nodes())]))
         ac.shutdown()
-    """ % (cluster.address,)
+    """.replace("ADDRESS", repr(cluster.address))
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(code)],
@@ -184,11 +184,11 @@ def test_a_driver_without_a_local_node_starts_one_that_leaves_with_it(etcd):
     address = etcd.address_for("driver-node")
     code = """
         import sys, actorcore as ac
-        info = ac.init(address=%r, num_cpus=1)
+        info = ac.init(address=ADDRESS, num_cpus=1)
         print(info.node_id, flush=True)
         sys.stdin.readline()
         ac.shutdown()
-    """ % (address,)
+    """.replace("ADDRESS", repr(address))
     p = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
         stdin=subprocess.PIPE,
@@ -281,8 +281,9 @@ def test_wrong_token_is_refused_and_a_given_token_must_match(cluster):
 
 
 def test_cluster_token_is_created_once(etcd):
-    from actorcore._membership import cluster_token
     from actorcore.gcs import EtcdOptions
+
+    from actorcore._membership import cluster_token
 
     address = etcd.address_for("token-race")
 

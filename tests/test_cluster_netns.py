@@ -11,8 +11,8 @@ import sys
 import textwrap
 
 import pytest
-
 from actorcore.gcs import EtcdProcess
+
 from actorcore.testing import Cluster, NetnsHosts, netns_unavailable
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
@@ -45,11 +45,10 @@ def _nodes_seen_from(hosts: NetnsHosts, i: int, address: str) -> list[dict]:
     code = textwrap.dedent(
         """
         import json, actorcore as ac
-        ac.init(address=%r)
+        ac.init(address=ADDRESS)
         print(json.dumps([ac.get_runtime_context().get_node_id(), ac.nodes()]))
         ac.shutdown()
-        """
-        % (address,)
+        """.replace("ADDRESS", repr(address))
     )
     out = subprocess.run(
         [*hosts.wrap(i), sys.executable, "-c", code],

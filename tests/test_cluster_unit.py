@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from actorcore.gcs import EtcdAddress, EtcdOptions, EventType, KeyValue, WatchEvent
 
 from actorcore._membership import MEMBERS, NODES, ClusterSpec, Joined, Left, PeerTable
-from actorcore.gcs import EtcdAddress, EtcdOptions, EventType, KeyValue, WatchEvent
 
 pytestmark = pytest.mark.timeout(10)
 
