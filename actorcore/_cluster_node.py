@@ -7,7 +7,8 @@ and wrappers of four handlers that answer for the whole cluster when the
 local node alone cannot:
 
 * ``CLUSTER_INFO``: ``nodes``/``total`` from the peer table, ``available``
-  summed over peer daemons (``*_local`` asks this node alone);
+  summed over the peer daemons' load reports (``LOAD_REPORT``, pushed node to
+  node when a node's availability changes; ``*_local`` asks this node alone);
 * ``GET_NAMED_ACTOR``: an actor named on another node, from its record;
 * ``WAIT_ACTOR``: where an actor hosted by another node is (callers then talk
   to its worker directly), waiting on its record's watch until it is ALIVE;
@@ -125,7 +126,14 @@ class ClusterNode:
         self.node_id: bytes = daemon.node_id
         record = node_record(daemon.node_id, spec, int(daemon.address[1]), daemon.total)
         limits = (daemon.config.max_header_bytes, daemon.config.max_frame_bytes)
-        self.membership = Membership(spec, daemon.node_id, record, daemon.token, limits)
+        self.membership = Membership(
+            spec,
+            daemon.node_id,
+            record,
+            daemon.token,
+            limits,
+            local_load=lambda: dict(daemon.sched.available),
+        )
         self.store = self.membership.store
         self.actor_table = BatchedActorTable(self.store, daemon)
         self.names = NameRegistry(self.store)
@@ -141,6 +149,7 @@ class ClusterNode:
         ):
             self._orig[int(tag)] = handlers[int(tag)]
             handlers[int(tag)] = fn
+        handlers[int(P.Tag.LOAD_REPORT)] = self.on_load_report
         await self.membership.start()
 
     async def leave(self) -> None:
@@ -163,6 +172,11 @@ class ClusterNode:
             local = self._local(P.Tag.CLUSTER_INFO, peer, msg, b)
             return self.membership.available(local)
         return self._local(P.Tag.CLUSTER_INFO, peer, msg, b)
+
+    def on_load_report(self, peer: RpcPeer, msg: P.LoadReportMsg, b: list[bytes]) -> Any:
+        assert peer.conn is not None
+        self.membership.on_load_report(peer.conn.peer_id, msg)
+        return DEFERRED
 
     # --- actors on other nodes ----------------------------------------------------------
 

@@ -159,7 +159,10 @@ class Cluster:
         if kill:
             _killpg(node.pid, signal.SIGKILL)
         else:
-            _killpg(node.pid, signal.SIGTERM)
+            try:
+                os.kill(node.pid, signal.SIGTERM)  # the daemon stops its workers itself
+            except ProcessLookupError:
+                pass
         try:
             node.proc.wait(_STOP_S)
         except subprocess.TimeoutExpired:

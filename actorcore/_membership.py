@@ -61,6 +61,7 @@ NODES = b"/nodes/"
 MEMBERS = b"/members/"
 TOKEN = b"/token"
 PEER_CALL_TIMEOUT_S = 5.0
+LOAD_PERIOD_S = 0.1
 _RETRY_S = 0.5  # pacing of retries after etcd errors, not synchronization
 
 
@@ -207,6 +208,13 @@ class PeerTable:
 class _Links(Service):
     """Outgoing connections to peer daemons (answers nothing itself)."""
 
+    def __init__(self, on_closed: Callable[[RpcPeer], None]) -> None:
+        super().__init__()
+        self._on_closed = on_closed
+
+    def on_peer_closed(self, peer: RpcPeer, exc: BaseException) -> None:
+        self._on_closed(peer)
+
 
 class Membership:
     """A node's place in its cluster: registration, lease, peer watch, peer calls.
@@ -217,6 +225,8 @@ class Membership:
         record: what peers learn of this node (address, port, pid, resources...).
         token: the cluster token (peer daemons prove it too).
         limits: (max header bytes, max frame bytes) for peer connections.
+        local_load: this node's available resources now; sent to every peer
+            daemon when it changes (checked every ``LOAD_PERIOD_S``).
         on_change: called with the joins and leaves of every update.
     """
 
@@ -227,6 +237,7 @@ class Membership:
         record: dict[str, Any],
         token: bytes,
         limits: tuple[int, int],
+        local_load: Callable[[], dict[str, float]] | None = None,
         on_change: Callable[[list[Joined | Left]], None] | None = None,
     ) -> None:
         self.spec = spec
@@ -239,8 +250,11 @@ class Membership:
         self._limits = limits
         self._on_change = on_change
         self._tasks: set[asyncio.Task[None]] = set()
-        self._links = _Links()
+        self._links = _Links(self._link_closed)
         self._peers: dict[bytes, RpcPeer] = {}
+        self._local_load = local_load
+        self.loads: dict[bytes, dict[str, float]] = {}  # peers' reports
+        self._sent: dict[bytes, dict[str, float]] = {}  # what each peer last got from us
         self._leaving = False
 
     # --- life ---------------------------------------------------------------------------
@@ -256,6 +270,8 @@ class Membership:
         revision = await self._load()
         self._own(self._watch(revision + 1), "watch")
         self._own(self._keepalive(), "keepalive")
+        if self._local_load is not None:
+            self._own(self._report_load(), "load")
         logger.info("node %s joined cluster %s", self.node_id.hex(), self.spec.address)
 
     async def leave(self) -> None:
@@ -339,6 +355,8 @@ class Membership:
                 )
             else:
                 logger.info("node %s left the cluster", ch.node_id.hex())
+                self.loads.pop(ch.node_id, None)
+                self._sent.pop(ch.node_id, None)
                 peer = self._peers.pop(ch.node_id, None)
                 if peer is not None and peer.conn is not None:
                     peer.conn.close()
@@ -386,20 +404,53 @@ class Membership:
 
     async def available(self, local: dict[str, float]) -> dict[str, float]:
         """The live nodes' available resources, summed: this node's ``local`` plus
-        what each peer daemon reports (asked directly, node to node)."""
+        each peer's last load report (node to node, never through etcd); a peer
+        that has not reported yet is asked directly."""
         others = [n for n in self.table.live if n != self.node_id]
+        missing = [n for n in others if n not in self.loads]
         replies = await asyncio.gather(
-            *(self.call_node(n, P.ClusterInfoMsg(next_rid(), "available_local")) for n in others),
+            *(self.call_node(n, P.ClusterInfoMsg(next_rid(), "available_local")) for n in missing),
             return_exceptions=True,
         )
+        asked = dict(zip(missing, replies, strict=True))
         out = dict(local)
-        for node_id, reply in zip(others, replies, strict=True):
-            if isinstance(reply, BaseException):
+        for node_id in others:
+            reply = self.loads.get(node_id, asked.get(node_id))
+            if isinstance(reply, BaseException) or reply is None:
                 logger.info("node %s did not report its load: %s", node_id.hex(), reply)
                 continue
             for k, v in dict(reply).items():
                 out[k] = out.get(k, 0.0) + float(v)
         return out
+
+    def on_load_report(self, peer_id: bytes, msg: P.LoadReportMsg) -> None:
+        """A peer daemon's load report (only a node may report for itself)."""
+        if msg.node_id != peer_id or msg.node_id not in self.table.live:
+            return
+        self.loads[msg.node_id] = {str(k): float(v) for k, v in dict(msg.available).items()}
+
+    async def _report_load(self) -> None:
+        assert self._local_load is not None
+        while True:
+            await asyncio.sleep(LOAD_PERIOD_S)  # the report's pacing: at most one per period
+            now = self._local_load()
+            for node_id in [n for n in self.table.live if n != self.node_id]:
+                if self._sent.get(node_id) == now:
+                    continue
+                try:
+                    peer = self._peers.get(node_id)
+                    if peer is None or peer.conn is None or peer.conn.closed:
+                        peer = await self._connect(node_id)
+                    peer.send(P.LoadReportMsg(self.node_id, now))
+                    self._sent[node_id] = now
+                except (OSError, ConnectionError, TimeoutError, LookupError) as e:
+                    logger.debug("load report to %s failed: %s", node_id.hex(), e)
+
+    def _link_closed(self, peer: RpcPeer) -> None:
+        for node_id, p in list(self._peers.items()):
+            if p is peer:
+                del self._peers[node_id]
+                self._sent.pop(node_id, None)  # a new link starts with a full report
 
 
 def node_record(

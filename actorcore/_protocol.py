@@ -83,6 +83,8 @@ class Tag(IntEnum):
     RELEASE_OBJECTS = 63
     FREE_OBJECTS = 64
     ABORT_OBJECT = 65
+    # cluster (node daemon <-> node daemon)
+    LOAD_REPORT = 80
 
 
 def message(tag: Tag) -> Callable[[type[_M]], type[_M]]:
@@ -424,6 +426,17 @@ class FreeObjectsMsg(NamedTuple):
 @message(Tag.ABORT_OBJECT)
 class AbortObjectMsg(NamedTuple):
     oid: bytes
+
+
+# --- cluster ------------------------------------------------------------------------
+
+
+@message(Tag.LOAD_REPORT)
+class LoadReportMsg(NamedTuple):
+    """Node daemon -> peer node daemon: its available resources, sent when they change."""
+
+    node_id: bytes
+    available: dict[str, float]
 
 
 def _collect() -> dict[int, type]:

@@ -15,7 +15,9 @@ import pytest
 from actorcore.gcs import EtcdControlStore, EtcdProcess
 
 import actorcore as ac
+from actorcore import _protocol as P
 from actorcore._driver import local_nodes
+from actorcore._rpc import next_rid
 from actorcore.testing import Cluster, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120)]
@@ -80,6 +82,23 @@ def test_nodes_and_resources_from_a_driver(cluster, driver):
 
     # the driver attached to the newest node of the cluster on this machine
     assert ac.get(where.remote(), timeout=60) == cluster.nodes[-1].node_id
+
+    # a peer learns of this node's load from its load reports (node to node)
+    @ac.remote(num_cpus=1)
+    class Busy:
+        def ping(self) -> int:
+            return 1
+
+    busy = Busy.remote()
+    assert ac.get(busy.ping.remote(), timeout=60) == 1
+    other = cluster.nodes[0]
+
+    def cpus_seen_by_other() -> float:
+        return float(other.ask(P.ClusterInfoMsg(next_rid(), "available"))["CPU"])
+
+    wait_for(lambda: cpus_seen_by_other() == 1.0, 20, what="the busy CPU reported")
+    ac.kill(busy)
+    wait_for(lambda: cpus_seen_by_other() == 2.0, 20, what="the freed CPU reported")
 
 
 def test_a_node_joining_and_leaving_is_seen_by_watch(etcd):
@@ -308,3 +327,12 @@ def test_membership_watch_resumes_after_an_etcd_restart():
                 15,
                 what="the leave after the restart seen",
             )
+
+
+def test_a_given_token_becomes_the_clusters(etcd):
+    from actorcore._config import Config
+    from actorcore._driver import resolve_token
+
+    address = etcd.address_for("given-token")
+    assert resolve_token(Config(cluster_token="s3cret"), address) == b"s3cret"
+    assert resolve_token(Config(), address) == b"s3cret"  # later nodes read it from etcd
