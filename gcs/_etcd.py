@@ -197,18 +197,24 @@ class _Client(aetcd.Client):
         if opts.ca is not None:
             files = (_read(opts.ca), _read(opts.key), _read(opts.cert))
             creds = grpc.ssl_channel_credentials(*files)
-            self.channel = grpc.aio.secure_channel(self._target, creds, self._options.items())
+            channel = grpc.aio.secure_channel(self._target, creds, self._options.items())
         else:
-            self.channel = grpc.aio.insecure_channel(self._target, self._options.items())
-        self.kvstub = rpc.KVStub(self.channel)
-        self.leasestub = rpc.LeaseStub(self.channel)
+            channel = grpc.aio.insecure_channel(self._target, self._options.items())
         if opts.user is not None and opts.password is not None:
             request = rpc.AuthenticateRequest(name=opts.user, password=opts.password)
             try:
-                reply = await rpc.AuthStub(self.channel).Authenticate(request, timeout=5.0)
+                reply = await rpc.AuthStub(channel).Authenticate(request, timeout=5.0)
             except grpc.aio.AioRpcError as exc:
+                await channel.close()
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise ControlStoreError(
+                        f"etcd at {self._target} refused user {opts.user!r}: {exc.details()}"
+                    ) from exc
                 raise _map_error(exc, self._target) from exc
             self.metadata = (("token", reply.token),)
+        self.channel = channel
+        self.kvstub = rpc.KVStub(channel)
+        self.leasestub = rpc.LeaseStub(channel)
         self._connected.set()
 
 
@@ -225,6 +231,11 @@ def _map_error(exc: grpc.aio.AioRpcError, where: object) -> Exception:
         return ControlStoreUnavailableError(f"etcd at {where} is unreachable: {details}")
     if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
         return LeaseExpiredError(details)
+    if "user name is empty" in details or code == grpc.StatusCode.PERMISSION_DENIED:
+        return ControlStoreError(
+            f"etcd at {where} refused the request ({details}): it needs a user and password "
+            f"with access to this cluster's keys (--etcd-user/--etcd-password)"
+        )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ValueError(details)
     if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
@@ -493,7 +504,7 @@ class EtcdControlStore(ControlStore):
         try:
             request = rpc.RangeRequest(key=self._ns, count_only=True)
             await self._invoke(self._client.kvstub.Range, request, deadline_s=_SETTLE_TIMEOUT)
-        except ControlStoreError as exc:
+        except (ControlStoreError, ValueError) as exc:  # unreachable, or refused
             logger.debug("etcd did not answer while closing: %s", exc)
 
 

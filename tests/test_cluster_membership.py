@@ -336,3 +336,44 @@ def test_a_given_token_becomes_the_clusters(etcd):
     address = etcd.address_for("given-token")
     assert resolve_token(Config(cluster_token="s3cret"), address) == b"s3cret"
     assert resolve_token(Config(), address) == b"s3cret"  # later nodes read it from etcd
+
+
+async def _enable_etcd_auth(url: str, password: str) -> None:
+    import grpc
+    from aetcd import rpc
+
+    async with grpc.aio.insecure_channel(url) as channel:
+        auth = rpc.AuthStub(channel)
+        await auth.UserAdd(rpc.AuthUserAddRequest(name="root", password=password))
+        await auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"))
+        await auth.AuthEnable(rpc.AuthEnableRequest())
+
+
+def test_nodes_log_in_to_an_etcd_with_auth():
+    from actorcore._config import Config
+    from actorcore._driver import resolve_token
+    from actorcore.gcs import ControlStoreError
+
+    with EtcdProcess(namespace="unused") as server:
+        asyncio.run(_enable_etcd_auth(server.client_url.removeprefix("http://"), "pw"))
+        c = Cluster(num_nodes=0, etcd=server, ttl_s=3.0)
+        c.start()
+        try:
+            with pytest.raises(ControlStoreError, match="needs a user and password"):
+                resolve_token(Config(), c.address)
+            with pytest.raises(ControlStoreError, match="refused user"):
+                resolve_token(Config(etcd_user="root", etcd_password="wrong"), c.address)
+            node = c.add_node(num_cpus=1, etcd_user="root", etcd_password="pw")
+            assert [r["NodeID"] for r in node.nodes()] == [node.node_id]
+        finally:
+            c.shutdown()
+
+
+def test_several_etcd_endpoints_fail_over(etcd):
+    from actorcore._config import Config
+    from actorcore._driver import resolve_token
+    from actorcore.gcs._etcd_process import _free_port
+
+    dead = _free_port()
+    address = f"etcd://127.0.0.1:{dead},127.0.0.1:{etcd.port}/failover"
+    assert len(resolve_token(Config(), address)) == 32
