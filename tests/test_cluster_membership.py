@@ -350,9 +350,10 @@ async def _enable_etcd_auth(url: str, password: str) -> None:
 
 
 def test_nodes_log_in_to_an_etcd_with_auth():
+    from actorcore.gcs import ControlStoreError
+
     from actorcore._config import Config
     from actorcore._driver import resolve_token
-    from actorcore.gcs import ControlStoreError
 
     with EtcdProcess(namespace="unused") as server:
         asyncio.run(_enable_etcd_auth(server.client_url.removeprefix("http://"), "pw"))
@@ -370,9 +371,10 @@ def test_nodes_log_in_to_an_etcd_with_auth():
 
 
 def test_several_etcd_endpoints_fail_over(etcd):
+    from actorcore.gcs._etcd_process import _free_port
+
     from actorcore._config import Config
     from actorcore._driver import resolve_token
-    from actorcore.gcs._etcd_process import _free_port
 
     dead = _free_port()
     address = f"etcd://127.0.0.1:{dead},127.0.0.1:{etcd.port}/failover"
