@@ -188,7 +188,7 @@ class ClusterNode:
         except ValueError:
             actor_id = await self.names.lookup(msg.namespace or "default", msg.name)
             rec = await self.actor_table.get(actor_id) if actor_id else None
-            if rec is None or rec.state == "DEAD" or rec.handle is None:
+            if rec is None or rec.state == "DEAD" or rec.handle is None or self._node_dead(rec):
                 raise
             return {"actor_id": rec.actor_id, "class_name": rec.class_name, **rec.handle}
 
@@ -205,17 +205,36 @@ class ClusterNode:
             # not known anywhere (yet), or ours: the local path waits for its creation
             result = self._local(P.Tag.WAIT_ACTOR, peer, msg, b)
             return await result if asyncio.iscoroutine(result) else result
-        answer = _where(rec, msg.min_epoch)
+        answer = _where(rec, msg.min_epoch) or self._node_dead(rec)
         if answer is not None:
             return answer
-        async with self.store.watch_prefix(key, start_revision=kv.mod_revision + 1) as watch:
-            async for event in watch:
-                if event.kv is None:
-                    return ["DEAD", None, rec.epoch, "its record was removed"]
-                answer = _where(ActorRecord.from_bytes(event.kv.value), msg.min_epoch)
-                if answer is not None:
-                    return answer
-        return DEFERRED  # the node is closing
+        gone = self.membership.when_gone(rec.node_id)
+        try:
+            async with self.store.watch_prefix(key, start_revision=kv.mod_revision + 1) as watch:
+                events = aiter(watch)
+                while True:
+                    nxt = asyncio.ensure_future(anext(events))
+                    await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+                    if gone.done():
+                        nxt.cancel()
+                        return self._node_dead(rec)
+                    try:
+                        event = nxt.result()
+                    except StopAsyncIteration:
+                        return DEFERRED  # the node is closing
+                    if event.kv is None:
+                        return ["DEAD", None, rec.epoch, "its record was removed"]
+                    answer = _where(ActorRecord.from_bytes(event.kv.value), msg.min_epoch)
+                    if answer is not None:
+                        return answer
+        finally:
+            gone.cancel()
+
+    def _node_dead(self, rec: ActorRecord) -> list[Any] | None:
+        """The answer for an actor whose node is gone (None while it lives)."""
+        if rec.node_id in self.membership.table.live:
+            return None
+        return ["DEAD", None, rec.epoch, f"its node {rec.node_id.hex()} died"]
 
     def on_kill_actor(self, peer: RpcPeer, msg: P.KillActorMsg, b: list[bytes]) -> Any:
         if msg.actor_id in self.daemon.actors.actors:

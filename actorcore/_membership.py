@@ -255,6 +255,7 @@ class Membership:
         self._local_load = local_load
         self.loads: dict[bytes, dict[str, float]] = {}  # peers' reports
         self._sent: dict[bytes, dict[str, float]] = {}  # what each peer last got from us
+        self._gone_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._leaving = False
 
     # --- life ---------------------------------------------------------------------------
@@ -357,6 +358,9 @@ class Membership:
                 logger.info("node %s left the cluster", ch.node_id.hex())
                 self.loads.pop(ch.node_id, None)
                 self._sent.pop(ch.node_id, None)
+                for fut in self._gone_waiters.pop(ch.node_id, []):
+                    if not fut.done():
+                        fut.set_result(None)
                 peer = self._peers.pop(ch.node_id, None)
                 if peer is not None and peer.conn is not None:
                     peer.conn.close()
@@ -365,6 +369,17 @@ class Membership:
                     self._own(self._register(), "register")
         if changes and self._on_change is not None:
             self._on_change(changes)
+
+    def when_gone(self, node_id: bytes) -> asyncio.Future[None]:
+        """A future resolved when ``node_id`` is no longer a live node (at once if it is not)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if node_id not in self.table.live:
+            fut.set_result(None)
+        else:
+            waiters = self._gone_waiters.setdefault(node_id, [])
+            waiters[:] = [f for f in waiters if not f.done()]
+            waiters.append(fut)
+        return fut
 
     # --- peers ---------------------------------------------------------------------------
 

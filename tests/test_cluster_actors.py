@@ -128,3 +128,26 @@ def test_name_claimed_at_once_on_two_nodes_goes_to_one(cluster):
         ac.kill(ac.get_actor("race"))
     finally:
         ac.shutdown()
+
+
+def test_an_actor_whose_node_died_is_reported_dead(cluster):
+    extra = cluster.add_node(num_cpus=1)
+    code = CREATE.replace("ADDRESS", repr(cluster.address)).replace('"shared"', '"doomed"')
+    out = _on_node(cluster, cluster.nodes.index(extra), code)
+    assert out.returncode == 0, out.stderr
+    ac.init(address=cluster.address, attach_node=cluster.nodes[1].node_id)
+    try:
+        h = ac.get_actor("doomed", namespace="x")
+        assert ac.get(h.node.remote(), timeout=60) == extra.node_id
+        cluster.stop_node(extra, kill=True)
+
+        def dead() -> bool:
+            return any(r["NodeID"] == extra.node_id and not r["Alive"] for r in ac.nodes())
+
+        wait_for(dead, 3.0 + 10.0, what="the killed node seen dead")
+        with pytest.raises(ValueError):
+            ac.get_actor("doomed", namespace="x")
+        with pytest.raises(ac.errors.ActorDiedError):
+            ac.get(h.node.remote(), timeout=60)
+    finally:
+        ac.shutdown()

@@ -379,3 +379,23 @@ def test_several_etcd_endpoints_fail_over(etcd):
     dead = _free_port()
     address = f"etcd://127.0.0.1:{dead},127.0.0.1:{etcd.port}/failover"
     assert len(resolve_token(Config(), address)) == 32
+
+
+def test_a_node_whose_registration_is_lost_registers_again(etcd):
+    with Cluster(num_nodes=1, etcd=etcd, ttl_s=3.0) as c:
+        key = b"/nodes/" + c.nodes[0].node_id.encode()
+
+        async def lease() -> int:
+            async with EtcdControlStore(c.address) as store:
+                kv = await store.get(key)
+                return 0 if kv is None else kv.lease
+
+        async def revoke(lease_id: int) -> None:
+            async with EtcdControlStore(c.address) as store:
+                await store.revoke_lease(lease_id)
+
+        old = asyncio.run(lease())
+        assert old
+        asyncio.run(revoke(old))  # as if etcd had expired it
+        wait_for(lambda: asyncio.run(lease()) not in (0, old), 15, what="registered again")
+        wait_for(lambda: [r["Alive"] for r in c.nodes[0].nodes()] == [True], 10)
