@@ -256,6 +256,7 @@ class Membership:
         self.loads: dict[bytes, dict[str, float]] = {}  # peers' reports
         self._sent: dict[bytes, dict[str, float]] = {}  # what each peer last got from us
         self._gone_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._registering = asyncio.Lock()  # the keepalive and the watch may both re-register
         self._leaving = False
 
     # --- life ---------------------------------------------------------------------------
@@ -304,12 +305,13 @@ class Membership:
     # --- etcd ------------------------------------------------------------------------
 
     async def _register(self) -> None:
-        self.lease = await self.store.grant_lease(self.spec.ttl_s)
-        value = bytes(msgpack.packb(self.record, use_bin_type=True))
-        key = self.node_id.hex().encode()
-        await self.store.txn(
-            [], [PutOp(MEMBERS + key, value), PutOp(NODES + key, value, self.lease)]
-        )
+        async with self._registering:
+            lease = await self.store.grant_lease(self.spec.ttl_s)
+            value = bytes(msgpack.packb(self.record, use_bin_type=True))
+            key = self.node_id.hex().encode()
+            ops = [PutOp(MEMBERS + key, value), PutOp(NODES + key, value, lease)]
+            await self.store.txn([], ops)
+            self.lease = lease
 
     async def _load(self) -> int:
         members, _ = await self.store.get_prefix(MEMBERS)
@@ -321,8 +323,9 @@ class Membership:
         while True:
             await asyncio.sleep(self.spec.ttl_s / 3)  # the lease's refresh period
             try:
-                ttl = await self.store.refresh_lease(self.lease)
-                if ttl <= 0:
+                lease = self.lease
+                ttl = await self.store.refresh_lease(lease)
+                if ttl <= 0 and lease == self.lease:  # (the watch may have re-registered)
                     logger.error(
                         "this node's registration was lost (lease expired): registering again"
                     )
