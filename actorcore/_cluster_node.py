@@ -27,7 +27,8 @@ from typing import Any
 from actorcore.gcs import ActorRecord, ActorTable, ControlStore, NameRegistry, PutOp
 
 from . import _protocol as P
-from ._membership import ClusterSpec, Membership, node_record
+from ._membership import Membership
+from ._peers import ClusterSpec, node_record
 from ._rpc import DEFERRED, RpcPeer, next_rid
 
 __all__ = ["ClusterNode", "join_cluster"]

@@ -117,7 +117,7 @@ def resolve_token(config: Config, address: str) -> bytes:
 
     Blocking: call it where no event loop runs.
     """
-    from ._membership import cluster_token
+    from ._peers import cluster_token
 
     given = config.cluster_token.encode() if config.cluster_token else None
     return asyncio.run(cluster_token(address, etcd_options(config), given))
@@ -140,7 +140,7 @@ def start_cluster_node(
     ``owner_pid``: the node leaves with that process). ``wrap`` prefixes the
     daemon's command (tests: ``["ip", "netns", "exec", NS]``).
     """
-    from ._membership import ClusterSpec, local_ip_towards
+    from ._peers import ClusterSpec, local_ip_towards
 
     token = resolve_token(config, address)
     spec = ClusterSpec(

@@ -302,7 +302,7 @@ def test_wrong_token_is_refused_and_a_given_token_must_match(cluster):
 def test_cluster_token_is_created_once(etcd):
     from actorcore.gcs import EtcdOptions
 
-    from actorcore._membership import cluster_token
+    from actorcore._peers import cluster_token
 
     address = etcd.address_for("token-race")
 

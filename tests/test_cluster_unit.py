@@ -6,7 +6,7 @@ import msgpack
 import pytest
 from actorcore.gcs import EtcdAddress, EtcdOptions, EventType, KeyValue, WatchEvent
 
-from actorcore._membership import MEMBERS, NODES, ClusterSpec, Joined, Left, PeerTable
+from actorcore._peers import MEMBERS, NODES, ClusterSpec, Joined, Left, PeerTable
 
 pytestmark = pytest.mark.timeout(10)
 
