@@ -117,19 +117,21 @@ class Membership:
 
     async def leave(self) -> None:
         """Leave the cluster now: peers see this node's DELETE at once."""
-        self._leaving = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for peer in self._peers.values():
-            if peer.conn is not None:
-                peer.conn.close()
+        self._leaving = True  # from here on nothing registers again
         try:
             await asyncio.wait_for(self.store.revoke_lease(self.lease), 5.0)
+            logger.info("node %s left cluster %s", self.node_id.hex(), self.spec.address)
         except (ControlStoreError, TimeoutError) as e:
             logger.warning(
                 "could not leave the cluster cleanly (peers see it after the TTL): %s", e
             )
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for peer in list(self._peers.values()):
+            if peer.conn is not None:
+                peer.conn.close()
+        self._peers.clear()
 
     def _own(self, coro: Any, what: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"membership-{what}")
@@ -145,6 +147,8 @@ class Membership:
 
     async def _register(self) -> None:
         async with self._registering:
+            if self._leaving:
+                return
             lease = await self.store.grant_lease(self.spec.ttl_s)
             value = bytes(msgpack.packb(self.record, use_bin_type=True))
             key = self.node_id.hex().encode()
@@ -164,7 +168,9 @@ class Membership:
             try:
                 lease = self.lease
                 ttl = await self.store.refresh_lease(lease)
-                if ttl <= 0 and lease == self.lease:  # (the watch may have re-registered)
+                if (
+                    ttl <= 0 and lease == self.lease and not self._leaving
+                ):  # (the watch may have re-registered)
                     logger.error(
                         "this node's registration was lost (lease expired): registering again"
                     )
