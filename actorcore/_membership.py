@@ -19,6 +19,7 @@ talks to peer daemons directly for what etcd must not carry (load).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -95,6 +96,7 @@ class Membership:
         self.loads: dict[bytes, dict[str, float]] = {}  # peers' reports
         self._sent: dict[bytes, dict[str, float]] = {}  # what each peer last got from us
         self._gone_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._connecting: dict[bytes, asyncio.Future[RpcPeer]] = {}
         self._registering = asyncio.Lock()  # the keepalive and the watch may both re-register
         self._leaving = False
 
@@ -238,10 +240,25 @@ class Membership:
             LookupError: no such live node.
             ConnectionError, TimeoutError: it could not be reached.
         """
-        peer = self._peers.get(node_id)
-        if peer is None or peer.conn is None or peer.conn.closed:
-            peer = await self._connect(node_id)
+        peer = await self._link(node_id)
         return await asyncio.wait_for(peer.call(msg), PEER_CALL_TIMEOUT_S)
+
+    async def _link(self, node_id: bytes) -> RpcPeer:
+        """The open link to ``node_id``'s daemon; one connection attempt at a time."""
+        peer = self._peers.get(node_id)
+        if peer is not None and peer.conn is not None and not peer.conn.closed:
+            return peer
+        pending = self._connecting.get(node_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._connect(node_id))
+            self._connecting[node_id] = pending
+            pending.add_done_callback(functools.partial(self._connected, node_id))
+        return await asyncio.shield(pending)
+
+    def _connected(self, node_id: bytes, fut: asyncio.Future[RpcPeer]) -> None:
+        self._connecting.pop(node_id, None)
+        if not fut.cancelled():
+            fut.exception()  # retrieved here: a waiter may have gone
 
     async def _connect(self, node_id: bytes) -> RpcPeer:
         record = self.table.live.get(node_id)
@@ -301,9 +318,7 @@ class Membership:
                 if self._sent.get(node_id) == now:
                     continue
                 try:
-                    peer = self._peers.get(node_id)
-                    if peer is None or peer.conn is None or peer.conn.closed:
-                        peer = await self._connect(node_id)
+                    peer = await self._link(node_id)
                     peer.send(P.LoadReportMsg(self.node_id, now))
                     self._sent[node_id] = now
                 except (OSError, ConnectionError, TimeoutError, LookupError) as e:
