@@ -77,7 +77,7 @@ class NodeDaemon(NodeActorsMixin, Service):
         self._listen_sock = listen_sock
         self._zygote = zygote
         # a node a driver starts to join a cluster offers only what the driver asked for
-        driver_node = bool(cluster) and cluster.get("started_by") == "driver"  # type: ignore[union-attr]
+        driver_node = (cluster or {}).get("started_by") == "driver"
         ncpu = config.num_cpus or (0.0 if driver_node else float(os.cpu_count() or 1))
         total = {
             "CPU": ncpu,
