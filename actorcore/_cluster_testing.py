@@ -238,6 +238,12 @@ def netns_unavailable() -> str | None:
         return "network namespaces need root"
     if shutil.which("ip") is None:
         return "network namespaces need the `ip` command (iproute2)"
+    probe = f"acprobe{os.getpid() % 100000}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, timeout=30)
+    if made.returncode != 0:
+        why = made.stderr.decode(errors="replace").strip()
+        return f"cannot create network namespaces here (no CAP_NET_ADMIN?): {why}"
+    subprocess.run(["ip", "netns", "delete", probe], capture_output=True, timeout=30)
     return None
 
 
@@ -255,7 +261,8 @@ class NetnsHosts:
     """
 
     count: int = 3
-    subnet: str = "10.77.0"
+    # one /24 of 10.77.0.0/16 per process: test runs side by side do not collide
+    subnet: str = field(default_factory=lambda: f"10.77.{os.getpid() % 250}")
     tag: str = ""
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)

@@ -17,11 +17,11 @@ from actorcore.testing import Cluster, NetnsHosts, netns_unavailable
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
 
-WHY = netns_unavailable()
 
-
-@pytest.mark.skipif(WHY is not None, reason=WHY or "")
 def test_three_nodes_in_three_namespaces_see_each_other():
+    why = netns_unavailable()
+    if why is not None:
+        pytest.skip(why)
     with NetnsHosts(count=3) as hosts:
         with EtcdProcess(namespace="unused", extra_hosts=(hosts.bridge_ip,)) as etcd:
             cluster = Cluster(num_nodes=0, etcd=etcd, etcd_host=hosts.bridge_ip, ttl_s=3.0)
