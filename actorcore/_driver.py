@@ -53,7 +53,20 @@ def _same_cluster(a: str | None, b: str) -> bool:
     if not a:
         return False
     x, y = EtcdAddress.parse(a), EtcdAddress.parse(b)
-    return x.namespace == y.namespace and bool(set(x.endpoints) & set(y.endpoints))
+    return x.namespace == y.namespace and bool(_resolved(x.endpoints) & _resolved(y.endpoints))
+
+
+def _resolved(endpoints: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Endpoints by IP address (``localhost:2379`` and ``127.0.0.1:2379`` are one etcd)."""
+    import socket
+
+    out = set()
+    for host, port in endpoints:
+        try:
+            out.add((socket.gethostbyname(host), port))
+        except OSError:
+            out.add((host, port))
+    return out
 
 
 def local_nodes(shm_root: str = "/dev/shm", cluster: str | None = None) -> list[dict[str, Any]]:

@@ -83,3 +83,13 @@ def test_several_endpoints_and_options():
         EtcdAddress.parse("etcd://h:1,:2/x")
     spec = ClusterSpec("etcd://h:1/x", "10.1.1.1", 2.0, EtcdOptions(user="u", ca="/ca.pem"))
     assert ClusterSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_a_node_of_the_same_cluster_is_recognised_by_any_spelling():
+    from actorcore._driver import _same_cluster
+
+    assert _same_cluster("etcd://127.0.0.1:5/x", "etcd://localhost:5/x")
+    assert _same_cluster("etcd://127.0.0.1:5,10.0.0.1:7/x", "etcd://10.0.0.1:7/x")
+    assert not _same_cluster("etcd://127.0.0.1:5/x", "etcd://127.0.0.1:5/y")
+    assert not _same_cluster("etcd://127.0.0.1:5/x", "etcd://127.0.0.1:6/x")
+    assert not _same_cluster(None, "etcd://127.0.0.1:5/x")
