@@ -151,6 +151,10 @@ class ClusterNode:
             self._orig[int(tag)] = handlers[int(tag)]
             handlers[int(tag)] = fn
         handlers[int(P.Tag.LOAD_REPORT)] = self.on_load_report
+        transfer = getattr(self.daemon, "transfer", None)
+        if transfer is not None and transfer.listener is not None:
+            # where peers pull objects from this node (data connections)
+            self.membership.record["transfer_address"] = list(transfer.address)
         await self.membership.start()
 
     async def leave(self) -> None:

@@ -53,6 +53,9 @@ class Config:
     etcd_cert: str = ""
     etcd_key: str = ""
     attach_node: str = ""  # node id (or a prefix) to attach to among local nodes of a cluster
+    transfer_chunk_bytes: int = 8 * MiB  # node-to-node object pulls: bytes per request
+    transfer_timeout_s: float = 10.0  # a holder silent this long mid-pull is dropped
+    transfer_serve_rate: float = 0.0  # bytes/s a node sends to pullers at most (0: no cap)
 
     def __post_init__(self) -> None:
         if self.inline_threshold < 0:
@@ -72,6 +75,8 @@ class Config:
             raise ValueError("object_store_memory must be >= 0")
         if not self.node_ttl_s > 0:
             raise ValueError("node_ttl_s must be > 0")
+        if self.transfer_chunk_bytes <= 0 or self.transfer_timeout_s <= 0:
+            raise ValueError("transfer_chunk_bytes and transfer_timeout_s must be > 0")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
