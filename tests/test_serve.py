@@ -371,3 +371,17 @@ async def test_mount_in_an_existing_aiohttp_app(rt):
                 assert (await r.text()) == "mine"
     finally:
         await runner.cleanup()
+
+
+def test_example_serve_model_runs(rt):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(root, "examples", "serve_model.py"),
+         "--seconds", "1", "--connections", "4", "--dim", "16"],
+        capture_output=True, text=True, timeout=80,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "req/s" in proc.stdout and "(0 failed)" in proc.stdout, proc.stdout
