@@ -46,8 +46,10 @@ class Model:
         logits = np.maximum(x @ self.w1, 0) @ self.w2
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
-        return [{"label": int(k), "score": float(p[i, k]), "batch": len(xs)}
-                for i, k in enumerate(p.argmax(axis=1))]
+        return [
+            {"label": int(k), "score": float(p[i, k]), "batch": len(xs)}
+            for i, k in enumerate(p.argmax(axis=1))
+        ]
 
     async def __call__(self, request: serve.Request) -> dict[str, float]:
         x = np.asarray(request.json()["x"], dtype=np.float32)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -232,7 +231,9 @@ def test_replica_death_under_load_is_absorbed_and_replaced(rt):
         victim = sorted(pids)[0]
         kill_pid(victim)
         wait_for(
-            lambda: len(_running_pids("death", "Worker") - {victim}) == 2, 30, 0.05,
+            lambda: len(_running_pids("death", "Worker") - {victim}) == 2,
+            30,
+            0.05,
             "a replacement replica",
         )
         n = load.ok
@@ -243,8 +244,9 @@ def test_replica_death_under_load_is_absorbed_and_replaced(rt):
     serve.delete("death")
 
 
-@serve.deployment(num_replicas=1, health_check_period_s=0.2, health_check_timeout_s=2,
-                  actor_options=LIGHT)
+@serve.deployment(
+    num_replicas=1, health_check_period_s=0.2, health_check_timeout_s=2, actor_options=LIGHT
+)
 class Sickly:
     def __init__(self):
         self.sick = False
@@ -379,9 +381,19 @@ def test_example_serve_model_runs(rt):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(
-        [sys.executable, os.path.join(root, "examples", "serve_model.py"),
-         "--seconds", "1", "--connections", "4", "--dim", "16"],
-        capture_output=True, text=True, timeout=80,
+        [
+            sys.executable,
+            os.path.join(root, "examples", "serve_model.py"),
+            "--seconds",
+            "1",
+            "--connections",
+            "4",
+            "--dim",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=80,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "req/s" in proc.stdout and "(0 failed)" in proc.stdout, proc.stdout

@@ -65,8 +65,13 @@ def test_router_replica_changes_grant_waiters():
 
 def test_autoscaling_policy_waits_for_the_delays():
     p = AutoscalingPolicy(
-        AutoscalingConfig(min_replicas=1, max_replicas=4, target_ongoing_requests=2,
-                          upscale_delay_s=1.0, downscale_delay_s=5.0)
+        AutoscalingConfig(
+            min_replicas=1,
+            max_replicas=4,
+            target_ongoing_requests=2,
+            upscale_delay_s=1.0,
+            downscale_delay_s=5.0,
+        )
     )
     assert p.decide(0.0, 1, 7) == 1
     assert p.decide(0.5, 1, 7) == 1
@@ -125,9 +130,13 @@ def test_deployment_state_replaces_dead_and_gives_up_on_failing_starts():
 
 def test_deployment_state_autoscales_and_drains_the_idle():
     cfg = DeploymentConfig(
-        autoscaling_config=AutoscalingConfig(min_replicas=1, max_replicas=3,
-                                             target_ongoing_requests=1, upscale_delay_s=0,
-                                             downscale_delay_s=0)
+        autoscaling_config=AutoscalingConfig(
+            min_replicas=1,
+            max_replicas=3,
+            target_ongoing_requests=1,
+            upscale_delay_s=0,
+            downscale_delay_s=0,
+        )
     )
     st = DeploymentState("D", "v1", cfg, 0.0)
     (s,) = st.reconcile()

@@ -124,9 +124,13 @@ def _specs(app: Application, name: str, controller: Any) -> list[DeploymentSpec]
     return list(specs.values())
 
 
-def _run(app: Application, name: str, route_prefix: str | None, timeout_s: float) -> DeploymentHandle:
+def _run(
+    app: Application, name: str, route_prefix: str | None, timeout_s: float
+) -> DeploymentHandle:
     if not isinstance(app, Application):
-        raise TypeError(f"serve.run takes an app made with Deployment.bind(...), not {type(app).__name__}")
+        raise TypeError(
+            f"serve.run takes an app made with Deployment.bind(...), not {type(app).__name__}"
+        )
     ac.init(ignore_reinit_error=True)
     controller = _controller()
     specs = _specs(app, name, controller)
@@ -141,7 +145,9 @@ def _run(app: Application, name: str, route_prefix: str | None, timeout_s: float
         if st == "DEPLOY_FAILED":
             raise DeploymentFailedError(f"app {name!r} failed to deploy:\n{_messages(name)}")
         if left <= 0:
-            raise ServeError(f"app {name!r} was not running after {timeout_s} s ({st}):\n{_messages(name)}")
+            raise ServeError(
+                f"app {name!r} was not running after {timeout_s} s ({st}):\n{_messages(name)}"
+            )
     return _get_handle(name, None)
 
 

@@ -104,7 +104,9 @@ class DeploymentConfig:
         known = {f.name for f in fields(self)}
         unknown = set(changes) - known
         if unknown:
-            raise TypeError(f"unknown deployment option(s) {sorted(unknown)}; valid: {sorted(known)}")
+            raise TypeError(
+                f"unknown deployment option(s) {sorted(unknown)}; valid: {sorted(known)}"
+            )
         return replace(self, **changes)
 
     def initial_replicas(self) -> int:

@@ -133,8 +133,10 @@ class ServeController:
         opts = {"num_cpus": 1, **spec.config.actor_options}
         opts.setdefault("scheduling_strategy", "SPREAD")
         opts.setdefault("max_concurrency", max(1000, spec.config.max_ongoing_requests + 100))
-        h = ac.remote(Replica).options(**opts).remote(
-            key, spec.cls_blob, spec.args, spec.kwargs, spec.config.max_ongoing_requests
+        h = (
+            ac.remote(Replica)
+            .options(**opts)
+            .remote(key, spec.cls_blob, spec.args, spec.kwargs, spec.config.max_ongoing_requests)
         )
         self.handles[rid] = h
         self._spawn(self._await_ready(key, rid, h))
@@ -163,7 +165,9 @@ class ServeController:
         st = self.states.get(key)
         if h is not None and st is not None:
             try:
-                await asyncio.wait_for(h.drain(DRAIN_QUIET_S), st.config.graceful_shutdown_timeout_s)
+                await asyncio.wait_for(
+                    h.drain(DRAIN_QUIET_S), st.config.graceful_shutdown_timeout_s
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -321,8 +325,12 @@ class ServeController:
 
     async def listen(self, key: str, epoch: int) -> dict[str, Any] | None:
         """The replicas of ``key`` once they differ from ``epoch`` (or after a while anyway)."""
-        if self.epochs.get(key, 0) == epoch and key in self.states:
-            await self._wait_change(LISTEN_TIMEOUT_S)
+        deadline = time.monotonic() + LISTEN_TIMEOUT_S
+        while self.epochs.get(key, 0) == epoch and key in self.states:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await self._wait_change(left)
         return self._snapshot(key)
 
     def _routes(self) -> dict[str, Any]:
@@ -333,12 +341,13 @@ class ServeController:
         return {"epoch": self._routes_epoch, "routes": routes}
 
     async def listen_routes(self, epoch: int) -> dict[str, Any]:
-        if self._routes_epoch == epoch:
-            await self._wait_change(LISTEN_TIMEOUT_S)
+        deadline = time.monotonic() + LISTEN_TIMEOUT_S
+        while self._routes_epoch == epoch and deadline > time.monotonic():
+            await self._wait_change(deadline - time.monotonic())
         return self._routes()
 
     async def handle_info(self, app: str, deployment: str | None) -> dict[str, Any]:
-        """The key and replica snapshot of a deployment (the ingress when ``deployment`` is None)."""
+        """Key and replica snapshot of a deployment (the ingress when ``deployment`` is None)."""
         a = self.apps.get(app)
         if a is None:
             raise KeyError(f"no serve application named {app!r} (running: {sorted(self.apps)})")

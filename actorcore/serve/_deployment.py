@@ -29,7 +29,9 @@ class Deployment:
 
     def options(self, *, name: str | None = None, **changes: Any) -> Deployment:
         """A copy with some settings changed (the same keywords as ``@serve.deployment``)."""
-        return Deployment(self.func_or_class, name or self.name, self.config.with_options(**changes))
+        return Deployment(
+            self.func_or_class, name or self.name, self.config.with_options(**changes)
+        )
 
     def bind(self, *args: Any, **kwargs: Any) -> Application:
         """The application that runs this deployment built with ``cls(*args, **kwargs)``."""
@@ -87,9 +89,13 @@ def substitute(value: Any, handles: dict[int, Any]) -> Any:
     if isinstance(value, Application):
         return handles[id(value)]
     if isinstance(value, list | tuple):
-        return type(value)(substitute(x, handles) if isinstance(x, Application) else x for x in value)
+        return type(value)(
+            substitute(x, handles) if isinstance(x, Application) else x for x in value
+        )
     if isinstance(value, dict):
-        return {k: substitute(x, handles) if isinstance(x, Application) else x for k, x in value.items()}
+        return {
+            k: substitute(x, handles) if isinstance(x, Application) else x for k, x in value.items()
+        }
     return value
 
 
@@ -132,5 +138,3 @@ def deployment(
     if _cls is not None:
         return make(_cls)
     return make
-
-

@@ -131,7 +131,9 @@ class DeploymentResponse(ObjectRef):
 
     __slots__ = ("_args", "_error", "_kwargs", "_method", "_ref", "_rid", "_router", "_task")
 
-    def __init__(self, router: Router, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, router: Router, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         # ObjectRef.__init__ runs in _assign, once the call has been sent
         self._router = router
         self._method = method
@@ -143,7 +145,9 @@ class DeploymentResponse(ObjectRef):
         self._error: BaseException | None = None
 
     @classmethod
-    def call(cls, router: Router, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> DeploymentResponse:
+    def call(
+        cls, router: Router, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> DeploymentResponse:
         resp = cls(router, method, args, kwargs)
         if not _on_loop():
             resp._send(router.acquire_blocking())
@@ -250,7 +254,9 @@ class DeploymentResponseGenerator:
     seen item by item and a fast one in batches.
     """
 
-    def __init__(self, router: Router, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, router: Router, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         self._router = router
         self._method = method
         self._args = args

@@ -124,7 +124,9 @@ async def serve_request(
     return to_response(value)
 
 
-async def _stream(request: web.Request, handle: DeploymentHandle, req: Request) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, handle: DeploymentHandle, req: Request
+) -> web.StreamResponse:
     gen = handle.options(stream=True).remote(req)
     resp: web.StreamResponse | None = None
     try:
@@ -190,7 +192,9 @@ class HTTPProxy:
         """Listen on ``host:port`` (port 0: any free port); the port. Idempotent."""
         if self._address is not None:
             if self._address[0] != host or port not in (0, self._address[1]):
-                raise ValueError(f"the proxy already listens on {self._address[0]}:{self._address[1]}")
+                raise ValueError(
+                    f"the proxy already listens on {self._address[0]}:{self._address[1]}"
+                )
             return self._address[1]
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)

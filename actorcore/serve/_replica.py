@@ -102,7 +102,9 @@ class Replica:
 
     # --- requests ------------------------------------------------------------------------
 
-    async def handle_request(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def handle_request(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         sem = self._enter()
         try:
             async with sem:
@@ -116,7 +118,9 @@ class Replica:
                         f"handle.options(stream=True)"
                     )
                 loop = asyncio.get_running_loop()
-                value = await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+                value = await loop.run_in_executor(
+                    self._pool, functools.partial(fn, *args, **kwargs)
+                )
                 if inspect.isawaitable(value):
                     value = await value
                 return value
@@ -141,7 +145,12 @@ class Replica:
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=4 * CHUNK_MAX_ITEMS)
         sid = next(self._sids)
         task = asyncio.get_running_loop().create_task(self._pump(gen, queue))
-        task.add_done_callback(lambda _t: (sem.release(), self._leave()))
+
+        def ended(_task: asyncio.Task[None]) -> None:
+            sem.release()
+            self._leave()
+
+        task.add_done_callback(ended)
         self._streams[sid] = (queue, task)
         return await self.stream_next(sid)
 

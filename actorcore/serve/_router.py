@@ -20,7 +20,6 @@ import threading
 from typing import Any
 
 import actorcore as ac
-
 from actorcore.errors import ActorDiedError, TaskError
 
 from ._router_core import Grant, RouterCore
@@ -30,7 +29,7 @@ __all__ = ["Router", "router_for"]
 
 logger = logging.getLogger(__name__)
 
-_routers: dict[tuple[str, str], Router] = {}
+_routers: dict[tuple[str, str, Any], Router] = {}
 _routers_lock = threading.Lock()
 
 
@@ -41,7 +40,7 @@ def _process_key() -> str:
 
 def router_for(key: str, controller: Any, snapshot: dict[str, Any] | None) -> Router:
     """This process's router for deployment ``key`` (made on first use)."""
-    pk = (_process_key(), key)
+    pk = (_process_key(), key, controller)  # a new controller (after shutdown): new routers
     r = _routers.get(pk)
     if r is None:
         with _routers_lock:

@@ -223,7 +223,9 @@ class DeploymentState:
                 out += self._start(1)  # rolling update: one more, then one old out
         excess = len(running) - self.target
         if excess > 0 and (not starting or self.deleting):
-            victims = sorted(running, key=lambda r: (r.version == self.version, r.ongoing, -r.since))
+            victims = sorted(
+                running, key=lambda r: (r.version == self.version, r.ongoing, -r.since)
+            )
             for r in victims[:excess]:
                 r.state = ReplicaState.DRAINING
                 out.append(DrainReplica(r.rid))
