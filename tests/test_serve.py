@@ -54,6 +54,9 @@ class Worker:
     async def fail(self, msg):
         raise ValueError(msg)
 
+    def count(self, n):
+        yield from range(n)
+
 
 def _replicas(app, dep):
     return serve.status().applications[app].deployments[dep].replicas
@@ -73,6 +76,8 @@ def test_handle_calls_responses_and_composition(rt):
     assert len(ready) == 2
     with pytest.raises(ValueError, match="nope"):
         h.fail.remote("nope").result()
+    assert h.remote(h.sync_double.remote(2)).result()["x"] == 4  # a response passed on
+    assert list(h.options(stream=True).count.remote(4)) == [0, 1, 2, 3]
 
     @serve.deployment(actor_options=LIGHT)
     class Front:
