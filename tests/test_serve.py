@@ -402,3 +402,19 @@ def test_example_serve_model_runs(rt):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "req/s" in proc.stdout and "(0 failed)" in proc.stdout, proc.stdout
+
+
+@serve.deployment(actor_options=LIGHT)
+class Broken:
+    def __init__(self):
+        raise RuntimeError("cannot start")
+
+    async def __call__(self):
+        return 1
+
+
+def test_a_deployment_that_cannot_start_fails_serve_run(rt):
+    with pytest.raises(serve.DeploymentFailedError, match="cannot start"):
+        serve.run(Broken.bind(), name="broken", route_prefix=None)
+    assert serve.status().applications["broken"].status == "DEPLOY_FAILED"
+    serve.delete("broken")

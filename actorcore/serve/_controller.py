@@ -199,8 +199,10 @@ class ServeController:
 
     async def _tick(self) -> None:
         now = time.monotonic()
-        for key, st in list(self.states.items()):
-            ongoing = await self._poll_load(key, st)
+        states = list(self.states.items())
+        # all at once: one stuck replica must not hold up the other deployments
+        loads = await asyncio.gather(*[self._poll_load(key, st) for key, st in states])
+        for (key, st), ongoing in zip(states, loads, strict=True):
             if self.states.get(key) is st:
                 self._run(key, st.tick(time.monotonic(), ongoing))
                 self._check_health(key, st, now)
