@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -169,6 +170,18 @@ def _side(python: str, side: str, duration: float) -> list[dict[str, object]]:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+def _median(runs: list[list[dict[str, object]]]) -> list[dict[str, object]]:
+    """Cell by cell, the median of each figure over the rounds."""
+    out = []
+    for rows in zip(*runs, strict=True):
+        row = dict(rows[0])
+        for k in ("rps", "p50_ms", "p99_ms"):
+            row[k] = statistics.median(float(r[k]) for r in rows)  # type: ignore[arg-type]
+        row["errors"] = sum(int(r["errors"]) for r in rows)  # type: ignore[call-overload]
+        out.append(row)
+    return out
+
+
 def _table(ours: list[dict[str, object]], ray: list[dict[str, object]] | None) -> str:
     def key(r: dict[str, object]) -> tuple[object, object, object]:
         return (r["kind"], r["replicas"], r["connections"])
@@ -204,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", choices=["actorcore", "ray"])
     ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds; medians reported")
     ap.add_argument("--ray-python", default="/tmp/rayenv/bin/python")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--markdown", help="append the table to this file")
@@ -212,21 +226,29 @@ def main(argv: list[str] | None = None) -> int:
         fn = _actorcore_side if args.side == "actorcore" else _ray_side
         print("RESULT " + json.dumps(fn(args.duration)), flush=True)
         return 0
-    ours = _side(sys.executable, "actorcore", args.duration)
-    ray = None if args.no_ray else _side(args.ray_python, "ray", args.duration)
+    ours_runs: list[list[dict[str, object]]] = []
+    ray_runs: list[list[dict[str, object]]] = []
+    for _ in range(args.rounds):  # alternate, so both sides see the same machine
+        ours_runs.append(_side(sys.executable, "actorcore", args.duration))
+        if not args.no_ray:
+            ray_runs.append(_side(args.ray_python, "ray", args.duration))
+    ours = _median(ours_runs)
+    ray = _median(ray_runs) if ray_runs else None
     table = _table(ours, ray)
     print(table)
     if args.markdown:
-        cmd = "python -m bench.serve_bench" + (f" --duration {args.duration:g}")
+        cmd = f"python -m bench.serve_bench --duration {args.duration:g} --rounds {args.rounds}"
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
         with open(args.markdown, "a") as f:
             f.write(
                 f"\n## Serve (issue 13)\n\nRun {stamp} on {os.uname().nodename} "
                 f"({os.cpu_count()} cores), with:\n\n    {cmd}\n\n"
                 f"Each row: an aiohttp client on 127.0.0.1 holding N connections, each sending "
                 f"its next GET when the last is answered, for {args.duration:g} s after 1 s of "
-                f"warm-up; max_ongoing_requests={MAX_ONGOING}, one CPU per replica on both "
-                f"sides, batching {BATCH}.\n\n{table}\n"
+                f"warm-up; median of {args.rounds} alternating round(s) per side; "
+                f"max_ongoing_requests={MAX_ONGOING}, one CPU per replica on both sides, "
+                f"batching {BATCH}. Load average at the end: {load}.\n\n{table}\n"
             )
     return 0
 
