@@ -1,6 +1,7 @@
 """A numpy model behind HTTP with actorcore.serve: batching, autoscaling, a load generator.
 
 Run: python examples/serve_model.py [--seconds 5] [--connections 16] [--dim 256]
+     [--small] [--address etcd://host:2379/NAME]
 
 It serves a two-layer numpy network at /predict (POST {"x": [...]} ->
 {"label": k, "score": s}); concurrent requests are grouped into one matrix
@@ -99,9 +100,13 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--port", type=int, default=0, help="HTTP port (0: any free port)")
+    ap.add_argument("--small", action="store_true", help="a quick run: 1 s, 4 connections")
+    ap.add_argument("--address", default=None, help="a cluster to join (default: a node here)")
     args = ap.parse_args()
+    if args.small:
+        args.seconds, args.connections, args.dim = 1.0, 4, 16
 
-    ac.init()
+    ac.init(address=args.address)
     ports = serve.start(http_host="127.0.0.1", http_port=args.port)
     port = next(iter(ports.values()))
     serve.run(Model.bind(args.dim), name="model", route_prefix="/predict")
@@ -114,6 +119,10 @@ def main() -> None:
     )
     dep = serve.status().applications["model"].deployments["Model"]
     print(f"replicas now: {len(dep.replicas)} (target {dep.target_replicas}, {dep.status})")
+    print(
+        f"RESULT requests={r['requests']} failed={r['failed']} rps={r['rps']:.0f} "
+        f"p50_ms={r['p50_ms']:.1f} p99_ms={r['p99_ms']:.1f} mean_batch={r['mean_batch']:.1f}"
+    )
     serve.shutdown()
     ac.shutdown()
 
