@@ -214,7 +214,7 @@ def _start(http_host: str, http_port: int, location: str) -> dict[str, int]:
     if location not in ("EveryNode", "HeadOnly"):
         raise ValueError(f"location must be 'EveryNode' or 'HeadOnly', not {location!r}")
     controller = _controller()
-    nodes = [n for n in ac.nodes() if n.get("alive", True)]
+    nodes = [n for n in ac.nodes() if n.get("Alive", n.get("alive", True))]
     if location == "HeadOnly":
         here = ac.get_runtime_context().get_node_id()
         nodes = [n for n in nodes if _node_id(n) == here] or nodes[:1]
