@@ -33,7 +33,8 @@ class AutoscalingConfig:
     initial_replicas: int | None = None
 
     def __post_init__(self) -> None:
-        _positive("min_replicas", self.min_replicas, zero_ok=True, integer=True)
+        # zero would need the routers' queues in the metrics to ever scale up again
+        _positive("min_replicas", self.min_replicas, integer=True)
         _positive("max_replicas", self.max_replicas, integer=True)
         if self.min_replicas > self.max_replicas:
             raise ValueError(
