@@ -62,12 +62,20 @@ class HTTPResponse:
     content_type: str | None = None
 
 
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars (and anything with ``tolist``) as JSON can take them."""
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def _encode(value: Any) -> tuple[bytes, str]:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value), "application/octet-stream"
     if isinstance(value, str):
         return value.encode(), "text/plain"
-    return json.dumps(value).encode(), "application/json"
+    return json.dumps(value, default=_plain).encode(), "application/json"
 
 
 def to_response(value: Any) -> web.Response:
