@@ -33,7 +33,12 @@ __all__ = ["Replica"]
 logger = logging.getLogger(__name__)
 
 CHUNK_MAX_ITEMS = 1000
+STALL_S = 120.0  # a stream nobody pulls from for this long is abandoned
 _END = object()
+
+
+async def _put(queue: asyncio.Queue[Any], item: Any) -> None:
+    await asyncio.wait_for(queue.put(item), STALL_S)
 
 
 class _Failed:
@@ -156,21 +161,25 @@ class Replica:
 
     async def _pump(self, gen: Any, queue: asyncio.Queue[Any]) -> None:
         try:
-            if inspect.isasyncgen(gen):
-                async for item in gen:
-                    await queue.put(item)
-            else:
-                loop = asyncio.get_running_loop()
-                while True:
-                    item = await loop.run_in_executor(self._pool, next, gen, _END)
-                    if item is _END:
-                        break
-                    await queue.put(item)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            await queue.put(_Failed(e))
-        await queue.put(_END)
+            try:
+                if inspect.isasyncgen(gen):
+                    async for item in gen:
+                        await _put(queue, item)
+                else:
+                    loop = asyncio.get_running_loop()
+                    while True:
+                        item = await loop.run_in_executor(self._pool, next, gen, _END)
+                        if item is _END:
+                            break
+                        await _put(queue, item)
+            except (asyncio.CancelledError, TimeoutError):
+                raise
+            except Exception as e:
+                await _put(queue, _Failed(e))
+            await _put(queue, _END)
+        except TimeoutError:
+            logger.warning("a stream of %s was not read for %s s: dropped", self._key, STALL_S)
+            self._streams = {k: v for k, v in self._streams.items() if v[0] is not queue}
 
     async def stream_next(self, sid: int) -> tuple[int, list[Any], bool]:
         """The items produced since the last pull (at least one, unless the stream ended)."""
