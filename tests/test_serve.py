@@ -112,6 +112,29 @@ def test_routing_balance_and_the_max_ongoing_bound(rt):
     assert {p for _, p in peaks} and max(p for _, p in peaks) <= 3, peaks
 
 
+def test_the_bound_holds_across_routers(rt):
+    # two routers (this driver and a Fan replica) each keep to 2 in flight; the replica
+    # itself makes sure it never runs more than 2 at once in total
+    inner = Worker.options(num_replicas=1, max_ongoing_requests=2)
+
+    @serve.deployment(actor_options=LIGHT)
+    class Fan:
+        def __init__(self, h):
+            self.h = h
+
+        async def __call__(self, n):
+            return len(await asyncio.gather(*[self.h.remote(i, delay=0.02) for i in range(n)]))
+
+    fan = serve.run(Fan.bind(inner.bind("x")), name="fan", route_prefix=None)
+    h = serve.get_deployment_handle("Worker", app_name="fan")
+    fanned = [fan.remote(10) for _ in range(3)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda i: h.remote(i, delay=0.02).result(timeout_s=30), range(30)))
+    assert [f.result(timeout_s=30) for f in fanned] == [10, 10, 10]
+    assert h.peak_seen.remote().result()[1] == 2
+    serve.delete("fan")
+
+
 def test_queue_timeout_raises_backpressure(rt):
     app = Worker.options(num_replicas=1, max_ongoing_requests=1, queue_timeout_s=0.3)
     h = serve.run(app.bind(), name="tiny", route_prefix=None)
