@@ -73,11 +73,14 @@ def _settle(fut: asyncio.Future[None]) -> None:
 class ObjectRefGenerator:
     """The refs a streaming call yields, in order; iterate it (sync or async)."""
 
-    def __init__(self, rt: CoreRuntime, end: ObjectRef, buf: StreamBuffer, counted: bool) -> None:
+    def __init__(self, rt: CoreRuntime, end: ObjectRef, buf: StreamBuffer, window: int) -> None:
         self._rt = rt
         self._end = end
         self._buf = buf
-        self._counted = counted  # tell the owner core what was consumed (back-pressure)
+        # with back-pressure, tell the owner core what was consumed: every quarter
+        # window, and whenever we catch up (the producer may be waiting for us)
+        self._report_every = max(1, window // 4) if window > 0 else 0
+        self._reported = 0
         self._taken = 0
         self._end_given = False
 
@@ -94,9 +97,11 @@ class ObjectRefGenerator:
         buf = self._buf
         if buf.items:
             ref = buf.items.popleft()
-            self._taken += 1
-            if self._counted:
-                self._rt.streams.consumed(self._end.id, self._taken)
+            self._taken = taken = self._taken + 1
+            every = self._report_every
+            if every and (taken - self._reported >= every or not buf.items):
+                self._reported = taken
+                self._rt.streams.consumed(self._end.id, taken)
             return ref
         if buf.ended:
             if buf.items:  # ended right after we looked

@@ -38,13 +38,13 @@ def test_without_backpressure_no_acks_are_sent():
     assert core.handle([S.ItemsConsumed(SID, 1), S.ItemsConsumed(SID, 2)]) == []
 
 
-def test_acks_every_half_window_and_at_once_when_the_producer_may_wait():
-    core = _core(4)
+def test_acks_every_quarter_window_and_at_once_when_the_producer_may_wait():
+    core = _core(8)
     core.handle([_item(0), _item(1)])
-    assert core.handle([S.ItemsConsumed(SID, 1)]) == []  # 1 < 4 // 2, producer not full
+    assert core.handle([S.ItemsConsumed(SID, 1)]) == []  # 1 < 8 // 4, producer not full
     out = core.handle([S.ItemsConsumed(SID, 2)])
     assert _kinds(out) == ["AckItems"] and out[0].consumed == 2 and out[0].peer == "w1"
-    core.handle([_item(2), _item(3), _item(4), _item(5)])  # 6 sent, 2 acked: full
+    core.handle([_item(2, n=8)])  # 10 sent, 2 acked: full
     out = core.handle([S.ItemsConsumed(SID, 3)])
     assert _kinds(out) == ["AckItems"] and out[0].consumed == 3
     core.validate()

@@ -74,7 +74,7 @@ class GeneratorStreams:
     def generator(self, end: ObjectRef, backpressure: int) -> ObjectRefGenerator:
         """The consumer's side of the stream ``end.id`` opened just before."""
         buf = self.buffers.get(end.id) or StreamBuffer()
-        return ObjectRefGenerator(self.rt, end, buf, counted=backpressure > 0)
+        return ObjectRefGenerator(self.rt, end, buf, backpressure)
 
     def _end_done(self, e: ObjectEntry) -> None:
         self.post(S.StreamEnded(e.oid, e.state == FAILED))

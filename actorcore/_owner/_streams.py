@@ -7,8 +7,9 @@ replies; the owner hands items to the consumer in order, once each.
 
 Back-pressure: with ``backpressure=N`` the worker pauses while N items it
 sent are not consumed; the owner acks consumption (``AckItems``) often enough
-that a paused worker always hears of progress: when half of N was consumed
-since the last ack, or at once when the worker may be paused.
+that a paused worker always hears of progress: when a quarter of N was
+consumed since the last ack (so a producer faster than its consumer rarely
+has to stop), or at once when the worker may be paused.
 
 A retried attempt (its worker died, or an actor restarted) starts again from
 item 0: the items already delivered are dropped (``DropItems``), and the new
@@ -210,7 +211,7 @@ class StreamCore:
         if not n or st.peer is None:
             return
         may_be_paused = st.sent - st.acked >= n
-        if may_be_paused or st.consumed - st.acked >= max(1, n // 2):
+        if may_be_paused or st.consumed - st.acked >= max(1, n // 4):
             self._ack(st, ev.stream_id)
 
     def _ack(self, st: StreamState, stream_id: bytes) -> None:
