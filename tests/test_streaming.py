@@ -346,3 +346,23 @@ def test_an_actor_killed_mid_stream_ends_it_with_actor_died(runtime):
     refs = list(gen)  # never hangs
     with pytest.raises(E.ActorDiedError):
         ac.get(refs[-1])
+
+
+@pytest.mark.timeout(60)
+def test_streaming_declared_in_the_decorators(runtime):
+    @ac.remote(num_returns="streaming", generator_backpressure=2)
+    def letters():
+        yield from "abc"
+
+    @ac.remote
+    class Words:
+        @ac.method(num_returns="streaming")
+        def split(self, text):
+            yield from text.split()
+
+    assert [ac.get(r) for r in letters.remote()] == ["a", "b", "c"]
+    w = Words.remote()
+    assert [ac.get(r) for r in w.split.remote("to be or not")] == ["to", "be", "or", "not"]
+    refs = w.split.options(num_returns=1).remote  # a plain call of a generator method
+    with pytest.raises(E.ActorCoreError):
+        ac.get(refs("x"))
