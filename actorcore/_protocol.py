@@ -22,9 +22,9 @@ from typing import Any, NamedTuple, TypeVar
 
 import msgpack
 
-from .errors import ProtocolError
+from .errors import MessageTooLargeError, ProtocolError
 
-__all__ = ["MESSAGES", "PROTOCOL_VERSION", "FrameDecoder", "Tag", "encode"]
+__all__ = ["MESSAGES", "PROTOCOL_VERSION", "FrameDecoder", "Tag", "check_size", "encode"]
 
 PROTOCOL_VERSION = 1
 
@@ -460,6 +460,30 @@ def encode(msg: Any, buffers: list[Any] | None = None) -> bytes | list[Any]:
     return [_PRELUDE.pack(len(header), len(buffers)) + lens + header, *buffers]
 
 
+def check_size(frame: bytes | list[Any], max_header_bytes: int, max_frame_bytes: int) -> int:
+    """The size of an encoded frame; raises if a peer with these limits would refuse it.
+
+    Raises:
+        MessageTooLargeError: the header or the whole frame is over its limit.
+    """
+    if isinstance(frame, bytes):
+        size = len(frame)
+        header = size - _PRELUDE.size
+    else:
+        size = sum(memoryview(b).nbytes for b in frame)
+        header = _PRELUDE.unpack_from(frame[0])[0]
+    if header > max_header_bytes:
+        raise MessageTooLargeError(
+            f"a message of {header} bytes is over the limit of {max_header_bytes} "
+            f"(max_header_bytes); large values belong in the object store (ac.put)"
+        )
+    if size > max_frame_bytes:
+        raise MessageTooLargeError(
+            f"a frame of {size} bytes is over the limit of {max_frame_bytes} (max_frame_bytes)"
+        )
+    return size
+
+
 def encode_bytes(msg: Any) -> bytes:
     """Encode a message that has no raw buffers (handshake, control) as one bytes."""
     header = msgpack.packb((msg.TAG, msg), use_bin_type=True)
@@ -496,7 +520,22 @@ class FrameDecoder:
     def pending_bytes(self) -> int:
         return len(self._buf) - self._pos
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[Any, list[bytes]]]:
+    def take_rest(self) -> bytes:
+        """The bytes fed but not decoded yet (handed on after a handshake)."""
+        rest = bytes(self._buf[self._pos :])
+        self._buf.clear()
+        self._pos = 0
+        return rest
+
+    def feed(
+        self, data: bytes | bytearray | memoryview, limit: int = 0
+    ) -> list[tuple[Any, list[bytes]]]:
+        """Append ``data``; return the whole frames now decodable.
+
+        ``limit``: decode at most that many frames (0: all). The rest stays
+        undecoded bytes: a handshake decodes one frame at a time, so nothing a
+        peer sent behind a failed AUTH is ever decoded.
+        """
         buf = self._buf
         if self._pos and self._pos == len(buf):
             buf.clear()
@@ -511,7 +550,7 @@ class FrameDecoder:
             if nbufs > MAX_BUFFERS:
                 raise ProtocolError(f"frame announces {nbufs} buffers, more than {MAX_BUFFERS}")
             if hlen > self._max_header:
-                raise ProtocolError(
+                raise MessageTooLargeError(
                     f"frame header of {hlen} bytes exceeds the limit of {self._max_header}"
                 )
             start = pos + 6 + 8 * nbufs
@@ -520,7 +559,7 @@ class FrameDecoder:
             lens = [_BUFLEN.unpack_from(buf, pos + 6 + 8 * i)[0] for i in range(nbufs)]
             total = hlen + sum(lens)
             if total > self._max_frame:
-                raise ProtocolError(
+                raise MessageTooLargeError(
                     f"frame of {total} bytes exceeds the limit of {self._max_frame}"
                 )
             if end - start < total:
@@ -539,6 +578,8 @@ class FrameDecoder:
                 p += n
             out.append((msg, bufs))
             pos = p
+            if limit and len(out) >= limit:
+                break
         self._pos = pos
         if pos > 1 << 20:
             del buf[:pos]
