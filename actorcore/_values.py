@@ -244,6 +244,13 @@ async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
         e = entry_of(rt, ref)
     if e.state == PENDING:
         await _until_ready(rt, [e], 1, None)
+    if e.kind == STORE and e.state != FAILED:
+        # map it without a blocking round trip to the daemon (which may be
+        # spilling); while `held` lives, value_of finds the mapping
+        held = await rt.store.open_async([e.oid])
+        value = value_of(rt, e)
+        del held
+        return value
     return value_of(rt, e)
 
 
@@ -305,8 +312,21 @@ def ref_future(rt: CoreRuntime, ref: ObjectRef) -> concurrent.futures.Future[Any
         except BaseException as exc:
             fut.set_exception(exc)
 
+    def opened(e: ObjectEntry, held: Any) -> None:
+        if isinstance(held, BaseException):
+            fut.set_exception(held)
+        else:
+            settle(e)  # `held` keeps the mapping for value_of
+
+    def ready(e: ObjectEntry) -> None:
+        if e.kind == STORE and e.state != FAILED:  # the runtime loop must not block
+            rt.store.open_then([e.oid], lambda held: opened(e, held))
+        else:
+            settle(e)
+
     with rt.lock:
         e = entry_of(rt, ref)
-        if not rt.table.add_waiter(e, lambda e: rt.call_soon(settle, e)):
-            settle(e)
+        waiting = rt.table.add_waiter(e, lambda e: rt.call_soon(ready, e))
+    if not waiting:
+        ready(e)
     return fut

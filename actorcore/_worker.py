@@ -24,8 +24,10 @@ from ._execution import (
     TaskContext,
     current_task,
     decode_args,
+    decode_args_async,
     encode_error,
     encode_results,
+    encode_results_async,
 )
 from ._ids import new_id
 from ._mailbox import ActorMailbox, TaskQueue
@@ -144,9 +146,11 @@ class WorkerRuntime(CoreRuntime):
     async def run_task_async(self, call: Call) -> None:
         token = current_task.set(TaskContext(call.name, call.task_id, None))
         try:
-            args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            args, kwargs, reg = await decode_args_async(self, call.payload, call.resolved)
             value = await call.fn(*args, **kwargs)
-            results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
+            results, waits = await encode_results_async(
+                self, value, call.return_ids, call.owner, call.name
+            )
         except asyncio.CancelledError:
             err = TaskCancelledError(f"task {call.name} was cancelled")
             results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
@@ -292,9 +296,11 @@ class WorkerRuntime(CoreRuntime):
         token = current_task.set(TaskContext(mb.class_name, call.task_id, mb.actor_id))
         try:
             method = self._method(mb, call)
-            args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            args, kwargs, reg = await decode_args_async(self, call.payload, call.resolved)
             value = await method(*args, **kwargs)
-            results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
+            results, waits = await encode_results_async(
+                self, value, call.return_ids, call.owner, call.name
+            )
         except asyncio.CancelledError:
             err = TaskCancelledError(f"call {call.method}() was cancelled")
             results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
