@@ -437,14 +437,15 @@ class CoreRuntime(OwnershipMixin, Service):
                 "ac.put() of an ObjectRef is not allowed: pass the ref itself, "
                 "or put a list containing it"
             )
-        return self.put_serialized(serialize(value, "the value given to put()"))
+        ser = serialize(value, "the value given to put()")
+        if ser.size > self.config.inline_threshold and asyncio._get_running_loop() is not None:
+            return self._put_in_background(new_id(), ser)
+        return self.put_serialized(ser)
 
     def put_serialized(self, ser: Any) -> Any:
         """Own a new object holding ``ser``: inline, or in the store when large."""
         oid = new_id()
         if ser.size > self.config.inline_threshold:
-            if asyncio._get_running_loop() is not None:
-                return self._put_in_background(oid, ser)
             self.store.put(oid, ser, self.my_id)
             kind, data = STORE, ser.size
         else:

@@ -154,3 +154,58 @@ def test_a_packed_actor_keeps_answering_while_its_neighbour_waits_on_a_spill(
     assert big.nbytes == 8 * MiB and int(big[-1]) == 3
     drainer.join(30)
     del first, second
+
+
+@pytest.mark.timeout(180)
+def test_put_and_await_on_the_drivers_own_loop_never_wait_on_a_spill(fresh_runtime, tmp_path):
+    import asyncio
+
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    fresh_runtime(num_cpus=1, object_store_memory=STORE, spill_dir=str(spill_dir))
+    small = ac.put(np.ones(MiB, dtype=np.uint8))
+    first = ac.put(np.zeros(24 * MiB, dtype=np.uint8))
+    second = ac.put(np.zeros(24 * MiB, dtype=np.uint8))
+    fifo = spill_dir / first.id.hex()
+    os.mkfifo(fifo)
+    drainer = threading.Thread(target=_drain_fifo, args=(fifo,), daemon=True)
+
+    async def app():
+        ticks = []
+
+        async def tick():
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(TICK_S)
+
+        ticker = asyncio.get_running_loop().create_task(tick())
+        try:
+            pinned = await small  # mapped: pinned while `pinned` lives, so not a victim
+            t0 = time.monotonic()
+            ref = ac.put(np.full(40 * MiB, 5, dtype=np.uint8))  # needs a spill: held
+            assert time.monotonic() - t0 < MAX_GAP_S, "put waited on the daemon"
+            while _object_state(first.id.hex()) != "spilling":
+                await asyncio.sleep(0.05)
+            stalled_at = time.monotonic()
+            while time.monotonic() - stalled_at < 3 * MAX_GAP_S:
+                again = await small  # reads go on during the spill
+                assert int(again.sum()) == MiB
+                await asyncio.sleep(0.05)
+            assert _object_state(first.id.hex()) == "spilling"
+            drainer.start()
+            value = await asyncio.wait_for(ref, 60)
+            assert int(value[:10].sum()) == 50 and int(pinned[0]) == 1
+        finally:
+            ticker.cancel()
+        held = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+        return max(held), len(held)
+
+    try:
+        worst, n = asyncio.run(app())
+    finally:
+        if not drainer.ident:
+            drainer.start()
+    assert n >= 3 * MAX_GAP_S / TICK_S / 2
+    assert worst < MAX_GAP_S, f"the app loop stalled for {worst:.2f} s"
+    drainer.join(30)
+    del first, second
