@@ -219,6 +219,18 @@ def test_messages_after_a_wrong_token_are_never_decoded(fresh_runtime):
     assert list_state("node")["pid"] == data["pid"]
 
 
+@pytest.mark.timeout(60)
+def test_an_undecodable_frame_behind_a_wrong_token_is_not_parsed(runtime, node, client):
+    """In the same write as a failed AUTH: the daemon answers the AUTH (a REJECT
+    naming the token) and drops the rest unread; decoding it would have failed
+    first."""
+    behind = PRELUDE.pack(12, 0) + b"\xc1" * 12  # not msgpack
+    tag, fields = client.handshake(node["token"], wrong=True, extra=behind)
+    assert tag == REJECT and "token" in fields[0], fields
+    assert client.outcome() == ("closed",)
+    assert_still_serving(runtime, node)
+
+
 # --- the raw client itself ---------------------------------------------------------------
 
 
@@ -883,7 +895,6 @@ def test_drain_waits_for_the_peer_and_close_never_blocks():
 
     async def main():
         import asyncio
-        import time
 
         loop = asyncio.get_running_loop()
         conn, peer = _pair(loop, high_water=1 << 20, max_queued=8 << 20)
@@ -905,9 +916,9 @@ def test_drain_waits_for_the_peer_and_close_never_blocks():
 
             for _ in range(40):  # 2.5 MiB queued to a peer that is not reading
                 conn.send(_reply(frame_size))
-            t0 = time.monotonic()
             conn.close()
-            assert time.monotonic() - t0 < 0.5, "close() blocked"
+            # it returned with the bytes still queued: it did not wait for the peer
+            assert conn.queued_bytes > 0, "close() waited for the peer to read"
             assert conn.closed
             assert isinstance(conn.receiver.closed, E.ConnectionClosedError)
             # what was queued still goes out, then the stream ends

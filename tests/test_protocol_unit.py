@@ -93,3 +93,29 @@ def test_request_tags_are_exactly_the_messages_with_a_rid():
     for tag, cls in P.MESSAGES.items():
         assert (tag in P.REQUESTS) == (cls._fields[:1] == ("rid",))
     assert P.Tag.STEAL_TASKS not in P.REQUESTS and P.Tag.PUSH_TASK in P.REQUESTS
+
+
+def test_a_limited_feed_leaves_what_follows_undecoded():
+    """The handshake decodes one frame at a time: bytes behind a failed AUTH,
+    even undecodable ones, are never parsed."""
+    auth = P.encode_bytes(P.AuthMsg(P.PROTOCOL_VERSION, "driver", b"i" * 16, b"n" * 16, b"p"))
+    garbage = struct.pack("<IH", 12, 0) + b"\xc1" * 12
+    d = P.FrameDecoder(4096, 4096)
+    frames = d.feed(auth + garbage, 1)
+    assert [type(m) for m, _ in frames] == [P.AuthMsg]
+    assert d.take_rest() == garbage
+    with pytest.raises(ProtocolError):
+        P.FrameDecoder(4096, 4096).feed(auth + garbage)  # decoding all of it would fail
+
+
+def test_the_sender_checks_the_limits():
+    from actorcore.errors import MessageTooLargeError
+
+    frame = P.encode(P.ReplyMsg(1, b"x" * 5000))
+    assert P.check_size(frame, 8192, 8192) == len(frame)
+    with pytest.raises(MessageTooLargeError, match="max_header_bytes"):
+        P.check_size(frame, 4096, 1 << 20)
+    with_buffers = P.encode(P.ReplyMsg(1, b""), [b"b" * 10_000])
+    with pytest.raises(MessageTooLargeError, match="max_frame_bytes"):
+        P.check_size(with_buffers, 4096, 8192)
+    assert issubclass(MessageTooLargeError, ValueError)
