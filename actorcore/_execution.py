@@ -179,9 +179,7 @@ async def encode_results_async(
         futs = []
         for i, ser in to_store:
             fut: asyncio.Future[Any] = loop.create_future()
-            rt.store.put_then(
-                return_ids[i], ser, owner[0], functools.partial(settle_on, loop, fut)
-            )
+            rt.store.put_then(return_ids[i], ser, owner[0], functools.partial(settle_on, loop, fut))
             futs.append(fut)
         results = await asyncio.gather(*futs, return_exceptions=True)
         for (i, _ser), result in zip(to_store, results, strict=True):

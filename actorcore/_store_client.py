@@ -206,7 +206,13 @@ class StoreClient:
             done(e)
 
     def _write_on_thread(
-        self, oid: bytes, offset: int, stream: bytes, raws: list[Any], spans: Any, total: int,
+        self,
+        oid: bytes,
+        offset: int,
+        stream: bytes,
+        raws: list[Any],
+        spans: Any,
+        total: int,
         done: Callable[[Any], None],
     ) -> None:
         assert self.loop is not None

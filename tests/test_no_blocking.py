@@ -8,6 +8,7 @@ and writes store objects, and its neighbour must keep answering a fast method.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -115,7 +116,7 @@ def test_a_packed_actor_keeps_answering_while_its_neighbour_waits_on_a_spill(
     small = ac.put(np.ones(MiB, dtype=np.uint8))
     assert ac.get(churner.read.remote([small]), timeout=60) == MiB
     first = ac.put(np.zeros(24 * MiB, dtype=np.uint8))  # the victim whose spill stalls
-    second = ac.put(np.zeros(24 * MiB, dtype=np.uint8))  # a second victim, spilled at once
+    second = ac.put(np.zeros(24 * MiB, dtype=np.uint8))  # noqa: F841 (a second victim)
     fifo = spill_dir / first.id.hex()
     os.mkfifo(fifo)
     drainer = threading.Thread(target=_drain_fifo, args=(fifo,), daemon=True)
@@ -144,7 +145,7 @@ def test_a_packed_actor_keeps_answering_while_its_neighbour_waits_on_a_spill(
     assert pinger.error is None, pinger.error
     assert outcome == 70, outcome  # sealed once the spill could go on, and read back
     times = pinger.since(stalled_at - 1.0)
-    held = [b - a for a, b in zip(times, times[1:], strict=False) if a <= released_at]
+    held = [b - a for a, b in itertools.pairwise(times) if a <= released_at]
     assert len(held) >= 300
     assert max(held) < MAX_GAP_S, f"the ticker stalled for {max(held):.2f} s"
     assert released_at - stalled_at >= 3 * MAX_GAP_S  # the spill was held far longer
@@ -153,7 +154,6 @@ def test_a_packed_actor_keeps_answering_while_its_neighbour_waits_on_a_spill(
     big = ac.get(churner.big_result.remote(8 * MiB), timeout=60)
     assert big.nbytes == 8 * MiB and int(big[-1]) == 3
     drainer.join(30)
-    del first, second
 
 
 @pytest.mark.timeout(180)
@@ -165,7 +165,7 @@ def test_put_and_await_on_the_drivers_own_loop_never_wait_on_a_spill(fresh_runti
     fresh_runtime(num_cpus=1, object_store_memory=STORE, spill_dir=str(spill_dir))
     small = ac.put(np.ones(MiB, dtype=np.uint8))
     first = ac.put(np.zeros(24 * MiB, dtype=np.uint8))
-    second = ac.put(np.zeros(24 * MiB, dtype=np.uint8))
+    second = ac.put(np.zeros(24 * MiB, dtype=np.uint8))  # noqa: F841 (kept: a victim)
     fifo = spill_dir / first.id.hex()
     os.mkfifo(fifo)
     drainer = threading.Thread(target=_drain_fifo, args=(fifo,), daemon=True)
@@ -184,7 +184,7 @@ def test_put_and_await_on_the_drivers_own_loop_never_wait_on_a_spill(fresh_runti
             t0 = time.monotonic()
             ref = ac.put(np.full(40 * MiB, 5, dtype=np.uint8))  # needs a spill: held
             assert time.monotonic() - t0 < MAX_GAP_S, "put waited on the daemon"
-            while _object_state(first.id.hex()) != "spilling":
+            while _object_state(first.id.hex()) != "spilling":  # noqa: ASYNC110 (daemon state)
                 await asyncio.sleep(0.05)
             stalled_at = time.monotonic()
             while time.monotonic() - stalled_at < 3 * MAX_GAP_S:
@@ -197,7 +197,7 @@ def test_put_and_await_on_the_drivers_own_loop_never_wait_on_a_spill(fresh_runti
             assert int(value[:10].sum()) == 50 and int(pinned[0]) == 1
         finally:
             ticker.cancel()
-        held = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+        held = [b - a for a, b in itertools.pairwise(ticks)]
         return max(held), len(held)
 
     try:
@@ -208,4 +208,3 @@ def test_put_and_await_on_the_drivers_own_loop_never_wait_on_a_spill(fresh_runti
     assert n >= 3 * MAX_GAP_S / TICK_S / 2
     assert worst < MAX_GAP_S, f"the app loop stalled for {worst:.2f} s"
     drainer.join(30)
-    del first, second
