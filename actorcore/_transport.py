@@ -25,26 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import logging
-import os
 import select
 import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from . import _protocol as P
-from ._handshake import (
-    HANDSHAKE_MAX_BYTES,
-    HANDSHAKE_TIMEOUT_S,
-    SERVER_HANDSHAKE_TIMEOUT_S,
-    client_handshake,
-    proof,
-    server_handshake,
-)
-from .errors import AuthenticationError, ConnectionBrokenError, ConnectionClosedError, ProtocolError
+from ._handshake import HANDSHAKE_TIMEOUT_S, client_handshake
+from .errors import ConnectionBrokenError, ConnectionClosedError, ProtocolError
 
 __all__ = [
     "HANDSHAKE_TIMEOUT_S",
@@ -57,8 +47,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_proof = proof  # the blocking client signs with the same proof
-_HANDSHAKE_MAX = HANDSHAKE_MAX_BYTES
 _RECV_SIZE = 1 << 18
 _IOV_BATCH = 512  # frames handed to one sendmsg
 
@@ -66,7 +54,6 @@ SEND_HIGH_WATER = 64 << 20  # queued bytes above which senders wait for the peer
 SEND_MAX_QUEUED = 512 << 20  # a loop thread cannot wait: the connection drops here
 SEND_STALL_S = 60.0  # a waiting thread gives up on a peer that read nothing this long
 CLOSE_LINGER_S = 2.0  # a closed connection drains what it queued for this long
-MAX_PENDING_HANDSHAKES = 64  # unauthenticated sockets a listener holds at once
 
 
 class Receiver:
@@ -145,6 +132,12 @@ class Connection:
     def queued_bytes(self) -> int:
         """Bytes sent on this connection that the peer has not taken yet."""
         return self._out_bytes
+
+    @property
+    def congested(self) -> bool:
+        """More than the high-water mark is queued: coroutine writers should
+        ``await drain()`` before sending more."""
+        return self._out_bytes > self._high
 
     # --- writing ------------------------------------------------------------------
 
@@ -455,132 +448,6 @@ async def open_connection(
     return conn
 
 
-class Listener:
-    """Accepts sockets, authenticates them, and hands each to ``on_connection``."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        token: bytes,
-        role: str,
-        my_id: bytes,
-        make_receiver: Callable[[], Receiver],
-        on_connection: Callable[[Connection], None],
-        max_header_bytes: int,
-        max_frame_bytes: int,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        sock: socket.socket | None = None,
-        unix_name: str | None = None,
-        max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
-        handshake_timeout_s: float = SERVER_HANDSHAKE_TIMEOUT_S,
-    ) -> None:
-        self.loop = loop
-        self._token = token
-        self._role = role
-        self._id = my_id
-        self._make_receiver = make_receiver
-        self._on_connection = on_connection
-        self._limits = (max_header_bytes, max_frame_bytes)
-        if sock is None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(1024)
-        self._sock = sock
-        self._sock.setblocking(False)
-        self.address: tuple[str, int] = self._sock.getsockname()[:2]
-        # Same-host peers use a Unix socket (abstract namespace: nothing to clean up).
-        self.unix_name = unix_name or f"\0actorcore-{my_id.hex()}-{os.getpid()}"
-        self._usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._usock.bind(self.unix_name)
-        self._usock.listen(1024)
-        self._usock.setblocking(False)
-        # Unauthenticated sockets, oldest first. Anyone who can reach the port (or
-        # the abstract Unix socket, which has no file permissions) can open them:
-        # hold few, briefly; at the cap the oldest makes room for the newest.
-        self._handshakes: dict[asyncio.Task[None], socket.socket] = {}
-        self._max_pending = max(1, max_pending_handshakes)
-        self._handshake_timeout = handshake_timeout_s
-        self.rejected = 0
-        self.evicted = 0
-        self._closed = False
-
-    def start(self) -> None:
-        self.loop.add_reader(self._sock.fileno(), self._on_accept, self._sock)
-        self.loop.add_reader(self._usock.fileno(), self._on_accept, self._usock)
-
-    def _on_accept(self, listening: socket.socket) -> None:
-        for _ in range(64):
-            try:
-                sock, _addr = listening.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                logger.warning("accept failed: %s", e)
-                return
-            _tune(sock)
-            while len(self._handshakes) >= self._max_pending:
-                oldest = next(iter(self._handshakes))
-                del self._handshakes[oldest]
-                oldest.cancel()  # its socket closes as the cancellation lands
-                self.evicted += 1
-            task = self.loop.create_task(self._handshake(sock))
-            self._handshakes[task] = sock
-            task.add_done_callback(functools.partial(self._handshake_done, sock))
-
-    def _handshake_done(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
-        self._handshakes.pop(task, None)
-        if task.cancelled():  # perhaps before it ever ran: close its socket here
-            sock.close()
-
-    @property
-    def pending_handshakes(self) -> int:
-        """Accepted sockets that have not authenticated yet."""
-        return len(self._handshakes)
-
-    async def _handshake(self, sock: socket.socket) -> None:
-        try:
-            peer_role, peer_id, leftover = await asyncio.wait_for(
-                server_handshake(self.loop, sock, self._token, self._role, self._id),
-                self._handshake_timeout,
-            )
-        except (AuthenticationError, ProtocolError, OSError, ConnectionError, TimeoutError) as e:
-            self.rejected += 1
-            logger.warning("refused a connection: %s", e)
-            sock.close()
-            return
-        except BaseException:
-            sock.close()
-            raise
-        conn = Connection(
-            sock,
-            self.loop,
-            self._make_receiver(),
-            peer_role=peer_role,
-            peer_id=peer_id,
-            max_header_bytes=self._limits[0],
-            max_frame_bytes=self._limits[1],
-            leftover=leftover,
-        )
-        conn.start()
-        self._on_connection(conn)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for sock in (self._sock, self._usock):
-            try:
-                self.loop.remove_reader(sock.fileno())
-            except Exception:
-                pass
-            sock.close()
-        for t in list(self._handshakes):
-            t.cancel()
-
-
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "", socket.gethostname()}
 
 
@@ -590,3 +457,8 @@ def best_address(address: Any) -> tuple[str, int] | str:
     if len(address) > 3 and address[3] and address[1] in _LOCAL_HOSTS:
         return str(address[3])
     return (address[1], address[2])
+
+
+# The listener accepts sockets into Connections; it lives in its own module and is
+# re-exported here (imported last: it needs the names above).
+from ._listener import Listener  # noqa: E402

@@ -161,6 +161,9 @@ class WorkerRuntime(CoreRuntime):
         if reg is not None or waits:
             await self.loop.run_in_executor(None, self._wait_all, reg, waits)
             reg = waits = None
+        conn = call.peer.conn
+        if conn is not None and conn.congested:  # back-pressure: the caller is not reading
+            await _drain(conn)
         self._reply(call, results, reg, waits)
 
     @staticmethod
@@ -311,6 +314,9 @@ class WorkerRuntime(CoreRuntime):
         if reg is not None or waits:
             await self.loop.run_in_executor(None, self._wait_all, reg, waits)
             reg = waits = None
+        conn = call.peer.conn
+        if conn is not None and conn.congested:  # back-pressure: the caller is not reading
+            await _drain(conn)
         self._reply(call, results, reg, waits)
 
     @handles(P.Tag.DROP_ACTOR)
@@ -319,6 +325,14 @@ class WorkerRuntime(CoreRuntime):
         if mb is not None:
             mb.close(msg.reason)
         return DEFERRED
+
+
+async def _drain(conn: Any) -> None:
+    """Wait until the caller took most of what is queued to it."""
+    try:
+        await conn.drain()
+    except ConnectionError:
+        pass  # the reply finds the connection closed and is dropped
 
 
 def _format(e: BaseException) -> str:

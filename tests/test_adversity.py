@@ -710,7 +710,7 @@ def assert_still_serving_simple(ac):
 
 @pytest.mark.timeout(90)
 def test_silent_unauthenticated_clients_are_dropped_at_the_deadline(runtime, node):
-    from actorcore._transport import SERVER_HANDSHAKE_TIMEOUT_S
+    from actorcore._handshake import SERVER_HANDSHAKE_TIMEOUT_S
 
     silent = [RawClient(node["address"], timeout=SERVER_HANDSHAKE_TIMEOUT_S + 40) for _ in range(8)]
     try:
