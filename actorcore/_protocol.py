@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import msgpack
 
@@ -32,6 +32,7 @@ _M = TypeVar("_M")
 
 _PRELUDE = struct.Struct("<IH")
 MAX_BUFFERS = 1024  # raw buffers in one frame
+STREAM_MIN_BYTES = 1 << 20  # raw buffers this large are received into their own memory
 _BUFLEN = struct.Struct("<Q")
 
 
@@ -502,20 +503,56 @@ def decode_header(header: Any) -> Any:
         raise ProtocolError(f"malformed message: {e}") from None
 
 
+class _Fill:
+    """The raw buffers of a frame being received straight into their own memory."""
+
+    __slots__ = ("bufs", "i", "msg", "off", "views")
+
+    def __init__(self, msg: Any, lens: list[int]) -> None:
+        self.msg = msg
+        self.bufs = [bytearray(n) for n in lens]
+        self.views = [memoryview(b) for b in self.bufs]
+        self.i = 0
+        self.off = 0
+
+    def take(self, data: memoryview) -> memoryview | None:
+        """Copy from ``data``; returns what follows the frame once it is whole, else None."""
+        views = self.views
+        while True:
+            while self.i < len(views) and self.off == len(views[self.i]):
+                self.i += 1
+                self.off = 0
+            if self.i == len(views):
+                return data
+            if not data:
+                return None
+            view = views[self.i]
+            n = min(len(view) - self.off, len(data))
+            view[self.off : self.off + n] = data[:n]
+            self.off += n
+            data = data[n:]
+
+
 class FrameDecoder:
     """Incremental frame parser: feed bytes, take whole frames.
 
     ``feed`` returns a list of ``(message, buffers)``. A malformed or oversized
     frame raises :class:`ProtocolError`; after that the stream is unusable.
+
+    Raw buffers of :data:`STREAM_MIN_BYTES` or more are not gathered in the
+    decoder's own buffer: once the frame's header arrived (and passed the
+    limits), each buffer is allocated at its size and filled as bytes come in,
+    and handed out as a ``bytearray`` (one copy, no regrowth).
     """
 
-    __slots__ = ("_buf", "_max_frame", "_max_header", "_pos")
+    __slots__ = ("_buf", "_fill", "_max_frame", "_max_header", "_pos")
 
     def __init__(self, max_header_bytes: int, max_frame_bytes: int) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._max_header = max_header_bytes
         self._max_frame = max_frame_bytes
+        self._fill: _Fill | None = None
 
     def pending_bytes(self) -> int:
         return len(self._buf) - self._pos
@@ -536,12 +573,20 @@ class FrameDecoder:
         undecoded bytes: a handshake decodes one frame at a time, so nothing a
         peer sent behind a failed AUTH is ever decoded.
         """
+        out: list[tuple[Any, list[bytes]]] = []
+        fill = self._fill
+        if fill is not None:
+            rest = fill.take(memoryview(data).cast("B"))
+            if rest is None:
+                return out
+            self._fill = None
+            out.append((fill.msg, cast(list[bytes], fill.bufs)))
+            data = rest
         buf = self._buf
         if self._pos and self._pos == len(buf):
             buf.clear()
             self._pos = 0
         buf += data
-        out: list[tuple[Any, list[bytes]]] = []
         pos = self._pos
         end = len(buf)
         unpack_prelude = _PRELUDE.unpack_from
@@ -563,6 +608,8 @@ class FrameDecoder:
                     f"frame of {total} bytes exceeds the limit of {self._max_frame}"
                 )
             if end - start < total:
+                if total - hlen >= STREAM_MIN_BYTES and end - start >= hlen and not limit:
+                    pos = self._stream(buf, start, hlen, lens, end)
                 break
             try:
                 header = msgpack.unpackb(
@@ -585,3 +632,21 @@ class FrameDecoder:
             del buf[:pos]
             self._pos = 0
         return out
+
+    @staticmethod
+    def _header(buf: bytearray, start: int, hlen: int) -> Any:
+        try:
+            header = msgpack.unpackb(
+                memoryview(buf)[start : start + hlen], use_list=False, raw=False
+            )
+        except Exception as e:
+            raise ProtocolError(f"undecodable frame header: {e}") from None
+        return decode_header(header)
+
+    def _stream(self, buf: bytearray, start: int, hlen: int, lens: list[int], end: int) -> int:
+        """Receive the rest of this frame's buffers straight into their own memory."""
+        fill = _Fill(self._header(buf, start, hlen), lens)
+        rest = fill.take(memoryview(buf)[start + hlen : end])
+        assert rest is None  # the frame was incomplete
+        self._fill = fill
+        return end

@@ -737,10 +737,12 @@ class _Sink:
 
     def __init__(self):
         self.frames = []
+        self.buffers = []
         self.closed = None
 
     def on_frame(self, conn, msg, buffers):
         self.frames.append(msg)
+        self.buffers.append(buffers)
 
     def on_protocol_error(self, conn, err):
         conn.abort(err)
@@ -972,5 +974,33 @@ def test_the_listener_holds_few_unauthenticated_sockets_each_briefly():
             listener.close()
             for s in socks:
                 s.close()
+
+    _run(main)
+
+
+@pytest.mark.timeout(60)
+def test_a_frame_with_a_large_buffer_arrives_whole_over_a_socket():
+    from actorcore import _protocol as P
+
+    big = os.urandom(3 << 20)
+
+    async def main():
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        conn, peer = _pair(loop)
+        try:
+            parts = P.encode(P.ReplyMsg(7, "big"), [big])
+            await loop.run_in_executor(None, peer.sendall, b"".join(parts))
+            deadline = loop.time() + 30
+            while not conn.receiver.frames:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.01)
+            (msg,) = conn.receiver.frames
+            assert msg.rid == 7
+            assert conn.receiver.buffers == [[big]]
+        finally:
+            conn.close()
+            peer.close()
 
     _run(main)

@@ -119,3 +119,34 @@ def test_the_sender_checks_the_limits():
     with pytest.raises(MessageTooLargeError, match="max_frame_bytes"):
         P.check_size(with_buffers, 4096, 8192)
     assert issubclass(MessageTooLargeError, ValueError)
+
+
+def test_large_buffers_are_received_into_their_own_memory():
+    big = bytes(range(256)) * (12 * 1024)  # 3 MiB
+    frames = [
+        P.encode(P.ReplyMsg(1, "before")),
+        P.encode(P.ReplyMsg(2, "big"), [big, b"", b"tail"]),
+        P.encode(P.ReplyMsg(3, "after"), [b"small"]),
+    ]
+    stream = b"".join(f if isinstance(f, bytes) else b"".join(f) for f in frames)
+    for chunk in (997, 4096, 65536, 1 << 20, len(stream)):
+        d = P.FrameDecoder(1 << 20, 8 << 20)
+        got = []
+        peak = 0
+        for i in range(0, len(stream), chunk):
+            got.extend(d.feed(stream[i : i + chunk]))
+            peak = max(peak, d.pending_bytes())
+        assert [m.rid for m, _ in got] == [1, 2, 3], chunk
+        assert got[1][1] == [big, b"", b"tail"]
+        assert got[2][1] == [b"small"]
+        if chunk < len(big):
+            assert peak < 2 * chunk + (1 << 16), "the big buffer went through the decoder"
+
+
+def test_a_streamed_frame_still_obeys_the_limits():
+    from actorcore.errors import MessageTooLargeError
+
+    frame = P.encode(P.ReplyMsg(1, "x"), [b"y" * (2 << 20)])
+    d = P.FrameDecoder(1 << 20, 1 << 20)
+    with pytest.raises(MessageTooLargeError):
+        d.feed(frame[0])
