@@ -1004,3 +1004,41 @@ def test_a_frame_with_a_large_buffer_arrives_whole_over_a_socket():
             peer.close()
 
     _run(main)
+
+
+@pytest.mark.timeout(60)
+def test_closing_the_blocking_client_never_waits_for_a_call_in_progress(runtime, node, client):
+    """A thread blocked in a store call (an open waits for a seal that never comes)
+    does not hold up ``close()``; the call fails as closed."""
+    from actorcore import _protocol as P
+    from actorcore._sync_client import SyncClient
+    from actorcore.testing import wait_for
+
+    assert client.handshake(node["token"])[0] == WELCOME
+    oid = os.urandom(16)
+    tag, _fields, _ = client.request(60, [rid(), oid, 1000, [client.peer_id]])  # CREATE_OBJECT
+    assert tag == REPLY  # created, and never sealed
+    sync = SyncClient(
+        tuple(node["address"]),
+        token=node["token"],
+        role="driver",
+        my_id=os.urandom(16),
+        max_header_bytes=1 << 20,
+        max_frame_bytes=4 << 20,
+    )
+    outcome = []
+
+    def blocked_open():
+        try:
+            outcome.append(sync.call(P.OpenObjectsMsg(rid(), [oid])))
+        except Exception as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=blocked_open, daemon=True)
+    t.start()
+    wait_for(lambda: sync._lock.locked(), 30, what="the call in progress")
+    sync.close()  # returns at once, though the other thread holds the connection
+    t.join(30)
+    assert not t.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], E.ConnectionClosedError), outcome
+    assert_still_serving(runtime, node)
