@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 from . import _protocol as P
-from ._handshake import HANDSHAKE_TIMEOUT_S, client_handshake
+from ._handshake import HANDSHAKE_TIMEOUT_S, client_handshake, server_handshake
 from .errors import ConnectionBrokenError, ConnectionClosedError, ProtocolError
 
 __all__ = [
@@ -42,7 +42,9 @@ __all__ = [
     "Listener",
     "Receiver",
     "best_address",
+    "client_handshake",
     "open_connection",
+    "server_handshake",
 ]
 
 logger = logging.getLogger(__name__)
