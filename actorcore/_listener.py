@@ -15,17 +15,61 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ._handshake import SERVER_HANDSHAKE_TIMEOUT_S, server_handshake
 from ._transport import Connection, Receiver, _tune
 from .errors import AuthenticationError, ProtocolError
 
-__all__ = ["MAX_PENDING_HANDSHAKES", "Listener"]
+__all__ = ["MAX_PENDING_HANDSHAKES", "Listener", "PendingHandshakes"]
 
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_HANDSHAKES = 64  # unauthenticated sockets a listener holds at once
+
+
+class PendingHandshakes:
+    """The handshakes of accepted, unauthenticated sockets: at most ``limit`` at once.
+
+    At the cap the oldest is cancelled (its socket closed) to make room for the
+    newest. Every listener that authenticates peers (this module's, the data
+    listener of object transfer) keeps its handshakes here.
+    """
+
+    def __init__(self, limit: int = MAX_PENDING_HANDSHAKES) -> None:
+        self.limit = max(1, limit)
+        self.evicted = 0
+        self._tasks: dict[asyncio.Task[Any], socket.socket] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, coro: Coroutine[Any, Any, Any]
+    ) -> asyncio.Task[Any]:
+        """Run ``coro`` (the handshake of ``sock``) as a task held here."""
+        while len(self._tasks) >= self.limit:
+            oldest = next(iter(self._tasks))
+            del self._tasks[oldest]
+            oldest.cancel()  # its socket closes as the cancellation lands
+            self.evicted += 1
+        task = loop.create_task(coro)
+        self._tasks[task] = sock
+        task.add_done_callback(functools.partial(self._done, sock))
+        return task
+
+    def _done(self, sock: socket.socket, task: asyncio.Task[Any]) -> None:
+        self._tasks.pop(task, None)
+        if task.cancelled():  # perhaps before it ever ran: close its socket here
+            sock.close()
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        return list(self._tasks)
+
+    def cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
 
 
 class Listener:
@@ -73,11 +117,9 @@ class Listener:
         # Unauthenticated sockets, oldest first. Anyone who can reach the port (or
         # the abstract Unix socket, which has no file permissions) can open them:
         # hold few, briefly; at the cap the oldest makes room for the newest.
-        self._handshakes: dict[asyncio.Task[None], socket.socket] = {}
-        self._max_pending = max(1, max_pending_handshakes)
+        self._handshakes = PendingHandshakes(max_pending_handshakes)
         self._handshake_timeout = handshake_timeout_s
         self.rejected = 0
-        self.evicted = 0
         self._closed = False
 
     def start(self) -> None:
@@ -94,19 +136,12 @@ class Listener:
                 logger.warning("accept failed: %s", e)
                 return
             _tune(sock)
-            while len(self._handshakes) >= self._max_pending:
-                oldest = next(iter(self._handshakes))
-                del self._handshakes[oldest]
-                oldest.cancel()  # its socket closes as the cancellation lands
-                self.evicted += 1
-            task = self.loop.create_task(self._handshake(sock))
-            self._handshakes[task] = sock
-            task.add_done_callback(functools.partial(self._handshake_done, sock))
+            self._handshakes.start(self.loop, sock, self._handshake(sock))
 
-    def _handshake_done(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
-        self._handshakes.pop(task, None)
-        if task.cancelled():  # perhaps before it ever ran: close its socket here
-            sock.close()
+    @property
+    def evicted(self) -> int:
+        """Unauthenticated sockets dropped to make room for newer ones."""
+        return self._handshakes.evicted
 
     @property
     def pending_handshakes(self) -> int:
@@ -150,5 +185,4 @@ class Listener:
             except Exception:
                 pass
             sock.close()
-        for t in list(self._handshakes):
-            t.cancel()
+        self._handshakes.cancel_all()
