@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
-from ._execution import encode_error, encode_results
+from ._execution import encode_error, encode_results, encode_results_async
 from ._ids import new_id
 from .errors import TaskCancelledError
 
@@ -45,6 +45,7 @@ __all__ = ["Producer", "Producers"]
 logger = logging.getLogger(__name__)
 
 _BATCH = 256  # items per message at most
+_RETRY_FLUSH_S = 0.001
 
 
 class Producer:
@@ -181,29 +182,40 @@ class Producers:
             self.rt.call_soon(self._flush_soon, p)
 
     def _flush_soon(self, p: Producer) -> None:
+        """The loop's flush; never waits for the producer's thread (which may be
+        sending a batch to a slow reader): it looks again a little later."""
+        if not p.lock.acquire(blocking=False):
+            self.rt.loop.call_later(_RETRY_FLUSH_S, self._flush_soon, p)
+            return
         p.scheduled = False  # before taking: an item queued from now on schedules again
-        self._flush(p)
+        try:
+            self._flush_locked(p)
+        finally:
+            p.lock.release()
 
     def _flush(self, p: Producer) -> None:
         """Send the queued items as one message (any thread)."""
-        call = p.call
         with p.lock:
-            pending = p.pending
-            if not pending:
-                return
-            items = []
-            while pending:
-                items.append(pending.popleft())
-            index = p.flushed
-            p.flushed += len(items)
-            conn = call.peer.conn
-            try:
-                if conn is None:
-                    raise ConnectionError("no connection")
-                msg = P.GeneratorItemMsg(call.return_ids[0], index, items, self.rt.node.node_id)
-                conn.send(msg)
-            except ConnectionError:
-                p.cancelled = True  # the owner is gone: nobody reads the rest
+            self._flush_locked(p)
+
+    def _flush_locked(self, p: Producer) -> None:
+        call = p.call
+        pending = p.pending
+        if not pending:
+            return
+        items = []
+        while pending:
+            items.append(pending.popleft())
+        index = p.flushed
+        p.flushed += len(items)
+        conn = call.peer.conn
+        try:
+            if conn is None:
+                raise ConnectionError("no connection")
+            msg = P.GeneratorItemMsg(call.return_ids[0], index, items, self.rt.node.node_id)
+            conn.send(msg)
+        except ConnectionError:
+            p.cancelled = True  # the owner is gone: nobody reads the rest
 
     # --- async generators (on the loop) -----------------------------------------------------
 
@@ -227,12 +239,20 @@ class Producers:
                 except Exception as e:
                     self._emit(p, [new_id(), encode_error(e, call.name)])
                     return i + 1
-                self._emit(p, self._encode(call, value))
+                self._emit(p, await self._encode_async(call, value))
                 i += 1
         finally:
             self._flush(p)
             self._close(call)
             await _aclose_quietly(agen)
+
+    async def _encode_async(self, call: Call, value: Any) -> list[Any]:
+        """:meth:`_encode` on the loop: large items go to the store without blocking it."""
+        oid = new_id()
+        results, waits = await encode_results_async(self.rt, value, [oid], call.owner, call.name)
+        if waits:  # nested refs of other owners: wait off the loop
+            await asyncio.get_running_loop().run_in_executor(None, _wait_events, waits)
+        return [oid, results[0]]
 
     async def _wait_async(self, p: Producer, i: int) -> None:
         n = p.backpressure
@@ -251,6 +271,11 @@ def _not_a_generator(call: Call, value: Any) -> str:
         f"{call.name} was called with num_returns='streaming' but returned "
         f"{type(value).__name__}, not a generator; write it with `yield`"
     )
+
+
+def _wait_events(events: list[Any]) -> None:
+    for ev in events:
+        ev.wait(30.0)
 
 
 def _close_quietly(gen: Any) -> None:

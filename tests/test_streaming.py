@@ -95,6 +95,10 @@ class Source:
             await asyncio.sleep(0)
             yield {"i": i}
 
+    async def abig(self, n, size):
+        for i in range(n):
+            yield np.full(size, i, dtype=np.int64)
+
     async def afails(self, k):
         for i in range(k):
             yield i
@@ -311,6 +315,8 @@ async def test_async_generator_actor_method_from_an_asyncio_app(runtime):
     src = Source.remote()
     got = [await r async for r in src.aitems.options(num_returns="streaming").remote(20)]
     assert got == [{"i": i} for i in range(20)]
+    big = [await r async for r in src.abig.options(num_returns="streaming").remote(3, 200_000)]
+    assert [int(a[0]) for a in big] == [0, 1, 2] and big[2].shape == (200_000,)
     gen = src.afails.options(num_returns="streaming").remote(2)
     refs = [r async for r in gen]
     assert [await r for r in refs[:2]] == [0, 1]
