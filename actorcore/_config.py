@@ -44,6 +44,14 @@ class Config:
     log_to_driver: bool = True
     default_max_retries: int = 3
     session_tag: str = ""  # appended to session names (test runs tell theirs apart)
+    # observability (actorcore._obs)
+    task_events: bool = True  # record task history (and user metrics) for the state API
+    task_history_size: int = 10_000  # tasks a node remembers
+    metrics_export_port: int = 0  # Prometheus /metrics; 0 = any free port, -1 = off
+    metrics_token: str = ""  # when set, /metrics asks for "Authorization: Bearer <it>"
+    include_dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265  # taken: any free port
 
     def __post_init__(self) -> None:
         if self.inline_threshold < 0:
@@ -61,6 +69,11 @@ class Config:
             raise ValueError("session_tag may hold only letters, digits, '-' and '_'")
         if self.object_store_memory < 0:
             raise ValueError("object_store_memory must be >= 0")
+        if self.task_history_size < 1:
+            raise ValueError("task_history_size must be >= 1")
+        for port in (self.metrics_export_port, self.dashboard_port):
+            if not -1 <= port <= 65535:
+                raise ValueError(f"port {port} is out of range (-1 = off, 0 = any)")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
@@ -74,6 +87,12 @@ class Config:
             "log_to_driver": _env("LOG_TO_DRIVER", "1") not in ("0", "false", "no"),
             "lease_linger_s": float(_env("LEASE_LINGER_S", "0.2")),
             "session_tag": _env("SESSION_TAG", ""),
+            "task_events": _env("TASK_EVENTS", "1") not in ("0", "false", "no"),
+            "metrics_export_port": int(_env("METRICS_EXPORT_PORT", "0")),
+            "metrics_token": _env("METRICS_TOKEN", ""),
+            "include_dashboard": _env("INCLUDE_DASHBOARD", "1") not in ("0", "false", "no"),
+            "dashboard_host": _env("DASHBOARD_HOST", "127.0.0.1"),
+            "dashboard_port": int(_env("DASHBOARD_PORT", "8265")),
         }
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():

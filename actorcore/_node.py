@@ -30,6 +30,7 @@ from . import _lifecycle as L
 from . import _protocol as P
 from ._config import Config
 from ._node_actors import NodeActorsMixin
+from ._obs._observer import NodeObserver, ObservabilityMixin
 from ._pool import WorkerPool
 from ._rpc import DEFERRED, RpcPeer, Service, handles
 from ._store_service import StoreService
@@ -49,7 +50,7 @@ class WorkerRec:
     address: list[Any]
 
 
-class NodeDaemon(NodeActorsMixin, Service):
+class NodeDaemon(NodeActorsMixin, ObservabilityMixin, Service):
     def __init__(
         self,
         *,
@@ -109,6 +110,7 @@ class NodeDaemon(NodeActorsMixin, Service):
         self.address: tuple[str, int] = listen_sock.getsockname()[:2]
         self.unix_name = unix_name or ""
         self.started_at = time.time()
+        self.obs = NodeObserver(self)  # observability hook (actorcore._obs)
 
     # --- life ---------------------------------------------------------------------
 
@@ -138,6 +140,7 @@ class NodeDaemon(NodeActorsMixin, Service):
         self.warm = prestart
         self._run(self.sched.keep_warm(self.warm))
         self.spawn(self._housekeeping())
+        self.obs.start()  # observability hook: /metrics, dashboard, sampler
 
     async def wait_stopped(self) -> None:
         assert self.stopping is not None
@@ -157,6 +160,7 @@ class NodeDaemon(NodeActorsMixin, Service):
             for peer in list(peers):
                 if peer.conn is not None:
                     peer.conn.close()
+        await self.obs.aclose()  # observability hook
         await self.cancel_tasks()
         await self.control.aclose()
 
@@ -355,6 +359,7 @@ class NodeDaemon(NodeActorsMixin, Service):
                     "NodeManagerPort": self.address[1],
                     "Resources": dict(self.total),
                     "Pid": os.getpid(),
+                    **self.obs.node_fields(),  # observability hook: MetricsExportPort
                 }
             ]
         raise ValueError(f"unknown cluster information {msg.what!r}")
@@ -412,6 +417,8 @@ class NodeDaemon(NodeActorsMixin, Service):
     @handles(P.Tag.LOG_BATCH)
     def on_log_batch(self, peer: RpcPeer, msg: P.LogBatchMsg, _b: list[bytes]) -> Any:
         self._broadcast_logs(list(msg.lines))
+        rec = self.workers.get(peer.conn.peer_id) if peer.conn is not None else None
+        self.obs.add_logs(rec.pid if rec is not None else None, msg.lines)  # observability hook
         return DEFERRED
 
     @handles(P.Tag.SHUTDOWN_NODE)

@@ -83,6 +83,9 @@ class Tag(IntEnum):
     RELEASE_OBJECTS = 63
     FREE_OBJECTS = 64
     ABORT_OBJECT = 65
+    # observability (process -> node daemon; state queries)
+    TASK_EVENTS = 90
+    STATE_QUERY = 91
 
 
 def message(tag: Tag) -> Callable[[type[_M]], type[_M]]:
@@ -424,6 +427,28 @@ class FreeObjectsMsg(NamedTuple):
 @message(Tag.ABORT_OBJECT)
 class AbortObjectMsg(NamedTuple):
     oid: bytes
+
+
+# --- observability ---------------------------------------------------------------------
+
+
+@message(Tag.TASK_EVENTS)
+class TaskEventsMsg(NamedTuple):
+    """Process -> its node daemon: task state changes and user metric samples, batched."""
+
+    events: list[Any]
+    samples: list[Any]
+
+
+@message(Tag.STATE_QUERY)
+class StateQueryMsg(NamedTuple):
+    """Anyone -> a node daemon: this node's rows of one kind of state (see actorcore._obs)."""
+
+    rid: int
+    kind: str
+    filters: list[Any]
+    limit: int
+    options: dict[str, Any]
 
 
 def _collect() -> dict[int, type]:

@@ -1,0 +1,226 @@
+"""Task history and user metrics, process side: record cheaply, ship in batches.
+
+Every process that submits or runs work (drivers and workers) records state
+changes of tasks and actor calls here: an append of a small tuple to a bounded
+deque, nothing else on the hot path. The runtime loop ships what accumulated
+to the node daemon about every 100 ms (or sooner when many events wait) in one
+:class:`TaskEventsMsg`; the daemon keeps the node's bounded history
+(:mod:`actorcore._obs._history`).
+
+User metric samples (:mod:`actorcore.util.metrics`) ride on the same batches.
+
+An event is a tuple ``(task_id, state, time, name, actor_id, info)``; ``info``
+is the task kind for pending events, the arguments' size for RUNNING, the
+error text for FAILED.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import pickle
+import time
+from typing import Any
+
+from . import _global as G
+from . import _protocol as P
+
+__all__ = [
+    "STATE_NAMES",
+    "call_done",
+    "call_running",
+    "owner_failed",
+    "pending_actor_call",
+    "pending_task",
+    "record_metric",
+]
+
+logger = logging.getLogger(__name__)
+
+# state codes on the wire (order = progress; terminal states last)
+PENDING_ARGS_AVAIL = 0
+PENDING_NODE_ASSIGNMENT = 1
+PENDING_ACTOR_TASK_ARGS_FETCH = 2
+SUBMITTED_TO_WORKER = 3
+RUNNING = 4
+FINISHED = 5
+FAILED = 6
+STATE_NAMES = (
+    "PENDING_ARGS_AVAIL",
+    "PENDING_NODE_ASSIGNMENT",
+    "PENDING_ACTOR_TASK_ARGS_FETCH",
+    "SUBMITTED_TO_WORKER",
+    "RUNNING",
+    "FINISHED",
+    "FAILED",
+)
+NORMAL_TASK = "NORMAL_TASK"
+ACTOR_TASK = "ACTOR_TASK"
+
+FLUSH_INTERVAL_S = 0.1
+FLUSH_AT = 2000  # events waiting: ship at once
+BUFFER_EVENTS = 20000  # the oldest are dropped beyond this (a stalled loop)
+_ERROR = 2  # result kind of an error (actorcore._refcount.ERROR)
+
+_events: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=BUFFER_EVENTS)
+_samples: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=BUFFER_EVENTS)
+_off = False  # task history disabled by the config
+_armed = False  # a flush is scheduled
+_rt: Any = None  # the runtime the settings were read from
+_now = time.time
+_title: list[str] = [""]  # the process title set last
+
+
+# --- the hot path -------------------------------------------------------------------------
+
+
+def pending_task(task_id: bytes, name: str, has_deps: bool) -> None:
+    """The owner submitted a task."""
+    if _off:
+        return
+    state = PENDING_ARGS_AVAIL if has_deps else PENDING_NODE_ASSIGNMENT
+    _events.append((task_id, state, _now(), name, None, NORMAL_TASK))
+    if not _armed:
+        _arm()
+
+
+def pending_actor_call(task_id: bytes, name: str, actor_id: bytes, has_deps: bool) -> None:
+    """The owner submitted an actor call."""
+    if _off:
+        return
+    state = PENDING_ACTOR_TASK_ARGS_FETCH if has_deps else SUBMITTED_TO_WORKER
+    _events.append((task_id, state, _now(), name, actor_id, ACTOR_TASK))
+    if not _armed:
+        _arm()
+
+
+def call_running(call: Any, actor_id: bytes | None) -> None:
+    """A worker starts running ``call`` (a task or an actor call)."""
+    if _off:
+        return
+    payload = call.payload
+    size = len(payload) if type(payload) is bytes else 0
+    name = call.name
+    _events.append((call.task_id, RUNNING, _now(), name, actor_id, size))
+    if _title[0] != name:
+        _set_title(name)
+    if not _armed:
+        _arm()
+
+
+def call_done(call: Any, results: list[Any]) -> None:
+    """A worker replies to ``call``: FINISHED, or FAILED when a result is an error."""
+    if _off:
+        return
+    if results and results[0][0] == _ERROR:
+        _events.append(
+            (call.task_id, FAILED, _now(), call.name, None, _error_text(results[0][1]))
+        )
+    else:
+        _events.append((call.task_id, FINISHED, _now(), call.name, None, None))
+    if not _armed:
+        _arm()
+
+
+def owner_failed(task_id: bytes, name: str, err: BaseException) -> None:
+    """The owner failed a task without a worker's reply (worker died, bad argument, ...)."""
+    if _off:
+        return
+    _events.append((task_id, FAILED, _now(), name, None, f"{type(err).__name__}: {err}"))
+    if not _armed:
+        _arm()
+
+
+def record_metric(sample: tuple[Any, ...]) -> None:
+    """A user metric sample or definition (see :mod:`actorcore.util.metrics`)."""
+    _samples.append(sample)
+    if not _armed:
+        _arm()
+
+
+# --- shipping -------------------------------------------------------------------------------
+
+
+def _error_text(blob: Any) -> str:
+    if blob is None:
+        return "an exception that could not be pickled"
+    try:
+        return str(pickle.loads(blob))
+    except Exception as e:
+        return f"an exception that could not be read back ({e!r})"
+
+
+def bind(rt: Any) -> None:
+    """Read the settings of runtime ``rt`` (called at ``init`` and lazily in workers)."""
+    global _rt, _off
+    _rt = rt
+    _off = not getattr(rt.config, "task_events", True)
+    if _off:
+        _events.clear()
+
+
+def _arm() -> None:
+    """Schedule a flush on the runtime loop (from any thread)."""
+    global _armed
+    rt = G.runtime
+    if rt is None or rt.loop is None:
+        return  # no runtime (yet): the events wait in the bounded buffer
+    if rt is not _rt:
+        bind(rt)
+        if _off:
+            return
+    _armed = True
+    delay = 0.0 if len(_events) >= FLUSH_AT else FLUSH_INTERVAL_S
+    try:
+        rt.call_soon(_later, rt, delay)
+    except RuntimeError:  # the loop is closed
+        _armed = False
+
+
+def _later(rt: Any, delay: float) -> None:
+    rt.loop.call_later(delay, flush, rt)
+
+
+def flush(rt: Any = None) -> None:
+    """Ship what accumulated (on the runtime loop)."""
+    global _armed
+    _armed = False
+    rt = rt or G.runtime
+    n = len(_events)
+    events = [_events.popleft() for _ in range(n)]
+    m = len(_samples)
+    samples = [_samples.popleft() for _ in range(m)]
+    if events and events[-1][1] >= FINISHED and _title[0] not in ("", "idle"):
+        _set_title("idle")
+    if not (events or samples) or rt is None or rt.daemon is None:
+        return
+    try:
+        rt.daemon.send(P.TaskEventsMsg(events, samples))
+    except ConnectionError:
+        pass
+
+
+def _set_title(what: str) -> None:
+    _title[0] = what
+    set_process_title(what)
+
+
+def set_process_title(what: str) -> None:
+    """``ps`` shows ``actorcore::<what>`` for this process (when setproctitle is installed)."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle("actorcore::" + what)
+
+
+def reset_after_fork() -> None:
+    """A forked child starts with an empty buffer and reads its settings again."""
+    global _armed, _rt
+    _events.clear()
+    _samples.clear()
+    _armed = False
+    _rt = None
+    _title[0] = ""
+    logger.debug("task events reset in pid %d", os.getpid())
