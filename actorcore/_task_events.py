@@ -114,9 +114,7 @@ def call_done(call: Any, results: list[Any]) -> None:
     if _off:
         return
     if results and results[0][0] == _ERROR:
-        _events.append(
-            (call.task_id, FAILED, _now(), call.name, None, _error_text(results[0][1]))
-        )
+        _events.append((call.task_id, FAILED, _now(), call.name, None, _error_text(results[0][1])))
     else:
         _events.append((call.task_id, FINISHED, _now(), call.name, None, None))
     if not _armed:
@@ -168,8 +166,8 @@ def _arm() -> None:
         return  # no runtime (yet): the events wait in the bounded buffer
     if rt is not _rt:
         bind(rt)
-        if _off:
-            return
+    if _off and not _samples:
+        return  # history is off (user metrics still ship)
     _armed = True
     delay = 0.0 if len(_events) >= FLUSH_AT else FLUSH_INTERVAL_S
     try:

@@ -41,7 +41,7 @@ _OPEN = frozenset({"/login", "/favicon.ico"})
 
 def _authorized(request: web.Request, token: str) -> bool:
     cookie = request.cookies.get(COOKIE, "")
-    return bool(cookie) and hmac.compare_digest(cookie, token) or bearer_ok(request, token)
+    return (bool(cookie) and hmac.compare_digest(cookie, token)) or bearer_ok(request, token)
 
 
 def _login_page(message: str = "", status: int = 401) -> web.Response:

@@ -85,7 +85,9 @@ def _families(snap: dict[str, Any], users: UserMetrics) -> list[Any]:
             g.add_metric([node, *lv], v)
         out.append(g)
 
-    def counter(name: str, doc: str, labels: list[str], rows: list[tuple[list[str], float]]) -> None:
+    def counter(
+        name: str, doc: str, labels: list[str], rows: list[tuple[list[str], float]]
+    ) -> None:
         c = CounterMetricFamily(name, doc, labels=_label_names(labels))
         for lv, v in rows:
             c.add_metric([node, *lv], v)
@@ -96,24 +98,56 @@ def _families(snap: dict[str, Any], users: UserMetrics) -> list[Any]:
         f.add_metric([node], h.cumulative(), h.total)
         out.append(f)
 
-    gauge("actorcore_tasks", "Tasks in this node's history by state", ["state"],
-          [([s], n) for s, n in snap["tasks_by_state"].items()])
-    counter("actorcore_tasks_finished", "Tasks and actor calls that finished", ["type"],
-            [([k], n) for k, n in snap["finished"].items()])
-    counter("actorcore_tasks_failed", "Tasks and actor calls that failed", ["type"],
-            [([k], n) for k, n in snap["failed"].items()])
-    gauge("actorcore_actors", "Actors by state", ["state"],
-          [([s], n) for s, n in snap["actors_by_state"].items()])
-    gauge("actorcore_workers", "Worker processes by role", ["role"],
-          [([r], n) for r, n in snap["workers_by_role"].items()])
+    gauge(
+        "actorcore_tasks",
+        "Tasks in this node's history by state",
+        ["state"],
+        [([s], n) for s, n in snap["tasks_by_state"].items()],
+    )
+    counter(
+        "actorcore_tasks_finished",
+        "Tasks and actor calls that finished",
+        ["type"],
+        [([k], n) for k, n in snap["finished"].items()],
+    )
+    counter(
+        "actorcore_tasks_failed",
+        "Tasks and actor calls that failed",
+        ["type"],
+        [([k], n) for k, n in snap["failed"].items()],
+    )
+    gauge(
+        "actorcore_actors",
+        "Actors by state",
+        ["state"],
+        [([s], n) for s, n in snap["actors_by_state"].items()],
+    )
+    gauge(
+        "actorcore_workers",
+        "Worker processes by role",
+        ["role"],
+        [([r], n) for r, n in snap["workers_by_role"].items()],
+    )
     gauge("actorcore_worker_count", "Worker processes", [], [([], snap["worker_count"])])
-    gauge("actorcore_worker_cpu_percent", "CPU use of each worker", ["pid"],
-          [([str(p)], w.get("cpu_percent") or 0.0) for p, w in snap["procs"].items()])
-    gauge("actorcore_worker_rss_bytes", "Resident memory of each worker", ["pid"],
-          [([str(p)], w.get("rss") or 0) for p, w in snap["procs"].items()])
+    gauge(
+        "actorcore_worker_cpu_percent",
+        "CPU use of each worker",
+        ["pid"],
+        [([str(p)], w.get("cpu_percent") or 0.0) for p, w in snap["procs"].items()],
+    )
+    gauge(
+        "actorcore_worker_rss_bytes",
+        "Resident memory of each worker",
+        ["pid"],
+        [([str(p)], w.get("rss") or 0) for p, w in snap["procs"].items()],
+    )
     gauge("actorcore_node_cpu_percent", "CPU use of the machine", [], [([], snap["cpu_percent"])])
-    gauge("actorcore_node_mem_used_bytes", "Memory in use on the machine", [],
-          [([], snap["mem_used"])])
+    gauge(
+        "actorcore_node_mem_used_bytes",
+        "Memory in use on the machine",
+        [],
+        [([], snap["mem_used"])],
+    )
     for key, doc in (
         ("used", "Object store bytes in use"),
         ("capacity", "Object store capacity in bytes"),
@@ -121,23 +155,39 @@ def _families(snap: dict[str, Any], users: UserMetrics) -> list[Any]:
         ("spilled_bytes", "Bytes of spilled objects on disk"),
     ):
         gauge(f"actorcore_object_store_{key}", doc, [], [([], snap["store"].get(key, 0))])
-    counter("actorcore_object_store_spills", "Objects spilled to disk", [],
-            [([], snap["store"].get("spill_count", 0))])
-    counter("actorcore_object_store_restores", "Spilled objects read back", [],
-            [([], snap["store"].get("restore_count", 0))])
+    counter(
+        "actorcore_object_store_spills",
+        "Objects spilled to disk",
+        [],
+        [([], snap["store"].get("spill_count", 0))],
+    )
+    counter(
+        "actorcore_object_store_restores",
+        "Spilled objects read back",
+        [],
+        [([], snap["store"].get("restore_count", 0))],
+    )
     for key, doc in (
         ("bytes_pulled", "Object bytes pulled from other nodes"),
         ("bytes_pushed", "Object bytes pushed to other nodes"),
     ):
         counter(f"actorcore_object_{key}", doc, [], [([], snap["counters"].get(key, 0))])
-    gauge("actorcore_scheduler_queue_length", "Requests waiting in the local scheduler", ["queue"],
-          [([q], n) for q, n in snap["queues"].items()])
+    gauge(
+        "actorcore_scheduler_queue_length",
+        "Requests waiting in the local scheduler",
+        ["queue"],
+        [([q], n) for q, n in snap["queues"].items()],
+    )
     counter("actorcore_task_events", "Task events received", [], [([], snap["events_total"])])
-    hist("actorcore_rpc_latency_seconds",
-         "Submission to result of tasks and actor calls (seconds)", snap["latency"])
+    hist(
+        "actorcore_rpc_latency_seconds",
+        "Submission to result of tasks and actor calls (seconds)",
+        snap["latency"],
+    )
     hist("actorcore_task_run_seconds", "Time in user code of tasks and actor calls", snap["run"])
-    out.extend(_user_families(node, users, GaugeMetricFamily, CounterMetricFamily,
-                              HistogramMetricFamily))
+    out.extend(
+        _user_families(node, users, GaugeMetricFamily, CounterMetricFamily, HistogramMetricFamily)
+    )
     return out
 
 

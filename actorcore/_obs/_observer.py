@@ -66,8 +66,10 @@ class _Sampler:
                     p = self.procs[pid] = psutil.Process(pid)
                     p.cpu_percent(None)
                 with p.oneshot():
-                    out["workers"][pid] = {"cpu_percent": p.cpu_percent(None),
-                                           "rss": p.memory_info().rss}
+                    out["workers"][pid] = {
+                        "cpu_percent": p.cpu_percent(None),
+                        "rss": p.memory_info().rss,
+                    }
             except psutil.Error:
                 self.procs.pop(pid, None)
         return out

@@ -76,7 +76,8 @@ def node_rows(
 ) -> list[dict[str, Any]]:
     """This node's rows of ``kind`` (one of :data:`KINDS`), filtered.
 
-    ``task``, ``actor`` and ``node`` take ``options["id"]`` and return one row or none.
+    ``task``, ``actor`` and ``node`` take ``options["id"]`` (an id or a unique prefix of
+    one) and return one row or none.
 
     Raises:
         ValueError: an unknown kind or a malformed filter.
@@ -86,7 +87,11 @@ def node_rows(
         want = str(options.get("id", "")).lower()
         rows = _ROWS[kind + "s"](daemon, {"detail": True})
         key = {"task": "task_id", "actor": "actor_id", "node": "node_id"}[kind]
-        return [r for r in rows if str(r.get(key, "")).startswith(want)][:1] if want else []
+        exact = [r for r in rows if r.get(key) == want]
+        found = exact or [r for r in rows if want and str(r.get(key, "")).startswith(want)]
+        if len(found) > 1:
+            raise ValueError(f"{len(found)} {kind}s have ids starting with {want!r}: give more")
+        return found
     fn = _ROWS.get(kind)
     if fn is None:
         raise ValueError(f"unknown kind of state {kind!r}: one of {', '.join(KINDS)}")
@@ -207,7 +212,9 @@ def _workers(daemon: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
 def _placement_groups(daemon: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
     rows = daemon.sched.placement.table()
     for r in rows:
-        r["bundles"] = list(r["bundles"].values()) if isinstance(r["bundles"], dict) else r["bundles"]
+        r["bundles"] = (
+            list(r["bundles"].values()) if isinstance(r["bundles"], dict) else r["bundles"]
+        )
     return rows
 
 
@@ -230,7 +237,9 @@ _ROWS = {
 }
 
 
-def merge_rows(kind: str, per_node: list[list[dict[str, Any]]], limit: int = 0) -> list[dict[str, Any]]:
+def merge_rows(
+    kind: str, per_node: list[list[dict[str, Any]]], limit: int = 0
+) -> list[dict[str, Any]]:
     """Combine the answers of several nodes to one query (a cluster's fan-out).
 
     Tasks seen by two nodes (an owner's pending event on one, the run on

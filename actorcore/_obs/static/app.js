@@ -10,7 +10,12 @@
     if (v === null || v === undefined) return "";
     return String(v).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
   }
-  function short(id) { return id ? esc(String(id).slice(0, 12)) : ""; }
+  // ids are a per-process prefix and a counter: show both ends
+  function short(id) {
+    if (!id) return "";
+    const s = String(id);
+    return `<span title="${esc(s)}">${esc(s.length > 16 ? s.slice(0, 6) + "…" + s.slice(-6) : s)}</span>`;
+  }
   function mib(b) { return b == null ? "" : (b / 1048576).toFixed(1) + " MiB"; }
   function ms(t) { return t == null ? "" : new Date(t).toLocaleTimeString(); }
   function state(s) { return `<span class="state-${esc(s)}">${esc(s)}</span>`; }
