@@ -69,6 +69,7 @@ _off = False  # task history disabled by the config
 _armed = False  # a flush is scheduled
 _rt: Any = None  # the runtime the settings were read from
 _now = time.time
+_append = _events.append
 _title: list[str] = [""]  # the process title set last
 
 
@@ -80,7 +81,7 @@ def pending_task(task_id: bytes, name: str, has_deps: bool) -> None:
     if _off:
         return
     state = PENDING_ARGS_AVAIL if has_deps else PENDING_NODE_ASSIGNMENT
-    _events.append((task_id, state, _now(), name, None, NORMAL_TASK))
+    _append((task_id, state, _now(), name, None, NORMAL_TASK))
     if not _armed:
         _arm()
 
@@ -90,7 +91,7 @@ def pending_actor_call(task_id: bytes, name: str, actor_id: bytes, has_deps: boo
     if _off:
         return
     state = PENDING_ACTOR_TASK_ARGS_FETCH if has_deps else SUBMITTED_TO_WORKER
-    _events.append((task_id, state, _now(), name, actor_id, ACTOR_TASK))
+    _append((task_id, state, _now(), name, actor_id, ACTOR_TASK))
     if not _armed:
         _arm()
 
@@ -102,7 +103,7 @@ def call_running(call: Any, actor_id: bytes | None) -> None:
     payload = call.payload
     size = len(payload) if type(payload) is bytes else 0
     name = call.name
-    _events.append((call.task_id, RUNNING, _now(), name, actor_id, size))
+    _append((call.task_id, RUNNING, _now(), name, actor_id, size))
     if _title[0] != name:
         _set_title(name)
     if not _armed:
@@ -114,9 +115,9 @@ def call_done(call: Any, results: list[Any]) -> None:
     if _off:
         return
     if results and results[0][0] == _ERROR:
-        _events.append((call.task_id, FAILED, _now(), call.name, None, _error_text(results[0][1])))
+        _append((call.task_id, FAILED, _now(), call.name, None, _error_text(results[0][1])))
     else:
-        _events.append((call.task_id, FINISHED, _now(), call.name, None, None))
+        _append((call.task_id, FINISHED, _now(), call.name, None, None))
     if not _armed:
         _arm()
 
@@ -125,7 +126,7 @@ def owner_failed(task_id: bytes, name: str, err: BaseException) -> None:
     """The owner failed a task without a worker's reply (worker died, bad argument, ...)."""
     if _off:
         return
-    _events.append((task_id, FAILED, _now(), name, None, f"{type(err).__name__}: {err}"))
+    _append((task_id, FAILED, _now(), name, None, f"{type(err).__name__}: {err}"))
     if not _armed:
         _arm()
 
