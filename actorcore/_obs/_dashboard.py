@@ -81,7 +81,7 @@ def dashboard_app(obs: NodeObserver) -> web.Application:
     """The dashboard of the node that ``obs`` observes."""
     token = obs.token
     app = web.Application(middlewares=[_auth_middleware(token)])
-    rows = obs.rows
+    rows = obs.query
 
     async def login_get(request: web.Request) -> web.Response:
         return _login_page(status=200)
@@ -105,13 +105,13 @@ def dashboard_app(obs: NodeObserver) -> web.Application:
         kind = request.match_info["kind"]
         q = request.query
         try:
-            data = rows(kind, q.getall("filter", []), int(q.get("limit", 0)), dict(q))
+            data = await rows(kind, q.getall("filter", []), int(q.get("limit", 0)), dict(q))
         except ValueError as e:
             return json_response({"error": str(e)}, status=400)
         return json_response(data)
 
     async def timeline(request: web.Request) -> web.Response:
-        return json_response(chrome_trace(rows("tasks", options={"detail": True})))
+        return json_response(chrome_trace(await rows("tasks")))
 
     async def stream(request: web.Request) -> web.StreamResponse:
         view = request.query.get("view", "overview")
@@ -145,7 +145,7 @@ async def _stream(
         while True:
             if obs.version != seen or quiet >= 5:
                 seen, quiet = obs.version, 0
-                payload = view_payload(obs.rows, view, arg, state)
+                payload = await view_payload(obs.query, view, arg, state)
                 await resp.write(b"data: " + json.dumps(payload, default=str).encode() + b"\n\n")
             else:
                 quiet += 1

@@ -158,7 +158,19 @@ class NodeObserver:
     # --- output -----------------------------------------------------------------------------
 
     def rows(self, kind: str, filters: Any = None, limit: int = 0, options: Any = None) -> Any:
+        """This node's rows of ``kind`` (see :func:`._query.node_rows`)."""
         return node_rows(self.daemon, kind, filters, limit, options)
+
+    async def query(
+        self, kind: str, filters: Any = None, limit: int = 0, options: Any = None
+    ) -> list[dict[str, Any]]:
+        """Rows of ``kind`` for the dashboard and for ``STATE_QUERY`` without a scope.
+
+        This node's rows now. A cluster replaces this with a fan-out: ask each
+        node with ``options["scope"] = "node"`` (which always answers with that
+        node's own rows) and combine the answers with :func:`._query.merge_rows`.
+        """
+        return self.rows(kind, filters, limit, options)
 
     def snapshot(self) -> dict[str, Any]:
         """The numbers ``/metrics`` shows, taken on the loop."""
@@ -216,4 +228,7 @@ class ObservabilityMixin:
 
     @handles(P.Tag.STATE_QUERY)
     def on_state_query(self, peer: RpcPeer, msg: P.StateQueryMsg, _b: list[bytes]) -> Any:
-        return self.obs.rows(msg.kind, msg.filters, int(msg.limit), msg.options)
+        options = dict(msg.options or {})
+        if options.get("scope") == "node":
+            return self.obs.rows(msg.kind, msg.filters, int(msg.limit), options)
+        return self.obs.query(msg.kind, msg.filters, int(msg.limit), options)
