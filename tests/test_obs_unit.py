@@ -29,7 +29,7 @@ def test_history_folds_events_from_owner_and_worker_in_any_order():
         "RUNNING",
         "FINISHED",
     ]
-    assert h.finished_total["NORMAL_TASK"] == 1
+    assert h.finished_total == 1
     assert h.latency_seconds.count == 1 and h.run_seconds.count == 1
 
 
@@ -46,9 +46,21 @@ def test_history_is_bounded_and_newest_first():
     h = TaskHistory("n1", max_tasks=5)
     for i in range(12):
         h.ingest([_ev(bytes([i]), TE.RUNNING, float(i))], W, 1)
-    assert len(h.records) == 5
     assert [r.task_id for r in h.newest()] == [bytes([i]) for i in range(11, 6, -1)]
+    assert len(h.records) == 5
     assert h.counts_by_state() == {"RUNNING": 5}
+
+
+def test_history_under_a_flood_counts_everything_and_folds_only_what_it_can_show():
+    h = TaskHistory("n1", max_tasks=10)  # keeps at most 40 raw events
+    for i in range(100):
+        tid = i.to_bytes(2, "big")
+        h.ingest([_ev(tid, TE.RUNNING, float(i)), _ev(tid, TE.FINISHED, i + 0.5)], W, 1)
+    assert h.finished_total == 100 and h.events_total == 200
+    assert h.dropped_events == 200 - 40
+    newest = h.newest()
+    assert len(newest) == 10 and newest[0].task_id == (99).to_bytes(2, "big")
+    assert all(r.row()["state"] == "FINISHED" for r in newest)
 
 
 def test_log_ring_numbers_lines_and_keeps_the_last():
@@ -104,8 +116,8 @@ def test_user_metrics_render_as_prometheus_text():
     snap = {
         "node_id": "n1",
         "tasks_by_state": {"FINISHED": 1},
-        "finished": {},
-        "failed": {},
+        "finished": 0,
+        "failed": 0,
         "actors_by_state": {},
         "workers_by_role": {},
         "worker_count": 0,

@@ -119,23 +119,58 @@ class Histogram:
 
 
 class TaskHistory:
-    """The newest ``max_tasks`` tasks of a node, and running totals for metrics."""
+    """The newest ``max_tasks`` tasks of a node, and running totals for metrics.
+
+    Batches are kept as they come and folded into records only when someone
+    looks (a query, a scrape): under a flood of tasks that nobody watches the
+    daemon only counts them, and drops the oldest batches beyond what the
+    bounded history could show anyway. The latency histograms therefore
+    cover the tasks that were folded (all of them, unless batches were dropped).
+    """
 
     def __init__(self, node_id: str, max_tasks: int = 10_000) -> None:
         self.node_id = node_id
         self.max_tasks = max_tasks
         self.records: collections.OrderedDict[bytes, TaskRecord] = collections.OrderedDict()
-        self.finished_total: collections.Counter[str] = collections.Counter()
-        self.failed_total: collections.Counter[str] = collections.Counter()
+        self.finished_total = 0
+        self.failed_total = 0
         self.run_seconds = Histogram()
         self.latency_seconds = Histogram()
         self.events_total = 0
+        self.dropped_events = 0
+        self._raw: collections.deque[tuple[list[Any], bytes | None, int | None]] = (
+            collections.deque()
+        )
+        self._raw_events = 0
+        self._raw_limit = 4 * max_tasks  # a task has ~3 events: more cannot be shown
 
     def ingest(self, events: list[Any], worker_id: bytes | None, pid: int | None) -> None:
-        """Fold a batch of ``(task_id, state, t, name, actor_id, info)`` from one process."""
-        self.events_total += len(events)
-        for task_id, state, t, name, actor_id, info in events:
-            self._apply(bytes(task_id), int(state), float(t), name, actor_id, info, worker_id, pid)
+        """Take a batch of ``(task_id, state, t, name, actor_id, info)`` from one process."""
+        n = len(events)
+        self.events_total += n
+        for e in events:
+            if e[1] >= FINISHED:
+                if e[1] == FINISHED:
+                    self.finished_total += 1
+                else:
+                    self.failed_total += 1
+        self._raw.append((events, worker_id, pid))
+        self._raw_events += n
+        while self._raw_events > self._raw_limit and len(self._raw) > 1:
+            old = self._raw.popleft()[0]
+            self._raw_events -= len(old)
+            self.dropped_events += len(old)
+
+    def fold(self) -> None:
+        """Fold the waiting batches into records (before any read)."""
+        raw = self._raw
+        while raw:
+            events, worker_id, pid = raw.popleft()
+            for task_id, state, t, name, actor_id, info in events:
+                self._apply(
+                    bytes(task_id), int(state), float(t), name, actor_id, info, worker_id, pid
+                )
+        self._raw_events = 0
         over = len(self.records) - self.max_tasks
         for _ in range(max(0, over)):
             self.records.popitem(last=False)
@@ -178,8 +213,6 @@ class TaskHistory:
             self.latency_seconds.observe(max(0.0, rec.state_t - t))
 
     def _count_end(self, rec: TaskRecord, state: int, t: float) -> None:
-        kind = "ACTOR_TASK" if rec.actor_id else "NORMAL_TASK"
-        (self.finished_total if state == FINISHED else self.failed_total)[kind] += 1
         started = rec.times.get(RUNNING)
         if started is not None:
             self.run_seconds.observe(max(0.0, t - started))
@@ -188,13 +221,16 @@ class TaskHistory:
             self.latency_seconds.observe(max(0.0, t - min(pending)))
 
     def get(self, task_id: bytes) -> TaskRecord | None:
+        self.fold()
         return self.records.get(task_id)
 
     def newest(self) -> list[TaskRecord]:
         """The records, newest first."""
+        self.fold()
         return list(reversed(self.records.values()))
 
     def counts_by_state(self) -> dict[str, int]:
+        self.fold()
         c: collections.Counter[str] = collections.Counter()
         for rec in self.records.values():
             c[STATE_NAMES[rec.state] if rec.state >= 0 else "NIL"] += 1

@@ -107,14 +107,14 @@ def _families(snap: dict[str, Any], users: UserMetrics) -> list[Any]:
     counter(
         "actorcore_tasks_finished",
         "Tasks and actor calls that finished",
-        ["type"],
-        [([k], n) for k, n in snap["finished"].items()],
+        [],
+        [([], snap["finished"])],
     )
     counter(
         "actorcore_tasks_failed",
         "Tasks and actor calls that failed",
-        ["type"],
-        [([k], n) for k, n in snap["failed"].items()],
+        [],
+        [([], snap["failed"])],
     )
     gauge(
         "actorcore_actors",

@@ -181,9 +181,9 @@ class NodeObserver:
         )
         return {
             "node_id": d.node_id.hex(),
-            "tasks_by_state": h.counts_by_state(),
-            "finished": dict(h.finished_total),
-            "failed": dict(h.failed_total),
+            "tasks_by_state": h.counts_by_state(),  # folds first: totals below are current
+            "finished": h.finished_total,
+            "failed": h.failed_total,
             "actors_by_state": dict(actors),
             "workers_by_role": d.sched.counts(),
             "worker_count": len(d.workers),
