@@ -434,9 +434,14 @@ class AbortObjectMsg(NamedTuple):
 
 @message(Tag.TASK_EVENTS)
 class TaskEventsMsg(NamedTuple):
-    """Process -> its node daemon: task state changes and user metric samples, batched."""
+    """Process -> its node daemon: task state changes and user metric samples, batched.
 
-    events: list[Any]
+    ``events`` is the batch msgpack-packed once more (the daemon unpacks it only
+    when someone looks); ``counts`` is ``[events, finished, failed]``.
+    """
+
+    events: bytes
+    counts: list[int]
     samples: list[Any]
 
 

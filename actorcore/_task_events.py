@@ -23,6 +23,8 @@ import pickle
 import time
 from typing import Any
 
+import msgpack
+
 from . import _global as G
 from . import _protocol as P
 
@@ -69,6 +71,7 @@ _off = False  # task history disabled by the config
 _armed = False  # a flush is scheduled
 _rt: Any = None  # the runtime the settings were read from
 _now = time.time
+_pack = msgpack.Packer(use_bin_type=True).pack  # only on the loop thread (flush)
 _append = _events.append
 _title: list[str] = [""]  # the process title set last
 
@@ -159,6 +162,12 @@ def bind(rt: Any) -> None:
         _events.clear()
 
 
+def worker_started(rt: Any) -> None:
+    """A worker process starts: read its settings, show it idle in ``ps``."""
+    bind(rt)
+    _set_title("idle")
+
+
 def _arm() -> None:
     """Schedule a flush on the runtime loop (from any thread)."""
     global _armed
@@ -194,8 +203,11 @@ def flush(rt: Any = None) -> None:
         _set_title("idle")
     if not (events or samples) or rt is None or rt.daemon is None:
         return
+    finished = sum(1 for e in events if e[1] == FINISHED)
+    failed = sum(1 for e in events if e[1] == FAILED)
+    msg = P.TaskEventsMsg(_pack(events), [len(events), finished, failed], samples)
     try:
-        rt.daemon.send(P.TaskEventsMsg(events, samples))
+        rt.daemon.send(msg)
     except ConnectionError:
         pass
 

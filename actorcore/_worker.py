@@ -346,7 +346,7 @@ def worker_main(boot: dict[str, Any]) -> None:
     asyncio.set_event_loop(loop)
     rt = WorkerRuntime(config, token, my_id, node)
     G.runtime = rt
-    TE.set_process_title("idle")  # observability hook
+    TE.worker_started(rt)  # observability hook: settings, `ps` title actorcore::idle
     _logs.capture_output(rt)
     try:
         loop.run_until_complete(rt.astart())

@@ -108,7 +108,7 @@ def test_state_api_shows_tasks_actors_failures_and_nodes(fresh_runtime):
 
     big = ac.put(np.zeros(200_000))
     (obj,) = state.list_objects(filters={"object_id": big.id.hex()})
-    assert obj["object_size"] >= 1_600_000 and obj["locations"] == [info.node_id]
+    assert obj["object_size"] >= 1_600_000 and list(obj["locations"]) == [info.node_id]
 
 
 @pytest.mark.timeout(90)
@@ -329,3 +329,54 @@ def test_cli_list_get_summary_timeline_logs_status(fresh_runtime, monkeypatch, c
     assert "hello cli" in capsys.readouterr().out
     assert _cli.main(["status"]) == 0
     assert info.dashboard_url in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_standalone_dashboard_reads_the_node_through_the_state_api(fresh_runtime):
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    import actorcore as ac
+    from actorcore._obs._dashboard import dashboard_app
+    from actorcore._obs._standalone import RemoteObserver
+
+    info = fresh_runtime()
+
+    @ac.remote
+    class Far:
+        def ping(self):
+            return 1
+
+    far = Far.remote()
+    ac.get(far.ping.remote())
+    obs = RemoteObserver(_node_file())
+    assert obs.token == info.dashboard_token
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    box = {}
+
+    async def start():
+        runner = web.AppRunner(dashboard_app(obs), shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        box["runner"], box["port"] = runner, site._server.sockets[0].getsockname()[1]
+        started.set()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+        base = f"http://127.0.0.1:{box['port']}"
+        assert _http(base + "/api/actors")[0] == 401
+        auth = {"Authorization": "Bearer " + info.dashboard_token}
+        status, body, _ = _http(base + "/api/actors", auth)
+        assert status == 200 and [a["actor_id"] for a in json.loads(body)] == [far.id.hex()]
+    finally:
+        if "runner" in box:
+            asyncio.run_coroutine_threadsafe(box["runner"].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

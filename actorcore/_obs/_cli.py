@@ -147,13 +147,16 @@ def _task_lines(t: dict[str, Any]) -> Any:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    if not (args.follow or args.actor or args.task):
+    if not (args.follow or args.actor or args.task or args.node):
         return _print_log_files(args.tail)
     try:
         keep = _log_filter(args)
     except LookupError as e:
         print(e, file=sys.stderr)
         return 1
+    if args.node:
+        by_task, node = keep, args.node
+        keep = lambda r: str(r["node_id"]).startswith(node) and (by_task is None or by_task(r))  # noqa: E731
     after = 0
     rows = _query("logs", None, 0, {"after": 0, "tail": args.tail})
     while True:
@@ -195,6 +198,11 @@ def print_dashboard(node: dict[str, Any]) -> None:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     node = _node()
+    if args.serve:
+        from ._standalone import serve_dashboard
+
+        serve_dashboard(node, args.host, args.port)
+        return 0
     url = node.get("dashboard_url")
     if not url:
         print("this node runs no dashboard (include_dashboard=False)", file=sys.stderr)
@@ -229,6 +237,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--follow", "-f", action="store_true")
     p.add_argument("--actor", help="an actor id (prefix) or name")
     p.add_argument("--task", help="a task id (prefix)")
+    p.add_argument("--node", help="a node id (prefix)")
     p.set_defaults(fn=cmd_logs)
     p = sub.add_parser("dashboard", help="where the node's dashboard is and how to log in")
+    p.add_argument("--serve", action="store_true", help="serve a dashboard from this process")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8266)
     p.set_defaults(fn=cmd_dashboard)

@@ -28,6 +28,7 @@ from ._web import bearer_ok, json_response
 
 if TYPE_CHECKING:
     from ._observer import NodeObserver
+    from ._standalone import RemoteObserver
 
 __all__ = ["COOKIE", "dashboard_app"]
 
@@ -77,8 +78,8 @@ def _auth_middleware(token: str) -> Any:
     return auth
 
 
-def dashboard_app(obs: NodeObserver) -> web.Application:
-    """The dashboard of the node that ``obs`` observes."""
+def dashboard_app(obs: NodeObserver | RemoteObserver) -> web.Application:
+    """The dashboard of the node (or cluster) that ``obs`` observes."""
     token = obs.token
     app = web.Application(middlewares=[_auth_middleware(token)])
     rows = obs.query
@@ -131,7 +132,7 @@ def dashboard_app(obs: NodeObserver) -> web.Application:
 
 
 async def _stream(
-    request: web.Request, obs: NodeObserver, view: str, arg: str
+    request: web.Request, obs: NodeObserver | RemoteObserver, view: str, arg: str
 ) -> web.StreamResponse:
     """Server-sent events: the page's data now, then whenever it changed (at most 1/s)."""
     resp = web.StreamResponse(

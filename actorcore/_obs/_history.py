@@ -18,6 +18,8 @@ import collections
 import time
 from typing import Any
 
+import msgpack
+
 from .._task_events import FAILED, FINISHED, RUNNING, STATE_NAMES
 
 __all__ = ["LATENCY_BUCKETS", "LogRing", "TaskHistory", "TaskRecord"]
@@ -138,7 +140,7 @@ class TaskHistory:
         self.latency_seconds = Histogram()
         self.events_total = 0
         self.dropped_events = 0
-        self._raw: collections.deque[tuple[list[Any], bytes | None, int | None]] = (
+        self._raw: collections.deque[tuple[Any, int, bytes | None, int | None]] = (
             collections.deque()
         )
         self._raw_events = 0
@@ -146,26 +148,32 @@ class TaskHistory:
 
     def ingest(self, events: list[Any], worker_id: bytes | None, pid: int | None) -> None:
         """Take a batch of ``(task_id, state, t, name, actor_id, info)`` from one process."""
-        n = len(events)
+        finished = sum(1 for e in events if e[1] == FINISHED)
+        failed = sum(1 for e in events if e[1] == FAILED)
+        self.ingest_packed(events, [len(events), finished, failed], worker_id, pid)
+
+    def ingest_packed(
+        self, batch: Any, counts: list[int], worker_id: bytes | None, pid: int | None
+    ) -> None:
+        """Take a batch as a process ships it: msgpack bytes (decoded only when folded)
+        and its ``[events, finished, failed]`` counts."""
+        n, finished, failed = (int(c) for c in counts)
         self.events_total += n
-        for e in events:
-            if e[1] >= FINISHED:
-                if e[1] == FINISHED:
-                    self.finished_total += 1
-                else:
-                    self.failed_total += 1
-        self._raw.append((events, worker_id, pid))
+        self.finished_total += finished
+        self.failed_total += failed
+        self._raw.append((batch, n, worker_id, pid))
         self._raw_events += n
         while self._raw_events > self._raw_limit and len(self._raw) > 1:
-            old = self._raw.popleft()[0]
-            self._raw_events -= len(old)
-            self.dropped_events += len(old)
+            old = self._raw.popleft()[1]
+            self._raw_events -= old
+            self.dropped_events += old
 
     def fold(self) -> None:
         """Fold the waiting batches into records (before any read)."""
         raw = self._raw
         while raw:
-            events, worker_id, pid = raw.popleft()
+            batch, _n, worker_id, pid = raw.popleft()
+            events = msgpack.unpackb(batch) if isinstance(batch, bytes) else batch
             for task_id, state, t, name, actor_id, info in events:
                 self._apply(
                     bytes(task_id), int(state), float(t), name, actor_id, info, worker_id, pid

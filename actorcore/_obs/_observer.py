@@ -145,8 +145,8 @@ class NodeObserver:
     # --- input ------------------------------------------------------------------------------
 
     def ingest(self, worker_id: bytes | None, pid: int | None, msg: P.TaskEventsMsg) -> None:
-        if msg.events:
-            self.history.ingest(list(msg.events), worker_id, pid)
+        if msg.counts[0]:
+            self.history.ingest_packed(msg.events, list(msg.counts), worker_id, pid)
         if msg.samples:
             self.users.ingest(list(msg.samples))
         self.version += 1
