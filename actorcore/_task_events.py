@@ -107,8 +107,6 @@ def call_running(call: Any, actor_id: bytes | None) -> None:
     size = len(payload) if type(payload) is bytes else 0
     name = call.name
     _append((call.task_id, RUNNING, _now(), name, actor_id, size))
-    if _title[0] != name:
-        _set_title(name)
     if not _armed:
         _arm()
 
@@ -199,17 +197,29 @@ def flush(rt: Any = None) -> None:
     events = [_events.popleft() for _ in range(n)]
     m = len(_samples)
     samples = [_samples.popleft() for _ in range(m)]
-    if events and events[-1][1] >= FINISHED and _title[0] not in ("", "idle"):
-        _set_title("idle")
+    if events:
+        _show(events[-1])
     if not (events or samples) or rt is None or rt.daemon is None:
         return
-    finished = sum(1 for e in events if e[1] == FINISHED)
-    failed = sum(1 for e in events if e[1] == FAILED)
-    msg = P.TaskEventsMsg(_pack(events), [len(events), finished, failed], samples)
+    states = [e[1] for e in events]
+    counts = [len(events), states.count(FINISHED), states.count(FAILED)]
+    msg = P.TaskEventsMsg(_pack(events), counts, samples)
     try:
         rt.daemon.send(msg)
     except ConnectionError:
         pass
+
+
+def _show(last: tuple[Any, ...]) -> None:
+    """``ps`` shows what ran last in this batch (a worker's title changes at most per flush)."""
+    if last[1] == RUNNING:
+        what = last[3]
+    elif last[1] >= FINISHED and _title[0]:
+        what = "idle"
+    else:
+        return  # an owner's pending event: not what this process runs
+    if _title[0] != what:
+        _set_title(what)
 
 
 def _set_title(what: str) -> None:
