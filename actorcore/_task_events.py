@@ -11,7 +11,9 @@ User metric samples (:mod:`actorcore.util.metrics`) ride on the same batches.
 
 An event is a tuple ``(task_id, state, time, name, actor_id, info)``; ``info``
 is the task kind for pending events, the arguments' size for RUNNING, the
-error text for FAILED.
+error text for FAILED. A worker's end event appends ``(started, args_size)``:
+a call that ends before the next flush costs a single event, and the flush
+reports RUNNING only for the calls still running then.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ BUFFER_EVENTS = 20000  # the oldest are dropped beyond this (a stalled loop)
 _ERROR = 2  # result kind of an error (actorcore._refcount.ERROR)
 
 _events: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=BUFFER_EVENTS)
+_running: dict[bytes, tuple[float, str, bytes | None, int]] = {}  # started, not replied
+_shown: set[bytes] = set()  # running calls whose RUNNING event has been shipped
 _samples: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=BUFFER_EVENTS)
 _off = False  # task history disabled by the config
 _armed = False  # a flush is scheduled
@@ -100,13 +104,16 @@ def pending_actor_call(task_id: bytes, name: str, actor_id: bytes, has_deps: boo
 
 
 def call_running(call: Any, actor_id: bytes | None) -> None:
-    """A worker starts running ``call`` (a task or an actor call)."""
+    """A worker starts running ``call`` (a task or an actor call).
+
+    No event yet: a call that ends before the next flush costs one event (its
+    end, carrying its start); the flush reports the calls still running.
+    """
     if _off:
         return
     payload = call.payload
     size = len(payload) if type(payload) is bytes else 0
-    name = call.name
-    _append((call.task_id, RUNNING, _now(), name, actor_id, size))
+    _running[call.task_id] = (_now(), call.name, actor_id, size)
     if not _armed:
         _arm()
 
@@ -115,10 +122,18 @@ def call_done(call: Any, results: list[Any]) -> None:
     """A worker replies to ``call``: FINISHED, or FAILED when a result is an error."""
     if _off:
         return
+    task_id = call.task_id
+    run = _running.pop(task_id, None)
+    if _shown:
+        _shown.discard(task_id)
     if results and results[0][0] == _ERROR:
-        _append((call.task_id, FAILED, _now(), call.name, None, _error_text(results[0][1])))
+        state, info = FAILED, _error_text(results[0][1])
     else:
-        _append((call.task_id, FINISHED, _now(), call.name, None, None))
+        state, info = FINISHED, None
+    if run is None:  # refused before it ran (cancelled in the queue)
+        _append((task_id, state, _now(), call.name, None, info))
+    else:
+        _append((task_id, state, _now(), run[1], run[2], info, run[0], run[3]))
     if not _armed:
         _arm()
 
@@ -197,8 +212,14 @@ def flush(rt: Any = None) -> None:
     events = [_events.popleft() for _ in range(n)]
     m = len(_samples)
     samples = [_samples.popleft() for _ in range(m)]
-    if events:
-        _show(events[-1])
+    running = list(_running.items())  # one C call: safe while other threads add and pop
+    for task_id, (t, name, actor_id, size) in running:
+        if task_id not in _shown:
+            _shown.add(task_id)
+            events.append((task_id, RUNNING, t, name, actor_id, size))
+    if len(_shown) > len(running):  # a call ended between the copy and the add
+        _shown.intersection_update(_running)
+    _show(running[-1][1][1] if running else None)
     if not (events or samples) or rt is None or rt.daemon is None:
         return
     states = [e[1] for e in events]
@@ -210,14 +231,11 @@ def flush(rt: Any = None) -> None:
         pass
 
 
-def _show(last: tuple[Any, ...]) -> None:
-    """``ps`` shows what ran last in this batch (a worker's title changes at most per flush)."""
-    if last[1] == RUNNING:
-        what = last[3]
-    elif last[1] >= FINISHED and _title[0]:
-        what = "idle"
-    else:
-        return  # an owner's pending event: not what this process runs
+def _show(running: str | None) -> None:
+    """``ps`` shows what this worker runs (the title changes at most once per flush)."""
+    if not _title[0]:
+        return  # not a worker (a driver): its title is the user's
+    what = running or "idle"
     if _title[0] != what:
         _set_title(what)
 
@@ -241,6 +259,8 @@ def reset_after_fork() -> None:
     global _armed, _rt
     _events.clear()
     _samples.clear()
+    _running.clear()
+    _shown.clear()
     _armed = False
     _rt = None
     _title[0] = ""

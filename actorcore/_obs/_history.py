@@ -174,10 +174,12 @@ class TaskHistory:
         while raw:
             batch, _n, worker_id, pid = raw.popleft()
             events = msgpack.unpackb(batch) if isinstance(batch, bytes) else batch
-            for task_id, state, t, name, actor_id, info in events:
-                self._apply(
-                    bytes(task_id), int(state), float(t), name, actor_id, info, worker_id, pid
-                )
+            for ev in events:
+                task_id, state, t, name, actor_id, info = ev[:6]
+                task_id = bytes(task_id)
+                if len(ev) > 6:  # a worker's end event also carries its start and size
+                    self._apply(task_id, RUNNING, ev[6], name, actor_id, ev[7], worker_id, pid)
+                self._apply(task_id, int(state), float(t), name, actor_id, info, worker_id, pid)
         self._raw_events = 0
         over = len(self.records) - self.max_tasks
         for _ in range(max(0, over)):
