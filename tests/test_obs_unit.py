@@ -170,3 +170,49 @@ def test_chrome_trace_has_one_row_per_worker():
     assert [(e["name"], e["tid"], e["dur"]) for e in xs] == [("f", 7, 5000), ("C.m", 8, 1000)]
     assert xs[0]["args"]["args_bytes"] == 3
     assert {e["tid"] for e in trace if e["ph"] == "M"} == {7, 8}
+
+
+def test_a_workers_single_end_event_carries_its_start():
+    h = TaskHistory("n1")
+    end = (b"t", TE.FINISHED, 3.0, "C.m", b"a" * 16, None, 2.0, 99)  # started at 2.0, 99 bytes
+    h.ingest([end], W, 7)
+    row = h.get(b"t").row(detail=True)
+    assert (row["state"], row["start_time_ms"], row["end_time_ms"]) == ("FINISHED", 2000, 3000)
+    assert row["worker_pid"] == 7 and row["args_bytes"] == 99 and row["type"] == "ACTOR_TASK"
+    assert [e["state"] for e in row["events"]] == ["RUNNING", "FINISHED"]
+    assert h.run_seconds.count == 1
+
+
+def test_flush_reports_running_calls_once_and_ends_as_one_event():
+    class Call:
+        def __init__(self, tid):
+            self.task_id, self.payload, self.name = tid, b"xy", "C.m"
+
+    sent = []
+
+    class Rt:
+        class daemon:  # noqa: N801
+            @staticmethod
+            def send(msg):
+                sent.append(msg)
+
+    import msgpack
+
+    TE.reset_after_fork()
+    TE._off, TE._armed = False, True  # no runtime here: flush by hand
+    slow, fast = Call(b"s"), Call(b"f")
+    TE.call_running(slow, None)
+    TE.call_running(fast, None)
+    TE.call_done(fast, [[0, b"", None]])
+    TE.flush(Rt)
+    TE.flush(Rt)  # the slow call is not reported twice
+    TE.call_done(slow, [[0, b"", None]])
+    TE.flush(Rt)
+    batches = [msgpack.unpackb(m.events) for m in sent]
+    states = [[(bytes(e[0]), e[1], len(e)) for e in b] for b in batches]
+    assert states == [
+        [(b"f", TE.FINISHED, 8), (b"s", TE.RUNNING, 6)],
+        [(b"s", TE.FINISHED, 8)],
+    ]
+    assert [m.counts for m in sent] == [[2, 1, 0], [1, 1, 0]]
+    TE.reset_after_fork()
