@@ -191,7 +191,7 @@ def test_flush_reports_running_calls_once_and_ends_as_one_event():
     sent = []
 
     class Rt:
-        class daemon:  # noqa: N801
+        class daemon:
             @staticmethod
             def send(msg):
                 sent.append(msg)
