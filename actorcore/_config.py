@@ -44,6 +44,9 @@ class Config:
     log_to_driver: bool = True
     default_max_retries: int = 3
     session_tag: str = ""  # appended to session names (test runs tell theirs apart)
+    transfer_chunk_bytes: int = 8 * MiB  # node-to-node object pulls: bytes per request
+    transfer_timeout_s: float = 10.0  # a holder silent this long mid-pull is dropped
+    transfer_serve_rate: float = 0.0  # bytes/s a node sends to pullers at most (0: no cap)
     # observability (actorcore._obs)
     task_events: bool = True  # record task history (and user metrics) for the state API
     task_history_size: int = 10_000  # tasks a node remembers
@@ -69,6 +72,8 @@ class Config:
             raise ValueError("session_tag may hold only letters, digits, '-' and '_'")
         if self.object_store_memory < 0:
             raise ValueError("object_store_memory must be >= 0")
+        if self.transfer_chunk_bytes <= 0 or self.transfer_timeout_s <= 0:
+            raise ValueError("transfer_chunk_bytes and transfer_timeout_s must be > 0")
         if self.task_history_size < 1:
             raise ValueError("task_history_size must be >= 1")
         for port in (self.metrics_export_port, self.dashboard_port):

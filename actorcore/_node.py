@@ -34,6 +34,7 @@ from ._obs._observer import NodeObserver, ObservabilityMixin
 from ._pool import WorkerPool
 from ._rpc import DEFERRED, RpcPeer, Service, handles
 from ._store_service import StoreService
+from ._transfer import TransferConfig, TransferService
 from ._transport import Listener
 from .errors import ProtocolError
 
@@ -110,6 +111,13 @@ class NodeDaemon(NodeActorsMixin, ObservabilityMixin, Service):
         self.address: tuple[str, int] = listen_sock.getsockname()[:2]
         self.unix_name = unix_name or ""
         self.started_at = time.time()
+        self.transfer = TransferService(
+            self.store,
+            node_id=node_id,
+            token=token,
+            host=self.address[0],
+            config=TransferConfig.from_config(config),
+        )
         self.obs = NodeObserver(self)  # observability hook (actorcore._obs)
 
     # --- life ---------------------------------------------------------------------
@@ -130,6 +138,8 @@ class NodeDaemon(NodeActorsMixin, ObservabilityMixin, Service):
             unix_name=self.unix_name or None,
         )
         self._handlers = self.bound_handlers()
+        self._handlers.update(self.transfer.handlers())  # PULL_OBJECT, TRANSFER_STATS
+        await self.transfer.start()
         self.listener.start()
         self.unix_name = self.listener.unix_name
         zsock, zpid = self._zygote
@@ -154,6 +164,7 @@ class NodeDaemon(NodeActorsMixin, ObservabilityMixin, Service):
     async def close(self) -> None:
         if self.listener is not None:
             self.listener.close()
+        await self.transfer.aclose()
         if self.pool is not None:
             self.pool.close()
         for peers in list(self.conns.values()):
@@ -404,6 +415,7 @@ class NodeDaemon(NodeActorsMixin, ObservabilityMixin, Service):
             return {
                 "node_id": self.node_id.hex(),
                 "address": list(self.address),
+                "transfer_address": list(self.transfer.address),
                 "pid": os.getpid(),
                 "session": self.dirs.session,
                 "uptime_s": time.time() - self.started_at,

@@ -170,6 +170,8 @@ def _families(snap: dict[str, Any], users: UserMetrics) -> list[Any]:
     for key, doc in (
         ("bytes_pulled", "Object bytes pulled from other nodes"),
         ("bytes_pushed", "Object bytes pushed to other nodes"),
+        ("pulls_done", "Objects pulled from other nodes"),
+        ("pulls_failed", "Pulls from other nodes that failed"),
     ):
         counter(f"actorcore_object_{key}", doc, [], [([], snap["counters"].get(key, 0))])
     gauge(

@@ -191,12 +191,23 @@ class NodeObserver:
             "cpu_percent": self.sample.get("cpu_percent", 0.0),
             "mem_used": self.sample.get("mem_used", 0),
             "store": d.store.stats(),
-            "counters": dict(self.counters),
+            "counters": self._counters(),
             "queues": {"leases": len(d.sched.leases), "actors": len(d.sched.actor_queue)},
             "events_total": h.events_total,
             "latency": h.latency_seconds,
             "run": h.run_seconds,
         }
+
+    def _counters(self) -> dict[str, int]:
+        out = dict(self.counters)
+        transfer = getattr(self.daemon, "transfer", None)  # peer-to-peer pulls (cluster)
+        if transfer is not None:
+            st = transfer.stats
+            out["bytes_pulled"] = st.bytes_received
+            out["bytes_pushed"] = st.bytes_sent
+            out["pulls_done"] = st.pulls_done
+            out["pulls_failed"] = st.pulls_failed
+        return out
 
     def metrics_text(self) -> bytes:
         return render(self.snapshot(), self.users)
