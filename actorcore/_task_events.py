@@ -167,8 +167,18 @@ def _error_text(blob: Any) -> str:
 
 
 def bind(rt: Any) -> None:
-    """Read the settings of runtime ``rt`` (called at ``init`` and lazily in workers)."""
-    global _rt, _off
+    """Read the settings of runtime ``rt`` (called at ``init`` and lazily in workers).
+
+    A new runtime starts afresh: a flush scheduled on an earlier runtime's loop
+    (stopped by ``shutdown``) never ran, and its events have nowhere to go.
+    """
+    global _rt, _off, _armed
+    if rt is not _rt:
+        _events.clear()
+        _samples.clear()
+        _running.clear()
+        _shown.clear()
+        _armed = False
     _rt = rt
     _off = not getattr(rt.config, "task_events", True)
     if _off:

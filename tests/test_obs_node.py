@@ -384,3 +384,26 @@ def test_standalone_dashboard_reads_the_node_through_the_state_api(fresh_runtime
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_new_runtime_ships_events_even_if_the_last_one_stopped_with_a_flush_due(fresh_runtime):
+    from actorcore import _task_events as TE
+
+    TE._armed = True  # as left by a runtime shut down before its flush ran
+    fresh_runtime()
+    import actorcore as ac
+    from actorcore.util import state
+
+    @ac.remote
+    def g():
+        return 1
+
+    ref = g.remote()
+    assert ac.get(ref) == 1
+
+    def pending_seen():
+        rows = state.list_tasks(limit=0, detail=True)
+        return rows and rows[0]["events"][0]["state"].startswith("PENDING")
+
+    wait_for(pending_seen, 20, what="the driver's pending event")
