@@ -92,6 +92,8 @@ class Tag(IntEnum):
     TRANSFER_DATA = 105
     TRANSFER_ERROR = 106
     TRANSFER_RELEASE = 107
+    # cluster (node daemon <-> node daemon)
+    LOAD_REPORT = 80
     # observability (process -> node daemon; state queries)
     TASK_EVENTS = 90
     STATE_QUERY = 91
@@ -506,6 +508,17 @@ class TransferReleaseMsg(NamedTuple):
     """Puller -> holder: done with ``oid`` (unpin it once)."""
 
     oid: bytes
+
+
+# --- cluster ------------------------------------------------------------------------
+
+
+@message(Tag.LOAD_REPORT)
+class LoadReportMsg(NamedTuple):
+    """Node daemon -> peer node daemon: its available resources, sent when they change."""
+
+    node_id: bytes
+    available: dict[str, float]
 
 
 # --- observability ---------------------------------------------------------------------

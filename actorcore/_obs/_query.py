@@ -112,6 +112,35 @@ def _pid_of(daemon: Any, worker_id: bytes | None) -> int | None:
 
 
 def _nodes(daemon: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = _this_node(daemon)
+    if options.get("scope") != "node":  # a fan-out asks each node for its own row only
+        rows += _cluster_members(daemon, rows[0]["node_id"])
+    return rows
+
+
+def _cluster_members(daemon: Any, me: str) -> list[dict[str, Any]]:
+    """The other nodes of this node's cluster, as its membership table knows them."""
+    cluster = getattr(daemon, "cluster", None)
+    if cluster is None:
+        return []
+    return [
+        {
+            "node_id": n["NodeID"],
+            "state": "ALIVE" if n["Alive"] else "DEAD",
+            "node_ip": n["NodeManagerAddress"],
+            "node_manager_address": n["NodeManagerAddress"],
+            "node_manager_port": n["NodeManagerPort"],
+            "metrics_export_port": n.get("MetricsExportPort"),
+            "is_head_node": False,
+            "pid": n.get("Pid"),
+            "resources_total": dict(n.get("Resources") or {}),
+        }
+        for n in cluster.membership.table.nodes()
+        if n["NodeID"] != me
+    ]
+
+
+def _this_node(daemon: Any) -> list[dict[str, Any]]:
     obs = _obs(daemon)
     store = daemon.store.stats()
     sample = obs.sample
