@@ -28,6 +28,7 @@ from ._api import (
     wait,
 )
 from ._generator import ObjectRefGenerator
+from ._obs.timeline import timeline
 from ._ref import ObjectRef
 from ._remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, method, remote
 
@@ -56,6 +57,7 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "timeline",
     "util",
     "wait",
 ]
