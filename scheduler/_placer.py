@@ -62,7 +62,9 @@ class Placer:
         self.view = ClusterView()
         self.now = now
         self._warm_at = now + self.config.warmup_s
-        self._held: dict[Hashable, M.SpillRequest] = {}
+        self._held: dict[Hashable, M.SpillRequest] = {}  # waiting for a node or a group
+        self._infeasible: dict[Hashable, M.SpillRequest] = {}  # waiting for a fitting node
+        self._warned_shapes: set[tuple[tuple[str, float], ...]] = set()
         self._inflight: dict[Hashable, tuple[M.SpillRequest, Hashable]] = {}
         self._warned: set[tuple[tuple[str, float], ...]] = set()
         self._rr: list[Hashable] = []  # round-robin order for SPREAD
@@ -100,7 +102,7 @@ class Placer:
 
     def _on_joined(self, ev: M.NodeJoined) -> list[M.Instruction]:
         self._add_node(ev.node_id, ev.totals, ev.labels, None)
-        return self._retry_held() + self.groups.retry_pending()
+        return self._retry_infeasible() + self._retry_held() + self.groups.retry_pending()
 
     def _add_node(
         self,
@@ -142,23 +144,30 @@ class Placer:
         n = self.view.nodes.get(ev.node_id)
         if n is not None and ev.seq <= n.seq:
             return []  # stale or reordered
-        if n is None:
+        out: list[M.Instruction] = []
+        if n is None or (ev.totals is not None and R.normalize(ev.totals) != n.totals):
             if ev.totals is None:
                 return []  # a node we do not know and cannot size: wait for NodeJoined
-            n = self._add_node(ev.node_id, ev.totals, ev.labels or {}, None)
-        elif ev.totals is not None and R.normalize(ev.totals) != n.totals:
-            n = self._add_node(ev.node_id, ev.totals, ev.labels or n.labels, None)
-        n.seq = ev.seq
-        self.view.report(n, ev.available, ev.queue_len, ev.queue_wait_s)
-        if not self._held and not self.groups.pending:
-            return []
-        return self._retry_held() + self.groups.retry_pending()
+            labels = ev.labels if ev.labels is not None else (n.labels if n else {})
+            n = self._add_node(ev.node_id, ev.totals, labels, None)
+            n.seq = ev.seq
+            self.view.report(n, ev.available, ev.queue_len, ev.queue_wait_s)
+            out += self._retry_infeasible()
+        else:
+            n.seq = ev.seq
+            self.view.report(n, ev.available, ev.queue_len, ev.queue_wait_s)
+        if self._held or self.groups.pending:
+            out += self._retry_held() + self.groups.retry_pending()
+        return out
 
     def _on_tick(self, ev: M.Tick) -> list[M.Instruction]:
+        was_warm = self.warm
         self.now = max(self.now, ev.now)
         out = self.groups.on_tick()
         if self._held:
             out += self._retry_held()
+        if self.warm and not was_warm:
+            out += self._retry_infeasible()  # now it may warn
         return out
 
     # --- work ----------------------------------------------------------------------
@@ -182,6 +191,13 @@ class Placer:
 
     def _retry_held(self) -> list[M.Instruction]:
         held, self._held = self._held, {}
+        out: list[M.Instruction] = []
+        for req in held.values():
+            out += self._place(req)
+        return out
+
+    def _retry_infeasible(self) -> list[M.Instruction]:
+        held, self._infeasible = self._infeasible, {}
         out: list[M.Instruction] = []
         for req in held.values():
             out += self._place(req)
@@ -215,9 +231,13 @@ class Placer:
         return []
 
     def _hold_infeasible(self, req: M.SpillRequest) -> list[M.Instruction]:
-        self._held[req.work_id] = req
+        self._infeasible[req.work_id] = req
         if not self.warm:
             return []
+        key = tuple(sorted(req.shape.items()))
+        if key in self._warned_shapes:
+            return []  # judged already: skip the scan of the nodes
+        self._warned_shapes.add(key)
         nodes = list(self.view)
         miss = _closest_missing(req.shape, nodes)
         return self.warn_infeasible(req.work_id, miss)
@@ -317,7 +337,7 @@ class Placer:
     # --- introspection -------------------------------------------------------------
 
     def held(self) -> list[Hashable]:
-        return list(self._held)
+        return [*self._held, *self._infeasible]
 
     def inflight(self) -> dict[Hashable, Hashable]:
         return {w: nid for w, (_, nid) in self._inflight.items()}
@@ -325,6 +345,7 @@ class Placer:
     def validate(self) -> None:
         """Check invariants (tests switch this on)."""
         assert not set(self._held) & set(self._inflight), "work both held and in flight"
+        assert not set(self._infeasible) & set(self._inflight), "work both held and in flight"
         for _, nid in self._inflight.values():
             assert nid in self.view.nodes, f"work in flight to unknown node {nid!r}"
         assert set(self._rr) == set(self.view.nodes), "round-robin order out of sync"

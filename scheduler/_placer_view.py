@@ -187,8 +187,11 @@ class ClusterView:
 
     def touch(self, n: NodeView) -> None:
         """The node's load changed: rescore it and push it into its class heap."""
+        score = n.compute_score()
+        if score == n.score and n.version:
+            return  # its heap entry is still right
         n.version += 1
-        n.score = n.compute_score()
+        n.score = score
         if n.klass is not None:
             n.klass.push(n)
 
