@@ -432,6 +432,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--queue-per-cpu", type=float, default=d.queue_per_cpu)
     ap.add_argument("--max-wait-ms", type=float, default=d.max_wait_s * 1000)
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--hot-share", type=float, default=d.hot_share, help="submissions on hot nodes")
+    ap.add_argument("--burst-share", type=float, default=d.burst_share)
+    ap.add_argument("--load", type=float, default=d.load, help="offered CPU load")
     ap.add_argument("--sweep", action="store_true", help="run the threshold grid")
     ap.add_argument("--json", action="store_true", help="print the result(s) as JSON")
     a = ap.parse_args(argv)
@@ -442,6 +445,9 @@ def main(argv: list[str] | None = None) -> None:
         queue_per_cpu=a.queue_per_cpu,
         max_wait_s=a.max_wait_ms / 1000,
         seed=a.seed,
+        hot_share=a.hot_share,
+        burst_share=a.burst_share,
+        load=a.load,
     )
     grid = SWEEP if a.sweep else [(base.queue_per_cpu, base.max_wait_s, base.min_queue)]
     w = Workload(base)

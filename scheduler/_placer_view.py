@@ -84,20 +84,25 @@ class NodeView:
         return out
 
     def compute_score(self) -> float:
-        """Utilization (CPU, > 1 when oversubscribed) plus queued work per CPU."""
-        used = self.cpu_total - self.free("CPU") if "CPU" in self.totals else 0.0
-        return used / self.cpu_total + (self.queue_len + 0.0) / self.cpu_total
+        """CPU utilization while the node has a free CPU; once full, 1 + what is
+        oversubscribed and queued per CPU (so the shortest backlog wins)."""
+        used = self.cpu_total - self.free("CPU")
+        util = used / self.cpu_total
+        if util < 1.0 - _EPS:
+            return util
+        return 1.0 + (used - self.cpu_total + self.queue_len) / self.cpu_total
 
 
 class NodeClass:
     """Nodes with identical totals and labels, with a lazy least-loaded heap."""
 
-    __slots__ = ("heap", "labels", "members", "totals")
+    __slots__ = ("cpu", "heap", "labels", "members", "totals")
 
     def __init__(self, totals: dict[str, float], labels: dict[str, str]) -> None:
         self.totals = totals
         self.labels = labels
         self.members: dict[int, NodeView] = {}
+        self.cpu = max(totals.get("CPU", 0.0), 1.0)
         self.heap: list[tuple[float, int, int]] = []  # (score, ordinal, version)
 
     def push(self, n: NodeView) -> None:
@@ -111,12 +116,17 @@ class NodeClass:
         heap, members = self.heap, self.members
         popped: list[tuple[float, int, int]] = []
         found: NodeView | None = None
+        cpu = shape.get("CPU", 0.0)
+        # scores are CPU utilization while a CPU is free: past this, nobody has room
+        limit = 1.0 - cpu / self.cpu + _EPS if cpu > 0 else 2.0**60
         while heap:
             top = heap[0]
             n = members.get(top[1])
             if n is None or n.version != top[2]:
                 heapq.heappop(heap)  # stale
                 continue
+            if top[0] > limit:
+                break
             if n.has_room(shape):
                 found = n
                 break
@@ -128,6 +138,7 @@ class NodeClass:
         return found
 
     def least_loaded(self) -> NodeView | None:
+        """The member with the lowest score (dropping stale heap entries on the way)."""
         heap, members = self.heap, self.members
         while heap:
             top = heap[0]
@@ -224,19 +235,22 @@ class ClusterView:
 
     def least_loaded(self, shape: Mapping[str, float]) -> NodeView | None:
         """The least-loaded feasible node with room now, else the least-loaded feasible one."""
-        classes = self.feasible_classes(shape)
+        tops: list[tuple[float, int, NodeClass]] = []
+        for i, c in enumerate(self.feasible_classes(shape)):
+            top = c.least_loaded()
+            if top is not None:
+                tops.append((top.score, i, c))
+        if not tops:
+            return None
+        tops.sort()
         best: NodeView | None = None
-        for c in classes:
+        for score, _, c in tops:
+            if best is not None and score >= best.score:
+                break  # no member of this class (or later ones) beats it
             n = c.best_with_room(shape)
             if n is not None and (best is None or n.score < best.score):
                 best = n
-        if best is not None:
-            return best
-        for c in classes:
-            n = c.least_loaded()
-            if n is not None and (best is None or n.score < best.score):
-                best = n
-        return best
+        return best if best is not None else tops[0][2].least_loaded()
 
     def largest_offer(self, missing: Mapping[str, float]) -> dict[str, float]:
         """The totals of the node offering the most of what is missing."""
