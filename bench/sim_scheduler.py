@@ -109,6 +109,7 @@ class Workload:
         cpus = rng.choice([4.0, 8.0, 16.0, 64.0], size=c.nodes, p=[0.4, 0.3, 0.2, 0.1])
         gpu = (cpus >= 16) & (rng.random(c.nodes) < 0.3)
         accel = rng.random(c.nodes) < 0.05
+        gpu[0] = accel[-1] = True  # every shape but TPU fits some node, at any size
         self.totals: list[dict[str, float]] = []
         for i in range(c.nodes):
             t = {"CPU": float(cpus[i])}
@@ -333,6 +334,8 @@ class Sim:
         runs = self.runs
         while remaining:
             events += 1
+            if not heap and ai >= n:
+                break
             if ai < n and (not heap or arrival[ai] <= heap[0][0]):
                 self.arrive(ai, arrival[ai])
                 ai += 1
@@ -352,7 +355,8 @@ class Sim:
                 self.report_in(b, now)
             elif kind == TICK:
                 self.carry_out(now, self.placer.handle(M.Tick(now)))
-                self.push(now + self.c.report_s, TICK, 0)
+                if heap or ai < n:  # else only never-runnable work is left: stop
+                    self.push(now + self.c.report_s, TICK, 0)
             else:
                 self._join(now)
         return events

@@ -23,7 +23,7 @@ def _sim():
 
 def test_small_simulation_invariants():
     sim = _sim()
-    c = sim.SimConfig(nodes=40, tasks=20_000, seed=3)
+    c = sim.SimConfig(nodes=30, tasks=10_000, seed=3)
     w = sim.Workload(c)
     s = sim.Sim(c, w)
     r = s.run()
