@@ -68,6 +68,7 @@ class Placer:
         self._inflight: dict[Hashable, tuple[M.SpillRequest, Hashable]] = {}
         self._warned: set[tuple[tuple[str, float], ...]] = set()
         self._rr: list[Hashable] = []  # round-robin order for SPREAD
+        self._gone: set[Hashable] = set()  # left or died: late reports must not revive them
         self._rr_pos = 0
         self.groups = GroupTable(self)
         self.decisions = 0
@@ -101,6 +102,7 @@ class Placer:
     # --- nodes ---------------------------------------------------------------------
 
     def _on_joined(self, ev: M.NodeJoined) -> list[M.Instruction]:
+        self._gone.discard(ev.node_id)
         self._add_node(ev.node_id, ev.totals, ev.labels, None)
         return self._retry_infeasible() + self._retry_held() + self.groups.retry_pending()
 
@@ -126,6 +128,7 @@ class Placer:
         return self._lose_node(ev.node_id)
 
     def _lose_node(self, node_id: Hashable) -> list[M.Instruction]:
+        self._gone.add(node_id)
         if self.view.remove(node_id) is None:
             return []
         self._rr = [x for x in self._rr if x != node_id]
@@ -142,8 +145,8 @@ class Placer:
 
     def _on_report(self, ev: M.LoadReport) -> list[M.Instruction]:
         n = self.view.nodes.get(ev.node_id)
-        if n is not None and ev.seq <= n.seq:
-            return []  # stale or reordered
+        if (n is not None and ev.seq <= n.seq) or ev.node_id in self._gone:
+            return []  # stale or reordered, or sent before the node died
         out: list[M.Instruction] = []
         if n is None or (ev.totals is not None and R.normalize(ev.totals) != n.totals):
             if ev.totals is None:

@@ -155,6 +155,15 @@ def test_failover_placer_holds_requests_until_reports_arrive():
     assert p.held() == []
 
 
+def test_late_report_does_not_revive_a_dead_node():
+    p = placer(("a", {"CPU": 4}), ("b", {"CPU": 4}))
+    p.handle(M.NodeDied("a"))
+    p.handle(M.LoadReport("a", {"CPU": 4}, 0, 0.0, 99, totals={"CPU": 4}))
+    assert "a" not in p.view.nodes
+    p.handle(M.NodeJoined("a", {"CPU": 4}))  # it came back for real
+    assert "a" in p.view.nodes
+
+
 def test_report_from_unknown_node_without_totals_is_ignored():
     p = Placer()
     assert p.handle(M.LoadReport("a", {"CPU": 4}, 0, 0.0, 1)) == []
