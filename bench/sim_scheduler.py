@@ -55,6 +55,7 @@ class SimConfig:
     burst_per_node: int = 20  # a burst is this many tasks per node of the cluster
     hot_nodes: float = 0.02  # share of nodes where most submissions happen
     hot_share: float = 0.8
+    by_capacity: bool = False  # other submissions: per node uniform, or by its CPUs
     report_s: float = 0.1
     report_latency_s: float = 0.001
     hop_s: float = 0.0005  # one way, node <-> placer
@@ -128,14 +129,16 @@ class Workload:
         cpu_of = np.array([s["CPU"] for s in SHAPES])[np.array(self.shape)]
         rate = c.load * float(cpus.sum()) / float((cpu_of * dur).mean())
         span = n / rate
-        self.arrival, self.origin = self._arrivals(c, rng, n, span)
+        self.arrival, self.origin = self._arrivals(c, rng, n, span, cpus / cpus.sum())
         has_arg = rng.random(n) < c.arg_share
         self.arg_node = np.where(has_arg, rng.integers(0, c.nodes, n), -1).tolist()
         self.arg_bytes = rng.integers(1 << 20, 100 << 20, n).tolist()
         self.span = span
 
     @staticmethod
-    def _arrivals(c: SimConfig, rng: Any, n: int, span: float) -> tuple[list[float], list[int]]:
+    def _arrivals(
+        c: SimConfig, rng: Any, n: int, span: float, share: Any
+    ) -> tuple[list[float], list[int]]:
         n_hot = max(1, int(c.nodes * c.hot_nodes))
         hot = rng.choice(c.nodes, size=n_hot, replace=False)
         n_burst = int(n * c.burst_share)
@@ -144,7 +147,9 @@ class Workload:
         origin = np.where(
             rng.random(n_base) < c.hot_share,
             hot[rng.integers(0, n_hot, n_base)],
-            rng.integers(0, c.nodes, n_base),
+            rng.choice(c.nodes, size=n_base, p=share)
+            if c.by_capacity
+            else rng.integers(0, c.nodes, n_base),
         )
         bursts = max(1, n_burst // max(1, c.burst_per_node * c.nodes)) if n_burst else 0
         if bursts:
@@ -464,6 +469,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hot-share", type=float, default=d.hot_share, help="submissions on hot nodes")
     ap.add_argument("--burst-share", type=float, default=d.burst_share)
     ap.add_argument("--load", type=float, default=d.load, help="offered CPU load")
+    ap.add_argument(
+        "--by-capacity", action="store_true", help="non-hot submissions in proportion to CPUs"
+    )
     ap.add_argument("--sweep", action="store_true", help="run the threshold grid")
     ap.add_argument("--json", action="store_true", help="print the result(s) as JSON")
     a = ap.parse_args(argv)
@@ -477,6 +485,7 @@ def main(argv: list[str] | None = None) -> None:
         hot_share=a.hot_share,
         burst_share=a.burst_share,
         load=a.load,
+        by_capacity=a.by_capacity,
     )
     grid = SWEEP if a.sweep else [(base.queue_per_cpu, base.max_wait_s, base.min_queue)]
     w = Workload(base)
