@@ -36,7 +36,7 @@ class SpillConfig:
 
     The defaults (all 0) spill whatever cannot start here now. In the
     simulation every positive threshold tried (0.25-2 queued items per CPU,
-    10-500 ms of wait) gave a worse p95/p99 queue wait (+20% to +400%) for at
+    10-500 ms of wait) gave a worse p99 queue wait (+18% to +390%) for at
     most a few points more local placement and no fewer placer decisions
     worth having: work queued behind a busy node cannot move any more, while
     the placer finds a node with room for it about a millisecond away. Raise
