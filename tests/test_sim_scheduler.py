@@ -1,28 +1,22 @@
 """The scheduling simulator at small size: every task runs once, no node over-committed."""
 
-import importlib.util
+import importlib
 import os
-import sys
 
 import pytest
 
 pytestmark = pytest.mark.timeout(60)
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "sim_scheduler.py")
+_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 
 
-def _sim():
-    name = "_sim_scheduler_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _PATH)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod  # dataclasses look their module up
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+@pytest.fixture
+def sim(monkeypatch):
+    monkeypatch.syspath_prepend(_ROOT)  # bench/ lives next to tests/, not installed
+    return importlib.import_module("bench.sim_scheduler")
 
 
-def test_small_simulation_invariants():
-    sim = _sim()
+def test_small_simulation_invariants(sim):
     c = sim.SimConfig(nodes=30, tasks=10_000, seed=3)
     w = sim.Workload(c)
     s = sim.Sim(c, w)
@@ -47,8 +41,7 @@ def test_small_simulation_invariants():
     assert 0 < r.util_mean <= 1.0 and r.wait_p50_ms >= 0
 
 
-def test_spill_thresholds_change_the_local_share():
-    sim = _sim()
+def test_spill_thresholds_change_the_local_share(sim):
     base = sim.SimConfig(nodes=20, tasks=5_000, seed=5)
     w = sim.Workload(base)
     never = sim.SimConfig(nodes=20, tasks=5_000, seed=5, queue_per_cpu=1e9, max_wait_s=1e9)
