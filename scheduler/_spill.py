@@ -36,12 +36,13 @@ class SpillConfig:
 
     The defaults (all 0) spill whatever cannot start here now. In the
     simulation every positive threshold tried (0.25-2 queued items per CPU,
-    10-500 ms of wait) gave a worse p99 queue wait (+18% to +390%) for at
-    most a few points more local placement and no fewer placer decisions
-    worth having: work queued behind a busy node cannot move any more, while
-    the placer finds a node with room for it about a millisecond away. Raise
-    them when tasks are as short as the hop to the placer (a few ms), where
-    queueing here is cheaper than asking.
+    10-500 ms of wait) gave a worse p99 queue wait (+18% to +390%); up to 0.5
+    per CPU they did not even keep more work local, and only the largest
+    (2 per CPU, 0.5 s) saved placer decisions (up to a third): work queued
+    behind a busy node cannot move any more, while the placer finds a node
+    with room for it about a millisecond away. Raise them when tasks are as
+    short as the hop to the placer (a few ms), where queueing here is cheaper
+    than asking, or when the placer is the bottleneck.
 
     Attributes:
         queue_per_cpu: spill once the local queue holds this many items per CPU
