@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _resources as R
-from ._placement import PlacementGroupReady, PlacementGroups
+from ._placement import GroupInfeasible, PlacementGroupReady, PlacementGroups, ResourceChange
 
 __all__ = [
     "GrantLease",
@@ -139,7 +139,7 @@ class LocalScheduler:
         self.max_workers = max_workers
         self.starting = 0
         self.actor_worker: dict[bytes, bytes] = {}
-        self.placement = PlacementGroups(self)
+        self.placement = PlacementGroups()
 
     # --- placement groups ---------------------------------------------------------------
 
@@ -151,7 +151,28 @@ class LocalScheduler:
         return self._schedule()
 
     def remove_placement_group(self, pg_id: bytes) -> list[Instruction]:
-        return self.placement.remove(pg_id) + self._schedule()
+        """End a group: stop the work running in it and give its resources back."""
+        change = self.placement.remove(pg_id)
+        out = self._apply_change(change) if change is not None else []
+        return out + self._schedule()
+
+    def _apply_change(self, ch: ResourceChange) -> list[Instruction]:
+        out: list[Instruction] = []
+        if ch.withdraws:
+            gone = {k for k, v in ch.offer.items() if v < 0}
+            for w in list(self.workers.values()):
+                held = w.role in (WorkerRole.LEASED, WorkerRole.DEDICATED)
+                if held and any(k in gone for k in w.shape):
+                    # give its share back now; its death (which follows) reports its actors
+                    self._release(w)
+                    out.append(StopWorker(w.worker_id))
+        R.subtract(self.available, ch.reserve)
+        R.add(self.total, ch.offer)
+        R.add(self.available, ch.offer)
+        for k in [k for k, v in self.total.items() if k in ch.offer and abs(v) < 1e-9]:
+            del self.total[k]
+            self.available.pop(k, None)
+        return out
 
     # --- events ------------------------------------------------------------------------
 
@@ -282,7 +303,13 @@ class LocalScheduler:
 
     def _schedule(self) -> list[Instruction]:
         out: list[Instruction] = []
-        self.placement.reserve(out)
+        for r in self.placement.reserve(self.total, self.available):
+            if isinstance(r, ResourceChange):
+                out += self._apply_change(r)
+            elif isinstance(r, GroupInfeasible):
+                out.append(Infeasible(r.pg_id, r.missing))
+            else:
+                out.append(r)
         want_workers = 0
         want_workers += self._schedule_actors(out)
         want_workers += self._schedule_leases(out)

@@ -1,10 +1,15 @@
-"""The node daemon's side of the object store: carries out what
-:class:`store._state.StoreState` decides, and does the spill and restore I/O on
-a thread so the daemon's loop never waits for a disk.
+"""The node daemon's object-store service: store requests in, store I/O out.
+
+Answers the store's control calls, does the spill and restore I/O on a thread
+(the loop never waits for a disk), and carries out the store's instructions
+(wake readers, delete spill files). The accounting itself is
+:class:`~actorcore.store.StoreState`, inside the node state: seals, aborts,
+frees and restores go through :meth:`~actorcore._node.NodeState.handle`.
 
 Clients are processes (by id), not connections: a process may pin through one
-connection and unpin through another. An open of an object still being written
-waits for its seal.
+connection and unpin through another. A reader asking for an object still
+being written waits for its seal; if the writer dies first, it gets
+:class:`~actorcore.errors.ObjectLostError` naming the cause.
 """
 
 from __future__ import annotations
@@ -15,11 +20,27 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from actorcore.store._arena import Arena
-from actorcore.store._session import SessionDirs
-from actorcore.store._state import Created, Full, Location, NeedRestore, NeedSpill, ObjectState, StoreState
+from actorcore.store import (
+    Abort,
+    Arena,
+    Created,
+    DeleteFile,
+    Free,
+    Full,
+    Location,
+    NeedRestore,
+    NeedSpill,
+    ObjectState,
+    RestoreDone,
+    Seal,
+    SessionDirs,
+    StoreState,
+    WakeReaders,
+)
 
-from .errors import ObjectStoreFullError
+from .. import _protocol as P
+from .._rpc import DEFERRED, RpcPeer, Service, handles
+from ..errors import ObjectLostError, ObjectStoreFullError
 
 __all__ = ["StoreService"]
 
@@ -37,10 +58,7 @@ def _write_file(arena: Arena, offset: int, size: int, path: str) -> str | None:
         return path
     except OSError as e:
         logger.warning("spilling to %s failed: %s", path, e)
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        _unlink(path)
         return None
 
 
@@ -65,15 +83,58 @@ def _unlink(path: str | None) -> None:
             pass
 
 
-class StoreService:
-    def __init__(self, state: StoreState, arena: Arena, dirs: SessionDirs) -> None:
+class StoreService(Service):
+    """Store requests and store I/O of one node."""
+
+    def __init__(
+        self,
+        state: StoreState,
+        arena: Arena,
+        dirs: SessionDirs,
+        apply: Callable[[Any], None],
+    ) -> None:
+        super().__init__()
         self.state = state
         self.arena = arena
         self.dirs = dirs
-        self._sealed_waiters: dict[bytes, list[Callable[[], None]]] = {}
+        self.apply = apply
         self._spills: dict[bytes, asyncio.Future[None]] = {}
 
+    # --- instructions --------------------------------------------------------------
+
+    def wake(self, ins: WakeReaders) -> None:
+        for fut in ins.waiters:
+            if fut.done():
+                continue
+            if ins.error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(ObjectLostError(f"object {ins.oid.hex()} is lost: {ins.error}"))
+
+    def delete_file(self, ins: DeleteFile) -> None:
+        _unlink(ins.path)
+
     # --- writers -------------------------------------------------------------------
+
+    @handles(P.Tag.CREATE_OBJECT)
+    def on_create_object(self, peer: RpcPeer, msg: P.CreateObjectMsg, _b: list[bytes]) -> Any:
+        assert peer.conn is not None
+        if msg.size < 0:
+            raise ValueError(f"object size must be >= 0, not {msg.size}")
+        owner = msg.owner[0] if msg.owner else peer.conn.peer_id
+        return self.create(msg.oid, msg.size, peer.conn.peer_id, owner)
+
+    @handles(P.Tag.SEAL_OBJECT)
+    def on_seal_object(self, peer: RpcPeer, msg: P.SealObjectMsg, _b: list[bytes]) -> Any:
+        assert peer.conn is not None
+        self.apply(Seal(msg.oid, msg.meta, peer.conn.peer_id))
+        return DEFERRED
+
+    @handles(P.Tag.ABORT_OBJECT)
+    def on_abort_object(self, peer: RpcPeer, msg: P.AbortObjectMsg, _b: list[bytes]) -> Any:
+        assert peer.conn is not None
+        self.apply(Abort(msg.oid, peer.conn.peer_id))
+        return DEFERRED
 
     async def create(self, oid: bytes, size: int, creator: bytes, owner: bytes) -> int:
         """A range for a new object; spills others when full.
@@ -129,21 +190,24 @@ class StoreService:
                 f"(is the disk full?)"
             )
 
-    def seal(self, oid: bytes, meta: bytes) -> None:
-        if oid not in self.state.entries:
-            return
-        self.state.seal(oid, meta)
-        self._wake(oid)
-
-    def abort(self, oid: bytes) -> None:
-        self.state.abort(oid)
-        self._wake(oid)
-
-    def _wake(self, oid: bytes) -> None:
-        for cb in self._sealed_waiters.pop(oid, ()):
-            cb()
-
     # --- readers --------------------------------------------------------------------
+
+    @handles(P.Tag.OPEN_OBJECTS)
+    def on_open_objects(self, peer: RpcPeer, msg: P.OpenObjectsMsg, _b: list[bytes]) -> Any:
+        assert peer.conn is not None
+        oids = list(msg.oids)
+        ready = self.open_now(oids, peer.conn.peer_id)
+        if ready is not None:
+            return ready
+        return self.open_many(oids, peer.conn.peer_id)
+
+    @handles(P.Tag.RELEASE_OBJECTS)
+    def on_release_objects(self, peer: RpcPeer, msg: P.ReleaseObjectsMsg, _b: list[bytes]) -> Any:
+        assert peer.conn is not None
+        client = peer.conn.peer_id
+        for oid in msg.oids:
+            self.state.release(oid, client)
+        return DEFERRED
 
     def open_now(self, oids: list[bytes], client: bytes) -> list[Any] | None:
         """Open objects that are sealed and in memory, without waiting; None if any is not."""
@@ -160,13 +224,30 @@ class StoreService:
         return out
 
     async def open_many(self, oids: list[bytes], client: bytes) -> list[Any]:
-        return [await self.open(oid, client) for oid in oids]
+        """Open each object, waiting for seals and restores; on failure nothing stays pinned."""
+        out: list[Any] = []
+        try:
+            for oid in oids:
+                out.append(await self.open(oid, client))
+        except BaseException:
+            for oid, loc in zip(oids, out, strict=False):
+                if loc is not None:
+                    self.state.release(oid, client)
+            raise
+        return out
 
     async def open(self, oid: bytes, client: bytes) -> list[Any] | None:
+        """Pin and locate ``oid``; None if the store does not have it.
+
+        Raises:
+            ObjectLostError: its writer died (or it was freed) before it was sealed.
+            ObjectStoreFullError: it is spilled and there is no room to restore it.
+        """
+        loop = asyncio.get_running_loop()
         while True:
-            e = self.state.entries.get(oid)
-            if e is not None and e.state is ObjectState.CREATED and not e.freed:
-                await self._until_sealed(oid)
+            sealed: asyncio.Future[None] = loop.create_future()
+            if self.state.wait_sealed(oid, sealed):
+                await sealed
                 continue
             r = self.state.open(oid, client)
             if isinstance(r, Location):
@@ -176,21 +257,7 @@ class StoreService:
                 continue
             return None
 
-    def _until_sealed(self, oid: bytes) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def wake() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        self._sealed_waiters.setdefault(oid, []).append(wake)
-        return fut
-
     async def _restore(self, oid: bytes) -> None:
-        e = self.state.entries.get(oid)
-        if e is not None and e.state is ObjectState.RESTORING:
-            await self._until_sealed(oid)
-            return
         while True:
             r = self.state.begin_restore(oid)
             if r is None:
@@ -207,23 +274,17 @@ class StoreService:
         ok = await loop.run_in_executor(
             None, _read_file, self.arena, r.offset, e.size, e.spill_path
         )
-        _unlink(self.state.restore_done(oid, ok))
-        self._wake(oid)
+        self.apply(RestoreDone(oid, ok))
 
-    def release(self, oids: list[bytes], client: bytes) -> None:
-        for oid in oids:
-            self.state.release(oid, client)
+    # --- owners ---------------------------------------------------------------------
 
-    # --- owners and clients -----------------------------------------------------------
+    @handles(P.Tag.FREE_OBJECTS)
+    def on_free_objects(self, peer: RpcPeer, msg: P.FreeObjectsMsg, _b: list[bytes]) -> Any:
+        assert peer.conn is not None
+        self.apply(Free(list(msg.oids), peer.conn.peer_id))
+        return DEFERRED
 
-    def free(self, oids: list[bytes]) -> None:
-        for oid in oids:
-            _unlink(self.state.free(oid))
-            self._wake(oid)
-
-    def client_gone(self, client: bytes) -> None:
-        for path in self.state.client_gone(client):
-            _unlink(path)
+    # --- views ------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         st = self.state.stats()
