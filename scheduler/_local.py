@@ -20,6 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _resources as R
+from ._instructions import (
+    GrantLease,
+    HostActor,
+    Infeasible,
+    Instruction,
+    RevokeLease,
+    StartWorker,
+    StopWorker,
+)
 from ._placement import GroupInfeasible, PlacementGroupReady, PlacementGroups, ResourceChange
 
 __all__ = [
@@ -41,54 +50,6 @@ class WorkerRole(enum.Enum):
     LEASED = "leased"
     DEDICATED = "dedicated"
     SHARED = "shared"
-
-
-# --- instructions ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StartWorker:
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class GrantLease:
-    key: Any
-    worker_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class HostActor:
-    actor_id: bytes
-    worker_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class RevokeLease:
-    worker_id: bytes
-    owner: Any
-
-
-@dataclass(frozen=True, slots=True)
-class StopWorker:
-    worker_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Infeasible:
-    key: Any
-    missing: dict[str, float]
-
-
-Instruction = (
-    StartWorker
-    | GrantLease
-    | HostActor
-    | RevokeLease
-    | StopWorker
-    | Infeasible
-    | PlacementGroupReady
-)
 
 
 @dataclass(slots=True)

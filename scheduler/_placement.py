@@ -14,8 +14,8 @@ accounting (it never touches the scheduler's fields).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import _resources as R

@@ -34,7 +34,9 @@ def node_affinity_shape(shape: Mapping[str, float], node_id_hex: str) -> dict[st
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"node_id must be a node's id in hex (see ac.nodes()), not {node_id_hex!r}")
+        raise ValueError(
+            f"node_id must be a node's id in hex (see ac.nodes()), not {node_id_hex!r}"
+        )
     return {**shape, NODE_AFFINITY_PREFIX + node_id_hex.lower(): _AFFINITY_MARK}
 
 

@@ -19,14 +19,13 @@ because the writer died or the object was freed before it was sealed.
 
 from __future__ import annotations
 
-import enum
 import itertools
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from ._allocator import ArenaAllocator
+from ._entry import _LEGAL, Entry, ObjectState
 from ._results import (
-    Abort,
     ClientGone,
     Created,
     DeleteFile,
@@ -46,39 +45,6 @@ from ._results import (
 )
 
 __all__ = ["ObjectState", "StoreState"]
-
-
-class ObjectState(enum.Enum):
-    CREATED = "created"
-    SEALED = "sealed"
-    SPILLING = "spilling"
-    SPILLED = "spilled"
-    RESTORING = "restoring"
-
-
-_LEGAL = {
-    ObjectState.CREATED: {ObjectState.SEALED},
-    ObjectState.SEALED: {ObjectState.SPILLING},
-    ObjectState.SPILLING: {ObjectState.SPILLED, ObjectState.SEALED},
-    ObjectState.SPILLED: {ObjectState.RESTORING},
-    ObjectState.RESTORING: {ObjectState.SEALED, ObjectState.SPILLED},
-}
-
-
-@dataclass(slots=True)
-class Entry:
-    oid: bytes
-    size: int
-    owner: Any
-    creator: Any
-    state: ObjectState = ObjectState.CREATED
-    offset: int | None = None
-    meta: bytes = b""
-    pins: dict[Any, int] = field(default_factory=dict)
-    freed: bool = False
-    primary: bool = True
-    spill_path: str | None = None
-    last_access: int = 0
 
 
 class StoreState:
@@ -197,9 +163,14 @@ class StoreState:
         if old is not None:
             # A retried task writes its return value again: the copy a dead worker
             # sealed was never handed to the owner, so nobody reads it. Replace it.
-            if old.owner != owner or old.pins or old.state not in (
-                ObjectState.SEALED,
-                ObjectState.SPILLED,
+            if (
+                old.owner != owner
+                or old.pins
+                or old.state
+                not in (
+                    ObjectState.SEALED,
+                    ObjectState.SPILLED,
+                )
             ):
                 raise ValueError(f"object {oid.hex()} already exists in the store")
             self._drop(old)
@@ -438,5 +409,5 @@ class StoreState:
             assert (e.offset is None) == (e.state is ObjectState.SPILLED), e
 
 
-def _files(paths: list[str | None]) -> list[StoreInstruction]:
+def _files(paths: Sequence[str | None]) -> list[StoreInstruction]:
     return [DeleteFile(p) for p in paths if p]

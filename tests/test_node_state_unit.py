@@ -312,7 +312,7 @@ def test_node_table_follows_the_daemon_and_the_registry():
     assert st.nodes()[0].alive is False
 
 
-# --- bad input ---------------------------------------------------------------------------------------
+# --- bad input ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -270,7 +270,9 @@ class NodeDaemon(Service):
         """An error about a one-way message: an error reply with request id 0."""
         logger.warning("refused a request of %s: %s", ins.client.hex(), ins.message)
         err = PermissionError(ins.message)
-        self._send_to(ins.client, P.ErrorReplyMsg(0, "PermissionError", ins.message, pickle.dumps(err)))
+        self._send_to(
+            ins.client, P.ErrorReplyMsg(0, "PermissionError", ins.message, pickle.dumps(err))
+        )
 
     def _send_to(self, process_id: bytes, msg: Any) -> None:
         for peer in self.conns.get(process_id, ()):
