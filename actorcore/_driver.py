@@ -34,7 +34,7 @@ _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def find_local_node(shm_root: str = "/dev/shm") -> dict[str, Any]:
     """The newest node started with ``actorcore start`` on this machine."""
-    from actorcore.store._session import _owner_alive
+    from actorcore.store import owner_alive as _owner_alive
 
     found = []
     for path in glob.glob(os.path.join(shm_root, "actorcore-*", "node.json")):
