@@ -44,6 +44,18 @@ class Config:
     log_to_driver: bool = True
     default_max_retries: int = 3
     session_tag: str = ""  # appended to session names (test runs tell theirs apart)
+    # clusters (etcd://...): node lease TTL, the cluster token, how to log in to etcd
+    node_ttl_s: float = 10.0
+    cluster_token: str = ""  # "" = the one in etcd (the first node makes it)
+    etcd_user: str = ""
+    etcd_password: str = ""
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    attach_node: str = ""  # node id (or a prefix) to attach to among local nodes of a cluster
+    transfer_chunk_bytes: int = 8 * MiB  # node-to-node object pulls: bytes per request
+    transfer_timeout_s: float = 10.0  # a holder silent this long mid-pull is dropped
+    transfer_serve_rate: float = 0.0  # bytes/s a node sends to pullers at most (0: no cap)
 
     def __post_init__(self) -> None:
         if self.inline_threshold < 0:
@@ -61,6 +73,10 @@ class Config:
             raise ValueError("session_tag may hold only letters, digits, '-' and '_'")
         if self.object_store_memory < 0:
             raise ValueError("object_store_memory must be >= 0")
+        if not self.node_ttl_s > 0:
+            raise ValueError("node_ttl_s must be > 0")
+        if self.transfer_chunk_bytes <= 0 or self.transfer_timeout_s <= 0:
+            raise ValueError("transfer_chunk_bytes and transfer_timeout_s must be > 0")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
@@ -74,6 +90,14 @@ class Config:
             "log_to_driver": _env("LOG_TO_DRIVER", "1") not in ("0", "false", "no"),
             "lease_linger_s": float(_env("LEASE_LINGER_S", "0.2")),
             "session_tag": _env("SESSION_TAG", ""),
+            "node_ttl_s": float(_env("NODE_TTL_S", "10")),
+            "cluster_token": _env("TOKEN", ""),
+            "etcd_user": _env("ETCD_USER", ""),
+            "etcd_password": _env("ETCD_PASSWORD", ""),
+            "etcd_ca": _env("ETCD_CA", ""),
+            "etcd_cert": _env("ETCD_CERT", ""),
+            "etcd_key": _env("ETCD_KEY", ""),
+            "attach_node": _env("ATTACH_NODE", ""),
         }
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():

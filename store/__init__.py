@@ -1,4 +1,5 @@
-"""The object store: arena allocator, store accounting, shared-memory arena, sessions.
+"""The object store: arena allocator, store accounting, shared-memory arena, sessions,
+and the state machines of node-to-node pulls (receiver) and serving (sender).
 
 :class:`StoreState` is the sans-IO accounting (create, seal, pin, free, spill,
 restore, readers waiting for a seal); its results, events and instructions are
@@ -7,6 +8,7 @@ plain values exported here. :class:`Arena` maps the node's shared-memory file.
 
 from ._allocator import ALIGN, AllocatorStats, ArenaAllocator
 from ._arena import Arena, decode_meta, encode_meta, layout, reset_after_fork
+from ._pull import PullConfig, PullState
 from ._results import (
     Abort,
     ClientGone,
@@ -26,6 +28,7 @@ from ._results import (
     Unknown,
     WakeReaders,
 )
+from ._serve import ServeConfig, ServeState
 from ._session import SessionDirs, default_capacity, sweep_stale
 from ._session import _owner_alive as owner_alive
 from ._state import ObjectState, StoreState
@@ -45,9 +48,13 @@ __all__ = [
     "NeedRestore",
     "NeedSpill",
     "ObjectState",
+    "PullConfig",
+    "PullState",
     "Refused",
     "RestoreDone",
     "Seal",
+    "ServeConfig",
+    "ServeState",
     "SessionDirs",
     "StoreEvent",
     "StoreInstruction",

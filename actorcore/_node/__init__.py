@@ -42,6 +42,7 @@ from ._events import (
 from ._lifecycle import ActorInfo, ActorLifecycle, ActorPhase
 from ._pool import WorkerPool
 from ._state import UNKNOWN_ACTOR_WAIT_S, NodeState
+from ._store import StoreService
 
 __all__ = [
     "UNKNOWN_ACTOR_WAIT_S",
@@ -72,6 +73,7 @@ __all__ = [
     "ProcessGone",
     "Reply",
     "StartActor",
+    "StoreService",
     "Tick",
     "UnknownActorExpired",
     "Warn",

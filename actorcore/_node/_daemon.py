@@ -25,16 +25,20 @@ from typing import Any
 import psutil
 
 from actorcore.gcs import ActorTable, EmbeddedControlStore, NameRegistry
+from actorcore.scheduler import LocalScheduler
 from actorcore.store import Arena, SessionDirs
 
 from .. import _protocol as P
+from .._cluster_node import join_cluster
 from .._config import Config
 from .._rpc import DEFERRED, RpcPeer, Service, handles
+from .._transfer import TransferConfig, TransferService
 from .._transport import Listener
 from ..errors import ProtocolError
 from . import _events as E
 from ._actors import ActorService
 from ._info import InfoService
+from ._lifecycle import ActorLifecycle
 from ._pool import WorkerPool
 from ._state import NodeState
 from ._store import StoreService
@@ -45,8 +49,9 @@ __all__ = ["NodeDaemon"]
 logger = logging.getLogger(__name__)
 
 
-def _node_resources(config: Config, capacity: int) -> dict[str, float]:
-    ncpu = config.num_cpus or float(os.cpu_count() or 1)
+def _node_resources(config: Config, capacity: int, driver_node: bool) -> dict[str, float]:
+    # a node a driver starts to join a cluster offers only what the driver asked for
+    ncpu = config.num_cpus or (0.0 if driver_node else float(os.cpu_count() or 1))
     total = {
         "CPU": ncpu,
         **({"GPU": config.num_gpus} if config.num_gpus else {}),
@@ -72,6 +77,7 @@ class NodeDaemon(Service):
         owner_pid: int | None,
         sys_path: list[str],
         unix_name: str | None = None,
+        cluster: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -85,7 +91,8 @@ class NodeDaemon(Service):
         self.address: tuple[str, int] = listen_sock.getsockname()[:2]
         self.unix_name = unix_name or ""
         self.started_at = time.time()
-        total = _node_resources(config, capacity)
+        driver_node = (cluster or {}).get("started_by") == "driver"
+        total = _node_resources(config, capacity, driver_node)
         me = E.NodeInfo(node_id, self.address[0], self.address[1], total, os.getpid())
         self.state = NodeState(
             me,
@@ -94,18 +101,24 @@ class NodeDaemon(Service):
             actors_per_shared_worker=config.actors_per_shared_worker,
             idle_timeout_s=config.worker_idle_timeout_s,
         )
-        self.control = EmbeddedControlStore()
         self.workers = WorkerRegistry()
         self.store = StoreService(self.state.store, arena, dirs, self.apply)
-        self.actors = ActorService(
-            self.state,
-            self.workers,
-            self.apply,
-            ActorTable(self.control),
-            NameRegistry(self.control),
+        self.transfer = TransferService(
+            self.store,
+            node_id=node_id,
+            token=token,
+            host=self.address[0],
+            config=TransferConfig.from_config(config),
+        )
+        self.control: Any = EmbeddedControlStore()
+        self.actor_table = ActorTable(self.control)
+        self.names = NameRegistry(self.control)
+        self.cluster = join_cluster(self, cluster)  # etcd-backed control state in a cluster
+        self.actor_service = ActorService(
+            self.state, self.workers, self.apply, self.actor_table, self.names
         )
         self.info = InfoService(self.state, self.workers, self.store, self._facts)
-        self.services: list[Service] = [self, self.store, self.actors, self.info]
+        self.services: list[Service] = [self, self.store, self.actor_service, self.info]
         self.conns: dict[bytes, set[RpcPeer]] = {}
         self.drivers: dict[bytes, RpcPeer] = {}
         self.embedded_driver: bytes | None = None
@@ -120,10 +133,10 @@ class NodeDaemon(Service):
             E.StopWorker: self._stop_worker,
             E.GrantLease: self._grant,
             E.RevokeLease: lambda i: self._send_to(i.owner, P.RevokeLeaseMsg(i.worker_id)),
-            E.StartActor: self.actors.start_actor,
-            E.DropActor: self.actors.drop_actor,
-            E.Persist: self.actors.persist,
-            E.ReleaseName: self.actors.release_name,
+            E.StartActor: self.actor_service.start_actor,
+            E.DropActor: self.actor_service.drop_actor,
+            E.Persist: self.actor_service.persist,
+            E.ReleaseName: self.actor_service.release_name,
             E.Reply: self._reply,
             E.Warn: lambda i: self._warn_drivers(i.text),
             E.Later: self._later,
@@ -132,13 +145,29 @@ class NodeDaemon(Service):
             E.Refused: self._refused,
         }
 
+    # --- views for the cluster part (read-only) ------------------------------------
+
+    @property
+    def actors(self) -> ActorLifecycle:
+        return self.state.actors
+
+    @property
+    def sched(self) -> LocalScheduler:
+        return self.state.sched
+
+    @property
+    def total(self) -> dict[str, float]:
+        return self.state.total
+
     # --- life ---------------------------------------------------------------------
 
     def handler_table(self) -> dict[int, Callable[..., Any]]:
         """Every composed service's handlers, merged (a tag handled twice is a bug)."""
         table: dict[int, Callable[..., Any]] = {}
-        for svc in self.services:
-            for tag, fn in svc.bound_handlers().items():
+        parts = [svc.bound_handlers() for svc in self.services]
+        parts.append(self.transfer.handlers())  # PULL_OBJECT, TRANSFER_STATS
+        for handlers in parts:
+            for tag, fn in handlers.items():
                 if tag in table:
                     raise RuntimeError(f"two node services handle {P.Tag(tag).name}")
                 table[tag] = fn
@@ -160,8 +189,11 @@ class NodeDaemon(Service):
             sock=self._listen_sock,
             unix_name=self.unix_name or None,
         )
+        await self.transfer.start()
         self.listener.start()
         self.unix_name = self.listener.unix_name
+        if self.cluster is not None:
+            await self.cluster.start(handlers)  # registered in etcd from here on
         zsock, zpid = self._zygote
         self.pool = WorkerPool(loop, zsock, zpid, self._on_worker_exit)
         prestart = self.config.prestart_workers
@@ -182,8 +214,11 @@ class NodeDaemon(Service):
             self.stopping.set_result(None)
 
     async def close(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.leave()  # first: peers see this node go at once
         if self.listener is not None:
             self.listener.close()
+        await self.transfer.aclose()
         if self.pool is not None:
             self.pool.close()
         for peers in list(self.conns.values()):
@@ -205,6 +240,7 @@ class NodeDaemon(Service):
         return {
             "node_id": self.node_id.hex(),
             "address": list(self.address),
+            "transfer_address": list(self.transfer.address),
             "pid": os.getpid(),
             "session": self.dirs.session,
             "uptime_s": time.time() - self.started_at,

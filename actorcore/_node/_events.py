@@ -20,6 +20,7 @@ from typing import Any
 from actorcore.scheduler import GrantLease, RevokeLease, StartWorker, StopWorker
 from actorcore.store import (
     Abort,
+    ClientGone,
     DeleteFile,
     Free,
     Refused,
@@ -37,6 +38,7 @@ __all__ = [
     "ActorCreated",
     "ActorKilled",
     "ActorWaited",
+    "ClientGone",
     "DeleteFile",
     "DropActor",
     "Free",
@@ -276,6 +278,7 @@ NodeEvent = (
     | Abort
     | Free
     | RestoreDone
+    | ClientGone
 )
 
 

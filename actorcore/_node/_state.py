@@ -113,6 +113,7 @@ class NodeState:
             E.Abort: store,
             E.Free: store,
             E.RestoreDone: store,
+            ClientGone: store,
         }
 
     # --- the one entry point ------------------------------------------------------------

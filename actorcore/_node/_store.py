@@ -23,6 +23,7 @@ from typing import Any
 from actorcore.store import (
     Abort,
     Arena,
+    ClientGone,
     Created,
     DeleteFile,
     Free,
@@ -136,6 +137,18 @@ class StoreService(Service):
         self.apply(Abort(msg.oid, peer.conn.peer_id))
         return DEFERRED
 
+    def seal(self, oid: bytes, meta: bytes) -> None:
+        """Seal an object the daemon itself wrote (a copy pulled from another node)."""
+        e = self.state.entries.get(oid)
+        if e is not None:
+            self.apply(Seal(oid, meta, e.creator))
+
+    def abort(self, oid: bytes) -> None:
+        """Give up on an object the daemon itself was writing."""
+        e = self.state.entries.get(oid)
+        if e is not None:
+            self.apply(Abort(oid, e.creator))
+
     async def create(self, oid: bytes, size: int, creator: bytes, owner: bytes) -> int:
         """A range for a new object; spills others when full.
 
@@ -204,10 +217,17 @@ class StoreService(Service):
     @handles(P.Tag.RELEASE_OBJECTS)
     def on_release_objects(self, peer: RpcPeer, msg: P.ReleaseObjectsMsg, _b: list[bytes]) -> Any:
         assert peer.conn is not None
-        client = peer.conn.peer_id
-        for oid in msg.oids:
-            self.state.release(oid, client)
+        self.release(list(msg.oids), peer.conn.peer_id)
         return DEFERRED
+
+    def release(self, oids: list[bytes], client: bytes) -> None:
+        """``client`` lets go of one pin on each object."""
+        for oid in oids:
+            self.state.release(oid, client)
+
+    def client_gone(self, client: bytes) -> None:
+        """A store client that is not a process (a transfer connection) ended."""
+        self.apply(ClientGone(client))
 
     def open_now(self, oids: list[bytes], client: bytes) -> list[Any] | None:
         """Open objects that are sealed and in memory, without waiting; None if any is not."""
