@@ -92,16 +92,28 @@ class StoreService(Service):
         state: StoreState,
         arena: Arena,
         dirs: SessionDirs,
-        apply: Callable[[Any], None],
+        apply: Callable[[Any], None] | None = None,
     ) -> None:
+        """``apply`` hands store events to the node state (which routes them to
+        ``state`` and has the daemon carry out the result); without it (a store
+        on its own, as in tests) they go to ``state`` directly."""
         super().__init__()
         self.state = state
         self.arena = arena
         self.dirs = dirs
-        self.apply = apply
+        self.apply = apply if apply is not None else self._apply_alone
         self._spills: dict[bytes, asyncio.Future[None]] = {}
 
     # --- instructions --------------------------------------------------------------
+
+    def _apply_alone(self, event: Any) -> None:
+        for ins in self.state.handle(event):
+            if isinstance(ins, WakeReaders):
+                self.wake(ins)
+            elif isinstance(ins, DeleteFile):
+                self.delete_file(ins)
+            else:
+                logger.warning("refused a request of %r: %s", ins.client, ins.message)
 
     def wake(self, ins: WakeReaders) -> None:
         for fut in ins.waiters:
