@@ -125,6 +125,7 @@ class NodeDaemon(Service):
         self.stopping: asyncio.Future[None] | None = None
         self.pool: WorkerPool | None = None
         self.listener: Listener | None = None
+        self._peers_seen: tuple[frozenset[bytes], frozenset[bytes]] | None = None
         self._exited: set[int] = set()  # workers whose death was handled before their exit
         self._queue: collections.deque[Any] = collections.deque()
         self._applying = False
@@ -194,6 +195,7 @@ class NodeDaemon(Service):
         self.unix_name = self.listener.unix_name
         if self.cluster is not None:
             await self.cluster.start(handlers)  # registered in etcd from here on
+            self._feed_peers()
         zsock, zpid = self._zygote
         self.pool = WorkerPool(loop, zsock, zpid, self._on_worker_exit)
         prestart = self.config.prestart_workers
@@ -235,6 +237,25 @@ class NodeDaemon(Service):
             if self.owner_pid is not None and not psutil.pid_exists(self.owner_pid):
                 self.stop("the driver that started this node exited")
             self.apply(E.Tick(time.monotonic()))
+            if self.cluster is not None:
+                self._feed_peers()
+
+    def _feed_peers(self) -> None:
+        """Tell the node state which other nodes the cluster registry knows (and which
+        are alive), when that changed; hard node affinity is checked against it."""
+        assert self.cluster is not None
+        table = self.cluster.membership.table
+        seen = (frozenset(table.members), frozenset(table.live))
+        if seen == self._peers_seen:
+            return
+        self._peers_seen = seen
+        nodes = tuple(
+            E.NodeInfo(
+                nid, r["address"], r["port"], dict(r["resources"]), r["pid"], nid in table.live
+            )
+            for nid, r in table.members.items()
+        )
+        self.apply(E.NodesChanged(nodes))
 
     def _facts(self) -> dict[str, Any]:
         return {
