@@ -19,7 +19,9 @@ pytestmark = [pytest.mark.etcd, pytest.mark.timeout(150)]
 CODE = """
     import actorcore as ac
     from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy as A
+    from actorcore.testing import wait_for
     ac.init(address=ADDRESS)
+    wait_for(lambda: sum(n["Alive"] for n in ac.nodes()) == 2, timeout=60)
 
     @ac.remote
     def f():

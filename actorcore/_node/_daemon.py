@@ -48,6 +48,8 @@ __all__ = ["NodeDaemon"]
 
 logger = logging.getLogger(__name__)
 
+_PLACEMENTS = (E.LeaseRequested, E.ActorCreated)
+
 
 def _node_resources(config: Config, capacity: int, driver_node: bool) -> dict[str, float]:
     # a node a driver starts to join a cluster offers only what the driver asked for
@@ -282,6 +284,8 @@ class NodeDaemon(Service):
         if self._applying:
             self._queue.append(event)
             return
+        if self.cluster is not None and type(event) in _PLACEMENTS:
+            self._feed_peers()  # node affinity is checked against the registry as it is now
         self._applying = True
         try:
             self._execute(self.state.handle(event))
