@@ -21,6 +21,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
+from . import _task_events as TE
 from ._args import PreparedArgs, prepare_args, resolve_dep
 from ._ids import new_id
 from ._ref import ObjectRef
@@ -274,6 +275,9 @@ class ActorClients:
         rt = self.rt
         prepared = prepare_args(rt, args, kwargs, f"{c.class_name}.{method}()")
         spec = CallSpec(method, prepared, c.max_task_retries)
+        TE.pending_actor_call(  # observability hook
+            spec.task_id, f"{c.class_name}.{method}", c.actor_id, bool(prepared.deps)
+        )
         address = rt.address
         spec.return_ids = ids = [new_id() for _ in range(num_returns)]
         with rt.lock:
@@ -428,6 +432,7 @@ class ActorClients:
         self._release(spec)
 
     def _fail(self, c: ActorClient, spec: CallSpec, err: BaseException) -> None:
+        TE.owner_failed(spec.task_id, f"{c.class_name}.{spec.method}", err)  # observability hook
         table = self.rt.table
         for oid in spec.return_ids:
             self.by_return.pop(oid, None)

@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
+from . import _task_events as TE
 from ._args import FunctionDescriptor, PreparedArgs, prepare_args, resolve_dep
 from ._ids import new_id
 from ._ref import ObjectRef
@@ -154,6 +155,7 @@ class TaskSubmitter:
         prepared = prepare_args(rt, args, kwargs, f"{name}()")
         opts = OPT_RETRY_EXCEPTIONS if retry_exceptions else 0
         spec = TaskSpec(fn, name, prepared, shape, max_retries, opts, num_returns)
+        TE.pending_task(spec.task_id, name, bool(prepared.deps))  # observability hook
         address = rt.address
         with rt.lock:
             table = rt.table
@@ -455,6 +457,7 @@ class TaskSubmitter:
         self._release_args(spec)
 
     def _finish_failed(self, spec: TaskSpec, err: BaseException) -> None:
+        TE.owner_failed(spec.task_id, spec.name, err)  # observability hook
         table = self.rt.table
         for oid in spec.return_ids:
             self.by_return.pop(oid, None)

@@ -31,6 +31,7 @@ from actorcore.store import Arena, SessionDirs
 from .. import _protocol as P
 from .._cluster_node import join_cluster
 from .._config import Config
+from .._obs._observer import NodeObserver, ObservabilityMixin
 from .._rpc import DEFERRED, RpcPeer, Service, handles
 from .._transfer import TransferConfig, TransferService
 from .._transport import Listener
@@ -119,8 +120,17 @@ class NodeDaemon(Service):
         self.actor_service = ActorService(
             self.state, self.workers, self.apply, self.actor_table, self.names
         )
-        self.info = InfoService(self.state, self.workers, self.store, self._facts)
-        self.services: list[Service] = [self, self.store, self.actor_service, self.info]
+        self.obs = NodeObserver(self)  # observability hook (actorcore._obs)
+        self.info = InfoService(
+            self.state, self.workers, self.store, self._facts, self.obs.node_fields
+        )
+        self.services: list[Service] = [
+            self,
+            self.store,
+            self.actor_service,
+            self.info,
+            _ObservabilityService(self.obs, self.workers),
+        ]
         self.conns: dict[bytes, set[RpcPeer]] = {}
         self.drivers: dict[bytes, RpcPeer] = {}
         self.embedded_driver: bytes | None = None
@@ -206,6 +216,7 @@ class NodeDaemon(Service):
         self.state.warm = prestart
         self.apply(E.NodeStarted(time.monotonic()))
         self.spawn(self._housekeeping())
+        self.obs.start()  # observability hook: /metrics, dashboard, sampler
 
     async def wait_stopped(self) -> None:
         assert self.stopping is not None
@@ -229,6 +240,7 @@ class NodeDaemon(Service):
             for peer in list(peers):
                 if peer.conn is not None:
                     peer.conn.close()
+        await self.obs.aclose()  # observability hook
         for svc in self.services:
             await svc.cancel_tasks()
         await self.control.aclose()
@@ -424,6 +436,8 @@ class NodeDaemon(Service):
     @handles(P.Tag.LOG_BATCH)
     def on_log_batch(self, peer: RpcPeer, msg: P.LogBatchMsg, _b: list[bytes]) -> Any:
         self._broadcast_logs(list(msg.lines))
+        rec = self.workers.get(peer.conn.peer_id) if peer.conn is not None else None
+        self.obs.add_logs(rec.pid if rec is not None else None, msg.lines)  # observability hook
         return DEFERRED
 
     @handles(P.Tag.SHUTDOWN_NODE)
@@ -452,3 +466,12 @@ class NodeDaemon(Service):
         assert peer.conn is not None
         self.apply(E.WorkerBlocked(peer.conn.peer_id, bool(msg.blocked)))
         return DEFERRED
+
+
+class _ObservabilityService(ObservabilityMixin, Service):
+    """Task events and state queries (the handlers of :mod:`actorcore._obs`)."""
+
+    def __init__(self, obs: NodeObserver, workers: WorkerRegistry) -> None:
+        super().__init__()
+        self.obs = obs
+        self.workers = workers  # type: ignore[assignment]

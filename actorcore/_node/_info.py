@@ -30,12 +30,14 @@ class InfoService(Service):
         workers: WorkerRegistry,
         store: StoreService,
         node_facts: Callable[[], dict[str, Any]],
+        node_fields: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.state = state
         self.workers = workers
         self.store = store
         self.node_facts = node_facts
+        self.node_fields = node_fields  # extra fields of this node's ac.nodes() row
 
     @handles(P.Tag.CLUSTER_INFO)
     def on_cluster_info(self, peer: RpcPeer, msg: P.ClusterInfoMsg, _b: list[bytes]) -> Any:
@@ -44,7 +46,10 @@ class InfoService(Service):
         if msg.what == "total":
             return dict(self.state.total)
         if msg.what == "nodes":
-            return [n.row() for n in self.state.nodes()]
+            rows = [n.row() for n in self.state.nodes()]
+            if self.node_fields is not None:
+                rows[0].update(self.node_fields())  # this node's
+            return rows
         raise ValueError(f"unknown cluster information {msg.what!r}")
 
     @handles(P.Tag.LIST_STATE)

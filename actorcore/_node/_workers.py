@@ -50,3 +50,9 @@ class WorkerRegistry:
 
     def items(self) -> list[tuple[bytes, WorkerRec]]:
         return list(self.by_id.items())
+
+    def values(self) -> list[WorkerRec]:
+        return list(self.by_id.values())
+
+    def __len__(self) -> int:
+        return len(self.by_id)
