@@ -44,6 +44,9 @@ class Config:
     log_to_driver: bool = True
     default_max_retries: int = 3
     session_tag: str = ""  # appended to session names (test runs tell theirs apart)
+    transfer_chunk_bytes: int = 8 * MiB  # node-to-node object pulls: bytes per request
+    transfer_timeout_s: float = 10.0  # a holder silent this long mid-pull is dropped
+    transfer_serve_rate: float = 0.0  # bytes/s a node sends to pullers at most (0: no cap)
 
     def __post_init__(self) -> None:
         if self.inline_threshold < 0:
@@ -61,6 +64,8 @@ class Config:
             raise ValueError("session_tag may hold only letters, digits, '-' and '_'")
         if self.object_store_memory < 0:
             raise ValueError("object_store_memory must be >= 0")
+        if self.transfer_chunk_bytes <= 0 or self.transfer_timeout_s <= 0:
+            raise ValueError("transfer_chunk_bytes and transfer_timeout_s must be > 0")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:

@@ -33,6 +33,7 @@ from ._node_actors import NodeActorsMixin
 from ._pool import WorkerPool
 from ._rpc import DEFERRED, RpcPeer, Service, handles
 from ._store_service import StoreService
+from ._transfer import TransferConfig, TransferService
 from ._transport import Listener
 from .errors import ProtocolError
 
@@ -109,6 +110,13 @@ class NodeDaemon(NodeActorsMixin, Service):
         self.address: tuple[str, int] = listen_sock.getsockname()[:2]
         self.unix_name = unix_name or ""
         self.started_at = time.time()
+        self.transfer = TransferService(
+            self.store,
+            node_id=node_id,
+            token=token,
+            host=self.address[0],
+            config=TransferConfig.from_config(config),
+        )
 
     # --- life ---------------------------------------------------------------------
 
@@ -128,6 +136,8 @@ class NodeDaemon(NodeActorsMixin, Service):
             unix_name=self.unix_name or None,
         )
         self._handlers = self.bound_handlers()
+        self._handlers.update(self.transfer.handlers())  # PULL_OBJECT, TRANSFER_STATS
+        await self.transfer.start()
         self.listener.start()
         self.unix_name = self.listener.unix_name
         zsock, zpid = self._zygote
@@ -151,6 +161,7 @@ class NodeDaemon(NodeActorsMixin, Service):
     async def close(self) -> None:
         if self.listener is not None:
             self.listener.close()
+        await self.transfer.aclose()
         if self.pool is not None:
             self.pool.close()
         for peers in list(self.conns.values()):
@@ -399,6 +410,7 @@ class NodeDaemon(NodeActorsMixin, Service):
             return {
                 "node_id": self.node_id.hex(),
                 "address": list(self.address),
+                "transfer_address": list(self.transfer.address),
                 "pid": os.getpid(),
                 "session": self.dirs.session,
                 "uptime_s": time.time() - self.started_at,

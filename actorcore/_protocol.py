@@ -83,6 +83,15 @@ class Tag(IntEnum):
     RELEASE_OBJECTS = 63
     FREE_OBJECTS = 64
     ABORT_OBJECT = 65
+    # peer-to-peer object transfer (node daemon <-> node daemon, "transfer" connections)
+    PULL_OBJECT = 100
+    TRANSFER_STATS = 101
+    TRANSFER_OPEN = 102
+    TRANSFER_OPENED = 103
+    TRANSFER_READ = 104
+    TRANSFER_DATA = 105
+    TRANSFER_ERROR = 106
+    TRANSFER_RELEASE = 107
 
 
 def message(tag: Tag) -> Callable[[type[_M]], type[_M]]:
@@ -426,6 +435,76 @@ class FreeObjectsMsg(NamedTuple):
 
 @message(Tag.ABORT_OBJECT)
 class AbortObjectMsg(NamedTuple):
+    oid: bytes
+
+
+# --- peer-to-peer object transfer --------------------------------------------------------
+
+
+@message(Tag.PULL_OBJECT)
+class PullObjectMsg(NamedTuple):
+    """Anyone -> node daemon: copy ``oid`` into this node's store from one of ``holders``
+    (their transfer addresses, ``[host, port]``); replies with its size once sealed here."""
+
+    rid: int
+    oid: bytes
+    holders: list[Any]
+    owner: bytes
+
+
+@message(Tag.TRANSFER_STATS)
+class TransferStatsMsg(NamedTuple):
+    """Anyone -> node daemon: the transfer service's address and counters."""
+
+    rid: int
+
+
+@message(Tag.TRANSFER_OPEN)
+class TransferOpenMsg(NamedTuple):
+    """Puller -> holder: pin ``oid`` for this connection; answered by OPENED or ERROR."""
+
+    rid: int
+    oid: bytes
+
+
+@message(Tag.TRANSFER_OPENED)
+class TransferOpenedMsg(NamedTuple):
+    """Holder -> puller: the object's size and its store layout (``meta``)."""
+
+    rid: int
+    size: int
+    meta: bytes
+
+
+@message(Tag.TRANSFER_READ)
+class TransferReadMsg(NamedTuple):
+    """Puller -> holder: send ``[offset, offset + length)`` of an opened object."""
+
+    rid: int
+    oid: bytes
+    offset: int
+    length: int
+
+
+@message(Tag.TRANSFER_DATA)
+class TransferDataMsg(NamedTuple):
+    """Holder -> puller: the bytes of a READ, as the frame's one raw buffer."""
+
+    rid: int
+
+
+@message(Tag.TRANSFER_ERROR)
+class TransferErrorMsg(NamedTuple):
+    """Holder -> puller: an OPEN or READ could not be served."""
+
+    rid: int
+    reason: str
+
+
+@message(Tag.TRANSFER_RELEASE)
+class TransferReleaseMsg(NamedTuple):
+    """Puller -> holder: done with ``oid`` (unpin it once)."""
+
     oid: bytes
 
 
