@@ -129,8 +129,28 @@ class ActorClients:
                 table.create_owned(oid, address).local = 1
             if prepared.held:
                 table.add_submitted(prepared.held)
-        self.post(E.SubmitActorCall(actor_id, class_name, max_task_retries, spec))
+        if not (prepared.deps or self._send_direct(actor_id, spec)):
+            self.post(E.SubmitActorCall(actor_id, class_name, max_task_retries, spec))
         return [ObjectRef(oid, address, _counted=True) for oid in spec.return_ids]
+
+    def _send_direct(self, actor_id: bytes, spec: CallSpec) -> bool:
+        """Send a call from this thread when the core says the way is open; else False.
+
+        Only off the loop (on it, the core runs at once anyway) and only when
+        the core has handled everything queued before, so this caller's
+        earlier calls are all on their way: its order holds.
+        """
+        if threading.get_ident() == self.rt.loop_thread_id or not self.inbox.quiet():
+            return False
+        c = self.core.clients.get(actor_id)
+        peer = None if c is None else c.direct  # one read: the loop may change it
+        if c is None or peer is None:
+            return False
+        spec.rid = next_rid()
+        spec.peer = peer
+        self.inbox.put_quietly(E.CallSentDirect(c, spec))  # the reply wakes the loop
+        self._send_call(E.SendActorCall(c, spec, peer))
+        return True
 
     def cancel(self, oid: bytes, force: bool) -> None:
         self.post(E.CancelCall(oid, force))

@@ -69,6 +69,7 @@ class ActorClient:
         "actor_id",
         "class_name",
         "death",
+        "direct",
         "epoch",
         "held",
         "in_flight",
@@ -95,6 +96,9 @@ class ActorClient:
         self.locating = False  # a creation or a locate request is in flight
         self.kill_when_idle = False
         self.held: list[bytes] = []  # constructor arguments, kept for restarts
+        # Published by the core after each batch, read by callers' threads: the
+        # peer a new call may be sent to at once (alive, nothing queued), else None.
+        self.direct: Any = None
 
     def describe(self) -> str:
         return f"actor {self.class_name} ({self.actor_id.hex()})"
