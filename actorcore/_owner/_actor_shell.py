@@ -129,7 +129,7 @@ class ActorClients:
                 table.create_owned(oid, address).local = 1
             if prepared.held:
                 table.add_submitted(prepared.held)
-        if not (prepared.deps or self._send_direct(actor_id, spec)):
+        if prepared.deps or not self._send_direct(actor_id, spec):
             self.post(E.SubmitActorCall(actor_id, class_name, max_task_retries, spec))
         return [ObjectRef(oid, address, _counted=True) for oid in spec.return_ids]
 
