@@ -1,12 +1,15 @@
 """The ``actorcore`` command: start and stop a node, look at it, run benchmarks.
 
-actorcore start [--num-cpus N] [--resources JSON] [--object-store-memory BYTES]
-actorcore stop
+actorcore start [--address etcd://HOST:PORT[,...]/NAME] [--num-cpus N] [--num-gpus N]
+                [--resources JSON] [--object-store-memory BYTES] [--node-ip IP] [--port P]
+                [--token-file F] [--etcd-user U --etcd-password P] [--etcd-ca F ...]
+actorcore stop [--address etcd://.../NAME]
 actorcore status
 actorcore list {actors,workers,objects,nodes}
 actorcore memory
 actorcore logs [--tail N]
 actorcore microbenchmark [FILTER] [--ray-python PATH]
+actorcore serve status
 """
 
 from __future__ import annotations
@@ -77,9 +80,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def cmd_start(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace) -> Any:
     from ._config import Config
-    from ._driver import spawn_daemon
 
     overrides: dict[str, Any] = {}
     if args.num_cpus is not None:
@@ -90,14 +92,39 @@ def cmd_start(args: argparse.Namespace) -> int:
         overrides["resources"] = json.loads(args.resources)
     if args.object_store_memory:
         overrides["object_store_memory"] = args.object_store_memory
-    config = Config.from_env(**overrides)
-    proc, ready = spawn_daemon(config, os.urandom(32), None)
+    if args.node_ttl is not None:
+        overrides["node_ttl_s"] = args.node_ttl
+    if args.token_file:
+        with open(args.token_file) as f:
+            overrides["cluster_token"] = f.read().strip()
+    for name in ("etcd_user", "etcd_password", "etcd_ca", "etcd_cert", "etcd_key"):
+        if getattr(args, name):
+            overrides[name] = getattr(args, name)
+    return Config.from_env(**overrides)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from ._driver import spawn_daemon, start_cluster_node
+
+    config = _config(args)
+    if args.address:
+        proc, ready, _token = start_cluster_node(
+            config, args.address, node_ip=args.node_ip, port=args.port or 0, started_by="cli"
+        )
+    else:
+        proc, ready = spawn_daemon(
+            config, os.urandom(32), None, port=args.port or 0, started_by="cli"
+        )
     for f in (proc.stdout, proc.stdin):
         if f is not None:
             f.close()
-    print(f"node started: pid {ready['pid']}, address {ready['address'][0]}:{ready['address'][1]}")
+    host, port = ready["address"][:2]
+    print(f"node {ready['node_id']} started: pid {ready['pid']}, address {host}:{port}")
     print(f"session {ready['session']}")
-    print("connect with ac.init(address='auto'); stop with `actorcore stop`")
+    if args.address:
+        print(f"joined cluster {args.address}; connect with ac.init(address={args.address!r})")
+    else:
+        print("connect with ac.init(address='auto'); stop with `actorcore stop`")
     return 0
 
 
@@ -106,15 +133,17 @@ def _gone(path: str) -> bool:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop the nodes this machine started with ``actorcore start`` (of one cluster
+    with ``--address``); never nodes that programs started for themselves."""
     from . import _protocol as P
+    from ._driver import local_nodes
     from ._rpc import next_rid
     from .testing import wait_for
 
     stopped = 0
-    for path in glob.glob("/dev/shm/actorcore-*/node.json"):
+    for node in local_nodes(cluster=args.address):
+        path = os.path.join("/dev/shm", f"actorcore-{node['session']}", "node.json")
         try:
-            with open(path) as f:
-                node = json.load(f)
             _ask(node, P.ShutdownNodeMsg(next_rid()))
         except (OSError, ConnectionError, ValueError):
             continue
@@ -151,14 +180,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     node = _node()
     if args.what == "nodes":
-        rows = [_state(node, "node")]
+        from . import _protocol as P
+        from ._rpc import next_rid
+
         rows = [
             {
-                "node_id": r["node_id"],
-                "pid": r["pid"],
-                "address": f"{r['address'][0]}:{r['address'][1]}",
+                "node_id": r["NodeID"],
+                "alive": r["Alive"],
+                "pid": r["Pid"],
+                "address": f"{r['NodeManagerAddress']}:{r['NodeManagerPort']}",
             }
-            for r in rows
+            for r in _ask(node, P.ClusterInfoMsg(next_rid(), "nodes"))
         ]
     else:
         rows = _state(node, args.what)
@@ -201,18 +233,37 @@ def cmd_microbenchmark(args: argparse.Namespace) -> int:
     return bench_main(argv)
 
 
+# --- actorcore serve: implemented in actorcore.serve (imported only when used) ---
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve._cli import main as serve_main
+
+    return serve_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="actorcore", description="actorcore node control")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("start", help="start a node daemon on this machine")
+    p.add_argument("--address", help="join a cluster: etcd://HOST:PORT[,HOST:PORT...]/NAME")
     p.add_argument("--num-cpus", type=float)
     p.add_argument("--num-gpus", type=float)
     p.add_argument("--resources", help="custom resources as JSON, e.g. '{\"disk\": 2}'")
     p.add_argument("--object-store-memory", type=int)
+    p.add_argument("--node-ip", help="the address peers use (default: the one reaching etcd)")
+    p.add_argument("--port", type=int, help="the node's TCP port (default: any free one)")
+    p.add_argument("--node-ttl", type=float, help="seconds without lease refresh = dead")
+    p.add_argument("--token-file", help="the cluster token (default: the one kept in etcd)")
+    p.add_argument("--etcd-user")
+    p.add_argument("--etcd-password", help="or ACTORCORE_ETCD_PASSWORD")
+    p.add_argument("--etcd-ca", help="CA file: talk TLS to etcd")
+    p.add_argument("--etcd-cert", help="client certificate file (etcd client-cert auth)")
+    p.add_argument("--etcd-key", help="client key file")
     p.set_defaults(fn=cmd_start)
-    sub.add_parser("stop", help="stop the nodes started with `actorcore start`").set_defaults(
-        fn=cmd_stop
-    )
+    p = sub.add_parser("stop", help="stop the nodes started with `actorcore start`")
+    p.add_argument("--address", help="only the nodes of this cluster (etcd://.../NAME)")
+    p.set_defaults(fn=cmd_stop)
     sub.add_parser("status", help="resources, workers and store of the local node").set_defaults(
         fn=cmd_status
     )
@@ -227,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("filter", nargs="*")
     p.add_argument("--ray-python")
     p.set_defaults(fn=cmd_microbenchmark)
+    p = sub.add_parser("serve", help="serve applications: `actorcore serve status`")
+    p.add_argument("action", choices=["status"])
+    p.set_defaults(fn=cmd_serve)
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))

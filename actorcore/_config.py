@@ -32,8 +32,10 @@ class Config:
     object_store_memory: int = 0  # 0 = 30% of RAM, capped by /dev/shm
     shm_root: str = "/dev/shm"
     spill_dir: str = ""  # "" = <tmp>/actorcore-spill-<session>
-    max_frame_bytes: int = 1 << 31
-    max_header_bytes: int = 64 * MiB
+    # A frame is buffered whole before it is decoded: keep both limits modest.
+    # Large values travel through the object store, never in a frame's header.
+    max_frame_bytes: int = 64 * MiB
+    max_header_bytes: int = 8 * MiB
     loop: str = "uvloop"  # "uvloop" or "asyncio": the runtime's own loops
     prestart_workers: int = -1  # -1 = one per CPU
     lease_linger_s: float = 0.2
@@ -44,6 +46,15 @@ class Config:
     log_to_driver: bool = True
     default_max_retries: int = 3
     session_tag: str = ""  # appended to session names (test runs tell theirs apart)
+    # clusters (etcd://...): node lease TTL, the cluster token, how to log in to etcd
+    node_ttl_s: float = 10.0
+    cluster_token: str = ""  # "" = the one in etcd (the first node makes it)
+    etcd_user: str = ""
+    etcd_password: str = ""
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    attach_node: str = ""  # node id (or a prefix) to attach to among local nodes of a cluster
     transfer_chunk_bytes: int = 8 * MiB  # node-to-node object pulls: bytes per request
     transfer_timeout_s: float = 10.0  # a holder silent this long mid-pull is dropped
     transfer_serve_rate: float = 0.0  # bytes/s a node sends to pullers at most (0: no cap)
@@ -64,6 +75,18 @@ class Config:
             raise ValueError("session_tag may hold only letters, digits, '-' and '_'")
         if self.object_store_memory < 0:
             raise ValueError("object_store_memory must be >= 0")
+        if not 64 * KiB <= self.max_header_bytes <= self.max_frame_bytes <= 1 << 31:
+            raise ValueError(
+                "need 64 KiB <= max_header_bytes <= max_frame_bytes <= 2 GiB, got "
+                f"{self.max_header_bytes} and {self.max_frame_bytes}"
+            )
+        if self.inline_threshold * 4 > self.max_header_bytes:
+            raise ValueError(
+                f"inline_threshold ({self.inline_threshold}) must be at most a quarter of "
+                f"max_header_bytes ({self.max_header_bytes}): inline values travel in headers"
+            )
+        if not self.node_ttl_s > 0:
+            raise ValueError("node_ttl_s must be > 0")
         if self.transfer_chunk_bytes <= 0 or self.transfer_timeout_s <= 0:
             raise ValueError("transfer_chunk_bytes and transfer_timeout_s must be > 0")
 
@@ -79,6 +102,16 @@ class Config:
             "log_to_driver": _env("LOG_TO_DRIVER", "1") not in ("0", "false", "no"),
             "lease_linger_s": float(_env("LEASE_LINGER_S", "0.2")),
             "session_tag": _env("SESSION_TAG", ""),
+            "max_header_bytes": int(_env("MAX_HEADER_BYTES", str(8 * MiB))),
+            "max_frame_bytes": int(_env("MAX_FRAME_BYTES", str(64 * MiB))),
+            "node_ttl_s": float(_env("NODE_TTL_S", "10")),
+            "cluster_token": _env("TOKEN", ""),
+            "etcd_user": _env("ETCD_USER", ""),
+            "etcd_password": _env("ETCD_PASSWORD", ""),
+            "etcd_ca": _env("ETCD_CA", ""),
+            "etcd_cert": _env("ETCD_CERT", ""),
+            "etcd_key": _env("ETCD_KEY", ""),
+            "attach_node": _env("ATTACH_NODE", ""),
         }
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():

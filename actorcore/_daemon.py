@@ -66,7 +66,9 @@ def main() -> None:
     node_id = new_id()
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind((boot.get("host", "127.0.0.1"), int(boot.get("port", 0))))
+    cluster = boot.get("cluster")
+    host = cluster["node_ip"] if cluster else boot.get("host", "127.0.0.1")
+    lsock.bind((host, int(boot.get("port", 0))))
     lsock.listen(1024)
     address = list(lsock.getsockname()[:2])
     node = {
@@ -77,6 +79,10 @@ def main() -> None:
         "capacity": capacity,
         "session": dirs.session,
         "session_dir": dirs.disk_dir,
+        # who started it: only nodes of `actorcore start` are found by address="auto"
+        "started_by": boot.get("started_by", "driver"),
+        "cluster": cluster["address"] if cluster else None,
+        "node_ip": host,
     }
     worker_boot = {
         "config": config.to_dict(),
@@ -141,6 +147,7 @@ def _serve(
         owner_pid=boot.get("owner_pid"),
         sys_path=list(boot.get("sys_path", [])),
         unix_name=node["unix_name"],
+        cluster=boot.get("cluster"),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop, f"signal {sig.name}")

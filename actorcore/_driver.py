@@ -6,6 +6,7 @@ async on any loop, never has to drive it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import glob
 import json
 import logging
@@ -24,7 +25,14 @@ from ._ids import new_id
 from ._runtime import CoreRuntime, NodeInfo
 from .errors import ActorCoreError
 
-__all__ = ["DriverRuntime", "find_local_node", "spawn_daemon"]
+__all__ = [
+    "DriverRuntime",
+    "find_local_node",
+    "local_nodes",
+    "resolve_token",
+    "spawn_daemon",
+    "start_cluster_node",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +40,139 @@ START_TIMEOUT_S = 60.0
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def find_local_node(shm_root: str = "/dev/shm") -> dict[str, Any]:
-    """The newest node started with ``actorcore start`` on this machine."""
+def _local_addresses() -> set[str]:
+    """Addresses of this network namespace's interfaces."""
+    import psutil
+
+    return {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+
+
+def _same_cluster(a: str | None, b: str) -> bool:
+    from actorcore.gcs import EtcdAddress
+
+    if not a:
+        return False
+    x, y = EtcdAddress.parse(a), EtcdAddress.parse(b)
+    return x.namespace == y.namespace and bool(_resolved(x.endpoints) & _resolved(y.endpoints))
+
+
+def _resolved(endpoints: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Endpoints by IP address (``localhost:2379`` and ``127.0.0.1:2379`` are one etcd)."""
+    import socket
+
+    out = set()
+    for host, port in endpoints:
+        try:
+            out.add((socket.gethostbyname(host), port))
+        except OSError:
+            out.add((host, port))
+    return out
+
+
+def local_nodes(shm_root: str = "/dev/shm", cluster: str | None = None) -> list[dict[str, Any]]:
+    """Nodes started with ``actorcore start`` on this machine (newest first); with
+    ``cluster``, only those of that cluster reachable from this network namespace.
+
+    Nodes that programs started for themselves (embedded, or a driver's node
+    in a cluster) are never listed: attaching to one would tie this process
+    to that program's life.
+    """
     from actorcore.store._session import _owner_alive
 
     found = []
+    mine = _local_addresses() if cluster else set()
     for path in glob.glob(os.path.join(shm_root, "actorcore-*", "node.json")):
-        if _owner_alive(os.path.dirname(path)):
-            found.append((os.path.getmtime(path), path))
-    if not found:
+        if not _owner_alive(os.path.dirname(path)):
+            continue
+        try:
+            with open(path) as f:
+                node = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if node.get("started_by") != "cli":
+            continue
+        if cluster is not None and not (
+            _same_cluster(node.get("cluster"), cluster) and node.get("node_ip") in mine
+        ):
+            continue
+        found.append((os.path.getmtime(path), node))
+    return [n for _, n in sorted(found, key=lambda x: x[0], reverse=True)]
+
+
+def find_local_node(shm_root: str = "/dev/shm", cluster: str | None = None) -> dict[str, Any]:
+    """The newest node of ``actorcore start`` on this machine (see :func:`local_nodes`)."""
+    nodes = local_nodes(shm_root, cluster)
+    if not nodes:
+        where = f" of cluster {cluster}" if cluster else ""
         raise ConnectionError(
-            "no running actorcore node on this machine: start one with `actorcore start`, "
-            "or call ac.init() without an address to start one for this program"
+            f"no running actorcore node{where} started with `actorcore start` on this "
+            f"machine: start one with `actorcore start`, or call ac.init() without an "
+            f"address to start one for this program"
         )
-    with open(max(found)[1]) as f:
-        return json.load(f)
+    return nodes[0]
+
+
+def etcd_options(config: Config) -> Any:
+    """The etcd login settings of ``config``."""
+    from actorcore.gcs import EtcdOptions
+
+    return EtcdOptions(
+        user=config.etcd_user or None,
+        password=config.etcd_password or None,
+        ca=config.etcd_ca or None,
+        cert=config.etcd_cert or None,
+        key=config.etcd_key or None,
+    )
+
+
+def resolve_token(config: Config, address: str) -> bytes:
+    """The cluster's token (from etcd; ``config.cluster_token`` or a new one if it has none).
+
+    Blocking: call it where no event loop runs.
+    """
+    from ._peers import cluster_token
+
+    given = config.cluster_token.encode() if config.cluster_token else None
+    return asyncio.run(cluster_token(address, etcd_options(config), given))
+
+
+def start_cluster_node(
+    config: Config,
+    address: str,
+    *,
+    node_ip: str | None = None,
+    port: int = 0,
+    started_by: str = "cli",
+    owner_pid: int | None = None,
+    wrap: list[str] | None = None,
+) -> tuple[subprocess.Popen[bytes], dict[str, Any], bytes]:
+    """Start a node daemon that joins cluster ``address``; returns once it is registered.
+
+    The path of ``actorcore start --address`` (``started_by="cli"``) and of a
+    driver that finds no node of its cluster here (``"driver"``, with
+    ``owner_pid``: the node leaves with that process). ``wrap`` prefixes the
+    daemon's command (tests: ``["ip", "netns", "exec", NS]``).
+    """
+    from ._peers import ClusterSpec, local_ip_towards
+
+    token = resolve_token(config, address)
+    spec = ClusterSpec(
+        address,
+        node_ip or local_ip_towards(address),
+        config.node_ttl_s,
+        etcd_options(config),
+        started_by,
+    )
+    proc, ready = spawn_daemon(
+        config,
+        token,
+        owner_pid,
+        cluster=spec.to_dict(),
+        port=port,
+        started_by=started_by,
+        wrap=wrap,
+    )
+    return proc, ready, token
 
 
 class DriverRuntime(CoreRuntime):
@@ -63,18 +189,34 @@ class DriverRuntime(CoreRuntime):
 
     @classmethod
     def start(cls, config: Config, address: str | None, namespace: str | None) -> DriverRuntime:
+        proc: subprocess.Popen[bytes] | None = None
         if address is None:
             token = os.urandom(32)
             proc, ready = spawn_daemon(config, token, os.getpid())
+        elif address.startswith("etcd://"):
+            nodes = local_nodes(config.shm_root, address)
+            if config.attach_node:
+                nodes = [n for n in nodes if n["node_id"].startswith(config.attach_node)]
+                if not nodes:
+                    raise ConnectionError(
+                        f"no node {config.attach_node} of cluster {address} runs here"
+                    )
+            if nodes:
+                ready = nodes[0]
+                token = bytes.fromhex(ready["token"])
+            else:  # a node of our own that leaves the cluster when this driver exits
+                proc, ready, token = start_cluster_node(
+                    config, address, started_by="driver", owner_pid=os.getpid()
+                )
         else:
             if address not in ("auto", "local"):
                 raise ValueError(
-                    f"address {address!r} is not supported yet: use None (start a node here) or "
-                    f"'auto' (attach to the node `actorcore start` runs on this machine)"
+                    f"address {address!r} is not supported: use None (start a node here), "
+                    f"'auto' (attach to the node `actorcore start` runs on this machine) or "
+                    f"'etcd://host:port/NAME' (join that cluster)"
                 )
             ready = find_local_node(config.shm_root)
             token = bytes.fromhex(ready["token"])
-            proc = None
         ready["node_id"] = bytes.fromhex(ready["node_id"])
         if ready.get("capacity_note"):
             warnings.warn(ready["capacity_note"], RuntimeWarning, stacklevel=3)
@@ -161,19 +303,32 @@ class DriverRuntime(CoreRuntime):
 
 
 def spawn_daemon(
-    config: Config, token: bytes, owner_pid: int | None = None
+    config: Config,
+    token: bytes,
+    owner_pid: int | None = None,
+    *,
+    cluster: dict[str, Any] | None = None,
+    port: int = 0,
+    started_by: str = "driver",
+    wrap: list[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Start a node daemon process; returns it and its ready information.
 
     With ``owner_pid`` the node ends when that process does (embedded mode).
+    With ``cluster`` (:meth:`ClusterSpec.to_dict`) it joins that cluster and
+    is ready once registered. ``started_by="cli"`` marks nodes of
+    ``actorcore start`` (the only ones ``address="auto"`` and ``actorcore
+    stop`` touch).
     """
+    # secrets travel in the boot line only where needed (the cluster part), never to workers
+    config = dataclasses.replace(config, cluster_token="", etcd_password="")
     session = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
     if config.session_tag:
         session += "-" + config.session_tag
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([_PKG_ROOT, *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "actorcore._daemon"],
+        [*(wrap or []), sys.executable, "-m", "actorcore._daemon"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -185,6 +340,9 @@ def spawn_daemon(
         "session": session,
         "config": config.to_dict(),
         "owner_pid": owner_pid,
+        "cluster": cluster,
+        "port": port,
+        "started_by": started_by,
         "sys_path": [p for p in sys.path if p] + [os.getcwd()],
     }
     assert proc.stdin is not None and proc.stdout is not None

@@ -28,6 +28,7 @@ from actorcore.store._state import StoreState
 
 from . import _lifecycle as L
 from . import _protocol as P
+from ._cluster_node import join_cluster
 from ._config import Config
 from ._node_actors import NodeActorsMixin
 from ._pool import WorkerPool
@@ -65,6 +66,7 @@ class NodeDaemon(NodeActorsMixin, Service):
         owner_pid: int | None,
         sys_path: list[str],
         unix_name: str | None = None,
+        cluster: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -75,7 +77,9 @@ class NodeDaemon(NodeActorsMixin, Service):
         self.sys_path = sys_path
         self._listen_sock = listen_sock
         self._zygote = zygote
-        ncpu = config.num_cpus or float(os.cpu_count() or 1)
+        # a node a driver starts to join a cluster offers only what the driver asked for
+        driver_node = (cluster or {}).get("started_by") == "driver"
+        ncpu = config.num_cpus or (0.0 if driver_node else float(os.cpu_count() or 1))
         total = {
             "CPU": ncpu,
             **({"GPU": config.num_gpus} if config.num_gpus else {}),
@@ -117,6 +121,7 @@ class NodeDaemon(NodeActorsMixin, Service):
             host=self.address[0],
             config=TransferConfig.from_config(config),
         )
+        self.cluster = join_cluster(self, cluster)  # etcd-backed control state in a cluster
 
     # --- life ---------------------------------------------------------------------
 
@@ -140,6 +145,8 @@ class NodeDaemon(NodeActorsMixin, Service):
         await self.transfer.start()
         self.listener.start()
         self.unix_name = self.listener.unix_name
+        if self.cluster is not None:
+            await self.cluster.start(self._handlers)  # registered in etcd from here on
         zsock, zpid = self._zygote
         self.pool = WorkerPool(loop, zsock, zpid, self._on_worker_exit)
         prestart = self.config.prestart_workers
@@ -159,6 +166,8 @@ class NodeDaemon(NodeActorsMixin, Service):
             self.stopping.set_result(None)
 
     async def close(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.leave()  # first: peers see this node go at once
         if self.listener is not None:
             self.listener.close()
         await self.transfer.aclose()

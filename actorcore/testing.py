@@ -7,7 +7,10 @@
 * :func:`actor_pid` finds the process hosting an actor; :func:`kill_pid`
   SIGKILLs a process and waits until it is gone;
 * :func:`leftover_processes` / :func:`leftover_shm` find what a test left
-  behind.
+  behind;
+* :class:`Cluster` runs a real etcd and node daemons joined to it (the path
+  of ``actorcore start --address``); :class:`NetnsHosts` makes network
+  namespaces on a test bridge so nodes live at different addresses.
 """
 
 from __future__ import annotations
@@ -22,14 +25,19 @@ import psutil
 
 from . import _global as G
 from . import _protocol as P
+from ._cluster_testing import Cluster, ClusterNodeProc, NetnsHosts, netns_unavailable
 from ._rpc import next_rid
 
 __all__ = [
+    "Cluster",
+    "ClusterNodeProc",
+    "NetnsHosts",
     "actor_pid",
     "kill_pid",
     "leftover_processes",
     "leftover_shm",
     "list_state",
+    "netns_unavailable",
     "runtime_processes",
     "wait_for",
 ]

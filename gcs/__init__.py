@@ -17,7 +17,7 @@ either; :class:`EtcdProcess` runs a throwaway etcd for tests.
 from __future__ import annotations
 
 from ._embedded import EmbeddedControlStore, EmbeddedState
-from ._etcd import EtcdAddress, EtcdControlStore
+from ._etcd import EtcdAddress, EtcdControlStore, EtcdOptions
 from ._etcd_process import EtcdNotFoundError, EtcdProcess
 from ._interface import (
     Compare,
@@ -50,6 +50,7 @@ __all__ = [
     "EtcdAddress",
     "EtcdControlStore",
     "EtcdNotFoundError",
+    "EtcdOptions",
     "EtcdProcess",
     "EventType",
     "GetOp",

@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import aetcd
@@ -28,6 +26,7 @@ from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
 from ._embedded import check_txn
+from ._etcd_config import EtcdAddress, EtcdOptions
 from ._interface import (
     Compare,
     ControlStore,
@@ -45,14 +44,12 @@ from ._interface import (
     WatchEvent,
 )
 
-__all__ = ["EtcdAddress", "EtcdControlStore"]
+__all__ = ["EtcdAddress", "EtcdControlStore", "EtcdOptions"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_PORT: Final = 2379
-DEFAULT_NAMESPACE: Final = "default"
 _PAGE: Final = 1000  # keys per range request: stay under the 4 MiB receive limit
 _CHANNEL_OPTIONS: Final = {
     # ETCD.md gotcha 4: the default backoff reaches ~6.5 s after an outage
@@ -92,28 +89,50 @@ _RESULTS: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class EtcdAddress:
-    """A parsed ``etcd://host[:port][/NAME]`` address."""
+class _Client(aetcd.Client):
+    """aetcd's client on one gRPC target (several endpoints), optionally over TLS.
 
-    host: str
-    port: int
-    namespace: str
+    Only the channel, the login and the stubs the store uses are set up here.
+    """
 
-    @classmethod
-    def parse(cls, address: str) -> EtcdAddress:
-        """Raises ValueError for anything but ``etcd://host[:port][/NAME]``."""
-        parts = urllib.parse.urlsplit(address)
-        if parts.scheme != "etcd" or not parts.hostname:
-            raise ValueError(f"expected etcd://host[:port][/NAME], got {address!r}")
-        name = parts.path.strip("/") or DEFAULT_NAMESPACE
-        if "/" in name:
-            raise ValueError(f"an etcd namespace is one path segment, got {name!r}")
-        return cls(parts.hostname, parts.port or DEFAULT_PORT, name)
+    def __init__(self, target: str, opts: EtcdOptions, options: dict[str, Any]) -> None:
+        super().__init__(username=opts.user, password=opts.password, options=options)
+        self._target = target
+        self._opts = opts
 
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"etcd://{host}:{self.port}/{self.namespace}"
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        opts = self._opts
+        if opts.ca is not None:
+            files = (_read(opts.ca), _read(opts.key), _read(opts.cert))
+            creds = grpc.ssl_channel_credentials(*files)
+            channel = grpc.aio.secure_channel(self._target, creds, self._options.items())
+        else:
+            channel = grpc.aio.insecure_channel(self._target, self._options.items())
+        if opts.user is not None and opts.password is not None:
+            request = rpc.AuthenticateRequest(name=opts.user, password=opts.password)
+            try:
+                reply = await rpc.AuthStub(channel).Authenticate(request, timeout=5.0)
+            except grpc.aio.AioRpcError as exc:
+                await channel.close()
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise ControlStoreError(
+                        f"etcd at {self._target} refused user {opts.user!r}: {exc.details()}"
+                    ) from exc
+                raise _map_error(exc, self._target) from exc
+            self.metadata = (("token", reply.token),)
+        self.channel = channel
+        self.kvstub = rpc.KVStub(channel)
+        self.leasestub = rpc.LeaseStub(channel)
+        self._connected.set()
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _map_error(exc: grpc.aio.AioRpcError, where: object) -> Exception:
@@ -122,6 +141,11 @@ def _map_error(exc: grpc.aio.AioRpcError, where: object) -> Exception:
         return ControlStoreUnavailableError(f"etcd at {where} is unreachable: {details}")
     if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
         return LeaseExpiredError(details)
+    if "user name is empty" in details or code == grpc.StatusCode.PERMISSION_DENIED:
+        return ControlStoreError(
+            f"etcd at {where} refused the request ({details}): it needs a user and password "
+            f"with access to this cluster's keys (--etcd-user/--etcd-password)"
+        )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ValueError(details)
     if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
@@ -143,31 +167,37 @@ class EtcdControlStore(ControlStore):
     answers.
 
     Args:
-        address: ``etcd://host[:port][/NAME]``; NAME defaults to ``default``.
+        address: ``etcd://host[:port][,host[:port]...][/NAME]``; NAME defaults
+            to ``default``; with several IP endpoints gRPC fails over between them.
         call_timeout: seconds before a call fails with ControlStoreUnavailableError.
+        options: etcd user/password and TLS files (:class:`EtcdOptions`).
 
     Raises:
         ValueError: a malformed address.
     """
 
-    def __init__(self, address: str, *, call_timeout: float = 5.0) -> None:
+    def __init__(
+        self, address: str, *, call_timeout: float = 5.0, options: EtcdOptions | None = None
+    ) -> None:
         self.address = EtcdAddress.parse(address)
         self._ns = self.address.namespace.encode() + b"/"
-        host = f"[{self.address.host}]" if ":" in self.address.host else self.address.host
-        self._client = aetcd.Client(host, self.address.port, options=dict(_CHANNEL_OPTIONS))
+        target = self.address.grpc_target()
+        self._client = _Client(target, options or EtcdOptions(), dict(_CHANNEL_OPTIONS))
         self._call_timeout = call_timeout
         self._watches: set[_EtcdWatch] = set()
         self._closing = False
         self._closed = False
 
     @classmethod
-    async def connect(cls, address: str, *, call_timeout: float = 5.0) -> EtcdControlStore:
+    async def connect(
+        cls, address: str, *, call_timeout: float = 5.0, options: EtcdOptions | None = None
+    ) -> EtcdControlStore:
         """Open a store and check that etcd answers.
 
         Raises:
             ControlStoreUnavailableError: etcd did not answer within ``call_timeout``.
         """
-        return await cls(address, call_timeout=call_timeout).__aenter__()
+        return await cls(address, call_timeout=call_timeout, options=options).__aenter__()
 
     async def __aenter__(self) -> EtcdControlStore:
         """Check that etcd answers; closes the store and raises if it does not."""
@@ -384,7 +414,7 @@ class EtcdControlStore(ControlStore):
         try:
             request = rpc.RangeRequest(key=self._ns, count_only=True)
             await self._invoke(self._client.kvstub.Range, request, deadline_s=_SETTLE_TIMEOUT)
-        except ControlStoreError as exc:
+        except (ControlStoreError, ValueError) as exc:  # unreachable, or refused
             logger.debug("etcd did not answer while closing: %s", exc)
 
 

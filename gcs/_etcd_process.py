@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -57,6 +58,10 @@ class EtcdProcess:
         base_dir: where the data directory is made.
         fast_leases: shorten raft's heartbeat (50 ms) so etcd accepts 1 s
             lease TTLs; with etcd's defaults the minimum TTL is 2 s.
+        extra_hosts: further addresses to serve clients on (the same port),
+            e.g. a test bridge's address that network namespaces reach.
+        tls: ``(cert, key, ca)`` files: serve clients over TLS and require
+            client certificates signed by ``ca`` (etcd's ``--client-cert-auth``).
 
     Raises:
         EtcdNotFoundError: no etcd binary.
@@ -71,6 +76,8 @@ class EtcdProcess:
         stop_timeout: float = 5.0,
         base_dir: str = "/dev/shm",
         fast_leases: bool = True,
+        extra_hosts: tuple[str, ...] = (),
+        tls: tuple[str, str, str] | None = None,
     ) -> None:
         found = binary or shutil.which("etcd")
         if found is None:
@@ -81,6 +88,8 @@ class EtcdProcess:
         self.stop_timeout = stop_timeout
         self._base_dir = base_dir
         self._fast_leases = fast_leases
+        self._extra_hosts = tuple(extra_hosts)
+        self._tls = tls
         self._dir: Path | None = None
         self._client_port = 0
         self._peer_port = 0
@@ -89,16 +98,24 @@ class EtcdProcess:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self._client_port}"
+        return f"{self._scheme}://127.0.0.1:{self._client_port}"
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self._tls else "http"
 
     @property
     def address(self) -> str:
         """``etcd://127.0.0.1:PORT/<namespace>``."""
         return self.address_for(self.namespace)
 
-    def address_for(self, namespace: str) -> str:
-        """The address of this server with another namespace."""
-        return f"etcd://127.0.0.1:{self._client_port}/{namespace}"
+    def address_for(self, namespace: str, host: str = "127.0.0.1") -> str:
+        """The address of this server with another namespace (and host)."""
+        return f"etcd://{host}:{self._client_port}/{namespace}"
+
+    @property
+    def port(self) -> int:
+        return self._client_port
 
     @property
     def data_dir(self) -> Path | None:
@@ -140,7 +157,12 @@ class EtcdProcess:
             self.binary,
             "--name", "t1",
             "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.client_url,
+            "--listen-client-urls", ",".join(
+                [
+                    self.client_url,
+                    *(f"{self._scheme}://{h}:{self._client_port}" for h in self._extra_hosts),
+                ]
+            ),
             "--advertise-client-urls", self.client_url,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
@@ -150,6 +172,10 @@ class EtcdProcess:
         ]  # fmt: skip
         if self._fast_leases:
             cmd += ["--heartbeat-interval", "50", "--election-timeout", "500"]
+        if self._tls:
+            cert, key, ca = self._tls
+            cmd += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca]
+            cmd += ["--client-cert-auth"]
         return cmd
 
     def _wait_healthy(self) -> None:
@@ -168,8 +194,14 @@ class EtcdProcess:
             time.sleep(_POLL_S)  # polling a condition under a deadline
 
     def _healthy(self) -> bool:
+        context = None
+        if self._tls:
+            cert, key, ca = self._tls
+            context = ssl.create_default_context(cafile=ca)
+            context.load_cert_chain(cert, key)
         try:
-            with urllib.request.urlopen(self.client_url + "/health", timeout=1.0) as response:
+            url = self.client_url + "/health"
+            with urllib.request.urlopen(url, timeout=1.0, context=context) as response:
                 return bool(json.loads(response.read()).get("health") == "true")
         except (OSError, ValueError):
             return False  # not listening yet, or an answer that is not JSON yet

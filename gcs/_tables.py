@@ -32,7 +32,8 @@ class ActorRecord:
     """What the cluster knows about one actor.
 
     ``epoch`` counts restarts; ``address`` and ``owner`` are the msgpack-able
-    forms of their addresses (lists), or None when unknown.
+    forms of their addresses (lists), or None when unknown. ``handle`` is what
+    a process needs to make a handle to it (methods, retries, owner address).
     """
 
     actor_id: bytes
@@ -46,6 +47,7 @@ class ActorRecord:
     detached: bool
     class_name: str
     death_cause: str | None = None
+    handle: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

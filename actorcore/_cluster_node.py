@@ -1,0 +1,257 @@
+"""A node daemon in a cluster: membership plus cluster-wide answers.
+
+:func:`join_cluster` gives a :class:`NodeDaemon` its cluster part: control
+state in etcd (so names are claimed once across the cluster and actor
+records are seen by every node), a :class:`~actorcore._membership.Membership`,
+and wrappers of four handlers that answer for the whole cluster when the
+local node alone cannot:
+
+* ``CLUSTER_INFO``: ``nodes``/``total`` from the peer table, ``available``
+  summed over the peer daemons' load reports (``LOAD_REPORT``, pushed node to
+  node when a node's availability changes; ``*_local`` asks this node alone);
+* ``GET_NAMED_ACTOR``: an actor named on another node, from its record;
+* ``WAIT_ACTOR``: where an actor hosted by another node is (callers then talk
+  to its worker directly), waiting on its record's watch until it is ALIVE;
+* ``KILL_ACTOR``: forwarded to the node hosting the actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from actorcore.gcs import ActorRecord, ActorTable, ControlStore, NameRegistry, PutOp
+
+from . import _protocol as P
+from ._membership import Membership
+from ._peers import ClusterSpec, node_record
+from ._rpc import DEFERRED, RpcPeer, next_rid
+
+__all__ = ["ClusterNode", "join_cluster"]
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 100  # actor records per etcd transaction (etcd allows 128 operations)
+Handler = Callable[[RpcPeer, Any, list[bytes]], Any]
+
+
+def join_cluster(daemon: Any, cluster: dict[str, Any] | None) -> ClusterNode | None:
+    """Give ``daemon`` its cluster part (None: a single machine, nothing changes).
+
+    Replaces the daemon's ``control``, ``actor_table`` and ``names`` with
+    etcd-backed ones; call it at the end of the daemon's constructor.
+    """
+    if not cluster:
+        return None
+    node = ClusterNode(daemon, ClusterSpec.from_dict(cluster))
+    daemon.control = node.store
+    daemon.actor_table = node.actor_table
+    daemon.names = node.names
+    return node
+
+
+class BatchedActorTable(ActorTable):
+    """Actor records written to etcd in batches (one transaction per loop turn),
+    each carrying what a process on another node needs to make a handle."""
+
+    def __init__(self, store: ControlStore, daemon: Any) -> None:
+        super().__init__(store)
+        self._daemon = daemon
+        self._pending: dict[bytes, tuple[ActorRecord, asyncio.Future[int]]] = {}
+        self._writer: asyncio.Task[None] | None = None
+
+    async def put(self, record: ActorRecord) -> int:
+        info = self._daemon.actors.actors.get(record.actor_id)
+        if info is not None and record.handle is None:
+            spec = info.spec
+            handle = {
+                "methods": spec.get("methods", {}),
+                "max_task_retries": spec.get("max_task_retries", 0),
+                "owner": list(spec.get("owner_address") or []),
+            }
+            record = dataclasses.replace(record, handle=handle)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        old = self._pending.get(record.actor_id)
+        self._pending[record.actor_id] = (record, fut)
+        if old is not None:  # a newer record replaces one not yet written
+            fut.add_done_callback(functools.partial(_copy, dst=old[1]))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+        return await fut
+
+    async def _write(self) -> None:
+        while self._pending:
+            keys = list(self._pending)[:_BATCH]
+            batch = [self._pending.pop(k) for k in keys]
+            ops = [PutOp(self.key(r.actor_id), r.to_bytes()) for r, _ in batch]
+            try:
+                result = await self.store.txn([], ops)
+            except Exception as e:  # every waiter learns it
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(result.revision)
+
+
+def _copy(src: asyncio.Future[int], dst: asyncio.Future[int]) -> None:
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.cancel()
+    elif src.exception() is not None:
+        dst.set_exception(src.exception())  # type: ignore[arg-type]
+    else:
+        dst.set_result(src.result())
+
+
+def _where(rec: ActorRecord, min_epoch: int) -> list[Any] | None:
+    if rec.state == "DEAD":
+        return ["DEAD", None, rec.epoch, rec.death_cause]
+    if rec.state == "ALIVE" and rec.epoch >= min_epoch and rec.address:
+        return ["ALIVE", rec.address, rec.epoch, None]
+    return None
+
+
+class ClusterNode:
+    """The cluster part of one node daemon."""
+
+    def __init__(self, daemon: Any, spec: ClusterSpec) -> None:
+        self.daemon = daemon
+        self.node_id: bytes = daemon.node_id
+        record = node_record(daemon.node_id, spec, int(daemon.address[1]), daemon.total)
+        limits = (daemon.config.max_header_bytes, daemon.config.max_frame_bytes)
+        self.membership = Membership(
+            spec,
+            daemon.node_id,
+            record,
+            daemon.token,
+            limits,
+            local_load=lambda: dict(daemon.sched.available),
+        )
+        self.store = self.membership.store
+        self.actor_table = BatchedActorTable(self.store, daemon)
+        self.names = NameRegistry(self.store)
+        self._orig: dict[int, Handler] = {}
+
+    async def start(self, handlers: dict[int, Handler]) -> None:
+        """Answer for the cluster through ``handlers`` (changed in place), then join."""
+        for tag, fn in (
+            (P.Tag.CLUSTER_INFO, self.on_cluster_info),
+            (P.Tag.GET_NAMED_ACTOR, self.on_get_named_actor),
+            (P.Tag.WAIT_ACTOR, self.on_wait_actor),
+            (P.Tag.KILL_ACTOR, self.on_kill_actor),
+        ):
+            self._orig[int(tag)] = handlers[int(tag)]
+            handlers[int(tag)] = fn
+        handlers[int(P.Tag.LOAD_REPORT)] = self.on_load_report
+        transfer = getattr(self.daemon, "transfer", None)
+        if transfer is not None and transfer.listener is not None:
+            # where peers pull objects from this node (data connections)
+            self.membership.record["transfer_address"] = list(transfer.address)
+        await self.membership.start()
+
+    async def leave(self) -> None:
+        try:
+            await self.membership.leave()
+        except Exception:  # the daemon's close goes on whatever happens here
+            logger.exception("leaving the cluster failed")
+
+    def _local(self, tag: P.Tag, peer: RpcPeer, msg: Any, b: list[bytes]) -> Any:
+        return self._orig[int(tag)](peer, msg, b)
+
+    # --- cluster information ------------------------------------------------------------
+
+    def on_cluster_info(self, peer: RpcPeer, msg: P.ClusterInfoMsg, b: list[bytes]) -> Any:
+        what = msg.what
+        if what.endswith("_local"):
+            return self._local(P.Tag.CLUSTER_INFO, peer, msg._replace(what=what[:-6]), b)
+        if what == "nodes":
+            return self.membership.table.nodes()
+        if what == "total":
+            return self.membership.table.total()
+        if what == "available":
+            local = self._local(P.Tag.CLUSTER_INFO, peer, msg, b)
+            return self.membership.available(local)
+        return self._local(P.Tag.CLUSTER_INFO, peer, msg, b)
+
+    def on_load_report(self, peer: RpcPeer, msg: P.LoadReportMsg, b: list[bytes]) -> Any:
+        assert peer.conn is not None
+        self.membership.on_load_report(peer.conn.peer_id, msg)
+        return DEFERRED
+
+    # --- actors on other nodes ----------------------------------------------------------
+
+    async def on_get_named_actor(
+        self, peer: RpcPeer, msg: P.GetNamedActorMsg, b: list[bytes]
+    ) -> Any:
+        try:
+            return await self._local(P.Tag.GET_NAMED_ACTOR, peer, msg, b)
+        except ValueError:
+            actor_id = await self.names.lookup(msg.namespace or "default", msg.name)
+            rec = await self.actor_table.get(actor_id) if actor_id else None
+            if rec is None or rec.state == "DEAD" or rec.handle is None or self._node_dead(rec):
+                raise
+            return {"actor_id": rec.actor_id, "class_name": rec.class_name, **rec.handle}
+
+    def on_wait_actor(self, peer: RpcPeer, msg: P.WaitActorMsg, b: list[bytes]) -> Any:
+        if msg.actor_id in self.daemon.actors.actors:
+            return self._local(P.Tag.WAIT_ACTOR, peer, msg, b)
+        return self._wait_remote(peer, msg, b)
+
+    async def _wait_remote(self, peer: RpcPeer, msg: P.WaitActorMsg, b: list[bytes]) -> Any:
+        key = self.actor_table.key(msg.actor_id)
+        kv = await self.store.get(key)
+        rec = None if kv is None else ActorRecord.from_bytes(kv.value)
+        if kv is None or rec is None or rec.node_id == self.node_id:
+            # not known anywhere (yet), or ours: the local path waits for its creation
+            result = self._local(P.Tag.WAIT_ACTOR, peer, msg, b)
+            return await result if asyncio.iscoroutine(result) else result
+        answer = _where(rec, msg.min_epoch) or self._node_dead(rec)
+        if answer is not None:
+            return answer
+        gone = self.membership.when_gone(rec.node_id)
+        try:
+            async with self.store.watch_prefix(key, start_revision=kv.mod_revision + 1) as watch:
+                events = aiter(watch)
+                while True:
+                    nxt = asyncio.ensure_future(anext(events))
+                    await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+                    if gone.done():
+                        nxt.cancel()
+                        return self._node_dead(rec)
+                    try:
+                        event = nxt.result()
+                    except StopAsyncIteration:
+                        return DEFERRED  # the node is closing
+                    if event.kv is None:
+                        return ["DEAD", None, rec.epoch, "its record was removed"]
+                    answer = _where(ActorRecord.from_bytes(event.kv.value), msg.min_epoch)
+                    if answer is not None:
+                        return answer
+        finally:
+            gone.cancel()
+
+    def _node_dead(self, rec: ActorRecord) -> list[Any] | None:
+        """The answer for an actor whose node is gone (None while it lives)."""
+        if rec.node_id in self.membership.table.live:
+            return None
+        return ["DEAD", None, rec.epoch, f"its node {rec.node_id.hex()} died"]
+
+    def on_kill_actor(self, peer: RpcPeer, msg: P.KillActorMsg, b: list[bytes]) -> Any:
+        if msg.actor_id in self.daemon.actors.actors:
+            return self._local(P.Tag.KILL_ACTOR, peer, msg, b)
+        return self._kill_remote(peer, msg, b)
+
+    async def _kill_remote(self, peer: RpcPeer, msg: P.KillActorMsg, b: list[bytes]) -> Any:
+        rec = await self.actor_table.get(msg.actor_id)
+        if rec is None or rec.node_id == self.node_id:
+            return self._local(P.Tag.KILL_ACTOR, peer, msg, b)
+        forward = P.KillActorMsg(next_rid(), msg.actor_id, msg.no_restart)
+        return await self.membership.call_node(rec.node_id, forward)

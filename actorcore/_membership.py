@@ -1,0 +1,331 @@
+"""Cluster membership: a node registers in etcd, keeps its lease, and watches its peers.
+
+Keys (under the cluster's etcd namespace NAME):
+
+* ``/nodes/<id>``: the node's record, attached to its lease: present while the
+  node lives; gone (a watch DELETE) when it leaves or its lease expires;
+* ``/members/<id>``: the same record without a lease, kept after death, so a
+  node that joins later still lists dead nodes (``Alive: False``);
+* ``/token``: the cluster token (see :func:`actorcore._peers.cluster_token`).
+
+:class:`~actorcore._peers.PeerTable` is the sans-IO view (records in, joins
+and leaves out); :class:`Membership` is the service the node daemon composes: it registers,
+refreshes the lease every TTL/3 (re-registering when etcd reports it lost),
+watches ``/nodes/`` from the revision it loaded + 1 (the etcd watch resumes
+from its last revision after an outage; a compacted revision resyncs), and
+talks to peer daemons directly for what etcd must not carry (load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from actorcore.gcs import ControlStoreError, EtcdControlStore, PutOp, RevisionCompactedError
+
+from . import _protocol as P
+from ._peers import MEMBERS, NODES, ClusterSpec, Joined, Left, PeerTable
+from ._rpc import RpcPeer, Service, next_rid
+from ._transport import open_connection
+
+__all__ = ["Membership"]
+
+logger = logging.getLogger(__name__)
+
+PEER_CALL_TIMEOUT_S = 5.0
+LOAD_PERIOD_S = 0.1
+_RETRY_S = 0.5  # pacing of retries after etcd errors, not synchronization
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+class _Links(Service):
+    """Outgoing connections to peer daemons (answers nothing itself)."""
+
+    def __init__(self, on_closed: Callable[[RpcPeer], None]) -> None:
+        super().__init__()
+        self._on_closed = on_closed
+
+    def on_peer_closed(self, peer: RpcPeer, exc: BaseException) -> None:
+        self._on_closed(peer)
+
+
+class Membership:
+    """A node's place in its cluster: registration, lease, peer watch, peer calls.
+
+    Args:
+        spec: the cluster and this node's address in it.
+        node_id: this node.
+        record: what peers learn of this node (address, port, pid, resources...).
+        token: the cluster token (peer daemons prove it too).
+        limits: (max header bytes, max frame bytes) for peer connections.
+        local_load: this node's available resources now; sent to every peer
+            daemon when it changes (checked every ``LOAD_PERIOD_S``).
+        on_change: called with the joins and leaves of every update.
+    """
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        node_id: bytes,
+        record: dict[str, Any],
+        token: bytes,
+        limits: tuple[int, int],
+        local_load: Callable[[], dict[str, float]] | None = None,
+        on_change: Callable[[list[Joined | Left]], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.node_id = node_id
+        self.record = record
+        self.store = EtcdControlStore(spec.address, options=spec.etcd)
+        self.table = PeerTable()
+        self.lease = 0
+        self._token = token
+        self._limits = limits
+        self._on_change = on_change
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._links = _Links(self._link_closed)
+        self._peers: dict[bytes, RpcPeer] = {}
+        self._local_load = local_load
+        self.loads: dict[bytes, dict[str, float]] = {}  # peers' reports
+        self._sent: dict[bytes, dict[str, float]] = {}  # what each peer last got from us
+        self._gone_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._connecting: dict[bytes, asyncio.Future[RpcPeer]] = {}
+        self._registering = asyncio.Lock()  # the keepalive and the watch may both re-register
+        self._leaving = False
+
+    # --- life ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register and start watching; returns once this node is in etcd.
+
+        Raises:
+            ControlStoreUnavailableError: etcd does not answer.
+        """
+        await self.store.ping()
+        await self._register()
+        revision = await self._load()
+        self._own(self._watch(revision + 1), "watch")
+        self._own(self._keepalive(), "keepalive")
+        if self._local_load is not None:
+            self._own(self._report_load(), "load")
+        logger.info("node %s joined cluster %s", self.node_id.hex(), self.spec.address)
+
+    async def leave(self) -> None:
+        """Leave the cluster now: peers see this node's DELETE at once."""
+        self._leaving = True  # from here on nothing registers again
+        try:
+            await asyncio.wait_for(self.store.revoke_lease(self.lease), 5.0)
+            logger.info("node %s left cluster %s", self.node_id.hex(), self.spec.address)
+        except (ControlStoreError, TimeoutError) as e:
+            logger.warning(
+                "could not leave the cluster cleanly (peers see it after the TTL): %s", e
+            )
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for peer in list(self._peers.values()):
+            if peer.conn is not None:
+                peer.conn.close()
+        self._peers.clear()
+
+    def _own(self, coro: Any, what: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"membership-{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("membership task failed", exc_info=task.exception())
+
+    # --- etcd ------------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        async with self._registering:
+            if self._leaving:
+                return
+            lease = await self.store.grant_lease(self.spec.ttl_s)
+            value = bytes(msgpack.packb(self.record, use_bin_type=True))
+            key = self.node_id.hex().encode()
+            ops = [PutOp(MEMBERS + key, value), PutOp(NODES + key, value, lease)]
+            await self.store.txn([], ops)
+            self.lease = lease
+
+    async def _load(self) -> int:
+        members, _ = await self.store.get_prefix(MEMBERS)
+        nodes, revision = await self.store.get_prefix(NODES)
+        self._changed(self.table.load(members, nodes))
+        return revision
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.ttl_s / 3)  # the lease's refresh period
+            try:
+                lease = self.lease
+                ttl = await self.store.refresh_lease(lease)
+                if (
+                    ttl <= 0 and lease == self.lease and not self._leaving
+                ):  # (the watch may have re-registered)
+                    logger.error(
+                        "this node's registration was lost (lease expired): registering again"
+                    )
+                    await self._register()
+            except ControlStoreError as e:
+                logger.warning("could not refresh this node's lease: %s", e)
+
+    async def _watch(self, revision: int) -> None:
+        while not self._leaving:
+            try:
+                async with self.store.watch_prefix(NODES, start_revision=revision) as watch:
+                    async for event in watch:
+                        revision = event.revision + 1
+                        self._changed(self.table.handle(event))
+                return
+            except RevisionCompactedError:
+                logger.warning("membership watch fell behind a compaction: reloading")
+                revision = await self._load() + 1
+            except ControlStoreError as e:
+                logger.warning("membership watch failed (%s): watching again", e)
+                await asyncio.sleep(_RETRY_S)
+
+    def _changed(self, changes: list[Joined | Left]) -> None:
+        for ch in changes:
+            if isinstance(ch, Joined):
+                logger.info(
+                    "node %s joined at %s:%s",
+                    ch.node_id.hex(),
+                    ch.record["address"],
+                    ch.record["port"],
+                )
+            else:
+                logger.info("node %s left the cluster", ch.node_id.hex())
+                self.loads.pop(ch.node_id, None)
+                self._sent.pop(ch.node_id, None)
+                for fut in self._gone_waiters.pop(ch.node_id, []):
+                    if not fut.done():
+                        fut.set_result(None)
+                peer = self._peers.pop(ch.node_id, None)
+                if peer is not None and peer.conn is not None:
+                    peer.conn.close()
+                if ch.node_id == self.node_id and not self._leaving:
+                    logger.error("this node's key vanished: registering again")
+                    self._own(self._register(), "register")
+        if changes and self._on_change is not None:
+            self._on_change(changes)
+
+    def when_gone(self, node_id: bytes) -> asyncio.Future[None]:
+        """A future resolved when ``node_id`` is no longer a live node (at once if it is not)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if node_id not in self.table.live:
+            fut.set_result(None)
+        else:
+            waiters = self._gone_waiters.setdefault(node_id, [])
+            waiters[:] = [f for f in waiters if not f.done()]
+            waiters.append(fut)
+        return fut
+
+    # --- peers ---------------------------------------------------------------------------
+
+    async def call_node(self, node_id: bytes, msg: Any) -> Any:
+        """Ask the daemon of ``node_id`` (a live peer); returns the reply's value.
+
+        Raises:
+            LookupError: no such live node.
+            ConnectionError, TimeoutError: it could not be reached.
+        """
+        peer = await self._link(node_id)
+        return await asyncio.wait_for(peer.call(msg), PEER_CALL_TIMEOUT_S)
+
+    async def _link(self, node_id: bytes) -> RpcPeer:
+        """The open link to ``node_id``'s daemon; one connection attempt at a time."""
+        peer = self._peers.get(node_id)
+        if peer is not None and peer.conn is not None and not peer.conn.closed:
+            return peer
+        pending = self._connecting.get(node_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._connect(node_id))
+            self._connecting[node_id] = pending
+            pending.add_done_callback(functools.partial(self._connected, node_id))
+        return await asyncio.shield(pending)
+
+    def _connected(self, node_id: bytes, fut: asyncio.Future[RpcPeer]) -> None:
+        self._connecting.pop(node_id, None)
+        if not fut.cancelled():
+            fut.exception()  # retrieved here: a waiter may have gone
+
+    async def _connect(self, node_id: bytes) -> RpcPeer:
+        record = self.table.live.get(node_id)
+        if record is None:
+            raise LookupError(f"node {node_id.hex()} is not a live node of this cluster")
+        peer = RpcPeer(self._links, {})
+        conn = await asyncio.wait_for(
+            open_connection(
+                asyncio.get_running_loop(),
+                (record["address"], int(record["port"])),
+                peer,
+                token=self._token,
+                role="daemon",
+                my_id=self.node_id,
+                max_header_bytes=self._limits[0],
+                max_frame_bytes=self._limits[1],
+            ),
+            PEER_CALL_TIMEOUT_S,
+        )
+        peer.conn = conn
+        self._peers[node_id] = peer
+        return peer
+
+    async def available(self, local: dict[str, float]) -> dict[str, float]:
+        """The live nodes' available resources, summed: this node's ``local`` plus
+        each peer's last load report (node to node, never through etcd); a peer
+        that has not reported yet is asked directly."""
+        others = [n for n in self.table.live if n != self.node_id]
+        missing = [n for n in others if n not in self.loads]
+        replies = await asyncio.gather(
+            *(self.call_node(n, P.ClusterInfoMsg(next_rid(), "available_local")) for n in missing),
+            return_exceptions=True,
+        )
+        asked = dict(zip(missing, replies, strict=True))
+        out = dict(local)
+        for node_id in others:
+            reply = self.loads.get(node_id, asked.get(node_id))
+            if isinstance(reply, BaseException) or reply is None:
+                logger.info("node %s did not report its load: %s", node_id.hex(), reply)
+                continue
+            for k, v in dict(reply).items():
+                out[k] = out.get(k, 0.0) + float(v)
+        return out
+
+    def on_load_report(self, peer_id: bytes, msg: P.LoadReportMsg) -> None:
+        """A peer daemon's load report (only a node may report for itself)."""
+        if msg.node_id != peer_id or msg.node_id not in self.table.live:
+            return
+        self.loads[msg.node_id] = {str(k): float(v) for k, v in dict(msg.available).items()}
+
+    async def _report_load(self) -> None:
+        assert self._local_load is not None
+        while True:
+            await asyncio.sleep(LOAD_PERIOD_S)  # the report's pacing: at most one per period
+            now = self._local_load()
+            for node_id in [n for n in self.table.live if n != self.node_id]:
+                if self._sent.get(node_id) == now:
+                    continue
+                try:
+                    peer = await self._link(node_id)
+                    peer.send(P.LoadReportMsg(self.node_id, now))
+                    self._sent[node_id] = now
+                except (OSError, ConnectionError, TimeoutError, LookupError) as e:
+                    logger.debug("load report to %s failed: %s", node_id.hex(), e)
+
+    def _link_closed(self, peer: RpcPeer) -> None:
+        for node_id, p in list(self._peers.items()):
+            if p is peer:
+                del self._peers[node_id]
+                self._sent.pop(node_id, None)  # a new link starts with a full report
