@@ -24,7 +24,7 @@ from ..errors import ActorDiedError
 from . import _actor_events as E
 from ._actor_state import ActorClient, CallSpec, Creation
 from ._actors import ActorCore
-from ._deps import resolve_deps
+from ._deps import ready_now, resolve_deps
 from ._inbox import Inbox
 
 if TYPE_CHECKING:
@@ -129,6 +129,9 @@ class ActorClients:
                 table.create_owned(oid, address).local = 1
             if prepared.held:
                 table.add_submitted(prepared.held)
+                if prepared.deps and (resolved := ready_now(rt, prepared.deps)) is not None:
+                    spec.resolved = resolved
+                    prepared.deps = []  # nothing to wait for (``held`` keeps them alive)
         if prepared.deps or not self._send_direct(actor_id, spec):
             self.post(E.SubmitActorCall(actor_id, class_name, max_task_retries, spec))
         return [ObjectRef(oid, address, _counted=True) for oid in spec.return_ids]
