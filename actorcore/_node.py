@@ -31,6 +31,7 @@ from . import _protocol as P
 from ._cluster_node import join_cluster
 from ._config import Config
 from ._node_actors import NodeActorsMixin
+from ._obs._observer import NodeObserver, ObservabilityMixin
 from ._pool import WorkerPool
 from ._rpc import DEFERRED, RpcPeer, Service, handles
 from ._store_service import StoreService
@@ -51,7 +52,7 @@ class WorkerRec:
     address: list[Any]
 
 
-class NodeDaemon(NodeActorsMixin, Service):
+class NodeDaemon(NodeActorsMixin, ObservabilityMixin, Service):
     def __init__(
         self,
         *,
@@ -122,6 +123,7 @@ class NodeDaemon(NodeActorsMixin, Service):
             config=TransferConfig.from_config(config),
         )
         self.cluster = join_cluster(self, cluster)  # etcd-backed control state in a cluster
+        self.obs = NodeObserver(self)  # observability hook (actorcore._obs)
 
     # --- life ---------------------------------------------------------------------
 
@@ -155,6 +157,7 @@ class NodeDaemon(NodeActorsMixin, Service):
         self.warm = prestart
         self._run(self.sched.keep_warm(self.warm))
         self.spawn(self._housekeeping())
+        self.obs.start()  # observability hook: /metrics, dashboard, sampler
 
     async def wait_stopped(self) -> None:
         assert self.stopping is not None
@@ -177,6 +180,7 @@ class NodeDaemon(NodeActorsMixin, Service):
             for peer in list(peers):
                 if peer.conn is not None:
                     peer.conn.close()
+        await self.obs.aclose()  # observability hook
         await self.cancel_tasks()
         await self.control.aclose()
 
@@ -375,6 +379,7 @@ class NodeDaemon(NodeActorsMixin, Service):
                     "NodeManagerPort": self.address[1],
                     "Resources": dict(self.total),
                     "Pid": os.getpid(),
+                    **self.obs.node_fields(),  # observability hook: MetricsExportPort
                 }
             ]
         raise ValueError(f"unknown cluster information {msg.what!r}")
@@ -433,6 +438,8 @@ class NodeDaemon(NodeActorsMixin, Service):
     @handles(P.Tag.LOG_BATCH)
     def on_log_batch(self, peer: RpcPeer, msg: P.LogBatchMsg, _b: list[bytes]) -> Any:
         self._broadcast_logs(list(msg.lines))
+        rec = self.workers.get(peer.conn.peer_id) if peer.conn is not None else None
+        self.obs.add_logs(rec.pid if rec is not None else None, msg.lines)  # observability hook
         return DEFERRED
 
     @handles(P.Tag.SHUTDOWN_NODE)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as P
+from .. import _task_events as TE
 from .._args import prepare_args
 from .._ref import ObjectRef
 from .._refcount import ACTOR, ERROR, wake
@@ -122,6 +123,8 @@ class ActorClients:
         rt = self.rt
         prepared = prepare_args(rt, args, kwargs, f"{class_name}.{method}()")
         spec = CallSpec(method, prepared, max_task_retries, num_returns)
+        spec.label = label = f"{class_name}.{method}"
+        TE.pending_actor_call(spec.task_id, label, actor_id, bool(prepared.deps))  # observability
         address = rt.address
         table = rt.table
         with rt.lock:
@@ -291,6 +294,7 @@ class ActorClients:
             wake(waiters, e)
 
     def _call_failed(self, ins: E.CallFailed) -> None:
+        TE.owner_failed(ins.spec.task_id, ins.spec.label, ins.error)  # observability hook
         rt = self.rt
         table = rt.table
         wakes = []

@@ -24,6 +24,7 @@ class CallSpec:
 
     __slots__ = (
         "args",
+        "label",
         "method",
         "peer",
         "resolved",
@@ -36,6 +37,7 @@ class CallSpec:
 
     def __init__(self, method: str, args: PreparedArgs, retries: int, num_returns: int) -> None:
         self.method = method
+        self.label = method  # "Class.method", for task events
         self.args = args
         self.task_id = new_id()
         self.return_ids = [new_id() for _ in range(num_returns)]
