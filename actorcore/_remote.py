@@ -123,7 +123,7 @@ def stream_of(opts: dict[str, Any]) -> int:
 
 def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
     """The shape a scheduling strategy turns ``shape`` into."""
-    from actorcore.scheduler import bundle_shape
+    from actorcore.scheduler import bundle_shape, node_affinity_shape
 
     from .util.scheduling_strategies import (
         NodeAffinitySchedulingStrategy,
@@ -141,7 +141,9 @@ def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
             )
         return bundle_shape(shape, pg.id.hex(), index)
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
-        return shape  # one node: every node affinity that can be met is met here
+        if strategy.soft:
+            return shape  # any node will do when that one cannot take it
+        return node_affinity_shape(shape, strategy.node_id)  # the node checks it exists
     raise ValueError(
         f"unknown scheduling_strategy {strategy!r}: use 'DEFAULT', 'SPREAD', or one of "
         f"actorcore.util.scheduling_strategies"

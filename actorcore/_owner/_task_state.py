@@ -69,6 +69,7 @@ class Lease:
     __slots__ = (
         "idle_since",
         "in_flight",
+        "key",
         "lingering",
         "node_id",
         "paused",
@@ -78,8 +79,11 @@ class Lease:
         "worker_id",
     )
 
-    def __init__(self, worker_id: bytes, peer: Any, node_id: bytes | None, now: float) -> None:
+    def __init__(
+        self, worker_id: bytes, peer: Any, node_id: bytes | None, now: float, key: Any = None
+    ) -> None:
         self.worker_id = worker_id
+        self.key = key  # of the shape it was leased for
         self.peer = peer
         self.node_id = node_id
         self.in_flight: dict[int, TaskSpec] = {}

@@ -215,7 +215,7 @@ class TaskCore:
         if q is None or self.closed:
             self._out.append(E.ReturnLease(ev.worker_id, False, ev.node_id))
             return
-        q.leases.append(Lease(ev.worker_id, ev.peer, ev.node_id, self.now))
+        q.leases.append(Lease(ev.worker_id, ev.peer, ev.node_id, self.now, q.key))
         if not q.pending:
             self._steal_for(q)
         self._pump(q)
@@ -252,8 +252,8 @@ class TaskCore:
     def _on_linger_over(self, ev: E.LingerOver) -> None:
         lease = ev.lease
         lease.lingering = False
-        q = self.queues.get(self._key_of(lease))
-        if q is None or lease.in_flight:
+        q = self.queues.get(lease.key)
+        if q is None or lease not in q.leases or lease.in_flight:
             return  # gone, or busy: it lingers again once idle
         idle = self.now - lease.idle_since
         if idle >= self.linger_s:
@@ -261,12 +261,6 @@ class TaskCore:
         else:  # used since the timer started: wait for the rest of its linger
             lease.lingering = True
             self._out.append(E.StartTimer(self.linger_s - idle, E.LingerOver(lease)))
-
-    def _key_of(self, lease: Lease) -> Any:
-        for key, q in self.queues.items():
-            if lease in q.leases:
-                return key
-        return None
 
     def _drop_lease(self, q: ShapeQueue, lease: Lease) -> None:
         if lease in q.leases:
