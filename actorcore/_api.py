@@ -213,8 +213,8 @@ def wait(
     """
     rt = G.require()
     if _on_loop_thread():
-        return _values.wait_async(rt, refs, num_returns, timeout)
-    return _values.wait(rt, refs, num_returns, timeout)
+        return _values.wait_async(rt, refs, num_returns, timeout, fetch_local)
+    return _values.wait(rt, refs, num_returns, timeout, fetch_local)
 
 
 def as_completed(refs: Sequence[ObjectRef]) -> AsyncIterator[ObjectRef]:

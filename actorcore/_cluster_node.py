@@ -27,6 +27,7 @@ from typing import Any
 from actorcore.gcs import ActorRecord, ActorTable, ControlStore, NameRegistry, PutOp
 
 from . import _protocol as P
+from ._cluster_work import ClusterWork
 from ._membership import Membership
 from ._peers import ClusterSpec, node_record
 from ._rpc import DEFERRED, RpcPeer, next_rid
@@ -139,6 +140,7 @@ class ClusterNode:
         self.actor_table = BatchedActorTable(self.store, daemon)
         self.names = NameRegistry(self.store)
         self._orig: dict[int, Handler] = {}
+        self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees
 
     async def start(self, handlers: dict[int, Handler]) -> None:
         """Answer for the cluster through ``handlers`` (changed in place), then join."""
@@ -151,6 +153,7 @@ class ClusterNode:
             self._orig[int(tag)] = handlers[int(tag)]
             handlers[int(tag)] = fn
         handlers[int(P.Tag.LOAD_REPORT)] = self.on_load_report
+        self.work.install(handlers)
         transfer = getattr(self.daemon, "transfer", None)
         if transfer is not None and transfer.listener is not None:
             # where peers pull objects from this node (data connections)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._args import Dep
+from ._locations import ensure_local
 from ._refcount import ERROR, INLINE, STORE
 from ._serialization import exception_blob, format_exception, loads_payload, serialize
 from .errors import ObjectStoreFullError, SerializationError, TaskError
@@ -50,10 +51,11 @@ current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVa
 
 
 def _arg_value(rt: CoreRuntime, r: list[Any], refs: list[Any]) -> Any:
-    _i, kind, data, oid = r
+    _i, kind, data, oid = r[:4]
     if kind == INLINE:
         value, found = loads_payload(data, "an argument")
     elif kind == STORE:
+        ensure_local(rt, oid, r[4] if len(r) > 4 else None, r[5] if len(r) > 5 else None)
         value, found = rt.store.get(oid, "an argument")
     else:
         raise SerializationError(f"argument {_i} arrived in an unknown form ({kind})")
@@ -75,6 +77,7 @@ def decode_args(
         kwargs: dict[str, Any] = {}
     else:
         if isinstance(payload, list | tuple) and isinstance(payload[0], int):
+            ensure_local(rt, payload[1], payload[2] if len(payload) > 2 else None)
             (args, kwargs), found = rt.store.get(payload[1], "the arguments")
         else:
             (args, kwargs), found = loads_payload(payload, "the arguments")

@@ -29,6 +29,7 @@ from actorcore.store._state import StoreState
 from . import _lifecycle as L
 from . import _protocol as P
 from ._cluster_node import join_cluster
+from ._cluster_work import split_affinity
 from ._config import Config
 from ._node_actors import NodeActorsMixin
 from ._pool import WorkerPool
@@ -281,7 +282,7 @@ class NodeDaemon(NodeActorsMixin, Service):
             self._run(self.sched.return_lease(ins.worker_id, time.monotonic()))
             return
         peer, rid = waiter
-        peer.reply(rid, [ins.worker_id, rec.address])
+        peer.reply(rid, [ins.worker_id, rec.address, self.node_id])
 
     def _send_to(self, process_id: bytes, msg: Any) -> None:
         for peer in self.conns.get(process_id, ()):
@@ -334,6 +335,7 @@ class NodeDaemon(NodeActorsMixin, Service):
     def on_request_lease(self, peer: RpcPeer, msg: P.RequestLeaseMsg, _b: list[bytes]) -> Any:
         assert peer.conn is not None
         shape = R.normalize({str(k): v for k, v in dict(msg.shape).items()})  # may refuse
+        shape = split_affinity(shape)[0]  # a node affinity that reached its node is met
         key = (peer.conn.peer_id, msg.rid)
         self.lease_waiters[key] = (peer, msg.rid)
         self._run(self.sched.request_lease(key, shape, peer.conn.peer_id))

@@ -17,6 +17,7 @@ from actorcore.scheduler import _resources as R
 
 from . import _lifecycle as L
 from . import _protocol as P
+from ._cluster_work import split_affinity
 from ._rpc import DEFERRED, RpcPeer, handles, next_rid
 
 __all__ = ["NodeActorsMixin"]
@@ -144,7 +145,8 @@ class NodeActorsMixin:
     def on_create_actor(self, peer: RpcPeer, msg: P.CreateActorMsg, _b: list[bytes]) -> Any:
         assert peer.conn is not None
         spec = dict(msg.spec)
-        spec["shape"] = R.normalize(dict(spec.get("shape") or {}))  # refuse bad shapes first
+        shape = R.normalize(dict(spec.get("shape") or {}))  # refuse bad shapes first
+        spec["shape"] = split_affinity(shape)[0]
         if spec.get("name"):
             return self._create_named(peer.conn.peer_id, msg, spec)
         return self._create(peer.conn.peer_id, msg, spec)

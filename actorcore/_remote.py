@@ -110,7 +110,10 @@ def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
             )
         return bundle_shape(shape, pg.id.hex(), index)
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
-        return shape  # one node: every node affinity that can be met is met here
+        from ._cluster_work import AFFINITY, AFFINITY_SOFT
+
+        key = (AFFINITY_SOFT if strategy.soft else AFFINITY) + str(strategy.node_id)
+        return {**shape, key: 1.0}  # the daemons send it to that node
     raise ValueError(
         f"unknown scheduling_strategy {strategy!r}: use 'DEFAULT', 'SPREAD', or one of "
         f"actorcore.util.scheduling_strategies"

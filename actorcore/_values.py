@@ -16,6 +16,7 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._locations import ensure_local, holders_of, in_cluster
 from ._ref import ObjectRef
 from ._refcount import FAILED, INLINE, PENDING, STORE, ObjectEntry
 from ._serialization import loads_payload
@@ -53,6 +54,7 @@ def value_of(rt: CoreRuntime, e: ObjectEntry) -> Any:
     if e.kind == INLINE:
         value, refs = loads_payload(e.data, f"object {e.oid.hex()}")
     elif e.kind == STORE:
+        ensure_local(rt, e.oid, holders_of(e), None if e.owned else e.owner)
         value, refs = rt.store.get(e.oid, f"object {e.oid.hex()}")
     else:
         raise ObjectLostError(f"object {e.oid.hex()} has no value here")
@@ -136,8 +138,26 @@ def _check_wait_args(refs: Sequence[Any], num_returns: int) -> list[Any]:
     return list(refs)
 
 
+def _fetch_local(rt: CoreRuntime, ready: list[Any]) -> None:
+    """Copy the ready store objects among ``ready`` to this node (a cluster's ``wait``)."""
+    if not in_cluster(rt):
+        return
+    with rt.lock:
+        todo = [rt.table.entries.get(r.id) for r in ready]
+    for e in todo:
+        if e is not None and e.state != PENDING and e.kind == STORE:
+            try:
+                ensure_local(rt, e.oid, holders_of(e), None if e.owned else e.owner)
+            except ObjectLostError:
+                pass  # get() reports it
+
+
 def wait(
-    rt: CoreRuntime, refs: Sequence[Any], num_returns: int, timeout: float | None
+    rt: CoreRuntime,
+    refs: Sequence[Any],
+    num_returns: int,
+    timeout: float | None,
+    fetch_local: bool = True,
 ) -> tuple[list[Any], list[Any]]:
     refs = _check_wait_args(refs, num_returns)
     if not refs:
@@ -146,13 +166,15 @@ def wait(
         entries = [entry_of(rt, r) for r in refs]
     # fast path: enough are ready already (the common case of a draining loop)
     ready, rest = _partition(refs, entries, num_returns)
-    if len(ready) >= num_returns:
-        return ready, rest
-    try:
-        entries = _wait_entries(rt, refs, num_returns, timeout)
-    except GetTimeoutError:
-        pass
-    return _partition(refs, entries, num_returns)
+    if len(ready) < num_returns:
+        try:
+            entries = _wait_entries(rt, refs, num_returns, timeout)
+        except GetTimeoutError:
+            pass
+        ready, rest = _partition(refs, entries, num_returns)
+    if fetch_local:
+        _fetch_local(rt, ready)
+    return ready, rest
 
 
 # --- coroutines ---------------------------------------------------------------------------
@@ -248,7 +270,11 @@ async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
 
 
 async def wait_async(
-    rt: CoreRuntime, refs: Sequence[Any], num_returns: int, timeout: float | None
+    rt: CoreRuntime,
+    refs: Sequence[Any],
+    num_returns: int,
+    timeout: float | None,
+    fetch_local: bool = True,
 ) -> tuple[list[Any], list[Any]]:
     refs = _check_wait_args(refs, num_returns)
     if not refs:
@@ -259,7 +285,10 @@ async def wait_async(
         await _until_ready(rt, entries, num_returns, timeout)
     except TimeoutError:
         pass
-    return _partition(refs, entries, num_returns)
+    ready, rest = _partition(refs, entries, num_returns)
+    if fetch_local and in_cluster(rt):
+        await asyncio.to_thread(_fetch_local, rt, ready)
+    return ready, rest
 
 
 async def as_completed(rt: CoreRuntime, refs: Sequence[Any]) -> AsyncIterator[Any]:
