@@ -87,6 +87,8 @@ class ClusterWork:
         self.membership = membership
         self.node_id: bytes = daemon.node_id
         self._orig: dict[int, Handler] = {}
+        # owner process -> its (non-detached) actors created on other nodes through us
+        self.forwarded: dict[bytes, dict[bytes, bytes]] = {}
 
     def install(self, handlers: dict[int, Handler]) -> None:
         """Wrap the daemon's handlers in ``handlers`` (changed in place)."""
@@ -143,7 +145,10 @@ class ClusterWork:
         if target is None:
             return self._local(P.Tag.CREATE_ACTOR, peer, msg, b)
         assert peer.conn is not None
-        spec["forwarded_from"] = [self.node_id, peer.conn.peer_id]
+        owner = peer.conn.peer_id
+        spec["forwarded_from"] = [self.node_id, owner]
+        if not spec.get("detached"):
+            self.forwarded.setdefault(owner, {})[msg.actor_id] = target
         return self._forward_create(target, P.CreateActorMsg(next_rid(), msg.actor_id, spec))
 
     async def _create_here(self, peer: RpcPeer, msg: P.CreateActorMsg, b: list[bytes]) -> Any:
@@ -160,6 +165,17 @@ class ClusterWork:
     async def _forward_create(self, target: bytes, msg: P.CreateActorMsg) -> Any:
         logger.info("actor %s goes to node %s", msg.actor_id.hex(), target.hex())
         return await self.membership.call_node(target, msg)
+
+    def owner_gone(self, owner: bytes) -> None:
+        """A process of this node ended: its actors on other nodes end too."""
+        for actor_id, node_id in self.forwarded.pop(owner, {}).items():
+            self.daemon.spawn(self._kill_on(node_id, actor_id))
+
+    async def _kill_on(self, node_id: bytes, actor_id: bytes) -> None:
+        try:
+            await self.membership.call_node(node_id, P.KillActorMsg(next_rid(), actor_id, True))
+        except Exception as e:  # the node may be gone: its actors went with it
+            logger.info("actor %s on node %s not killed: %s", actor_id.hex(), node_id.hex(), e)
 
     # --- objects -------------------------------------------------------------------------
 

@@ -223,6 +223,8 @@ class NodeDaemon(NodeActorsMixin, Service):
             self._run(self.sched.cancel_lease_request(key))
         self._run(self.sched.owner_gone(pid))
         self._run_actor(self.actors.owner_gone(pid))
+        if self.cluster is not None:
+            self.cluster.work.owner_gone(pid)  # its actors created on other nodes
         if self.drivers.pop(pid, None) is not None and pid == self.embedded_driver:
             self.stop("the driver that started this node exited")
 

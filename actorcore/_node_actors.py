@@ -147,9 +147,12 @@ class NodeActorsMixin:
         spec = dict(msg.spec)
         shape = R.normalize(dict(spec.get("shape") or {}))  # refuse bad shapes first
         spec["shape"] = split_affinity(shape)[0]
+        owner = peer.conn.peer_id
+        if spec.get("forwarded_from"):  # [node, owner process]: a peer daemon sent it here
+            owner = bytes(spec["forwarded_from"][1])
         if spec.get("name"):
-            return self._create_named(peer.conn.peer_id, msg, spec)
-        return self._create(peer.conn.peer_id, msg, spec)
+            return self._create_named(owner, msg, spec)
+        return self._create(owner, msg, spec)
 
     async def _create_named(self, owner: bytes, msg: P.CreateActorMsg, spec: dict[str, Any]) -> Any:
         name = spec["name"]

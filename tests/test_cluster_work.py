@@ -198,3 +198,66 @@ def test_cancel_a_task_on_b(cluster):
     ac.cancel(ref, force=True)
     with pytest.raises((ac.errors.TaskCancelledError, ac.errors.WorkerCrashedError)):
         ac.get(ref, timeout=60)
+
+
+@ac.remote
+def total_of(refs: list) -> tuple[int, str]:
+    return sum(int(ac.get(r).nbytes) for r in refs), ac.get_runtime_context().get_node_id()
+
+
+def test_nested_refs_are_pulled_where_they_are_read(cluster):
+    refs = [ac.put(np.zeros(MiB, dtype=np.uint8)) for _ in range(3)]
+    assert ac.get(total_of.options(resources={"onb": 1}).remote(refs), timeout=60) == (
+        3 * MiB,
+        _b(cluster),
+    )
+    # a result made on B, passed on to another task on B and to one on A
+    made = make.options(resources={"onb": 1}).remote(3 * MiB)
+    for opts in ({"resources": {"onb": 1}}, {}):
+        assert ac.get(nbytes_and_sum.options(**opts).remote(made), timeout=60)[0] == 3 * MiB
+
+
+def test_named_actor_on_b_found_from_a(cluster):
+    h = Where.options(name="on-b", resources={"onb": 1}).remote()
+    assert ac.get(ac.get_actor("on-b").node.remote(), timeout=60) == _b(cluster)
+    ac.kill(h)
+
+
+def test_an_actor_on_b_ends_with_its_owner_on_a(cluster):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = f"""
+        import actorcore as ac
+        ac.init(address={cluster.address!r})
+
+        @ac.remote
+        class Held:
+            def ping(self):
+                return 1
+
+        h = Held.options(resources={{"onb": 1}}).remote()
+        assert ac.get(h.ping.remote(), timeout=60) == 1
+        print(h.id.hex(), flush=True)
+        import os
+        os._exit(0)  # no goodbye: the node learns it from the closed connections
+    """
+    env = {**os.environ, "ACTORCORE_ATTACH_NODE": _a(cluster)}
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    actor_id = out.stdout.strip().splitlines()[-1]
+    b = cluster.nodes[1]
+
+    def state() -> str | None:
+        rows = b.ask(P.ListStateMsg(next_rid(), "actors"))
+        return next((r["state"] for r in rows if r["actor_id"] == actor_id), None)
+
+    wait_for(lambda: state() == "DEAD", 30, what="the actor on B ended with its owner")
