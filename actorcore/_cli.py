@@ -9,6 +9,7 @@ actorcore list {actors,workers,objects,nodes}
 actorcore memory
 actorcore logs [--tail N]
 actorcore microbenchmark [FILTER] [--ray-python PATH]
+actorcore serve status
 """
 
 from __future__ import annotations
@@ -232,6 +233,15 @@ def cmd_microbenchmark(args: argparse.Namespace) -> int:
     return bench_main(argv)
 
 
+# --- actorcore serve: implemented in actorcore.serve (imported only when used) ---
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve._cli import main as serve_main
+
+    return serve_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="actorcore", description="actorcore node control")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -268,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("filter", nargs="*")
     p.add_argument("--ray-python")
     p.set_defaults(fn=cmd_microbenchmark)
+    p = sub.add_parser("serve", help="serve applications: `actorcore serve status`")
+    p.add_argument("action", choices=["status"])
+    p.set_defaults(fn=cmd_serve)
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))
