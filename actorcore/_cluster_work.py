@@ -59,6 +59,10 @@ def split_affinity(shape: Mapping[str, float]) -> tuple[dict[str, float], bytes 
     return out, target, soft
 
 
+def _usable(record: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in dict(record.get("resources") or {}).items()}
+
+
 def pick_node(
     shape: Mapping[str, float],
     live: Mapping[bytes, Mapping[str, Any]],
@@ -68,11 +72,7 @@ def pick_node(
     """A live node other than ``exclude`` whose total fits ``shape``; those whose
     last reported availability fits it too come first."""
     want = {k: v for k, v in shape.items() if k not in _IGNORED}
-    feasible = [
-        n
-        for n, rec in live.items()
-        if n != exclude and not R.missing(dict(rec.get("resources") or {}), want)
-    ]
+    feasible = [n for n, rec in live.items() if n != exclude and not R.missing(_usable(rec), want)]
     for n in feasible:
         if n in loads and not R.missing(dict(loads[n]), want):
             return n
@@ -116,14 +116,15 @@ class ClusterWork:
         base, target, soft = split_affinity(R.normalize(dict(shape)))
         live = self.membership.table.live
         if target is not None and target != self.node_id:
-            if target in live:
+            fits = target in live and not R.missing(_usable(live[target]), base)
+            if fits or (target in live and not soft):
                 return target
             if not soft:
                 raise ValueError(
                     f"NodeAffinitySchedulingStrategy(soft=False) names node {target.hex()}, "
                     f"which is not a live node of this cluster"
                 )
-        if target == self.node_id or not R.missing(self.daemon.total, base):
+        if (target == self.node_id and not soft) or not R.missing(self.daemon.total, base):
             return None
         return pick_node(base, live, self.membership.loads, self.node_id)
 

@@ -21,7 +21,7 @@ from .errors import ObjectLostError
 if TYPE_CHECKING:
     from ._runtime import CoreRuntime
 
-__all__ = ["ensure_local", "in_cluster", "holders_of"]
+__all__ = ["ensure_local", "holders_of", "in_cluster"]
 
 
 def in_cluster(rt: CoreRuntime) -> bool:
@@ -54,7 +54,9 @@ def ensure_local(
         return
     reply = rt.store.conn.call(P.PullObjectMsg(next_rid(), oid, hs, b""))
     if reply.TAG == P.Tag.ERROR_REPLY:
-        raise ObjectLostError(f"object {oid.hex()} could not be copied to this node: {reply.message}")
+        raise ObjectLostError(
+            f"object {oid.hex()} could not be copied to this node: {reply.message}"
+        )
     if not reply.value:  # it was here already
         return
     _report(rt, oid, owner)

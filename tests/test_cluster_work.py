@@ -85,9 +85,7 @@ def test_a_task_needing_a_resource_only_b_has_runs_on_b(cluster):
 
 def test_hard_affinity_to_b(cluster):
     strategy = NodeAffinitySchedulingStrategy(_b(cluster), soft=False)
-    assert ac.get(where.options(scheduling_strategy=strategy).remote(), timeout=60) == _b(
-        cluster
-    )
+    assert ac.get(where.options(scheduling_strategy=strategy).remote(), timeout=60) == _b(cluster)
     here = NodeAffinitySchedulingStrategy(_a(cluster), soft=False)
     assert ac.get(where.options(scheduling_strategy=here).remote(), timeout=60) == _a(cluster)
 
@@ -169,9 +167,7 @@ def test_actor_pool_over_two_nodes(cluster):
     pool = ActorPool(actors)
     nodes = list(pool.map(lambda a, v: a.node.remote(), range(8)))
     assert set(nodes) == {_a(cluster), _b(cluster)}
-    assert list(pool.map(lambda a, v: a.twice.remote(v), range(10))) == [
-        2 * i for i in range(10)
-    ]
+    assert list(pool.map(lambda a, v: a.twice.remote(v), range(10))) == [2 * i for i in range(10)]
     for h in actors:
         ac.kill(h)
 
@@ -192,9 +188,7 @@ def sleepy(path: str) -> int:
 
 def test_cancel_a_task_on_b(cluster):
     ref = sleepy.options(resources={"onb": 1}).remote("x")
-    wait_for(
-        lambda: ac.available_resources().get("onb", 4) < 4, 30, what="the task started on B"
-    )
+    wait_for(lambda: ac.available_resources().get("onb", 4) < 4, 30, what="the task started on B")
     ac.cancel(ref, force=True)
     with pytest.raises((ac.errors.TaskCancelledError, ac.errors.WorkerCrashedError)):
         ac.get(ref, timeout=60)
