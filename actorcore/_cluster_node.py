@@ -116,7 +116,7 @@ def _where(rec: ActorRecord, min_epoch: int) -> list[Any] | None:
     if rec.state == "DEAD":
         return ["DEAD", None, rec.epoch, rec.death_cause]
     if rec.state == "ALIVE" and rec.epoch >= min_epoch and rec.address:
-        return ["ALIVE", rec.address, rec.epoch, None]
+        return ["ALIVE", rec.address, rec.epoch, None, rec.node_id]  # (its node: the owner's)
     return None
 
 
