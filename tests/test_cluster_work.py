@@ -255,3 +255,28 @@ def test_an_actor_on_b_ends_with_its_owner_on_a(cluster):
         return next((r["state"] for r in rows if r["actor_id"] == actor_id), None)
 
     wait_for(lambda: state() == "DEAD", 30, what="the actor on B ended with its owner")
+
+
+@ac.remote
+def produce(q, n: int) -> str:
+    for i in range(n):
+        q.put((i, np.full(256 * 1024, i, dtype=np.uint8)))
+    return ac.get_runtime_context().get_node_id()
+
+
+def test_queue_fed_from_b_and_as_completed(cluster):
+    from actorcore.util import Queue
+
+    q = Queue()
+    ref = produce.options(resources={"onb": 1}).remote(q, 5)
+    items = [q.get(timeout=60) for _ in range(5)]
+    assert [i for i, _ in items] == list(range(5))
+    assert all(int(a[0]) == i and a.nbytes == 256 * 1024 for i, a in items)
+    assert ac.get(ref, timeout=60) == _b(cluster)
+
+    refs = [make.options(resources={"onb": 1}).remote(MiB + i) for i in range(4)]
+
+    async def drain() -> list[int]:
+        return [len(await r) async for r in ac.as_completed(refs)]
+
+    assert sorted(asyncio.run(drain())) == [MiB + i for i in range(4)]
