@@ -210,6 +210,15 @@ def wait(
     """Split ``refs`` into ``(ready, not_ready)`` once ``num_returns`` are ready or time is up.
 
     Blocks in a plain script; ``await ac.wait(...)`` on a running loop.
+
+    Args:
+        fetch_local: True (the default): a ref counts as ready once its value
+            can be read on this node (a value on another node is pulled here
+            first). False: as soon as the value exists anywhere.
+
+    Raises:
+        TypeError: ``refs`` is not a list of ObjectRefs, or ``fetch_local`` not a bool.
+        ValueError: a ref given twice, or ``num_returns`` out of range.
     """
     rt = G.require()
     if _on_loop_thread():

@@ -32,8 +32,10 @@ class Config:
     object_store_memory: int = 0  # 0 = 30% of RAM, capped by /dev/shm
     shm_root: str = "/dev/shm"
     spill_dir: str = ""  # "" = <tmp>/actorcore-spill-<session>
-    max_frame_bytes: int = 1 << 31
-    max_header_bytes: int = 64 * MiB
+    # A frame is buffered whole before it is decoded: keep both limits modest.
+    # Large values travel through the object store, never in a frame's header.
+    max_frame_bytes: int = 64 * MiB
+    max_header_bytes: int = 8 * MiB
     loop: str = "uvloop"  # "uvloop" or "asyncio": the runtime's own loops
     prestart_workers: int = -1  # -1 = one per CPU
     lease_linger_s: float = 0.2
@@ -73,6 +75,16 @@ class Config:
             raise ValueError("session_tag may hold only letters, digits, '-' and '_'")
         if self.object_store_memory < 0:
             raise ValueError("object_store_memory must be >= 0")
+        if not 64 * KiB <= self.max_header_bytes <= self.max_frame_bytes <= 1 << 31:
+            raise ValueError(
+                "need 64 KiB <= max_header_bytes <= max_frame_bytes <= 2 GiB, got "
+                f"{self.max_header_bytes} and {self.max_frame_bytes}"
+            )
+        if self.inline_threshold * 4 > self.max_header_bytes:
+            raise ValueError(
+                f"inline_threshold ({self.inline_threshold}) must be at most a quarter of "
+                f"max_header_bytes ({self.max_header_bytes}): inline values travel in headers"
+            )
         if not self.node_ttl_s > 0:
             raise ValueError("node_ttl_s must be > 0")
         if self.transfer_chunk_bytes <= 0 or self.transfer_timeout_s <= 0:
@@ -90,6 +102,8 @@ class Config:
             "log_to_driver": _env("LOG_TO_DRIVER", "1") not in ("0", "false", "no"),
             "lease_linger_s": float(_env("LEASE_LINGER_S", "0.2")),
             "session_tag": _env("SESSION_TAG", ""),
+            "max_header_bytes": int(_env("MAX_HEADER_BYTES", str(8 * MiB))),
+            "max_frame_bytes": int(_env("MAX_FRAME_BYTES", str(64 * MiB))),
             "node_ttl_s": float(_env("NODE_TTL_S", "10")),
             "cluster_token": _env("TOKEN", ""),
             "etcd_user": _env("ETCD_USER", ""),

@@ -8,7 +8,9 @@ large; an exception becomes a TaskError carrying the remote traceback.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import functools
 import os
 import queue
 import threading
@@ -16,10 +18,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._args import Dep
-from ._locations import ensure_local
+from ._locations import arg_sources, ensure_local, ensure_local_async
 from ._refcount import ERROR, INLINE, STORE
 from ._serialization import exception_blob, format_exception, loads_payload, serialize
-from .errors import ObjectStoreFullError, SerializationError, TaskError
+from ._store_client import settle_on
+from .errors import ObjectLostError, ObjectStoreFullError, SerializationError, TaskError
 
 if TYPE_CHECKING:
     from ._runtime import CoreRuntime
@@ -29,8 +32,10 @@ __all__ = [
     "TaskContext",
     "current_task",
     "decode_args",
+    "decode_args_async",
     "encode_error",
     "encode_results",
+    "encode_results_async",
 ]
 
 
@@ -55,7 +60,6 @@ def _arg_value(rt: CoreRuntime, r: list[Any], refs: list[Any]) -> Any:
     if kind == INLINE:
         value, found = loads_payload(data, "an argument")
     elif kind == STORE:
-        ensure_local(rt, oid, r[4] if len(r) > 4 else None, r[5] if len(r) > 5 else None)
         value, found = rt.store.get(oid, "an argument")
     else:
         raise SerializationError(f"argument {_i} arrived in an unknown form ({kind})")
@@ -64,20 +68,23 @@ def _arg_value(rt: CoreRuntime, r: list[Any], refs: list[Any]) -> Any:
 
 
 def decode_args(
-    rt: CoreRuntime, payload: Any, resolved: list[Any]
+    rt: CoreRuntime, payload: Any, resolved: list[Any], *, pulled: bool = False
 ) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
     """Unpickle arguments; returns ``(args, kwargs, registration)``.
 
     ``registration`` is None or an Event to wait on before replying (this
-    worker is registering as borrower of refs it received).
+    worker is registering as borrower of refs it received). Store arguments
+    on other nodes are pulled here first (unless ``pulled``: done already).
     """
+    if not pulled:
+        for oid, holders, owner in arg_sources(payload, resolved):
+            ensure_local(rt, oid, holders, owner)
     refs: list[Any] = []
     if not payload:
         args: tuple[Any, ...] = ()
         kwargs: dict[str, Any] = {}
     else:
         if isinstance(payload, list | tuple) and isinstance(payload[0], int):
-            ensure_local(rt, payload[1], payload[2] if len(payload) > 2 else None)
             (args, kwargs), found = rt.store.get(payload[1], "the arguments")
         else:
             (args, kwargs), found = loads_payload(payload, "the arguments")
@@ -100,10 +107,11 @@ def encode_error(exc: BaseException, where: str) -> list[Any]:
     return [ERROR, exception_blob(err), None]
 
 
-def encode_results(
+def _encode_values(
     rt: CoreRuntime, value: Any, return_ids: list[bytes], owner: list[Any], where: str
-) -> tuple[list[Any], Any]:
-    """Results for a call's return ids, and an Event to wait for (borrows), or None."""
+) -> tuple[list[Any], list[tuple[int, Any]], Any]:
+    """Result rows (None where a value goes to the store), those ``(row, Serialized)``
+    to store, and the Events to wait for (borrows) or None."""
     n = len(return_ids)
     if n == 1:
         values = [value]
@@ -114,10 +122,11 @@ def encode_results(
             values = []
         if len(values) != n:
             err = ValueError(f"{where} declared num_returns={n} but returned {value!r:.60}")
-            return [encode_error(err, where)] * n, None
-    out: list[list[Any]] = []
+            return [encode_error(err, where)] * n, [], None
+    out: list[Any] = []
+    to_store: list[tuple[int, Any]] = []
     waits = []
-    for oid, v in zip(return_ids, values, strict=True):
+    for v in values:
         try:
             ser = serialize(v, f"the return value of {where}")
         except SerializationError as e:
@@ -130,15 +139,79 @@ def encode_results(
             if ev is not None:
                 waits.append(ev)
         if ser.size > rt.config.inline_threshold:
-            try:
-                size = rt.store.put(oid, ser, owner[0])
-            except ObjectStoreFullError as e:
-                out.append([ERROR, exception_blob(e), None])
-                continue
-            out.append([STORE, size, nested])
+            to_store.append((len(out), ser))
+            out.append([STORE, 0, nested])
         else:
             out.append([INLINE, ser.payload(), nested])
-    return out, (waits or None)
+    return out, to_store, (waits or None)
+
+
+def _stored(row: list[Any], result: Any) -> list[Any]:
+    """A result row once its value was stored (size) or failed to be (exception)."""
+    if isinstance(result, BaseException):
+        if not isinstance(result, ObjectStoreFullError | ConnectionError | ObjectLostError):
+            raise result
+        return [ERROR, exception_blob(result), None]
+    return [STORE, result, row[2]]
+
+
+def encode_results(
+    rt: CoreRuntime, value: Any, return_ids: list[bytes], owner: list[Any], where: str
+) -> tuple[list[Any], Any]:
+    """Results for a call's return ids, and an Event to wait for (borrows), or None.
+
+    Large values are written to the store with blocking calls: for threads that
+    may block. A loop thread uses :func:`encode_results_async`.
+    """
+    out, to_store, waits = _encode_values(rt, value, return_ids, owner, where)
+    for i, ser in to_store:
+        try:
+            result: Any = rt.store.put(return_ids[i], ser, owner[0])
+        except ObjectStoreFullError as e:
+            result = e
+        out[i] = _stored(out[i], result)
+    return out, waits
+
+
+async def encode_results_async(
+    rt: CoreRuntime, value: Any, return_ids: list[bytes], owner: list[Any], where: str
+) -> tuple[list[Any], Any]:
+    """:func:`encode_results` for a loop thread: large values are written to the
+    store without waiting on the daemon from this loop."""
+    out, to_store, waits = _encode_values(rt, value, return_ids, owner, where)
+    if to_store:
+        loop = asyncio.get_running_loop()
+        futs = []
+        for i, ser in to_store:
+            fut: asyncio.Future[Any] = loop.create_future()
+            rt.store.put_then(return_ids[i], ser, owner[0], functools.partial(settle_on, loop, fut))
+            futs.append(fut)
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        for (i, _ser), result in zip(to_store, results, strict=True):
+            out[i] = _stored(out[i], result)
+    return out, waits
+
+
+def store_args(payload: Any, resolved: list[Any]) -> list[bytes]:
+    """The object ids of arguments that are read from the store."""
+    oids = [r[3] for r in resolved or () if r[1] == STORE]
+    if payload and isinstance(payload, list | tuple) and isinstance(payload[0], int):
+        oids.append(payload[1])
+    return oids
+
+
+async def decode_args_async(
+    rt: CoreRuntime, payload: Any, resolved: list[Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+    """:func:`decode_args` for a loop thread: store arguments are mapped first
+    without waiting on the daemon from this loop."""
+    oids = store_args(payload, resolved)
+    if oids:
+        await ensure_local_async(rt, arg_sources(payload, resolved))
+    held = await rt.store.open_async(oids) if oids else None
+    out = decode_args(rt, payload, resolved, pulled=True)
+    del held  # the values made from the mappings keep them alive from here
+    return out
 
 
 class ExecPool:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import msgpack
 
-from .errors import ProtocolError
+from .errors import MessageTooLargeError, ProtocolError
 
-__all__ = ["MESSAGES", "PROTOCOL_VERSION", "FrameDecoder", "Tag", "encode"]
+__all__ = ["MESSAGES", "PROTOCOL_VERSION", "FrameDecoder", "Tag", "check_size", "encode"]
 
 PROTOCOL_VERSION = 1
 
@@ -32,6 +32,7 @@ _M = TypeVar("_M")
 
 _PRELUDE = struct.Struct("<IH")
 MAX_BUFFERS = 1024  # raw buffers in one frame
+STREAM_MIN_BYTES = 1 << 20  # raw buffers this large are received into their own memory
 _BUFLEN = struct.Struct("<Q")
 
 
@@ -564,6 +565,30 @@ def encode(msg: Any, buffers: list[Any] | None = None) -> bytes | list[Any]:
     return [_PRELUDE.pack(len(header), len(buffers)) + lens + header, *buffers]
 
 
+def check_size(frame: bytes | list[Any], max_header_bytes: int, max_frame_bytes: int) -> int:
+    """The size of an encoded frame; raises if a peer with these limits would refuse it.
+
+    Raises:
+        MessageTooLargeError: the header or the whole frame is over its limit.
+    """
+    if isinstance(frame, bytes):
+        size = len(frame)
+        header = size - _PRELUDE.size
+    else:
+        size = sum(memoryview(b).nbytes for b in frame)
+        header = _PRELUDE.unpack_from(frame[0])[0]
+    if header > max_header_bytes:
+        raise MessageTooLargeError(
+            f"a message of {header} bytes is over the limit of {max_header_bytes} "
+            f"(max_header_bytes); large values belong in the object store (ac.put)"
+        )
+    if size > max_frame_bytes:
+        raise MessageTooLargeError(
+            f"a frame of {size} bytes is over the limit of {max_frame_bytes} (max_frame_bytes)"
+        )
+    return size
+
+
 def encode_bytes(msg: Any) -> bytes:
     """Encode a message that has no raw buffers (handshake, control) as one bytes."""
     header = msgpack.packb((msg.TAG, msg), use_bin_type=True)
@@ -582,31 +607,90 @@ def decode_header(header: Any) -> Any:
         raise ProtocolError(f"malformed message: {e}") from None
 
 
+class _Fill:
+    """The raw buffers of a frame being received straight into their own memory."""
+
+    __slots__ = ("bufs", "i", "msg", "off", "views")
+
+    def __init__(self, msg: Any, lens: list[int]) -> None:
+        self.msg = msg
+        self.bufs = [bytearray(n) for n in lens]
+        self.views = [memoryview(b) for b in self.bufs]
+        self.i = 0
+        self.off = 0
+
+    def take(self, data: memoryview) -> memoryview | None:
+        """Copy from ``data``; returns what follows the frame once it is whole, else None."""
+        views = self.views
+        while True:
+            while self.i < len(views) and self.off == len(views[self.i]):
+                self.i += 1
+                self.off = 0
+            if self.i == len(views):
+                return data
+            if not data:
+                return None
+            view = views[self.i]
+            n = min(len(view) - self.off, len(data))
+            view[self.off : self.off + n] = data[:n]
+            self.off += n
+            data = data[n:]
+
+
 class FrameDecoder:
     """Incremental frame parser: feed bytes, take whole frames.
 
     ``feed`` returns a list of ``(message, buffers)``. A malformed or oversized
     frame raises :class:`ProtocolError`; after that the stream is unusable.
+
+    Raw buffers of :data:`STREAM_MIN_BYTES` or more are not gathered in the
+    decoder's own buffer: once the frame's header arrived (and passed the
+    limits), each buffer is allocated at its size and filled as bytes come in,
+    and handed out as a ``bytearray`` (one copy, no regrowth).
     """
 
-    __slots__ = ("_buf", "_max_frame", "_max_header", "_pos")
+    __slots__ = ("_buf", "_fill", "_max_frame", "_max_header", "_pos")
 
     def __init__(self, max_header_bytes: int, max_frame_bytes: int) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._max_header = max_header_bytes
         self._max_frame = max_frame_bytes
+        self._fill: _Fill | None = None
 
     def pending_bytes(self) -> int:
         return len(self._buf) - self._pos
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[Any, list[bytes]]]:
+    def take_rest(self) -> bytes:
+        """The bytes fed but not decoded yet (handed on after a handshake)."""
+        rest = bytes(self._buf[self._pos :])
+        self._buf.clear()
+        self._pos = 0
+        return rest
+
+    def feed(
+        self, data: bytes | bytearray | memoryview, limit: int = 0
+    ) -> list[tuple[Any, list[bytes]]]:
+        """Append ``data``; return the whole frames now decodable.
+
+        ``limit``: decode at most that many frames (0: all). The rest stays
+        undecoded bytes: a handshake decodes one frame at a time, so nothing a
+        peer sent behind a failed AUTH is ever decoded.
+        """
+        out: list[tuple[Any, list[bytes]]] = []
+        fill = self._fill
+        if fill is not None:
+            rest = fill.take(memoryview(data).cast("B"))
+            if rest is None:
+                return out
+            self._fill = None
+            out.append((fill.msg, cast(list[bytes], fill.bufs)))
+            data = rest
         buf = self._buf
         if self._pos and self._pos == len(buf):
             buf.clear()
             self._pos = 0
         buf += data
-        out: list[tuple[Any, list[bytes]]] = []
         pos = self._pos
         end = len(buf)
         unpack_prelude = _PRELUDE.unpack_from
@@ -615,7 +699,7 @@ class FrameDecoder:
             if nbufs > MAX_BUFFERS:
                 raise ProtocolError(f"frame announces {nbufs} buffers, more than {MAX_BUFFERS}")
             if hlen > self._max_header:
-                raise ProtocolError(
+                raise MessageTooLargeError(
                     f"frame header of {hlen} bytes exceeds the limit of {self._max_header}"
                 )
             start = pos + 6 + 8 * nbufs
@@ -624,10 +708,12 @@ class FrameDecoder:
             lens = [_BUFLEN.unpack_from(buf, pos + 6 + 8 * i)[0] for i in range(nbufs)]
             total = hlen + sum(lens)
             if total > self._max_frame:
-                raise ProtocolError(
+                raise MessageTooLargeError(
                     f"frame of {total} bytes exceeds the limit of {self._max_frame}"
                 )
             if end - start < total:
+                if total - hlen >= STREAM_MIN_BYTES and end - start >= hlen and not limit:
+                    pos = self._stream(buf, start, hlen, lens, end)
                 break
             try:
                 header = msgpack.unpackb(
@@ -643,8 +729,28 @@ class FrameDecoder:
                 p += n
             out.append((msg, bufs))
             pos = p
+            if limit and len(out) >= limit:
+                break
         self._pos = pos
         if pos > 1 << 20:
             del buf[:pos]
             self._pos = 0
         return out
+
+    @staticmethod
+    def _header(buf: bytearray, start: int, hlen: int) -> Any:
+        try:
+            header = msgpack.unpackb(
+                memoryview(buf)[start : start + hlen], use_list=False, raw=False
+            )
+        except Exception as e:
+            raise ProtocolError(f"undecodable frame header: {e}") from None
+        return decode_header(header)
+
+    def _stream(self, buf: bytearray, start: int, hlen: int, lens: list[int], end: int) -> int:
+        """Receive the rest of this frame's buffers straight into their own memory."""
+        fill = _Fill(self._header(buf, start, hlen), lens)
+        rest = fill.take(memoryview(buf)[start + hlen : end])
+        assert rest is None  # the frame was incomplete
+        self._fill = fill
+        return end

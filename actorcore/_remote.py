@@ -15,8 +15,10 @@ from typing import Any
 
 from . import _global as G
 from ._args import FunctionDescriptor
+from ._config import Config
 from ._ids import new_id
 from ._serialization import current_deserialization, dumps_function, nested_collector
+from .errors import MessageTooLargeError
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "RemoteFunction", "method", "remote"]
 
@@ -136,6 +138,18 @@ def _shape(opts: dict[str, Any], default_cpus: float) -> dict[str, float]:
     return _placed(shape, opts.get("scheduling_strategy"))
 
 
+def _check_export_size(name: str, blob: bytes) -> None:
+    """Refuse at the call site a function or class too large for a message."""
+    rt = G.runtime
+    limit = (rt.config.max_header_bytes if rt is not None else Config().max_header_bytes) // 2
+    if len(blob) > limit:
+        raise MessageTooLargeError(
+            f"{name} pickles to {len(blob)} bytes, over the limit of {limit} (half of "
+            f"max_header_bytes): it probably captures large data; pass that with ac.put() "
+            f"or as an argument instead, or raise max_header_bytes in ac.init()"
+        )
+
+
 class _Export:
     """A function or class pickled once, by value, and named by its hash."""
 
@@ -149,6 +163,7 @@ class _Export:
         d = self._desc
         if d is None:
             blob = dumps_function(self.obj)
+            _check_export_size(name, blob)
             fn_id = hashlib.blake2b(blob, digest_size=16).digest()
             d = self._desc = FunctionDescriptor(
                 fn_id, blob, name, inspect.iscoroutinefunction(self.obj)

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from . import _protocol as P
 from ._transport import Connection, Receiver
-from .errors import ActorCoreError, ProtocolError
+from .errors import ActorCoreError, MessageTooLargeError, ProtocolError
 
 __all__ = ["DEFERRED", "RpcPeer", "Service", "error_from_reply", "handles", "next_rid"]
 
@@ -168,7 +168,10 @@ class RpcPeer(Receiver):
     def reply(self, rid: int, value: Any) -> None:
         conn = self.conn
         if conn is not None and not conn.closed:
-            conn.send(P.ReplyMsg(rid, value))
+            try:
+                conn.send(P.ReplyMsg(rid, value))
+            except MessageTooLargeError as e:  # the requester learns why, not nothing
+                conn.send(error_reply(rid, e))
 
     def reply_error(self, rid: int, exc: BaseException) -> None:
         conn = self.conn

@@ -124,6 +124,7 @@ class CoreRuntime(OwnershipMixin, Service):
         sync = await self.loop.run_in_executor(None, self._open_store_conn)
         self.store = StoreClient(self.node.arena_path, self.node.capacity, sync, self.my_id)
         self.store.on_release = self._schedule_flush
+        self.store.attach(self.daemon, self.loop)  # loop threads never wait on the daemon
         await self.register()
 
     def _open_store_conn(self) -> SyncClient:
@@ -459,7 +460,10 @@ class CoreRuntime(OwnershipMixin, Service):
                 "ac.put() of an ObjectRef is not allowed: pass the ref itself, "
                 "or put a list containing it"
             )
-        return self.put_serialized(serialize(value, "the value given to put()"))
+        ser = serialize(value, "the value given to put()")
+        if ser.size > self.config.inline_threshold and asyncio._get_running_loop() is not None:
+            return self._put_in_background(new_id(), ser)
+        return self.put_serialized(ser)
 
     def put_serialized(self, ser: Any) -> Any:
         """Own a new object holding ``ser``: inline, or in the store when large."""
@@ -477,4 +481,27 @@ class CoreRuntime(OwnershipMixin, Service):
                 e.locations = {self.node.node_id}
             if ser.nested:
                 self.table.set_nested(oid, [(r.id, r.owner) for r in ser.nested], registered=True)
+        return ObjectRef(oid, self.address, _counted=True)
+
+    def _put_in_background(self, oid: bytes, ser: Any) -> Any:
+        """``put`` on a loop thread, which must not wait on the daemon (it may be
+        spilling): the ref is returned at once and resolves once the object is
+        sealed (or fails with the store's error)."""
+        with self.lock:
+            e = self.table.create_owned(oid, self.address)
+            e.local = 1
+            if ser.nested:
+                self.table.set_nested(oid, [(r.id, r.owner) for r in ser.nested], registered=True)
+
+        def sealed(result: Any) -> None:
+            failed = isinstance(result, BaseException)
+            with self.lock:
+                entry = self.table.entries.get(oid)
+                if entry is not None:
+                    data = result if failed else ser.size
+                    wake(self.table.complete(entry, ERROR if failed else STORE, data), entry)
+            if entry is None and not failed:
+                self.execute([FreeStore(oid)])  # every ref died while it was written
+
+        self.store.put_then(oid, ser, self.my_id, sealed)
         return ObjectRef(oid, self.address, _counted=True)

@@ -5,12 +5,22 @@ stream and its buffers into the shared arena, seal (one-way). Reading: open
 the object (one round trip, which pins it for this process), then unpickle
 with buffers that are read-only views of the arena: numpy arrays come back
 without a copy. The pin is dropped when the last view of the object dies.
+
+Two routes to the daemon. Threads that may block (a driver's main thread, a
+worker's executor threads) use the blocking connection: the caller does the
+socket I/O itself. A thread running an event loop must never wait on the
+daemon, which may be spilling for seconds: it uses the runtime's async daemon
+connection (:meth:`StoreClient.open_then`, :meth:`StoreClient.put_then` and
+the coroutine :meth:`StoreClient.open_async`); replies arrive on the runtime
+loop and are handed to the waiting loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,9 +33,35 @@ from ._serialization import Serialized, deserialize
 from .errors import ObjectLostError
 
 if TYPE_CHECKING:
+    from ._rpc import RpcPeer
     from ._sync_client import SyncClient
 
-__all__ = ["StoreClient"]
+__all__ = ["StoreClient", "settle_on"]
+
+# Writes up to this size are copied on the runtime loop; larger ones on a thread.
+WRITE_ON_LOOP_MAX = 1 << 20
+
+Holders = list[np.ndarray]
+
+
+def settle_on(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any) -> None:
+    """Resolve ``fut`` (of ``loop``) with ``result`` (an exception fails it); any thread."""
+    if asyncio._get_running_loop() is loop:
+        _settle(fut, result)
+        return
+    try:
+        loop.call_soon_threadsafe(_settle, fut, result)
+    except RuntimeError:
+        pass  # that loop is closed: nobody waits any more
+
+
+def _settle(fut: asyncio.Future[Any], result: Any) -> None:
+    if fut.done():
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
 
 
 class StoreClient:
@@ -39,6 +75,15 @@ class StoreClient:
         self._meta: dict[int, tuple[int, list[list[int]]]] = {}
         self.released: collections.deque[bytes] = collections.deque()
         self.on_release: Any = None  # set by the runtime: schedules a flush
+        # the async route (set by the runtime once its daemon connection is up)
+        self.daemon: RpcPeer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._writes: set[asyncio.Future[Any]] = set()
+
+    def attach(self, daemon: RpcPeer, loop: asyncio.AbstractEventLoop) -> None:
+        """Use ``daemon`` (replies on ``loop``, the runtime's) for calls from loop threads."""
+        self.daemon = daemon
+        self.loop = loop
 
     def put(self, oid: bytes, ser: Serialized, owner_id: bytes) -> int:
         """Write a serialized value as object ``oid``; returns its size in the store.
@@ -69,21 +114,146 @@ class StoreClient:
             if meta is not None:
                 return holder, meta
         reply = self.conn.call(P.OpenObjectsMsg(next_rid(), [oid]), self._unpins())
+        holder = self._opened([oid], reply)[0]
+        return holder, self._meta[id(holder)]
+
+    def _cached(self, oid: bytes) -> np.ndarray | None:
+        holder = self._holders.get(oid)
+        if holder is not None and id(holder) in self._meta:
+            return holder
+        return None
+
+    def _opened(self, oids: list[bytes], reply: Any) -> Holders:
+        """Map what the daemon opened for us (each pinned until its holder dies)."""
+        if isinstance(reply, BaseException):
+            raise reply
         if reply.TAG == P.Tag.ERROR_REPLY:
             raise error_from_reply(reply)
-        loc = reply.value[0]
-        if loc is None:
-            raise ObjectLostError(
-                f"object {oid.hex()} is not in the object store (freed, or lost with its node)"
-            )
-        offset, size, meta_blob = loc
-        holder = self.arena.holder(offset, size)
-        meta = decode_meta(meta_blob)
-        key = id(holder)
-        self._meta[key] = meta
-        self._holders[oid] = holder
-        weakref.finalize(holder, self._release, oid, key)
-        return holder, meta
+        holders = []
+        for oid, loc in zip(oids, reply.value, strict=True):
+            if loc is None:
+                raise ObjectLostError(
+                    f"object {oid.hex()} is not in the object store (freed, or lost with its node)"
+                )
+            offset, size, meta_blob = loc
+            holder = self.arena.holder(offset, size)
+            key = id(holder)
+            self._meta[key] = decode_meta(meta_blob)
+            self._holders[oid] = holder
+            weakref.finalize(holder, self._release, oid, key)
+            holders.append(holder)
+        return holders
+
+    # --- the async route (loop threads) ---------------------------------------------------
+
+    def open_then(self, oids: list[bytes], done: Callable[[Any], None]) -> None:
+        """Open (map and pin) objects without blocking this thread.
+
+        ``done`` gets the holders (keep them alive while reading: :meth:`get`
+        then finds the mapping) or an exception; it runs here at once when all
+        are mapped already, else on the runtime loop.
+        """
+        held = {oid: h for oid in oids if (h := self._cached(oid)) is not None}
+        missing = [oid for oid in oids if oid not in held]
+        if not missing:
+            done([held[oid] for oid in oids])
+            return
+
+        def opened(reply: Any) -> None:
+            try:
+                fresh = dict(zip(missing, self._opened(missing, reply), strict=True))
+            except BaseException as e:
+                done(e)
+                return
+            done([held.get(oid, fresh.get(oid)) for oid in oids])
+
+        try:
+            self._request(P.OpenObjectsMsg(next_rid(), missing), opened)
+        except ConnectionError as e:
+            done(e)
+
+    async def open_async(self, oids: list[bytes]) -> Holders:
+        """:meth:`open_then` for a coroutine on any loop; cancelling it drops the pins."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Holders] = loop.create_future()
+        self.open_then(oids, lambda result: settle_on(loop, fut, result))
+        return await fut
+
+    def put_then(
+        self, oid: bytes, ser: Serialized, owner_id: bytes, done: Callable[[Any], None]
+    ) -> None:
+        """Write ``ser`` as object ``oid`` without blocking this thread.
+
+        ``done`` runs on the runtime loop with the size in the store once the
+        object is sealed, or with the exception (``ObjectStoreFullError``...).
+        """
+        raws = [b.raw() for b in ser.buffers]
+        total, spans = layout(len(ser.stream), [r.nbytes for r in raws])
+
+        def created(reply: Any) -> None:
+            if isinstance(reply, BaseException):
+                done(reply)
+            elif reply.TAG == P.Tag.ERROR_REPLY:
+                done(error_from_reply(reply))
+            elif total <= WRITE_ON_LOOP_MAX:
+                done(self._write_and_seal(oid, reply.value, ser.stream, raws, spans, total))
+            else:
+                self._write_on_thread(oid, reply.value, ser.stream, raws, spans, total, done)
+
+        try:
+            self._request(P.CreateObjectMsg(next_rid(), oid, total, [owner_id]), created)
+        except ConnectionError as e:
+            done(e)
+
+    def _write_on_thread(
+        self,
+        oid: bytes,
+        offset: int,
+        stream: bytes,
+        raws: list[Any],
+        spans: Any,
+        total: int,
+        done: Callable[[Any], None],
+    ) -> None:
+        assert self.loop is not None
+        fut = self.loop.run_in_executor(
+            None, self._write_and_seal, oid, offset, stream, raws, spans, total
+        )
+        self._writes.add(fut)
+
+        def written(f: asyncio.Future[Any]) -> None:
+            self._writes.discard(f)
+            if f.cancelled():
+                done(ObjectLostError(f"writing object {oid.hex()} was cancelled (shutdown)"))
+            else:
+                done(f.exception() if f.exception() is not None else f.result())
+
+        fut.add_done_callback(written)
+
+    def _write_and_seal(
+        self, oid: bytes, offset: int, stream: bytes, raws: list[Any], spans: Any, total: int
+    ) -> Any:
+        """Copy into the arena and seal; returns the size, or the exception (aborted)."""
+        assert self.daemon is not None
+        try:
+            self.arena.write(offset, stream, raws, spans)
+            self.daemon.send(P.SealObjectMsg(0, oid, encode_meta(len(stream), spans)))
+        except Exception as e:
+            try:
+                self.daemon.send(P.AbortObjectMsg(oid))
+            except ConnectionError:
+                pass
+            return e
+        return total
+
+    def _request(self, msg: Any, done: Callable[[Any], None]) -> None:
+        daemon = self.daemon
+        if daemon is None:
+            raise ConnectionError("the store's async route is not attached")
+        unpins = self._unpins()
+        if unpins is not None:
+            daemon.send(unpins)  # counted before the daemon makes room for this request
+        daemon.request(msg, done)
 
     def get(self, oid: bytes, where: str = "value") -> tuple[Any, list[Any]]:
         """Read object ``oid``; returns the value and the refs found inside.
@@ -119,5 +289,7 @@ class StoreClient:
         return out
 
     def close(self) -> None:
+        for fut in list(self._writes):
+            fut.cancel()
         self.conn.close()
         self.arena.close()

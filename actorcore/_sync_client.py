@@ -6,15 +6,22 @@ event loop's own thread included) and by the ``actorcore`` command.
 
 from __future__ import annotations
 
-import hmac
 import os
 import socket
 import threading
 from typing import Any
 
 from . import _protocol as P
-from ._transport import _RECV_SIZE, HANDSHAKE_TIMEOUT_S, _proof
+from ._handshake import (
+    HANDSHAKE_TIMEOUT_S,
+    check_hello,
+    check_welcome,
+    handshake_decoder,
+    proof,
+)
 from .errors import AuthenticationError, ConnectionBrokenError, ConnectionClosedError
+
+_RECV_SIZE = 1 << 18
 
 __all__ = ["SyncClient"]
 
@@ -55,7 +62,8 @@ class SyncClient:
             self._sock = socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT_S)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._lock = threading.Lock()
-        self._decoder = P.FrameDecoder(max_header_bytes, max_frame_bytes)
+        self._limits = (max_header_bytes, max_frame_bytes)
+        self._decoder = handshake_decoder()
         self._stash: list[Any] = []
         self.closed = False
         try:
@@ -63,31 +71,37 @@ class SyncClient:
         except BaseException:
             self._sock.close()
             raise
+        rest = self._decoder.take_rest()
+        self._decoder = P.FrameDecoder(max_header_bytes, max_frame_bytes)
+        self._stash.extend(self._decoder.feed(rest))
         self._sock.settimeout(timeout)
 
     def _read(self) -> Any:
         while not self._stash:
             data = self._sock.recv(_RECV_SIZE)
             if not data:
-                self.closed = True
                 raise ConnectionBrokenError("the node daemon closed the store connection")
             self._stash.extend(self._decoder.feed(data))
         msg, _ = self._stash.pop(0)
         return msg
 
+    def _read_one(self) -> Any:
+        """One handshake frame; whatever follows it stays undecoded."""
+        frames = self._decoder.feed(b"", 1)
+        while not frames:
+            data = self._sock.recv(4096)
+            if not data:
+                raise AuthenticationError("the server closed the connection in the handshake")
+            frames = self._decoder.feed(data, 1)
+        return frames[0][0]
+
     def _handshake(self, token: bytes, role: str, my_id: bytes) -> None:
-        hello = self._read()
-        if not isinstance(hello, P.HelloMsg) or hello.version != P.PROTOCOL_VERSION:
-            raise AuthenticationError("the server did not greet with a matching HELLO")
+        hello = self._read_one()
+        check_hello(hello)
         nonce = os.urandom(16)
-        proof = _proof(token, b"client", hello.nonce, role, my_id)
-        self._sock.sendall(P.encode_bytes(P.AuthMsg(P.PROTOCOL_VERSION, role, my_id, nonce, proof)))
-        reply = self._read()
-        if isinstance(reply, P.RejectMsg):
-            raise AuthenticationError(f"server refused the connection: {reply.reason}")
-        want = _proof(token, b"server", nonce, hello.role, hello.peer_id)
-        if not isinstance(reply, P.WelcomeMsg) or not hmac.compare_digest(want, reply.proof):
-            raise AuthenticationError("server failed to prove the cluster token")
+        mine = proof(token, b"client", hello.nonce, role, my_id)
+        self._sock.sendall(P.encode_bytes(P.AuthMsg(P.PROTOCOL_VERSION, role, my_id, nonce, mine)))
+        check_welcome(self._read_one(), token, nonce, hello)
 
     def call(self, msg: Any, before: Any = None) -> Any:
         """Send a request and return its reply message (REPLY or ERROR_REPLY).
@@ -97,6 +111,7 @@ class SyncClient:
         frame = P.encode(msg)
         if before is not None:
             frame = _join(P.encode(before), frame)
+        P.check_size(frame, *self._limits)
         with self._lock:
             if self.closed:
                 raise ConnectionClosedError("the store connection is closed")
@@ -106,21 +121,29 @@ class SyncClient:
                     reply = self._read()
                     if getattr(reply, "rid", None) == msg.rid:
                         return reply
-            except OSError as e:
-                self.closed = True
-                raise ConnectionBrokenError(f"store connection broke: {e}") from e
+            except (OSError, ConnectionError) as e:
+                return self._broke(e)
+
+    def _broke(self, e: BaseException) -> Any:
+        """The socket failed (or ``close`` shut it under a caller): end it; holds the lock."""
+        closed_here = self.closed
+        self.closed = True
+        self._sock.close()
+        if closed_here:
+            raise ConnectionClosedError("the store connection was closed") from e
+        raise ConnectionBrokenError(f"store connection broke: {e}") from e
 
     def send(self, msg: Any) -> None:
         """Send a one-way message."""
         frame = P.encode(msg)
+        P.check_size(frame, *self._limits)
         with self._lock:
             if self.closed:
                 raise ConnectionClosedError("the store connection is closed")
             try:
                 self._send(frame)
             except OSError as e:
-                self.closed = True
-                raise ConnectionBrokenError(f"store connection broke: {e}") from e
+                self._broke(e)
 
     def _send(self, frame: bytes | list[Any]) -> None:
         if isinstance(frame, list):
@@ -130,7 +153,15 @@ class SyncClient:
             self._sock.sendall(frame)
 
     def close(self) -> None:
-        with self._lock:
-            if not self.closed:
-                self.closed = True
+        """Close; never blocks. A call in progress in another thread fails as closed."""
+        self.closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
+        except OSError:
+            pass
+        if self._lock.acquire(blocking=False):
+            try:
                 self._sock.close()
+            finally:
+                self._lock.release()
+        # else: the thread holding the lock sees the shutdown and closes the socket

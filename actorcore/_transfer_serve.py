@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
+from ._handshake import SERVER_HANDSHAKE_TIMEOUT_S, server_handshake
+from ._listener import PendingHandshakes
 from ._transfer_link import ROLE, DataSocket
-from ._transport import HANDSHAKE_TIMEOUT_S, server_handshake
 from .errors import AuthenticationError, ProtocolError
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ class DataListener:
         self._sock.listen(256)
         self._sock.setblocking(False)
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
-        self._handshakes: set[asyncio.Task[None]] = set()
+        self._handshakes = PendingHandshakes()  # few unauthenticated sockets, briefly
         self.rejected = 0
         self._closed = False
 
@@ -243,13 +244,11 @@ class DataListener:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = self.loop.create_task(self._handshake(sock))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            self._handshakes.start(self.loop, sock, self._handshake(sock))
 
     async def _handshake(self, sock: socket.socket) -> None:
         try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            async with asyncio.timeout(SERVER_HANDSHAKE_TIMEOUT_S):
                 role, peer_id, leftover = await server_handshake(
                     self.loop, sock, self._token, ROLE, self._id
                 )
@@ -274,8 +273,7 @@ class DataListener:
         except Exception:
             pass
         self._sock.close()
-        for t in self._handshakes:
-            t.cancel()
+        self._handshakes.cancel_all()
 
     async def wait_closed(self) -> None:
-        await asyncio.gather(*self._handshakes, return_exceptions=True)
+        await asyncio.gather(*self._handshakes.tasks(), return_exceptions=True)

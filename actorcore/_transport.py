@@ -7,35 +7,55 @@ write; from any other thread (a worker's executor, a driver's main thread) the
 frame is written straight to the socket, so a blocking caller does not wait for
 the loop to wake up. Anything left over waits for ``add_writer``.
 
+Back-pressure: what a peer has not read yet is bounded. Above the high-water
+mark a plain thread that sends waits (off any loop) for the peer to read, a
+coroutine may ``await conn.drain()``, and a loop thread, which must not block,
+drops the connection once the hard cap is reached (the peer is not reading).
+Frames over the size limits are refused at the sender with
+:class:`MessageTooLargeError`. ``close()`` never blocks: what is still queued
+drains in the background for a short while.
+
 Before a connection carries messages, both sides prove they hold the cluster
-token (HMAC-SHA256 over each other's nonce); a peer that fails is dropped
-before any message of it is decoded.
+token (:mod:`._handshake`); a peer that fails is dropped before any message
+of it is decoded. A listener holds a bounded number of unauthenticated
+sockets, each for a short deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
-import hmac
 import logging
-import os
+import select
 import socket
 import threading
-from collections.abc import Callable
+import time
 from typing import Any
 
 from . import _protocol as P
-from .errors import AuthenticationError, ConnectionBrokenError, ConnectionClosedError, ProtocolError
+from ._handshake import HANDSHAKE_TIMEOUT_S, client_handshake, server_handshake
+from .errors import ConnectionBrokenError, ConnectionClosedError, ProtocolError
 
-__all__ = ["Connection", "Receiver", "client_handshake", "open_connection", "server_handshake"]
+__all__ = [
+    "HANDSHAKE_TIMEOUT_S",
+    "Connection",
+    "Listener",
+    "Receiver",
+    "best_address",
+    "client_handshake",
+    "open_connection",
+    "server_handshake",
+]
 
 logger = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT_S = 10.0
-_HANDSHAKE_MAX = 4096
 _RECV_SIZE = 1 << 18
 _IOV_BATCH = 512  # frames handed to one sendmsg
+
+SEND_HIGH_WATER = 64 << 20  # queued bytes above which senders wait for the peer
+SEND_MAX_QUEUED = 512 << 20  # a loop thread cannot wait: the connection drops here
+SEND_STALL_S = 60.0  # a waiting thread gives up on a peer that read nothing this long
+CLOSE_LINGER_S = 2.0  # a closed connection drains what it queued for this long
 
 
 class Receiver:
@@ -57,6 +77,10 @@ def _tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _nbytes(frame: Any) -> int:
+    return len(frame) if isinstance(frame, bytes) else memoryview(frame).nbytes
+
+
 class Connection:
     """One authenticated, framed connection bound to an event loop."""
 
@@ -71,6 +95,8 @@ class Connection:
         max_header_bytes: int,
         max_frame_bytes: int,
         leftover: bytes = b"",
+        high_water: int = SEND_HIGH_WATER,
+        max_queued: int = SEND_MAX_QUEUED,
     ) -> None:
         self.sock = sock
         self.loop = loop
@@ -82,11 +108,17 @@ class Connection:
         self.close_exc: BaseException | None = None
         self.state: dict[str, Any] = {}  # per-connection facts kept by upper layers
         self._fd = sock.fileno()
+        self._limits = (max_header_bytes, max_frame_bytes)
         self._decoder = P.FrameDecoder(max_header_bytes, max_frame_bytes)
         self._lock = threading.Lock()
         self._out: list[Any] = []
+        self._out_bytes = 0
+        self._high = high_water
+        self._max = max(max_queued, high_water)
+        self._drainers: list[asyncio.Future[None]] = []
         self._armed = False  # a flush is scheduled or the writer is armed
         self._writer_on = False
+        self._sock_open = True  # the socket outlives ``closed`` while a close drains
         self._loop_thread = threading.get_ident()
         self._leftover = leftover
 
@@ -98,13 +130,30 @@ class Connection:
             data, self._leftover = self._leftover, b""
             self._deliver(data)
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes sent on this connection that the peer has not taken yet."""
+        return self._out_bytes
+
+    @property
+    def congested(self) -> bool:
+        """More than the high-water mark is queued: coroutine writers should
+        ``await drain()`` before sending more."""
+        return self._out_bytes > self._high
+
     # --- writing ------------------------------------------------------------------
 
     def send(self, msg: Any, buffers: list[Any] | None = None) -> None:
-        """Queue one message; thread-safe. Raises if the connection is closed."""
+        """Queue one message; thread-safe.
+
+        Raises:
+            ConnectionClosedError/ConnectionBrokenError: the connection ended.
+            MessageTooLargeError: the message is over the frame limits.
+        """
         self.send_raw(P.encode(msg, buffers))
 
     def send_raw(self, frame: bytes | list[Any]) -> None:
+        size = P.check_size(frame, *self._limits)
         with self._lock:
             if self.closed:
                 raise self._closed_error()
@@ -112,35 +161,43 @@ class Connection:
                 self._out.extend(frame)
             else:
                 self._out.append(frame)
-            if self._armed:
-                return
-            self._armed = True
-            if threading.get_ident() == self._loop_thread:
-                self.loop.call_soon(self._flush)
-                return
-            # Another thread: write now rather than wait for the loop to wake.
-            self._write_locked()
+            self._out_bytes += size
+            if not self._armed:
+                self._armed = True
+                if threading.get_ident() == self._loop_thread:
+                    self.loop.call_soon(self._flush)
+                else:
+                    # Another thread: write now rather than wait for the loop to wake.
+                    self._write_locked()
+            over = self._out_bytes > self._high
+        if over:
+            self._over_high_water()
 
     def _flush(self) -> None:
         with self._lock:
-            if not self.closed:
+            if self._sock_open:
                 self._write_locked()
 
     def _write_locked(self) -> None:
         out = self._out
-        try:
-            if len(out) == 1:
-                n = self.sock.send(out[0])
-            else:
-                n = self.sock.sendmsg(out[:_IOV_BATCH])  # no copy into one buffer
-        except (BlockingIOError, InterruptedError):
+        if not out:
             n = 0
-        except OSError as e:
-            self._out = []
-            self._armed = False
-            self.loop.call_soon_threadsafe(self._break, e)
-            return
-        self._consume(n)
+        else:
+            try:
+                if len(out) == 1:
+                    n = self.sock.send(out[0])
+                else:
+                    n = self.sock.sendmsg(out[:_IOV_BATCH])  # no copy into one buffer
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:
+                self._out = []
+                self._out_bytes = 0
+                self._armed = False
+                self.loop.call_soon_threadsafe(self._write_failed, e)
+                return
+        if n:
+            self._consume(n)
         if self._out:
             if not self._writer_on:
                 self._writer_on = True
@@ -156,12 +213,21 @@ class Connection:
                     self.loop.remove_writer(self._fd)
                 else:
                     self.loop.call_soon_threadsafe(self._disarm_writer)
+            if self.closed and self._sock_open:  # a close was draining: done
+                self.loop.call_soon_threadsafe(self._close_socket)
+        if self._drainers and self._out_bytes <= self._high // 2:
+            self.loop.call_soon_threadsafe(self._wake_drainers, None)
+
+    def _write_failed(self, err: OSError) -> None:
+        self._break(err)
+        self._close_socket()
 
     def _consume(self, n: int) -> None:
+        self._out_bytes -= n
         out = self._out
         i = 0
         while i < len(out) and n > 0:
-            size = memoryview(out[i]).nbytes
+            size = _nbytes(out[i])
             if n >= size:
                 n -= size
                 i += 1
@@ -172,13 +238,73 @@ class Connection:
 
     def _arm_writer(self) -> None:
         with self._lock:
-            if not self.closed and self._writer_on:
+            if self._sock_open and self._writer_on:
                 self.loop.add_writer(self._fd, self._flush)
 
     def _disarm_writer(self) -> None:
         with self._lock:
-            if not self.closed and not self._writer_on:
+            if self._sock_open and not self._writer_on:
                 self.loop.remove_writer(self._fd)
+
+    # --- back-pressure -------------------------------------------------------------------
+
+    def _over_high_water(self) -> None:
+        """More than the high-water mark is queued: wait off-loop, or drop at the cap."""
+        if threading.get_ident() == self._loop_thread or asyncio._get_running_loop() is not None:
+            if self._out_bytes > self._max:
+                err = ConnectionBrokenError(
+                    f"{self.peer_role} is not reading: {self._out_bytes} bytes queued"
+                )
+                self.loop.call_soon_threadsafe(self.abort, err)
+                raise err
+            return
+        self._wait_writable()
+
+    def _wait_writable(self) -> None:
+        """Write from this (non-loop) thread until the peer took enough, or give up."""
+        deadline = time.monotonic() + SEND_STALL_S
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        while True:
+            with self._lock:
+                if self.closed and not self._sock_open:
+                    raise self._closed_error()
+                if self._out_bytes <= self._high // 2:
+                    return
+                self._write_locked()
+                if self._out_bytes <= self._high // 2:
+                    return
+            if time.monotonic() > deadline:
+                err = ConnectionBrokenError(
+                    f"{self.peer_role} read nothing for {SEND_STALL_S} s "
+                    f"({self._out_bytes} bytes queued)"
+                )
+                self.loop.call_soon_threadsafe(self.abort, err)
+                raise err
+            poller.poll(100)
+
+    async def drain(self) -> None:
+        """Wait until the peer took most of what is queued (for coroutine writers).
+
+        Raises:
+            ConnectionClosedError/ConnectionBrokenError: the connection ended.
+        """
+        if self._out_bytes <= self._high:
+            return
+        fut = self.loop.create_future()
+        self._drainers.append(fut)
+        await fut
+
+    def _wake_drainers(self, exc: BaseException | None) -> None:
+        if exc is None and self._out_bytes > self._high // 2:
+            return
+        drainers, self._drainers = self._drainers, []
+        for fut in drainers:
+            if not fut.done():
+                if exc is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(exc)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -217,20 +343,43 @@ class Connection:
             return ConnectionBrokenError(str(self.close_exc))
         return ConnectionClosedError(f"connection to {self.peer_role} was closed")
 
-    def _teardown(self, exc: BaseException) -> bool:
+    def _teardown(self, exc: BaseException, linger: bool = False) -> bool:
+        """Mark closed; the socket goes now, or once the queued bytes went out."""
         with self._lock:
             if self.closed:
                 return False
             self.closed = True
             self.close_exc = exc
-            self._out = []
+            if linger and self._out and self._sock_open:
+                self._write_locked()  # most often this sends everything at once
+            drain = linger and bool(self._out)
+            if not drain:
+                self._out = []
+                self._out_bytes = 0
         try:
             self.loop.remove_reader(self._fd)
+        except Exception:  # the loop may already be closed
+            pass
+        if drain:
+            self.loop.call_later(CLOSE_LINGER_S, self._close_socket)
+        else:
+            self._close_socket()
+        if self._drainers:
+            self._wake_drainers(self._closed_error())
+        return True
+
+    def _close_socket(self) -> None:
+        with self._lock:
+            if not self._sock_open:
+                return
+            self._sock_open = False
+            self._out = []
+            self._out_bytes = 0
+        try:
             self.loop.remove_writer(self._fd)
         except Exception:  # the loop may already be closed
             pass
         self.sock.close()
-        return True
 
     def _break(self, err: BaseException) -> None:
         exc = ConnectionBrokenError(f"connection to {self.peer_role} broke: {err}")
@@ -244,121 +393,17 @@ class Connection:
             self.receiver.on_close(self, exc)
 
     def close(self) -> None:
-        """Close from this side; idempotent. Pending requests fail as closed."""
+        """Close from this side; idempotent, never blocks. Pending requests fail as
+        closed; what was queued still goes out for up to ``CLOSE_LINGER_S``."""
         if threading.get_ident() != self._loop_thread and not self.loop.is_closed():
             try:
                 self.loop.call_soon_threadsafe(self.close)
                 return
             except RuntimeError:
                 pass
-        self._flush_before_close()
         exc = ConnectionClosedError(f"connection to {self.peer_role} was closed")
-        if self._teardown(exc):
+        if self._teardown(exc, linger=True):
             self.receiver.on_close(self, exc)
-
-    def _flush_before_close(self) -> None:
-        with self._lock:
-            if self._out and not self.closed:
-                try:
-                    self.sock.setblocking(True)
-                    self.sock.settimeout(1.0)
-                    self.sock.sendall(b"".join(bytes(memoryview(b)) for b in self._out))
-                except OSError:
-                    pass
-                self._out = []
-
-
-# --- handshake ---------------------------------------------------------------------------
-
-
-def _proof(token: bytes, label: bytes, nonce: bytes, role: str, peer_id: bytes) -> bytes:
-    return hmac.new(token, label + nonce + role.encode() + peer_id, hashlib.sha256).digest()
-
-
-async def _read_one(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, decoder: P.FrameDecoder, stash: list[Any]
-) -> Any:
-    while not stash:
-        data = await loop.sock_recv(sock, 4096)
-        if not data:
-            raise ConnectionBrokenError("peer closed the connection during the handshake")
-        stash.extend(decoder.feed(data))
-    msg, _ = stash.pop(0)
-    return msg
-
-
-def _leftover(decoder: P.FrameDecoder, stash: list[Any]) -> bytes:
-    if stash:
-        raise ProtocolError("peer sent messages before the handshake finished")
-    buf = decoder._buf  # what arrived after the last handshake frame
-    return bytes(buf[decoder._pos :])
-
-
-async def server_handshake(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, token: bytes, role: str, my_id: bytes
-) -> tuple[str, bytes, bytes]:
-    """Authenticate an accepted socket. Returns ``(peer_role, peer_id, leftover)``.
-
-    Raises:
-        AuthenticationError: wrong token or protocol version (a RejectMsg was sent).
-    """
-    decoder = P.FrameDecoder(_HANDSHAKE_MAX, _HANDSHAKE_MAX)
-    stash: list[Any] = []
-    nonce = os.urandom(16)
-    await loop.sock_sendall(
-        sock, P.encode_bytes(P.HelloMsg(P.PROTOCOL_VERSION, role, my_id, nonce))
-    )
-    auth = await _read_one(loop, sock, decoder, stash)
-    if not isinstance(auth, P.AuthMsg):
-        await _reject(loop, sock, "expected an AUTH message")
-        raise AuthenticationError(f"peer sent {type(auth).__name__} instead of AUTH")
-    if auth.version != P.PROTOCOL_VERSION:
-        reason = f"protocol version {auth.version} is not {P.PROTOCOL_VERSION}"
-        await _reject(loop, sock, reason)
-        raise AuthenticationError(reason)
-    want = _proof(token, b"client", nonce, auth.role, auth.peer_id)
-    if not hmac.compare_digest(want, auth.proof):
-        await _reject(loop, sock, "wrong cluster token")
-        raise AuthenticationError(f"{auth.role} {auth.peer_id.hex()} failed authentication")
-    proof = _proof(token, b"server", auth.nonce, role, my_id)
-    await loop.sock_sendall(sock, P.encode_bytes(P.WelcomeMsg(proof)))
-    return auth.role, auth.peer_id, _leftover(decoder, stash)
-
-
-async def _reject(loop: asyncio.AbstractEventLoop, sock: socket.socket, reason: str) -> None:
-    try:
-        await loop.sock_sendall(sock, P.encode_bytes(P.RejectMsg(reason)))
-    except OSError:
-        pass
-
-
-async def client_handshake(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, token: bytes, role: str, my_id: bytes
-) -> tuple[str, bytes, bytes]:
-    """Authenticate a connected socket. Returns ``(peer_role, peer_id, leftover)``."""
-    decoder = P.FrameDecoder(_HANDSHAKE_MAX, _HANDSHAKE_MAX)
-    stash: list[Any] = []
-    hello = await _read_one(loop, sock, decoder, stash)
-    if not isinstance(hello, P.HelloMsg):
-        raise AuthenticationError(f"server sent {type(hello).__name__} instead of HELLO")
-    if hello.version != P.PROTOCOL_VERSION:
-        raise AuthenticationError(
-            f"server speaks protocol version {hello.version}, this is {P.PROTOCOL_VERSION}"
-        )
-    nonce = os.urandom(16)
-    proof = _proof(token, b"client", hello.nonce, role, my_id)
-    await loop.sock_sendall(
-        sock, P.encode_bytes(P.AuthMsg(P.PROTOCOL_VERSION, role, my_id, nonce, proof))
-    )
-    reply = await _read_one(loop, sock, decoder, stash)
-    if isinstance(reply, P.RejectMsg):
-        raise AuthenticationError(f"server refused the connection: {reply.reason}")
-    if not isinstance(reply, P.WelcomeMsg):
-        raise AuthenticationError(f"server sent {type(reply).__name__} instead of WELCOME")
-    want = _proof(token, b"server", nonce, hello.role, hello.peer_id)
-    if not hmac.compare_digest(want, reply.proof):
-        raise AuthenticationError("server failed to prove the cluster token")
-    return hello.role, hello.peer_id, _leftover(decoder, stash)
 
 
 async def open_connection(
@@ -405,109 +450,6 @@ async def open_connection(
     return conn
 
 
-class Listener:
-    """Accepts sockets, authenticates them, and hands each to ``on_connection``."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        token: bytes,
-        role: str,
-        my_id: bytes,
-        make_receiver: Callable[[], Receiver],
-        on_connection: Callable[[Connection], None],
-        max_header_bytes: int,
-        max_frame_bytes: int,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        sock: socket.socket | None = None,
-        unix_name: str | None = None,
-    ) -> None:
-        self.loop = loop
-        self._token = token
-        self._role = role
-        self._id = my_id
-        self._make_receiver = make_receiver
-        self._on_connection = on_connection
-        self._limits = (max_header_bytes, max_frame_bytes)
-        if sock is None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(1024)
-        self._sock = sock
-        self._sock.setblocking(False)
-        self.address: tuple[str, int] = self._sock.getsockname()[:2]
-        # Same-host peers use a Unix socket (abstract namespace: nothing to clean up).
-        self.unix_name = unix_name or f"\0actorcore-{my_id.hex()}-{os.getpid()}"
-        self._usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._usock.bind(self.unix_name)
-        self._usock.listen(1024)
-        self._usock.setblocking(False)
-        self._handshakes: set[asyncio.Task[None]] = set()
-        self.rejected = 0
-        self._closed = False
-
-    def start(self) -> None:
-        self.loop.add_reader(self._sock.fileno(), self._on_accept, self._sock)
-        self.loop.add_reader(self._usock.fileno(), self._on_accept, self._usock)
-
-    def _on_accept(self, listening: socket.socket) -> None:
-        for _ in range(64):
-            try:
-                sock, _addr = listening.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                logger.warning("accept failed: %s", e)
-                return
-            _tune(sock)
-            task = self.loop.create_task(self._handshake(sock))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
-
-    async def _handshake(self, sock: socket.socket) -> None:
-        try:
-            peer_role, peer_id, leftover = await asyncio.wait_for(
-                server_handshake(self.loop, sock, self._token, self._role, self._id),
-                HANDSHAKE_TIMEOUT_S,
-            )
-        except (AuthenticationError, ProtocolError, OSError, ConnectionError, TimeoutError) as e:
-            self.rejected += 1
-            logger.warning("refused a connection: %s", e)
-            sock.close()
-            return
-        except BaseException:
-            sock.close()
-            raise
-        conn = Connection(
-            sock,
-            self.loop,
-            self._make_receiver(),
-            peer_role=peer_role,
-            peer_id=peer_id,
-            max_header_bytes=self._limits[0],
-            max_frame_bytes=self._limits[1],
-            leftover=leftover,
-        )
-        conn.start()
-        self._on_connection(conn)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for sock in (self._sock, self._usock):
-            try:
-                self.loop.remove_reader(sock.fileno())
-            except Exception:
-                pass
-            sock.close()
-        for t in list(self._handshakes):
-            t.cancel()
-
-
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "", socket.gethostname()}
 
 
@@ -517,3 +459,8 @@ def best_address(address: Any) -> tuple[str, int] | str:
     if len(address) > 3 and address[3] and address[1] in _LOCAL_HOSTS:
         return str(address[3])
     return (address[1], address[2])
+
+
+# The listener accepts sockets into Connections; it lives in its own module and is
+# re-exported here (imported last: it needs the names above).
+from ._listener import Listener  # noqa: E402

@@ -13,10 +13,10 @@ import asyncio
 import concurrent.futures
 import threading
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._locations import ensure_local, holders_of, in_cluster
+from . import _locations as L
 from ._ref import ObjectRef
 from ._refcount import FAILED, INLINE, PENDING, STORE, ObjectEntry
 from ._serialization import loads_payload
@@ -25,7 +25,17 @@ from .errors import GetTimeoutError, ObjectLostError
 if TYPE_CHECKING:
     from ._runtime import CoreRuntime
 
-__all__ = ["as_completed", "await_ref", "get", "ref_future", "value_of", "wait", "wait_async"]
+__all__ = [
+    "as_completed",
+    "await_ref",
+    "get",
+    "is_local",
+    "pull_local",
+    "ref_future",
+    "value_of",
+    "wait",
+    "wait_async",
+]
 
 
 def _check_refs(refs: Sequence[Any], fn: str) -> None:
@@ -54,7 +64,9 @@ def value_of(rt: CoreRuntime, e: ObjectEntry) -> Any:
     if e.kind == INLINE:
         value, refs = loads_payload(e.data, f"object {e.oid.hex()}")
     elif e.kind == STORE:
-        ensure_local(rt, e.oid, holders_of(e), None if e.owned else e.owner)
+        if not L.is_local(rt, e):
+            L.ensure_local(rt, e.oid, L.holders_of(e), None if e.owned else e.owner)
+            L.mark_local(rt, e)
         value, refs = rt.store.get(e.oid, f"object {e.oid.hex()}")
     else:
         raise ObjectLostError(f"object {e.oid.hex()} has no value here")
@@ -63,15 +75,82 @@ def value_of(rt: CoreRuntime, e: ObjectEntry) -> Any:
     return value
 
 
+# --- where a ready value is: the hook a cross-node pull plugs into ------------------------
+
+
+def is_local(rt: CoreRuntime, e: ObjectEntry) -> bool:
+    """Whether the value of a READY entry can be read on this node without a transfer.
+
+    On one node every ready value is local: an inline value lives in this
+    process, a store value in this node's store. With several nodes, a store
+    value whose copies are all on other nodes is not local until pulled.
+    """
+    return L.is_local(rt, e)
+
+
+def pull_local(rt: CoreRuntime, e: ObjectEntry, done: Callable[[ObjectEntry], None]) -> None:
+    """Bring the value of a READY entry to this node; ``done(e)`` once it is local.
+
+    The cross-node pull plugs in here; on one node nothing is ever remote.
+    """
+    L.pull_async(rt, e, done)
+
+
+def _usable(rt: CoreRuntime, e: ObjectEntry, fetch_local: bool) -> bool:
+    """Ready for ``wait``: left PENDING, and (``fetch_local``) readable on this node."""
+    if e.state == PENDING:
+        return False
+    return not fetch_local or e.state == FAILED or is_local(rt, e)
+
+
+def _add_usable_waiter(
+    rt: CoreRuntime, e: ObjectEntry, fetch_local: bool, cb: Callable[[ObjectEntry], None]
+) -> Callable[[ObjectEntry], None] | None:
+    """Arrange ``cb(e)`` for when ``e`` is usable (under the lock); returns the callback
+    registered with the table (to remove later), or None when ``e`` is usable now."""
+    if not fetch_local:
+        return cb if rt.table.add_waiter(e, cb) else None
+
+    def ready(e: ObjectEntry) -> None:
+        if _usable(rt, e, True):
+            cb(e)
+        else:
+            pull_local(rt, e, cb)
+
+    if rt.table.add_waiter(e, ready):
+        return ready
+    if _usable(rt, e, True):
+        return None
+    pull_local(rt, e, cb)  # ready elsewhere: counted once it is here
+    return ready
+
+
+def _add_waiters(
+    rt: CoreRuntime, entries: list[ObjectEntry], fetch_local: bool, cb: Any
+) -> list[tuple[ObjectEntry, Any]]:
+    """Register ``cb`` on each entry not usable yet; the ``(entry, callback)`` pairs."""
+    waiting = []
+    for e in entries:
+        if not _usable(rt, e, fetch_local):
+            registered = _add_usable_waiter(rt, e, fetch_local, cb)
+            if registered is not None:
+                waiting.append((e, registered))
+    return waiting
+
+
 def _wait_entries(
-    rt: CoreRuntime, refs: Sequence[ObjectRef], num: int, timeout: float | None
+    rt: CoreRuntime,
+    refs: Sequence[ObjectRef],
+    num: int,
+    timeout: float | None,
+    fetch_local: bool = False,
 ) -> list[ObjectEntry]:
-    """Block until ``num`` of ``refs`` left PENDING; returns their entries."""
+    """Block until ``num`` of ``refs`` are usable (see :func:`_usable`); their entries."""
     if rt.broken is not None:
         raise rt.broken
     with rt.lock:
         entries = [entry_of(rt, r) for r in refs]
-        ready = sum(1 for e in entries if e.state != PENDING)
+        ready = sum(1 for e in entries if _usable(rt, e, fetch_local))
         if ready >= num:
             return entries
         lock = _thread.allocate_lock()
@@ -83,7 +162,7 @@ def _wait_entries(
             if need[0] == 0:
                 lock.release()
 
-        waiting = [e for e in entries if rt.table.add_waiter(e, woke)]
+        waiting = _add_waiters(rt, entries, fetch_local, woke)
     rt.block_begin()
     try:
         if not lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
@@ -94,8 +173,8 @@ def _wait_entries(
     finally:
         rt.block_end()
         with rt.lock:
-            for e in waiting:
-                rt.table.remove_waiter(e, woke)
+            for e, cb in waiting:
+                rt.table.remove_waiter(e, cb)
     if rt.broken is not None and any(e.state == PENDING for e in entries):
         raise rt.broken
     return entries
@@ -113,19 +192,25 @@ def get(rt: CoreRuntime, refs: Any, timeout: float | None) -> Any:
 
 
 def _partition(
-    refs: Sequence[ObjectRef], entries: list[ObjectEntry], num: int
+    rt: CoreRuntime,
+    refs: Sequence[ObjectRef],
+    entries: list[ObjectEntry],
+    num: int,
+    fetch_local: bool,
 ) -> tuple[list[Any], list[Any]]:
     ready: list[Any] = []
     rest: list[Any] = []
     for ref, e in zip(refs, entries, strict=True):
-        if e.state != PENDING and len(ready) < num:
+        if len(ready) < num and _usable(rt, e, fetch_local):
             ready.append(ref)
         else:
             rest.append(ref)
     return ready, rest
 
 
-def _check_wait_args(refs: Sequence[Any], num_returns: int) -> list[Any]:
+def _check_wait_args(refs: Sequence[Any], num_returns: int, fetch_local: bool) -> list[Any]:
+    if not isinstance(fetch_local, bool):
+        raise TypeError(f"fetch_local must be True or False, not {fetch_local!r:.40}")
     if not isinstance(refs, list | tuple):
         raise TypeError(f"wait() takes a list of ObjectRefs, not {type(refs).__name__}")
     _check_refs(refs, "wait")
@@ -138,20 +223,6 @@ def _check_wait_args(refs: Sequence[Any], num_returns: int) -> list[Any]:
     return list(refs)
 
 
-def _fetch_local(rt: CoreRuntime, ready: list[Any]) -> None:
-    """Copy the ready store objects among ``ready`` to this node (a cluster's ``wait``)."""
-    if not in_cluster(rt):
-        return
-    with rt.lock:
-        todo = [rt.table.entries.get(r.id) for r in ready]
-    for e in todo:
-        if e is not None and e.state != PENDING and e.kind == STORE:
-            try:
-                ensure_local(rt, e.oid, holders_of(e), None if e.owned else e.owner)
-            except ObjectLostError:
-                pass  # get() reports it
-
-
 def wait(
     rt: CoreRuntime,
     refs: Sequence[Any],
@@ -159,22 +230,22 @@ def wait(
     timeout: float | None,
     fetch_local: bool = True,
 ) -> tuple[list[Any], list[Any]]:
-    refs = _check_wait_args(refs, num_returns)
+    """``(ready, not_ready)``; with ``fetch_local`` a ref is ready once its value is
+    readable on this node (pulled here if need be), else once it is ready anywhere."""
+    refs = _check_wait_args(refs, num_returns, fetch_local)
     if not refs:
         return [], []
     with rt.lock:
         entries = [entry_of(rt, r) for r in refs]
     # fast path: enough are ready already (the common case of a draining loop)
-    ready, rest = _partition(refs, entries, num_returns)
-    if len(ready) < num_returns:
-        try:
-            entries = _wait_entries(rt, refs, num_returns, timeout)
-        except GetTimeoutError:
-            pass
-        ready, rest = _partition(refs, entries, num_returns)
-    if fetch_local:
-        _fetch_local(rt, ready)
-    return ready, rest
+    ready, rest = _partition(rt, refs, entries, num_returns, fetch_local)
+    if len(ready) >= num_returns:
+        return ready, rest
+    try:
+        entries = _wait_entries(rt, refs, num_returns, timeout, fetch_local)
+    except GetTimeoutError:
+        pass
+    return _partition(rt, refs, entries, num_returns, fetch_local)
 
 
 # --- coroutines ---------------------------------------------------------------------------
@@ -231,13 +302,17 @@ def _waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
 
 
 async def _until_ready(
-    rt: CoreRuntime, entries: list[ObjectEntry], num: int, timeout: float | None
+    rt: CoreRuntime,
+    entries: list[ObjectEntry],
+    num: int,
+    timeout: float | None,
+    fetch_local: bool = False,
 ) -> None:
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
     waker = _waker(loop)
     with rt.lock:
-        ready = sum(1 for e in entries if e.state != PENDING)
+        ready = sum(1 for e in entries if _usable(rt, e, fetch_local))
         if ready >= num:
             return
         need = [num - ready]
@@ -247,7 +322,7 @@ async def _until_ready(
             if need[0] == 0:
                 waker.wake(fut)
 
-        waiting = [e for e in entries if rt.table.add_waiter(e, woke)]
+        waiting = _add_waiters(rt, entries, fetch_local, woke)
     try:
         if timeout is None:
             await fut
@@ -255,8 +330,8 @@ async def _until_ready(
             await asyncio.wait_for(fut, timeout)
     finally:
         with rt.lock:
-            for e in waiting:
-                rt.table.remove_waiter(e, woke)
+            for e, cb in waiting:
+                rt.table.remove_waiter(e, cb)
 
 
 async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
@@ -264,8 +339,15 @@ async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
         raise rt.broken
     with rt.lock:
         e = entry_of(rt, ref)
-    if e.state == PENDING:
-        await _until_ready(rt, [e], 1, None)
+    if e.state == PENDING or not is_local(rt, e):
+        await _until_ready(rt, [e], 1, None, True)  # (a copy on another node is pulled)
+    if e.kind == STORE and e.state != FAILED:
+        # map it without a blocking round trip to the daemon (which may be
+        # spilling); while `held` lives, value_of finds the mapping
+        held = await rt.store.open_async([e.oid])
+        value = value_of(rt, e)
+        del held
+        return value
     return value_of(rt, e)
 
 
@@ -276,19 +358,17 @@ async def wait_async(
     timeout: float | None,
     fetch_local: bool = True,
 ) -> tuple[list[Any], list[Any]]:
-    refs = _check_wait_args(refs, num_returns)
+    """:func:`wait` for a coroutine."""
+    refs = _check_wait_args(refs, num_returns, fetch_local)
     if not refs:
         return [], []
     with rt.lock:
         entries = [entry_of(rt, r) for r in refs]
     try:
-        await _until_ready(rt, entries, num_returns, timeout)
+        await _until_ready(rt, entries, num_returns, timeout, fetch_local)
     except TimeoutError:
         pass
-    ready, rest = _partition(refs, entries, num_returns)
-    if fetch_local and in_cluster(rt):
-        await asyncio.to_thread(_fetch_local, rt, ready)
-    return ready, rest
+    return _partition(rt, refs, entries, num_returns, fetch_local)
 
 
 async def as_completed(rt: CoreRuntime, refs: Sequence[Any]) -> AsyncIterator[Any]:
@@ -334,8 +414,27 @@ def ref_future(rt: CoreRuntime, ref: ObjectRef) -> concurrent.futures.Future[Any
         except BaseException as exc:
             fut.set_exception(exc)
 
+    def opened(e: ObjectEntry, held: Any) -> None:
+        if isinstance(held, BaseException):
+            fut.set_exception(held)
+        else:
+            settle(e)  # `held` keeps the mapping for value_of
+
+    def ready(e: ObjectEntry) -> None:
+        if e.kind == STORE and e.state != FAILED:  # the runtime loop must not block
+            if not is_local(rt, e):  # on another node: pulled here first
+                pull_local(rt, e, lambda e: rt.call_soon(ready_here, e))
+            else:
+                ready_here(e)
+        else:
+            settle(e)
+
+    def ready_here(e: ObjectEntry) -> None:
+        rt.store.open_then([e.oid], lambda held: opened(e, held))
+
     with rt.lock:
         e = entry_of(rt, ref)
-        if not rt.table.add_waiter(e, lambda e: rt.call_soon(settle, e)):
-            settle(e)
+        waiting = rt.table.add_waiter(e, lambda e: rt.call_soon(ready, e))
+    if not waiting:
+        ready(e)
     return fut

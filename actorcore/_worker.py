@@ -24,8 +24,10 @@ from ._execution import (
     TaskContext,
     current_task,
     decode_args,
+    decode_args_async,
     encode_error,
     encode_results,
+    encode_results_async,
 )
 from ._ids import new_id
 from ._mailbox import ActorMailbox, TaskQueue
@@ -144,9 +146,11 @@ class WorkerRuntime(CoreRuntime):
     async def run_task_async(self, call: Call) -> None:
         token = current_task.set(TaskContext(call.name, call.task_id, None))
         try:
-            args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            args, kwargs, reg = await decode_args_async(self, call.payload, call.resolved)
             value = await call.fn(*args, **kwargs)
-            results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
+            results, waits = await encode_results_async(
+                self, value, call.return_ids, call.owner, call.name
+            )
         except asyncio.CancelledError:
             err = TaskCancelledError(f"task {call.name} was cancelled")
             results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
@@ -157,6 +161,9 @@ class WorkerRuntime(CoreRuntime):
         if reg is not None or waits:
             await self.loop.run_in_executor(None, self._wait_all, reg, waits)
             reg = waits = None
+        conn = call.peer.conn
+        if conn is not None and conn.congested:  # back-pressure: the caller is not reading
+            await _drain(conn)
         self._reply(call, results, reg, waits)
 
     @staticmethod
@@ -294,9 +301,11 @@ class WorkerRuntime(CoreRuntime):
         token = current_task.set(TaskContext(mb.class_name, call.task_id, mb.actor_id))
         try:
             method = self._method(mb, call)
-            args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            args, kwargs, reg = await decode_args_async(self, call.payload, call.resolved)
             value = await method(*args, **kwargs)
-            results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
+            results, waits = await encode_results_async(
+                self, value, call.return_ids, call.owner, call.name
+            )
         except asyncio.CancelledError:
             err = TaskCancelledError(f"call {call.method}() was cancelled")
             results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
@@ -307,6 +316,9 @@ class WorkerRuntime(CoreRuntime):
         if reg is not None or waits:
             await self.loop.run_in_executor(None, self._wait_all, reg, waits)
             reg = waits = None
+        conn = call.peer.conn
+        if conn is not None and conn.congested:  # back-pressure: the caller is not reading
+            await _drain(conn)
         self._reply(call, results, reg, waits)
 
     @handles(P.Tag.DROP_ACTOR)
@@ -315,6 +327,14 @@ class WorkerRuntime(CoreRuntime):
         if mb is not None:
             mb.close(msg.reason)
         return DEFERRED
+
+
+async def _drain(conn: Any) -> None:
+    """Wait until the caller took most of what is queued to it."""
+    try:
+        await conn.drain()
+    except ConnectionError:
+        pass  # the reply finds the connection closed and is dropped
 
 
 def _format(e: BaseException) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "ConnectionBrokenError",
     "ConnectionClosedError",
     "GetTimeoutError",
+    "MessageTooLargeError",
     "NodeDiedError",
     "NotInitializedError",
     "ObjectLostError",
@@ -291,3 +292,9 @@ class ConnectionClosedError(ActorCoreError, ConnectionError):
 
 class ConnectionBrokenError(ActorCoreError, ConnectionError):
     """Raised on requests pending over a connection that the peer or network broke."""
+
+
+class MessageTooLargeError(ProtocolError, ValueError):
+    """Raised when a message is over the frame limits (``max_header_bytes``,
+    ``max_frame_bytes``): by the sender before it goes out, and to the sender
+    (in a REJECT) by a receiver that refuses it."""

@@ -219,6 +219,18 @@ def test_messages_after_a_wrong_token_are_never_decoded(fresh_runtime):
     assert list_state("node")["pid"] == data["pid"]
 
 
+@pytest.mark.timeout(60)
+def test_an_undecodable_frame_behind_a_wrong_token_is_not_parsed(runtime, node, client):
+    """In the same write as a failed AUTH: the daemon answers the AUTH (a REJECT
+    naming the token) and drops the rest unread; decoding it would have failed
+    first."""
+    behind = PRELUDE.pack(12, 0) + b"\xc1" * 12  # not msgpack
+    tag, fields = client.handshake(node["token"], wrong=True, extra=behind)
+    assert tag == REJECT and "token" in fields[0], fields
+    assert client.outcome() == ("closed",)
+    assert_still_serving(runtime, node)
+
+
 # --- the raw client itself ---------------------------------------------------------------
 
 
@@ -691,3 +703,342 @@ def assert_still_serving_simple(ac):
 
     assert ac.get(ping.remote(), timeout=30) == "pong"
     assert list_state("node")["pid"]
+
+
+# --- limits: unauthenticated sockets, frame sizes, back-pressure (issue 7, item 8) -----------
+
+
+@pytest.mark.timeout(90)
+def test_silent_unauthenticated_clients_are_dropped_at_the_deadline(runtime, node):
+    from actorcore._handshake import SERVER_HANDSHAKE_TIMEOUT_S
+
+    silent = [RawClient(node["address"], timeout=SERVER_HANDSHAKE_TIMEOUT_S + 40) for _ in range(8)]
+    try:
+        assert_still_serving(runtime, node)  # they hold nobody up
+        for c in silent:
+            assert c.error_or_closed()[-1] == ("closed",)  # HELLO, then dropped
+    finally:
+        for c in silent:
+            c.close()
+
+
+@pytest.mark.timeout(90)
+def test_oversized_frame_gets_a_reject_naming_the_limit(runtime, node, client):
+    assert client.handshake(node["token"])[0] == WELCOME
+    client.send(PRELUDE.pack(9 * 1024 * 1024, 0) + b"\x00" * 64)  # over the 8 MiB default
+    seen = client.error_or_closed()
+    rejects = [s for s in seen if s[0] == "frame" and s[1] == REJECT]
+    assert rejects and "exceeds the limit" in rejects[0][2][0], seen
+    assert_still_serving(runtime, node)
+
+
+class _Sink:
+    """A receiver that keeps what arrives."""
+
+    def __init__(self):
+        self.frames = []
+        self.buffers = []
+        self.closed = None
+
+    def on_frame(self, conn, msg, buffers):
+        self.frames.append(msg)
+        self.buffers.append(buffers)
+
+    def on_protocol_error(self, conn, err):
+        conn.abort(err)
+
+    def on_close(self, conn, exc):
+        self.closed = exc
+
+
+def _run(coro_fn):
+    import asyncio
+
+    return asyncio.run(asyncio.wait_for(coro_fn(), 60))
+
+
+def _pair(loop, **kw):
+    from actorcore._transport import Connection
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    conn = Connection(
+        a,
+        loop,
+        _Sink(),
+        peer_role="test peer",
+        peer_id=b"p" * 16,
+        max_header_bytes=1 << 20,
+        max_frame_bytes=4 << 20,
+        **kw,
+    )
+    conn.start()
+    return conn, b
+
+
+def _read_frames(sock, want_bytes):
+    """Read ``want_bytes`` (blocking) from the raw peer socket."""
+    sock.setblocking(True)
+    sock.settimeout(30)
+    got = 0
+    while got < want_bytes:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
+
+
+def _reply(n):
+    from actorcore import _protocol as P
+
+    return P.ReplyMsg(1, b"x" * n)
+
+
+@pytest.mark.timeout(60)
+def test_a_frame_over_the_limit_is_refused_at_the_sender():
+    from actorcore import _protocol as P
+
+    async def main():
+        import asyncio
+
+        conn, peer = _pair(asyncio.get_running_loop())
+        try:
+            with pytest.raises(E.MessageTooLargeError, match="max_header_bytes"):
+                conn.send(_reply(2 << 20))
+            with pytest.raises(ValueError):  # a usage error as well
+                conn.send(_reply(2 << 20))
+            conn.send(_reply(10))  # the connection goes on
+            small = len(P.encode(_reply(10)))
+            got = await asyncio.get_running_loop().run_in_executor(None, _read_frames, peer, small)
+            assert got == small
+            assert not conn.closed
+        finally:
+            conn.close()
+            peer.close()
+
+    _run(main)
+
+
+@pytest.mark.timeout(60)
+def test_a_loop_sender_to_a_peer_that_never_reads_is_cut_off_at_the_cap():
+    async def main():
+        import asyncio
+
+        conn, peer = _pair(asyncio.get_running_loop(), high_water=1 << 20, max_queued=4 << 20)
+        try:
+            frame_size = 64 * 1024
+            with pytest.raises(E.ConnectionBrokenError, match="not reading"):
+                for _ in range(10_000):
+                    conn.send(_reply(frame_size))
+                    assert conn.queued_bytes <= (4 << 20) + 2 * frame_size
+            await asyncio.sleep(0)  # the abort lands on the loop
+            assert conn.closed
+            assert isinstance(conn.receiver.closed, E.ConnectionBrokenError)
+            with pytest.raises(ConnectionError):
+                conn.send(_reply(10))
+        finally:
+            peer.close()
+
+    _run(main)
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_sender_waits_for_a_slow_reader_and_memory_stays_bounded():
+    from actorcore import _protocol as P
+
+    frame_size, count, high = 64 * 1024, 200, 1 << 20
+    one = len(P.encode(_reply(frame_size)))
+
+    async def main():
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        conn, peer = _pair(loop, high_water=high, max_queued=4 << 20)
+        sent = []
+        peaks = []
+
+        def produce():
+            for _ in range(count):
+                conn.send(_reply(frame_size))  # blocks this thread, never the loop
+                sent.append(1)
+                peaks.append(conn.queued_bytes)
+
+        producer = loop.run_in_executor(None, produce)
+        try:
+            # the producer stalls while nobody reads, with bounded memory queued
+            deadline = loop.time() + 30
+            while not (conn.queued_bytes > high // 2 and len(sent) < count):
+                assert loop.time() < deadline, "the producer never had to wait"
+                await asyncio.sleep(0.01)
+            stalled = len(sent)
+            ticks = 0
+            while ticks < 20:  # the loop runs on while the thread waits
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert len(sent) < count and len(sent) <= stalled + 1
+            got = await loop.run_in_executor(None, _read_frames, peer, one * count)
+            await producer
+            assert got == one * count
+            assert max(peaks) <= high + 2 * one
+        finally:
+            conn.close()
+            peer.close()
+
+    _run(main)
+
+
+@pytest.mark.timeout(60)
+def test_drain_waits_for_the_peer_and_close_never_blocks():
+    from actorcore import _protocol as P
+
+    frame_size = 64 * 1024
+    one = len(P.encode(_reply(frame_size)))
+
+    async def main():
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        conn, peer = _pair(loop, high_water=1 << 20, max_queued=8 << 20)
+        try:
+            n = 0
+            while True:  # until more than the high-water mark stays queued
+                conn.send(_reply(frame_size))
+                n += 1
+                if conn.queued_bytes > 1 << 20:
+                    await asyncio.sleep(0.01)  # the socket takes what it can
+                    if conn.queued_bytes > 1 << 20:
+                        break
+            drained = loop.create_task(conn.drain())
+            await asyncio.sleep(0.05)
+            assert not drained.done()  # the peer reads nothing yet
+            reader = loop.run_in_executor(None, _read_frames, peer, one * n)
+            await asyncio.wait_for(drained, 30)
+            assert await reader == one * n
+
+            for _ in range(40):  # 2.5 MiB queued to a peer that is not reading
+                conn.send(_reply(frame_size))
+            conn.close()
+            # it returned with the bytes still queued: it did not wait for the peer
+            assert conn.queued_bytes > 0, "close() waited for the peer to read"
+            assert conn.closed
+            assert isinstance(conn.receiver.closed, E.ConnectionClosedError)
+            # what was queued still goes out, then the stream ends
+            got = await loop.run_in_executor(None, _read_frames, peer, 10 * one * 40)
+            assert got == one * 40
+        finally:
+            peer.close()
+
+    _run(main)
+
+
+@pytest.mark.timeout(60)
+def test_the_listener_holds_few_unauthenticated_sockets_each_briefly():
+    from actorcore._transport import Listener
+
+    async def main():
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        conns = []
+        listener = Listener(
+            loop,
+            token=b"t" * 32,
+            role="node",
+            my_id=os.urandom(16),
+            make_receiver=_Sink,
+            on_connection=conns.append,
+            max_header_bytes=1 << 20,
+            max_frame_bytes=4 << 20,
+            max_pending_handshakes=4,
+            handshake_timeout_s=1.0,
+        )
+        listener.start()
+        socks = []
+        try:
+            for _ in range(10):
+                s = socket.create_connection(listener.address)
+                s.setblocking(False)
+                socks.append(s)
+                await asyncio.sleep(0)
+            deadline = loop.time() + 30
+            while listener.evicted < 6:
+                assert loop.time() < deadline, listener.evicted
+                await asyncio.sleep(0.01)
+            assert listener.pending_handshakes <= 4
+            while listener.pending_handshakes or listener.rejected < 4:  # the deadline
+                assert loop.time() < deadline, (listener.pending_handshakes, listener.rejected)
+                await asyncio.sleep(0.05)
+            assert not conns
+        finally:
+            listener.close()
+            for s in socks:
+                s.close()
+
+    _run(main)
+
+
+@pytest.mark.timeout(60)
+def test_a_frame_with_a_large_buffer_arrives_whole_over_a_socket():
+    from actorcore import _protocol as P
+
+    big = os.urandom(3 << 20)
+
+    async def main():
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        conn, peer = _pair(loop)
+        try:
+            parts = P.encode(P.ReplyMsg(7, "big"), [big])
+            await loop.run_in_executor(None, peer.sendall, b"".join(parts))
+            deadline = loop.time() + 30
+            while not conn.receiver.frames:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.01)
+            (msg,) = conn.receiver.frames
+            assert msg.rid == 7
+            assert conn.receiver.buffers == [[big]]
+        finally:
+            conn.close()
+            peer.close()
+
+    _run(main)
+
+
+@pytest.mark.timeout(60)
+def test_closing_the_blocking_client_never_waits_for_a_call_in_progress(runtime, node, client):
+    """A thread blocked in a store call (an open waits for a seal that never comes)
+    does not hold up ``close()``; the call fails as closed."""
+    from actorcore import _protocol as P
+    from actorcore._sync_client import SyncClient
+    from actorcore.testing import wait_for
+
+    assert client.handshake(node["token"])[0] == WELCOME
+    oid = os.urandom(16)
+    tag, _fields, _ = client.request(60, [rid(), oid, 1000, [client.peer_id]])  # CREATE_OBJECT
+    assert tag == REPLY  # created, and never sealed
+    sync = SyncClient(
+        tuple(node["address"]),
+        token=node["token"],
+        role="driver",
+        my_id=os.urandom(16),
+        max_header_bytes=1 << 20,
+        max_frame_bytes=4 << 20,
+    )
+    outcome = []
+
+    def blocked_open():
+        try:
+            outcome.append(sync.call(P.OpenObjectsMsg(rid(), [oid])))
+        except Exception as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=blocked_open, daemon=True)
+    t.start()
+    wait_for(lambda: sync._lock.locked(), 30, what="the call in progress")
+    sync.close()  # returns at once, though the other thread holds the connection
+    t.join(30)
+    assert not t.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], E.ConnectionClosedError), outcome
+    assert_still_serving(runtime, node)

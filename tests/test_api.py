@@ -492,22 +492,34 @@ async def test_wait_awaited_preserves_order(runtime):
         await asyncio.wait_for(slow, 10)
 
 
+@ac.remote
+def stamp_when_told(path, value):
+    while not os.path.exists(path):
+        time.sleep(0.01)  # inside a task: a poll of the test's go signal
+    return value, time.monotonic()
+
+
 @pytest.mark.timeout(60)
-async def test_as_completed_yields_in_completion_order(runtime):
-    delays = [1.2, 0.0, 0.4]
+async def test_as_completed_yields_in_completion_order(runtime, tmp_path):
     # distinct resource shapes: each task gets a worker of its own, so the three
-    # run side by side whatever the submitter's pipelining does (see test_tasks)
+    # run side by side whatever the submitter's pipelining does (see test_tasks);
+    # the test, not the clock, decides the order in which they finish
     cpus = [0.5, 0.6, 0.7]
+    go = [tmp_path / f"go{i}" for i in range(3)]
     refs = [
-        sleep_then_stamp.options(num_cpus=c).remote(d, i)
-        for i, (d, c) in enumerate(zip(delays, cpus, strict=True))
+        stamp_when_told.options(num_cpus=c).remote(str(p), i)
+        for i, (p, c) in enumerate(zip(go, cpus, strict=True))
     ]
     it = ac.as_completed(refs)
     assert hasattr(it, "__aiter__")
     yielded = []
-    async for ref in it:
+    for i in (1, 2, 0):
+        go[i].touch()
+        ref = await asyncio.wait_for(it.__anext__(), 30)
         assert isinstance(ref, ac.ObjectRef)
         yielded.append(ref)
+    with pytest.raises(StopAsyncIteration):
+        await it.__anext__()
     assert sorted(yielded, key=refs.index) == refs  # each ref exactly once
     results = [await r for r in yielded]
     order = [i for i, _ in results]
@@ -519,14 +531,27 @@ async def test_as_completed_yields_in_completion_order(runtime):
 @pytest.mark.timeout(60)
 async def test_as_completed_on_an_async_actor(runtime):
     @ac.remote
-    class Delayer:
-        async def after(self, seconds, value):
-            await asyncio.sleep(seconds)
-            return value
+    class Gate:
+        def __init__(self):
+            self.events = {}
 
-    d = Delayer.remote()
-    refs = [d.after.remote(t, i) for i, t in enumerate([0.9, 0.0, 0.6, 0.3])]
-    got = [await r async for r in ac.as_completed(refs)]
+        def _event(self, i):
+            return self.events.setdefault(i, asyncio.Event())
+
+        async def after(self, i):
+            await self._event(i).wait()
+            return i
+
+        async def open(self, i):
+            self._event(i).set()
+
+    g = Gate.remote()
+    refs = [g.after.remote(i) for i in range(4)]
+    it = ac.as_completed(refs)
+    got = []
+    for i in (1, 3, 2, 0):
+        await g.open.remote(i)
+        got.append(await (await asyncio.wait_for(it.__anext__(), 30)))
     assert got == [1, 3, 2, 0]
 
 

@@ -280,3 +280,5 @@ def test_queue_fed_from_b_and_as_completed(cluster):
         return [len(await r) async for r in ac.as_completed(refs)]
 
     assert sorted(asyncio.run(drain())) == [MiB + i for i in range(4)]
+    fresh = make.options(resources={"onb": 1}).remote(2 * MiB)
+    assert len(fresh.future().result(timeout=60)) == 2 * MiB

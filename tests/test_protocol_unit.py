@@ -93,3 +93,60 @@ def test_request_tags_are_exactly_the_messages_with_a_rid():
     for tag, cls in P.MESSAGES.items():
         assert (tag in P.REQUESTS) == (cls._fields[:1] == ("rid",))
     assert P.Tag.STEAL_TASKS not in P.REQUESTS and P.Tag.PUSH_TASK in P.REQUESTS
+
+
+def test_a_limited_feed_leaves_what_follows_undecoded():
+    """The handshake decodes one frame at a time: bytes behind a failed AUTH,
+    even undecodable ones, are never parsed."""
+    auth = P.encode_bytes(P.AuthMsg(P.PROTOCOL_VERSION, "driver", b"i" * 16, b"n" * 16, b"p"))
+    garbage = struct.pack("<IH", 12, 0) + b"\xc1" * 12
+    d = P.FrameDecoder(4096, 4096)
+    frames = d.feed(auth + garbage, 1)
+    assert [type(m) for m, _ in frames] == [P.AuthMsg]
+    assert d.take_rest() == garbage
+    with pytest.raises(ProtocolError):
+        P.FrameDecoder(4096, 4096).feed(auth + garbage)  # decoding all of it would fail
+
+
+def test_the_sender_checks_the_limits():
+    from actorcore.errors import MessageTooLargeError
+
+    frame = P.encode(P.ReplyMsg(1, b"x" * 5000))
+    assert P.check_size(frame, 8192, 8192) == len(frame)
+    with pytest.raises(MessageTooLargeError, match="max_header_bytes"):
+        P.check_size(frame, 4096, 1 << 20)
+    with_buffers = P.encode(P.ReplyMsg(1, b""), [b"b" * 10_000])
+    with pytest.raises(MessageTooLargeError, match="max_frame_bytes"):
+        P.check_size(with_buffers, 4096, 8192)
+    assert issubclass(MessageTooLargeError, ValueError)
+
+
+def test_large_buffers_are_received_into_their_own_memory():
+    big = bytes(range(256)) * (12 * 1024)  # 3 MiB
+    frames = [
+        P.encode(P.ReplyMsg(1, "before")),
+        P.encode(P.ReplyMsg(2, "big"), [big, b"", b"tail"]),
+        P.encode(P.ReplyMsg(3, "after"), [b"small"]),
+    ]
+    stream = b"".join(f if isinstance(f, bytes) else b"".join(f) for f in frames)
+    for chunk in (997, 4096, 65536, 1 << 20, len(stream)):
+        d = P.FrameDecoder(1 << 20, 8 << 20)
+        got = []
+        peak = 0
+        for i in range(0, len(stream), chunk):
+            got.extend(d.feed(stream[i : i + chunk]))
+            peak = max(peak, d.pending_bytes())
+        assert [m.rid for m, _ in got] == [1, 2, 3], chunk
+        assert got[1][1] == [big, b"", b"tail"]
+        assert got[2][1] == [b"small"]
+        if chunk < len(big):
+            assert peak < 2 * chunk + (1 << 16), "the big buffer went through the decoder"
+
+
+def test_a_streamed_frame_still_obeys_the_limits():
+    from actorcore.errors import MessageTooLargeError
+
+    frame = P.encode(P.ReplyMsg(1, "x"), [b"y" * (2 << 20)])
+    d = P.FrameDecoder(1 << 20, 1 << 20)
+    with pytest.raises(MessageTooLargeError):
+        d.feed(frame[0])

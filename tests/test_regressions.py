@@ -79,15 +79,24 @@ def test_a_ref_sent_to_a_task_and_returned_is_freed_afterwards(runtime):
 
 
 @pytest.mark.timeout(60)
-def test_refs_returned_to_a_caller_that_dropped_the_result_are_freed(runtime):
-    @ac.remote
-    def make():
-        return [ac.put(np.zeros(500_000))]
+def test_refs_returned_to_a_caller_that_dropped_the_result_are_freed(runtime, tmp_path):
+    note = tmp_path / "made"
 
-    before = store_objects()
-    make.remote()  # fire and forget: the result arrives with nobody holding it
+    @ac.remote
+    def make(path):
+        ref = ac.put(np.zeros(500_000))
+        with open(path + ".tmp", "w") as f:
+            f.write(ref.id.hex())
+        os.rename(path + ".tmp", path)
+        return [ref]
+
+    make.remote(str(note))  # fire and forget: the result arrives with nobody holding it
     gc.collect()
-    wait_for(lambda: store_objects() <= before, 20, what="the nested object freed")
+    # first the object exists (else "not in the store" would hold from the start) ...
+    wait_for(note.exists, 30, what="the nested object made")
+    hexid = note.read_text()
+    # ... then it goes: its owner (the worker) frees it once the caller let go
+    wait_for(lambda: hexid not in store_objects(), 20, what="the nested object freed")
 
 
 @ac.remote
