@@ -253,6 +253,8 @@ class ClusterNode:
         return self._kill_remote(peer, msg, b)
 
     async def _kill_remote(self, peer: RpcPeer, msg: P.KillActorMsg, b: list[bytes]) -> Any:
+        if msg.no_restart:
+            self.work.forget(msg.actor_id)
         rec = await self.actor_table.get(msg.actor_id)
         if rec is None or rec.node_id == self.node_id:
             return self._local(P.Tag.KILL_ACTOR, peer, msg, b)

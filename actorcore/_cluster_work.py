@@ -89,6 +89,7 @@ class ClusterWork:
         self._orig: dict[int, Handler] = {}
         # owner process -> its (non-detached) actors created on other nodes through us
         self.forwarded: dict[bytes, dict[bytes, bytes]] = {}
+        self._owner_of: dict[bytes, bytes] = {}  # actor -> its owner, for the above
 
     def install(self, handlers: dict[int, Handler]) -> None:
         """Wrap the daemon's handlers in ``handlers`` (changed in place)."""
@@ -150,6 +151,7 @@ class ClusterWork:
         spec["forwarded_from"] = [self.node_id, owner]
         if not spec.get("detached"):
             self.forwarded.setdefault(owner, {})[msg.actor_id] = target
+            self._owner_of[msg.actor_id] = owner
         return self._forward_create(target, P.CreateActorMsg(next_rid(), msg.actor_id, spec))
 
     async def _create_here(self, peer: RpcPeer, msg: P.CreateActorMsg, b: list[bytes]) -> Any:
@@ -170,7 +172,17 @@ class ClusterWork:
     def owner_gone(self, owner: bytes) -> None:
         """A process of this node ended: its actors on other nodes end too."""
         for actor_id, node_id in self.forwarded.pop(owner, {}).items():
+            self._owner_of.pop(actor_id, None)
             self.daemon.spawn(self._kill_on(node_id, actor_id))
+
+    def forget(self, actor_id: bytes) -> None:
+        """An actor created through this node was killed: nothing to end for its owner."""
+        owner = self._owner_of.pop(actor_id, None)
+        if owner is not None:
+            mine = self.forwarded.get(owner, {})
+            mine.pop(actor_id, None)
+            if not mine:
+                self.forwarded.pop(owner, None)
 
     async def _kill_on(self, node_id: bytes, actor_id: bytes) -> None:
         try:

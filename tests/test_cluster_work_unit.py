@@ -46,3 +46,14 @@ def test_target_for():
     with pytest.raises(ValueError, match="not a live node"):
         w.target_for({"CPU": 1, AFFINITY + (b"d" * 8).hex(): 1})
     assert w.target_for({"nowhere": 1}) is None  # infeasible everywhere: waits here, warned
+
+
+def test_forwarded_actors_are_forgotten_when_killed():
+    w = _work({"CPU": 2}, {A: {"CPU": 2}, B: {"x": 1}})
+    w.forwarded = {b"owner": {b"act1": B, b"act2": B}}
+    w._owner_of = {b"act1": b"owner", b"act2": b"owner"}
+    w.forget(b"act1")
+    assert w.forwarded == {b"owner": {b"act2": B}}
+    w.forget(b"act2")
+    w.forget(b"unknown")
+    assert w.forwarded == {} and w._owner_of == {}
