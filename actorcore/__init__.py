@@ -27,6 +27,7 @@ from ._api import (
     shutdown,
     wait,
 )
+from ._obs.timeline import timeline
 from ._ref import ObjectRef
 from ._remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, method, remote
 
@@ -54,6 +55,7 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "timeline",
     "util",
     "wait",
 ]

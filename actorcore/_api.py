@@ -61,18 +61,28 @@ class InitInfo:
     session: str
     session_dir: str
     embedded: bool
+    dashboard_url: str | None = None  # None: no dashboard (include_dashboard=False)
+    dashboard_token: str | None = None  # log in with it (or open dashboard_url + "/?token=...")
+    metrics_export_port: int | None = None
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
 
 
 def _info(rt: Any) -> InitInfo:
+    from . import _task_events
+
+    _task_events.bind(rt)  # observability hook: read task_events from this runtime's config
+    raw = rt.node.raw
     return InitInfo(
         rt.node.address,
         rt.node.node_id.hex(),
         rt.node.session,
         rt.node.session_dir,
         getattr(rt, "proc", None) is not None,
+        raw.get("dashboard_url"),  # observability hook
+        raw.get("dashboard_token"),
+        raw.get("metrics_export_port"),
     )
 
 

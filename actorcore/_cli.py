@@ -5,9 +5,13 @@ actorcore start [--address etcd://HOST:PORT[,...]/NAME] [--num-cpus N] [--num-gp
                 [--token-file F] [--etcd-user U --etcd-password P] [--etcd-ca F ...]
 actorcore stop [--address etcd://.../NAME]
 actorcore status
-actorcore list {actors,workers,objects,nodes}
+actorcore list {nodes,actors,tasks,objects,workers,placement-groups} [--filter k=v] [--limit N]
+actorcore get {actor,task,node} ID
+actorcore summary {tasks,actors}
 actorcore memory
-actorcore logs [--tail N]
+actorcore logs [--tail N] [--follow] [--actor ID|NAME] [--task ID]
+actorcore timeline [-o FILE]
+actorcore dashboard
 actorcore microbenchmark [FILTER] [--ray-python PATH]
 actorcore serve status
 """
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import glob
 import json
 import os
 import sys
@@ -174,27 +177,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"  object store: {store['used'] / mb:.1f}/{store['capacity'] / mb:.0f} MiB, "
         f"{store['objects']} objects, {store['spilled']} spilled"
     )
-    return 0
+    from ._obs._cli import print_dashboard  # observability hook
 
-
-def cmd_list(args: argparse.Namespace) -> int:
-    node = _node()
-    if args.what == "nodes":
-        from . import _protocol as P
-        from ._rpc import next_rid
-
-        rows = [
-            {
-                "node_id": r["NodeID"],
-                "alive": r["Alive"],
-                "pid": r["Pid"],
-                "address": f"{r['NodeManagerAddress']}:{r['NodeManagerPort']}",
-            }
-            for r in _ask(node, P.ClusterInfoMsg(next_rid(), "nodes"))
-        ]
-    else:
-        rows = _state(node, args.what)
-    print(_table(rows))
+    print_dashboard(node)
     return 0
 
 
@@ -209,18 +194,6 @@ def cmd_memory(args: argparse.Namespace) -> int:
         f"{store['spilled_bytes'] / mb:.1f} MiB on disk)"
     )
     print(_table(objects))
-    return 0
-
-
-def cmd_logs(args: argparse.Namespace) -> int:
-    node = _node()
-    logs = os.path.join(node["session_dir"], "logs")
-    for path in sorted(glob.glob(os.path.join(logs, "*"))):
-        with open(path, errors="replace") as f:
-            lines = f.readlines()[-args.tail :]
-        if lines:
-            print(f"==> {os.path.basename(path)} <==")
-            sys.stdout.writelines(lines)
     return 0
 
 
@@ -267,13 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="resources, workers and store of the local node").set_defaults(
         fn=cmd_status
     )
-    p = sub.add_parser("list", help="list actors, workers, objects or nodes")
-    p.add_argument("what", choices=["actors", "workers", "objects", "nodes"])
-    p.set_defaults(fn=cmd_list)
     sub.add_parser("memory", help="object store use, object by object").set_defaults(fn=cmd_memory)
-    p = sub.add_parser("logs", help="print the session's log files")
-    p.add_argument("--tail", type=int, default=50)
-    p.set_defaults(fn=cmd_logs)
+    from ._obs._cli import add_commands  # observability: list/get/summary/timeline/logs/dashboard
+
+    add_commands(sub)
     p = sub.add_parser("microbenchmark", help="run the benchmark suite (see bench/)")
     p.add_argument("filter", nargs="*")
     p.add_argument("--ray-python")
@@ -284,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))
-    except ConnectionError as e:
+    except (ConnectionError, ValueError) as e:
         print(f"actorcore: {e}", file=sys.stderr)
         return 1
 

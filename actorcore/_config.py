@@ -58,6 +58,14 @@ class Config:
     transfer_chunk_bytes: int = 8 * MiB  # node-to-node object pulls: bytes per request
     transfer_timeout_s: float = 10.0  # a holder silent this long mid-pull is dropped
     transfer_serve_rate: float = 0.0  # bytes/s a node sends to pullers at most (0: no cap)
+    # observability (actorcore._obs)
+    task_events: bool = True  # record task history (and user metrics) for the state API
+    task_history_size: int = 10_000  # tasks a node remembers
+    metrics_export_port: int = 0  # Prometheus /metrics; 0 = any free port, -1 = off
+    metrics_token: str = ""  # when set, /metrics asks for "Authorization: Bearer <it>"
+    include_dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265  # taken: any free port
 
     def __post_init__(self) -> None:
         if self.inline_threshold < 0:
@@ -89,6 +97,11 @@ class Config:
             raise ValueError("node_ttl_s must be > 0")
         if self.transfer_chunk_bytes <= 0 or self.transfer_timeout_s <= 0:
             raise ValueError("transfer_chunk_bytes and transfer_timeout_s must be > 0")
+        if self.task_history_size < 1:
+            raise ValueError("task_history_size must be >= 1")
+        for port in (self.metrics_export_port, self.dashboard_port):
+            if not -1 <= port <= 65535:
+                raise ValueError(f"port {port} is out of range (-1 = off, 0 = any)")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
@@ -112,6 +125,12 @@ class Config:
             "etcd_cert": _env("ETCD_CERT", ""),
             "etcd_key": _env("ETCD_KEY", ""),
             "attach_node": _env("ATTACH_NODE", ""),
+            "task_events": _env("TASK_EVENTS", "1") not in ("0", "false", "no"),
+            "metrics_export_port": int(_env("METRICS_EXPORT_PORT", "0")),
+            "metrics_token": _env("METRICS_TOKEN", ""),
+            "include_dashboard": _env("INCLUDE_DASHBOARD", "1") not in ("0", "false", "no"),
+            "dashboard_host": _env("DASHBOARD_HOST", "127.0.0.1"),
+            "dashboard_port": int(_env("DASHBOARD_PORT", "8265")),
         }
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():

@@ -44,6 +44,9 @@ def read_node_file(path: str) -> dict[str, Any]:
 
 def main() -> None:
     boot = json.loads(sys.stdin.readline())
+    from ._task_events import set_process_title
+
+    set_process_title("daemon")  # observability hook: `ps` shows actorcore::daemon
     # The driver's paths come after the daemon's own: a user's module named like
     # one of ours (store.py, gcs.py) must never shadow actorcore's.
     for path in boot.get("sys_path", []):
@@ -153,6 +156,7 @@ def _serve(
         loop.add_signal_handler(sig, daemon.stop, f"signal {sig.name}")
     loop.run_until_complete(daemon.serve())
     ready = {**node, "node_id": node["node_id"].hex(), "pid": os.getpid(), "capacity_note": note}
+    ready.update(daemon.obs.ready_info())  # observability hook: dashboard and metrics ports
     _write_node_file(os.path.join(dirs.shm_dir, "node.json"), ready, boot["token"])
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()

@@ -32,6 +32,7 @@ from ._cluster_node import join_cluster
 from ._cluster_work import split_affinity
 from ._config import Config
 from ._node_actors import NodeActorsMixin
+from ._obs._observer import NodeObserver, ObservabilityMixin
 from ._pool import WorkerPool
 from ._rpc import DEFERRED, RpcPeer, Service, handles
 from ._store_service import StoreService
@@ -52,7 +53,7 @@ class WorkerRec:
     address: list[Any]
 
 
-class NodeDaemon(NodeActorsMixin, Service):
+class NodeDaemon(NodeActorsMixin, ObservabilityMixin, Service):
     def __init__(
         self,
         *,
@@ -123,6 +124,7 @@ class NodeDaemon(NodeActorsMixin, Service):
             config=TransferConfig.from_config(config),
         )
         self.cluster = join_cluster(self, cluster)  # etcd-backed control state in a cluster
+        self.obs = NodeObserver(self)  # observability hook (actorcore._obs)
 
     # --- life ---------------------------------------------------------------------
 
@@ -156,6 +158,7 @@ class NodeDaemon(NodeActorsMixin, Service):
         self.warm = prestart
         self._run(self.sched.keep_warm(self.warm))
         self.spawn(self._housekeeping())
+        self.obs.start()  # observability hook: /metrics, dashboard, sampler
 
     async def wait_stopped(self) -> None:
         assert self.stopping is not None
@@ -178,6 +181,7 @@ class NodeDaemon(NodeActorsMixin, Service):
             for peer in list(peers):
                 if peer.conn is not None:
                     peer.conn.close()
+        await self.obs.aclose()  # observability hook
         await self.cancel_tasks()
         await self.control.aclose()
 
@@ -379,6 +383,7 @@ class NodeDaemon(NodeActorsMixin, Service):
                     "NodeManagerPort": self.address[1],
                     "Resources": dict(self.total),
                     "Pid": os.getpid(),
+                    **self.obs.node_fields(),  # observability hook: MetricsExportPort
                 }
             ]
         raise ValueError(f"unknown cluster information {msg.what!r}")
@@ -437,6 +442,8 @@ class NodeDaemon(NodeActorsMixin, Service):
     @handles(P.Tag.LOG_BATCH)
     def on_log_batch(self, peer: RpcPeer, msg: P.LogBatchMsg, _b: list[bytes]) -> Any:
         self._broadcast_logs(list(msg.lines))
+        rec = self.workers.get(peer.conn.peer_id) if peer.conn is not None else None
+        self.obs.add_logs(rec.pid if rec is not None else None, msg.lines)  # observability hook
         return DEFERRED
 
     @handles(P.Tag.SHUTDOWN_NODE)

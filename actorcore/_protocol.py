@@ -96,6 +96,9 @@ class Tag(IntEnum):
     TRANSFER_RELEASE = 107
     # cluster (node daemon <-> node daemon)
     LOAD_REPORT = 80
+    # observability (process -> node daemon; state queries)
+    TASK_EVENTS = 90
+    STATE_QUERY = 91
 
 
 def message(tag: Tag) -> Callable[[type[_M]], type[_M]]:
@@ -529,6 +532,33 @@ class LoadReportMsg(NamedTuple):
 
     node_id: bytes
     available: dict[str, float]
+
+
+# --- observability ---------------------------------------------------------------------
+
+
+@message(Tag.TASK_EVENTS)
+class TaskEventsMsg(NamedTuple):
+    """Process -> its node daemon: task state changes and user metric samples, batched.
+
+    ``events`` is the batch msgpack-packed once more (the daemon unpacks it only
+    when someone looks); ``counts`` is ``[events, finished, failed]``.
+    """
+
+    events: bytes
+    counts: list[int]
+    samples: list[Any]
+
+
+@message(Tag.STATE_QUERY)
+class StateQueryMsg(NamedTuple):
+    """Anyone -> a node daemon: this node's rows of one kind of state (see actorcore._obs)."""
+
+    rid: int
+    kind: str
+    filters: list[Any]
+    limit: int
+    options: dict[str, Any]
 
 
 def _collect() -> dict[int, type]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import _global as G
 from . import _protocol as P
+from . import _task_events as TE
 from ._config import Config
 from ._execution import (
     ExecPool,
@@ -131,6 +132,7 @@ class WorkerRuntime(CoreRuntime):
 
     def run_task(self, call: Call) -> None:
         token = current_task.set(TaskContext(call.name, call.task_id, None))
+        TE.call_running(call, None)  # observability hook
         try:
             args, kwargs, reg = decode_args(self, call.payload, call.resolved)
             value = self.tasks.run_user_code(call, args, kwargs)
@@ -145,6 +147,7 @@ class WorkerRuntime(CoreRuntime):
 
     async def run_task_async(self, call: Call) -> None:
         token = current_task.set(TaskContext(call.name, call.task_id, None))
+        TE.call_running(call, None)  # observability hook
         try:
             args, kwargs, reg = await decode_args_async(self, call.payload, call.resolved)
             value = await call.fn(*args, **kwargs)
@@ -174,6 +177,7 @@ class WorkerRuntime(CoreRuntime):
             ev.wait(30.0)
 
     def _reply(self, call: Call, results: list[Any], reg: Any, waits: Any) -> None:
+        TE.call_done(call, results)  # observability hook
         if reg is not None or waits:
             self._wait_all(reg, waits)
         conn = call.peer.conn
@@ -286,6 +290,7 @@ class WorkerRuntime(CoreRuntime):
 
     def run_actor_call(self, mb: ActorMailbox, call: Call) -> None:
         token = current_task.set(TaskContext(mb.class_name, call.task_id, mb.actor_id))
+        TE.call_running(call, mb.actor_id)  # observability hook
         try:
             method = self._method(mb, call)
             args, kwargs, reg = decode_args(self, call.payload, call.resolved)
@@ -299,6 +304,7 @@ class WorkerRuntime(CoreRuntime):
 
     async def run_actor_call_async(self, mb: ActorMailbox, call: Call) -> None:
         token = current_task.set(TaskContext(mb.class_name, call.task_id, mb.actor_id))
+        TE.call_running(call, mb.actor_id)  # observability hook
         try:
             method = self._method(mb, call)
             args, kwargs, reg = await decode_args_async(self, call.payload, call.resolved)
@@ -362,6 +368,7 @@ def worker_main(boot: dict[str, Any]) -> None:
     asyncio.set_event_loop(loop)
     rt = WorkerRuntime(config, token, my_id, node)
     G.runtime = rt
+    TE.worker_started(rt)  # observability hook: settings, `ps` title actorcore::idle
     _logs.capture_output(rt)
     try:
         loop.run_until_complete(rt.astart())

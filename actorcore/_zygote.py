@@ -91,7 +91,9 @@ def zygote_main(sock: socket.socket, boot: dict[str, Any], daemon_pid: int) -> N
     import numpy  # noqa: F401
 
     from . import _worker  # noqa: F401
+    from ._task_events import set_process_title
 
+    set_process_title("forkserver")  # observability hook
     buf = b""
     while True:
         ready, _, _ = select.select([sock], [], [], 0.5)

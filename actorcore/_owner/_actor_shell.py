@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as P
+from .. import _task_events as TE
 from .._args import prepare_args
 from .._ref import ObjectRef
 from .._refcount import ACTOR, ERROR, wake
@@ -122,6 +123,9 @@ class ActorClients:
         rt = self.rt
         prepared = prepare_args(rt, args, kwargs, f"{class_name}.{method}()")
         spec = CallSpec(method, prepared, max_task_retries, num_returns)
+        TE.pending_actor_call(  # observability hook
+            spec.task_id, f"{class_name}.{method}", actor_id, bool(prepared.deps)
+        )
         address = rt.address
         table = rt.table
         with rt.lock:
@@ -268,6 +272,7 @@ class ActorClients:
             wake(waiters, e)
 
     def _call_failed(self, ins: E.CallFailed) -> None:
+        TE.owner_failed(ins.spec.task_id, ins.spec.method, ins.error)  # observability hook
         rt = self.rt
         table = rt.table
         wakes = []

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as P
+from .. import _task_events as TE
 from .._args import FunctionDescriptor, prepare_args
 from .._execution import current_task
 from .._ref import ObjectRef
@@ -94,6 +95,7 @@ class TaskSubmitter:
         ctx = current_task.get()
         parent = ctx.task_id if ctx is not None else None
         spec = TaskSpec(fn, name, prepared, shape, max_retries, opts, num_returns, parent)
+        TE.pending_task(spec.task_id, name, bool(prepared.deps))  # observability hook
         address = rt.address
         table = rt.table
         with rt.lock:
@@ -259,6 +261,7 @@ class TaskSubmitter:
             wake(waiters, e)
 
     def _task_failed(self, ins: E.TaskFailed) -> None:
+        TE.owner_failed(ins.spec.task_id, ins.spec.name, ins.error)  # observability hook
         rt = self.rt
         table = rt.table
         wakes = []

@@ -1,6 +1,7 @@
-"""Utilities users of Ray expect: an actor pool, a cluster-wide queue, placement groups."""
+"""Utilities users of Ray expect: an actor pool, a cluster-wide queue, placement groups,
+the state API (``util.state``), user metrics (``util.metrics``) and a progress bar."""
 
-from . import scheduling_strategies
+from . import metrics, scheduling_strategies, state
 from ._actor_pool import ActorPool
 from ._placement_group import (
     PlacementGroup,
@@ -9,6 +10,7 @@ from ._placement_group import (
     placement_group_table,
     remove_placement_group,
 )
+from ._progress import Progress, progress
 from ._queue import Empty, Full, Queue
 
 __all__ = [
@@ -16,10 +18,14 @@ __all__ = [
     "Empty",
     "Full",
     "PlacementGroup",
+    "Progress",
     "Queue",
     "get_placement_group",
+    "metrics",
     "placement_group",
     "placement_group_table",
+    "progress",
     "remove_placement_group",
     "scheduling_strategies",
+    "state",
 ]

@@ -1,0 +1,246 @@
+"""The observability commands of the ``actorcore`` CLI.
+
+``list``, ``get``, ``summary``, ``timeline``, ``logs`` and ``dashboard``;
+:func:`add_commands` adds them to the CLI's subparsers. They ask the local
+node (``actorcore start``) through the state API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+__all__ = ["add_commands", "print_dashboard"]
+
+LIST_KINDS = {
+    "nodes": "nodes",
+    "actors": "actors",
+    "tasks": "tasks",
+    "objects": "objects",
+    "workers": "workers",
+    "placement-groups": "placement_groups",
+}
+TABLE_COLUMNS = {
+    "nodes": ["node_id", "state", "node_ip", "pid", "cpu_percent", "store_used", "dashboard_url"],
+    "actors": ["actor_id", "class_name", "name", "state", "node_id", "pid", "num_restarts"],
+    "tasks": ["task_id", "name", "state", "type", "node_id", "worker_pid", "error_type"],
+    "objects": ["object_id", "object_size", "state", "owner_id", "spilled", "node_id"],
+    "workers": ["worker_id", "pid", "role", "actors", "cpu_percent", "rss", "node_id"],
+    "placement_groups": ["placement_group_id", "name", "state", "strategy", "bundles"],
+}
+
+
+def _node() -> dict[str, Any]:
+    from .._driver import find_local_node
+
+    return find_local_node()
+
+
+def _query(kind: str, filters: Any = None, limit: int = 0, options: Any = None) -> Any:
+    from ..util.state import query
+
+    return query(kind, filters, limit, options, node=_node())
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return "" if v is None else str(v)
+
+
+def format_table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
+    """Rows as aligned text columns."""
+    if not rows:
+        return "(none)"
+    cols = cols or list(rows[0])
+    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def _emit(rows: Any, fmt: str, cols: list[str] | None = None) -> None:
+    if fmt == "json":
+        print(json.dumps(rows, indent=2, default=str))
+    elif isinstance(rows, list):
+        print(format_table(rows, cols))
+    else:
+        print(format_table([rows], cols))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    kind = LIST_KINDS[args.what]
+    rows = _query(kind, args.filter, args.limit, {"detail": args.detail})
+    _emit(rows, args.format, None if args.detail else TABLE_COLUMNS.get(kind))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    rows = _query(args.what, None, 1, {"id": args.id})
+    if not rows:
+        print(f"no {args.what} {args.id}", file=sys.stderr)
+        return 1
+    print(json.dumps(rows[0], indent=2, default=str))
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .._obs._query import summarize
+
+    s = summarize(args.what, _query(args.what))
+    if args.format == "json":
+        print(json.dumps(s, indent=2))
+        return 0
+    states = sorted(s["by_state"])
+    rows = [{"name": n, **{st: c.get(st, 0) for st in states}} for n, c in s["by_name"].items()]
+    print(format_table(rows, ["name", *states]))
+    print(f"total: {s['total']}")
+    return 0
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    from ._timeline import chrome_trace
+
+    trace = chrome_trace(_query("tasks"))
+    with open(args.output, "w") as f:
+        json.dump(trace, f)
+    print(f"wrote {len(trace)} events to {args.output} (open in chrome://tracing or Perfetto)")
+    return 0
+
+
+def _log_filter(args: argparse.Namespace) -> Any:
+    """A predicate on log rows for --actor / --task, or None for every line."""
+    if args.actor:
+        found = _query("actor", None, 1, {"id": args.actor}) or _query(
+            "actors", [("name", "=", args.actor)], 1
+        )
+        if not found:
+            raise LookupError(f"no actor {args.actor}")
+        pid, prefix = found[0]["pid"], found[0]["class_name"]
+        return lambda r: r["pid"] == pid and str(r["label"]).startswith(prefix)
+    if args.task:
+        found = _query("task", None, 1, {"id": args.task})
+        if not found:
+            raise LookupError(f"no task {args.task}")
+        return _task_lines(found[0])
+    return None
+
+
+def _task_lines(t: dict[str, Any]) -> Any:
+    """Lines its worker printed under its label while it ran (and shortly after: shipping)."""
+    label = t["name"] if t["type"] == "NORMAL_TASK" else t["name"].rsplit(".", 1)[0]
+    start = (t["start_time_ms"] or 0) / 1000 - 0.05
+    end = (t["end_time_ms"] or 1e13) / 1000 + 2.0
+
+    def keep(r: dict[str, Any]) -> bool:
+        return (
+            r["pid"] == t["worker_pid"]
+            and str(r["label"]).startswith(label + " ")
+            and start <= r["time"] <= end
+        )
+
+    return keep
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    if not (args.follow or args.actor or args.task or args.node):
+        return _print_log_files(args.tail)
+    try:
+        keep = _log_filter(args)
+    except LookupError as e:
+        print(e, file=sys.stderr)
+        return 1
+    if args.node:
+        by_task, node = keep, args.node
+        keep = lambda r: str(r["node_id"]).startswith(node) and (by_task is None or by_task(r))  # noqa: E731
+    after = 0
+    rows = _query("logs", None, 0, {"after": 0, "tail": args.tail})
+    while True:
+        for r in rows:
+            after = max(after, r["seq"])
+            if keep is None or keep(r):
+                out = sys.stderr if r["stream"] == "err" else sys.stdout
+                out.write(f"({r['label']}) {r['line']}\n")
+                out.flush()
+        if not args.follow:
+            return 0
+        time.sleep(0.5)
+        rows = _query("logs", None, 0, {"after": after, "tail": 10_000})
+
+
+def _print_log_files(tail: int) -> int:
+    import glob
+    import os
+
+    logs = os.path.join(_node()["session_dir"], "logs")
+    for path in sorted(glob.glob(os.path.join(logs, "*"))):
+        with open(path, errors="replace") as f:
+            lines = f.readlines()[-tail:]
+        if lines:
+            print(f"==> {os.path.basename(path)} <==")
+            sys.stdout.writelines(lines)
+    return 0
+
+
+def print_dashboard(node: dict[str, Any]) -> None:
+    """The dashboard lines of ``actorcore status``."""
+    url = node.get("dashboard_url")
+    if not url:
+        print("  dashboard: off")
+        return
+    print(f"  dashboard: {url} (token {node.get('dashboard_token')})")
+    print(f"  metrics: http://{node['address'][0]}:{node.get('metrics_export_port')}/metrics")
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    node = _node()
+    if args.serve:
+        from ._standalone import serve_dashboard
+
+        serve_dashboard(node, args.host, args.port)
+        return 0
+    url = node.get("dashboard_url")
+    if not url:
+        print("this node runs no dashboard (include_dashboard=False)", file=sys.stderr)
+        return 1
+    print(f"dashboard: {url}")
+    print(f"log in with the token {node['dashboard_token']}, or open {url}/?token=...")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add the observability subcommands to the CLI's ``sub`` (argparse subparsers)."""
+    p = sub.add_parser("list", help="list nodes, actors, tasks, objects, workers, placement groups")
+    p.add_argument("what", choices=list(LIST_KINDS))
+    p.add_argument("--filter", action="append", default=[], help="key=value or key!=value")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--detail", action="store_true", help="every field")
+    p.set_defaults(fn=cmd_list)
+    p = sub.add_parser("get", help="one actor, task or node, by id (or a prefix of it)")
+    p.add_argument("what", choices=["actor", "task", "node"])
+    p.add_argument("id")
+    p.set_defaults(fn=cmd_get)
+    p = sub.add_parser("summary", help="tasks or actors counted by name and state")
+    p.add_argument("what", choices=["tasks", "actors"])
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(fn=cmd_summary)
+    p = sub.add_parser("timeline", help="write a Chrome/Perfetto trace of recent tasks")
+    p.add_argument("--output", "-o", default="actorcore-timeline.json")
+    p.set_defaults(fn=cmd_timeline)
+    p = sub.add_parser("logs", help="worker output (or the session's log files)")
+    p.add_argument("--tail", type=int, default=50)
+    p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("--actor", help="an actor id (prefix) or name")
+    p.add_argument("--task", help="a task id (prefix)")
+    p.add_argument("--node", help="a node id (prefix)")
+    p.set_defaults(fn=cmd_logs)
+    p = sub.add_parser("dashboard", help="where the node's dashboard is and how to log in")
+    p.add_argument("--serve", action="store_true", help="serve a dashboard from this process")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8266)
+    p.set_defaults(fn=cmd_dashboard)
