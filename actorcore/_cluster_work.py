@@ -17,9 +17,11 @@
 The choice of a node is :func:`pick_node` ("first feasible peer, most
 available first"); the cluster's global placer replaces it.
 
-A node affinity travels in a shape as one pseudo-resource
-``node_affinity:<hex>`` (hard) or ``node_affinity_soft:<hex>`` that no node
-has; :func:`split_affinity` takes it out before the local scheduler sees it.
+A hard node affinity travels in a shape as the pseudo-resource
+``node:<hex>`` (``scheduler.NODE_AFFINITY_PREFIX``; the node state drops it
+on its own node and refuses a dead or unknown node); a soft one, when a
+caller pins it, as ``node_affinity_soft:<hex>``. :func:`split_affinity`
+reads both.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from actorcore.scheduler import _resources as R
+from actorcore.store._results import Free
 
 from . import _protocol as P
 from ._rpc import DEFERRED, RpcPeer, next_rid
@@ -38,7 +41,7 @@ __all__ = ["AFFINITY", "AFFINITY_SOFT", "ClusterWork", "pick_node", "split_affin
 
 logger = logging.getLogger(__name__)
 
-AFFINITY = "node_affinity:"
+AFFINITY = R.NODE_AFFINITY_PREFIX  # hard: the node state checks it names a live node
 AFFINITY_SOFT = "node_affinity_soft:"
 _IGNORED = ("memory", "object_store_memory")
 Handler = Callable[[RpcPeer, Any, list[bytes]], Any]
@@ -160,7 +163,7 @@ class ClusterWork:
         result = self._local(P.Tag.CREATE_ACTOR, peer, msg, b)
         if asyncio.iscoroutine(result):
             result = await result
-        record = self.daemon._record(msg.actor_id)
+        record = self.daemon.state.actor_record(msg.actor_id)
         if record is not None:
             await self.daemon.actor_table.put(record)
         return result
@@ -216,14 +219,26 @@ class ClusterWork:
         return self._local(P.Tag.PULL_OBJECT, peer, msg._replace(holders=holders), b)
 
     def on_free_objects(self, peer: RpcPeer, msg: P.FreeObjectsMsg, b: list[bytes]) -> Any:
-        self._local(P.Tag.FREE_OBJECTS, peer, msg, b)
         assert peer.conn is not None
         if peer.conn.peer_id in self.membership.table.live:
-            return DEFERRED  # from a peer daemon: ours only
+            self._free_copies(list(msg.oids))  # from a peer daemon: the copies here
+            return DEFERRED
+        self._local(P.Tag.FREE_OBJECTS, peer, msg, b)
         for node_id in list(self.membership.table.live):
             if node_id != self.node_id:
                 self.daemon.spawn(self._free_on(node_id, msg))
         return DEFERRED
+
+    def _free_copies(self, oids: list[bytes]) -> None:
+        """Free this node's copies of ``oids`` for their owner (whose node asked)."""
+        entries = self.daemon.store.state.entries
+        by_owner: dict[Any, list[bytes]] = {}
+        for oid in oids:
+            e = entries.get(oid)
+            if e is not None:
+                by_owner.setdefault(e.owner, []).append(oid)
+        for owner, mine in by_owner.items():
+            self.daemon.store.apply(Free(mine, owner))
 
     async def _free_on(self, node_id: bytes, msg: P.FreeObjectsMsg) -> None:
         try:

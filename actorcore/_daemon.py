@@ -52,8 +52,7 @@ def main() -> None:
     for path in boot.get("sys_path", []):
         if path not in sys.path:
             sys.path.append(path)
-    from actorcore.store._arena import Arena
-    from actorcore.store._session import SessionDirs, default_capacity, sweep_stale
+    from actorcore.store import Arena, SessionDirs, default_capacity, sweep_stale
 
     from ._config import Config
     from ._ids import new_id
@@ -127,7 +126,7 @@ def _serve(
     lsock: socket.socket,
     zygote: tuple[socket.socket, int],
 ) -> None:
-    from actorcore.store._arena import Arena
+    from actorcore.store import Arena
 
     from ._node import NodeDaemon
 

@@ -77,7 +77,7 @@ def local_nodes(shm_root: str = "/dev/shm", cluster: str | None = None) -> list[
     in a cluster) are never listed: attaching to one would tie this process
     to that program's life.
     """
-    from actorcore.store._session import _owner_alive
+    from actorcore.store import owner_alive as _owner_alive
 
     found = []
     mine = _local_addresses() if cluster else set()

@@ -94,7 +94,7 @@ def _check_options(opts: dict[str, Any], allowed: set[str], what: str) -> dict[s
 
 def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
     """The shape a scheduling strategy turns ``shape`` into."""
-    from actorcore.scheduler import bundle_shape
+    from actorcore.scheduler import bundle_shape, node_affinity_shape
 
     from .util.scheduling_strategies import (
         NodeAffinitySchedulingStrategy,
@@ -112,10 +112,9 @@ def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
             )
         return bundle_shape(shape, pg.id.hex(), index)
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
-        from ._cluster_work import AFFINITY, AFFINITY_SOFT
-
-        key = (AFFINITY_SOFT if strategy.soft else AFFINITY) + str(strategy.node_id)
-        return {**shape, key: 1.0}  # the daemons send it to that node
+        if strategy.soft:
+            return shape  # any node will do when that one cannot take it
+        return node_affinity_shape(shape, strategy.node_id)  # the node checks it exists
     raise ValueError(
         f"unknown scheduling_strategy {strategy!r}: use 'DEFAULT', 'SPREAD', or one of "
         f"actorcore.util.scheduling_strategies"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from actorcore.store._arena import Arena, decode_meta, encode_meta, layout
+from actorcore.store import Arena, decode_meta, encode_meta, layout
 
 from . import _protocol as P
 from ._rpc import error_from_reply, next_rid

@@ -41,7 +41,7 @@ from ._transfer_serve import DataListener, ServeConnection
 from .errors import ObjectLostError, ObjectStoreFullError
 
 if TYPE_CHECKING:
-    from ._store_service import StoreService
+    from ._node import StoreService
 
 __all__ = ["TransferConfig", "TransferService"]
 

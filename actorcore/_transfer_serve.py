@@ -25,7 +25,7 @@ from ._transfer_link import ROLE, DataSocket
 from .errors import AuthenticationError, ProtocolError
 
 if TYPE_CHECKING:
-    from ._store_service import StoreService
+    from ._node import StoreService
 
 __all__ = ["DataListener", "ServeConnection"]
 

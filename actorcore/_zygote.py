@@ -48,9 +48,9 @@ def _worker_child(sock: socket.socket, boot: dict[str, Any], zygote_pid: int) ->
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
-    from actorcore.store import _arena
+    from actorcore.store import reset_after_fork
 
-    _arena.reset_after_fork()
+    reset_after_fork()
     from ._worker import worker_main
 
     worker_main(boot)

@@ -1,29 +1,50 @@
-"""Scheduling: resource shapes and the node-local scheduler (a sans-IO state machine)."""
+"""Scheduling: resource shapes, the node-local scheduler and placement groups.
+
+Sans-IO state machines: they take events and return instructions; the node's
+coordinator (:class:`actorcore._node.NodeState`) routes those instructions.
+"""
 
 from ._local import (
     GrantLease,
     HostActor,
     Infeasible,
+    Instruction,
     LocalScheduler,
     RevokeLease,
     StartWorker,
     StopWorker,
     WorkerRole,
 )
-from ._placement import GroupState, PlacementGroupReady, bundle_shape
+from ._placement import (
+    GroupInfeasible,
+    GroupState,
+    PlacementGroupReady,
+    PlacementGroups,
+    ResourceChange,
+    bundle_shape,
+)
+from ._resources import NODE_AFFINITY_PREFIX, node_affinity_shape
+from ._resources import normalize as normalize_shape
 
 __all__ = [
+    "NODE_AFFINITY_PREFIX",
     "GrantLease",
+    "GroupInfeasible",
     "GroupState",
     "HostActor",
     "Infeasible",
+    "Instruction",
     "LocalScheduler",
     "PlacementGroupReady",
+    "PlacementGroups",
+    "ResourceChange",
     "RevokeLease",
     "StartWorker",
     "StopWorker",
     "WorkerRole",
     "bundle_shape",
+    "node_affinity_shape",
+    "normalize_shape",
 ]
 
 # --- two-level scheduling (issue 9): the global placer and the local spill policy ---

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _resources as R
-from ._placement import PlacementGroupReady, PlacementGroups
+from ._instructions import (
+    GrantLease,
+    HostActor,
+    Infeasible,
+    Instruction,
+    RevokeLease,
+    StartWorker,
+    StopWorker,
+)
+from ._placement import GroupInfeasible, PlacementGroupReady, PlacementGroups, ResourceChange
 
 __all__ = [
     "GrantLease",
@@ -41,54 +50,6 @@ class WorkerRole(enum.Enum):
     LEASED = "leased"
     DEDICATED = "dedicated"
     SHARED = "shared"
-
-
-# --- instructions ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StartWorker:
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class GrantLease:
-    key: Any
-    worker_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class HostActor:
-    actor_id: bytes
-    worker_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class RevokeLease:
-    worker_id: bytes
-    owner: Any
-
-
-@dataclass(frozen=True, slots=True)
-class StopWorker:
-    worker_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Infeasible:
-    key: Any
-    missing: dict[str, float]
-
-
-Instruction = (
-    StartWorker
-    | GrantLease
-    | HostActor
-    | RevokeLease
-    | StopWorker
-    | Infeasible
-    | PlacementGroupReady
-)
 
 
 @dataclass(slots=True)
@@ -139,7 +100,7 @@ class LocalScheduler:
         self.max_workers = max_workers
         self.starting = 0
         self.actor_worker: dict[bytes, bytes] = {}
-        self.placement = PlacementGroups(self)
+        self.placement = PlacementGroups()
 
     # --- placement groups ---------------------------------------------------------------
 
@@ -151,7 +112,28 @@ class LocalScheduler:
         return self._schedule()
 
     def remove_placement_group(self, pg_id: bytes) -> list[Instruction]:
-        return self.placement.remove(pg_id) + self._schedule()
+        """End a group: stop the work running in it and give its resources back."""
+        change = self.placement.remove(pg_id)
+        out = self._apply_change(change) if change is not None else []
+        return out + self._schedule()
+
+    def _apply_change(self, ch: ResourceChange) -> list[Instruction]:
+        out: list[Instruction] = []
+        if ch.withdraws:
+            gone = {k for k, v in ch.offer.items() if v < 0}
+            for w in list(self.workers.values()):
+                held = w.role in (WorkerRole.LEASED, WorkerRole.DEDICATED)
+                if held and any(k in gone for k in w.shape):
+                    # give its share back now; its death (which follows) reports its actors
+                    self._release(w)
+                    out.append(StopWorker(w.worker_id))
+        R.subtract(self.available, ch.reserve)
+        R.add(self.total, ch.offer)
+        R.add(self.available, ch.offer)
+        for k in [k for k, v in self.total.items() if k in ch.offer and abs(v) < 1e-9]:
+            del self.total[k]
+            self.available.pop(k, None)
+        return out
 
     # --- events ------------------------------------------------------------------------
 
@@ -282,7 +264,13 @@ class LocalScheduler:
 
     def _schedule(self) -> list[Instruction]:
         out: list[Instruction] = []
-        self.placement.reserve(out)
+        for r in self.placement.reserve(self.total, self.available):
+            if isinstance(r, ResourceChange):
+                out += self._apply_change(r)
+            elif isinstance(r, GroupInfeasible):
+                out.append(Infeasible(r.pg_id, r.missing))
+            else:
+                out.append(r)
         want_workers = 0
         want_workers += self._schedule_actors(out)
         want_workers += self._schedule_leases(out)

@@ -6,21 +6,29 @@ only for what the group holds: bundle ``i`` of group ``G`` offers
 ``CPU_group_i_G`` (that bundle) and ``CPU_group_G`` (any bundle of the group),
 plus a ``bundle_group_...`` marker so work asking for no resources can still
 be pinned to a bundle. Removing a group stops the work running in it and gives
-the resources back.
+the resources back. This module decides; it returns :class:`ResourceChange`
+values that :class:`~actorcore.scheduler.LocalScheduler` applies to its own
+accounting (it never touches the scheduler's fields).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _resources as R
 
-if TYPE_CHECKING:
-    from ._local import LocalScheduler
-
-__all__ = ["BUNDLE_MARKER", "GroupState", "PlacementGroupReady", "PlacementGroups", "bundle_shape"]
+__all__ = [
+    "BUNDLE_MARKER",
+    "GroupInfeasible",
+    "GroupState",
+    "PlacementGroupReady",
+    "PlacementGroups",
+    "ResourceChange",
+    "bundle_shape",
+]
 
 BUNDLE_MARKER = 1000.0
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -66,17 +74,69 @@ class Group:
     offered: dict[str, float] = field(default_factory=dict)  # renamed resources
     warned: bool = False
 
+    def need(self) -> dict[str, float]:
+        """The node's own resources the bundles take together."""
+        need: dict[str, float] = {}
+        for b in self.bundles:
+            R.add(need, b)
+        return need
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfeasible:
+    """The group asks for more than this node has (warned once)."""
+
+    pg_id: bytes
+    missing: dict[str, float]
+
+
+def _offer(g: Group) -> dict[str, float]:
+    """The renamed resources a created group offers to the work placed in it."""
+    pg = g.pg_id.hex()
+    offered: dict[str, float] = {}
+    for i, b in enumerate(g.bundles):
+        for k, v in b.items():
+            offered[_indexed(k, i, pg)] = offered.get(_indexed(k, i, pg), 0.0) + v
+            offered[_wild(k, pg)] = offered.get(_wild(k, pg), 0.0) + v
+        offered[_indexed("bundle", i, pg)] = BUNDLE_MARKER
+    offered[_wild("bundle", pg)] = BUNDLE_MARKER * len(g.bundles)
+    return offered
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceChange:
+    """What a placement group does to the node's resources; the scheduler applies it.
+
+    ``available -= reserve``; ``total += offer``; ``available += offer``. A group
+    being created reserves its bundles and offers them under renamed resources;
+    a group being removed gives them back (both fields negated). Before
+    resources are withdrawn (``offer`` negative), work holding any of them is
+    stopped.
+    """
+
+    pg_id: bytes
+    reserve: dict[str, float]
+    offer: dict[str, float]
+
+    @property
+    def withdraws(self) -> bool:
+        return any(v < 0 for v in self.offer.values())
+
 
 class PlacementGroups:
-    """The placement groups of one node, kept inside its LocalScheduler."""
+    """The placement groups of one node: decides, and returns resource changes."""
 
-    def __init__(self, sched: LocalScheduler) -> None:
-        self.sched = sched
+    def __init__(self) -> None:
         self.groups: dict[bytes, Group] = {}
 
     def create(
         self, pg_id: bytes, bundles: list[dict[str, float]], strategy: str, name: str
     ) -> None:
+        """Add a pending group (reserved by :meth:`reserve` once it fits).
+
+        Raises:
+            ValueError: for a bad strategy, no bundles, an empty bundle or a known id.
+        """
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
         if not bundles:
@@ -88,69 +148,45 @@ class PlacementGroups:
             raise ValueError(f"placement group {pg_id.hex()} exists already")
         self.groups[pg_id] = Group(pg_id, clean, strategy, name)
 
-    def reserve(self, out: list[Any]) -> None:
+    def reserve(
+        self, total: Mapping[str, float], available: Mapping[str, float]
+    ) -> list[ResourceChange | PlacementGroupReady | GroupInfeasible]:
         """Reserve every pending group that fits now (in creation order)."""
-        from ._local import Infeasible
-
-        s = self.sched
+        free = dict(available)
+        out: list[ResourceChange | PlacementGroupReady | GroupInfeasible] = []
         for g in self.groups.values():
             if g.state is not GroupState.PENDING:
                 continue
-            need: dict[str, float] = {}
-            for b in g.bundles:
-                R.add(need, b)
-            miss = R.missing(s.total, need)
+            need = g.need()
+            miss = R.missing(total, need)
             if g.strategy == "STRICT_SPREAD" and len(g.bundles) > 1:
                 miss = {"nodes": float(len(g.bundles) - 1)}
             if miss:
                 if not g.warned:
                     g.warned = True
-                    out.append(Infeasible(g.pg_id, miss))
+                    out.append(GroupInfeasible(g.pg_id, miss))
                 continue
-            if not R.fits(s.available, need):
+            if not R.fits(free, need):
                 continue
-            R.subtract(s.available, need)
-            pg = g.pg_id.hex()
-            offered: dict[str, float] = {}
-            for i, b in enumerate(g.bundles):
-                for k, v in b.items():
-                    offered[_indexed(k, i, pg)] = offered.get(_indexed(k, i, pg), 0.0) + v
-                    offered[_wild(k, pg)] = offered.get(_wild(k, pg), 0.0) + v
-                offered[_indexed("bundle", i, pg)] = BUNDLE_MARKER
-            offered[_wild("bundle", pg)] = BUNDLE_MARKER * len(g.bundles)
-            R.add(s.total, offered)
-            R.add(s.available, offered)
-            g.offered = offered
+            R.subtract(free, need)
+            g.offered = _offer(g)
             g.state = GroupState.CREATED
-            out.append(PlacementGroupReady(g.pg_id))
+            out += [ResourceChange(g.pg_id, need, dict(g.offered)), PlacementGroupReady(g.pg_id)]
+        return out
 
-    def remove(self, pg_id: bytes) -> list[Any]:
-        """End a group: stop the work in it, give its resources back."""
-        from ._local import StopWorker, WorkerRole
-
+    def remove(self, pg_id: bytes) -> ResourceChange | None:
+        """End a group; the change gives its resources back (None: nothing held)."""
         g = self.groups.pop(pg_id, None)
         if g is None:
-            return []
-        s = self.sched
-        out: list[Any] = []
-        if g.state is GroupState.CREATED:
-            for w in list(s.workers.values()):
-                if w.role in (WorkerRole.LEASED, WorkerRole.DEDICATED) and any(
-                    k in g.offered for k in w.shape
-                ):
-                    # give its share back now; its death (which follows) reports its actors
-                    s._release(w)
-                    out.append(StopWorker(w.worker_id))
-            for k, v in g.offered.items():
-                s.total[k] = s.total.get(k, 0.0) - v
-                s.available[k] = s.available.get(k, 0.0) - v
-                if abs(s.total[k]) < 1e-9:
-                    del s.total[k]
-                    s.available.pop(k, None)
-            for b in g.bundles:
-                R.add(s.available, b)
+            return None
+        was = g.state
         g.state = GroupState.REMOVED
-        return out
+        if was is not GroupState.CREATED:
+            return None
+        need = g.need()
+        return ResourceChange(
+            pg_id, {k: -v for k, v in need.items()}, {k: -v for k, v in g.offered.items()}
+        )
 
     def reserved(self) -> dict[str, float]:
         """What created groups hold out of the node's own resources."""

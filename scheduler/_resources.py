@@ -5,9 +5,39 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-__all__ = ["add", "fits", "is_empty", "missing", "normalize", "subtract"]
+__all__ = [
+    "NODE_AFFINITY_PREFIX",
+    "add",
+    "fits",
+    "is_empty",
+    "missing",
+    "node_affinity_shape",
+    "normalize",
+    "subtract",
+]
 
 _EPS = 1e-9
+
+# ``node:<node id hex>`` in a shape pins the work to that node (hard node affinity).
+NODE_AFFINITY_PREFIX = "node:"
+_AFFINITY_MARK = 0.001
+
+
+def node_affinity_shape(shape: Mapping[str, float], node_id_hex: str) -> dict[str, float]:
+    """``shape`` pinned to the node ``node_id_hex``.
+
+    Raises:
+        ValueError: if ``node_id_hex`` is not a hex node id.
+    """
+    try:
+        ok = isinstance(node_id_hex, str) and len(bytes.fromhex(node_id_hex)) > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"node_id must be a node's id in hex (see ac.nodes()), not {node_id_hex!r}"
+        )
+    return {**shape, NODE_AFFINITY_PREFIX + node_id_hex.lower(): _AFFINITY_MARK}
 
 
 def normalize(shape: Mapping[str, float]) -> dict[str, float]:

@@ -10,111 +10,41 @@ SPILLING -> SPILLED -> RESTORING -> SEALED ...; FREED once the owner let go and
 no reader pins it. A reader pins an object while any view into its range is
 alive; a pinned object is never freed, spilled or moved, so no reader ever
 sees another object's bytes.
+
+A reader asking for an object still being written (or being restored) waits:
+:meth:`StoreState.wait_sealed` records it, and :meth:`StoreState.handle`
+returns :class:`WakeReaders` when the wait ends, with an error when it ends
+because the writer died or the object was freed before it was sealed.
 """
 
 from __future__ import annotations
 
-import enum
 import itertools
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from ._allocator import ArenaAllocator
+from ._entry import _LEGAL, Entry, ObjectState
+from ._results import (
+    ClientGone,
+    Created,
+    DeleteFile,
+    Free,
+    Full,
+    Location,
+    NeedRestore,
+    NeedSpill,
+    Refused,
+    RestoreDone,
+    Seal,
+    StoreEvent,
+    StoreInstruction,
+    StoreStats,
+    Unknown,
+    WakeReaders,
+)
 
-__all__ = [
-    "Created",
-    "Full",
-    "Location",
-    "NeedRestore",
-    "NeedSpill",
-    "ObjectState",
-    "StoreState",
-    "StoreStats",
-    "Unknown",
-]
-
-
-class ObjectState(enum.Enum):
-    CREATED = "created"
-    SEALED = "sealed"
-    SPILLING = "spilling"
-    SPILLED = "spilled"
-    RESTORING = "restoring"
-
-
-_LEGAL = {
-    ObjectState.CREATED: {ObjectState.SEALED},
-    ObjectState.SEALED: {ObjectState.SPILLING},
-    ObjectState.SPILLING: {ObjectState.SPILLED, ObjectState.SEALED},
-    ObjectState.SPILLED: {ObjectState.RESTORING},
-    ObjectState.RESTORING: {ObjectState.SEALED, ObjectState.SPILLED},
-}
-
-
-@dataclass(slots=True)
-class Entry:
-    oid: bytes
-    size: int
-    owner: Any
-    creator: Any
-    state: ObjectState = ObjectState.CREATED
-    offset: int | None = None
-    meta: bytes = b""
-    pins: dict[Any, int] = field(default_factory=dict)
-    freed: bool = False
-    primary: bool = True
-    spill_path: str | None = None
-    last_access: int = 0
-
-
-# --- results ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Created:
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class NeedSpill:
-    """No room: spill these objects (then try again)."""
-
-    oids: list[bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class Full:
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Location:
-    offset: int
-    size: int
-    meta: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class NeedRestore:
-    oid: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Unknown:
-    oid: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class StoreStats:
-    capacity: int
-    used: int
-    objects: int
-    sealed: int
-    spilled: int
-    spilled_bytes: int
-    pinned: int
-    spill_count: int
-    restore_count: int
+__all__ = ["ObjectState", "StoreState"]
 
 
 class StoreState:
@@ -127,6 +57,94 @@ class StoreState:
         self._clock = itertools.count(1)
         self.spill_count = 0
         self.restore_count = 0
+        self.waiters: dict[bytes, list[Any]] = {}  # readers waiting for a seal or restore
+
+    # --- events -----------------------------------------------------------------------
+
+    def handle(self, event: StoreEvent) -> list[StoreInstruction]:
+        """Apply one event; returns what the daemon must carry out."""
+        if isinstance(event, Seal):
+            return self._on_seal(event)
+        if isinstance(event, Free):
+            return self._on_free(event)
+        if isinstance(event, ClientGone):
+            return self._on_client_gone(event.client)
+        if isinstance(event, RestoreDone):
+            return _files([self.restore_done(event.oid, event.ok)]) + self._wake(event.oid)
+        e = self.entries.get(event.oid)
+        if e is not None and e.state is ObjectState.CREATED and e.creator != event.writer:
+            return [Refused(event.writer, f"object {event.oid.hex()} is not yours to abort")]
+        self.abort(event.oid)
+        return self._wake(event.oid, "its writer gave up on it before sealing it")
+
+    def wait_sealed(self, oid: bytes, waiter: Any) -> bool:
+        """Make ``waiter`` wait until ``oid`` is sealed or restored; False if it need not."""
+        e = self.entries.get(oid)
+        if e is None or e.freed or e.state not in (ObjectState.CREATED, ObjectState.RESTORING):
+            return False
+        self.waiters.setdefault(oid, []).append(waiter)
+        return True
+
+    def _wake(self, oid: bytes, error: str | None = None) -> list[StoreInstruction]:
+        e = self.entries.get(oid)
+        if e is not None and e.state in (ObjectState.CREATED, ObjectState.RESTORING):
+            if not e.freed:
+                return []  # still coming
+        waiters = self.waiters.pop(oid, None)
+        if not waiters:
+            return []
+        if e is not None and e.state is not ObjectState.CREATED:
+            error = None  # readable (or spilled again): look again
+        return [WakeReaders(oid, tuple(waiters), error)]
+
+    def _on_seal(self, ev: Seal) -> list[StoreInstruction]:
+        e = self.entries.get(ev.oid)
+        if e is None:
+            return []
+        if e.state is not ObjectState.CREATED or e.creator != ev.writer:
+            return [Refused(ev.writer, f"object {ev.oid.hex()} is not yours to seal")]
+        self.seal(ev.oid, ev.meta)
+        return self._wake(ev.oid)
+
+    def _on_free(self, ev: Free) -> list[StoreInstruction]:
+        out: list[StoreInstruction] = []
+        refused: list[bytes] = []
+        for oid in ev.oids:
+            e = self.entries.get(oid)
+            if e is None:
+                continue
+            if e.owner != ev.by:
+                refused.append(oid)
+                continue
+            out += _files([self.free(oid)])
+            out += self._wake(oid, "it was freed before it was sealed")
+        if refused:
+            names = ", ".join(oid.hex() for oid in refused[:5])
+            more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+            out.append(
+                Refused(
+                    ev.by,
+                    f"only an object's owner may free it: {names}{more} not freed "
+                    f"(owned by another process)",
+                )
+            )
+        return out
+
+    def _on_client_gone(self, client: Any) -> list[StoreInstruction]:
+        writing = [
+            oid
+            for oid in self.waiters
+            if (e := self.entries.get(oid)) is not None
+            and e.state is ObjectState.CREATED
+            and e.creator == client
+        ]
+        out: list[StoreInstruction] = _files(self.client_gone(client))
+        why = "the process writing it died before sealing it"
+        for oid in writing:
+            out += self._wake(oid, why)
+        for oid in [o for o in self.waiters if o not in self.entries]:
+            out += self._wake(oid, "its owner's process exited")
+        return out
 
     # --- state changes ----------------------------------------------------------------
 
@@ -145,9 +163,14 @@ class StoreState:
         if old is not None:
             # A retried task writes its return value again: the copy a dead worker
             # sealed was never handed to the owner, so nobody reads it. Replace it.
-            if old.owner != owner or old.pins or old.state not in (
-                ObjectState.SEALED,
-                ObjectState.SPILLED,
+            if (
+                old.owner != owner
+                or old.pins
+                or old.state
+                not in (
+                    ObjectState.SEALED,
+                    ObjectState.SPILLED,
+                )
             ):
                 raise ValueError(f"object {oid.hex()} already exists in the store")
             self._drop(old)
@@ -384,3 +407,7 @@ class StoreState:
         assert in_memory == self.alloc.stats().blocks, "allocated ranges != objects in memory"
         for e in self.entries.values():
             assert (e.offset is None) == (e.state is ObjectState.SPILLED), e
+
+
+def _files(paths: Sequence[str | None]) -> list[StoreInstruction]:
+    return [DeleteFile(p) for p in paths if p]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from actorcore import _lifecycle as L
+from actorcore._node import _lifecycle as L
 
 
 def info(aid=b"A", **kw):

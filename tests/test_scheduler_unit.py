@@ -2,7 +2,7 @@
 
 import pytest
 
-from actorcore.scheduler import _local as S
+from actorcore import scheduler as S
 
 
 def sched(cpus=2.0, **kw):

@@ -13,8 +13,9 @@ import random
 
 import pytest
 
-from actorcore.store._allocator import ALIGN, ArenaAllocator
-from actorcore.store._state import (
+from actorcore.store import (
+    ALIGN,
+    ArenaAllocator,
     Created,
     Full,
     Location,

@@ -18,7 +18,7 @@ from actorcore.store._state import ObjectState, StoreState
 
 from actorcore import _protocol as P
 from actorcore._ids import new_id
-from actorcore._store_service import StoreService
+from actorcore._node import StoreService
 from actorcore._transfer import TransferConfig, TransferService
 from actorcore._transfer_link import connect_data
 from actorcore._transport import client_handshake

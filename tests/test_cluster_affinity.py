@@ -1,0 +1,60 @@
+"""Hard node affinity in a cluster: the node state learns the other nodes from the
+cluster registry, so affinity to another live node is accepted (the work waits for
+that node; spilling work between nodes is not built yet) while a node id that no
+node has is refused at once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from actorcore.testing import Cluster
+
+pytestmark = [pytest.mark.etcd, pytest.mark.timeout(150)]
+
+CODE = """
+    import actorcore as ac
+    from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy as A
+    from actorcore.testing import wait_for
+    ac.init(address=ADDRESS)
+    wait_for(lambda: sum(n["Alive"] for n in ac.nodes()) == 2, timeout=60)
+
+    @ac.remote
+    def f():
+        return 1
+
+    print("here", ac.get(f.options(scheduling_strategy=A(HERE)).remote(), timeout=60))
+    ready, _ = ac.wait([f.options(scheduling_strategy=A(OTHER)).remote()], timeout=3)
+    print("other", "ran here" if ready else "waits")
+    try:
+        ac.get(f.options(scheduling_strategy=A("ff" * 16)).remote(), timeout=30)
+        print("nowhere ran")
+    except Exception as e:
+        print("nowhere", "refused" if "not a node of this cluster" in str(e) else repr(e))
+    ac.shutdown()
+"""
+
+
+def test_hard_affinity_knows_the_clusters_nodes():
+    with Cluster(num_nodes=2, ttl_s=3.0) as cluster:
+        here, other = (n.node_id for n in cluster.nodes)
+        code = (
+            CODE.replace("ADDRESS", repr(cluster.address))
+            .replace("HERE", repr(here))
+            .replace("OTHER", repr(other))
+        )
+        env = {**os.environ, "ACTORCORE_ATTACH_NODE": here}
+        out = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.strip().splitlines()
+        assert lines[-3:] == ["here 1", "other waits", "nowhere refused"], out.stdout
