@@ -112,11 +112,8 @@ class ClusterWork:
     # --- where work goes ---------------------------------------------------------------
 
     def target_for(self, shape: Mapping[str, float]) -> bytes | None:
-        """The node that should take work of ``shape`` (None: this one).
-
-        Raises:
-            ValueError: a hard affinity names a node that is not alive.
-        """
+        """The node that should take work of ``shape`` (None: this one, which also
+        refuses a hard affinity to a node that is not alive)."""
         base, target, soft = split_affinity(R.normalize(dict(shape)))
         live = self.membership.table.live
         if target is not None and target != self.node_id:
@@ -124,10 +121,7 @@ class ClusterWork:
             if fits or (target in live and not soft):
                 return target
             if not soft:
-                raise ValueError(
-                    f"NodeAffinitySchedulingStrategy(soft=False) names node {target.hex()}, "
-                    f"which is not a live node of this cluster"
-                )
+                return None  # a dead or unknown node: the local node refuses it, saying which
         if (target == self.node_id and not soft) or not R.missing(self.daemon.total, base):
             return None
         return pick_node(base, live, self.membership.loads, self.node_id)
