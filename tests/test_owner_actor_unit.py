@@ -300,3 +300,58 @@ def test_out_of_scope_before_creation_is_answered_waits():
 def test_out_of_scope_of_an_actor_never_called_kills_it():
     o = Caller()
     assert o.feed(E.ActorOutOfScope(b"z" * 16)) == [E.KillActor(b"z" * 16)]
+
+
+# --- calls sent by the caller's thread --------------------------------------------------------
+
+
+def test_the_way_is_published_open_only_while_alive_with_nothing_queued():
+    o = Caller()
+    a = call()
+    o.submit(a)
+    assert o.client().direct is None  # locating
+    peer, _ = o.connect()
+    assert o.client().direct is peer
+    held = call("held", deps=1)
+    o.submit(held)
+    assert o.client().direct is None  # a call waits for its arguments: keep the order
+    o.feed(E.ArgsReady(held, []))
+    assert o.client().direct is peer
+    o.feed(E.PeerClosed(peer))
+    assert o.client().direct is None
+
+
+def test_a_call_sent_directly_is_tracked_and_completed():
+    o = Caller()
+    o.submit(call("warm"))
+    peer, _ = o.connect()
+    d = call("direct")
+    d.rid, d.peer = 1000, peer
+    assert o.feed(E.CallSentDirect(o.client(), d)) == []
+    assert o.client().in_flight[1000] is d
+    out = o.feed(E.CallReplied(o.client(), 1000, OK))
+    assert of(out, E.CallDone) == [E.CallDone(d, OK)]
+
+
+def test_a_call_sent_directly_to_a_host_that_went_away_is_retried():
+    o = Caller()
+    o.submit(call("warm"))
+    peer, _ = o.connect()
+    out = o.feed(E.PeerClosed(peer))  # handled before the direct call's event
+    d = call("direct", retries=1)
+    d.rid, d.peer = 1000, peer
+    out += o.feed(E.CallSentDirect(o.client(), d))
+    assert list(o.client().queue) == [d] and 1000 not in o.client().in_flight
+    assert len(of(out, E.LocateActor)) == 1
+    assert o.feed(E.CallLost(o.client(), 1000, peer, ConnectionError("x"))) == []
+
+
+def test_a_call_sent_directly_to_a_dead_actor_fails():
+    o = Caller()
+    o.submit(call("warm"))
+    peer, _ = o.connect()
+    o.feed(E.ActorDied(o.client(), ConnectionError("daemon gone")))
+    d = call("direct")
+    d.rid, d.peer = 1000, peer
+    (failed,) = of(o.feed(E.CallSentDirect(o.client(), d)), E.CallFailed)
+    assert failed.spec is d and isinstance(failed.error, ActorDiedError)

@@ -28,6 +28,7 @@ __all__ = [
     "CallLost",
     "CallRejected",
     "CallReplied",
+    "CallSentDirect",
     "CancelCall",
     "ConnectActor",
     "CreateActor",
@@ -83,6 +84,20 @@ class SubmitActorCall:
     actor_id: bytes
     class_name: str
     max_task_retries: int
+    spec: CallSpec
+
+
+@dataclass(slots=True)
+class CallSentDirect:
+    """A caller's thread sent ``spec`` (as ``spec.rid``, to ``spec.peer``) itself.
+
+    It may, when the core published that the way to the actor is open (see
+    ``ActorClient.direct``) and no event of the core is pending: a synchronous
+    caller then pays no thread hop. The event is queued before the send, so
+    the core learns of the call before its reply.
+    """
+
+    client: ActorClient
     spec: CallSpec
 
 

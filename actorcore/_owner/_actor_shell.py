@@ -25,7 +25,7 @@ from ..errors import ActorDiedError
 from . import _actor_events as E
 from ._actor_state import ActorClient, CallSpec, Creation
 from ._actors import ActorCore
-from ._deps import resolve_deps
+from ._deps import ready_now, resolve_deps
 from ._inbox import Inbox
 
 if TYPE_CHECKING:
@@ -123,9 +123,8 @@ class ActorClients:
         rt = self.rt
         prepared = prepare_args(rt, args, kwargs, f"{class_name}.{method}()")
         spec = CallSpec(method, prepared, max_task_retries, num_returns)
-        TE.pending_actor_call(  # observability hook
-            spec.task_id, f"{class_name}.{method}", actor_id, bool(prepared.deps)
-        )
+        spec.label = label = f"{class_name}.{method}"
+        TE.pending_actor_call(spec.task_id, label, actor_id, bool(prepared.deps))  # observability
         address = rt.address
         table = rt.table
         with rt.lock:
@@ -133,8 +132,31 @@ class ActorClients:
                 table.create_owned(oid, address).local = 1
             if prepared.held:
                 table.add_submitted(prepared.held)
-        self.post(E.SubmitActorCall(actor_id, class_name, max_task_retries, spec))
+                if prepared.deps and (resolved := ready_now(rt, prepared.deps)) is not None:
+                    spec.resolved = resolved
+                    prepared.deps = []  # nothing to wait for (``held`` keeps them alive)
+        if prepared.deps or not self._send_direct(actor_id, spec):
+            self.post(E.SubmitActorCall(actor_id, class_name, max_task_retries, spec))
         return [ObjectRef(oid, address, _counted=True) for oid in spec.return_ids]
+
+    def _send_direct(self, actor_id: bytes, spec: CallSpec) -> bool:
+        """Send a call from this thread when the core says the way is open; else False.
+
+        Only off the loop (on it, the core runs at once anyway) and only when
+        the core has handled everything queued before, so this caller's
+        earlier calls are all on their way: its order holds.
+        """
+        if threading.get_ident() == self.rt.loop_thread_id or not self.inbox.quiet():
+            return False
+        c = self.core.clients.get(actor_id)
+        peer = None if c is None else c.direct  # one read: the loop may change it
+        if c is None or peer is None:
+            return False
+        spec.rid = next_rid()
+        spec.peer = peer
+        self.inbox.put_quietly(E.CallSentDirect(c, spec))  # the reply wakes the loop
+        self._send_call(E.SendActorCall(c, spec, peer))
+        return True
 
     def cancel(self, oid: bytes, force: bool) -> None:
         self.post(E.CancelCall(oid, force))
@@ -272,7 +294,7 @@ class ActorClients:
             wake(waiters, e)
 
     def _call_failed(self, ins: E.CallFailed) -> None:
-        TE.owner_failed(ins.spec.task_id, ins.spec.method, ins.error)  # observability hook
+        TE.owner_failed(ins.spec.task_id, ins.spec.label, ins.error)  # observability hook
         rt = self.rt
         table = rt.table
         wakes = []

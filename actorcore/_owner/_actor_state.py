@@ -24,6 +24,7 @@ class CallSpec:
 
     __slots__ = (
         "args",
+        "label",
         "method",
         "peer",
         "resolved",
@@ -36,6 +37,7 @@ class CallSpec:
 
     def __init__(self, method: str, args: PreparedArgs, retries: int, num_returns: int) -> None:
         self.method = method
+        self.label = method  # "Class.method", for task events
         self.args = args
         self.task_id = new_id()
         self.return_ids = [new_id() for _ in range(num_returns)]
@@ -69,6 +71,7 @@ class ActorClient:
         "actor_id",
         "class_name",
         "death",
+        "direct",
         "epoch",
         "held",
         "in_flight",
@@ -95,6 +98,9 @@ class ActorClient:
         self.locating = False  # a creation or a locate request is in flight
         self.kill_when_idle = False
         self.held: list[bytes] = []  # constructor arguments, kept for restarts
+        # Published by the core after each batch, read by callers' threads: the
+        # peer a new call may be sent to at once (alive, nothing queued), else None.
+        self.direct: Any = None
 
     def describe(self) -> str:
         return f"actor {self.class_name} ({self.actor_id.hex()})"

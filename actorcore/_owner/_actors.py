@@ -39,8 +39,10 @@ class ActorCore:
         self.clients: dict[bytes, ActorClient] = {}
         self.by_return: dict[bytes, tuple[ActorClient, CallSpec]] = {}
         self._out: list[Any] = []
+        self._touched: set[ActorClient] = set()  # clients whose ``direct`` may be stale
         self._handlers: dict[type, Callable[[Any], None]] = {
             E.SubmitActorCall: self._on_submit,
+            E.CallSentDirect: self._on_sent_direct,
             E.ArgsReady: self._on_args_ready,
             E.ArgsFailed: self._on_args_failed,
             E.CallReplied: self._on_replied,
@@ -67,6 +69,12 @@ class ActorCore:
         for ev in events:
             handlers[type(ev)](ev)
         self._out = []
+        touched = self._touched
+        while touched:
+            c = touched.pop()
+            # published for callers on other threads: where a call may go straight away
+            open_ = c.state is ALIVE and not c.queue and not c.kill_when_idle
+            c.direct = c.peer if open_ else None
         return out
 
     def client(self, actor_id: bytes, class_name: str, max_task_retries: int) -> ActorClient:
@@ -127,6 +135,7 @@ class ActorCore:
         c.epoch = ev.epoch
         c.node_id = ev.node_id
         c.state = ALIVE
+        self._touched.add(c)
         self._drain(c)
 
     def _on_unreachable(self, ev: E.ActorUnreachable) -> None:
@@ -141,6 +150,7 @@ class ActorCore:
         self._dead(ev.client, ActorDiedError(f"{ev.client.describe()} is unreachable: {ev.error}"))
 
     def _dead(self, c: ActorClient, err: BaseException) -> None:
+        self._touched.add(c)
         c.state = DEAD
         c.death = err
         c.peer = None
@@ -160,6 +170,7 @@ class ActorCore:
 
     def _on_submit(self, ev: E.SubmitActorCall) -> None:
         c = self.client(ev.actor_id, ev.class_name, ev.max_task_retries)
+        self._touched.add(c)
         spec = ev.spec
         for oid in spec.return_ids:
             self.by_return[oid] = (c, spec)
@@ -175,6 +186,18 @@ class ActorCore:
         c.queue.append(spec)
         if c.state is RESOLVING:
             self._locate(c)
+
+    def _on_sent_direct(self, ev: E.CallSentDirect) -> None:
+        """A caller's thread sent a call itself (the way was open): track it."""
+        c, spec = ev.client, ev.spec
+        for oid in spec.return_ids:
+            self.by_return[oid] = (c, spec)
+        if c.state is DEAD:  # it died meanwhile: whatever the host answers is ignored
+            self._fail(spec, c.death or ActorDiedError(f"{c.describe()} is dead"))
+            return
+        c.in_flight[spec.rid] = spec
+        if c.peer is not spec.peer:  # the host changed meanwhile: as if lost there
+            self._lose(c, spec.peer, [spec], ConnectionError("the host changed"))
 
     def _on_args_ready(self, ev: E.ArgsReady) -> None:
         item = ev.item
@@ -202,6 +225,7 @@ class ActorCore:
             self._drain(c)
 
     def _drain(self, c: ActorClient) -> None:
+        self._touched.add(c)
         queue = c.queue
         while queue and c.state is ALIVE:
             if queue[0].waiting:
@@ -229,6 +253,7 @@ class ActorCore:
         """Put calls sent before back at the front, in the order they were first sent."""
         if not specs:
             return
+        self._touched.add(c)
         queue = c.queue
         sent = []
         while queue and queue[0].rid:  # calls put back earlier: also sent before
@@ -238,6 +263,7 @@ class ActorCore:
         queue.extendleft(reversed(sent))
 
     def _host_gone(self, c: ActorClient, peer: Any) -> None:
+        self._touched.add(c)
         if c.peer is peer and c.state is ALIVE:
             c.state = RESOLVING
             c.peer = None
@@ -283,6 +309,7 @@ class ActorCore:
 
     def _lose(self, c: ActorClient, peer: Any, lost: list[CallSpec], err: BaseException) -> None:
         """The host went away (or lost the actor): retry or fail what was sent there."""
+        self._touched.add(c)
         retry = []
         for s in sorted(lost, key=lambda s: s.rid):
             del c.in_flight[s.rid]
@@ -332,11 +359,14 @@ class ActorCore:
             self._out.append(E.KillActor(ev.actor_id))
         elif c.queue or c.in_flight or (c.locating and c.epoch < 0):
             c.kill_when_idle = True  # calls still to finish, or not created yet
+            self._touched.add(c)
         else:
             self._kill_now(c)
 
     def _kill_now(self, c: ActorClient) -> None:
         c.kill_when_idle = False
+        c.state = DEAD  # this process let go of it: nothing more goes there
+        self._touched.add(c)
         self.clients.pop(c.actor_id, None)
         self._out.append(E.KillActor(c.actor_id))
         self._release_held(c)

@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._args import resolve_dep
-from .._refcount import FAILED, ObjectEntry
+from .._refcount import FAILED, READY, ObjectEntry
 
 if TYPE_CHECKING:
     from .._runtime import CoreRuntime
 
-__all__ = ["resolve_deps"]
+__all__ = ["ready_now", "resolve_deps"]
 
 Done = Callable[[list[Any] | BaseException], None]
 
@@ -76,3 +76,20 @@ def resolve_deps(rt: CoreRuntime, deps: Sequence[Any], done: Done) -> None:
                 answer = res.ready(i, e) or answer
     if answer is not None:
         done(answer)
+
+
+def ready_now(rt: CoreRuntime, deps: Sequence[Any]) -> list[Any] | None:
+    """The resolved list if every ref in ``deps`` is ready already, else None.
+
+    Under the runtime's lock. The common case (an argument made by ``put``, or
+    a result that came back) then needs no waiting: the caller's thread sends
+    the call as if it had no ref arguments.
+    """
+    entries = rt.table.entries
+    resolved = []
+    for i, ref in enumerate(deps):
+        e = entries.get(ref.id)
+        if e is None or e.state != READY:
+            return None
+        resolved.append([i, *resolve_dep(e)])
+    return resolved

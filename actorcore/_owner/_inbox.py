@@ -51,6 +51,18 @@ class Inbox:
         except RuntimeError:
             pass  # the loop is closed: the runtime is shutting down
 
+    def quiet(self) -> bool:
+        """Whether every event queued so far has been handled (any thread).
+
+        Read in this order: an event taken by a drain is handled before that
+        drain ends, so "nothing queued, no drain running" means "all done".
+        """
+        return not self._events and not self._draining
+
+    def put_quietly(self, event: Any) -> None:
+        """Queue ``event`` without waking the loop (something else will, soon)."""
+        self._events.append(event)
+
     def drain(self) -> None:
         """Feed the core every queued event, in order; on the loop thread."""
         self._scheduled = False  # before reading: an event added from now on schedules again

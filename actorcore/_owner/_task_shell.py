@@ -23,7 +23,7 @@ from .._ref import ObjectRef
 from .._refcount import ERROR, STORE, wake
 from .._rpc import error_from_reply, next_rid
 from . import _task_events as E
-from ._deps import resolve_deps
+from ._deps import ready_now, resolve_deps
 from ._inbox import Inbox
 from ._task_state import Lease, TaskSpec
 from ._tasks import OPT_RETRY_EXCEPTIONS, TaskCore
@@ -103,6 +103,9 @@ class TaskSubmitter:
                 table.create_owned(oid, address).local = 1
             if prepared.held:
                 table.add_submitted(prepared.held)
+                if prepared.deps and (resolved := ready_now(rt, prepared.deps)) is not None:
+                    spec.resolved = resolved
+                    prepared.deps = []  # nothing to wait for (``held`` keeps them alive)
         self.post(E.SubmitTask(spec))
         return [ObjectRef(oid, address, _counted=True) for oid in spec.return_ids]
 
