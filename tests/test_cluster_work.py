@@ -282,3 +282,35 @@ def test_queue_fed_from_b_and_as_completed(cluster):
     assert sorted(asyncio.run(drain())) == [MiB + i for i in range(4)]
     fresh = make.options(resources={"onb": 1}).remote(2 * MiB)
     assert len(fresh.future().result(timeout=60)) == 2 * MiB
+
+
+@ac.remote(resources={"onb": 1})
+def stream_on_b(n: int, big: int):
+    node = ac.get_runtime_context().get_node_id()
+    for i in range(n):
+        yield (i, node, np.full(big, i % 251, dtype=np.uint8) if big else None)
+
+
+@ac.remote(resources={"onb": 1})
+class StreamerOnB:
+    async def items(self, n: int):
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i * i
+
+
+def test_streaming_generators_cross_nodes(cluster):
+    gen = stream_on_b.options(num_returns="streaming").remote(5, 0)
+    got = [ac.get(ref, timeout=60) for ref in gen]
+    assert [g[0] for g in got] == list(range(5))
+    assert {g[1] for g in got} == {_b(cluster)}
+    # items large enough for the store are pulled from B to the driver's node
+    gen = stream_on_b.options(num_returns="streaming").remote(3, 4 * MiB)
+    for i, ref in enumerate(gen):
+        idx, node, arr = ac.get(ref, timeout=60)
+        assert idx == i and node == _b(cluster)
+        assert arr.nbytes == 4 * MiB and int(arr[0]) == i and int(arr[-1]) == i
+    s = StreamerOnB.remote()
+    vals = [ac.get(r, timeout=60) for r in s.items.options(num_returns="streaming").remote(6)]
+    assert vals == [i * i for i in range(6)]
+    ac.kill(s)
