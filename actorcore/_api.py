@@ -248,12 +248,13 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     task gets TaskCancelledError raised in it at its next Python bytecode (a
     blocking C call such as ``time.sleep`` finishes first; ``force=True`` kills
     its worker at once). Getting ``ref`` then raises TaskCancelledError.
+    With ``recursive`` (the default) the tasks that the cancelled task
+    submitted are cancelled too, and theirs in turn.
     """
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, not {type(ref).__name__}")
     rt = G.require()
-    if not rt.submitter.cancel(ref.id, force):
-        rt.actors.cancel(ref.id, force)
+    rt.submitter.cancel(ref.id, force, bool(recursive))
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

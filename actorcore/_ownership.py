@@ -108,13 +108,17 @@ class OwnershipMixin:
             self.with_peer(e.owner, functools.partial(self._request_or_fail, msg=msg, cb=acked))
         return done
 
-    def adopt_result(self, oid: bytes, kind: int, data: Any, nested: Any) -> None:
+    def adopt_result(
+        self, oid: bytes, kind: int, data: Any, nested: Any, wakes: list[Any] | None = None
+    ) -> None:
         """Take a task's or call's result for ``oid`` (under the lock).
 
         The refs nested in it live as long as it does. The worker registered us
         as their borrower before replying (so no release could overtake the
         reply); for refs we own that registration is dropped again here, the
-        containment counting for it. A result nobody wants any more goes through
+        containment counting for it. With ``wakes``, the object's waiters are
+        appended to it as ``(waiters, entry)`` (to run once the lock is let go)
+        instead of being run here. A result nobody wants any more goes through
         a stand-in entry that is dropped at once, which frees its store copy and
         releases its nested refs the usual way.
         """
@@ -124,10 +128,13 @@ class OwnershipMixin:
         if e is None:
             e = table.create_owned(oid, self.address)
             e.local = 1
-        e.task = None
         if kind == ERROR:
             data = load_error(data)
-        wake(table.complete(e, kind, data), e)
+        waiters = table.complete(e, kind, data)
+        if wakes is None:
+            wake(waiters, e)
+        elif waiters:
+            wakes.append((waiters, e))
         if nested:
             pairs = [(n[0], tuple(n[1])) for n in nested]
             table.set_nested(oid, pairs, registered=True)
@@ -206,19 +213,22 @@ class OwnershipMixin:
             e = self.table.entries.get(oid)
             if e is None:
                 return
-            if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
-                cause = reply if isinstance(reply, BaseException) else reply.message
-                err = ObjectLostError(
-                    f"object {oid.hex()} is lost: its owner {bytes(e.owner[0]).hex()} "
-                    f"could not provide it ({cause})"
-                )
-                waiters = self.table.complete(e, ERROR, err)
-            else:
-                kind, data, _nested = reply.value
-                if kind == ERROR:
-                    data = load_error(data)
-                waiters = self.table.complete(e, kind, data)
-            wake(waiters, e)
+            waiters = self._complete_fetched(e, reply)
+        wake(waiters, e)  # not under the lock: waiters may take it, or block
+
+    def _complete_fetched(self, e: ObjectEntry, reply: Any) -> list[Any]:
+        """Store the owner's answer in a borrowed entry (under the lock); returns its waiters."""
+        if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
+            cause = reply if isinstance(reply, BaseException) else reply.message
+            err = ObjectLostError(
+                f"object {e.oid.hex()} is lost: its owner {bytes(e.owner[0]).hex()} "
+                f"could not provide it ({cause})"
+            )
+            return self.table.complete(e, ERROR, err)
+        kind, data, _nested = reply.value
+        if kind == ERROR:
+            data = load_error(data)
+        return self.table.complete(e, kind, data)
 
 
 def wire_value(e: ObjectEntry) -> list[Any]:

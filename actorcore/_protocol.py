@@ -216,8 +216,11 @@ class ActorCallMsg(NamedTuple):
 
 @message(Tag.CANCEL_TASK)
 class CancelTaskMsg(NamedTuple):
+    """Owner -> worker: cancel a task; ``recursive``: and the tasks it submitted."""
+
     task_id: bytes
     force: bool
+    recursive: bool = False
 
 
 @message(Tag.TASKS_RETURNED)

@@ -87,6 +87,7 @@ class ObjectEntry:
         "fetching",
         "kind",
         "local",
+        "locations",
         "nested",
         "oid",
         "owned",
@@ -94,7 +95,6 @@ class ObjectEntry:
         "registered",
         "state",
         "submitted",
-        "task",
         "waiters",
     )
 
@@ -113,7 +113,7 @@ class ObjectEntry:
         self.waiters: list[Callable[[ObjectEntry], None]] | None = None
         self.nested: list[tuple[bytes, tuple[Any, ...]]] | None = None
         self.fetching = False
-        self.task: Any = None
+        self.locations: set[bytes] | None = None  # nodes holding a store copy (owned objects)
 
     def total(self) -> int:
         return (
@@ -281,6 +281,32 @@ class ObjectTable:
         e.fetching = False
         waiters, e.waiters = e.waiters, None
         return waiters or []
+
+    # --- locations -------------------------------------------------------------------------
+
+    def add_location(self, oid: bytes, node_id: bytes) -> None:
+        """A store copy of the owned object ``oid`` is on node ``node_id``."""
+        e = self.entries.get(oid)
+        if e is not None and e.owned:
+            if e.locations is None:
+                e.locations = {node_id}
+            else:
+                e.locations.add(node_id)
+
+    def locations_of(self, oid: bytes) -> frozenset[bytes]:
+        """The nodes known to hold a store copy of ``oid`` (empty if none or unknown)."""
+        e = self.entries.get(oid)
+        return frozenset(e.locations) if e is not None and e.locations else frozenset()
+
+    def node_gone(self, node_id: bytes) -> list[bytes]:
+        """Forget the copies on a dead node; returns the owned objects left with none."""
+        lost = []
+        for e in self.entries.values():
+            if e.locations and node_id in e.locations:
+                e.locations.discard(node_id)
+                if not e.locations:
+                    lost.append(e.oid)
+        return lost
 
     def reset(self, e: ObjectEntry) -> None:
         """Back to PENDING (a retry will produce the value again)."""

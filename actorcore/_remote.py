@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -285,9 +286,36 @@ class ActorClass:
             "get_if_exists": bool(opts.get("get_if_exists")),
             "owner_address": list(rt.address),
         }
+        # The runtime's loop cannot wait for the daemon's answer: the handle
+        # starts with the id asked for and moves to the existing actor's.
         wait = bool(name) and not rt.on_loop_thread()
-        actor_id = rt.actors.create(new_id(), self.__name__, spec, args, kwargs, retries, wait)
-        return ActorHandle(actor_id, self.__name__, self._methods, rt.address, retries)
+        box: list[weakref.ref[ActorHandle]] = []
+        actor_id = rt.actors.create(
+            new_id(),
+            self.__name__,
+            spec,
+            args,
+            kwargs,
+            retries,
+            wait,
+            on_id=lambda real: _rebind(box, real),
+        )
+        handle = ActorHandle(actor_id, self.__name__, self._methods, rt.address, retries)
+        box.append(weakref.ref(handle))
+        return handle
+
+
+def _rebind(box: list[weakref.ref[ActorHandle]], actor_id: bytes) -> None:
+    """A handle made on the runtime's loop learned that its actor is another, existing one."""
+    h = box[0]() if box else None
+    rt = G.runtime
+    if h is None or rt is None or h.id == actor_id:
+        return
+    old = h.id
+    with rt.lock:
+        rt.table.add_local(actor_id, h.owner)
+    h.id = actor_id
+    rt.drop_ref(old)
 
 
 class ActorHandle:
@@ -327,7 +355,6 @@ class ActorHandle:
         if rt is not None and not _counted:
             with rt.lock:
                 rt.table.add_local(actor_id, self.owner)
-                rt.actors.client(actor_id, class_name, retries)
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("__") and name != "__call__":
@@ -389,10 +416,9 @@ class ActorMethod:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         h = self._handle
-        rt = G.require()
-        with rt.lock:
-            client = rt.actors.client(h.id, h._class_name, h._retries)
-        refs = rt.actors.call(client, self._name, args, kwargs, self._num_returns)
+        refs = G.require().actors.call(
+            h.id, h._class_name, h._retries, self._name, args, kwargs, self._num_returns
+        )
         return refs[0] if self._num_returns == 1 else refs
 
     __call__ = remote

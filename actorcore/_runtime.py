@@ -2,12 +2,14 @@
 
 It owns the process's event loop (a thread of its own in a driver, the main
 thread in a worker), its listening socket, its connections to peers, and the
-object table. All state changes happen under one re-entrant lock, so any
-thread (a driver's main thread, a worker's executor threads, the loop thread)
-may submit work and send frames directly; replies arrive on the loop thread.
+object table.
 
-Submitting tasks lives in :mod:`._submitter`, calling actors in
-:mod:`._actor_client`, reading values (get, wait, await) in :mod:`._values`.
+Tasks and actor calls are run by the owner cores of :mod:`._owner`
+(``handle(events) -> instructions``), whose state only the loop touches: any
+thread (a driver's main thread, a worker's executor threads) hands them events
+and they wake the loop once per batch. The object table (reference counts and
+values, read by any thread in ``get``) is still guarded by ``lock``; no waiter
+runs while it is held. Reading values (get, wait, await) is in :mod:`._values`.
 """
 
 from __future__ import annotations
@@ -88,8 +90,7 @@ class CoreRuntime(OwnershipMixin, Service):
         self.persistent_actors: set[bytes] = set()
         self.namespace = "default"
         self.job_id = b""
-        from ._actor_client import ActorClients
-        from ._submitter import TaskSubmitter
+        from ._owner import ActorClients, TaskSubmitter
 
         self.submitter = TaskSubmitter(self)
         self.actors = ActorClients(self)
@@ -248,6 +249,23 @@ class CoreRuntime(OwnershipMixin, Service):
         self.execute(instrs)
         self.submitter.peer_closed(peer)
         self.actors.peer_closed(peer)
+
+    def node_died(self, node_id: bytes) -> list[bytes]:
+        """A node of the cluster is gone (any thread).
+
+        Leases and actors on it are lost (their tasks and calls retried or
+        failed), and its store copies forgotten; returns the owned objects
+        left without a copy.
+        """
+        self.submitter.node_died(node_id)
+        self.actors.node_died(node_id)
+        with self.lock:
+            return self.table.node_gone(node_id)
+
+    def object_locations(self, oid: bytes) -> frozenset[bytes]:
+        """The nodes known to hold a store copy of the owned object ``oid``."""
+        with self.lock:
+            return self.table.locations_of(oid)
 
     def _daemon_lost(self, exc: BaseException) -> None:
         if self.closing:
@@ -408,8 +426,9 @@ class CoreRuntime(OwnershipMixin, Service):
                 kind, data = INLINE, serialize(reply.value).payload()
             with self.lock:
                 entry = self.table.entries.get(oid)
-                if entry is not None:
-                    wake(self.table.complete(entry, kind, data), entry)
+                waiters = self.table.complete(entry, kind, data) if entry is not None else []
+            if entry is not None:
+                wake(waiters, entry)  # not under the lock
 
         try:
             self.daemon.request(msg, done)
@@ -454,6 +473,8 @@ class CoreRuntime(OwnershipMixin, Service):
             e = self.table.create_owned(oid, self.address)
             e.local = 1
             self.table.complete(e, kind, data)
+            if kind == STORE:
+                e.locations = {self.node.node_id}
             if ser.nested:
                 self.table.set_nested(oid, [(r.id, r.owner) for r in ser.nested], registered=True)
         return ObjectRef(oid, self.address, _counted=True)

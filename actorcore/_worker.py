@@ -208,6 +208,8 @@ class WorkerRuntime(CoreRuntime):
 
     @handles(P.Tag.CANCEL_TASK)
     def on_cancel_task(self, peer: RpcPeer, msg: P.CancelTaskMsg, _bufs: list[bytes]) -> Any:
+        if msg.recursive:  # first, while the cancelled task cannot submit more
+            self.submitter.cancel_children(msg.task_id, msg.force)
         if not self.tasks.cancel(msg.task_id, msg.force):
             for mb in list(self.mailboxes.values()):
                 if mb.cancel(msg.task_id):

@@ -1,0 +1,348 @@
+"""The shell of the owner's actor core: carries its instructions out on the runtime loop.
+
+Any thread may create an actor or call one: it prepares the arguments,
+creates the return objects and hands the core an event through an
+:class:`Inbox`. The core's state is only touched on the loop. Creation of a
+named actor waits for the daemon's answer, except on the runtime's loop
+(which cannot wait): there the handle learns the actor's id afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import _protocol as P
+from .. import _task_events as TE
+from .._args import prepare_args
+from .._ref import ObjectRef
+from .._refcount import ACTOR, ERROR, wake
+from .._rpc import error_from_reply, next_rid
+from ..errors import ActorDiedError
+from . import _actor_events as E
+from ._actor_state import ActorClient, CallSpec, Creation
+from ._actors import ActorCore
+from ._deps import ready_now, resolve_deps
+from ._inbox import Inbox
+
+if TYPE_CHECKING:
+    from .._runtime import CoreRuntime
+
+__all__ = ["ActorClients"]
+
+logger = logging.getLogger(__name__)
+
+
+class ActorClients:
+    """The caller's side of actors: an :class:`ActorCore` fed on the runtime's loop."""
+
+    def __init__(self, rt: CoreRuntime) -> None:
+        self.rt = rt
+        self.core = ActorCore(next_rid=next_rid)
+        self.inbox = Inbox(rt, self._process)
+        self._run: dict[type, Callable[[Any], None]] = {
+            E.SendActorCall: self._send_call,
+            E.CallDone: self._call_done,
+            E.CallFailed: self._call_failed,
+            E.ResolveArgs: self._resolve_args,
+            E.SendCreate: self._send_create,
+            E.CreationFailed: self._creation_failed,
+            E.LocateActor: self._locate,
+            E.ConnectActor: self._connect,
+            E.SendCancel: self._send_cancel,
+            E.KillActor: self._kill_actor,
+            E.ReleaseHeld: self._release_held,
+        }
+
+    def post(self, event: Any) -> None:
+        """Hand the core an event; any thread."""
+        self.inbox.post(event)
+
+    def _process(self, events: list[Any]) -> None:
+        run = self._run
+        for ins in self.core.handle(events):
+            try:
+                run[type(ins)](ins)
+            except Exception:
+                logger.exception("carrying out %s failed", type(ins).__name__)
+
+    # --- the API's entry points (any thread) -----------------------------------------------
+
+    def create(
+        self,
+        actor_id: bytes,
+        class_name: str,
+        spec: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        max_task_retries: int,
+        wait_registered: bool,
+        on_id: Callable[[bytes], None] | None = None,
+    ) -> bytes:
+        """Create an actor; returns its id (an existing one for get_if_exists).
+
+        Without ``wait_registered`` (on the runtime's loop, which cannot block)
+        ``actor_id`` is returned at once; should the daemon answer with another
+        actor (a named one that exists), calls made meanwhile go to that one
+        and ``on_id`` is called with its id.
+        """
+        rt = self.rt
+        prepared = prepare_args(rt, args, kwargs, f"{class_name}.__init__()")
+        spec["args"] = prepared.payload
+        with rt.lock:
+            e = rt.table.create_owned(actor_id, rt.address)
+            rt.table.complete(e, ACTOR, None)
+            rt.table.add_submitted(prepared.held)
+        if spec.get("detached") or spec.get("name"):
+            rt.persistent_actors.add(actor_id)
+        answer = _Answer(on_id)
+        self.post(E.CreateActor(actor_id, class_name, max_task_retries, spec, prepared, answer))
+        if not wait_registered:
+            return actor_id
+        answer.done.wait()
+        reply = answer.reply
+        if isinstance(reply, BaseException):
+            raise reply
+        if reply.TAG == P.Tag.ERROR_REPLY:
+            raise error_from_reply(reply)
+        return bytes(reply.value[0])
+
+    def call(
+        self,
+        actor_id: bytes,
+        class_name: str,
+        max_task_retries: int,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        num_returns: int,
+    ) -> list[Any]:
+        rt = self.rt
+        prepared = prepare_args(rt, args, kwargs, f"{class_name}.{method}()")
+        spec = CallSpec(method, prepared, max_task_retries, num_returns)
+        spec.label = label = f"{class_name}.{method}"
+        TE.pending_actor_call(spec.task_id, label, actor_id, bool(prepared.deps))  # observability
+        address = rt.address
+        table = rt.table
+        with rt.lock:
+            for oid in spec.return_ids:
+                table.create_owned(oid, address).local = 1
+            if prepared.held:
+                table.add_submitted(prepared.held)
+                if prepared.deps and (resolved := ready_now(rt, prepared.deps)) is not None:
+                    spec.resolved = resolved
+                    prepared.deps = []  # nothing to wait for (``held`` keeps them alive)
+        if prepared.deps or not self._send_direct(actor_id, spec):
+            self.post(E.SubmitActorCall(actor_id, class_name, max_task_retries, spec))
+        return [ObjectRef(oid, address, _counted=True) for oid in spec.return_ids]
+
+    def _send_direct(self, actor_id: bytes, spec: CallSpec) -> bool:
+        """Send a call from this thread when the core says the way is open; else False.
+
+        Only off the loop (on it, the core runs at once anyway) and only when
+        the core has handled everything queued before, so this caller's
+        earlier calls are all on their way: its order holds.
+        """
+        if threading.get_ident() == self.rt.loop_thread_id or not self.inbox.quiet():
+            return False
+        c = self.core.clients.get(actor_id)
+        peer = None if c is None else c.direct  # one read: the loop may change it
+        if c is None or peer is None:
+            return False
+        spec.rid = next_rid()
+        spec.peer = peer
+        self.inbox.put_quietly(E.CallSentDirect(c, spec))  # the reply wakes the loop
+        self._send_call(E.SendActorCall(c, spec, peer))
+        return True
+
+    def cancel(self, oid: bytes, force: bool) -> None:
+        self.post(E.CancelCall(oid, force))
+
+    def kill(self, actor_id: bytes, no_restart: bool) -> None:
+        rt = self.rt
+        done = threading.Event()
+        try:
+            rt.daemon.request(
+                P.KillActorMsg(next_rid(), actor_id, no_restart), lambda _r: done.set()
+            )
+        except ConnectionError:
+            return
+        if not rt.on_loop_thread():
+            done.wait(10.0)
+
+    def out_of_scope(self, actor_id: bytes) -> None:
+        """No handle to an actor this process owns is left: end it once its calls are done."""
+        if actor_id not in self.rt.persistent_actors and not self.rt.closing:
+            self.post(E.ActorOutOfScope(actor_id))
+
+    def peer_closed(self, peer: Any) -> None:
+        self.post(E.PeerClosed(peer))
+
+    def node_died(self, node_id: bytes) -> None:
+        self.post(E.NodeDied(node_id))
+
+    # --- instructions: creation and locating --------------------------------------------------
+
+    def _resolve_args(self, ins: E.ResolveArgs) -> None:
+        item = ins.item
+
+        def done(resolved: list[Any] | BaseException) -> None:
+            if isinstance(resolved, BaseException):
+                self.post(E.ArgsFailed(item, resolved))
+            else:
+                self.post(E.ArgsReady(item, resolved))
+
+        resolve_deps(self.rt, ins.deps, done)
+
+    def _send_create(self, ins: E.SendCreate) -> None:
+        creation = ins.creation
+        creation.spec["resolved"] = ins.resolved
+        msg = P.CreateActorMsg(next_rid(), creation.actor_id, creation.spec)
+        cb = functools.partial(self._created, creation)
+        try:
+            self.rt.daemon.request(msg, cb)
+        except ConnectionError as err:
+            cb(err)
+
+    def _created(self, creation: Creation, reply: Any) -> None:
+        if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
+            err = reply if isinstance(reply, BaseException) else error_from_reply(reply)
+            self.post(E.ActorCreateFailed(creation.actor_id, err))
+        else:
+            real = bytes(reply.value[0])
+            if real != creation.actor_id and creation.actor_id in self.rt.persistent_actors:
+                self.rt.persistent_actors.add(real)
+            self.post(E.ActorRegistered(creation.actor_id, real))
+        creation.notify(reply)
+
+    def _creation_failed(self, ins: E.CreationFailed) -> None:
+        ins.creation.notify(ins.error)
+
+    def _locate(self, ins: E.LocateActor) -> None:
+        c = ins.client
+        msg = P.WaitActorMsg(next_rid(), c.actor_id, ins.min_epoch)
+        cb = functools.partial(self._located, c)
+        try:
+            self.rt.daemon.request(msg, cb)
+        except ConnectionError as e:
+            cb(e)
+
+    def _located(self, c: ActorClient, reply: Any) -> None:
+        if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
+            err = reply if isinstance(reply, BaseException) else error_from_reply(reply)
+            self.post(E.ActorDied(c, err))
+            return
+        value = reply.value
+        state, address, epoch, cause = value[:4]
+        node_id = bytes(value[4]) if len(value) > 4 and value[4] else self.rt.node.node_id
+        self.post(E.ActorLocated(c, state, address, epoch, cause, node_id))
+
+    def _connect(self, ins: E.ConnectActor) -> None:
+        cb = functools.partial(self._connected, ins.client, ins.epoch, ins.node_id)
+        self.rt.with_peer(tuple(ins.address), cb)
+
+    def _connected(self, c: ActorClient, epoch: int, node_id: bytes | None, peer: Any) -> None:
+        if isinstance(peer, BaseException):
+            self.post(E.ActorUnreachable(c, epoch))
+        else:
+            self.post(E.ActorConnected(c, epoch, peer, node_id))
+
+    # --- instructions: calls ------------------------------------------------------------------
+
+    def _send_call(self, ins: E.SendActorCall) -> None:
+        c, spec, peer = ins.client, ins.spec, ins.peer
+        msg = P.ActorCallMsg(
+            spec.rid,
+            c.actor_id,
+            spec.method,
+            spec.task_id,
+            spec.args.payload,
+            spec.resolved,
+            spec.return_ids,
+            list(self.rt.address),
+        )
+        try:
+            peer.request(msg, functools.partial(self._on_reply, c, spec.rid, peer))
+        except ConnectionError:
+            self.post(E.SendFailed(c, spec, peer))
+
+    def _on_reply(self, c: ActorClient, rid: int, peer: Any, reply: Any) -> None:
+        if isinstance(reply, BaseException):
+            self.post(E.CallLost(c, rid, peer, reply))
+        elif reply.TAG == P.Tag.ERROR_REPLY:
+            err = error_from_reply(reply)
+            if isinstance(err, ActorDiedError):
+                self.post(E.CallLost(c, rid, peer, err))
+            else:
+                self.post(E.CallRejected(c, rid, err))
+        else:
+            self.post(E.CallReplied(c, rid, reply.results))
+
+    def _call_done(self, ins: E.CallDone) -> None:
+        rt = self.rt
+        spec = ins.spec
+        wakes: list[Any] = []
+        with rt.lock:
+            for oid, (kind, data, nested) in zip(spec.return_ids, ins.results, strict=True):
+                rt.adopt_result(oid, kind, data, nested, wakes)
+        self._release(spec.args.held)
+        spec.args.held = []
+        for waiters, e in wakes:
+            wake(waiters, e)
+
+    def _call_failed(self, ins: E.CallFailed) -> None:
+        TE.owner_failed(ins.spec.task_id, ins.spec.label, ins.error)  # observability hook
+        rt = self.rt
+        table = rt.table
+        wakes = []
+        with rt.lock:
+            for oid in ins.spec.return_ids:
+                e = table.entries.get(oid)
+                if e is not None:
+                    wakes.append((table.complete(e, ERROR, ins.error), e))
+        self._release(ins.spec.args.held)
+        ins.spec.args.held = []
+        for waiters, e in wakes:
+            wake(waiters, e)
+
+    def _release(self, held: list[bytes]) -> None:
+        if held:
+            with self.rt.lock:
+                instrs = self.rt.table.remove_submitted(held)
+            self.rt.execute(instrs)
+
+    def _release_held(self, ins: E.ReleaseHeld) -> None:
+        self._release(ins.held)
+
+    def _send_cancel(self, ins: E.SendCancel) -> None:
+        try:
+            ins.peer.send(P.CancelTaskMsg(ins.task_id, False))
+        except ConnectionError:
+            pass
+
+    def _kill_actor(self, ins: E.KillActor) -> None:
+        try:
+            self.rt.daemon.send(P.KillActorMsg(0, ins.actor_id, True))
+        except ConnectionError:
+            pass
+
+
+class _Answer:
+    """The daemon's answer to a creation, for a thread that waits for it."""
+
+    __slots__ = ("done", "on_id", "reply")
+
+    def __init__(self, on_id: Callable[[bytes], None] | None) -> None:
+        self.done = threading.Event()
+        self.reply: Any = None
+        self.on_id = on_id
+
+    def __call__(self, reply: Any) -> None:
+        self.reply = reply
+        self.done.set()
+        ok = not isinstance(reply, BaseException) and reply.TAG != P.Tag.ERROR_REPLY
+        if ok and self.on_id is not None:
+            self.on_id(bytes(reply.value[0]))

@@ -1,0 +1,81 @@
+"""Handing events to a core that lives on the runtime's loop, from any thread.
+
+Events go into one deque. A thread other than the loop's wakes the loop only
+when no drain is already due (one ``call_soon_threadsafe`` per batch, not per
+event); the loop thread feeds the core at once, unless it is feeding it
+already (then the running drain picks the event up). No lock is shared with
+other threads: the deque's append and popleft are atomic.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .._runtime import CoreRuntime
+
+__all__ = ["Inbox"]
+
+logger = logging.getLogger(__name__)
+
+
+class Inbox:
+    """The events waiting for one core; ``process(events)`` runs them on the loop."""
+
+    __slots__ = ("_draining", "_events", "_process", "_rt", "_scheduled")
+
+    def __init__(self, rt: CoreRuntime, process: Callable[[list[Any]], None]) -> None:
+        self._rt = rt
+        self._process = process
+        self._events: collections.deque[Any] = collections.deque()
+        self._scheduled = False
+        self._draining = False
+
+    def post(self, event: Any) -> None:
+        """Queue ``event`` for the core; any thread."""
+        self._events.append(event)
+        rt = self._rt
+        if threading.get_ident() == rt.loop_thread_id:
+            if not self._draining:
+                self.drain()
+            return
+        if self._scheduled:
+            return  # a drain is due and will see this event
+        self._scheduled = True
+        try:
+            rt.loop.call_soon_threadsafe(self.drain)
+        except RuntimeError:
+            pass  # the loop is closed: the runtime is shutting down
+
+    def quiet(self) -> bool:
+        """Whether every event queued so far has been handled (any thread).
+
+        Read in this order: an event taken by a drain is handled before that
+        drain ends, so "nothing queued, no drain running" means "all done".
+        """
+        return not self._events and not self._draining
+
+    def put_quietly(self, event: Any) -> None:
+        """Queue ``event`` without waking the loop (something else will, soon)."""
+        self._events.append(event)
+
+    def drain(self) -> None:
+        """Feed the core every queued event, in order; on the loop thread."""
+        self._scheduled = False  # before reading: an event added from now on schedules again
+        self._draining = True
+        events = self._events
+        try:
+            while events:
+                batch = []
+                while events:
+                    batch.append(events.popleft())
+                try:
+                    self._process(batch)
+                except Exception:
+                    logger.exception("the owner core failed on %d event(s)", len(batch))
+        finally:
+            self._draining = False
