@@ -121,18 +121,44 @@ class ActorMailbox:
         """No sync call finished since the last look: add a thread (up to the limit)."""
         with self.lock:
             self._grow_armed = False
-            if self.dead is not None or not self.queue or self.is_coroutine(self.queue[0].method):
-                return
-            if self.running >= self.max_concurrency:
-                return
-            if self.completed != seen:
+            if self.completed != seen and self._can_grow():
                 self._arm_grow()
                 return
-            call = self.queue.popleft()
-            self.running += 1
-            self.sync_running += 1
-            self._arm_grow()
-        self.worker.pool.submit(functools.partial(self._drain, call))
+            call = self._take_for_new_thread()
+        if call is not None:
+            self.worker.pool.submit(functools.partial(self._drain, call))
+
+    def blocked(self) -> None:
+        """A running sync call of this actor waits in get() (its executor thread).
+
+        It is stalled for sure: a queued sync call gets a thread at once (up to
+        the limit) instead of after the progress check. Two actors calling each
+        other at the same moment each serve the other's call this way, however
+        late the loop runs the check under load.
+        """
+        with self.lock:
+            call = self._take_for_new_thread()
+        if call is not None:
+            self.worker.pool.submit(functools.partial(self._drain, call))
+
+    def _can_grow(self) -> bool:
+        """(under the lock) a queued sync call waits and a slot is free."""
+        return (
+            self.dead is None
+            and bool(self.queue)
+            and not self.is_coroutine(self.queue[0].method)
+            and self.running < self.max_concurrency
+        )
+
+    def _take_for_new_thread(self) -> Call | None:
+        """(under the lock) the head call with a new thread's slot taken, if one may start."""
+        if not self._can_grow():
+            return None
+        call = self.queue.popleft()
+        self.running += 1
+        self.sync_running += 1
+        self._arm_grow()
+        return call
 
     def _start_async(self, call: Call) -> None:
         task = self.worker.loop.create_task(self.worker.run_actor_call_async(self, call))

@@ -407,15 +407,21 @@ async def as_completed(rt: CoreRuntime, refs: Sequence[Any]) -> AsyncIterator[An
 
 def ref_future(rt: CoreRuntime, ref: ObjectRef) -> concurrent.futures.Future[Any]:
     fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    # The future keeps the ref alive until it resolves (the caller may drop the
+    # ref right away: its entry, with our waiter, would be freed and we'd hang).
+    keep: list[ObjectRef] = [ref]
 
     def settle(e: ObjectEntry) -> None:
         try:
             fut.set_result(value_of(rt, e))
         except BaseException as exc:
             fut.set_exception(exc)
+        finally:
+            keep.clear()
 
     def opened(e: ObjectEntry, held: Any) -> None:
         if isinstance(held, BaseException):
+            keep.clear()
             fut.set_exception(held)
         else:
             settle(e)  # `held` keeps the mapping for value_of

@@ -235,6 +235,10 @@ class WorkerRuntime(CoreRuntime):
     # --- blocking in get ------------------------------------------------------------------
 
     def block_begin(self) -> None:
+        ctx = current_task.get()
+        mb = self.mailboxes.get(ctx.actor_id) if ctx is not None and ctx.actor_id else None
+        if mb is not None:
+            mb.blocked()  # a threaded actor serves a queued call while this one waits
         with self._block_lock:
             self._blocked += 1
             first = self._blocked == 1

@@ -165,3 +165,19 @@ def test_a_task_retried_after_sealing_a_return_value_stores_it_again(runtime, tm
     big, second = two.remote(str(tmp_path / "died-once"))
     assert ac.get(second, timeout=30) == "second"
     assert ac.get(big, timeout=30)[-1] == 299_999
+
+
+@ac.remote
+class _Answer:
+    def m(self):
+        return 42
+
+
+@pytest.mark.timeout(120)
+def test_future_of_a_ref_nobody_else_holds_resolves(runtime):
+    # the ref is dropped right after .future(): the future keeps it (and its waiter) alive
+    c = _Answer.remote()
+    for _ in range(200):
+        assert c.m.remote().future().result(timeout=30) == 42
+    big = [echo.remote(np.arange(200_000)).future() for _ in range(5)]  # store values too
+    assert all(f.result(timeout=30).sum() == np.arange(200_000).sum() for f in big)
