@@ -87,7 +87,7 @@ def prepare_args(
         # big arguments go through the store once, whatever the number of retries
         ref = rt.put_serialized(ser)
         p.store_ref = ref
-        p.payload = [STORE, ref.id]
+        p.payload = [STORE, ref.id, [rt.node.node_id]]  # (and the node holding it)
     else:
         p.payload = ser.payload()
     p.held = [d.id for d in deps] + p.nested_ids
@@ -97,5 +97,8 @@ def prepare_args(
 
 
 def resolve_dep(e: ObjectEntry) -> list[Any]:
-    """How a ready top-level argument travels: ``[kind, payload, object id]``."""
-    return [e.kind, e.data, e.oid]
+    """How a ready top-level argument travels: ``[kind, payload, object id, holders, owner]``
+    (for store objects: the nodes known to hold a copy, and the owner's address)."""
+    if e.kind != STORE:
+        return [e.kind, e.data, e.oid]
+    return [e.kind, e.data, e.oid, sorted(e.locations) if e.locations else None, list(e.owner)]

@@ -27,6 +27,7 @@ from typing import Any
 from actorcore.gcs import ActorRecord, ActorTable, ControlStore, NameRegistry, PutOp
 
 from . import _protocol as P
+from ._cluster_work import ClusterWork
 from ._membership import Membership
 from ._peers import ClusterSpec, node_record
 from ._rpc import DEFERRED, RpcPeer, next_rid
@@ -115,7 +116,7 @@ def _where(rec: ActorRecord, min_epoch: int) -> list[Any] | None:
     if rec.state == "DEAD":
         return ["DEAD", None, rec.epoch, rec.death_cause]
     if rec.state == "ALIVE" and rec.epoch >= min_epoch and rec.address:
-        return ["ALIVE", rec.address, rec.epoch, None]
+        return ["ALIVE", rec.address, rec.epoch, None, rec.node_id]  # (its node: the owner's)
     return None
 
 
@@ -139,6 +140,7 @@ class ClusterNode:
         self.actor_table = BatchedActorTable(self.store, daemon)
         self.names = NameRegistry(self.store)
         self._orig: dict[int, Handler] = {}
+        self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees
 
     async def start(self, handlers: dict[int, Handler]) -> None:
         """Answer for the cluster through ``handlers`` (changed in place), then join."""
@@ -151,6 +153,7 @@ class ClusterNode:
             self._orig[int(tag)] = handlers[int(tag)]
             handlers[int(tag)] = fn
         handlers[int(P.Tag.LOAD_REPORT)] = self.on_load_report
+        self.work.install(handlers)
         transfer = getattr(self.daemon, "transfer", None)
         if transfer is not None and transfer.listener is not None:
             # where peers pull objects from this node (data connections)
@@ -250,6 +253,8 @@ class ClusterNode:
         return self._kill_remote(peer, msg, b)
 
     async def _kill_remote(self, peer: RpcPeer, msg: P.KillActorMsg, b: list[bytes]) -> Any:
+        if msg.no_restart:
+            self.work.forget(msg.actor_id)
         rec = await self.actor_table.get(msg.actor_id)
         if rec is None or rec.node_id == self.node_id:
             return self._local(P.Tag.KILL_ACTOR, peer, msg, b)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._args import Dep
+from ._locations import arg_sources, ensure_local, ensure_local_async
 from ._refcount import ERROR, INLINE, STORE
 from ._serialization import exception_blob, format_exception, loads_payload, serialize
 from ._store_client import settle_on
@@ -55,7 +56,7 @@ current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVa
 
 
 def _arg_value(rt: CoreRuntime, r: list[Any], refs: list[Any]) -> Any:
-    _i, kind, data, oid = r
+    _i, kind, data, oid = r[:4]
     if kind == INLINE:
         value, found = loads_payload(data, "an argument")
     elif kind == STORE:
@@ -67,13 +68,17 @@ def _arg_value(rt: CoreRuntime, r: list[Any], refs: list[Any]) -> Any:
 
 
 def decode_args(
-    rt: CoreRuntime, payload: Any, resolved: list[Any]
+    rt: CoreRuntime, payload: Any, resolved: list[Any], *, pulled: bool = False
 ) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
     """Unpickle arguments; returns ``(args, kwargs, registration)``.
 
     ``registration`` is None or an Event to wait on before replying (this
-    worker is registering as borrower of refs it received).
+    worker is registering as borrower of refs it received). Store arguments
+    on other nodes are pulled here first (unless ``pulled``: done already).
     """
+    if not pulled:
+        for oid, holders, owner in arg_sources(payload, resolved):
+            ensure_local(rt, oid, holders, owner)
     refs: list[Any] = []
     if not payload:
         args: tuple[Any, ...] = ()
@@ -201,8 +206,10 @@ async def decode_args_async(
     """:func:`decode_args` for a loop thread: store arguments are mapped first
     without waiting on the daemon from this loop."""
     oids = store_args(payload, resolved)
+    if oids:
+        await ensure_local_async(rt, arg_sources(payload, resolved))
     held = await rt.store.open_async(oids) if oids else None
-    out = decode_args(rt, payload, resolved)
+    out = decode_args(rt, payload, resolved, pulled=True)
     del held  # the values made from the mappings keep them alive from here
     return out
 

@@ -54,6 +54,14 @@ class OwnershipMixin:
                 return DEFERRED
             return wire_value(e)
 
+    @handles(P.Tag.OBJECT_LOCATION)
+    def on_object_location(
+        self, peer: RpcPeer, msg: P.ObjectLocationMsg, _bufs: list[bytes]
+    ) -> Any:
+        with self.lock:
+            self.table.add_location(msg.oid, msg.node_id)
+        return DEFERRED
+
     @handles(P.Tag.ADD_BORROWER)
     def on_add_borrower(self, peer: RpcPeer, msg: P.AddBorrowerMsg, _bufs: list[bytes]) -> bool:
         with self.lock:
@@ -225,16 +233,18 @@ class OwnershipMixin:
                 f"could not provide it ({cause})"
             )
             return self.table.complete(e, ERROR, err)
-        kind, data, _nested = reply.value
+        kind, data, _nested, *rest = reply.value
         if kind == ERROR:
             data = load_error(data)
+        if rest and rest[0]:  # the nodes holding its store copies
+            e.locations = {bytes(n) for n in rest[0]}
         return self.table.complete(e, kind, data)
 
 
 def wire_value(e: ObjectEntry) -> list[Any]:
-    """An entry's value as sent to a borrower: ``[kind, payload, nested]``."""
+    """An entry's value as sent to a borrower: ``[kind, payload, nested, locations]``."""
     data = e.data
     if e.kind == ERROR:
         data = exception_blob(data)
     nested = [[oid, list(owner)] for oid, owner in e.nested] if e.nested else None
-    return [e.kind, data, nested]
+    return [e.kind, data, nested, sorted(e.locations) if e.locations else None]

@@ -56,6 +56,7 @@ class Tag(IntEnum):
     GET_OBJECT = 30
     ADD_BORROWER = 31
     REMOVE_BORROWERS = 32
+    OBJECT_LOCATION = 33
     # node daemon services
     REGISTER_WORKER = 40
     REQUEST_LEASE = 41
@@ -267,6 +268,14 @@ class AddBorrowerMsg(NamedTuple):
 class RemoveBorrowersMsg(NamedTuple):
     borrower: list[Any]
     oids: list[bytes]
+
+
+@message(Tag.OBJECT_LOCATION)
+class ObjectLocationMsg(NamedTuple):
+    """Borrower -> owner: a store copy of ``oid`` now lives on node ``node_id`` too."""
+
+    oid: bytes
+    node_id: bytes
 
 
 # --- node daemon services ------------------------------------------------------------

@@ -114,6 +114,10 @@ class CoreRuntime(OwnershipMixin, Service):
             on_connection=self._on_inbound,
             max_header_bytes=cfg.max_header_bytes,
             max_frame_bytes=cfg.max_frame_bytes,
+            # in a cluster, callers on other nodes reach this process at its node's address
+            host=self.node.raw.get("node_ip") or "127.0.0.1"
+            if self.node.raw.get("cluster")
+            else "127.0.0.1",
         )
         self.listener.start()
         host, port = self.listener.address

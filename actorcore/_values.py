@@ -16,6 +16,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import _locations as L
 from ._ref import ObjectRef
 from ._refcount import FAILED, INLINE, PENDING, STORE, ObjectEntry
 from ._serialization import loads_payload
@@ -63,6 +64,9 @@ def value_of(rt: CoreRuntime, e: ObjectEntry) -> Any:
     if e.kind == INLINE:
         value, refs = loads_payload(e.data, f"object {e.oid.hex()}")
     elif e.kind == STORE:
+        if not L.is_local(rt, e):
+            L.ensure_local(rt, e.oid, L.holders_of(e), None if e.owned else e.owner)
+            L.mark_local(rt, e)
         value, refs = rt.store.get(e.oid, f"object {e.oid.hex()}")
     else:
         raise ObjectLostError(f"object {e.oid.hex()} has no value here")
@@ -81,7 +85,7 @@ def is_local(rt: CoreRuntime, e: ObjectEntry) -> bool:
     process, a store value in this node's store. With several nodes, a store
     value whose copies are all on other nodes is not local until pulled.
     """
-    return True
+    return L.is_local(rt, e)
 
 
 def pull_local(rt: CoreRuntime, e: ObjectEntry, done: Callable[[ObjectEntry], None]) -> None:
@@ -89,7 +93,7 @@ def pull_local(rt: CoreRuntime, e: ObjectEntry, done: Callable[[ObjectEntry], No
 
     The cross-node pull plugs in here; on one node nothing is ever remote.
     """
-    done(e)
+    L.pull_async(rt, e, done)
 
 
 def _usable(rt: CoreRuntime, e: ObjectEntry, fetch_local: bool) -> bool:
@@ -335,8 +339,8 @@ async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
         raise rt.broken
     with rt.lock:
         e = entry_of(rt, ref)
-    if e.state == PENDING:
-        await _until_ready(rt, [e], 1, None)
+    if e.state == PENDING or not is_local(rt, e):
+        await _until_ready(rt, [e], 1, None, True)  # (a copy on another node is pulled)
     if e.kind == STORE and e.state != FAILED:
         # map it without a blocking round trip to the daemon (which may be
         # spilling); while `held` lives, value_of finds the mapping
@@ -418,9 +422,15 @@ def ref_future(rt: CoreRuntime, ref: ObjectRef) -> concurrent.futures.Future[Any
 
     def ready(e: ObjectEntry) -> None:
         if e.kind == STORE and e.state != FAILED:  # the runtime loop must not block
-            rt.store.open_then([e.oid], lambda held: opened(e, held))
+            if not is_local(rt, e):  # on another node: pulled here first
+                pull_local(rt, e, lambda e: rt.call_soon(ready_here, e))
+            else:
+                ready_here(e)
         else:
             settle(e)
+
+    def ready_here(e: ObjectEntry) -> None:
+        rt.store.open_then([e.oid], lambda held: opened(e, held))
 
     with rt.lock:
         e = entry_of(rt, ref)

@@ -1,7 +1,7 @@
 """Hard node affinity in a cluster: the node state learns the other nodes from the
-cluster registry, so affinity to another live node is accepted (the work waits for
-that node; spilling work between nodes is not built yet) while a node id that no
-node has is refused at once."""
+cluster registry, so affinity to another live node is accepted (the work goes to
+that node: issue 8's cross-node work) while a node id that no node has is refused
+at once."""
 
 from __future__ import annotations
 
@@ -28,8 +28,12 @@ CODE = """
         return 1
 
     print("here", ac.get(f.options(scheduling_strategy=A(HERE)).remote(), timeout=60))
-    ready, _ = ac.wait([f.options(scheduling_strategy=A(OTHER)).remote()], timeout=3)
-    print("other", "ran here" if ready else "waits")
+    @ac.remote
+    def where():
+        return ac.get_runtime_context().get_node_id()
+
+    there = ac.get(where.options(scheduling_strategy=A(OTHER)).remote(), timeout=60)
+    print("other", "ran there" if there == OTHER else "ran at " + there)
     try:
         ac.get(f.options(scheduling_strategy=A("ff" * 16)).remote(), timeout=30)
         print("nowhere ran")
@@ -57,4 +61,4 @@ def test_hard_affinity_knows_the_clusters_nodes():
         )
         assert out.returncode == 0, out.stderr
         lines = out.stdout.strip().splitlines()
-        assert lines[-3:] == ["here 1", "other waits", "nowhere refused"], out.stdout
+        assert lines[-3:] == ["here 1", "other ran there", "nowhere refused"], out.stdout

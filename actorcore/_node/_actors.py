@@ -98,9 +98,12 @@ class ActorService(Service):
     def on_create_actor(self, peer: RpcPeer, msg: P.CreateActorMsg, _b: list[bytes]) -> Any:
         assert peer.conn is not None
         spec = dict(msg.spec)
+        owner = peer.conn.peer_id
+        if spec.get("forwarded_from"):  # [node, owner process]: a peer daemon sent it here
+            owner = bytes(spec["forwarded_from"][1])
         if spec.get("name"):
-            return self._create_named(peer.conn.peer_id, msg.actor_id, spec)
-        return self._create(peer.conn.peer_id, msg.actor_id, spec)
+            return self._create_named(owner, msg.actor_id, spec)
+        return self._create(owner, msg.actor_id, spec)
 
     async def _create_named(self, owner: bytes, actor_id: bytes, spec: dict[str, Any]) -> Any:
         name = spec["name"]

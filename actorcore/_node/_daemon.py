@@ -330,7 +330,7 @@ class NodeDaemon(Service):
         if rec is None or peer.conn is None or peer.conn.closed:
             self.apply(E.GrantFailed(ins.worker_id, time.monotonic()))
             return
-        peer.reply(rid, [ins.worker_id, rec.address])
+        peer.reply(rid, [ins.worker_id, rec.address, self.node_id])  # (the owner's: where)
 
     def _reply(self, ins: E.Reply) -> None:
         peer, rid = ins.waiter
@@ -389,6 +389,8 @@ class NodeDaemon(Service):
         if not peers:
             self.conns.pop(pid, None)
             self.apply(E.ProcessGone(pid))
+            if self.cluster is not None:
+                self.cluster.work.owner_gone(pid)  # its actors created on other nodes
             if self.drivers.pop(pid, None) is not None and pid == self.embedded_driver:
                 self.stop("the driver that started this node exited")
 

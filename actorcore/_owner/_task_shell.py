@@ -22,6 +22,7 @@ from .._execution import current_task
 from .._ref import ObjectRef
 from .._refcount import ERROR, STORE, wake
 from .._rpc import error_from_reply, next_rid
+from ..errors import ActorCoreError
 from . import _task_events as E
 from ._deps import ready_now, resolve_deps
 from ._inbox import Inbox
@@ -165,7 +166,7 @@ class TaskSubmitter:
 
     def _on_grant(self, rid: int, reply: Any) -> None:
         if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
-            err = reply if isinstance(reply, BaseException) else error_from_reply(reply)
+            err = reply if isinstance(reply, BaseException) else _refusal(reply)
             self.post(E.LeaseFailed(rid, err))
             return
         value = reply.value
@@ -295,6 +296,16 @@ class TaskSubmitter:
         with self.rt.lock:
             for _kind, _data, nested in ins.results:
                 self.rt.discard_result(nested)
+
+
+def _refusal(reply: Any) -> BaseException:
+    """A daemon's refusal of a lease request, as the error its tasks fail with."""
+    err = error_from_reply(reply)
+    if isinstance(err, ActorCoreError):
+        return err
+    wrapped = ActorCoreError(str(err))
+    wrapped.__cause__ = err
+    return wrapped
 
 
 def _send_quietly(peer: Any, msg: Any) -> None:

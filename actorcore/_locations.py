@@ -1,0 +1,180 @@
+"""Store copies on other nodes: a process makes a copy local before reading it.
+
+In a cluster a store object may live on another node. Before a process reads
+one (``get``, a task's arguments, ``wait(fetch_local=True)``), it asks its own
+node daemon to pull it (``PULL_OBJECT`` with the holders the owner reported,
+as node ids; the daemon maps them to the nodes' transfer addresses, and with
+none known asks every peer). A copy pulled here is reported to the owner as a
+new location (``OBJECT_LOCATION``). On a single node, or when the owner
+reported this node among the holders, nothing happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import _protocol as P
+from ._refcount import STORE
+from ._rpc import next_rid
+from .errors import ObjectLostError
+
+if TYPE_CHECKING:
+    from ._runtime import CoreRuntime
+
+__all__ = [
+    "arg_sources",
+    "ensure_local",
+    "ensure_local_async",
+    "holders_of",
+    "in_cluster",
+    "is_local",
+    "mark_local",
+    "pull_async",
+]
+
+
+def in_cluster(rt: CoreRuntime) -> bool:
+    return bool(rt.node.raw.get("cluster"))
+
+
+def holders_of(e: Any) -> list[bytes] | None:
+    """The nodes known to hold a store copy of entry ``e`` (None: not known)."""
+    locs = getattr(e, "locations", None)
+    return sorted(locs) if locs else None
+
+
+def is_local(rt: CoreRuntime, e: Any) -> bool:
+    """Whether a READY entry's value is readable on this node without a pull.
+
+    Inline values always are, and everything on a single node. A store value is
+    when its known holders include this node; with none known, it is not (the
+    daemon is asked, and answers at once when the copy is here).
+    """
+    if e.kind != STORE or not in_cluster(rt):
+        return True
+    return bool(e.locations) and rt.node.node_id in e.locations
+
+
+def mark_local(rt: CoreRuntime, e: Any) -> None:
+    """Note that ``e``'s value now has a copy on this node."""
+    with rt.lock:
+        if e.locations is None:
+            e.locations = {rt.node.node_id}
+        else:
+            e.locations.add(rt.node.node_id)
+
+
+def pull_async(rt: CoreRuntime, e: Any, done: Callable[[Any], None]) -> None:
+    """Pull a READY entry's store value to this node; ``done(e)`` once it is here, or
+    the pull failed (reading it then raises). Any thread, may hold the runtime lock."""
+    oid, holders, owner = e.oid, holders_of(e) or [], None if e.owned else e.owner
+
+    def pulled(reply: Any) -> None:
+        failed = isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY
+        if not failed:
+            mark_local(rt, e)
+            if reply.value:
+                _report(rt, oid, owner)
+        done(e)
+
+    def start() -> None:
+        try:
+            rt.daemon.request(P.PullObjectMsg(next_rid(), oid, holders, b""), pulled)
+        except ConnectionError as err:
+            pulled(err)
+
+    rt.call_soon(start)
+
+
+Source = tuple[bytes, list[bytes] | None, Any]  # (object id, holders, owner address)
+
+
+def arg_sources(payload: Any, resolved: list[Any] | None) -> list[Source]:
+    """The store objects a call's arguments are read from, with where they live."""
+    out: list[Source] = []
+    if payload and isinstance(payload, list | tuple) and isinstance(payload[0], int):
+        out.append((payload[1], payload[2] if len(payload) > 2 else None, None))
+    for r in resolved or ():
+        if r[1] == STORE:
+            out.append((r[3], r[4] if len(r) > 4 else None, r[5] if len(r) > 5 else None))
+    return out
+
+
+async def ensure_local_async(rt: CoreRuntime, sources: list[Source]) -> None:
+    """:func:`ensure_local` of several objects, for a loop thread (never blocks it).
+
+    A failed pull is left for the read that follows to report.
+    """
+    if not in_cluster(rt):
+        return
+    here = rt.node.node_id
+    futs = []
+    for oid, holders, owner in sources:
+        hs = [bytes(h) for h in holders] if holders is not None else []
+        if here in hs:
+            continue
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        msg = P.PullObjectMsg(next_rid(), oid, hs, b"")
+        rt.call_soon(_request, rt, msg, fut)
+        futs.append((oid, owner, asyncio.wrap_future(fut)))
+    for oid, owner, f in futs:
+        reply = await f
+        if not isinstance(reply, BaseException) and reply.TAG == P.Tag.REPLY and reply.value:
+            _report(rt, oid, owner)
+
+
+def _request(rt: CoreRuntime, msg: Any, fut: concurrent.futures.Future[Any]) -> None:
+    try:
+        rt.daemon.request(msg, fut.set_result)
+    except ConnectionError as e:
+        fut.set_result(e)
+
+
+def ensure_local(
+    rt: CoreRuntime, oid: bytes, holders: Iterable[bytes] | None, owner: Any = None
+) -> None:
+    """Make sure this node's store has ``oid`` (blocking; any thread but the runtime's loop).
+
+    Args:
+        holders: node ids known to hold a copy (None: unknown, every peer is asked).
+        owner: the owner's address, told of the new copy (None: this process).
+
+    Raises:
+        ObjectLostError: no node could provide it.
+    """
+    if not in_cluster(rt):
+        return
+    here = rt.node.node_id
+    hs = [bytes(h) for h in holders] if holders is not None else []
+    if here in hs:
+        return
+    reply = rt.store.conn.call(P.PullObjectMsg(next_rid(), oid, hs, b""))
+    if reply.TAG == P.Tag.ERROR_REPLY:
+        raise ObjectLostError(
+            f"object {oid.hex()} could not be copied to this node: {reply.message}"
+        )
+    if not reply.value:  # it was here already
+        return
+    _report(rt, oid, owner)
+
+
+def _report(rt: CoreRuntime, oid: bytes, owner: Any) -> None:
+    here = rt.node.node_id
+    if owner is None or bytes(owner[0]) == rt.my_id:
+        with rt.lock:
+            rt.table.add_location(oid, here)
+        return
+    msg = P.ObjectLocationMsg(oid, here)
+
+    def send(peer: Any) -> None:
+        if isinstance(peer, BaseException):
+            return
+        try:
+            peer.send(msg)
+        except ConnectionError:
+            pass
+
+    rt.with_peer(tuple(owner), send)

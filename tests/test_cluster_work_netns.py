@@ -1,0 +1,91 @@
+"""Work and objects cross three network "hosts" (namespaces on a test bridge): workers
+listen on their node's address, so callers and pullers on other hosts reach them
+(issue 8 items 4, 5 and 8). Needs root and ``ip``; skipped with the reason otherwise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from actorcore.gcs import EtcdProcess
+
+from actorcore.testing import Cluster, NetnsHosts, netns_unavailable
+
+pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
+
+DRIVER = """
+import json
+import numpy as np
+import actorcore as ac
+ac.init(address=ADDRESS)
+
+@ac.remote
+def where(a=None):
+    n = 0 if a is None else int(a.sum())
+    return ac.get_runtime_context().get_node_id(), n
+
+@ac.remote
+def make(n):
+    return np.ones(n, dtype=np.uint8)
+
+@ac.remote
+class Where:
+    def node(self):
+        return ac.get_runtime_context().get_node_id()
+
+arr = np.ones(5 << 20, dtype=np.uint8)
+on1 = where.options(resources={"h1": 1})
+on2 = {"resources": {"h2": 1}}
+h = Where.options(**on2).remote()
+out = {
+    "task": ac.get(on1.remote(), timeout=60),
+    "arg": ac.get(on1.remote(ac.put(arr)), timeout=60),
+    "result": int(ac.get(make.options(**on2).remote(5 << 20), timeout=60).sum()),
+    "actor": ac.get(h.node.remote(), timeout=60),
+    "me": ac.get_runtime_context().get_node_id(),
+}
+print(json.dumps(out))
+ac.shutdown()
+"""
+
+
+def test_tasks_actors_and_objects_cross_namespaced_hosts():
+    why = netns_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with NetnsHosts(count=3) as hosts:
+        with EtcdProcess(namespace="unused", extra_hosts=(hosts.bridge_ip,)) as etcd:
+            cluster = Cluster(num_nodes=0, etcd=etcd, etcd_host=hosts.bridge_ip, ttl_s=3.0)
+            cluster.start()
+            try:
+                for i in range(3):
+                    cluster.add_node(
+                        num_cpus=1,
+                        resources={f"h{i}": 2},
+                        node_ip=hosts.ip_of(i),
+                        wrap=hosts.wrap(i),
+                        wait=False,
+                    )
+                cluster.wait_registered(60)
+                code = textwrap.dedent(DRIVER.replace("ADDRESS", repr(cluster.address)))
+                run = subprocess.run(
+                    [*hosts.wrap(0), sys.executable, "-c", code],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    env=dict(os.environ),
+                )
+            finally:
+                cluster.shutdown()
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    ids = [n.node_id for n in cluster.nodes]
+    assert got["me"] == ids[0]
+    assert got["task"] == [ids[1], 0]
+    assert got["arg"] == [ids[1], 5 << 20]
+    assert got["result"] == 5 << 20
+    assert got["actor"] == ids[2]
