@@ -116,10 +116,10 @@ class ObjectRefGenerator:
         return self
 
     def __next__(self) -> ObjectRef:
+        _refuse_on_loop()  # always, like get(): not only when this one would block
         ref = self._take()
         if ref is not None:
             return ref
-        _refuse_on_loop()
         buf = self._buf
         rt = self._rt
         rt.block_begin()  # in a worker: give the CPU back while we wait (as get() does)

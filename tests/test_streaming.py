@@ -335,6 +335,29 @@ async def test_async_generator_actor_method_from_an_asyncio_app(runtime):
 
 
 @pytest.mark.timeout(60)
+def test_a_stream_that_ends_before_its_generator_is_made_keeps_its_items(runtime, monkeypatch):
+    # a direct send lets a short call end on the loop before the caller's thread
+    # (descheduled, under load) makes the generator: it must still see every item
+    from actorcore import _global as G
+
+    streams = G.require().streams
+    make = streams.generator
+
+    def late(end, backpressure):
+        wait_for(lambda: end.id not in streams.buffers, what="the stream ended on the loop")
+        return make(end, backpressure)
+
+    src = Source.remote()
+    assert ac.get(src.made_count.remote(), timeout=20) == 0  # up: the next calls go direct
+    monkeypatch.setattr(streams, "generator", late)
+    refs = list(src.afails.options(num_returns="streaming").remote(2))
+    assert [ac.get(r, timeout=10) for r in refs[:2]] == [0, 1] and len(refs) == 3
+    with pytest.raises(KeyError):
+        ac.get(refs[2], timeout=10)
+    assert ac.get(list(_stream(src.items, 3)), timeout=10) == [0, 1, 4]
+
+
+@pytest.mark.timeout(60)
 def test_dropping_an_actor_stream_frees_the_actor_for_its_next_call(runtime):
     src = Source.remote()
     gen = src.forever.options(num_returns="streaming", generator_backpressure=2).remote()

@@ -35,7 +35,10 @@ class GeneratorStreams:
         self.rt = rt
         self.core = S.StreamCore()
         self.inbox = Inbox(rt, self._process)
-        self.buffers: dict[bytes, StreamBuffer] = {}
+        self.buffers: dict[bytes, StreamBuffer] = {}  # open streams (the loop pops ended ones)
+        # opened, not yet claimed by ``generator()``: a fast stream may end (and leave
+        # ``buffers``) before its caller's thread gets there; its buffer must not be lost
+        self._unclaimed: dict[bytes, StreamBuffer] = {}
         self._run: dict[type, Callable[[Any], None]] = {
             S.DeliverItems: self._deliver,
             S.DropItems: self._drop,
@@ -62,7 +65,7 @@ class GeneratorStreams:
 
         Its end object must exist already: its completion ends the stream.
         """
-        self.buffers[stream_id] = StreamBuffer()
+        self.buffers[stream_id] = self._unclaimed[stream_id] = StreamBuffer()
         self.post(S.StreamOpened(stream_id, backpressure))
         rt = self.rt
         with rt.lock:
@@ -72,8 +75,16 @@ class GeneratorStreams:
             self.post(S.StreamEnded(stream_id, e is None or e.state == FAILED))
 
     def generator(self, end: ObjectRef, backpressure: int) -> ObjectRefGenerator:
-        """The consumer's side of the stream ``end.id`` opened just before."""
-        buf = self.buffers.get(end.id) or StreamBuffer()
+        """The consumer's side of the stream ``end.id`` opened just before (same thread).
+
+        The stream may have ended already (a direct send lets a short call finish
+        before its caller's thread gets here): its buffer holds all it got.
+        """
+        buf = self._unclaimed.pop(end.id, None)
+        if buf is None:  # not opened by this owner: cannot happen
+            logger.error("stream %s was not opened", end.id.hex())
+            buf = StreamBuffer()
+            buf.end(True)
         return ObjectRefGenerator(self.rt, end, buf, backpressure)
 
     def _end_done(self, e: ObjectEntry) -> None:
