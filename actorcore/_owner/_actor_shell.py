@@ -26,7 +26,7 @@ from . import _actor_events as E
 from ._actor_state import ActorClient, CallSpec, Creation
 from ._actors import ActorCore
 from ._deps import ready_now, resolve_deps
-from ._inbox import Inbox
+from ._inbox import Inbox, carry_out
 
 if TYPE_CHECKING:
     from .._runtime import CoreRuntime
@@ -62,12 +62,7 @@ class ActorClients:
         self.inbox.post(event)
 
     def _process(self, events: list[Any]) -> None:
-        run = self._run
-        for ins in self.core.handle(events):
-            try:
-                run[type(ins)](ins)
-            except Exception:
-                logger.exception("carrying out %s failed", type(ins).__name__)
+        carry_out(self.core.handle(events), self._run)
 
     # --- the API's entry points (any thread) -----------------------------------------------
 

@@ -18,9 +18,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .._runtime import CoreRuntime
 
-__all__ = ["Inbox"]
+__all__ = ["Inbox", "carry_out"]
 
 logger = logging.getLogger(__name__)
+
+
+def carry_out(instructions: list[Any], run: dict[type, Callable[[Any], None]]) -> None:
+    """Carry out a core's instructions through its shell's table; one failing
+    instruction is logged and never stops the ones after it."""
+    for ins in instructions:
+        try:
+            run[type(ins)](ins)
+        except Exception:
+            logger.exception("carrying out %s failed", type(ins).__name__)
 
 
 class Inbox:

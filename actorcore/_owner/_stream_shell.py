@@ -17,7 +17,7 @@ from .._generator import ObjectRefGenerator, StreamBuffer
 from .._ref import ObjectRef
 from .._refcount import FAILED, STORE, wake
 from . import _streams as S
-from ._inbox import Inbox
+from ._inbox import Inbox, carry_out
 
 if TYPE_CHECKING:
     from .._refcount import ObjectEntry
@@ -51,12 +51,7 @@ class GeneratorStreams:
         self.inbox.post(event)
 
     def _process(self, events: list[Any]) -> None:
-        run = self._run
-        for ins in self.core.handle(events):
-            try:
-                run[type(ins)](ins)
-            except Exception:
-                logger.exception("carrying out %s failed", type(ins).__name__)
+        carry_out(self.core.handle(events), self._run)
 
     # --- entry points ------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from .._rpc import error_from_reply, next_rid
 from ..errors import ActorCoreError
 from . import _task_events as E
 from ._deps import ready_now, resolve_deps
-from ._inbox import Inbox
+from ._inbox import Inbox, carry_out
 from ._task_state import Lease, TaskSpec
 from ._tasks import OPT_RETRY_EXCEPTIONS, TaskCore
 
@@ -69,12 +69,7 @@ class TaskSubmitter:
         self.inbox.post(event)
 
     def _process(self, events: list[Any]) -> None:
-        run = self._run
-        for ins in self.core.handle(events, time.monotonic()):
-            try:
-                run[type(ins)](ins)
-            except Exception:
-                logger.exception("carrying out %s failed", type(ins).__name__)
+        carry_out(self.core.handle(events, time.monotonic()), self._run)
 
     # --- the API's entry points (any thread) -----------------------------------------------
 
