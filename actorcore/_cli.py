@@ -3,6 +3,7 @@
 actorcore start [--address etcd://HOST:PORT[,...]/NAME] [--num-cpus N] [--num-gpus N]
                 [--resources JSON] [--object-store-memory BYTES] [--node-ip IP] [--port P]
                 [--token-file F] [--etcd-user U --etcd-password P] [--etcd-ca F ...]
+                [--tls-cert F --tls-key F --tls-ca F]
 actorcore stop [--address etcd://.../NAME]
 actorcore status
 actorcore list {nodes,actors,tasks,objects,workers,placement-groups} [--filter k=v] [--limit N]
@@ -32,6 +33,7 @@ def _client(node: dict[str, Any]) -> Any:
     from ._config import Config
     from ._ids import new_id
     from ._sync_client import SyncClient
+    from ._tls import TlsContexts
 
     cfg = Config()
     return SyncClient(
@@ -42,6 +44,7 @@ def _client(node: dict[str, Any]) -> Any:
         max_header_bytes=cfg.max_header_bytes,
         max_frame_bytes=cfg.max_frame_bytes,
         timeout=30.0,
+        tls=TlsContexts.load(node.get("tls")),
     )
 
 
@@ -100,7 +103,8 @@ def _config(args: argparse.Namespace) -> Any:
     if args.token_file:
         with open(args.token_file) as f:
             overrides["cluster_token"] = f.read().strip()
-    for name in ("etcd_user", "etcd_password", "etcd_ca", "etcd_cert", "etcd_key"):
+    names = ("etcd_user", "etcd_password", "etcd_ca", "etcd_cert", "etcd_key")
+    for name in (*names, "tls_cert", "tls_key", "tls_ca"):
         if getattr(args, name):
             overrides[name] = getattr(args, name)
     return Config.from_env(**overrides)
@@ -233,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--etcd-ca", help="CA file: talk TLS to etcd")
     p.add_argument("--etcd-cert", help="client certificate file (etcd client-cert auth)")
     p.add_argument("--etcd-key", help="client key file")
+    p.add_argument("--tls-cert", help="this node's certificate (mutual TLS between machines)")
+    p.add_argument("--tls-key", help="this node's private key (or ACTORCORE_TLS_KEY)")
+    p.add_argument("--tls-ca", help="the cluster's CA: peers must present a cert it signed")
     p.set_defaults(fn=cmd_start)
     p = sub.add_parser("stop", help="stop the nodes started with `actorcore start`")
     p.add_argument("--address", help="only the nodes of this cluster (etcd://.../NAME)")

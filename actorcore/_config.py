@@ -54,6 +54,12 @@ class Config:
     etcd_ca: str = ""
     etcd_cert: str = ""
     etcd_key: str = ""
+    # mutual TLS between machines (all three or none): this node's certificate and
+    # key, and the cluster's CA that signed every node's certificate
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    unix_sockets: bool = True  # same-host peers over Unix sockets (False: TCP, as across hosts)
     attach_node: str = ""  # node id (or a prefix) to attach to among local nodes of a cluster
     transfer_chunk_bytes: int = 8 * MiB  # node-to-node object pulls: bytes per request
     transfer_timeout_s: float = 10.0  # a holder silent this long mid-pull is dropped
@@ -97,6 +103,10 @@ class Config:
             raise ValueError("node_ttl_s must be > 0")
         if self.transfer_chunk_bytes <= 0 or self.transfer_timeout_s <= 0:
             raise ValueError("transfer_chunk_bytes and transfer_timeout_s must be > 0")
+        if any((self.tls_cert, self.tls_key, self.tls_ca)) and not all(
+            (self.tls_cert, self.tls_key, self.tls_ca)
+        ):
+            raise ValueError("TLS needs all of tls_cert, tls_key and tls_ca (or none)")
         if self.task_history_size < 1:
             raise ValueError("task_history_size must be >= 1")
         for port in (self.metrics_export_port, self.dashboard_port):
@@ -124,6 +134,10 @@ class Config:
             "etcd_ca": _env("ETCD_CA", ""),
             "etcd_cert": _env("ETCD_CERT", ""),
             "etcd_key": _env("ETCD_KEY", ""),
+            "tls_cert": _env("TLS_CERT", ""),
+            "tls_key": _env("TLS_KEY", ""),
+            "tls_ca": _env("TLS_CA", ""),
+            "unix_sockets": _env("UNIX_SOCKETS", "1") not in ("0", "false", "no"),
             "attach_node": _env("ATTACH_NODE", ""),
             "task_events": _env("TASK_EVENTS", "1") not in ("0", "false", "no"),
             "metrics_export_port": int(_env("METRICS_EXPORT_PORT", "0")),

@@ -85,6 +85,8 @@ def main() -> None:
         "started_by": boot.get("started_by", "driver"),
         "cluster": cluster["address"] if cluster else None,
         "node_ip": host,
+        # mutual TLS on this node's TCP links (its workers and drivers use it too)
+        "tls": (cluster or {}).get("tls"),
     }
     worker_boot = {
         "config": config.to_dict(),

@@ -32,6 +32,7 @@ __all__ = [
     "resolve_token",
     "spawn_daemon",
     "start_cluster_node",
+    "tls_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,13 @@ def etcd_options(config: Config) -> Any:
     )
 
 
+def tls_options(config: Config) -> Any:
+    """The mutual-TLS settings of ``config`` (:class:`~._tls.TlsOptions`)."""
+    from ._tls import TlsOptions
+
+    return TlsOptions(config.tls_cert or None, config.tls_key or None, config.tls_ca or None)
+
+
 def resolve_token(config: Config, address: str) -> bytes:
     """The cluster's token (from etcd; ``config.cluster_token`` or a new one if it has none).
 
@@ -154,7 +162,10 @@ def start_cluster_node(
     daemon's command (tests: ``["ip", "netns", "exec", NS]``).
     """
     from ._peers import ClusterSpec, local_ip_towards
+    from ._tls import TlsContexts
 
+    tls = tls_options(config)
+    TlsContexts.load(tls)  # bad TLS files fail here, not in the daemon
     token = resolve_token(config, address)
     spec = ClusterSpec(
         address,
@@ -162,6 +173,7 @@ def start_cluster_node(
         config.node_ttl_s,
         etcd_options(config),
         started_by,
+        tls,
     )
     proc, ready = spawn_daemon(
         config,

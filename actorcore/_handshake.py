@@ -43,13 +43,46 @@ def handshake_decoder() -> P.FrameDecoder:
     return P.FrameDecoder(HANDSHAKE_MAX_BYTES, HANDSHAKE_MAX_BYTES)
 
 
+async def _ready(loop: asyncio.AbstractEventLoop, sock: Any, write: bool) -> None:
+    fut = loop.create_future()
+    fd = sock.fileno()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    (loop.add_writer if write else loop.add_reader)(fd, ready)
+    try:
+        await fut
+    finally:
+        (loop.remove_writer if write else loop.remove_reader)(fd)
+
+
+async def _recv(loop: asyncio.AbstractEventLoop, sock: Any, n: int) -> bytes:
+    """Some bytes from a non-blocking socket (plain or :class:`~._tls.TlsSocket`)."""
+    while True:
+        try:
+            return bytes(sock.recv(n))
+        except (BlockingIOError, InterruptedError):
+            await _ready(loop, sock, False)
+
+
+async def _sendall(loop: asyncio.AbstractEventLoop, sock: Any, data: bytes) -> None:
+    view = memoryview(data)
+    while view.nbytes:
+        try:
+            view = view[sock.send(view) :]
+        except (BlockingIOError, InterruptedError):
+            await _ready(loop, sock, True)
+
+
 async def _read_one(
     loop: asyncio.AbstractEventLoop, sock: socket.socket, decoder: P.FrameDecoder
 ) -> Any:
     """The next frame; bytes behind it stay undecoded in ``decoder``."""
     frames = decoder.feed(b"", 1)
     while not frames:
-        data = await loop.sock_recv(sock, HANDSHAKE_MAX_BYTES)
+        data = await _recv(loop, sock, HANDSHAKE_MAX_BYTES)
         if not data:
             raise ConnectionBrokenError("peer closed the connection during the handshake")
         frames = decoder.feed(data, 1)
@@ -66,8 +99,8 @@ async def server_handshake(
     """
     decoder = handshake_decoder()
     nonce = os.urandom(16)
-    await loop.sock_sendall(
-        sock, P.encode_bytes(P.HelloMsg(P.PROTOCOL_VERSION, role, my_id, nonce))
+    await _sendall(
+        loop, sock, P.encode_bytes(P.HelloMsg(P.PROTOCOL_VERSION, role, my_id, nonce))
     )
     auth = await _read_one(loop, sock, decoder)
     if not isinstance(auth, P.AuthMsg):
@@ -82,13 +115,13 @@ async def server_handshake(
         await _reject(loop, sock, "wrong cluster token")
         raise AuthenticationError(f"{auth.role} {auth.peer_id.hex()} failed authentication")
     mine = proof(token, b"server", auth.nonce, role, my_id)
-    await loop.sock_sendall(sock, P.encode_bytes(P.WelcomeMsg(mine)))
+    await _sendall(loop, sock, P.encode_bytes(P.WelcomeMsg(mine)))
     return auth.role, auth.peer_id, decoder.take_rest()
 
 
 async def _reject(loop: asyncio.AbstractEventLoop, sock: socket.socket, reason: str) -> None:
     try:
-        await loop.sock_sendall(sock, P.encode_bytes(P.RejectMsg(reason)))
+        await _sendall(loop, sock, P.encode_bytes(P.RejectMsg(reason)))
     except OSError:
         pass
 
@@ -102,8 +135,8 @@ async def client_handshake(
     check_hello(hello)
     nonce = os.urandom(16)
     mine = proof(token, b"client", hello.nonce, role, my_id)
-    await loop.sock_sendall(
-        sock, P.encode_bytes(P.AuthMsg(P.PROTOCOL_VERSION, role, my_id, nonce, mine))
+    await _sendall(
+        loop, sock, P.encode_bytes(P.AuthMsg(P.PROTOCOL_VERSION, role, my_id, nonce, mine))
     )
     reply = await _read_one(loop, sock, decoder)
     check_welcome(reply, token, nonce, hello)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._handshake import SERVER_HANDSHAKE_TIMEOUT_S, server_handshake
+from ._tls import TlsContexts, tls_accept
 from ._transport import Connection, Receiver, _tune
 from .errors import AuthenticationError, ProtocolError
 
@@ -92,8 +93,10 @@ class Listener:
         unix_name: str | None = None,
         max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
         handshake_timeout_s: float = SERVER_HANDSHAKE_TIMEOUT_S,
+        tls: TlsContexts | None = None,
     ) -> None:
         self.loop = loop
+        self._tls = tls  # TCP connections start with mutual TLS (Unix ones stay plain)
         self._token = token
         self._role = role
         self._id = my_id
@@ -136,7 +139,8 @@ class Listener:
                 logger.warning("accept failed: %s", e)
                 return
             _tune(sock)
-            self._handshakes.start(self.loop, sock, self._handshake(sock))
+            tls = self._tls if listening is self._sock else None
+            self._handshakes.start(self.loop, sock, self._handshake(sock, tls))
 
     @property
     def evicted(self) -> int:
@@ -148,11 +152,22 @@ class Listener:
         """Accepted sockets that have not authenticated yet."""
         return len(self._handshakes)
 
-    async def _handshake(self, sock: socket.socket) -> None:
+    async def _authenticate(
+        self, sock: Any, tls: TlsContexts | None
+    ) -> tuple[Any, str, bytes, bytes]:
+        if tls is not None:
+            sock = await tls_accept(self.loop, sock, tls)
         try:
-            peer_role, peer_id, leftover = await asyncio.wait_for(
-                server_handshake(self.loop, sock, self._token, self._role, self._id),
-                self._handshake_timeout,
+            peer = await server_handshake(self.loop, sock, self._token, self._role, self._id)
+        except BaseException:
+            sock.close()
+            raise
+        return (sock, *peer)
+
+    async def _handshake(self, sock: Any, tls: TlsContexts | None) -> None:
+        try:
+            sock, peer_role, peer_id, leftover = await asyncio.wait_for(
+                self._authenticate(sock, tls), self._handshake_timeout
             )
         except (AuthenticationError, ProtocolError, OSError, ConnectionError, TimeoutError) as e:
             self.rejected += 1

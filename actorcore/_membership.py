@@ -31,6 +31,7 @@ from actorcore.gcs import ControlStoreError, EtcdControlStore, PutOp, RevisionCo
 from . import _protocol as P
 from ._peers import MEMBERS, NODES, ClusterSpec, Joined, Left, PeerTable
 from ._rpc import RpcPeer, Service, next_rid
+from ._tls import TlsContexts
 from ._transport import open_connection
 
 __all__ = ["Membership"]
@@ -275,6 +276,7 @@ class Membership:
                 my_id=self.node_id,
                 max_header_bytes=self._limits[0],
                 max_frame_bytes=self._limits[1],
+                tls=TlsContexts.load(self.spec.tls),
             ),
             PEER_CALL_TIMEOUT_S,
         )

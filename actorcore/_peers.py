@@ -26,6 +26,8 @@ from actorcore.gcs import (
     WatchEvent,
 )
 
+from ._tls import TlsOptions
+
 __all__ = [
     "MEMBERS",
     "NODES",
@@ -53,6 +55,7 @@ class ClusterSpec:
     ttl_s: float = 10.0
     etcd: EtcdOptions = field(default_factory=EtcdOptions)
     started_by: str = "cli"  # "cli" (actorcore start) or "driver"
+    tls: TlsOptions = field(default_factory=TlsOptions)  # mutual TLS between machines
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClusterSpec:
@@ -62,6 +65,7 @@ class ClusterSpec:
             float(d.get("ttl_s", 10.0)),
             EtcdOptions(**(d.get("etcd") or {})),
             d.get("started_by", "cli"),
+            TlsOptions.from_dict(d.get("tls")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +75,7 @@ class ClusterSpec:
             "ttl_s": self.ttl_s,
             "etcd": self.etcd.to_dict(),
             "started_by": self.started_by,
+            "tls": self.tls.to_dict(),
         }
 
 

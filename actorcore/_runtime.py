@@ -32,6 +32,7 @@ from ._rpc import DEFERRED, RpcPeer, Service, error_from_reply, handles
 from ._serialization import serialize
 from ._store_client import StoreClient
 from ._sync_client import SyncClient
+from ._tls import TlsContexts
 from ._transport import Listener, best_address, open_connection
 from .errors import BlockingCallError, ConnectionBrokenError, NodeDiedError
 
@@ -70,6 +71,8 @@ class CoreRuntime(OwnershipMixin, Service):
         self.token = token
         self.my_id = my_id
         self.node = node
+        # mutual TLS on TCP links to other nodes' processes, as the node's daemon
+        self.tls = TlsContexts.load(node.raw.get("tls"))
         self.lock = threading.RLock()
         self.table = ObjectTable(my_id)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -118,6 +121,7 @@ class CoreRuntime(OwnershipMixin, Service):
             host=self.node.raw.get("node_ip") or "127.0.0.1"
             if self.node.raw.get("cluster")
             else "127.0.0.1",
+            tls=self.tls,
         )
         self.listener.start()
         host, port = self.listener.address
@@ -181,6 +185,7 @@ class CoreRuntime(OwnershipMixin, Service):
             my_id=self.my_id,
             max_header_bytes=self.config.max_header_bytes,
             max_frame_bytes=self.config.max_frame_bytes,
+            tls=self.tls,
         )
         peer.conn = conn
         return peer
@@ -216,9 +221,10 @@ class CoreRuntime(OwnershipMixin, Service):
             if self.broken is not None:
                 raise self.broken
             try:
-                peer: Any = await self._connect(best_address(address))
+                best = best_address(address, self.config.unix_sockets)
+                peer: Any = await self._connect(best)
             except OSError:
-                if isinstance(best_address(address), str):
+                if isinstance(best, str):
                     peer = await self._connect((address[1], address[2]))
                 else:
                     raise

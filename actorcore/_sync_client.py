@@ -19,6 +19,7 @@ from ._handshake import (
     handshake_decoder,
     proof,
 )
+from ._tls import TlsContexts, wrap_blocking
 from .errors import AuthenticationError, ConnectionBrokenError, ConnectionClosedError
 
 _RECV_SIZE = 1 << 18
@@ -53,7 +54,9 @@ class SyncClient:
         max_header_bytes: int,
         max_frame_bytes: int,
         timeout: float = 300.0,
+        tls: TlsContexts | None = None,
     ) -> None:
+        self._sock: Any
         if isinstance(address, str):
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._sock.settimeout(HANDSHAKE_TIMEOUT_S)
@@ -61,6 +64,12 @@ class SyncClient:
         else:
             self._sock = socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT_S)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:  # across machines: mutual TLS first
+                try:
+                    self._sock = wrap_blocking(self._sock, tls)
+                except BaseException:
+                    self._sock.close()
+                    raise
         self._lock = threading.Lock()
         self._limits = (max_header_bytes, max_frame_bytes)
         self._decoder = handshake_decoder()

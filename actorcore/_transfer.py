@@ -36,6 +36,7 @@ from actorcore.store import _serve as SS
 from actorcore.store._state import ObjectState
 
 from . import _protocol as P
+from ._tls import TlsContexts
 from ._transfer_link import PullLink
 from ._transfer_serve import DataListener, ServeConnection
 from .errors import ObjectLostError, ObjectStoreFullError
@@ -112,8 +113,10 @@ class TransferService:
         host: str = "127.0.0.1",
         port: int = 0,
         config: TransferConfig | None = None,
+        tls: TlsContexts | None = None,
     ) -> None:
         self.store = store
+        self.tls = tls  # mutual TLS on every data connection (both ways)
         self.node_id = node_id
         self.config = config or TransferConfig()
         self._token = token
@@ -152,6 +155,7 @@ class TransferService:
             token=self._token,
             my_id=self.node_id,
             on_connection=self._on_connection,
+            tls=self.tls,
         )
         self.listener.start()
         self._spawn(self._tick_loop())
@@ -282,6 +286,7 @@ class TransferService:
                 my_id=self.node_id,
                 on_broken=self._link_broken,
                 on_bytes=self._got_bytes,
+                tls=self.tls,
             )
             self._links[holder] = link
         return link

@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 
 from . import _protocol as P
+from ._tls import TlsContexts, tls_connect
 from ._transport import HANDSHAKE_TIMEOUT_S, client_handshake
 from .errors import ConnectionBrokenError, ProtocolError
 
@@ -207,23 +208,31 @@ class DataSocket:
 
 
 async def connect_data(
-    loop: asyncio.AbstractEventLoop, address: tuple[str, int], token: bytes, my_id: bytes
-) -> tuple[socket.socket, bytes]:
-    """Connect to a holder's transfer listener and prove the cluster token.
+    loop: asyncio.AbstractEventLoop,
+    address: tuple[str, int],
+    token: bytes,
+    my_id: bytes,
+    tls: TlsContexts | None = None,
+) -> tuple[Any, bytes]:
+    """Connect to a holder's transfer listener (with ``tls``: mutual TLS first) and
+    prove the cluster token.
 
     Returns the socket and the holder's node id.
 
     Raises:
-        OSError: the holder is not reachable.
+        OSError: the holder is not reachable (ssl.SSLError: TLS failed).
         AuthenticationError: the handshake failed.
         TimeoutError: no answer within the handshake timeout.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock: Any = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
             await loop.sock_connect(sock, address)
+            if tls is not None:
+                sock = await tls_connect(loop, sock, tls)
             _role, peer_id, leftover = await client_handshake(loop, sock, token, ROLE, my_id)
         if leftover:
             raise ProtocolError("the holder sent data before being asked")
@@ -261,9 +270,11 @@ class PullLink:
         my_id: bytes,
         on_broken: Callable[[PullLink, str], None],
         on_bytes: Callable[[PullLink, int], None] | None = None,
+        tls: TlsContexts | None = None,
     ) -> None:
         self.loop = loop
         self.holder = holder
+        self._tls = tls
         self._token = token
         self._my_id = my_id
         self._on_broken = on_broken
@@ -304,7 +315,9 @@ class PullLink:
 
     async def _run(self) -> None:
         try:
-            sock, _peer = await connect_data(self.loop, self.holder, self._token, self._my_id)
+            sock, _peer = await connect_data(
+                self.loop, self.holder, self._token, self._my_id, self._tls
+            )
             self.data = DataSocket(self.loop, sock, self._write_failed)
             if self._early:
                 self.data.send([b"".join(self._early)])

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import _protocol as P
 from ._handshake import SERVER_HANDSHAKE_TIMEOUT_S, server_handshake
 from ._listener import PendingHandshakes
+from ._tls import TlsContexts, tls_accept
 from ._transfer_link import ROLE, DataSocket
 from .errors import AuthenticationError, ProtocolError
 
@@ -214,8 +215,10 @@ class DataListener:
         token: bytes,
         my_id: bytes,
         on_connection: Callable[[socket.socket, bytes, bytes], None],
+        tls: TlsContexts | None = None,
     ) -> None:
         self.loop = loop
+        self._tls = tls
         self._token = token
         self._id = my_id
         self._on_connection = on_connection
@@ -246,9 +249,11 @@ class DataListener:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._handshakes.start(self.loop, sock, self._handshake(sock))
 
-    async def _handshake(self, sock: socket.socket) -> None:
+    async def _handshake(self, sock: Any) -> None:
         try:
             async with asyncio.timeout(SERVER_HANDSHAKE_TIMEOUT_S):
+                if self._tls is not None:
+                    sock = await tls_accept(self.loop, sock, self._tls)
                 role, peer_id, leftover = await server_handshake(
                     self.loop, sock, self._token, ROLE, self._id
                 )

@@ -34,6 +34,7 @@ from typing import Any
 
 from . import _protocol as P
 from ._handshake import HANDSHAKE_TIMEOUT_S, client_handshake, server_handshake
+from ._tls import TlsContexts, tls_connect
 from .errors import ConnectionBrokenError, ConnectionClosedError, ProtocolError
 
 __all__ = [
@@ -121,6 +122,8 @@ class Connection:
         self._sock_open = True  # the socket outlives ``closed`` while a close drains
         self._loop_thread = threading.get_ident()
         self._leftover = leftover
+        # a TLS socket may hold decrypted bytes the fd no longer signals
+        self._pending = getattr(sock, "pending", None)
 
     def start(self) -> None:
         """Begin reading; call on the loop thread after the handshake."""
@@ -129,6 +132,8 @@ class Connection:
         if self._leftover:
             data, self._leftover = self._leftover, b""
             self._deliver(data)
+        if self._pending is not None and not self.closed and self._pending():
+            self.loop.call_soon(self._on_readable)
 
     @property
     def queued_bytes(self) -> int:
@@ -320,6 +325,8 @@ class Connection:
             self._break(ConnectionResetError(errno.ECONNRESET, "peer closed the connection"))
             return
         self._deliver(data)
+        if self._pending is not None and not self.closed and self._pending():
+            self.loop.call_soon(self._on_readable)  # (after other ready callbacks: fairness)
 
     def _deliver(self, data: bytes) -> None:
         try:
@@ -416,23 +423,27 @@ async def open_connection(
     my_id: bytes,
     max_header_bytes: int,
     max_frame_bytes: int,
+    tls: TlsContexts | None = None,
 ) -> Connection:
-    """Connect, authenticate and start reading.
+    """Connect, authenticate and start reading (TCP with ``tls``: mutual TLS first).
 
     Raises:
         ConnectionRefusedError/OSError: the peer is not listening.
-        AuthenticationError: the handshake failed.
+        ssl.SSLError (an OSError): the TLS handshake failed.
+        AuthenticationError: the token handshake failed.
     """
     if isinstance(address, str):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock: Any = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tls = None  # same host: the Unix socket never leaves the machine
     else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(_family(address[0]), socket.SOCK_STREAM)
     try:
         _tune(sock)
-        await loop.sock_connect(sock, address)
-        peer_role, peer_id, leftover = await asyncio.wait_for(
-            client_handshake(loop, sock, token, role, my_id), HANDSHAKE_TIMEOUT_S
-        )
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            await loop.sock_connect(sock, address)
+            if tls is not None:
+                sock = await tls_connect(loop, sock, tls)
+            peer_role, peer_id, leftover = await client_handshake(loop, sock, token, role, my_id)
     except BaseException:
         sock.close()
         raise
@@ -453,10 +464,15 @@ async def open_connection(
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "", socket.gethostname()}
 
 
-def best_address(address: Any) -> tuple[str, int] | str:
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def best_address(address: Any, unix: bool = True) -> tuple[str, int] | str:
     """Where to connect to a peer ``(id, host, port[, unix name])``: its Unix socket
-    when it is on this host, else TCP."""
-    if len(address) > 3 and address[3] and address[1] in _LOCAL_HOSTS:
+    when it is on this host (and ``unix``: off forces TCP, as between machines),
+    else TCP."""
+    if unix and len(address) > 3 and address[3] and address[1] in _LOCAL_HOSTS:
         return str(address[3])
     return (address[1], address[2])
 

@@ -34,6 +34,7 @@ from .._config import Config
 from .._obs._observer import NodeObserver, ObservabilityMixin
 from .._rpc import DEFERRED, RpcPeer, Service, handles
 from .._transfer import TransferConfig, TransferService
+from .._tls import TlsContexts
 from .._transport import Listener
 from ..errors import ProtocolError
 from . import _events as E
@@ -106,12 +107,14 @@ class NodeDaemon(Service):
         )
         self.workers = WorkerRegistry()
         self.store = StoreService(self.state.store, arena, dirs, self.apply)
+        self.tls = TlsContexts.load((cluster or {}).get("tls"))  # None: TLS off
         self.transfer = TransferService(
             self.store,
             node_id=node_id,
             token=token,
             host=self.address[0],
             config=TransferConfig.from_config(config),
+            tls=self.tls,
         )
         self.control: Any = EmbeddedControlStore()
         self.actor_table = ActorTable(self.control)
@@ -201,6 +204,7 @@ class NodeDaemon(Service):
             max_frame_bytes=self.config.max_frame_bytes,
             sock=self._listen_sock,
             unix_name=self.unix_name or None,
+            tls=self.tls,
         )
         await self.transfer.start()
         self.listener.start()
