@@ -179,6 +179,8 @@ class ClusterNode:
             return self.membership.table.nodes()
         if what == "total":
             return self.membership.table.total()
+        if what == "frees_received":  # (tests: frees go only to nodes holding copies)
+            return self.work.frees_received
         if what == "available":
             local = self._local(P.Tag.CLUSTER_INFO, peer, msg, b)
             return self.membership.available(local)

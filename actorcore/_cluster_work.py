@@ -11,8 +11,9 @@
   every actor's does, so ``WAIT_ACTOR`` finds it);
 * ``PULL_OBJECT`` accepts holders given as node ids (mapped to the nodes'
   transfer addresses from the peer table);
-* ``FREE_OBJECTS`` from a local process is also sent to every peer daemon, so
-  the copies pulled elsewhere are freed with the primary.
+* ``FREE_OBJECTS`` from a local process also goes to the daemons of the nodes
+  its owner recorded as holding copies (and to no other), so the primary and
+  every copy pulled elsewhere are freed together.
 
 The choice of a node is :func:`pick_node` ("first feasible peer, most
 available first"); the cluster's global placer replaces it.
@@ -37,7 +38,14 @@ from actorcore.store._results import Free
 from . import _protocol as P
 from ._rpc import DEFERRED, RpcPeer, next_rid
 
-__all__ = ["AFFINITY", "AFFINITY_SOFT", "ClusterWork", "pick_node", "split_affinity"]
+__all__ = [
+    "AFFINITY",
+    "AFFINITY_SOFT",
+    "ClusterWork",
+    "copies_elsewhere",
+    "pick_node",
+    "split_affinity",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +90,18 @@ def pick_node(
     return feasible[0] if feasible else None
 
 
+def copies_elsewhere(msg: P.FreeObjectsMsg, here: bytes) -> dict[bytes, list[bytes]]:
+    """The objects of an owner's free to free on each other node: exactly the nodes
+    its owner recorded as holding a copy (its primary's node and every node that
+    pulled one), never any other."""
+    out: dict[bytes, list[bytes]] = {}
+    for oid, holders in zip(msg.oids, msg.holders or (), strict=False):
+        for node_id in holders or ():
+            if bytes(node_id) != here:
+                out.setdefault(bytes(node_id), []).append(oid)
+    return out
+
+
 class ClusterWork:
     """Lease, actor-creation, pull and free handlers of a cluster node daemon."""
 
@@ -93,6 +113,7 @@ class ClusterWork:
         # owner process -> its (non-detached) actors created on other nodes through us
         self.forwarded: dict[bytes, dict[bytes, bytes]] = {}
         self._owner_of: dict[bytes, bytes] = {}  # actor -> its owner, for the above
+        self.frees_received = 0  # FREE_OBJECTS from peer daemons (copies here freed)
 
     def install(self, handlers: dict[int, Handler]) -> None:
         """Wrap the daemon's handlers in ``handlers`` (changed in place)."""
@@ -215,12 +236,15 @@ class ClusterWork:
     def on_free_objects(self, peer: RpcPeer, msg: P.FreeObjectsMsg, b: list[bytes]) -> Any:
         assert peer.conn is not None
         if peer.conn.peer_id in self.membership.table.live:
+            self.frees_received += 1
             self._free_copies(list(msg.oids))  # from a peer daemon: the copies here
             return DEFERRED
         self._local(P.Tag.FREE_OBJECTS, peer, msg, b)
-        for node_id in list(self.membership.table.live):
-            if node_id != self.node_id:
-                self.daemon.spawn(self._free_on(node_id, msg))
+        live = self.membership.table.live
+        for node_id, oids in copies_elsewhere(msg, self.node_id).items():
+            if node_id in live:  # (a dead node's copies went with it)
+                forward = P.FreeObjectsMsg(oids, None, peer.conn.peer_id)
+                self.daemon.spawn(self._free_on(node_id, forward))
         return DEFERRED
 
     def _free_copies(self, oids: list[bytes]) -> None:

@@ -70,7 +70,7 @@ def mark_local(rt: CoreRuntime, e: Any) -> None:
 def pull_async(rt: CoreRuntime, e: Any, done: Callable[[Any], None]) -> None:
     """Pull a READY entry's store value to this node; ``done(e)`` once it is here, or
     the pull failed (reading it then raises). Any thread, may hold the runtime lock."""
-    oid, holders, owner = e.oid, holders_of(e) or [], None if e.owned else e.owner
+    oid, holders, owner = e.oid, holders_of(e) or [], e.owner
 
     def pulled(reply: Any) -> None:
         failed = isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY
@@ -82,7 +82,8 @@ def pull_async(rt: CoreRuntime, e: Any, done: Callable[[Any], None]) -> None:
 
     def start() -> None:
         try:
-            rt.daemon.request(P.PullObjectMsg(next_rid(), oid, holders, b""), pulled)
+            msg = P.PullObjectMsg(next_rid(), oid, holders, _owner_id(owner))
+            rt.daemon.request(msg, pulled)
         except ConnectionError as err:
             pulled(err)
 
@@ -117,7 +118,7 @@ async def ensure_local_async(rt: CoreRuntime, sources: list[Source]) -> None:
         if here in hs:
             continue
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        msg = P.PullObjectMsg(next_rid(), oid, hs, b"")
+        msg = P.PullObjectMsg(next_rid(), oid, hs, _owner_id(owner))
         rt.call_soon(_request, rt, msg, fut)
         futs.append((oid, owner, asyncio.wrap_future(fut)))
     for oid, owner, f in futs:
@@ -140,7 +141,7 @@ def ensure_local(
 
     Args:
         holders: node ids known to hold a copy (None: unknown, every peer is asked).
-        owner: the owner's address, told of the new copy (None: this process).
+        owner: the owner's address, told of the new copy (None: not known).
 
     Raises:
         ObjectLostError: no node could provide it.
@@ -151,7 +152,7 @@ def ensure_local(
     hs = [bytes(h) for h in holders] if holders is not None else []
     if here in hs:
         return
-    reply = rt.store.conn.call(P.PullObjectMsg(next_rid(), oid, hs, b""))
+    reply = rt.store.conn.call(P.PullObjectMsg(next_rid(), oid, hs, _owner_id(owner)))
     if reply.TAG == P.Tag.ERROR_REPLY:
         raise ObjectLostError(
             f"object {oid.hex()} could not be copied to this node: {reply.message}"
@@ -161,11 +162,21 @@ def ensure_local(
     _report(rt, oid, owner)
 
 
+def _owner_id(owner: Any) -> bytes:
+    """The id a pulled copy is kept under in the store: its owner's (so that the
+    owner's frees and its end reach the copy as they reach the primary; b"":
+    not known, the transfer service keeps it under its own)."""
+    return b"" if owner is None else bytes(owner[0])
+
+
 def _report(rt: CoreRuntime, oid: bytes, owner: Any) -> None:
     here = rt.node.node_id
-    if owner is None or bytes(owner[0]) == rt.my_id:
+    if owner is None:  # (an argument blob: no entry of ours tracks it)
         with rt.lock:
             rt.table.add_location(oid, here)
+        return
+    if bytes(owner[0]) == rt.my_id:
+        rt.note_location(oid, here)
         return
     msg = P.ObjectLocationMsg(oid, here)
 

@@ -58,9 +58,21 @@ class OwnershipMixin:
     def on_object_location(
         self, peer: RpcPeer, msg: P.ObjectLocationMsg, _bufs: list[bytes]
     ) -> Any:
-        with self.lock:
-            self.table.add_location(msg.oid, msg.node_id)
+        self.note_location(msg.oid, bytes(msg.node_id))
         return DEFERRED
+
+    def note_location(self, oid: bytes, node_id: bytes) -> None:
+        """A copy of owned ``oid`` is now on ``node_id``. If ``oid`` was freed while
+        that copy was being made, the copy is freed at once (it would leak)."""
+        with self.lock:
+            known = oid in self.table.entries
+            if known:
+                self.table.add_location(oid, node_id)
+        if not known and self.daemon is not None:
+            try:
+                self.daemon.send(P.FreeObjectsMsg([oid], [[node_id]]))
+            except ConnectionError:
+                pass
 
     @handles(P.Tag.ADD_BORROWER)
     def on_add_borrower(self, peer: RpcPeer, msg: P.AddBorrowerMsg, _bufs: list[bytes]) -> bool:

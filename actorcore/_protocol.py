@@ -450,7 +450,13 @@ class ReleaseObjectsMsg(NamedTuple):
 
 @message(Tag.FREE_OBJECTS)
 class FreeObjectsMsg(NamedTuple):
+    """Owner -> its node daemon: free ``oids``; ``holders[i]`` are the nodes holding a
+    copy of ``oids[i]`` (None: this node only). Daemon -> a holder's daemon: free
+    the copies there of ``owner``'s objects."""
+
     oids: list[bytes]
+    holders: list[list[bytes]] | None = None
+    owner: bytes = b""
 
 
 @message(Tag.ABORT_OBJECT)

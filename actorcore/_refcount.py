@@ -56,9 +56,11 @@ ACTOR = 3  # the entry stands for an actor handle, counted like a ref
 
 @dataclass(frozen=True, slots=True)
 class FreeStore:
-    """Tell the node's store that the owner let go of this object."""
+    """Tell the node's store that the owner let go of this object; ``holders`` are
+    the nodes known to hold a copy (its node daemon frees those, and no other)."""
 
     oid: bytes
+    holders: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +251,7 @@ class ObjectTable:
         del self.entries[e.oid]
         if e.owned:
             if e.state == READY and e.kind == STORE:
-                out.append(FreeStore(e.oid))
+                out.append(FreeStore(e.oid, tuple(sorted(e.locations or ()))))
             elif e.kind == ACTOR:
                 out.append(ActorOutOfScope(e.oid))
         elif e.registered:

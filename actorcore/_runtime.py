@@ -86,7 +86,7 @@ class CoreRuntime(OwnershipMixin, Service):
         self.store: StoreClient = None  # type: ignore[assignment]
         self.dropped: collections.deque[bytes] = collections.deque()
         self._flush_scheduled = False
-        self._frees: list[bytes] = []
+        self._frees: list[FreeStore] = []
         self._releases: dict[tuple[Any, ...], list[bytes]] = {}
         self.broken: BaseException | None = None
         self.closing = False
@@ -340,7 +340,7 @@ class CoreRuntime(OwnershipMixin, Service):
         with self.lock:
             for ins in instrs:
                 if isinstance(ins, FreeStore):
-                    self._frees.append(ins.oid)
+                    self._frees.append(ins)
                 elif isinstance(ins, ReleaseBorrow):
                     self._releases.setdefault(tuple(ins.owner), []).append(ins.oid)
                 else:
@@ -356,7 +356,9 @@ class CoreRuntime(OwnershipMixin, Service):
             return
         try:
             if frees:
-                self.daemon.send(P.FreeObjectsMsg(frees))
+                oids = [f.oid for f in frees]
+                holders = [list(f.holders) for f in frees]
+                self.daemon.send(P.FreeObjectsMsg(oids, holders if any(holders) else None))
             if unpins:
                 self.daemon.send(P.ReleaseObjectsMsg(unpins))
         except ConnectionError:

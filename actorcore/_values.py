@@ -65,7 +65,7 @@ def value_of(rt: CoreRuntime, e: ObjectEntry) -> Any:
         value, refs = loads_payload(e.data, f"object {e.oid.hex()}")
     elif e.kind == STORE:
         if not L.is_local(rt, e):
-            L.ensure_local(rt, e.oid, L.holders_of(e), None if e.owned else e.owner)
+            L.ensure_local(rt, e.oid, L.holders_of(e), e.owner)
             L.mark_local(rt, e)
         value, refs = rt.store.get(e.oid, f"object {e.oid.hex()}")
     else:

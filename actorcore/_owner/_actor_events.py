@@ -281,6 +281,7 @@ class CallDone:
 
     spec: CallSpec
     results: list[Any]
+    node_id: bytes | None = None  # the actor's node: where its store results are
 
 
 @dataclass(slots=True)

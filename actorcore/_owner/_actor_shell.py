@@ -19,7 +19,7 @@ from .. import _protocol as P
 from .. import _task_events as TE
 from .._args import prepare_args
 from .._ref import ObjectRef
-from .._refcount import ACTOR, ERROR, wake
+from .._refcount import ACTOR, ERROR, STORE, wake
 from .._rpc import error_from_reply, next_rid
 from ..errors import ActorDiedError
 from . import _actor_events as E
@@ -288,6 +288,8 @@ class ActorClients:
         with rt.lock:
             for oid, (kind, data, nested) in zip(spec.return_ids, ins.results, strict=True):
                 rt.adopt_result(oid, kind, data, nested, wakes)
+                if kind == STORE:  # its copy is on the actor's node (as a task result's)
+                    rt.table.add_location(oid, ins.node_id or rt.node.node_id)
         self._release(spec.args.held)
         spec.args.held = []
         for waiters, e in wakes:

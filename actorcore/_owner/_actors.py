@@ -291,7 +291,7 @@ class ActorCore:
         if spec is not None:  # else a late reply for a call already failed or sent again
             for oid in spec.return_ids:
                 self.by_return.pop(oid, None)
-            self._out.append(E.CallDone(spec, ev.results))
+            self._out.append(E.CallDone(spec, ev.results, c.node_id))
             self._after(c)
 
     def _on_rejected(self, ev: E.CallRejected) -> None:

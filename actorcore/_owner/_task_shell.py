@@ -258,8 +258,8 @@ class TaskSubmitter:
         with rt.lock:
             for oid, (kind, data, nested) in zip(spec.return_ids, ins.results, strict=True):
                 rt.adopt_result(oid, kind, data, nested, wakes)
-                if kind == STORE and ins.node_id is not None:
-                    rt.table.add_location(oid, ins.node_id)
+                if kind == STORE:  # on the lease's node (None: this one)
+                    rt.table.add_location(oid, ins.node_id or rt.node.node_id)
         self._release_args(spec)
         for waiters, e in wakes:
             wake(waiters, e)
