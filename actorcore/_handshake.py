@@ -99,9 +99,7 @@ async def server_handshake(
     """
     decoder = handshake_decoder()
     nonce = os.urandom(16)
-    await _sendall(
-        loop, sock, P.encode_bytes(P.HelloMsg(P.PROTOCOL_VERSION, role, my_id, nonce))
-    )
+    await _sendall(loop, sock, P.encode_bytes(P.HelloMsg(P.PROTOCOL_VERSION, role, my_id, nonce)))
     auth = await _read_one(loop, sock, decoder)
     if not isinstance(auth, P.AuthMsg):
         await _reject(loop, sock, "expected an AUTH message")

@@ -33,6 +33,7 @@ class OwnershipMixin:
     table: Any
     address: Any
     my_id: bytes
+    daemon: Any
 
     if TYPE_CHECKING:  # provided by CoreRuntime
 

@@ -33,7 +33,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TlsContexts", "TlsOptions", "TlsSocket", "tls_connect", "tls_accept", "wrap_blocking"]
+__all__ = ["TlsContexts", "TlsOptions", "TlsSocket", "tls_accept", "tls_connect", "wrap_blocking"]
 
 _COALESCE = 256 * 1024  # small frames are joined into one TLS write up to this size
 _MAX_WRITE = 4 << 20  # a large buffer goes out in slices of this size
@@ -74,7 +74,7 @@ class TlsOptions:
 class TlsContexts:
     """The server and client contexts of one set of :class:`TlsOptions` (mutual TLS)."""
 
-    _cache: dict[TlsOptions, TlsContexts] = {}  # noqa: RUF012 (one per process and options)
+    _cache: dict[TlsOptions, TlsContexts] = {}  # one per process and options
 
     def __init__(self, options: TlsOptions) -> None:
         options.check()

@@ -33,8 +33,8 @@ from .._cluster_node import join_cluster
 from .._config import Config
 from .._obs._observer import NodeObserver, ObservabilityMixin
 from .._rpc import DEFERRED, RpcPeer, Service, handles
-from .._transfer import TransferConfig, TransferService
 from .._tls import TlsContexts
+from .._transfer import TransferConfig, TransferService
 from .._transport import Listener
 from ..errors import ProtocolError
 from . import _events as E
