@@ -12,7 +12,12 @@ Rows:
 * a task on B whose 100 MiB argument was put on A (s per task, fresh object each);
 * broadcast: one 200 MiB object put on A read at once by tasks on B, C and D (s).
 
-    python -m bench.cluster [--rounds 3] [--ray-python PATH] [--no-ray]
+    python -m bench.cluster [--rounds 3] [--ray-python PATH] [--no-ray] [--modes unix,tcp,tls]
+
+actorcore runs once per mode: ``unix`` (same-host peers over Unix sockets, the
+default when nodes share a machine), ``tcp`` (every link between nodes over
+TCP, ``ACTORCORE_UNIX_SOCKETS=0``: as between machines, the honest comparison)
+and ``tls`` (TCP with mutual TLS, certificates made by ``openssl``).
 """
 
 from __future__ import annotations
@@ -102,20 +107,55 @@ def _workloads(api: Any, rounds: int) -> dict[str, Any]:
     return out
 
 
-def _side_actorcore(rounds: int) -> dict[str, Any]:
+MODES = {
+    "unix": "actorcore (same-host Unix sockets)",
+    "tcp": "actorcore, TCP",
+    "tls": "actorcore, TCP + mutual TLS",
+}
+
+
+def _certificates(d: str) -> dict[str, str]:
+    """A throwaway CA and one node certificate it signed (the ``openssl`` command)."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
+    cert, key, csr = (os.path.join(d, f) for f in ("node.pem", "node.key", "node.csr"))
+    ext = os.path.join(d, "ext.cnf")
+    run("req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=bench")
+    run("req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=node")
+    with open(ext, "w") as f:
+        f.write("extendedKeyUsage=serverAuth,clientAuth\n")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", cert, "-days", "1", "-extfile", ext)  # fmt: skip
+    return {"tls_cert": cert, "tls_key": key, "tls_ca": ca}
+
+
+def _side_actorcore(rounds: int, mode: str = "tcp") -> dict[str, Any]:
+    """``mode``: "unix" (same-host peers over Unix sockets, the default on one
+    machine), "tcp" (every link between nodes over TCP, as between machines),
+    "tls" (TCP with mutual TLS)."""
+    import tempfile
+
     import actorcore as ac
     from actorcore.testing import Cluster
 
+    if mode != "unix":
+        os.environ["ACTORCORE_UNIX_SOCKETS"] = "0"  # the nodes, their workers, this driver
     gib = 1 << 30
-    with Cluster(num_nodes=0, ttl_s=5.0) as c:
-        c.add_node(num_cpus=2, object_store_memory=gib)
-        for n in ("nb", "nc", "nd"):
-            c.add_node(num_cpus=1, resources={n: 100}, object_store_memory=gib)
-        ac.init(address=c.address, attach_node=c.nodes[0].node_id)
-        try:
-            return _workloads(ac, rounds)
-        finally:
-            ac.shutdown()
+    with tempfile.TemporaryDirectory() as d:
+        tls = _certificates(d) if mode == "tls" else {}
+        with Cluster(num_nodes=0, ttl_s=5.0) as c:
+            c.add_node(num_cpus=2, object_store_memory=gib, **tls)
+            for n in ("nb", "nc", "nd"):
+                c.add_node(num_cpus=1, resources={n: 100}, object_store_memory=gib, **tls)
+            ac.init(address=c.address, attach_node=c.nodes[0].node_id)
+            try:
+                return _workloads(ac, rounds)
+            finally:
+                ac.shutdown()
 
 
 def _side_ray(rounds: int) -> dict[str, Any]:
@@ -168,34 +208,65 @@ def _fmt(xs: list[float]) -> str:
     return f"{m:,.0f}" if m >= 100 else f"{m:.2f}"
 
 
+def _ratio(row: str, ours: list[float] | None, ray: list[float] | None) -> str:
+    if not ours or not ray:
+        return "-"
+    m, r = statistics.median(ours), statistics.median(ray)
+    return f"{(r / m if row.endswith('(s)') else m / r):.1f}x"
+
+
+def measure(
+    rounds: int = 3, ray_python: str | None = "/tmp/rayenv/bin/python", modes: str = "unix,tcp,tls"
+) -> dict[str, Any]:
+    """Every side in its own subprocess, one after the other, with the floor
+    before and after: ``{"floor": [...], "ray": rows, "<mode>": rows, "load": [...]}``."""
+    load = [os.getloadavg()[0]]
+    out: dict[str, Any] = {"floor": _floor(rounds)}
+    for mode in [m for m in modes.split(",") if m]:
+        out[mode] = _run_side(sys.executable, mode, rounds)
+        load.append(os.getloadavg()[0])
+    if ray_python:
+        out["ray"] = _run_side(ray_python, "ray", rounds)
+        load.append(os.getloadavg()[0])
+    out["floor"] += _floor(rounds)
+    out["load"] = load
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--ray-python", default="/tmp/rayenv/bin/python")
     p.add_argument("--no-ray", action="store_true")
-    p.add_argument("--side", choices=["actorcore", "ray"], help=argparse.SUPPRESS)
+    p.add_argument("--modes", default="unix,tcp,tls", help="actorcore sides: unix,tcp,tls")
+    p.add_argument("--side", choices=["ray", *MODES], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side:
-        side = _side_actorcore if args.side == "actorcore" else _side_ray
-        print(json.dumps(side(args.rounds)))
+        rows = (
+            _side_ray(args.rounds)
+            if args.side == "ray"
+            else _side_actorcore(args.rounds, args.side)
+        )
+        print(json.dumps(rows))
         return
-    floor = _floor(args.rounds)
-    print(f"loopback TCP floor: {_fmt(floor)} GB/s", flush=True)
-    mine = _run_side(sys.executable, "actorcore", args.rounds)
-    ray = {} if args.no_ray else _run_side(args.ray_python, "ray", args.rounds)
-    floor += _floor(args.rounds)
-    print(f"loopback TCP floor (after): {_fmt(floor)} GB/s")
-    print("| row | actorcore | Ray 2.60 | ratio |")
-    print("|---|---:|---:|---:|")
-    for row, xs in mine.items():
-        r = ray.get(row)
-        m = statistics.median(xs)
-        ratio = ""
-        if r:
-            rm = statistics.median(r)
-            ratio = f"{(rm / m if row.endswith('(s)') else m / rm):.1f}x"
-        print(f"| {row} | {_fmt(xs)} | {_fmt(r) if r else '-'} | {ratio} |")
-    print(f"\nfloor {_fmt(floor)} GB/s (median of {len(floor)} rounds, before and after)")
+    got = measure(args.rounds, None if args.no_ray else args.ray_python, args.modes)
+    modes = [m for m in args.modes.split(",") if m]
+    ray = got.get("ray", {})
+    head = [MODES[m] for m in modes] + (["Ray 2.60"] if ray else [])
+    head += [f"{m} / Ray" for m in modes if ray and m != "unix"]
+    print("| row | " + " | ".join(head) + " |")
+    print("|---|" + "---:|" * len(head))
+    for row in got[modes[0]]:
+        cells = [_fmt(got[m][row]) for m in modes]
+        if ray:
+            cells.append(_fmt(ray[row]))
+            cells += [_ratio(row, got[m][row], ray[row]) for m in modes if m != "unix"]
+        print(f"| {row} | " + " | ".join(cells) + " |")
+    fl = got["floor"]
+    print(f"\nloopback TCP floor {_fmt(fl)} GB/s (median of {len(fl)} rounds, before and after; "
+          f"{', '.join(f'{x:.2f}' for x in fl)})")  # fmt: skip
+    print("load average (1 min) before and after each side: "
+          + ", ".join(f"{x:.1f}" for x in got["load"]))  # fmt: skip
 
 
 if __name__ == "__main__":
