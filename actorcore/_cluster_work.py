@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from actorcore.scheduler import _resources as R
-from actorcore.store._results import Free
+from actorcore.store._results import ClientGone, Free
 
 from . import _protocol as P
 from ._rpc import DEFERRED, RpcPeer, next_rid
@@ -187,11 +187,20 @@ class ClusterWork:
         logger.info("actor %s goes to node %s", msg.actor_id.hex(), target.hex())
         return await self.membership.call_node(target, msg)
 
-    def owner_gone(self, owner: bytes) -> None:
-        """A process of this node ended: its actors on other nodes end too."""
+    def owner_gone(self, owner: bytes, owned_objects: bool = True) -> None:
+        """A process of this node ended: its actors on other nodes end too, and
+        (``owned_objects``: a worker or a driver) the store copies of its objects
+        on other nodes go (its own node's store drops them itself). Which nodes
+        hold them died with the process: every peer is told, once."""
         for actor_id, node_id in self.forwarded.pop(owner, {}).items():
             self._owner_of.pop(actor_id, None)
             self.daemon.spawn(self._kill_on(node_id, actor_id))
+        if not owned_objects or owner in self.membership.table.members:
+            return  # (a peer daemon's link: it owns no objects)
+        msg = P.FreeObjectsMsg([], None, owner, True)
+        for node_id in self.membership.table.live:
+            if node_id != self.node_id:
+                self.daemon.spawn(self._free_on(node_id, msg))
 
     def forget(self, actor_id: bytes) -> None:
         """An actor created through this node was killed: nothing to end for its owner."""
@@ -237,7 +246,10 @@ class ClusterWork:
         assert peer.conn is not None
         if peer.conn.peer_id in self.membership.table.live:
             self.frees_received += 1
-            self._free_copies(list(msg.oids))  # from a peer daemon: the copies here
+            if msg.owner_gone and msg.owner:  # every copy here of a dead owner's objects
+                self.daemon.store.apply(ClientGone(bytes(msg.owner)))
+            else:
+                self._free_copies(list(msg.oids))  # from a peer daemon: the copies here
             return DEFERRED
         self._local(P.Tag.FREE_OBJECTS, peer, msg, b)
         live = self.membership.table.live

@@ -452,11 +452,13 @@ class ReleaseObjectsMsg(NamedTuple):
 class FreeObjectsMsg(NamedTuple):
     """Owner -> its node daemon: free ``oids``; ``holders[i]`` are the nodes holding a
     copy of ``oids[i]`` (None: this node only). Daemon -> a holder's daemon: free
-    the copies there of ``owner``'s objects."""
+    the copies there of ``owner``'s objects (``owner_gone``: every one of them, the
+    owner's process ended)."""
 
     oids: list[bytes]
     holders: list[list[bytes]] | None = None
     owner: bytes = b""
+    owner_gone: bool = False
 
 
 @message(Tag.ABORT_OBJECT)

@@ -106,3 +106,39 @@ def test_a_task_result_on_b_read_on_a_only(cluster):
     del ref
     _gone_everywhere((a, b), oid)
     assert _frees_received(c) == before_c
+
+
+_DYING_DRIVER = """
+import os, sys
+import numpy as np
+import actorcore as ac
+
+ac.init(address=sys.argv[1], attach_node=sys.argv[2])
+
+@ac.remote(resources={"onb": 1})
+def make(n):
+    return np.ones(n, dtype=np.uint8)
+
+ref = make.remote(2 << 20)
+assert ac.get(ref, timeout=60).nbytes == 2 << 20  # the primary on B, a copy on A
+print(ref.id.hex(), flush=True)
+os._exit(0)  # dies without freeing anything
+"""
+
+
+def test_the_copies_of_a_dead_owners_objects_go_on_every_node(cluster):
+    import subprocess
+    import sys
+
+    a, b, c = cluster.nodes
+    before_c = _frees_received(c)
+    out = subprocess.run(
+        [sys.executable, "-c", _DYING_DRIVER, cluster.address, a.node_id],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    oid = out.stdout.split()[-1]
+    _gone_everywhere((a, b), oid)
+    wait_for(lambda: _frees_received(c) > before_c, 30, what="C told the owner is gone")

@@ -393,8 +393,9 @@ class NodeDaemon(Service):
         if not peers:
             self.conns.pop(pid, None)
             self.apply(E.ProcessGone(pid))
-            if self.cluster is not None:
-                self.cluster.work.owner_gone(pid)  # its actors created on other nodes
+            if self.cluster is not None:  # its actors and objects on other nodes
+                owner = rec is not None or pid in self.drivers
+                self.cluster.work.owner_gone(pid, owned_objects=owner)
             if self.drivers.pop(pid, None) is not None and pid == self.embedded_driver:
                 self.stop("the driver that started this node exited")
 
