@@ -178,7 +178,7 @@ def test_a_system_error_reply_fails_only_that_call():
     assert [f.spec for f in of(out, E.CallFailed)] == [a]
     assert o.client().state is ActorState.ALIVE
     out = o.feed(E.CallReplied(o.client(), b.rid, OK))
-    assert of(out, E.CallDone) == [E.CallDone(b, OK)]
+    assert of(out, E.CallDone) == [E.CallDone(b, OK, NODE)]  # (results are on its node)
 
 
 def test_peer_closed_relocates_only_actors_with_calls_to_make():
@@ -330,7 +330,7 @@ def test_a_call_sent_directly_is_tracked_and_completed():
     assert o.feed(E.CallSentDirect(o.client(), d)) == []
     assert o.client().in_flight[1000] is d
     out = o.feed(E.CallReplied(o.client(), 1000, OK))
-    assert of(out, E.CallDone) == [E.CallDone(d, OK)]
+    assert of(out, E.CallDone) == [E.CallDone(d, OK, NODE)]
 
 
 def test_a_call_sent_directly_to_a_host_that_went_away_is_retried():
