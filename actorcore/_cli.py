@@ -114,6 +114,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     from ._driver import spawn_daemon, start_cluster_node
 
     config = _config(args)
+    if config.tls_cert and not args.address:
+        raise ValueError("--tls-* secure the links between machines: use them with --address")
     if args.address:
         proc, ready, _token = start_cluster_node(
             config, args.address, node_ip=args.node_ip, port=args.port or 0, started_by="cli"

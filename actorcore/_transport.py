@@ -324,9 +324,27 @@ class Connection:
         if not data:
             self._break(ConnectionResetError(errno.ECONNRESET, "peer closed the connection"))
             return
+        if self._pending is not None:
+            data = self._more_tls(data)
         self._deliver(data)
         if self._pending is not None and not self.closed and self._pending():
             self.loop.call_soon(self._on_readable)  # (after other ready callbacks: fairness)
+
+    def _more_tls(self, data: bytes) -> bytes:
+        """A TLS read returns one record (16 KiB at most): take what else arrived,
+        up to ``_RECV_SIZE``, so that one loop turn decodes it all."""
+        parts = [data]
+        size = len(data)
+        while size < _RECV_SIZE:
+            try:
+                more = self.sock.recv(_RECV_SIZE - size)
+            except OSError:  # nothing more now (or an error the next read reports)
+                break
+            if not more:
+                break  # (the end: the next read sees it too)
+            parts.append(more)
+            size += len(more)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _deliver(self, data: bytes) -> None:
         try:

@@ -5,6 +5,7 @@ Ray in the same run, alternating row by row, plus the floor.
     python -m bench                                 # every row, actorcore only
     python -m bench "actor calls" --ray-python /tmp/rayenv/bin/python
     python -m bench --markdown bench/RESULTS.md --ray-python /tmp/rayenv/bin/python
+    python -m bench cluster: --ray-python /tmp/rayenv/bin/python   # the cluster rows only
 
 A FILTER keeps the rows whose name contains it (several filters: any of them).
 """
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -153,11 +155,13 @@ def _cell(r: dict[str, Any] | None) -> str:
 def _ratio(name: str, ours: dict[str, Any] | None, ray: dict[str, Any] | None) -> tuple[str, str]:
     if not ours or not ray or "median" not in ours or "median" not in ray or not ray["median"]:
         return "-", ""
-    if name in LOWER_IS_BETTER:
+    if name in LOWER_IS_BETTER or name.endswith("(s)"):
         ratio = ray["median"] / ours["median"] if ours["median"] else float("inf")
     else:
         ratio = ours["median"] / ray["median"]
     need = 1.0 if name in MEMORY_BOUND else 3.0
+    if name.startswith("cluster"):
+        need = CLUSTER_NEED.get(name.split(": ", 1)[1], 1.0)
     verdict = "yes" if ratio >= need else "NO"
     return f"{ratio:.1f}x", verdict
 
@@ -226,9 +230,40 @@ def main(argv: list[str] | None = None) -> int:
         for floor_name, floor_row, _ in results[-2:]:
             _print_row(floor_name, floor_row, None)
 
+    if wanted("cluster:"):
+        results += _cluster_rows(args)
+
     if args.markdown:
         _write_markdown(args, results, started)
     return 0
+
+
+# targets of the cluster rows (issue 8): ours over Ray's; the get has an absolute target
+CLUSTER_NEED = {
+    "actor calls to another node, one at a time (calls/s)": 3.0,
+    "actor calls to another node, 1000 in flight (calls/s)": 5.0,
+}
+
+
+def _cluster_rows(args: argparse.Namespace) -> list[Any]:
+    """``bench.cluster`` (four nodes on this machine, every link over TCP as between
+    machines; then with mutual TLS), side by side with Ray's ``cluster_utils``."""
+    from . import cluster
+
+    got = cluster.measure(rounds=3, ray_python=args.ray_python, modes="tcp,tls")
+    out = []
+
+    def cell(xs: list[float]) -> dict[str, Any]:
+        return {"median": statistics.median(xs), "rounds": xs}
+
+    for mode, label in (("tcp", "cluster: "), ("tls", "cluster, mutual TLS: ")):
+        for row, xs in got[mode].items():
+            ray = got.get("ray", {}).get(row)
+            out.append((label + row, cell(xs), cell(ray) if ray else None))
+            _print_row(out[-1][0], out[-1][1], out[-1][2])
+    out.append(("cluster: loopback TCP floor, one stream (GB/s)", cell(got["floor"]), None))
+    _print_row(out[-1][0], out[-1][1], None)
+    return out
 
 
 def _print_row(name: str, ours: Any, ray: Any) -> None:
