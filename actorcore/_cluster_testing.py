@@ -19,7 +19,13 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Cluster", "ClusterNodeProc", "NetnsHosts", "netns_unavailable"]
+__all__ = [
+    "Cluster",
+    "ClusterNodeProc",
+    "NetnsHosts",
+    "make_tls_certificates",
+    "netns_unavailable",
+]
 
 _STOP_S = 15.0
 
@@ -328,3 +334,37 @@ class NetnsHosts:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def make_tls_certificates(directory: str, names: tuple[str, ...] = ("node",)) -> dict[str, Any]:
+    """A throwaway CA in ``directory`` and one certificate per name that it signed
+    (for both ends of a link), made with the ``openssl`` command.
+
+    Returns ``{name: {"tls_cert": ..., "tls_key": ..., "tls_ca": ...}}``: the
+    settings of :meth:`Cluster.add_node` (or ``actorcore start --tls-*``).
+
+    Raises:
+        FileNotFoundError: no ``openssl`` command.
+        subprocess.CalledProcessError: it failed.
+    """
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    tag = os.urandom(3).hex()
+    ca, ca_key = os.path.join(directory, f"ca-{tag}.pem"), os.path.join(directory, f"ca-{tag}.key")
+    run("req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", f"/CN=ca-{tag}")
+    ext = os.path.join(directory, f"ext-{tag}.cnf")
+    with open(ext, "w") as f:
+        f.write("extendedKeyUsage=serverAuth,clientAuth\n")
+    out: dict[str, Any] = {}
+    for name in names:
+        cert, key, csr = (
+            os.path.join(directory, f"{name}-{tag}{s}") for s in (".pem", ".key", ".csr")
+        )
+        run("req", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+            "-out", cert, "-days", "2", "-extfile", ext)  # fmt: skip
+        out[name] = {"tls_cert": cert, "tls_key": key, "tls_ca": ca}
+    return out

@@ -25,7 +25,13 @@ import psutil
 
 from . import _global as G
 from . import _protocol as P
-from ._cluster_testing import Cluster, ClusterNodeProc, NetnsHosts, netns_unavailable
+from ._cluster_testing import (
+    Cluster,
+    ClusterNodeProc,
+    NetnsHosts,
+    make_tls_certificates,
+    netns_unavailable,
+)
 from ._rpc import next_rid
 
 __all__ = [
@@ -37,6 +43,7 @@ __all__ = [
     "leftover_processes",
     "leftover_shm",
     "list_state",
+    "make_tls_certificates",
     "netns_unavailable",
     "runtime_processes",
     "wait_for",

@@ -66,7 +66,7 @@ def _workloads(api: Any, rounds: int) -> dict[str, Any]:
         del ref
     out["get 200 MiB from another node (GB/s)"] = gets
 
-    h = Echo.options(**on["nb"]).remote()
+    h = Echo.options(**on["nb"]).remote()  # type: ignore[attr-defined]
     api.get(h.m.remote(), timeout=120)
     for _ in range(200):
         api.get(h.m.remote())
@@ -114,25 +114,6 @@ MODES = {
 }
 
 
-def _certificates(d: str) -> dict[str, str]:
-    """A throwaway CA and one node certificate it signed (the ``openssl`` command)."""
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
-    cert, key, csr = (os.path.join(d, f) for f in ("node.pem", "node.key", "node.csr"))
-    ext = os.path.join(d, "ext.cnf")
-    run("req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=bench")
-    run("req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=node")
-    with open(ext, "w") as f:
-        f.write("extendedKeyUsage=serverAuth,clientAuth\n")
-    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-        "-out", cert, "-days", "1", "-extfile", ext)  # fmt: skip
-    return {"tls_cert": cert, "tls_key": key, "tls_ca": ca}
-
-
 def _side_actorcore(rounds: int, mode: str = "tcp") -> dict[str, Any]:
     """``mode``: "unix" (same-host peers over Unix sockets, the default on one
     machine), "tcp" (every link between nodes over TCP, as between machines),
@@ -140,13 +121,13 @@ def _side_actorcore(rounds: int, mode: str = "tcp") -> dict[str, Any]:
     import tempfile
 
     import actorcore as ac
-    from actorcore.testing import Cluster
+    from actorcore.testing import Cluster, make_tls_certificates
 
     if mode != "unix":
         os.environ["ACTORCORE_UNIX_SOCKETS"] = "0"  # the nodes, their workers, this driver
     gib = 1 << 30
     with tempfile.TemporaryDirectory() as d:
-        tls = _certificates(d) if mode == "tls" else {}
+        tls = make_tls_certificates(d)["node"] if mode == "tls" else {}
         with Cluster(num_nodes=0, ttl_s=5.0) as c:
             c.add_node(num_cpus=2, object_store_memory=gib, **tls)
             for n in ("nb", "nc", "nd"):

@@ -1,6 +1,6 @@
 """Mutual TLS between the nodes of a cluster (issue 8, item 7).
 
-Certificates are made for each test by the ``openssl`` command: one cluster CA
+Certificates are made for the module by the ``openssl`` command: one cluster CA
 and a certificate it signed, and a second CA (a stranger) with its own. Every
 process of the TLS cluster talks TCP (``ACTORCORE_UNIX_SOCKETS=0``), as
 between machines, so every link here is a TLS one.
@@ -13,7 +13,6 @@ import pickle
 import shutil
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from actorcore._tls import TlsContexts, TlsOptions, TlsSocket
 from actorcore._transfer_link import connect_data
 from actorcore._transport import Receiver, open_connection
 from actorcore.errors import AuthenticationError, ConnectionBrokenError
-from actorcore.testing import Cluster, wait_for
+from actorcore.testing import Cluster, make_tls_certificates, wait_for
 
 pytestmark = [
     pytest.mark.etcd,
@@ -37,27 +36,8 @@ pytestmark = [
 MiB = 1 << 20
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
-def make_ca(d: Path, name: str) -> tuple[Path, Path]:
-    ca, key = d / f"{name}.pem", d / f"{name}.key"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", str(key), "-out", str(ca), "-days", "1",
-             "-subj", f"/CN={name}")  # fmt: skip
-    return ca, key
-
-
-def make_cert(d: Path, name: str, ca: tuple[Path, Path]) -> TlsOptions:
-    """A certificate signed by ``ca`` for both ends of a link (server and client)."""
-    cert, key, csr, ext = (d / f"{name}{s}" for s in (".pem", ".key", ".csr", ".cnf"))
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")  # fmt: skip
-    ext.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
-             "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext))  # fmt: skip
-    return TlsOptions(str(cert), str(key), str(ca[0]))
+def _options(settings: dict[str, str]) -> TlsOptions:
+    return TlsOptions(settings["tls_cert"], settings["tls_key"], settings["tls_ca"])
 
 
 def _settings(t: TlsOptions) -> dict[str, str]:
@@ -67,14 +47,10 @@ def _settings(t: TlsOptions) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tls")
-    ca = make_ca(d, "cluster-ca")
-    stranger = make_ca(d, "other-ca")
-    return {
-        "node": make_cert(d, "node", ca),
-        "driver": make_cert(d, "driver", ca),
-        "stranger": make_cert(d, "stranger", stranger),
-    }
+    d = str(tmp_path_factory.mktemp("tls"))
+    ours = make_tls_certificates(d, ("node", "driver"))  # one CA: the cluster's
+    theirs = make_tls_certificates(d, ("stranger",))  # another CA
+    return {name: _options(s) for name, s in {**ours, **theirs}.items()}
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import textwrap
 import pytest
 from actorcore.gcs import EtcdProcess
 
-from actorcore.testing import Cluster, NetnsHosts, netns_unavailable
+from actorcore.testing import Cluster, NetnsHosts, make_tls_certificates, netns_unavailable
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
 
@@ -53,10 +54,14 @@ ac.shutdown()
 """
 
 
-def test_tasks_actors_and_objects_cross_namespaced_hosts():
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "mutual-tls"])
+def test_tasks_actors_and_objects_cross_namespaced_hosts(tls, tmp_path):
     why = netns_unavailable()
     if why is not None:
         pytest.skip(why)
+    if tls and shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    settings = make_tls_certificates(str(tmp_path))["node"] if tls else {}
     with NetnsHosts(count=3) as hosts:
         with EtcdProcess(namespace="unused", extra_hosts=(hosts.bridge_ip,)) as etcd:
             cluster = Cluster(num_nodes=0, etcd=etcd, etcd_host=hosts.bridge_ip, ttl_s=3.0)
@@ -69,6 +74,7 @@ def test_tasks_actors_and_objects_cross_namespaced_hosts():
                         node_ip=hosts.ip_of(i),
                         wrap=hosts.wrap(i),
                         wait=False,
+                        **settings,
                     )
                 cluster.wait_registered(60)
                 code = textwrap.dedent(DRIVER.replace("ADDRESS", repr(cluster.address)))
