@@ -18,6 +18,7 @@ import socket
 from typing import Any
 
 from . import _protocol as P
+from ._tls import wait_io
 from .errors import AuthenticationError, ConnectionBrokenError
 
 __all__ = [
@@ -43,28 +44,13 @@ def handshake_decoder() -> P.FrameDecoder:
     return P.FrameDecoder(HANDSHAKE_MAX_BYTES, HANDSHAKE_MAX_BYTES)
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, sock: Any, write: bool) -> None:
-    fut = loop.create_future()
-    fd = sock.fileno()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    (loop.add_writer if write else loop.add_reader)(fd, ready)
-    try:
-        await fut
-    finally:
-        (loop.remove_writer if write else loop.remove_reader)(fd)
-
-
 async def _recv(loop: asyncio.AbstractEventLoop, sock: Any, n: int) -> bytes:
     """Some bytes from a non-blocking socket (plain or :class:`~._tls.TlsSocket`)."""
     while True:
         try:
             return bytes(sock.recv(n))
         except (BlockingIOError, InterruptedError):
-            await _ready(loop, sock, False)
+            await wait_io(loop, sock.fileno(), False)
 
 
 async def _sendall(loop: asyncio.AbstractEventLoop, sock: Any, data: bytes) -> None:
@@ -73,7 +59,7 @@ async def _sendall(loop: asyncio.AbstractEventLoop, sock: Any, data: bytes) -> N
         try:
             view = view[sock.send(view) :]
         except (BlockingIOError, InterruptedError):
-            await _ready(loop, sock, True)
+            await wait_io(loop, sock.fileno(), True)
 
 
 async def _read_one(

@@ -33,7 +33,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TlsContexts", "TlsOptions", "TlsSocket", "tls_accept", "tls_connect", "wrap_blocking"]
+__all__ = [
+    "TlsContexts",
+    "TlsOptions",
+    "TlsSocket",
+    "tls_accept",
+    "tls_connect",
+    "wait_io",
+    "wrap_blocking",
+]
 
 _COALESCE = 256 * 1024  # small frames are joined into one TLS write up to this size
 _MAX_WRITE = 4 << 20  # a large buffer goes out in slices of this size
@@ -214,7 +222,8 @@ def _head(buffers: list[Any]) -> Any:
     return b"".join(parts) if len(parts) > 1 else first
 
 
-async def _wait(loop: asyncio.AbstractEventLoop, fd: int, write: bool) -> None:
+async def wait_io(loop: asyncio.AbstractEventLoop, fd: int, write: bool) -> None:
+    """Wait until ``fd`` is writable (``write``) or readable."""
     fut = loop.create_future()
 
     def ready() -> None:
@@ -239,9 +248,9 @@ async def _handshake(
                 ssock.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                await _wait(loop, ssock.fileno(), False)
+                await wait_io(loop, ssock.fileno(), False)
             except ssl.SSLWantWriteError:
-                await _wait(loop, ssock.fileno(), True)
+                await wait_io(loop, ssock.fileno(), True)
     except BaseException:
         ssock.close()
         raise
