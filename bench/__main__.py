@@ -198,28 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append((name, ours, ray))
         _print_row(name, ours, ray)
 
-    mine = Runner(sys.executable, "actorcore", args.rounds, args.round_s)
-    theirs = Runner(args.ray_python, "ray", args.rounds, args.round_s) if args.ray_python else None
-    try:
-        for i, name in enumerate(rows):
-            order = [mine, theirs] if i % 2 == 0 else [theirs, mine]
-            got: dict[str, dict[str, Any] | None] = {"actorcore": None, "ray": None}
-            for runner in order:
-                if runner is not None:
-                    got[runner.framework] = runner.run(name)
-            results.append((name, got["actorcore"], got["ray"]))
-            _print_row(name, got["actorcore"], got["ray"])
-        if args.light_actors and wanted("light actors"):
-            name = f"light actors {args.light_actors}"
-            r = mine.run(name)
-            results.append(
-                (f"{args.light_actors:,} light actors created + called once (per s)", r, None)
-            )
-            _print_row(results[-1][0], r, None)
-    finally:
-        mine.close()
-        if theirs is not None:
-            theirs.close()
+    if rows or (args.light_actors and wanted("light actors")):
+        results += _microbenchmark_rows(args, rows, wanted("light actors"))
 
     if wanted("floor"):
         fl = floor.measure(args.rounds, args.round_s)
@@ -236,6 +216,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         _write_markdown(args, results, started)
     return 0
+
+
+def _microbenchmark_rows(args: argparse.Namespace, rows: list[str], light: bool) -> list[Any]:
+    """The rows of ``ray microbenchmark`` and ours, alternating actorcore and Ray."""
+    results: list[Any] = []
+    mine = Runner(sys.executable, "actorcore", args.rounds, args.round_s)
+    theirs = Runner(args.ray_python, "ray", args.rounds, args.round_s) if args.ray_python else None
+    try:
+        for i, name in enumerate(rows):
+            order = [mine, theirs] if i % 2 == 0 else [theirs, mine]
+            got: dict[str, dict[str, Any] | None] = {"actorcore": None, "ray": None}
+            for runner in order:
+                if runner is not None:
+                    got[runner.framework] = runner.run(name)
+            results.append((name, got["actorcore"], got["ray"]))
+            _print_row(name, got["actorcore"], got["ray"])
+        if args.light_actors and light:
+            name = f"light actors {args.light_actors}"
+            r = mine.run(name)
+            results.append(
+                (f"{args.light_actors:,} light actors created + called once (per s)", r, None)
+            )
+            _print_row(results[-1][0], r, None)
+    finally:
+        mine.close()
+        if theirs is not None:
+            theirs.close()
+    return results
 
 
 # targets of the cluster rows (issue 8): ours over Ray's; the get has an absolute target
