@@ -87,7 +87,8 @@ def prepare_args(
         # big arguments go through the store once, whatever the number of retries
         ref = rt.put_serialized(ser)
         p.store_ref = ref
-        p.payload = [STORE, ref.id, [rt.node.node_id]]  # (and the node holding it)
+        # (with the node holding it, and its owner: told of copies made elsewhere)
+        p.payload = [STORE, ref.id, [rt.node.node_id], list(rt.address)]
     else:
         p.payload = ser.payload()
     p.held = [d.id for d in deps] + p.nested_ids

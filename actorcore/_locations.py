@@ -97,7 +97,8 @@ def arg_sources(payload: Any, resolved: list[Any] | None) -> list[Source]:
     """The store objects a call's arguments are read from, with where they live."""
     out: list[Source] = []
     if payload and isinstance(payload, list | tuple) and isinstance(payload[0], int):
-        out.append((payload[1], payload[2] if len(payload) > 2 else None, None))
+        owner = payload[3] if len(payload) > 3 else None
+        out.append((payload[1], payload[2] if len(payload) > 2 else None, owner))
     for r in resolved or ():
         if r[1] == STORE:
             out.append((r[3], r[4] if len(r) > 4 else None, r[5] if len(r) > 5 else None))

@@ -142,3 +142,11 @@ def test_the_copies_of_a_dead_owners_objects_go_on_every_node(cluster):
     oid = out.stdout.split()[-1]
     _gone_everywhere((a, b), oid)
     wait_for(lambda: _frees_received(c) > before_c, 30, what="C told the owner is gone")
+
+
+def test_a_big_argument_copied_to_the_tasks_node_is_freed_there(cluster):
+    b = cluster.nodes[1]
+    before_b = set(_objects_on(b))
+    arr = np.ones(3 * MiB, dtype=np.uint8)  # not a ref: the arguments travel as one store blob
+    assert ac.get(total.options(resources={"onb": 1}).remote(arr), timeout=60) == 768
+    wait_for(lambda: set(_objects_on(b)) <= before_b, 30, what="the argument's copy on B freed")
