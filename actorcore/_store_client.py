@@ -23,8 +23,6 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from actorcore.store import Arena, decode_meta, encode_meta, layout
 
 from . import _protocol as P
@@ -33,6 +31,8 @@ from ._serialization import Serialized, deserialize
 from .errors import ObjectLostError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ._rpc import RpcPeer
     from ._sync_client import SyncClient
 
@@ -41,7 +41,7 @@ __all__ = ["StoreClient", "settle_on"]
 # Writes up to this size are copied on the runtime loop; larger ones on a thread.
 WRITE_ON_LOOP_MAX = 1 << 20
 
-Holders = list[np.ndarray]
+Holders = list[Any]  # numpy arrays over the arena (store._arena.Arena.holder)
 
 
 def settle_on(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any) -> None:

@@ -29,7 +29,6 @@ from actorcore.scheduler import LocalScheduler
 from actorcore.store import Arena, SessionDirs
 
 from .. import _protocol as P
-from .._cluster_node import join_cluster
 from .._config import Config
 from .._obs._observer import NodeObserver, ObservabilityMixin
 from .._rpc import DEFERRED, RpcPeer, Service, handles
@@ -116,7 +115,11 @@ class NodeDaemon(Service):
         self.control: Any = EmbeddedControlStore()
         self.actor_table = ActorTable(self.control)
         self.names = NameRegistry(self.control)
-        self.cluster = join_cluster(self, cluster)  # etcd-backed control state in a cluster
+        self.cluster: Any = None
+        if cluster:  # etcd-backed control state; the etcd client loads only in a cluster
+            from .._cluster_node import join_cluster
+
+            self.cluster = join_cluster(self, cluster)
         self.actor_service = ActorService(
             self.state, self.workers, self.apply, self.actor_table, self.names
         )
