@@ -132,6 +132,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     print(f"session {ready['session']}")
     if args.address:
         print(f"joined cluster {args.address}; connect with ac.init(address={args.address!r})")
+        if config.tls_cert:
+            print(f"mutual TLS on links to other machines (CA {config.tls_ca})")
     else:
         print("connect with ac.init(address='auto'); stop with `actorcore stop`")
     return 0
