@@ -25,7 +25,7 @@ from actorcore._tls import TlsContexts, TlsOptions, TlsSocket
 from actorcore._transfer_link import connect_data
 from actorcore._transport import Receiver, open_connection
 from actorcore.errors import AuthenticationError, ConnectionBrokenError
-from actorcore.testing import Cluster, make_tls_certificates, wait_for
+from actorcore.testing import Cluster, make_tls_certificates
 
 pytestmark = [
     pytest.mark.etcd,
@@ -185,4 +185,3 @@ def test_plain_tcp_to_a_tls_node_is_refused_and_nothing_is_unpickled(tls_cluster
     # the node still serves, and nothing it was sent was ever unpickled
     assert a.ask(P.ClusterInfoMsg(next_rid(), "nodes"))
     assert not marker.exists()
-    wait_for(lambda: not marker.exists(), 0.1)
