@@ -101,6 +101,11 @@ class WorkerRuntime(CoreRuntime):
         for path in info.get("sys_path", []):
             if path not in sys.path:
                 sys.path.append(path)
+        if info.get("runtime_env"):  # what this worker submits runs in its env too
+            from . import _runtime_env
+
+            self.job_runtime_env = dict(info["runtime_env"])
+            _runtime_env.register(self.job_runtime_env)
 
     def _daemon_lost(self, exc: BaseException) -> None:
         if self.stopped is not None and not self.stopped.done():
