@@ -88,6 +88,7 @@ def _unpack(zip_path: str, dest: str) -> None:
     """Extract ``zip_path`` to ``dest`` atomically (a temporary directory renamed)."""
     tmp = f"{dest}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     try:
+        os.makedirs(tmp, mode=0o700)
         with zipfile.ZipFile(zip_path) as zf:
             for name in zf.namelist():
                 if name.startswith("/") or ".." in name.split("/"):
