@@ -78,6 +78,8 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _lock = threading.Lock()
 _by_hash: dict[str, dict[str, Any]] = {}  # env hash -> wire spec (this process's envs)
 _resolved: dict[tuple[bytes, str], dict[str, Any]] = {}  # (node, user env json) -> wire spec
+# (node, id(job env), user env json) -> (job env, shape key and wire spec)
+_keys: dict[tuple[bytes, int, str], tuple[Any, Any]] = {}
 
 
 # --- checking what the user gave ------------------------------------------------------
@@ -316,17 +318,28 @@ def set_job_env(rt: Any, env: Mapping[str, Any] | None) -> None:
 
 
 def shape_key(rt: Any, env: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]] | None:
-    """``(shape key, wire spec)`` of the env of one task or actor (None: the default env)."""
-    job = getattr(rt, "job_runtime_env", None)
+    """``(shape key, wire spec)`` of the env of one task or actor (None: the default env).
+
+    Cached per (node, job env, user env): a submission pays a lookup, not a hash.
+    """
+    job = rt.job_runtime_env
     if not env and not job:
         return None
-    wire = merge(job, resolve(rt, env))
-    if not wire:
-        return None
-    h = env_hash(wire)
+    ck = (rt.node.node_id, id(job), json.dumps(env, sort_keys=True) if env else "")
     with _lock:
-        _by_hash.setdefault(h, wire)
-    return RUNTIME_ENV_PREFIX + h, wire
+        hit = _keys.get(ck)
+    if hit is not None and hit[0] is job:
+        return hit[1]
+    wire = merge(job, resolve(rt, env))
+    found = None
+    if wire:
+        h = env_hash(wire)
+        with _lock:
+            _by_hash[h] = wire  # (its sources: this node, where resolve() uploaded)
+        found = (RUNTIME_ENV_PREFIX + h, wire)
+    with _lock:
+        _keys[ck] = (job, found)
+    return found
 
 
 def spec_of_shape(shape: Mapping[str, float]) -> dict[str, Any] | None:
