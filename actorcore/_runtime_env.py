@@ -161,9 +161,7 @@ def _env_vars(ev: Any) -> dict[str, str]:
         raise TypeError(f"runtime_env['env_vars'] must be a dict, not {type(ev).__name__}")
     for k, v in ev.items():
         if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k:
-            raise TypeError(
-                f"runtime_env['env_vars'] maps names to str values; got {k!r}: {v!r}"
-            )
+            raise TypeError(f"runtime_env['env_vars'] maps names to str values; got {k!r}: {v!r}")
     return dict(ev)
 
 

@@ -23,7 +23,12 @@ from ._placement import (
     ResourceChange,
     bundle_shape,
 )
-from ._resources import NODE_AFFINITY_PREFIX, RUNTIME_ENV_PREFIX, node_affinity_shape, split_runtime_env
+from ._resources import (
+    NODE_AFFINITY_PREFIX,
+    RUNTIME_ENV_PREFIX,
+    node_affinity_shape,
+    split_runtime_env,
+)
 from ._resources import normalize as normalize_shape
 
 __all__ = [

@@ -86,7 +86,7 @@ class Probe:
 
 
 def test_driver_only_code_imports_on_another_node(cluster, tree):
-    a, b = cluster.nodes
+    b = cluster.nodes[1]
     env = {"working_dir": str(tree / "wd"), "env_vars": {"TASK": "t"}}
     got = ac.get(
         probe.options(resources={"onb": 1}, runtime_env=env).remote(

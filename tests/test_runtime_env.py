@@ -125,7 +125,7 @@ def test_task_working_dir_overrides_the_job(job):
 def test_py_modules_package_file_and_module_object(job):
     sys.path.insert(0, str(job / "single"))
     try:
-        import singlemod  # noqa: F401  (a module object: its file is shipped)
+        import singlemod
     finally:
         sys.path.remove(str(job / "single"))
     env = {"py_modules": [str(job / "pkgs" / "shippedpkg"), singlemod]}
@@ -177,7 +177,9 @@ def test_same_content_is_uploaded_once(job, tmp_path):
     twin = _write(tmp_path / "b" / "same_content_mod.py", "Z = 1\n")
     for d in (os.path.dirname(src), os.path.dirname(twin), os.path.dirname(src)):
         env = {"working_dir": d}
-        assert ac.get(probe.options(runtime_env=env).remote(), timeout=60)["env"]["JOB_VAR"] == "job"
+        assert (
+            ac.get(probe.options(runtime_env=env).remote(), timeout=60)["env"]["JOB_VAR"] == "job"
+        )
         ac.get([probe.options(runtime_env=env).remote() for _ in range(3)], timeout=60)
     after = _node_stats()
     assert after["uploads"] == before["uploads"] + 1  # two directories, one content, one upload
@@ -192,7 +194,7 @@ def test_bad_runtime_envs_fail_at_the_call_site(job, tmp_path):
         probe.options(runtime_env={"working_dir": str(tmp_path / "nope")})
     with pytest.raises(ValueError, match="remote URIs"):
         probe.options(runtime_env={"working_dir": "s3://bucket/x.zip"})
-    with pytest.raises(ValueError, match="package directory or .py file"):
+    with pytest.raises(ValueError, match=r"package directory or \.py file"):
         probe.options(runtime_env={"py_modules": [str(tmp_path / "missing")]})
     with pytest.raises(TypeError, match="env_vars"):
         probe.options(runtime_env={"env_vars": {"A": 1}})

@@ -69,8 +69,10 @@ class WorkerEnv:
 
 
 def _check_digest(digest: Any) -> str:
-    if not isinstance(digest, str) or len(digest) != 32 or not all(
-        c in "0123456789abcdef" for c in digest
+    if (
+        not isinstance(digest, str)
+        or len(digest) != 32
+        or not all(c in "0123456789abcdef" for c in digest)
     ):
         raise ValueError(f"{digest!r} is not a runtime_env package hash")
     return digest
@@ -82,6 +84,26 @@ def _hash_file(path: str) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _append(path: str, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _unpack_once(zip_path: str, dest: str) -> bool:
+    """Unpack unless ``dest`` exists; True if this call unpacked it."""
+    if os.path.isdir(dest):
+        return False
+    _unpack(zip_path, dest)
+    return True
 
 
 def _unpack(zip_path: str, dest: str) -> None:
@@ -157,7 +179,9 @@ class RuntimeEnvService(Service):
         tmp, size = self._uploads.get(key) or (self._tmp(), 0)
         if msg.offset != size or size + len(msg.data) > msg.total:
             self._drop_upload(key)
-            raise ValueError(f"runtime_env package {digest}: chunk at {msg.offset}, expected {size}")
+            raise ValueError(
+                f"runtime_env package {digest}: chunk at {msg.offset}, expected {size}"
+            )
         with open(tmp, "ab") as f:
             f.write(msg.data)
         size += len(msg.data)
@@ -223,21 +247,22 @@ class RuntimeEnvService(Service):
         )
 
     async def _fetch_from(self, node: bytes, digest: str) -> None:
+        """Pull a package from ``node`` in chunks (written off the loop), then commit it."""
         call = self.daemon.cluster.membership.call_node
+        loop = asyncio.get_running_loop()
         tmp = self._tmp()
         try:
             offset, total = 0, -1
-            with open(tmp, "wb") as f:
-                while offset != total:
-                    total, data = await call(node, P.PackageGetMsg(next_rid(), digest, offset, GET_CHUNK))
-                    if not data or total > self.max_bytes:
-                        raise ActorCoreError(f"bad reply at {offset} of {total} bytes")
-                    f.write(data)
-                    offset += len(data)
+            while offset != total:
+                msg = P.PackageGetMsg(next_rid(), digest, offset, GET_CHUNK)
+                total, data = await call(node, msg)
+                if not data or offset + len(data) > total or total > self.max_bytes:
+                    raise ActorCoreError(f"bad reply at {offset} of {total} bytes")
+                await loop.run_in_executor(None, _append, tmp, data)
+                offset += len(data)
             await self._commit(tmp, digest)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            _remove(tmp)
 
     # --- preparing envs -------------------------------------------------------------------
 
@@ -245,18 +270,23 @@ class RuntimeEnvService(Service):
         """The unpacked directory of a package, once here (one preparation per package)."""
         fut = self._ready.get(digest)
         if fut is None or (fut.done() and fut.exception() is not None):
-            fut = self._ready[digest] = asyncio.ensure_future(self._make_ready(digest, sources))
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            fut = self._ready[digest] = self.spawn(self._make_ready(digest, sources))
         return fut
+
+    def _have(self, digest: str) -> tuple[bool, bool]:
+        """``(unpacked, zip here)`` (two stat calls)."""
+        return os.path.isdir(self._dir(digest)), os.path.exists(self._zip(digest))
 
     async def _make_ready(self, digest: str, sources: list[str]) -> str:
         dest = self._dir(digest)
-        if os.path.isdir(dest):
+        unpacked, zipped = self._have(digest)
+        if unpacked:
             return dest
-        if not os.path.exists(self._zip(digest)):
+        if not zipped:
             await self._fetch(digest, sources)
-        await asyncio.get_running_loop().run_in_executor(None, _unpack, self._zip(digest), dest)
-        self.counts["unpacks"] += 1
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, _unpack_once, self._zip(digest), dest):
+            self.counts["unpacks"] += 1
         return dest
 
     async def prepare(self, wire: dict[str, Any]) -> WorkerEnv:
@@ -315,7 +345,13 @@ class RuntimeEnvService(Service):
         return self._prepare_then(digest, wire, inner, peer, msg, b)
 
     async def _prepare_then(
-        self, digest: str, wire: dict[str, Any], inner: Handler, peer: RpcPeer, msg: Any, b: list[bytes]
+        self,
+        digest: str,
+        wire: dict[str, Any],
+        inner: Handler,
+        peer: RpcPeer,
+        msg: Any,
+        b: list[bytes],
     ) -> Any:
         await self.prepare(wire)
         result = inner(peer, msg, b)
@@ -337,4 +373,3 @@ class RuntimeEnvService(Service):
             "unpacked": [n for n in names if len(n) == 32 and os.path.isdir(self._dir(n))],
             "envs": sorted(self.envs),
         }
-

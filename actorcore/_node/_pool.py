@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
-import json
 import signal
 import socket
 import struct
