@@ -377,6 +377,18 @@ class RuntimeContext:
     def worker_mode(self) -> str:
         return self._rt.role
 
+    @property
+    def runtime_env(self) -> dict[str, Any]:
+        """The runtime env of this process's work: env_vars, and packages by hash."""
+        env = self._rt.job_runtime_env or {}
+        return {k: v for k, v in env.items() if k != "sources"}
+
+    def get_runtime_env_string(self) -> str:
+        """:attr:`runtime_env` as JSON (Ray's spelling)."""
+        import json
+
+        return json.dumps(self.runtime_env, sort_keys=True)
+
     def get(self) -> dict[str, Any]:
         return {
             "job_id": self.get_job_id(),

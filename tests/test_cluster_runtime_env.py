@@ -125,3 +125,11 @@ def test_actor_with_env_on_another_node(cluster, tree):
     got = ac.get(h.see.remote(), timeout=90)
     assert got == {"node": b.node_id, "who": ["pkg", "wd"], "task": "actor"}
     ac.kill(h)
+
+
+def test_zz_a_stopped_node_takes_its_cache_with_it(cluster):
+    b = cluster.nodes[1]
+    root = _stats(b)["root"]
+    assert os.listdir(root)  # packages pulled by the tests above
+    cluster.stop_node(b)
+    assert not os.path.exists(root)

@@ -80,6 +80,7 @@ def probe(*mods: str) -> dict:
         "env": {k: os.environ.get(k) for k in ("JOB_VAR", "SHARED", "TASK_VAR")},
         "pid": os.getpid(),
         "files": sorted(os.listdir(".")),
+        "context": ac.get_runtime_context().runtime_env,
     }
 
 
@@ -105,6 +106,9 @@ def test_job_env_reaches_plain_tasks(job):
     stats = _node_stats()
     assert got["cwd"].startswith(stats["root"] + os.sep)  # the node's cache, not the driver's dir
     assert got["files"] == ["data.txt", "jobmod.py"]  # .git and __pycache__ left out
+    assert got["context"]["env_vars"] == {"JOB_VAR": "job", "SHARED": "job"}
+    assert got["context"]["working_dir"] in stats["packages"]
+    assert ac.get_runtime_context().runtime_env == got["context"]
     assert "JOB_VAR" not in os.environ  # the driver's own environment is untouched
 
 
@@ -236,3 +240,19 @@ def test_the_cache_goes_when_the_node_stops(tmp_path):
     cwd, x, root = json.loads(out.stdout.strip().splitlines()[-1])
     assert x == "1" and cwd.startswith(root)
     assert not os.path.exists(root)
+
+
+def test_a_package_the_node_cannot_get_fails_the_work_clearly(job, monkeypatch):
+    from actorcore import _runtime_env as RE
+
+    missing = "0" * 32
+    bad = {"py_modules": [missing], "sources": {missing: [G.require().node.node_id.hex()]}}
+    monkeypatch.setattr(RE, "resolve", lambda rt, env: bad if env else None)
+    env = {"env_vars": {"TASK_VAR": "unreachable"}}
+    with pytest.raises(ac.errors.ActorCoreError, match="no live node could send it"):
+        ac.get(probe.options(runtime_env=env).remote(), timeout=60)
+    h = Probe.options(runtime_env=env).remote()
+    with pytest.raises(ac.errors.ActorCoreError, match="no live node could send it"):
+        ac.get(h.see.remote(), timeout=60)
+    monkeypatch.undo()
+    assert ac.get(probe.remote(), timeout=60)["env"]["JOB_VAR"] == "job"  # the node goes on
