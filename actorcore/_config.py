@@ -132,6 +132,7 @@ class Config:
             "include_dashboard": _env("INCLUDE_DASHBOARD", "1") not in ("0", "false", "no"),
             "dashboard_host": _env("DASHBOARD_HOST", "127.0.0.1"),
             "dashboard_port": int(_env("DASHBOARD_PORT", "8265")),
+            "runtime_env_max_bytes": int(_env("RUNTIME_ENV_MAX_BYTES", str(100 * MiB))),
         }
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():

@@ -175,7 +175,7 @@ def _excluded(rel: str, name: str, patterns: list[str]) -> bool:
 def _files(root: str, patterns: list[str]) -> list[tuple[str, str]]:
     """``(path, name in the zip)`` of every file under ``root``, sorted."""
     out: list[tuple[str, str]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(root):  # links to directories: not followed
         rel_dir = os.path.relpath(dirpath, root)
         rel_dir = "" if rel_dir == "." else rel_dir
         dirnames[:] = sorted(
@@ -253,8 +253,9 @@ def merge(
 def resolve(rt: Any, env: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The wire spec of a validated user env, its packages uploaded to this node.
 
-    Cached per node and env: a path is packed and uploaded once per process.
-    Blocking (file reads, the store connection); any thread may call it.
+    Cached per node and env: a path is packed and uploaded once per process, so
+    only the first submission with a new env blocks (file reads, the store
+    connection, which any thread may use, a loop's included).
     """
     if not env:
         return None

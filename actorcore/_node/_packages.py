@@ -176,6 +176,8 @@ class RuntimeEnvService(Service):
             )
         if msg.offset == 0 and not msg.data:
             return False  # asked whether it is here: it is not
+        if msg.offset == 0:
+            self._drop_upload(key)  # a new try from the start
         tmp, size = self._uploads.get(key) or (self._tmp(), 0)
         if msg.offset != size or size + len(msg.data) > msg.total:
             self._drop_upload(key)
