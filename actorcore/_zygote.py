@@ -7,8 +7,8 @@ reports each exit. It dies with the daemon (``PR_SET_PDEATHSIG``), and its
 workers die with it.
 
 Requests: ``F`` forks a plain worker; ``E`` + a little-endian u32 length + a
-JSON object forks a worker of a runtime env (``tag``: the env's hash,
-``env_vars``, ``paths`` put first on ``sys.path``, ``cwd``). The answer is
+JSON object forks ``count`` workers of a runtime env (``tag``: the env's
+hash, ``env_vars``, ``paths`` put first on ``sys.path``, ``cwd``). The answer is
 ``P <pid> [<tag>]``. Variables that numpy or the other pre-imported modules
 read at import time are already read when a runtime env sets them.
 """
@@ -131,16 +131,21 @@ def zygote_main(sock: socket.socket, boot: dict[str, Any], daemon_pid: int) -> N
                 break
             if env is _SKIP:
                 continue
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    _worker_child(sock, boot, me, env)
-                finally:
-                    os._exit(1)
-            tag = f" {env['tag']}" if env else ""
-            sock.sendall(f"P {pid}{tag}\n".encode())
+            for _ in range(int(env.get("count", 1)) if env else 1):
+                _fork_worker(sock, boot, me, env)
+
+
+def _fork_worker(sock: socket.socket, boot: dict[str, Any], me: int, env: Any) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _worker_child(sock, boot, me, env)
+        finally:
+            os._exit(1)
+    tag = f" {env['tag']}" if env else ""
+    sock.sendall(f"P {pid}{tag}\n".encode())
 
 
 _INCOMPLETE: Any = object()

@@ -45,8 +45,8 @@ class WorkerPool:
         if env is None:
             request = b"F" * n
         else:
-            blob = json.dumps(env).encode()
-            request = (b"E" + struct.pack("<I", len(blob)) + blob) * n
+            blob = json.dumps({**env, "count": n}).encode()
+            request = b"E" + struct.pack("<I", len(blob)) + blob
         try:
             self.sock.sendall(request)
         except OSError as e:
