@@ -193,6 +193,10 @@ async def test_uploads_are_checked_stored_once_and_unpacked(tmp_path):
         await _put(svc, _Peer(b"p1"), "f" * 32, data)
     with pytest.raises(ValueError, match="runtime_env_max_bytes"):
         svc.on_put(_Peer(b"p1"), P.PackagePutMsg(1, "e" * 32, 2 << 20, 0, b""), [])
+    half = svc.on_put(_Peer(b"p3"), P.PackagePutMsg(1, "d" * 32, 10, 0, b"12345"), [])
+    assert half is False and len(svc._uploads) == 1
+    svc.process_gone(b"p3")  # its part file goes with it
+    assert not svc._uploads and not [n for n in os.listdir(svc.root) if n.startswith(".part")]
     env = await svc.prepare({"working_dir": digest, "env_vars": {"A": "1"}})
     assert env.cwd == os.path.join(str(tmp_path / "cache"), digest) and env.paths == [env.cwd]
     assert os.listdir(env.cwd) == ["mod.py"]

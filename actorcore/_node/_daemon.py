@@ -406,6 +406,7 @@ class NodeDaemon(Service):
             self._worker_gone(rec, f"its worker process (pid {rec.pid}) died")
         if not peers:
             self.conns.pop(pid, None)
+            self.runtime_env.process_gone(pid)  # its unfinished uploads
             self.apply(E.ProcessGone(pid))
             if self.cluster is not None:
                 self.cluster.work.owner_gone(pid)  # its actors created on other nodes

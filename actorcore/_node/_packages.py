@@ -199,6 +199,11 @@ class RuntimeEnvService(Service):
         logger.info("runtime_env package %s received", digest)
         return True
 
+    def process_gone(self, process_id: bytes) -> None:
+        """A process of this node ended: drop what it had half uploaded."""
+        for key in [k for k in self._uploads if k[0] == process_id]:
+            self._drop_upload(key)
+
     def _drop_upload(self, key: tuple[bytes, str]) -> None:
         part = self._uploads.pop(key, None)
         if part is not None:
