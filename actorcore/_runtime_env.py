@@ -169,7 +169,9 @@ def _env_vars(ev: Any) -> dict[str, str]:
 
 
 def _excluded(rel: str, name: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p) for p in patterns)
+    """``rel`` (its name ``name``) matches a pattern (``data/`` and ``/data``: ``data``)."""
+    pats = [p.strip("/") for p in patterns]
+    return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p) for p in pats)
 
 
 def _files(root: str, patterns: list[str]) -> list[tuple[str, str]]:

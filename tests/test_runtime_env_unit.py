@@ -89,6 +89,8 @@ def test_pack_is_deterministic_and_leaves_junk_out(tmp_path):
     assert hm != ha
     with pytest.raises(ValueError, match="runtime_env_max_bytes"):
         RE.pack(a, as_module=False, excludes=[], limit=10)
+    _, zs = RE.pack(a, as_module=False, excludes=["sub/", "*.log"], limit=1 << 20)
+    assert zipfile.ZipFile(io.BytesIO(zs)).namelist() == ["m.py"]
 
 
 # --- the scheduler: one pool per env ----------------------------------------------------------
