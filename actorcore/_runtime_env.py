@@ -76,6 +76,7 @@ CHUNK = 1 << 20  # upload chunk (bytes in a message header)
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 _lock = threading.Lock()
+_packing = threading.Lock()  # one packing and upload at a time per process
 _by_hash: dict[str, dict[str, Any]] = {}  # env hash -> wire spec (this process's envs)
 _resolved: dict[tuple[bytes, str], dict[str, Any]] = {}  # (node, user env json) -> wire spec
 # (node, id(job env), user env json) -> (job env, shape key and wire spec)
@@ -267,6 +268,18 @@ def resolve(rt: Any, env: Mapping[str, Any] | None) -> dict[str, Any] | None:
         hit = _resolved.get(key)
     if hit is not None:
         return hit
+    with _packing:  # threads submitting with a new env at once: one packs, the rest wait
+        with _lock:
+            hit = _resolved.get(key)
+        if hit is None:
+            hit = _pack_and_upload(rt, env)
+            with _lock:
+                _resolved[key] = hit
+    return hit
+
+
+def _pack_and_upload(rt: Any, env: Mapping[str, Any]) -> dict[str, Any]:
+    node = rt.node.node_id
     limit = rt.config.runtime_env_max_bytes
     excludes = list(env.get("excludes") or [])
     wire: dict[str, Any] = {}
@@ -288,8 +301,6 @@ def resolve(rt: Any, env: Mapping[str, Any] | None) -> dict[str, Any] | None:
         wire["py_modules"] = hashes
     if sources:
         wire["sources"] = sources
-    with _lock:
-        _resolved[key] = wire
     return wire
 
 

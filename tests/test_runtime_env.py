@@ -256,3 +256,17 @@ def test_a_package_the_node_cannot_get_fails_the_work_clearly(job, monkeypatch):
         ac.get(h.see.remote(), timeout=60)
     monkeypatch.undo()
     assert ac.get(probe.remote(), timeout=60)["env"]["JOB_VAR"] == "job"  # the node goes on
+
+
+def test_threads_submitting_a_new_env_at_once_upload_it_once(job, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = _node_stats()["uploads"]
+    wd = os.path.dirname(_write(tmp_path / "threads" / "threadmod.py", "WHO = 'threads'\n"))
+    env = {"working_dir": wd}
+    with ThreadPoolExecutor(8) as pool:
+        refs = list(
+            pool.map(lambda _: probe.options(runtime_env=env).remote("threadmod"), range(8))
+        )
+    assert {g["mods"]["threadmod"] for g in ac.get(refs, timeout=60)} == {"threads"}
+    assert _node_stats()["uploads"] == before + 1
