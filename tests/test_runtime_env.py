@@ -270,3 +270,23 @@ def test_threads_submitting_a_new_env_at_once_upload_it_once(job, tmp_path):
         )
     assert {g["mods"]["threadmod"] for g in ac.get(refs, timeout=60)} == {"threads"}
     assert _node_stats()["uploads"] == before + 1
+
+
+def test_a_restarted_actor_keeps_its_env(job):
+    from actorcore.testing import actor_pid, kill_pid, list_state, wait_for
+
+    env = {"env_vars": {"TASK_VAR": "restarted"}, "working_dir": str(job / "otherdir")}
+    for opts in ({}, {"num_cpus": 1}):  # a light (shared host) and a dedicated actor
+        h = Probe.options(runtime_env=env, max_restarts=1, **opts).remote()
+        assert ac.get(h.see.remote(), timeout=60)["env"]["TASK_VAR"] == "restarted"
+        old = actor_pid(h)
+        kill_pid(old)
+
+        def restarted(h=h, old=old) -> bool:
+            rows = [r for r in list_state("actors") if r["actor_id"] == h.id.hex()]
+            return bool(rows) and rows[0]["state"] == "ALIVE" and rows[0]["pid"] not in (old, None)
+
+        wait_for(restarted, 30, what="actor restarted")
+        got = ac.get(h.see.remote("othermod"), timeout=60)
+        assert got["env"]["TASK_VAR"] == "restarted" and got["mods"]["othermod"] == "othermod"
+        ac.kill(h)
