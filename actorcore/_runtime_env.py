@@ -12,7 +12,8 @@
 * ``env_vars``: ``{name: value}`` set in the worker's ``os.environ``.
 * ``excludes``: glob patterns of files to leave out of the packages (matched
   against the path relative to the directory and against the file name);
-  ``.git``, ``__pycache__`` and ``*.pyc`` are always left out.
+  ``.git``, ``__pycache__``, ``*.pyc`` and the plain patterns of a top-level
+  ``.gitignore`` are always left out.
 
 How it travels (the design):
 
@@ -175,8 +176,19 @@ def _excluded(rel: str, name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p) for p in pats)
 
 
+def _gitignore(root: str) -> list[str]:
+    """The plain patterns of ``root/.gitignore`` (comments and negations skipped)."""
+    try:
+        with open(os.path.join(root, ".gitignore")) as f:
+            lines = [line.strip() for line in f]
+    except OSError:
+        return []
+    return [p for p in lines if p and not p.startswith(("#", "!"))]
+
+
 def _files(root: str, patterns: list[str]) -> list[tuple[str, str]]:
     """``(path, name in the zip)`` of every file under ``root``, sorted."""
+    patterns = [*patterns, *_gitignore(root)]
     out: list[tuple[str, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):  # links to directories: not followed
         rel_dir = os.path.relpath(dirpath, root)

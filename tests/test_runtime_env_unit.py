@@ -91,6 +91,9 @@ def test_pack_is_deterministic_and_leaves_junk_out(tmp_path):
         RE.pack(a, as_module=False, excludes=[], limit=10)
     _, zs = RE.pack(a, as_module=False, excludes=["sub/", "*.log"], limit=1 << 20)
     assert zipfile.ZipFile(io.BytesIO(zs)).namelist() == ["m.py"]
+    _tree(a, {".gitignore": "# venvs\n.venv/\n!keep.log\n*.log\n", ".venv/lib/x.py": ""})
+    _, zg = RE.pack(a, as_module=False, excludes=[], limit=1 << 20)
+    assert sorted(zipfile.ZipFile(io.BytesIO(zg)).namelist()) == [".gitignore", "m.py", "sub/n.py"]
 
 
 # --- the scheduler: one pool per env ----------------------------------------------------------
