@@ -127,6 +127,27 @@ def test_actor_with_env_on_another_node(cluster, tree):
     ac.kill(h)
 
 
+def test_functions_pickled_by_reference_to_driver_modules(cluster, tree):
+    """cloudpickle sends a function of an importable module by reference: the worker
+    imports that module, which only the shipped package gives it."""
+    import sys
+
+    b = cluster.nodes[1]
+    lib = tree / "lib"
+    _write(lib / "driveronly_lib.py", "def triple(x):\n    return 3 * x\n")
+    sys.path.insert(0, str(lib))
+    try:
+        import driveronly_lib
+    finally:
+        sys.path.remove(str(lib))
+    triple = ac.remote(driveronly_lib.triple)
+    with pytest.raises(ModuleNotFoundError, match="driveronly_lib"):
+        ac.get(triple.options(resources={"onb": 1}).remote(2), timeout=90)  # B lacks it
+    env = {"py_modules": [driveronly_lib]}
+    assert ac.get(triple.options(resources={"onb": 1}, runtime_env=env).remote(2), timeout=90) == 6
+    assert b.node_id in {n["NodeID"] for n in ac.nodes()}
+
+
 def test_zz_a_stopped_node_takes_its_cache_with_it(cluster):
     b = cluster.nodes[1]
     root = _stats(b)["root"]
