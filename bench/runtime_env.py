@@ -31,7 +31,8 @@ t1 = time.perf_counter()
 news = []
 for i in range(5):
     t = time.perf_counter()
-    assert fw.get(f.options(runtime_env={{"env_vars": {{"A": "t%d" % i}}}}).remote())[1] == "t%d" % i
+    env = {{"env_vars": {{"A": "t%d" % i}}}}
+    assert fw.get(f.options(runtime_env=env).remote())[1] == "t%d" % i
     news.append(time.perf_counter() - t)
 fw.shutdown()
 print(json.dumps({{"first": t1 - t0, "new_env": news}}))
