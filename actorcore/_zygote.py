@@ -57,6 +57,7 @@ def _worker_child(
     die_with_parent(zygote_pid)
     if env:
         _apply_env(env)
+        boot = {**boot, "runtime_env": env.get("wire")}
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log_dir = boot.get("log_dir")

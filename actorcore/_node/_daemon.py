@@ -456,7 +456,7 @@ class NodeDaemon(Service):
         self.workers.add(WorkerRec(msg.worker_id, msg.pid, peer, list(msg.address)))
         env = self.runtime_env.worker_env(self.pool.env_of.get(msg.pid, ""))
         self.apply(E.WorkerStarted(msg.worker_id, time.monotonic(), env.digest if env else ""))
-        return {"sys_path": self.sys_path, "runtime_env": env.wire if env else None}
+        return {"sys_path": self.sys_path}
 
     @handles(P.Tag.REGISTER_DRIVER)
     def on_register_driver(self, peer: RpcPeer, msg: P.RegisterDriverMsg, _b: list[bytes]) -> Any:

@@ -65,7 +65,13 @@ class WorkerEnv:
     wire: dict[str, Any] = field(compare=False)
 
     def boot(self) -> dict[str, Any]:
-        return {"tag": self.digest, "env_vars": self.env_vars, "paths": self.paths, "cwd": self.cwd}
+        return {
+            "tag": self.digest,
+            "env_vars": self.env_vars,
+            "paths": self.paths,
+            "cwd": self.cwd,
+            "wire": self.wire,  # the worker's own env, inherited by what it submits
+        }
 
 
 def _check_digest(digest: Any) -> str:
