@@ -185,3 +185,18 @@ def test_plain_tcp_to_a_tls_node_is_refused_and_nothing_is_unpickled(tls_cluster
     # the node still serves, and nothing it was sent was ever unpickled
     assert a.ask(P.ClusterInfoMsg(next_rid(), "nodes"))
     assert not marker.exists()
+
+
+def test_a_node_with_a_certificate_of_another_ca_gets_no_link(tls_cluster, certs):
+    """It may register in etcd (etcd has its own login), but no node of the cluster
+    talks to it: its resources count in the total, never as available."""
+    a = tls_cluster.nodes[0]
+    node = tls_cluster.add_node(
+        num_cpus=1, resources={"stranger": 1}, **_settings(certs["stranger"])
+    )
+    try:
+        assert a.ask(P.ClusterInfoMsg(next_rid(), "total")).get("stranger") == 1
+        available = a.ask(P.ClusterInfoMsg(next_rid(), "available"))  # asks each node
+        assert "stranger" not in available and available.get("onb") == 4
+    finally:
+        tls_cluster.stop_node(node)
