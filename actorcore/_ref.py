@@ -28,8 +28,7 @@ class ObjectRef:
         if not _counted:
             rt = G.runtime
             if rt is not None:
-                with rt.lock:
-                    rt.table.add_local(oid, owner)
+                rt.add_ref(oid, owner)
 
     def __del__(self) -> None:
         rt = G.runtime

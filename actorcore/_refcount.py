@@ -272,13 +272,11 @@ class ObjectTable:
         """Store the value; returns the waiters to call (outside any lock if possible)."""
         if e.state != PENDING:
             return []
-        if kind == ERROR:
-            e.state = FAILED
-        else:
-            e.state = READY
+        # the state last: other threads read kind and data once they see it change
         e.kind = kind
         e.data = data
         e.fetching = False
+        e.state = FAILED if kind == ERROR else READY
         waiters, e.waiters = e.waiters, None
         return waiters or []
 
@@ -310,7 +308,7 @@ class ObjectTable:
 
     def reset(self, e: ObjectEntry) -> None:
         """Back to PENDING (a retry will produce the value again)."""
-        e.state = PENDING
+        e.state = PENDING  # first: a reader that saw READY has read the value already
         e.data = None
         e.kind = INLINE
 

@@ -349,8 +349,7 @@ def _rebind(box: list[weakref.ref[ActorHandle]], actor_id: bytes) -> None:
     if h is None or rt is None or h.id == actor_id:
         return
     old = h.id
-    with rt.lock:
-        rt.table.add_local(actor_id, h.owner)
+    rt.add_ref(actor_id, h.owner)
     h.id = actor_id
     rt.drop_ref(old)
 
@@ -390,8 +389,7 @@ class ActorHandle:
         self._method_cache: dict[str, ActorMethod] = {}
         rt = G.runtime
         if rt is not None and not _counted:
-            with rt.lock:
-                rt.table.add_local(actor_id, self.owner)
+            rt.add_ref(actor_id, self.owner)
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("__") and name != "__call__":
