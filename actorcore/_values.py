@@ -70,7 +70,12 @@ def peek(rt: CoreRuntime, refs: Sequence[ObjectRef]) -> list[ObjectEntry] | None
 
 def watch(rt: CoreRuntime, refs: Sequence[ObjectRef], cb: Callable[[ObjectEntry], None]) -> None:
     """``cb(entry)`` on the runtime's loop once each ref's value is there (any thread)."""
-    rt.objects.watch([(r.id, r.owner) for r in refs], cb)
+    items = [(r.id, r.owner) for r in refs]
+    me = rt.my_id
+    if rt.on_loop_thread() or any(owner[0] != me for _oid, owner in items):
+        rt.objects.watch(items, cb)  # (a borrowed value is fetched: wake the loop)
+    else:
+        rt.objects.watch_owned(items, cb)  # a result on its way wakes the loop anyway
 
 
 def unwatch(rt: CoreRuntime, refs: Sequence[ObjectRef], cb: Callable[[ObjectEntry], None]) -> None:

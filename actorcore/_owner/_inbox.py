@@ -77,6 +77,16 @@ class Inbox:
         except RuntimeError:
             pass
 
+    def wake(self) -> None:
+        """Make sure a drain is due (another thread queued quietly and needs one)."""
+        if self._scheduled:
+            return
+        self._scheduled = True
+        try:
+            self._rt.loop.call_soon_threadsafe(self.drain)
+        except RuntimeError:
+            pass
+
     def drain_if_idle(self) -> None:
         """On the loop: handle what is queued now, unless a drain is under way."""
         if self._events and not self._draining:

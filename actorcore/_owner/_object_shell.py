@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as P
-from .._refcount import wake
+from .._refcount import PENDING, wake
 from .._rpc import error_from_reply, next_rid
 from . import _object_events as E
 from ._inbox import Inbox, carry_out
@@ -71,6 +71,24 @@ class ObjectShell:
     def watch(self, refs: list[tuple[bytes, Any]], cb: Callable[[Any], None]) -> None:
         """``cb(entry)`` on the loop once each object's value is there (see :class:`Watch`)."""
         self.post(E.Watch(refs, cb))
+
+    def watch_owned(self, refs: list[tuple[bytes, Any]], cb: Callable[[Any], None]) -> None:
+        """:meth:`watch` for objects this process owns, from another thread than the loop's,
+        without waking the loop when it need not be.
+
+        An owned object still PENDING (or whose creation is still queued) completes
+        through an event queued after this one, and queuing that event drains the
+        inbox: the watch is handled first. Only an object published meanwhile (its
+        completion drained before this event was queued) needs a drain now. The
+        runtime's flush is armed as a backstop either way.
+        """
+        self.note(E.Watch(refs, cb))
+        entries = self.table.entries
+        for oid, _owner in refs:
+            e = entries.get(oid)
+            if e is not None and e.state != PENDING:
+                self.inbox.wake()
+                return
 
     def unwatch(self, oids: list[bytes], cb: Callable[[Any], None]) -> None:
         self.post(E.Unwatch(oids, cb))
