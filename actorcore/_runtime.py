@@ -453,9 +453,15 @@ class CoreRuntime(OwnershipMixin, Service):
             return self._put_in_background(new_id(), ser)
         return self.put_serialized(ser)
 
-    def put_serialized(self, ser: Any) -> Any:
-        """Own a new object holding ``ser``: inline, or in the store when large."""
+    def put_serialized(self, ser: Any, background: bool = False) -> Any:
+        """Own a new object holding ``ser``: inline, or in the store when large.
+
+        ``background``: a large value is written without waiting (the ref resolves
+        once it is sealed), for a thread that runs an event loop.
+        """
         oid = new_id()
+        if background and ser.size > self.config.inline_threshold:
+            return self._put_in_background(oid, ser)
         if ser.size > self.config.inline_threshold:
             self.store.put(oid, ser, self.my_id)
             kind, data = STORE, ser.size

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._args import resolve_dep
+from .._args import SealWait, resolve_dep
 from .._refcount import FAILED, READY, ObjectEntry
 from ._object_events import Watch
 
@@ -27,10 +27,13 @@ Done = Callable[[list[Any] | BaseException], None]
 class _Resolution:
     """One call's arguments being waited for; only the runtime's loop touches it."""
 
-    __slots__ = ("done", "index", "left", "resolved")
+    __slots__ = ("done", "index", "left", "resolved", "seal_only")
 
-    def __init__(self, n: int, done: Done, index: dict[bytes, list[int]]) -> None:
+    def __init__(
+        self, n: int, done: Done, index: dict[bytes, list[int]], seal_only: set[int]
+    ) -> None:
         self.done = done
+        self.seal_only = seal_only  # SealWait deps: waited for, not sent
         self.resolved: list[Any] = [None] * n
         self.left = n
         self.index = index
@@ -44,10 +47,11 @@ class _Resolution:
             self.done(e.data)
             return
         for i in self.index[e.oid]:
-            self.resolved[i] = [i, *resolve_dep(e)]
+            if i not in self.seal_only:
+                self.resolved[i] = [i, *resolve_dep(e)]
             self.left -= 1
         if self.left == 0:
-            self.done(self.resolved)
+            self.done([r for r in self.resolved if r is not None])
 
 
 def resolve_deps(rt: CoreRuntime, deps: Sequence[Any], done: Done) -> None:
@@ -62,6 +66,7 @@ def resolve_deps(rt: CoreRuntime, deps: Sequence[Any], done: Done) -> None:
         return
     index: dict[bytes, list[int]] = {}
     refs = []
+    seal_only = {i for i, ref in enumerate(deps) if type(ref) is SealWait}
     for i, ref in enumerate(deps):
         at = index.get(ref.id)
         if at is None:
@@ -69,7 +74,7 @@ def resolve_deps(rt: CoreRuntime, deps: Sequence[Any], done: Done) -> None:
             refs.append((ref.id, ref.owner))
         else:
             at.append(i)
-    res = _Resolution(len(deps), done, index)
+    res = _Resolution(len(deps), done, index, seal_only)
     rt.objects.post(Watch(refs, res.woke))
 
 
@@ -87,5 +92,6 @@ def ready_now(rt: CoreRuntime, deps: Sequence[Any]) -> list[Any] | None:
         e = entries.get(ref.id)
         if e is None or e.state != READY:
             return None
-        resolved.append([i, *resolve_dep(e)])
+        if type(ref) is not SealWait:
+            resolved.append([i, *resolve_dep(e)])
     return resolved
