@@ -355,9 +355,15 @@ class CoreRuntime(OwnershipMixin, Service):
     # --- blocking calls to the daemon ----------------------------------------------------------
 
     def call_daemon(self, msg: Any, timeout: float = 30.0) -> Any:
-        """Send a request to the node daemon and wait for its value (not on the runtime loop)."""
+        """Send a request to the node daemon and wait for its value (not on the runtime loop).
+
+        Raises:
+            ConnectionBrokenError: the daemon is gone (the message names the node).
+        """
         if self.on_loop_thread():
             raise BlockingCallError("this call blocks; it cannot run on the runtime's own loop")
+        if self.broken is not None:
+            raise self._daemon_gone(msg, self.broken)
         done = threading.Event()
         box: list[Any] = []
 
@@ -365,17 +371,29 @@ class CoreRuntime(OwnershipMixin, Service):
             box.append(reply)
             done.set()
 
-        self.daemon.request(msg, cb)
+        try:
+            self.daemon.request(msg, cb)
+        except ConnectionError as e:
+            raise self._daemon_gone(msg, e) from e
         if not done.wait(timeout):
             raise TimeoutError(
                 f"the node daemon did not answer {type(msg).__name__} in {timeout} s"
             )
         reply = box[0]
+        if isinstance(reply, ConnectionError):
+            raise self._daemon_gone(msg, reply) from reply
         if isinstance(reply, BaseException):
             raise reply
         if reply.TAG == P.Tag.ERROR_REPLY:
             raise error_from_reply(reply)
         return reply.value
+
+    def _daemon_gone(self, msg: Any, cause: BaseException) -> ConnectionBrokenError:
+        node = self.node
+        return ConnectionBrokenError(
+            f"the node daemon of node {node.node_id.hex()} (at {node.address[0]}:"
+            f"{node.address[1]}) is gone, so {type(msg).__name__} cannot be answered: {cause}"
+        )
 
     # --- messages from the daemon and from workers --------------------------------------------
 
