@@ -115,8 +115,7 @@ class CoreRuntime(OwnershipMixin, Service):
             my_id=self.my_id,
             make_receiver=self._new_peer,
             on_connection=self._on_inbound,
-            max_header_bytes=cfg.max_header_bytes,
-            max_frame_bytes=cfg.max_frame_bytes,
+            **cfg.wire_limits(),
             # in a cluster, callers on other nodes reach this process at its node's address
             host=self.node.raw.get("node_ip") or "127.0.0.1"
             if self.node.raw.get("cluster")
@@ -185,6 +184,8 @@ class CoreRuntime(OwnershipMixin, Service):
             my_id=self.my_id,
             max_header_bytes=self.config.max_header_bytes,
             max_frame_bytes=self.config.max_frame_bytes,
+            high_water=self.config.send_high_water_bytes,
+            max_queued=self.config.send_max_queued_bytes,
         )
         peer.conn = conn
         return peer

@@ -416,6 +416,9 @@ async def open_connection(
     my_id: bytes,
     max_header_bytes: int,
     max_frame_bytes: int,
+    high_water: int = SEND_HIGH_WATER,
+    max_queued: int = SEND_MAX_QUEUED,
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
 ) -> Connection:
     """Connect, authenticate and start reading.
 
@@ -431,7 +434,7 @@ async def open_connection(
         _tune(sock)
         await loop.sock_connect(sock, address)
         peer_role, peer_id, leftover = await asyncio.wait_for(
-            client_handshake(loop, sock, token, role, my_id), HANDSHAKE_TIMEOUT_S
+            client_handshake(loop, sock, token, role, my_id), handshake_timeout_s
         )
     except BaseException:
         sock.close()
@@ -445,6 +448,8 @@ async def open_connection(
         max_header_bytes=max_header_bytes,
         max_frame_bytes=max_frame_bytes,
         leftover=leftover,
+        high_water=high_water,
+        max_queued=max_queued,
     )
     conn.start()
     return conn
