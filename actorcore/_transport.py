@@ -123,12 +123,26 @@ class Connection:
         self._leftover = leftover
 
     def start(self) -> None:
-        """Begin reading; call on the loop thread after the handshake."""
+        """Begin reading; call on the loop thread after the handshake.
+
+        Frames that came in behind the handshake are delivered on the next loop
+        turn, not here: whoever started the connection wires it up first (a
+        handler's reply goes out through ``peer.conn``, which a listener's
+        ``on_connection`` sets; a reply sent before that was dropped). Reading
+        resumes after them, so the order holds.
+        """
         self._loop_thread = threading.get_ident()
-        self.loop.add_reader(self._fd, self._on_readable)
         if self._leftover:
-            data, self._leftover = self._leftover, b""
-            self._deliver(data)
+            self.loop.call_soon(self._deliver_leftover)
+        else:
+            self.loop.add_reader(self._fd, self._on_readable)
+
+    def _deliver_leftover(self) -> None:
+        if self.closed:
+            return
+        data, self._leftover = self._leftover, b""
+        self.loop.add_reader(self._fd, self._on_readable)
+        self._deliver(data)
 
     @property
     def queued_bytes(self) -> int:

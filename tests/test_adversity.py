@@ -277,6 +277,19 @@ def test_an_undecodable_frame_behind_a_wrong_token_is_not_parsed(runtime, node, 
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.timeout(60)
+def test_a_request_right_behind_the_handshake_is_answered(runtime, node, client):
+    """A request sent in the same write as AUTH arrives with the handshake's last
+    bytes; it used to be dispatched before the connection was wired to its RPC
+    peer, and its reply was dropped (a borrower's ADD_BORROWER then waited 30 s)."""
+    behind = frame(LIST_STATE, [rid(), "node"])
+    tag, _ = client.handshake(node["token"], extra=behind)
+    assert tag == WELCOME
+    client.sock.settimeout(20)
+    rtag, rfields, _ = client.read()
+    assert rtag == REPLY and rfields[1]["pid"] == node["pid"]
+
+
 def test_raw_client_speaks_the_protocol(runtime, node, client):
     tag, _ = client.handshake(node["token"])
     assert tag == WELCOME
