@@ -65,7 +65,7 @@ def mark_local(rt: CoreRuntime, e: Any) -> None:
 
 def pull_async(rt: CoreRuntime, e: Any, done: Callable[[Any], None]) -> None:
     """Pull a READY entry's store value to this node; ``done(e)`` once it is here, or
-    the pull failed (reading it then raises). Any thread, may hold the runtime lock."""
+    the pull failed (reading it then raises). Any thread."""
     oid, holders, owner = e.oid, holders_of(e) or [], None if e.owned else e.owner
 
     def pulled(reply: Any) -> None:

@@ -17,6 +17,10 @@ refs nested inside.
 Values: PENDING until a task's result or a fetched value arrives; then READY
 with an inline payload or a note that it lives in the store, or FAILED with an
 exception. Waiters are callbacks run once the state leaves PENDING.
+
+The table is the state of :class:`actorcore._owner._objects.ObjectCore`, changed
+only on the runtime's loop; other threads may read an entry's value once its
+state left PENDING (``complete`` sets the state last).
 """
 
 from __future__ import annotations

@@ -64,7 +64,11 @@ class GeneratorStreams:
         self.buffers[stream_id] = self._unclaimed[stream_id] = StreamBuffer()
         self.post(S.StreamOpened(stream_id, backpressure))
         rt = self.rt
-        rt.objects.post(OE.Watch([(stream_id, rt.address)], self._end_done))
+        end = [(stream_id, rt.address)]
+        if rt.on_loop_thread():
+            rt.objects.watch(end, self._end_done)
+        else:  # the end object is ours and pending: its completion wakes the loop
+            rt.objects.watch_owned(end, self._end_done)
 
     def generator(self, end: ObjectRef, backpressure: int) -> ObjectRefGenerator:
         """The consumer's side of the stream ``end.id`` opened just before (same thread).
