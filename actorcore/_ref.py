@@ -62,8 +62,9 @@ class ObjectRef:
 
 
 def _rebuild_ref(oid: bytes, owner: Any) -> ObjectRef:
-    ref = ObjectRef(oid, tuple(owner))
     ctx = current_deserialization()
-    if ctx is not None:
-        ctx.refs.append(ref)
+    if ctx is None:
+        return ObjectRef(oid, tuple(owner))
+    ref = ObjectRef(oid, tuple(owner), _counted=True)  # counted with the others at the end
+    ctx.refs.append(ref)
     return ref

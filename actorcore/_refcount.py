@@ -173,6 +173,12 @@ class ObjectTable:
                 self._drop(e, out)
         return out
 
+    def remove_local_last(self, e: ObjectEntry) -> list[Instruction]:
+        """Drop ``e``, whose counts all reached zero (the fast path of ``remove_local``)."""
+        out: list[Instruction] = []
+        self._drop(e, out)
+        return out
+
     def add_submitted(self, oids: Iterable[bytes]) -> None:
         for oid in oids:
             e = self.entries.get(oid)

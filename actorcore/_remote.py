@@ -432,10 +432,12 @@ class ActorHandle:
 def _rebuild_handle(
     actor_id: bytes, class_name: str, methods: dict[str, int], owner: Any, retries: int
 ) -> ActorHandle:
-    h = ActorHandle(actor_id, class_name, dict(methods), tuple(owner), retries)
     ctx = current_deserialization()
+    h = ActorHandle(
+        actor_id, class_name, dict(methods), tuple(owner), retries, _counted=ctx is not None
+    )
     if ctx is not None:
-        ctx.refs.append(h)
+        ctx.refs.append(h)  # counted with the others once unpickled
     return h
 
 

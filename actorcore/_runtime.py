@@ -307,11 +307,15 @@ class CoreRuntime(OwnershipMixin, Service):
 
     def drop_ref(self, oid: bytes) -> None:
         """An ObjectRef died (``__del__``, any thread): count it down later."""
-        self.objects.note(OE.RefsDropped([oid]))
+        self.objects.note(oid)  # (a bare RefsDropped([oid]))
+
+    def add_refs(self, refs: list[Any]) -> None:
+        """ObjectRef instances (or actor handles) just unpickled, counted in one event."""
+        self.objects.note(OE.RefsAdded([(r.id, r.owner) for r in refs]))
 
     def add_ref(self, oid: bytes, owner: tuple[Any, ...]) -> None:
         """A new ObjectRef (or actor handle) instance (any thread): count it, in order."""
-        self.objects.note(OE.RefAdded(oid, owner))
+        self.objects.note((oid, owner))  # (a bare RefAdded)
 
     def _schedule_flush(self) -> None:
         """Flush soon, in one batch: one loop wake-up per ``FLUSH_DELAY_S``, not per ref."""

@@ -479,3 +479,14 @@ def test_core_values_are_published_kind_and_data_before_state():
     e.__class__ = Spy
     core.handle([OE.ResultArrived(b"r", INLINE, b"v", None)])
     assert order.index("state") > max(order.index("kind"), order.index("data"))
+
+
+def test_core_bare_count_events_mean_the_same_as_the_classes():
+    core = ObjectCore(A[0], A)
+    core.handle([OE.ValueOwned(b"x", INLINE, b"v")])
+    core.handle([(b"x", A), OE.RefsAdded([(b"x", A), (b"y", B)])])  # one bare RefAdded
+    assert core.table.entries[b"x"].local == 3 and core.table.entries[b"y"].local == 1
+    assert core.handle([b"x", b"x"]) == []  # two bare drops
+    assert core.handle([b"x"]) == [] and b"x" not in core.table.entries  # inline: no free
+    core.handle([b"y"])
+    assert core.table.entries == {}

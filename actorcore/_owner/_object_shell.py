@@ -37,6 +37,7 @@ class ObjectShell:
         self.core = ObjectCore(rt.my_id)
         self.table = self.core.table  # other threads read it (published values only)
         self.inbox = Inbox(rt, self._process)
+        self._queue = self.inbox.put_quietly
         self._run: dict[type, Callable[[Any], None]] = {
             E.FreeStore: self._free,
             E.ReleaseBorrow: self._release,
@@ -62,8 +63,9 @@ class ObjectShell:
 
     def note(self, event: Any) -> None:
         """Queue a count change without waking the loop: the runtime's next flush (armed
-        here if need be) or any earlier drain handles it, in order."""
-        self.inbox.put_quietly(event)
+        here if need be) or any earlier drain handles it, in order. ``event`` may be a
+        bare one (see :mod:`._object_events`)."""
+        self._queue(event)
         rt = self.rt
         if not rt._flush_scheduled:
             rt._schedule_flush()

@@ -50,7 +50,10 @@ class ObjectCore:
         self.table = ObjectTable(my_id)
         self._handlers: dict[type, Callable[[Any, list[Any]], None]] = {
             E.RefAdded: self._ref_added,
+            E.RefsAdded: self._refs_added,
             E.RefsDropped: self._refs_dropped,
+            bytes: self._one_dropped,  # the bare forms (see _object_events)
+            tuple: self._one_added,
             E.ObjectsCreated: self._objects_created,
             E.ValueOwned: self._value_owned,
             E.ValueSet: self._value_set,
@@ -87,8 +90,23 @@ class ObjectCore:
     def _ref_added(self, ev: E.RefAdded, out: list[Any]) -> None:
         self.table.add_local(ev.oid, ev.owner)
 
+    def _refs_added(self, ev: E.RefsAdded, out: list[Any]) -> None:
+        add = self.table.add_local
+        for oid, owner in ev.refs:
+            add(oid, owner)
+
     def _refs_dropped(self, ev: E.RefsDropped, out: list[Any]) -> None:
         out.extend(self.table.remove_local(ev.oids))
+
+    def _one_added(self, ev: tuple[bytes, Owner], out: list[Any]) -> None:
+        self.table.add_local(ev[0], ev[1])
+
+    def _one_dropped(self, oid: bytes, out: list[Any]) -> None:
+        e = self.table.entries.get(oid)
+        if e is not None:
+            e.local -= 1
+            if e.local <= 0 and e.total() <= 0:
+                out.extend(self.table.remove_local_last(e))
 
     def _objects_created(self, ev: E.ObjectsCreated, out: list[Any]) -> None:
         table, address = self.table, self.address
