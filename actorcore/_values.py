@@ -196,15 +196,19 @@ def _wait_entries(
     watch(rt, refs, counter.woke)
     rt.block_begin()
     try:
-        if not lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            unwatch(rt, refs, counter.woke)
-            entries = counter.entries(refs)
-            raise GetTimeoutError(
-                f"{sum(1 for e in entries if e.state == PENDING)} of {len(refs)} objects were "
-                f"not ready after {timeout} s"
-            )
+        acquired = lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+    except BaseException:  # interrupted (a cancelled task): stop watching
+        unwatch(rt, refs, counter.woke)
+        raise
     finally:
         rt.block_end()
+    if not acquired:
+        unwatch(rt, refs, counter.woke)
+        entries = counter.entries(refs)
+        raise GetTimeoutError(
+            f"{sum(1 for e in entries if e.state == PENDING)} of {len(refs)} objects were "
+            f"not ready after {timeout} s"
+        )
     entries = counter.entries(refs)
     if rt.broken is not None and any(e.state == PENDING for e in entries):
         raise rt.broken
