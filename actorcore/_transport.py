@@ -126,12 +126,28 @@ class Connection:
         self._pending = getattr(sock, "pending", None)
 
     def start(self) -> None:
-        """Begin reading; call on the loop thread after the handshake."""
+        """Begin reading; call on the loop thread after the handshake.
+
+        Frames that came in behind the handshake are delivered on the next loop
+        turn, not here: whoever started the connection wires it up first (a
+        handler's reply goes out through ``peer.conn``, which a listener's
+        ``on_connection`` sets; a reply sent before that was dropped). Reading
+        resumes after them, so the order holds.
+        """
         self._loop_thread = threading.get_ident()
-        self.loop.add_reader(self._fd, self._on_readable)
         if self._leftover:
-            data, self._leftover = self._leftover, b""
-            self._deliver(data)
+            self.loop.call_soon(self._deliver_leftover)
+        else:
+            self.loop.add_reader(self._fd, self._on_readable)
+            if self._pending is not None and self._pending():
+                self.loop.call_soon(self._on_readable)  # TLS: decrypted bytes already held
+
+    def _deliver_leftover(self) -> None:
+        if self.closed:
+            return
+        data, self._leftover = self._leftover, b""
+        self.loop.add_reader(self._fd, self._on_readable)
+        self._deliver(data)
         if self._pending is not None and not self.closed and self._pending():
             self.loop.call_soon(self._on_readable)
 
@@ -441,6 +457,9 @@ async def open_connection(
     my_id: bytes,
     max_header_bytes: int,
     max_frame_bytes: int,
+    high_water: int = SEND_HIGH_WATER,
+    max_queued: int = SEND_MAX_QUEUED,
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
     tls: TlsContexts | None = None,
 ) -> Connection:
     """Connect, authenticate and start reading (TCP with ``tls``: mutual TLS first).
@@ -457,7 +476,7 @@ async def open_connection(
         sock = socket.socket(_family(address[0]), socket.SOCK_STREAM)
     try:
         _tune(sock)
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+        async with asyncio.timeout(handshake_timeout_s):
             await loop.sock_connect(sock, address)
             if tls is not None:
                 sock = await tls_connect(loop, sock, tls)
@@ -474,6 +493,8 @@ async def open_connection(
         max_header_bytes=max_header_bytes,
         max_frame_bytes=max_frame_bytes,
         leftover=leftover,
+        high_water=high_water,
+        max_queued=max_queued,
     )
     conn.start()
     return conn
