@@ -7,12 +7,17 @@ from collections.abc import Mapping
 
 __all__ = [
     "NODE_AFFINITY_PREFIX",
+    "NODE_AFFINITY_SOFT_PREFIX",
+    "PLACED_KEY",
+    "SCHEDULING_PREFIX",
+    "SPREAD_KEY",
     "add",
     "fits",
     "is_empty",
     "missing",
     "node_affinity_shape",
     "normalize",
+    "strip_hints",
     "subtract",
 ]
 
@@ -21,6 +26,23 @@ _EPS = 1e-9
 # ``node:<node id hex>`` in a shape pins the work to that node (hard node affinity).
 NODE_AFFINITY_PREFIX = "node:"
 _AFFINITY_MARK = 0.001
+# Scheduling hints, also pseudo-resources of a shape, which a node drops before
+# accounting: ``node_affinity_soft:<hex>`` (prefer that node), ``scheduling:spread``
+# (SPREAD), ``scheduling:placed`` (the placer chose this node: never spill again).
+NODE_AFFINITY_SOFT_PREFIX = "node_affinity_soft:"
+SCHEDULING_PREFIX = "scheduling:"
+SPREAD_KEY = SCHEDULING_PREFIX + "spread"
+PLACED_KEY = SCHEDULING_PREFIX + "placed"
+HINT_MARK = _AFFINITY_MARK
+
+
+def strip_hints(shape: Mapping[str, float]) -> dict[str, float]:
+    """``shape`` without its scheduling hints (soft affinity, SPREAD, placed)."""
+    return {
+        k: v
+        for k, v in shape.items()
+        if not (k.startswith(SCHEDULING_PREFIX) or k.startswith(NODE_AFFINITY_SOFT_PREFIX))
+    }
 
 
 def node_affinity_shape(shape: Mapping[str, float], node_id_hex: str) -> dict[str, float]:

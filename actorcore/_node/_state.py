@@ -24,6 +24,7 @@ from typing import Any
 
 from actorcore import scheduler as S
 from actorcore.gcs import ActorRecord
+from actorcore.scheduler import _resources as R
 from actorcore.store import ClientGone, StoreState
 
 from . import _events as E
@@ -203,6 +204,7 @@ class NodeState:
     def _local_shape(self, shape: dict[str, float]) -> dict[str, float]:
         """Check hard node affinity: this node is dropped from the shape; an unknown
         node is refused; another live node stays (the work waits for it)."""
+        shape = R.strip_hints(shape)  # soft affinity, SPREAD: the cluster's business
         pinned = [k for k in shape if k.startswith(NODE_AFFINITY_PREFIX)]
         if not pinned:
             return shape
