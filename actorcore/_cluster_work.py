@@ -231,7 +231,7 @@ class ClusterWork:
         names = ", ".join(f"{k}: {v:g}" for k, v in (best_miss or shape).items())
         offer = {k: v for k, v in best.items() if k not in _IGNORED}
         self.daemon._warn_drivers(
-            f"Warning: work needing {shape} cannot run on any node of the cluster: it lacks "
+            f"work needing {shape} cannot run on any node of the cluster: it lacks "
             f"{names}; the largest node offers {offer}. It waits for a node that fits to join."
         )
 

@@ -93,11 +93,13 @@ class PlacerClient:
 
     async def _report(self) -> None:
         while True:
-            poked = True
+            # (not wait_for: on 3.11 it can swallow a cancel that races the poke)
+            waiter = asyncio.ensure_future(self._poke.wait())
             try:
-                await asyncio.wait_for(self._poke.wait(), REPORT_PERIOD_S)
-            except TimeoutError:
-                poked = False  # the period's report, changed or not (a heartbeat)
+                done, _ = await asyncio.wait({waiter}, timeout=REPORT_PERIOD_S)
+            finally:
+                waiter.cancel()
+            poked = bool(done)  # else the period's report, changed or not (a heartbeat)
             self._poke.clear()
             holder = self.election.holder
             if holder is None:
