@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from actorcore.scheduler import LocalView, SpillConfig, SpillPolicy
+from actorcore.scheduler import _resources as R
+from actorcore.scheduler import placer_msgs as M
+
 from actorcore._cluster_work import (
     AFFINITY,
     AFFINITY_SOFT,
@@ -12,9 +16,6 @@ from actorcore._cluster_work import (
     route,
     split_affinity,
 )
-from actorcore.scheduler import LocalView, SpillConfig, SpillPolicy
-from actorcore.scheduler import _resources as R
-from actorcore.scheduler import placer_msgs as M
 
 A, B, C = b"a" * 8, b"b" * 8, b"c" * 8
 
