@@ -13,6 +13,15 @@ local node alone cannot:
 * ``WAIT_ACTOR``: where an actor hosted by another node is (callers then talk
   to its worker directly), waiting on its record's watch until it is ALIVE;
 * ``KILL_ACTOR``: forwarded to the node hosting the actor.
+
+It also runs the cluster's global placer election (``actorcore._placer_service``)
+and, while this node holds it, the placer (``SPILL_WORK``, ``PLACER_REPORT``);
+``CLUSTER_INFO "placer"`` says which node holds it. To run something on the
+placer's node only (e.g. a cluster-wide dashboard), subscribe to the election:
+``daemon.cluster.election.subscribe(on_elected=..., on_lost=...)`` (plain
+callbacks on the daemon's loop; ``on_elected`` runs at once if this node holds
+the placer already). Placement groups across nodes enter the placer through
+``daemon.cluster.placer_host`` (None unless this node holds it).
 """
 
 from __future__ import annotations
@@ -254,7 +263,7 @@ class ClusterNode:
             host.report(msg)  # (only a node may report for itself)
         return DEFERRED
 
-    def on_spill_work(self, peer: RpcPeer, msg: P.SpillWorkMsg, b: list[bytes]) -> Any:
+    async def on_spill_work(self, peer: RpcPeer, msg: P.SpillWorkMsg, b: list[bytes]) -> Any:
         host = self.placer_host
         if host is None:
             raise PlacerMovedError(f"node {self.node_id.hex()} does not hold the placer")
@@ -265,7 +274,7 @@ class ClusterNode:
         shape = {str(k): float(v) for k, v in dict(msg.shape).items()}
         args = {bytes(k): int(v) for k, v in dict(msg.args or {}).items()}
         strategy = strategy_from_wire(msg.strategy)
-        return host.place(bytes(msg.work_id), shape, strategy, args, origin)
+        return await host.place(bytes(msg.work_id), shape, strategy, args, origin)
 
     # --- actors on other nodes ----------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """A node's side of the global placer: load reports to it, spill requests to it.
 
 :class:`PlacerClient` sends this node's load straight to the daemon holding the
-placer (``PLACER_REPORT``: never through etcd): at once when it changes (a
-lease granted or given back pokes it) and every ``REPORT_PERIOD_S`` otherwise,
+placer (``PLACER_REPORT``: never through etcd): when it changes (looked at
+every ``POLL_S``, and at once when a lease request pokes it) and every
+``REPORT_PERIOD_S`` otherwise,
 and a full report as soon as a new placer is elected, which rebuilds its view
 from these. :meth:`PlacerClient.place` asks the placer for a node; while there
 is no placer (an election under way) the request waits, and a request whose
@@ -18,6 +19,7 @@ import contextlib
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +34,7 @@ __all__ = ["REPORT_PERIOD_S", "LoadSample", "PlacerClient"]
 logger = logging.getLogger(__name__)
 
 REPORT_PERIOD_S = 0.5  # a report at least this often (a heartbeat of the load view)
+POLL_S = 0.01  # the load is looked at this often (a few dict reads); sent when changed
 MIN_GAP_S = 0.002  # reports on change: at most one per this gap (coalesced)
 _RETRY_S = 0.05  # pacing of a spill retried after a broken link, not synchronization
 _IGNORED = ("memory", "object_store_memory")
@@ -92,14 +95,14 @@ class PlacerClient:
         return P.PlacerReportMsg(self.node_id, next(self._seq), avail, total, qlen, wait)
 
     async def _report(self) -> None:
+        last = 0.0
         while True:
             # (not wait_for: on 3.11 it can swallow a cancel that races the poke)
             waiter = asyncio.ensure_future(self._poke.wait())
             try:
-                done, _ = await asyncio.wait({waiter}, timeout=REPORT_PERIOD_S)
+                await asyncio.wait({waiter}, timeout=POLL_S)
             finally:
                 waiter.cancel()
-            poked = bool(done)  # else the period's report, changed or not (a heartbeat)
             self._poke.clear()
             holder = self.election.holder
             if holder is None:
@@ -107,11 +110,13 @@ class PlacerClient:
                 continue
             sample = self._sample()
             key = (sample[0], sample[2])
-            if poked and key == self._sent and holder == self._sent_to:
+            now = time.monotonic()
+            fresh = key != self._sent or holder != self._sent_to
+            if not fresh and now - last < REPORT_PERIOD_S:
                 continue
             try:
                 self.deliver(holder, self.report_msg())
-                self._sent, self._sent_to = key, holder
+                self._sent, self._sent_to, last = key, holder, now
             except (OSError, ConnectionError, TimeoutError, LookupError) as e:
                 logger.debug("load report to the placer failed: %s", e)
             await asyncio.sleep(MIN_GAP_S)  # coalesce a burst of changes into one report

@@ -14,6 +14,7 @@ import actorcore as ac
 from actorcore import _protocol as P
 from actorcore._rpc import next_rid
 from actorcore.testing import Cluster, wait_for
+from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
 
@@ -62,9 +63,13 @@ def test_placer_failover_loses_nothing_and_runs_each_task_once(tmp_path):
         wait_for(lambda: _placer(a)["node_id"] == p.node_id, 30, what="P holds the placer")
         ac.init(address=c.address, attach_node=a.node_id)
         try:
+            for n in (a, b):  # workers up on both (a node just started may still fork them)
+                pin = NodeAffinitySchedulingStrategy(n.node_id)
+                assert ac.get(where.options(scheduling_strategy=pin).remote(), timeout=60)
             path = str(tmp_path / "ran.txt")
             refs = [record.options(resources={"work": 1}).remote(i, path) for i in range(30)]
-            ac.wait(refs, num_returns=1, timeout=60)  # work is flowing (and spilling)
+            done, _ = ac.wait(refs, num_returns=4, timeout=60)
+            assert b.node_id in ac.get(done)  # work is flowing, spilled through P to B
             c.stop_node(p, kill=True)
             nodes = ac.get(refs, timeout=120)
             assert set(nodes) <= {a.node_id, b.node_id}
