@@ -135,3 +135,15 @@ def test_hard_affinity_waits_for_its_busy_node_and_soft_runs_elsewhere(cluster):
     assert ac.get(where.options(scheduling_strategy=gone).remote(), timeout=60) == a
     with pytest.raises(Exception, match="not a node of this cluster"):
         ac.get(where.options(scheduling_strategy=Affinity("ee" * 16)).remote(), timeout=60)
+
+
+def test_status_says_which_node_holds_the_placer(cluster, capsys):
+    from actorcore import _cli
+
+    node = cluster.nodes[1]
+    holder = _placer(node)["node_id"]
+    _cli._print_cluster({**node.ready, "token": node.token.hex(), "unix_name": None})
+    out = capsys.readouterr().out
+    assert "cluster: 3 node(s) alive, 0 dead" in out
+    assert f"placer: node {holder}" in out
+    assert "CPU:" in out and "/3 in use (cluster)" in out
