@@ -27,16 +27,18 @@ the placer already). Placement groups across nodes enter the placer through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from actorcore.gcs import ActorRecord, ActorTable, ControlStore, NameRegistry, PutOp
 
 from . import _protocol as P
-from ._cluster_work import ClusterWork
+from ._cluster_work import REQUEUE_S, ClusterWork
 from ._membership import Membership
 from ._peers import ClusterSpec, Joined, Left, node_record
 from ._placer_client import PlacerClient
@@ -160,6 +162,7 @@ class ClusterNode:
             self.election, self.membership, self.work.load_sample, lambda: self.placer_host
         )
         self.work.placer = self.placer
+        self._requeue: asyncio.Task[None] | None = None
         self.election.subscribe(self._placer_elected, self._placer_lost)
         self.election.watch(lambda _holder: self.placer.poke())  # a full report to a new one
 
@@ -184,8 +187,21 @@ class ClusterNode:
         await self.membership.start()
         self.election.start()
         self.placer.start()
+        self._requeue = asyncio.get_running_loop().create_task(self._requeue_loop())
+
+    async def _requeue_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REQUEUE_S)  # a periodic look at this node's queue
+            try:
+                self.work.requeue(time.monotonic())
+            except Exception:
+                logger.exception("re-spilling queued work failed")
 
     async def leave(self) -> None:
+        if self._requeue is not None:
+            self._requeue.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._requeue
         try:
             await self.election.resign()
             await self.placer.aclose()

@@ -45,6 +45,7 @@ from actorcore.scheduler import placer_msgs as M
 from actorcore.store._results import Free
 
 from . import _protocol as P
+from ._node import _events as NE
 from ._rpc import DEFERRED, RpcPeer, next_rid
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ AFFINITY_SOFT = R.NODE_AFFINITY_SOFT_PREFIX
 # a task whose store arguments hold this many more bytes on another node goes
 # to the placer (which sends it there when that node has room: locality)
 LOCALITY_MIN_BYTES = 1 << 20
+REQUEUE_S = 0.05  # how often queued requests are looked at (and their least wait)
 _IGNORED = ("memory", "object_store_memory")
 Handler = Callable[[RpcPeer, Any, list[bytes]], Any]
 
@@ -149,6 +151,8 @@ class ClusterWork:
         self._view = LocalView(self.node_id, {})
         self._queued_since: float | None = None
         self._warned: set[tuple[tuple[str, float], ...]] = set()
+        # lease requests queued here by the policy: (peer, rid) -> what to spill them with
+        self._queued: dict[tuple[Any, int], tuple[Any, list[bytes], Any, Any, float]] = {}
 
     def install(self, handlers: dict[int, Handler]) -> None:
         """Wrap the daemon's handlers in ``handlers`` (changed in place)."""
@@ -240,6 +244,8 @@ class ClusterWork:
         if where == LOCAL or self.placer is None:
             result = self._local(P.Tag.REQUEST_LEASE, peer, msg, b)
             self._poke()
+            if self.placer is not None:
+                self._track(peer, msg, b)
             return result
         if isinstance(where, bytes):
             return ["redirect", where, self._daemon_address(where)]
@@ -259,6 +265,52 @@ class ClusterWork:
             self._poke()
             return result
         return ["redirect", node, self._daemon_address(node)]
+
+    def _track(self, peer: RpcPeer, msg: P.RequestLeaseMsg, b: list[bytes]) -> None:
+        """Remember a request queued here by the spill policy (not one the placer or a
+        hard affinity sent here): once it has waited ``max_wait_s`` it is spilled."""
+        shape = {str(k): float(v) for k, v in dict(msg.shape).items()}
+        if R.PLACED_KEY in shape or any(k.startswith(AFFINITY) for k in shape):
+            return
+        key = (peer, msg.rid)
+        if any(r.key == key for r in self.daemon.sched.leases):
+            base, target, _soft = split_affinity(R.normalize(shape))
+            strategy: M.Strategy = M.NodeAffinity(target, True) if target else M.DEFAULT
+            if R.SPREAD_KEY in base:
+                strategy = M.SPREAD
+            want = {k: v for k, v in R.strip_hints(base).items() if k not in _IGNORED}
+            self._queued[key] = (msg, b, want, strategy, time.monotonic())
+
+    def requeue(self, now: float) -> None:
+        """Spill the tracked requests queued here for ``max_wait_s`` or more (their
+        node stayed busy): the placer finds them a node with room, or holds them."""
+        if not self._queued:
+            return
+        waiting = {r.key for r in self.daemon.sched.leases}
+        wait_s = max(self.policy.config.max_wait_s, REQUEUE_S)
+        for key, (msg, b, want, strategy, since) in list(self._queued.items()):
+            if key not in waiting:
+                del self._queued[key]  # granted, or its owner went away
+            elif now - since >= wait_s:
+                del self._queued[key]
+                self.daemon.apply(NE.LeaseWithdrawn(key))
+                self.daemon.spawn(self._respill(key[0], msg, b, want, strategy))
+
+    async def _respill(
+        self,
+        peer: RpcPeer,
+        msg: P.RequestLeaseMsg,
+        b: list[bytes],
+        want: dict[str, float],
+        strategy: M.Strategy,
+    ) -> None:
+        try:
+            value = await self._spill_lease(peer, msg, b, want, strategy)
+        except Exception as e:  # the owner learns it (e.g. no node can ever take it)
+            peer.reply_error(msg.rid, e)
+            return
+        if value is not DEFERRED:
+            peer.reply(msg.rid, value)
 
     def _poke(self) -> None:
         if self.placer is not None:

@@ -83,3 +83,40 @@ def test_forwarded_actors_are_forgotten_when_killed():
     w.forget(b"act2")
     w.forget(b"unknown")
     assert w.forwarded == {} and w._owner_of == {}
+
+
+def test_work_queued_here_past_max_wait_is_withdrawn_and_spilled():
+    from collections import deque
+
+    from actorcore import _protocol as P
+    from actorcore._node import _events as NE
+
+    leases = deque()
+    applied, spawned = [], []
+    cfg = SimpleNamespace(spill_queue_per_cpu=2.0, spill_max_wait_s=0.5)
+    daemon = SimpleNamespace(
+        node_id=A,
+        total={"CPU": 1.0},
+        config=cfg,
+        sched=SimpleNamespace(leases=leases),
+        apply=applied.append,
+        spawn=lambda coro: spawned.append(coro) or coro.close(),
+    )
+    w = ClusterWork(daemon, SimpleNamespace(table=SimpleNamespace(live={}), loads={}))
+    w.placer = object()
+    peer = object()
+    queued = P.RequestLeaseMsg(7, {"CPU": 1.0})
+    leases.append(SimpleNamespace(key=(peer, 7)))
+    w._track(peer, queued, [])
+    placed = P.RequestLeaseMsg(8, {"CPU": 1.0, R.PLACED_KEY: 0.001})
+    leases.append(SimpleNamespace(key=(peer, 8)))
+    w._track(peer, placed, [])  # the placer sent it here: it stays
+    granted = P.RequestLeaseMsg(9, {"CPU": 1.0})
+    w._track(peer, granted, [])  # not queued (started at once): nothing to watch
+    assert list(w._queued) == [(peer, 7)]
+    since = w._queued[(peer, 7)][-1]
+    w.requeue(since + 0.1)
+    assert applied == [] and spawned == []  # not waited long enough
+    w.requeue(since + 0.6)
+    assert applied == [NE.LeaseWithdrawn((peer, 7))] and len(spawned) == 1
+    assert w._queued == {}

@@ -93,6 +93,7 @@ class NodeState:
             E.WorkerStartFailed: lambda e: self.sched.worker_start_failed(),
             E.WorkerDied: self._worker_died,
             E.LeaseRequested: self._lease_requested,
+            E.LeaseWithdrawn: lambda ev: self.sched.cancel_lease_request(ev.key),
             E.LeaseReturned: self._lease_returned,
             E.GrantFailed: lambda e: self.sched.return_lease(e.worker_id, e.now),
             E.WorkerBlocked: lambda e: self.sched.worker_blocked(e.worker_id, e.blocked),
