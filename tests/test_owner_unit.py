@@ -454,3 +454,15 @@ def test_a_lease_request_carries_where_the_first_tasks_store_arguments_live():
     assert req.args == {NODE: 100 << 20, OTHER: 100 << 20}
     (req2,) = of(o.submit(make_spec(shape={"CPU": 2.0})), E.RequestLease)
     assert req2.args is None  # no store arguments
+
+
+def test_spread_tasks_are_not_pipelined():
+    from actorcore.scheduler._resources import SPREAD_KEY
+
+    o = Owner(limit=4)
+    shape = {"CPU": 1.0, SPREAD_KEY: 0.001}
+    a, b = make_spec(shape=shape), make_spec(shape=shape)
+    rid = of(o.submit(a, b), E.RequestLease)[0].rid
+    _p, out = o.grant(rid)
+    assert [p.spec for p in of(out, E.PushTask)] == [a]  # b waits for a lease of its own
+    assert len(of(out, E.RequestLease)) == 1

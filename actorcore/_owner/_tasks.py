@@ -33,6 +33,7 @@ from typing import Any
 
 from .._refcount import ERROR, STORE
 from ..errors import ActorCoreError, TaskCancelledError, WorkerCrashedError
+from ..scheduler._resources import SPREAD_KEY
 from . import _task_events as E
 from ._task_state import Lease, ShapeQueue, TaskSpec
 
@@ -134,6 +135,8 @@ class TaskCore:
     def _best_lease(self, q: ShapeQueue) -> Lease | None:
         best: Lease | None = None
         limit, now, stall_s = self.max_in_flight, self.now, self.stall_s
+        if SPREAD_KEY in q.shape:
+            limit = 1  # SPREAD: a lease (each placed anew) per running task, no pipelining
         for lease in q.leases:
             n = len(lease.in_flight)
             if lease.revoked or lease.paused or n >= limit or lease.stalled(now, stall_s):
