@@ -77,10 +77,11 @@ class PlacerClient:
         self._task = asyncio.get_running_loop().create_task(self._report(), name="placer-report")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await asyncio.wait({task}, timeout=2.0)
 
     def poke(self) -> None:
         """This node's load changed: report it soon."""

@@ -89,6 +89,8 @@ class PlacerElection:
         self._lost: list[Callable[[], None]] = []
         self._watchers: list[Callable[[bytes | None], None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._resigned = False
+        self._closing = False
 
     @property
     def is_placer(self) -> bool:
@@ -120,14 +122,20 @@ class PlacerElection:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="placer-election")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._closing = True
+        task = self._task
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await asyncio.wait({task}, timeout=2.0)
+            if not task.done():
+                logger.warning("the placer election did not stop in time")
         self._set(None)
 
     async def resign(self) -> None:
-        """Give the placer up now (a leaving node): others campaign at once."""
+        """Give the placer up now and campaign no more (a leaving node): the others
+        campaign at once."""
+        self._resigned = True
         if self.is_placer:
             with contextlib.suppress(ControlStoreError, TimeoutError):
                 await asyncio.wait_for(self.membership.store.delete(PLACER_KEY), 2.0)
@@ -157,11 +165,13 @@ class PlacerElection:
 
     async def _run(self) -> None:
         store = self.membership.store
-        while True:
+        while not self._closing:  # (the etcd client may swallow a cancel mid-call)
             try:
                 kv = await self._campaign(store)
-                if kv is None:
-                    continue  # deleted between the transaction and the read
+                if kv is None:  # deleted between the transaction and the read, or no
+                    if not self.membership.lease or self._resigned:  # lease: pace it
+                        await asyncio.sleep(_RETRY_S)
+                    continue
                 self._set(bytes(msgpack.unpackb(kv.value, raw=False)["node_id"]))
                 await self._observe(store, kv.mod_revision + 1)
             except asyncio.CancelledError:
@@ -175,7 +185,7 @@ class PlacerElection:
 
     async def _campaign(self, store: Any) -> Any:
         lease = self.membership.lease
-        if lease:
+        if lease and not self._resigned:
             await store.put_if_absent(PLACER_KEY, self._value, lease=lease)
         return await store.get(PLACER_KEY)
 
