@@ -106,6 +106,7 @@ def route(
         return LOCAL  # the placer chose this node already: no ping-pong
     base, target, soft = split_affinity(shape)
     spread = R.SPREAD_KEY in base
+    base, _env = R.split_runtime_env(base)  # any node can start a worker of an env
     want = {k: v for k, v in R.strip_hints(base).items() if k not in _IGNORED and v > 0}
     me = view.node_id
     if target is not None and not soft:
@@ -278,6 +279,7 @@ class ClusterWork:
             strategy: M.Strategy = M.NodeAffinity(target, True) if target else M.DEFAULT
             if R.SPREAD_KEY in base:
                 strategy = M.SPREAD
+            base, _env = R.split_runtime_env(base)
             want = {k: v for k, v in R.strip_hints(base).items() if k not in _IGNORED}
             self._queued[key] = (msg, b, want, strategy, time.monotonic())
 

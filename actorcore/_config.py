@@ -68,6 +68,7 @@ class Config:
     # (0, 0: whatever cannot start now; bench/RESULTS.md "Scheduling simulation")
     spill_queue_per_cpu: float = 0.0
     spill_max_wait_s: float = 0.0
+    runtime_env_max_bytes: int = 100 * MiB  # a runtime_env package (zipped) at most
     # observability (actorcore._obs)
     task_events: bool = True  # record task history (and user metrics) for the state API
     task_history_size: int = 10_000  # tasks a node remembers
@@ -145,6 +146,7 @@ class Config:
             "include_dashboard": _env("INCLUDE_DASHBOARD", "1") not in ("0", "false", "no"),
             "dashboard_host": _env("DASHBOARD_HOST", "127.0.0.1"),
             "dashboard_port": int(_env("DASHBOARD_PORT", "8265")),
+            "runtime_env_max_bytes": int(_env("RUNTIME_ENV_MAX_BYTES", str(100 * MiB))),
         }
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():

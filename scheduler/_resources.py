@@ -9,6 +9,7 @@ __all__ = [
     "NODE_AFFINITY_PREFIX",
     "NODE_AFFINITY_SOFT_PREFIX",
     "PLACED_KEY",
+    "RUNTIME_ENV_PREFIX",
     "SCHEDULING_PREFIX",
     "SPREAD_KEY",
     "add",
@@ -17,6 +18,7 @@ __all__ = [
     "missing",
     "node_affinity_shape",
     "normalize",
+    "split_runtime_env",
     "strip_hints",
     "subtract",
 ]
@@ -43,6 +45,23 @@ def strip_hints(shape: Mapping[str, float]) -> dict[str, float]:
         for k, v in shape.items()
         if not (k.startswith(SCHEDULING_PREFIX) or k.startswith(NODE_AFFINITY_SOFT_PREFIX))
     }
+
+
+# ``runtime_env:<hash>`` in a shape asks for a worker started with that runtime
+# environment (``actorcore._runtime_env``): a placement constraint, not a quantity.
+RUNTIME_ENV_PREFIX = "runtime_env:"
+
+
+def split_runtime_env(shape: Mapping[str, float]) -> tuple[dict[str, float], str]:
+    """``(shape without its runtime-env key, the env's hash or "")``."""
+    env = ""
+    out: dict[str, float] = {}
+    for k, v in shape.items():
+        if k.startswith(RUNTIME_ENV_PREFIX):
+            env = k[len(RUNTIME_ENV_PREFIX) :]
+        else:
+            out[k] = v
+    return out, env
 
 
 def node_affinity_shape(shape: Mapping[str, float], node_id_hex: str) -> dict[str, float]:
