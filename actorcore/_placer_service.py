@@ -226,6 +226,9 @@ class PlacerHost:
         self._tick: asyncio.Task[None] | None = None
         self.closed = False
         self.spilled = 0
+        # carries out the placer's placement-group instructions (Prepare, Commit,
+        # Release, PlacementGroupReady/Failed, BundlesLost, RetryAt); None: dropped
+        self.group_carrier: Callable[[M.Instruction], None] | None = None
         joins = [M.NodeJoined(n, _totals(rec)) for n, rec in live.items()]
         self._carry(self.placer.handle(*joins))
 
@@ -243,6 +246,12 @@ class PlacerHost:
                 fut.set_exception(PlacerMovedError("the placer moved to another node"))
 
     # --- events in ---------------------------------------------------------------------
+
+    def feed(self, *events: M.Event) -> None:
+        """Hand the placer other events (placement groups: ``PlacementGroupRequest``,
+        ``PrepareReplied``, ``CommitReplied``, ``RemovePlacementGroup``); what it
+        asks besides work placement goes to :attr:`group_carrier`."""
+        self._carry(self.placer.handle(*events))
 
     def node_joined(self, node_id: bytes, record: dict[str, Any]) -> None:
         self._carry(self.placer.handle(M.NodeJoined(node_id, _totals(record))))
@@ -303,7 +312,9 @@ class PlacerHost:
                     fut.set_exception(ValueError(ins.reason))
             elif isinstance(ins, M.Infeasible):
                 pass  # the placer logged it; the node that spilled tells its drivers
-            else:  # placement groups, timers: not driven through this shell yet
+            elif self.group_carrier is not None:
+                self.group_carrier(ins)  # placement groups (Prepare, Commit, Release, ...)
+            else:
                 logger.debug("placer instruction %r not carried out here", ins)
 
     async def _ticker(self) -> None:
