@@ -288,12 +288,14 @@ class ClusterWork:
         node stayed busy): the placer finds them a node with room, or holds them."""
         if not self._queued:
             return
-        waiting = {r.key for r in self.daemon.sched.leases}
+        sched = self.daemon.sched
+        waiting = {r.key for r in sched.leases}
         wait_s = max(self.policy.config.max_wait_s, REQUEUE_S)
         for key, (msg, b, want, strategy, since) in list(self._queued.items()):
             if key not in waiting:
                 del self._queued[key]  # granted, or its owner went away
-            elif now - since >= wait_s:
+            elif now - since >= wait_s and not R.fits(sched.available, want):
+                # (with its resources free here it only waits for a worker to start)
                 del self._queued[key]
                 self.daemon.apply(NE.LeaseWithdrawn(key))
                 self.daemon.spawn(self._respill(key[0], msg, b, want, strategy))

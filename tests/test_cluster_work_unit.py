@@ -98,7 +98,7 @@ def test_work_queued_here_past_max_wait_is_withdrawn_and_spilled():
         node_id=A,
         total={"CPU": 1.0},
         config=cfg,
-        sched=SimpleNamespace(leases=leases),
+        sched=SimpleNamespace(leases=leases, available={"CPU": 1.0}),
         apply=applied.append,
         spawn=lambda coro: spawned.append(coro) or coro.close(),
     )
@@ -117,6 +117,9 @@ def test_work_queued_here_past_max_wait_is_withdrawn_and_spilled():
     since = w._queued[(peer, 7)][-1]
     w.requeue(since + 0.1)
     assert applied == [] and spawned == []  # not waited long enough
+    w.requeue(since + 0.6)
+    assert applied == [] and spawned == []  # its CPU is free: it waits for a worker to start
+    daemon.sched.available = {"CPU": 0.0}
     w.requeue(since + 0.6)
     assert applied == [NE.LeaseWithdrawn((peer, 7))] and len(spawned) == 1
     assert w._queued == {}
