@@ -4,7 +4,7 @@ actorcore start [--address etcd://HOST:PORT[,...]/NAME] [--num-cpus N] [--num-gp
                 [--resources JSON] [--object-store-memory BYTES] [--node-ip IP] [--port P]
                 [--token-file F] [--etcd-user U --etcd-password P] [--etcd-ca F ...]
 actorcore stop [--address etcd://.../NAME]
-actorcore status
+actorcore status [--address etcd://.../NAME]
 actorcore list {nodes,actors,tasks,objects,workers,placement-groups} [--filter k=v] [--limit N]
 actorcore get {actor,task,node} ID
 actorcore summary {tasks,actors}
@@ -161,7 +161,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    node = _node()
+    from ._obs._cli import node_for  # a cluster's node with --address etcd://...
+
+    node = node_for(args.address)
     info = _state(node, "node")
     store = _state(node, "store")
     print(f"node {info['node_id']} pid {info['pid']} at {info['address'][0]}:{info['address'][1]}")
@@ -237,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("stop", help="stop the nodes started with `actorcore start`")
     p.add_argument("--address", help="only the nodes of this cluster (etcd://.../NAME)")
     p.set_defaults(fn=cmd_stop)
-    sub.add_parser("status", help="resources, workers and store of the local node").set_defaults(
-        fn=cmd_status
-    )
+    p = sub.add_parser("status", help="resources, workers and store of the local node")
+    p.add_argument("--address", help="a node of this cluster (etcd://.../NAME), and its nodes")
+    p.set_defaults(fn=cmd_status)
     sub.add_parser("memory", help="object store use, object by object").set_defaults(fn=cmd_memory)
     from ._obs._cli import add_commands  # observability: list/get/summary/timeline/logs/dashboard
 

@@ -243,6 +243,16 @@ class Membership:
         peer = await self._link(node_id)
         return await asyncio.wait_for(peer.call(msg), PEER_CALL_TIMEOUT_S)
 
+    async def send_node(self, node_id: bytes, msg: Any) -> None:
+        """Send a one-way message to the daemon of ``node_id`` (a live peer).
+
+        Raises:
+            LookupError: no such live node.
+            ConnectionError, TimeoutError: it could not be reached.
+        """
+        peer = await self._link(node_id)
+        peer.send(msg)
+
     async def _link(self, node_id: bytes) -> RpcPeer:
         """The open link to ``node_id``'s daemon; one connection attempt at a time."""
         peer = self._peers.get(node_id)
