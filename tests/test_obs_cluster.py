@@ -1,0 +1,239 @@
+"""Observability across a cluster (issue 11): one cluster of two nodes for the module.
+
+Node A (index 0, the first: it serves the dashboard) and node B (index 1,
+resource ``onb``). The driver attaches to A; work is pinned to B so that
+what B knows must travel: state queries fan out, metrics are B's own, B's
+worker output streams to the driver, the timeline has B's workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+import warnings
+
+import pytest
+
+import actorcore as ac
+from actorcore.testing import Cluster, wait_for
+from actorcore.util import state
+from actorcore.util.metrics import Counter
+
+pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with Cluster(num_nodes=0, ttl_s=3.0) as c:
+        c.add_node(num_cpus=1)
+        c.add_node(num_cpus=1, resources={"onb": 4})
+        info = ac.init(address=c.address, attach_node=c.nodes[0].node_id)
+        c.info = info
+        try:
+            yield c
+        finally:
+            ac.shutdown()
+
+
+@ac.remote(resources={"onb": 1})
+def on_b(x):
+    print(f"b-says-{x}", flush=True)
+    Counter("obs_cluster_b_calls", description="calls on B").inc()
+    return ac.get_runtime_context().get_node_id()
+
+
+@ac.remote(resources={"onb": 1})
+def fails_on_b():
+    raise ValueError("broken on purpose on B")
+
+
+@ac.remote(resources={"onb": 1})
+class OnB:
+    def hello(self):
+        print("actor-on-b-hello", flush=True)
+        return os.getpid()
+
+
+def _http(url, headers=None):
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _b(c):
+    return c.nodes[1].node_id
+
+
+def test_state_api_and_cli_fan_out_to_every_node(cluster, capsys):
+    b = _b(cluster)
+    assert ac.get(on_b.remote(1)) == b
+    with pytest.raises(ValueError):
+        ac.get(fails_on_b.remote())
+    actor = OnB.options(name="obs-on-b").remote()
+    ac.get(actor.hello.remote())
+
+    nodes = state.list_nodes()
+    assert {n["node_id"] for n in nodes} == {n.node_id for n in cluster.nodes}
+    assert all(n["state"] == "ALIVE" and n["metrics_export_port"] for n in nodes)
+
+    [row] = [a for a in state.list_actors() if a["name"] == "obs-on-b"]
+    assert row["node_id"] == b and row["state"] == "ALIVE" and row["class_name"] == "OnB"
+    assert state.get_actor(actor.id.hex()[:12])["node_id"] == b
+
+    def b_tasks():
+        rows = state.list_tasks(filters={"node_id": b}, limit=0)
+        names = {(r["name"].rsplit(".", 1)[-1], r["state"]) for r in rows}
+        return rows if {("on_b", "FINISHED"), ("fails_on_b", "FAILED")} <= names else None
+
+    rows = wait_for(b_tasks, 20, interval=0.1, what="B's tasks in the cluster's history")
+    failed = [r for r in rows if r["state"] == "FAILED"][0]
+    assert "broken on purpose on B" in failed["error_message"]
+    assert state.get_task(failed["task_id"])["node_id"] == b
+    s = state.summarize_tasks()
+    assert any(n.endswith("fails_on_b") and c.get("FAILED") for n, c in s["by_name"].items())
+
+    # the CLI, given the cluster's address (a node found through etcd)
+    from actorcore._cli import main
+
+    capsys.readouterr()  # (worker output so far)
+    assert main(["list", "actors", "--address", cluster.address, "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    listed = json.loads(out[out.index("[") :])
+    assert any(a["actor_id"] == actor.id.hex() and a["node_id"] == b for a in listed)
+    assert main(["list", "tasks", "--address", cluster.address, "--filter", "state=FAILED"]) == 0
+    assert "fails_on_b" in capsys.readouterr().out
+    assert main(["get", "node", b[:10], "--address", cluster.address]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") :])["node_id"] == b
+    assert main(["summary", "actors", "--address", cluster.address]) == 0
+    assert "OnB" in capsys.readouterr().out
+
+
+def test_metrics_on_every_node_with_user_metrics_where_they_ran(cluster):
+    ac.get([on_b.remote(i) for i in range(3)])
+    entries = {n["NodeID"]: n for n in ac.nodes()}
+    for node in cluster.nodes:
+        assert entries[node.node_id]["MetricsExportPort"] > 0
+    b = entries[_b(cluster)]
+    url = f"http://{b['NodeManagerAddress']}:{b['MetricsExportPort']}/metrics"
+
+    def scraped():
+        status, text = _http(url)
+        return text if status == 200 and "obs_cluster_b_calls_total" in text else None
+
+    text = wait_for(scraped, 20, interval=0.2, what="B's /metrics with the user counter")
+    for family in (
+        "actorcore_object_bytes_pulled_total",
+        "actorcore_object_bytes_pushed_total",
+        "actorcore_object_store_spills_total",
+        "actorcore_scheduler_queue_length",
+        "actorcore_tasks_finished_total",
+    ):
+        assert family in text, family
+    assert f'node_id="{_b(cluster)}"' in text
+    a = entries[cluster.nodes[0].node_id]
+    _, text_a = _http(f"http://{a['NodeManagerAddress']}:{a['MetricsExportPort']}/metrics")
+    assert "obs_cluster_b_calls_total" not in text_a  # exported by the node it ran on
+
+
+def test_remote_worker_output_streams_to_the_driver_and_to_logs(cluster, capfd):
+    marker = f"{os.getpid()}-{time.time_ns()}"
+    ac.get(on_b.remote(marker))
+    b = _b(cluster)
+    seen = ""
+
+    def printed():
+        nonlocal seen
+        seen += capfd.readouterr().out
+        return f"b-says-{marker}" in seen
+
+    wait_for(printed, 20, interval=0.1, what="B's worker output at the driver")
+    line = [ln for ln in seen.splitlines() if f"b-says-{marker}" in ln][0]
+    assert line.startswith("(") and "on_b pid=" in line and f"node={b[:8]}" in line
+
+    from actorcore._cli import main
+
+    def logged():
+        main(["logs", "--node", b[:8], "--address", cluster.address, "--tail", "1000"])
+        return f"b-says-{marker}" in capfd.readouterr().out
+
+    wait_for(logged, 20, interval=0.2, what="actorcore logs --node B")
+    actor = OnB.options(name="obs-logs-b").remote()
+    ac.get(actor.hello.remote())
+
+    def actor_logged():
+        main(["logs", "--actor", "obs-logs-b", "--address", cluster.address])
+        return "actor-on-b-hello" in capfd.readouterr().out
+
+    wait_for(actor_logged, 20, interval=0.2, what="actorcore logs --actor on B")
+    ac.kill(actor)
+
+
+def test_timeline_has_workers_of_every_node(cluster, tmp_path):
+    ac.get(on_b.remote("t"))
+
+    @ac.remote(num_cpus=1)
+    def on_any():
+        return ac.get_runtime_context().get_node_id()
+
+    ac.get([on_any.remote() for _ in range(4)])
+    a = cluster.nodes[0].node_id
+    path = tmp_path / "trace.json"
+
+    def both():
+        ac.timeline(str(path))
+        events = json.loads(path.read_text())
+        rows = {e["pid"] for e in events if e["ph"] == "X"}
+        return events if {f"node {a[:8]}", f"node {_b(cluster)[:8]}"} <= rows else None
+
+    events = wait_for(both, 20, interval=0.2, what="tasks of both nodes in the timeline")
+    names = {e["args"]["name"] for e in events if e["ph"] == "M"}
+    assert all(n.startswith("worker ") for n in names)
+
+
+def test_dashboard_served_once_for_the_cluster_and_published(cluster, capsys):
+    info = cluster.info
+    assert info.dashboard_url and info.dashboard_token
+    a = cluster.nodes[0]
+    assert info.dashboard_url == a.ready["dashboard_url"]  # the first node serves it
+    assert not cluster.nodes[1].ready.get("dashboard_url")
+    status, _ = _http(info.dashboard_url + "/api/nodes")
+    assert status == 401
+    status, body = _http(
+        info.dashboard_url + "/api/actors",
+        {"Authorization": f"Bearer {info.dashboard_token}"},
+    )
+    assert status == 200
+    assert any(r["node_id"] == _b(cluster) for r in json.loads(body))
+
+    from actorcore._cli import main
+
+    assert main(["status", "--address", cluster.address]) == 0
+    out = capsys.readouterr().out
+    assert info.dashboard_url in out and _b(cluster)[:12] in out
+
+
+def test_a_stuck_node_is_reported_not_waited_for(cluster):
+    c = cluster.add_node(num_cpus=1)
+    os.kill(c.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            nodes = {n["node_id"]: n for n in state.list_nodes()}
+        took = time.monotonic() - t0
+        assert took < 15, took
+        assert nodes[c.node_id]["state"] in ("UNREACHABLE", "DEAD")
+        assert all(nodes[n.node_id]["state"] == "ALIVE" for n in cluster.nodes[:2])
+        # it was live when asked (its lease outlives the SIGSTOP by the TTL): named as silent
+        assert any(c.node_id[:12] in str(w.message) for w in caught)
+    finally:
+        os.kill(c.pid, signal.SIGCONT)
+        cluster.stop_node(c)
