@@ -108,16 +108,19 @@ def _config(args: argparse.Namespace) -> Any:
 
 def cmd_start(args: argparse.Namespace) -> int:
     from ._driver import spawn_daemon, start_cluster_node
+    from ._obs._waits import Waiting  # progress of the wait (observability)
 
     config = _config(args)
     if args.address:
-        proc, ready, _token = start_cluster_node(
-            config, args.address, node_ip=args.node_ip, port=args.port or 0, started_by="cli"
-        )
+        with Waiting(f"joining cluster {args.address}"):
+            proc, ready, _token = start_cluster_node(
+                config, args.address, node_ip=args.node_ip, port=args.port or 0, started_by="cli"
+            )
     else:
-        proc, ready = spawn_daemon(
-            config, os.urandom(32), None, port=args.port or 0, started_by="cli"
-        )
+        with Waiting("starting a node"):
+            proc, ready = spawn_daemon(
+                config, os.urandom(32), None, port=args.port or 0, started_by="cli"
+            )
     for f in (proc.stdout, proc.stdin):
         if f is not None:
             f.close()
@@ -140,18 +143,21 @@ def cmd_stop(args: argparse.Namespace) -> int:
     with ``--address``); never nodes that programs started for themselves."""
     from . import _protocol as P
     from ._driver import local_nodes
+    from ._obs._waits import Waiting  # progress of the waits (observability)
     from ._rpc import next_rid
     from .testing import wait_for
 
     stopped = 0
-    for node in local_nodes(cluster=args.address):
+    nodes = local_nodes(cluster=args.address)
+    for i, node in enumerate(nodes, 1):
         path = os.path.join("/dev/shm", f"actorcore-{node['session']}", "node.json")
         try:
             _ask(node, P.ShutdownNodeMsg(next_rid()))
         except (OSError, ConnectionError, ValueError):
             continue
         try:
-            wait_for(functools.partial(_gone, path), 15.0)
+            with Waiting(f"stopping node {node['node_id'][:12]} ({i}/{len(nodes)})"):
+                wait_for(functools.partial(_gone, path), 15.0)
         except TimeoutError:
             print(f"node {node['pid']} did not stop in time", file=sys.stderr)
             continue
@@ -163,7 +169,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from ._obs._cli import node_for  # a cluster's node with --address etcd://...
 
-    node = node_for(args.address)
+    node = node_for(args.address) if args.address else _node()
     info = _state(node, "node")
     store = _state(node, "store")
     print(f"node {info['node_id']} pid {info['pid']} at {info['address'][0]}:{info['address'][1]}")

@@ -93,7 +93,7 @@ def test_state_api_and_cli_fan_out_to_every_node(cluster, capsys):
         return rows if {("on_b", "FINISHED"), ("fails_on_b", "FAILED")} <= names else None
 
     rows = wait_for(b_tasks, 20, interval=0.1, what="B's tasks in the cluster's history")
-    failed = [r for r in rows if r["state"] == "FAILED"][0]
+    failed = next(r for r in rows if r["state"] == "FAILED")
     assert "broken on purpose on B" in failed["error_message"]
     assert state.get_task(failed["task_id"])["node_id"] == b
     s = state.summarize_tasks()
@@ -155,7 +155,7 @@ def test_remote_worker_output_streams_to_the_driver_and_to_logs(cluster, capfd):
         return f"b-says-{marker}" in seen
 
     wait_for(printed, 20, interval=0.1, what="B's worker output at the driver")
-    line = [ln for ln in seen.splitlines() if f"b-says-{marker}" in ln][0]
+    line = next(ln for ln in seen.splitlines() if f"b-says-{marker}" in ln)
     assert line.startswith("(") and "on_b pid=" in line and f"node={b[:8]}" in line
 
     from actorcore._cli import main

@@ -82,8 +82,8 @@ def merge_cluster(
             rows = [r for r in absent if want and str(r.get(_ONE[kind], "")).startswith(want)]
         ids = {r.get(_ONE[kind]) for r in rows}
         if len(ids) > 1:
-            want = options.get("id")
-            raise ValueError(f"{len(ids)} {kind}s have ids starting with {want!r}: give more")
+            given = options.get("id")
+            raise ValueError(f"{len(ids)} {kind}s have ids starting with {given!r}: give more")
         return rows[:1]
     rows = merge_rows(kind, per_node)
     if absent:

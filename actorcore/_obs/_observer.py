@@ -211,7 +211,7 @@ class NodeObserver:
 
     async def query(
         self, kind: str, filters: Any = None, limit: int = 0, options: Any = None
-    ) -> list[dict[str, Any]]:
+    ) -> Any:
         """Rows of ``kind`` for the dashboard and for ``STATE_QUERY`` without a scope.
 
         This node's rows; in a cluster, every live node's (a fan-out: each node
