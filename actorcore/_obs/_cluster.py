@@ -113,7 +113,11 @@ class ClusterObserver:
         rec["dashboard"] = bool(offers_dashboard)
 
     def start(self) -> None:
-        if not self.placer_driven:
+        election = getattr(self.cluster, "election", None)  # the global placer's (etcd)
+        if election is not None and hasattr(election, "subscribe"):
+            self.placer_driven = True
+            election.subscribe(self.on_placer_elected, self.on_placer_lost)
+        else:
             self._duty_step()  # the first node of a cluster serves at once
         self.obs.daemon.spawn(self._duty())
 
@@ -251,9 +255,20 @@ class ClusterObserver:
             await store.put(DASHBOARD_KEY, value, lease=self.membership.lease)
         self._published = value
 
-    async def dashboard(self) -> dict[str, Any]:
-        """Where the cluster's dashboard is (``dashboard_url`` None: no node serves one)."""
-        info = await read_dashboard(self.membership.store)
+    async def dashboard(self, wait_s: float = 5.0) -> dict[str, Any]:
+        """Where the cluster's dashboard is (``dashboard_url`` None: no node serves one).
+
+        While a node that offers one is live but none is published yet (an
+        election, a start), waits for it up to ``wait_s``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            info = await read_dashboard(self.membership.store)
+            offered = any(r.get("dashboard", True) for r in self.membership.table.live.values())
+            if info.get("url") or not offered or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.1)  # polling etcd for the key, bounded by the deadline
         url = info.get("url")
         return {
             "dashboard_url": url,
