@@ -216,3 +216,37 @@ def test_flush_reports_running_calls_once_and_ends_as_one_event():
     ]
     assert [m.counts for m in sent] == [[2, 1, 0], [1, 1, 0]]
     TE.reset_after_fork()
+
+
+def test_merge_cluster_objects_logs_ids_and_absent_nodes():
+    from actorcore._obs._cluster import merge_cluster
+
+    a = [{"object_id": "o1", "locations": ["A"], "spilled": False, "pins": 1}]
+    b = [
+        {"object_id": "o1", "locations": ["B"], "spilled": True, "pins": 0},
+        {"object_id": "o2", "locations": ["B"], "spilled": False, "pins": 0},
+    ]
+    rows = {r["object_id"]: r for r in merge_cluster("objects", [a, b], 0, {})}
+    assert rows["o1"]["locations"] == ["A", "B"] and rows["o1"]["spilled"] is False
+    assert rows["o2"]["locations"] == ["B"]
+    assert a[0]["locations"] == ["A"]  # the answers are not changed
+
+    logs = merge_cluster(
+        "logs",
+        [[{"time": 3, "seq": 1}, {"time": 5, "seq": 2}], [{"time": 4, "seq": 9}]],
+        0,
+        {"tail": 2},
+    )
+    assert [r["time"] for r in logs] == [4, 5]
+
+    t1 = {"task_id": "aa1", "state": "PENDING_NODE_ASSIGNMENT", "creation_time_ms": 1}
+    t2 = {"task_id": "aa1", "state": "FINISHED", "creation_time_ms": 2, "node_id": "B"}
+    [one] = merge_cluster("task", [[t1], [t2]], 1, {"id": "aa"})
+    assert one["state"] == "FINISHED" and one["node_id"] == "B" and one["creation_time_ms"] == 1
+    with pytest.raises(ValueError, match="give more"):
+        merge_cluster("actor", [[{"actor_id": "ab1"}], [{"actor_id": "ab2"}]], 1, {"id": "ab"})
+
+    dead = [{"node_id": "cc", "state": "DEAD"}]
+    assert merge_cluster("node", [[], []], 1, {"id": "c"}, dead) == dead
+    alive = [{"node_id": "aa", "state": "ALIVE"}]
+    assert merge_cluster("nodes", [alive], 0, {}, dead) == [*alive, *dead]

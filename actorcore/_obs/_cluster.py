@@ -85,10 +85,25 @@ def merge_cluster(
             given = options.get("id")
             raise ValueError(f"{len(ids)} {kind}s have ids starting with {given!r}: give more")
         return rows[:1]
-    rows = merge_rows(kind, per_node)
+    rows = _merge_objects(per_node) if kind == "objects" else merge_rows(kind, per_node)
     if absent:
         rows += absent
     return rows[:limit] if limit > 0 else rows
+
+
+def _merge_objects(per_node: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per object: copies on several nodes (pulled ones) list every location."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for rows in per_node:
+        for r in rows:
+            have = by_id.get(r["object_id"])
+            if have is None:
+                by_id[r["object_id"]] = {**r, "locations": list(r.get("locations") or [])}
+                continue
+            have["locations"] += [n for n in r.get("locations") or [] if n not in have["locations"]]
+            have["spilled"] = bool(have.get("spilled")) and bool(r.get("spilled"))
+            have["pins"] = (have.get("pins") or 0) + (r.get("pins") or 0)
+    return list(by_id.values())
 
 
 class ClusterObserver:
