@@ -19,7 +19,9 @@ reports RUNNING only for the calls still running then.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
+import operator
 import os
 import pickle
 import time
@@ -77,6 +79,9 @@ _rt: Any = None  # the runtime the settings were read from
 _now = time.time
 _pack = msgpack.Packer(use_bin_type=True).pack  # only on the loop thread (flush)
 _append = _events.append
+_popleft = _events.popleft
+_state_of = operator.itemgetter(1)
+_take = itertools.islice
 _title: list[str] = [""]  # the process title set last
 
 
@@ -218,10 +223,10 @@ def flush(rt: Any = None) -> None:
     global _armed
     _armed = False
     rt = rt or G.runtime
-    n = len(_events)
-    events = [_events.popleft() for _ in range(n)]
-    m = len(_samples)
-    samples = [_samples.popleft() for _ in range(m)]
+    # popped in C (a loop of popleft() calls, no Python frame per event): other
+    # threads may append meanwhile; what they add after len() waits for the next flush
+    events = list(_take(iter(_popleft, None), len(_events)))
+    samples = list(_take(iter(_samples.popleft, None), len(_samples))) if _samples else []
     running = list(_running.items())  # one C call: safe while other threads add and pop
     for task_id, (t, name, actor_id, size) in running:
         if task_id not in _shown:
@@ -232,7 +237,7 @@ def flush(rt: Any = None) -> None:
     _show(running[-1][1][1] if running else None)
     if not (events or samples) or rt is None or rt.daemon is None:
         return
-    states = [e[1] for e in events]
+    states = list(map(_state_of, events))
     counts = [len(events), states.count(FINISHED), states.count(FAILED)]
     msg = P.TaskEventsMsg(_pack(events), counts, samples)
     try:

@@ -59,6 +59,14 @@ class TaskRecord:
         self.error: str | None = None
         self.args_bytes = 0
 
+    def brief(self) -> dict[str, Any]:
+        """``task_id``, ``name`` and ``state`` only (cheap: counting, merging)."""
+        return {
+            "task_id": self.task_id.hex(),
+            "name": self.name,
+            "state": STATE_NAMES[self.state] if self.state >= 0 else "NIL",
+        }
+
     def row(self, detail: bool = False) -> dict[str, Any]:
         """This task as a dict with Ray's field names."""
         t = self.times

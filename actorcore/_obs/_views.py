@@ -21,7 +21,7 @@ RECENT_TASKS = 200
 
 async def _overview(rows: Rows, arg: str, state: dict[str, Any]) -> dict[str, Any]:
     actors = await rows("actors")
-    tasks = await rows("tasks")
+    tasks = await rows("tasks", options={"brief": True})
     return {
         "nodes": await rows("nodes"),
         "workers": await rows("workers"),
@@ -52,12 +52,10 @@ async def _actor(rows: Rows, arg: str, state: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _tasks(rows: Rows, arg: str, state: dict[str, Any]) -> dict[str, Any]:
-    tasks = await rows("tasks")
-    failed = [t for t in tasks if t["state"] == "FAILED"][:50]
     return {
-        "summary": summarize("tasks", tasks),
-        "recent": tasks[:RECENT_TASKS],
-        "failed": failed,
+        "summary": summarize("tasks", await rows("tasks", options={"brief": True})),
+        "recent": await rows("tasks", limit=RECENT_TASKS),
+        "failed": await rows("tasks", [("state", "=", "FAILED")], 50),
     }
 
 
