@@ -263,3 +263,33 @@ def test_dashboard_moves_when_its_node_leaves():
             d["dashboard_url"] + "/api/nodes", {"Authorization": f"Bearer {d['dashboard_token']}"}
         )
         assert status == 200 and other.node_id in body
+
+
+def test_cli_dashboard_for_a_cluster_address_serves_every_node(cluster):
+    import subprocess
+    import sys
+
+    actor = OnB.options(name="seen-by-cli-dashboard").remote()
+    ac.get(actor.hello.remote())
+    cmd = [sys.executable, "-m", "actorcore._cli", "dashboard", "--address", cluster.address]
+    proc = subprocess.Popen(
+        [*cmd, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # "dashboard: URL (log in with TOKEN)"
+        assert line.startswith("dashboard: http://"), line + proc.stderr.read()
+        url, token = line.split()[1], line.rsplit(" ", 1)[1].rstrip(")\n")
+        assert _http(url + "/api/actors")[0] == 401
+
+        def listed():
+            status, body = _http(url + "/api/actors", {"Authorization": f"Bearer {token}"})
+            return status == 200 and "seen-by-cli-dashboard" in body and _b(cluster) in body
+
+        wait_for(listed, 30, interval=0.2, what="the CLI's dashboard lists B's actor")
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        ac.kill(actor)

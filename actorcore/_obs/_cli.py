@@ -308,7 +308,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if args.serve or str(args.address or "").startswith("etcd://"):  # serve one for the cluster
         from ._standalone import serve_dashboard
 
-        serve_dashboard(node, args.host, args.port or 8266)
+        serve_dashboard(node, args.host, 8266 if args.port is None else args.port)
         return 0
     d = _dashboard_of(node)
     url = d.get("dashboard_url")
@@ -359,7 +359,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("dashboard", help="where the node's dashboard is and how to log in")
     p.add_argument("--serve", action="store_true", help="serve a dashboard from this process")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="with --serve (default 8266)")
+    p.add_argument("--port", type=int, help="serving: its port (default 8266; 0: any free)")
     _address(p)
     p.set_defaults(fn=_with_address(cmd_dashboard))
 
