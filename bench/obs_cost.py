@@ -47,15 +47,19 @@ a = A.remote()
 ac.get(a.f.remote())
 ac.get([t.remote() for _ in range(200)])
 
+me = psutil.Process()
+daemon_pid = runtime_processes()[0].pid
+
 def cpu():
-    total = 0.0
-    for p in runtime_processes() + [psutil.Process()]:
+    out = {"driver": 0.0, "daemon": 0.0, "workers": 0.0}
+    for p in runtime_processes() + [me]:
         try:
             c = p.cpu_times()
-            total += c.user + c.system
         except psutil.Error:
-            pass
-    return total
+            continue
+        role = "driver" if p.pid == me.pid else "daemon" if p.pid == daemon_pid else "workers"
+        out[role] += c.user + c.system
+    return out
 
 out = {}
 for name, run in (
@@ -67,7 +71,8 @@ for name, run in (
     c0, w0 = cpu(), time.perf_counter()
     run()
     w1, c1 = time.perf_counter(), cpu()
-    out[name] = {"rate": N / (w1 - w0), "cpu_us": (c1 - c0) / N * 1e6}
+    per = {k: (c1[k] - c0[k]) / N * 1e6 for k in c0}
+    out[name] = {"rate": N / (w1 - w0), "cpu_us": sum(per.values()), **per}
 ac.shutdown()
 print(json.dumps(out))
 """
@@ -106,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         for on in (False, True):
             runs[on].append(_round(on, args.calls))
     print(
-        "| row | off: calls/s | on: calls/s | on/off | off: CPU us/call | on: CPU us/call | delta |"
+        "| row | off: calls/s | on: calls/s | on/off "
+        "| off: CPU us/call | on: CPU us/call | delta | delta driver/daemon/workers |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in runs[True][0]:
 
         def med(on: bool, key: str, row: str = row) -> float:
@@ -116,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
 
         r_off, r_on = med(False, "rate"), med(True, "rate")
         c_off, c_on = med(False, "cpu_us"), med(True, "cpu_us")
+        parts = "/".join(
+            f"{med(True, k) - med(False, k):+.1f}" for k in ("driver", "daemon", "workers")
+        )
         print(
             f"| {row} | {r_off:,.0f} | {r_on:,.0f} | {r_on / r_off:.3f} | "
-            f"{c_off:.1f} | {c_on:.1f} | {c_on - c_off:+.1f} |"
+            f"{c_off:.1f} | {c_on:.1f} | {c_on - c_off:+.1f} | {parts} |"
         )
     return 0
 
