@@ -293,3 +293,36 @@ def test_cli_dashboard_for_a_cluster_address_serves_every_node(cluster):
         proc.terminate()
         proc.wait(15)
         ac.kill(actor)
+
+
+def test_cli_logs_follow_streams_lines_from_another_node(cluster):
+    import subprocess
+    import sys
+
+    marker = f"follow-{time.time_ns()}"
+    ac.get(on_b.remote(marker + "-before"))
+    wait_for(
+        lambda: any(f"{marker}-before" in r["line"] for r in state.list_logs()),
+        20,
+        interval=0.1,
+        what="the first line logged on B",
+    )
+    cmd = [sys.executable, "-m", "actorcore._cli", "logs", "--follow", "--address"]
+    proc = subprocess.Popen(
+        [*cmd, cluster.address, "--node", _b(cluster)[:8], "--tail", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:  # the tail: the last lines printed (B's last among them)
+            if f"b-says-{marker}-before" in line:
+                break
+        ac.get(on_b.remote(marker))  # printed after the follower's first read: followed
+        for line in proc.stdout:  # bounded by the test's timeout
+            if f"b-says-{marker}" in line:
+                assert "on_b pid=" in line and "-before" not in line
+                break
+    finally:
+        proc.terminate()
+        proc.wait(15)

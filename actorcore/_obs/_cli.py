@@ -227,18 +227,24 @@ def cmd_logs(args: argparse.Namespace) -> int:
         by_task, node = keep, args.node
         keep = lambda r: str(r["node_id"]).startswith(node) and (by_task is None or by_task(r))  # noqa: E731
     after: dict[str, int] = {}  # per node: each numbers its own lines
+    started = time.time()
     rows = _query("logs", None, 0, {"after": 0, "tail": args.tail})
+    first = True
     while True:
         for r in rows:
             node = str(r.get("node_id", ""))
-            after[node] = max(after.get(node, 0), r["seq"])
+            seen = after.get(node)
+            after[node] = max(seen or 0, r["seq"])
+            if not first and seen is None and r["time"] < started:
+                continue  # a node with no line in the tail shown: its older lines stay unshown
             if keep is None or keep(r):
                 out = sys.stderr if r["stream"] == "err" else sys.stdout
                 out.write(f"({r['label']}) {r['line']}\n")
                 out.flush()
         if not args.follow:
             return 0
-        time.sleep(0.5)
+        first = False
+        time.sleep(0.5)  # the follow loop's polling period
         rows = _query("logs", None, 0, {"after": dict(after), "tail": 10_000})
 
 
