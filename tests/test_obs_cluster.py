@@ -246,8 +246,18 @@ def test_dashboard_moves_when_its_node_leaves():
         [d] = node.ask(P.StateQueryMsg(next_rid(), "dashboard", [], 0, {}))
         return d if d.get("dashboard_url") else None
 
+    def placer(node):
+        """The node holding the global placer (None: this cluster elects none)."""
+        try:
+            return node.ask(P.ClusterInfoMsg(next_rid(), "placer"))["node_id"] or ""
+        except ValueError:  # "unknown cluster information": no placer election here
+            return None
+
     with Cluster(num_nodes=2, ttl_s=3.0) as c:
         first = wait_for(lambda: where(c.nodes[1]), 20, what="a dashboard published")
+        [holder_id] = wait_for(lambda: (p := placer(c.nodes[1])) != "" and [p], 20)
+        if holder_id is not None:  # the placer's node serves it
+            assert first["node_id"] == holder_id
         holder = next(n for n in c.nodes if n.node_id == first["node_id"])
         other = next(n for n in c.nodes if n is not holder)
         status, _ = _http(first["dashboard_url"] + "/api/nodes")
