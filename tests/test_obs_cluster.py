@@ -85,7 +85,7 @@ def test_state_api_and_cli_fan_out_to_every_node(cluster, capsys):
 
     [row] = [a for a in state.list_actors() if a["name"] == "obs-on-b"]
     assert row["node_id"] == b and row["state"] == "ALIVE" and row["class_name"] == "OnB"
-    assert state.get_actor(actor.id.hex()[:12])["node_id"] == b
+    assert state.get_actor(actor.id.hex())["node_id"] == b
 
     def b_tasks():
         rows = state.list_tasks(filters={"node_id": b}, limit=0)
@@ -336,3 +336,27 @@ def test_cli_logs_follow_streams_lines_from_another_node(cluster):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_actors_of_a_dead_node_are_listed_dead(cluster):
+    c = cluster.add_node(num_cpus=1, resources={"onc": 1})
+
+    @ac.remote(resources={"onc": 1})
+    class OnC:
+        def pid(self):
+            return os.getpid()
+
+    actor = OnC.options(name="lost-with-c").remote()
+    ac.get(actor.pid.remote())
+    assert state.get_actor(actor.id.hex())["node_id"] == c.node_id
+    cluster.stop_node(c, kill=True)  # no goodbye: seen dead after the TTL
+
+    def listed_dead():
+        rows = [a for a in state.list_actors(filters={"name": "lost-with-c"})]
+        return rows if rows and rows[0]["state"] == "DEAD" else None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (C is silent until its lease expires)
+        [row] = wait_for(listed_dead, 30, interval=0.2, what="C's actor listed DEAD")
+    assert row["node_id"] == c.node_id and c.node_id in row["death_cause"]
+    assert state.get_actor(actor.id.hex())["state"] == "DEAD"

@@ -180,12 +180,55 @@ class ClusterObserver:
             else:
                 per_node.append(list(answer))
         absent = None
+        if kind in ("actors", "actor"):
+            absent = await self._actors_of_dead_nodes(per_node, timeout)
+            if kind == "actors":
+                absent = apply_filters(absent, triples, 0)
         if kind in ("nodes", "node"):
             absent = self._absent_nodes({u["node_id"]: u["error"] for u in unreachable})
             if kind == "nodes":
                 absent = apply_filters(absent, triples, 0)
         rows = merge_cluster(kind, per_node, int(limit), options, absent)
         return {"rows": rows, "unreachable": unreachable} if partial else rows
+
+    async def _actors_of_dead_nodes(
+        self, per_node: list[list[dict[str, Any]]], timeout: float
+    ) -> list[dict[str, Any]]:
+        """Actors whose node died (no live node answers for them), from their records in etcd.
+
+        Read only when the cluster has lost a node: a healthy cluster pays nothing.
+        """
+        table = self.membership.table
+        dead = set(table.members) - set(table.live)
+        if not dead:
+            return []
+        try:
+            records = await asyncio.wait_for(self.cluster.actor_table.list(), timeout)
+        except Exception as e:  # etcd away: the live nodes' rows alone
+            logger.info("cannot read the actor records: %s", e)
+            return []
+        known = {r.get("actor_id") for rows in per_node for r in rows}
+        out = []
+        for rec in records:
+            aid = rec.actor_id.hex()
+            if rec.node_id not in dead or aid in known:
+                continue
+            out.append(
+                {
+                    "actor_id": aid,
+                    "class_name": rec.class_name,
+                    "name": rec.name or "",
+                    "namespace": rec.namespace,
+                    "state": "DEAD",
+                    "node_id": rec.node_id.hex(),
+                    "pid": None,
+                    "worker_id": None,
+                    "num_restarts": rec.epoch,
+                    "is_detached": rec.detached,
+                    "death_cause": rec.death_cause or f"its node {rec.node_id.hex()} died",
+                }
+            )
+        return out
 
     def _absent_nodes(self, unreachable: dict[str, str]) -> list[dict[str, Any]]:
         """Rows for nodes that gave no answer: dead ones, and live ones that did not answer."""
