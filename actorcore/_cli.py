@@ -6,12 +6,15 @@ actorcore start [--address etcd://HOST:PORT[,...]/NAME] [--num-cpus N] [--num-gp
 actorcore stop [--address etcd://.../NAME]
 actorcore status [--address etcd://.../NAME]
 actorcore list {nodes,actors,tasks,objects,workers,placement-groups} [--filter k=v] [--limit N]
+               [--format table|json] [--detail]
 actorcore get {actor,task,node} ID
 actorcore summary {tasks,actors}
 actorcore memory
-actorcore logs [--tail N] [--follow] [--actor ID|NAME] [--task ID]
+actorcore logs [--tail N] [--follow] [--node ID] [--actor ID|NAME] [--task ID]
 actorcore timeline [-o FILE]
-actorcore dashboard
+actorcore dashboard [--serve [--host H] [--port P]]
+    list, get, summary, logs, timeline and dashboard take --address etcd://.../NAME: a node
+    of that cluster answers for every node (dashboard --address serves one for the cluster)
 actorcore microbenchmark [FILTER] [--ray-python PATH]
 actorcore serve status
 """
