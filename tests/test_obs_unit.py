@@ -42,6 +42,15 @@ def test_history_failure_keeps_error_text_and_retries_move_on():
     assert h.get(b"t").row()["state"] == "FINISHED"
 
 
+def test_listings_cut_long_tracebacks_and_get_task_keeps_them():
+    h = TaskHistory("n1")
+    long = "Traceback:\n" + "x" * 20_000 + "\nValueError: the end"
+    h.ingest([_ev(b"t", TE.RUNNING, 1.0), _ev(b"t", TE.FAILED, 2.0, info=long)], W, 1)
+    listed = h.get(b"t").row()["error_message"]
+    assert len(listed) < 5000 and listed.startswith("Traceback:") and "the end" in listed
+    assert h.get(b"t").row(detail=True)["error_message"] == long
+
+
 def test_history_is_bounded_and_newest_first():
     h = TaskHistory("n1", max_tasks=5)
     for i in range(12):

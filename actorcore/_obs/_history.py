@@ -84,7 +84,7 @@ class TaskRecord:
             "worker_id": self.worker_id.hex() if self.worker_id else None,
             "worker_pid": self.pid,
             "error_type": self.error.split(":", 1)[0] if self.error else None,
-            "error_message": self.error,
+            "error_message": _clip(self.error) if not detail else self.error,
             "args_bytes": self.args_bytes,
             "creation_time_ms": _ms(created),
             "start_time_ms": _ms(start),
@@ -95,6 +95,20 @@ class TaskRecord:
                 {"state": STATE_NAMES[s], "created_ms": _ms(ts)} for s, ts in sorted(t.items())
             ]
         return row
+
+
+ERROR_CLIP = 4000  # characters of an error in listings (``get task`` has all of it)
+
+
+def _clip(error: str | None) -> str | None:
+    """A long traceback cut for listings: thousands of them must fit in one reply."""
+    if error is None or len(error) <= ERROR_CLIP:
+        return error
+    return (
+        error[: ERROR_CLIP // 2]
+        + "\n[... cut: `actorcore get task ID` shows it all ...]\n"
+        + error[-ERROR_CLIP // 2 :]
+    )
 
 
 def _ms(t: float | None) -> int | None:
