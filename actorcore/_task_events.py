@@ -39,6 +39,7 @@ __all__ = [
     "owner_failed",
     "pending_actor_call",
     "pending_task",
+    "ran_elsewhere",
     "record_metric",
 ]
 
@@ -52,6 +53,7 @@ SUBMITTED_TO_WORKER = 3
 RUNNING = 4
 FINISHED = 5
 FAILED = 6
+RAN_ELSEWHERE = 7  # not a state: the owner learns its task ran on another node
 STATE_NAMES = (
     "PENDING_ARGS_AVAIL",
     "PENDING_NODE_ASSIGNMENT",
@@ -139,6 +141,15 @@ def call_done(call: Any, results: list[Any]) -> None:
         _append((task_id, state, _now(), call.name, None, info))
     else:
         _append((task_id, state, _now(), run[1], run[2], info, run[0], run[3]))
+    if not _armed:
+        _arm()
+
+
+def ran_elsewhere(task_id: bytes, node_id: bytes) -> None:
+    """The owner got the results of a task another node ran (that node has its record)."""
+    if _off:
+        return
+    _append((task_id, RAN_ELSEWHERE, _now(), "", None, node_id.hex()))
     if not _armed:
         _arm()
 

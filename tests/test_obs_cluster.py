@@ -142,6 +142,18 @@ def test_metrics_on_every_node_with_user_metrics_where_they_ran(cluster):
     _, text_a = _http(f"http://{a['NodeManagerAddress']}:{a['MetricsExportPort']}/metrics")
     assert "obs_cluster_b_calls_total" not in text_a  # exported by the node it ran on
 
+    def a_pending():  # the owner's node does not count B's finished tasks as pending
+        _, text = _http(f"http://{a['NodeManagerAddress']}:{a['MetricsExportPort']}/metrics")
+        return [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("actorcore_tasks{")
+            and "PENDING_NODE_ASSIGNMENT" in ln
+            and not ln.endswith(" 0.0")
+        ]
+
+    wait_for(lambda: not a_pending(), 20, interval=0.2, what="no phantom pending tasks on A")
+
 
 def test_remote_worker_output_streams_to_the_driver_and_to_logs(cluster, capfd):
     marker = f"{os.getpid()}-{time.time_ns()}"

@@ -51,6 +51,16 @@ def test_listings_cut_long_tracebacks_and_get_task_keeps_them():
     assert h.get(b"t").row(detail=True)["error_message"] == long
 
 
+def test_an_owners_record_of_a_task_run_elsewhere_is_not_counted_pending():
+    h = TaskHistory("owner-node")
+    h.ingest([_ev(b"t", TE.PENDING_NODE_ASSIGNMENT, 1.0, info="NORMAL_TASK")], None, None)
+    h.ingest([_ev(b"q", TE.PENDING_NODE_ASSIGNMENT, 1.0, info="NORMAL_TASK")], None, None)
+    assert h.counts_by_state() == {"PENDING_NODE_ASSIGNMENT": 2}
+    h.ingest([(b"t", TE.RAN_ELSEWHERE, 2.0, "", None, "bb")], None, None)
+    assert h.counts_by_state() == {"PENDING_NODE_ASSIGNMENT": 1}  # q still waits here
+    assert h.get(b"t").row()["state"] == "PENDING_NODE_ASSIGNMENT"  # merged with B's
+
+
 def test_history_is_bounded_and_newest_first():
     h = TaskHistory("n1", max_tasks=5)
     for i in range(12):

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from .._task_events import FAILED, FINISHED, RUNNING, STATE_NAMES
+from .._task_events import FAILED, FINISHED, RAN_ELSEWHERE, RUNNING, STATE_NAMES
 
 __all__ = ["LATENCY_BUCKETS", "LogRing", "TaskHistory", "TaskRecord"]
 
@@ -33,6 +33,7 @@ class TaskRecord:
     __slots__ = (
         "actor_id",
         "args_bytes",
+        "elsewhere",
         "error",
         "kind",
         "name",
@@ -58,6 +59,7 @@ class TaskRecord:
         self.node_id = ""
         self.error: str | None = None
         self.args_bytes = 0
+        self.elsewhere: str | None = None  # the node that ran it (its owner's record here)
 
     def brief(self) -> dict[str, Any]:
         """``task_id``, ``name`` and ``state`` only (cheap: counting, merging)."""
@@ -219,6 +221,10 @@ class TaskHistory:
         pid: int | None,
     ) -> None:
         rec = self.records.get(task_id)
+        if state == RAN_ELSEWHERE:  # the owner's note: another node has the run's record
+            if rec is not None:
+                rec.elsewhere = str(info)
+            return
         if rec is None:
             rec = self.records[task_id] = TaskRecord(task_id)
         if name:
@@ -265,6 +271,8 @@ class TaskHistory:
         self.fold()
         c: collections.Counter[str] = collections.Counter()
         for rec in self.records.values():
+            if rec.elsewhere is not None and rec.state < RUNNING:
+                continue  # its run is counted by the node that ran it
             c[STATE_NAMES[rec.state] if rec.state >= 0 else "NIL"] += 1
         return dict(c)
 

@@ -255,6 +255,8 @@ class TaskSubmitter:
     def _task_done(self, ins: E.TaskDone) -> None:
         rt = self.rt
         spec = ins.spec
+        if ins.node_id is not None and ins.node_id != rt.node.node_id:
+            TE.ran_elsewhere(spec.task_id, ins.node_id)  # observability hook
         wakes: list[Any] = []
         with rt.lock:
             for oid, (kind, data, nested) in zip(spec.return_ids, ins.results, strict=True):
