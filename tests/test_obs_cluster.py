@@ -118,6 +118,8 @@ def test_state_api_and_cli_fan_out_to_every_node(cluster, capsys):
 
 def test_metrics_on_every_node_with_user_metrics_where_they_ran(cluster):
     ac.get([on_b.remote(i) for i in range(3)])
+    remote_actor = OnB.remote()
+    ac.get([remote_actor.hello.remote() for _ in range(3)])
     entries = {n["NodeID"]: n for n in ac.nodes()}
     for node in cluster.nodes:
         assert entries[node.node_id]["MetricsExportPort"] > 0
@@ -142,13 +144,13 @@ def test_metrics_on_every_node_with_user_metrics_where_they_ran(cluster):
     _, text_a = _http(f"http://{a['NodeManagerAddress']}:{a['MetricsExportPort']}/metrics")
     assert "obs_cluster_b_calls_total" not in text_a  # exported by the node it ran on
 
-    def a_pending():  # the owner's node does not count B's finished tasks as pending
+    def a_pending():  # the owner's node does not count B's finished tasks/calls as pending
         _, text = _http(f"http://{a['NodeManagerAddress']}:{a['MetricsExportPort']}/metrics")
         return [
             ln
             for ln in text.splitlines()
             if ln.startswith("actorcore_tasks{")
-            and "PENDING_NODE_ASSIGNMENT" in ln
+            and ("PENDING_NODE_ASSIGNMENT" in ln or "SUBMITTED_TO_WORKER" in ln)
             and not ln.endswith(" 0.0")
         ]
 
