@@ -102,9 +102,18 @@ def _query(kind: str, filters: Any = None, limit: int = 0, options: Any = None) 
 
 
 def _with_address(fn: Any) -> Any:
+    """Run ``fn`` asking ``--address``'s nodes; silent nodes are named on stderr, briefly."""
+
     def run(args: argparse.Namespace) -> int:
+        import warnings
+
+        def show(message: Any, *_: Any, **__: Any) -> None:
+            print(f"actorcore: warning: {message}", file=sys.stderr)
+
         _ADDRESS[0] = getattr(args, "address", None)
-        return int(fn(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return int(fn(args))
 
     return run
 
