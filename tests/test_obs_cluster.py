@@ -233,7 +233,7 @@ def test_dashboard_served_once_for_the_cluster_and_published(cluster, capsys):
     assert info.dashboard_url in out and _b(cluster)[:12] in out
 
 
-def test_a_stuck_node_is_reported_not_waited_for(cluster):
+def test_a_stuck_node_is_reported_not_waited_for(cluster, capsys):
     ttl, cluster.ttl_s = cluster.ttl_s, 60.0  # its lease outlives the test: live but silent
     try:
         c = cluster.add_node(num_cpus=1)
@@ -251,6 +251,18 @@ def test_a_stuck_node_is_reported_not_waited_for(cluster):
         assert "TimeoutError" in nodes[c.node_id]["error"]
         assert all(nodes[n.node_id]["state"] == "ALIVE" for n in cluster.nodes[:2])
         assert any(c.node_id[:12] in str(w.message) for w in caught)  # named as silent
+
+        from actorcore._cli import main
+
+        capsys.readouterr()
+        t0 = time.monotonic()
+        args = ["list", "nodes", "--address", cluster.address, "--timeout", "1", "--format", "json"]
+        assert main(args) == 0
+        assert time.monotonic() - t0 < 4.5  # 1 s for the silent node, not the default 5 s
+        out, err = capsys.readouterr()
+        rows = {r["node_id"]: r for r in json.loads(out[out.index("[") :])}
+        assert rows[c.node_id]["state"] == "UNREACHABLE"
+        assert f"actorcore: warning: list nodes: 1 node(s) did not answer: {c.node_id[:12]}" in err
     finally:
         os.kill(c.pid, signal.SIGCONT)
         cluster.stop_node(c)

@@ -36,6 +36,7 @@ TABLE_COLUMNS = {
 
 
 _ADDRESS: list[str | None] = [None]  # --address of the command running
+_TIMEOUT: list[float | None] = [None]  # --timeout: how long each node may take to answer
 
 
 def node_for(address: str | None) -> dict[str, Any]:
@@ -51,15 +52,42 @@ def node_for(address: str | None) -> dict[str, Any]:
         return find_local_node()
     if not address.startswith("etcd://"):
         raise ValueError(f"--address is etcd://HOST:PORT/NAME, not {address!r}")
-    here = local_nodes(cluster=address)
-    if here:
-        return here[0]
+    for node in local_nodes(cluster=address):  # this machine's first (newest first)
+        if _answers(node):
+            return node
     import asyncio
 
-    return asyncio.run(_node_from_etcd(address))
+    for node in asyncio.run(_nodes_from_etcd(address)):  # then any live one (oldest first)
+        if _answers(node):
+            return node
+    raise ConnectionError(f"no node of cluster {address} answers")
 
 
-async def _node_from_etcd(address: str) -> dict[str, Any]:
+def _answers(node: dict[str, Any], timeout: float = 2.0) -> bool:
+    """Whether the node's daemon completes a handshake in time (a stuck one does not)."""
+    from .._config import Config
+    from .._ids import new_id
+    from .._sync_client import SyncClient
+
+    cfg = Config()
+    try:
+        client = SyncClient(
+            node.get("unix_name") or tuple(node["address"]),
+            token=bytes.fromhex(node["token"]),
+            role="cli",
+            my_id=new_id(),
+            max_header_bytes=cfg.max_header_bytes,
+            max_frame_bytes=cfg.max_frame_bytes,
+            timeout=timeout,
+            handshake_timeout=timeout,
+        )
+    except (OSError, ConnectionError, ValueError):
+        return False
+    client.close()
+    return True
+
+
+async def _nodes_from_etcd(address: str) -> list[dict[str, Any]]:
     import msgpack
 
     from actorcore.gcs import ControlStoreError, EtcdControlStore
@@ -80,15 +108,17 @@ async def _node_from_etcd(address: str) -> dict[str, Any]:
     )
     if token is None or not records:
         raise ConnectionError(f"cluster {address} has no live node")
-    r = records[0]
-    return {
-        "address": [r["address"], int(r["port"])],
-        "token": token.value.hex(),
-        "unix_name": None,
-        "node_id": r["node_id"],
-        "pid": r.get("pid"),
-        "cluster": address,
-    }
+    return [
+        {
+            "address": [r["address"], int(r["port"])],
+            "token": token.value.hex(),
+            "unix_name": None,
+            "node_id": r["node_id"],
+            "pid": r.get("pid"),
+            "cluster": address,
+        }
+        for r in records
+    ]
 
 
 def _node() -> dict[str, Any]:
@@ -98,6 +128,9 @@ def _node() -> dict[str, Any]:
 def _query(kind: str, filters: Any = None, limit: int = 0, options: Any = None) -> Any:
     from ..util.state import query
 
+    options = dict(options or {})
+    if _TIMEOUT[0] is not None:
+        options["timeout"] = _TIMEOUT[0]
     return query(kind, filters, limit, options, node=_node())
 
 
@@ -111,6 +144,7 @@ def _with_address(fn: Any) -> Any:
             print(f"actorcore: warning: {message}", file=sys.stderr)
 
         _ADDRESS[0] = getattr(args, "address", None)
+        _TIMEOUT[0] = getattr(args, "timeout", None)
         with warnings.catch_warnings():
             warnings.showwarning = show
             return int(fn(args))
@@ -380,6 +414,11 @@ def add_commands(sub: Any) -> None:
 
 
 def _address(p: Any) -> None:
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds each node of a cluster may take to answer (default 5); silent ones are named",
+    )
     p.add_argument(
         "--address",
         help="a cluster (etcd://HOST:PORT/NAME): ask its nodes (default: this machine's)",
