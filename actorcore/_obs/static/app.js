@@ -96,7 +96,8 @@
       ["ms", r => r.end_time_ms && r.start_time_ms ? r.end_time_ms - r.start_time_ms : ""]], rows);
   }
   function logLine(l) {
-    return `<span class="${l.stream === "err" ? "err" : ""}">(${esc(l.label)}) ${esc(l.line)}</span>\n`;
+    const node = l.node_id ? `, node=${String(l.node_id).slice(0, 8)}` : "";
+    return `<span class="${l.stream === "err" ? "err" : ""}">(${esc(l.label)}${esc(node)}) ${esc(l.line)}</span>\n`;
   }
 
   function open() {
