@@ -27,6 +27,7 @@ from typing import Any
 from actorcore.gcs import ActorRecord, ActorTable, ControlStore, NameRegistry, PutOp
 
 from . import _protocol as P
+from ._cluster_failover import NodeFailover
 from ._cluster_work import ClusterWork
 from ._membership import Membership
 from ._peers import ClusterSpec, node_record
@@ -135,12 +136,14 @@ class ClusterNode:
             daemon.token,
             limits,
             local_load=lambda: dict(daemon.sched.available),
+            on_change=lambda changes: self.failover.on_change(changes),
         )
         self.store = self.membership.store
         self.actor_table = BatchedActorTable(self.store, daemon)
         self.names = NameRegistry(self.store)
         self._orig: dict[int, Handler] = {}
         self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees
+        self.failover = NodeFailover(daemon, self)  # when a peer node dies
 
     async def start(self, handlers: dict[int, Handler]) -> None:
         """Answer for the cluster through ``handlers`` (changed in place), then join."""
@@ -219,33 +222,53 @@ class ClusterNode:
         answer = _where(rec, msg.min_epoch) or self._node_dead(rec)
         if answer is not None:
             return answer
-        gone = self.membership.when_gone(rec.node_id)
+        gone = self.membership.when_gone(self._watched_node(rec))
         try:
             async with self.store.watch_prefix(key, start_revision=kv.mod_revision + 1) as watch:
                 events = aiter(watch)
+                nxt = asyncio.ensure_future(anext(events))
                 while True:
-                    nxt = asyncio.ensure_future(anext(events))
                     await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
-                    if gone.done():
-                        nxt.cancel()
-                        return self._node_dead(rec)
+                    if gone.done() and not nxt.done():
+                        answer = self._node_dead(rec)
+                        if answer is not None:
+                            nxt.cancel()
+                            return answer
+                        # its node died and its home node restarts it: wait for that
+                        gone = self.membership.when_gone(self._watched_node(rec))
+                        continue
                     try:
                         event = nxt.result()
                     except StopAsyncIteration:
                         return DEFERRED  # the node is closing
                     if event.kv is None:
                         return ["DEAD", None, rec.epoch, "its record was removed"]
-                    answer = _where(ActorRecord.from_bytes(event.kv.value), msg.min_epoch)
+                    rec = ActorRecord.from_bytes(event.kv.value)
+                    answer = _where(rec, msg.min_epoch)
                     if answer is not None:
                         return answer
+                    gone.cancel()
+                    gone = self.membership.when_gone(self._watched_node(rec))
+                    nxt = asyncio.ensure_future(anext(events))
         finally:
             gone.cancel()
 
     def _node_dead(self, rec: ActorRecord) -> list[Any] | None:
-        """The answer for an actor whose node is gone (None while it lives)."""
-        if rec.node_id in self.membership.table.live:
+        """The answer for an actor whose node is gone (None while it lives, or while
+        its home node lives to restart it elsewhere)."""
+        live = self.membership.table.live
+        if rec.node_id in live:
             return None
+        if rec.state != "DEAD" and rec.restartable() and rec.home is not None and rec.home in live:
+            return None  # its home node restarts it (actorcore._cluster_failover)
         return ["DEAD", None, rec.epoch, f"its node {rec.node_id.hex()} died"]
+
+    def _watched_node(self, rec: ActorRecord) -> bytes:
+        """The node whose death ends a wait for ``rec``'s actor: its own, or once that
+        died, the home node restarting it."""
+        if rec.node_id in self.membership.table.live or rec.home is None:
+            return rec.node_id
+        return rec.home
 
     def on_kill_actor(self, peer: RpcPeer, msg: P.KillActorMsg, b: list[bytes]) -> Any:
         if msg.actor_id in self.daemon.actors.actors:

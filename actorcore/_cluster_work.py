@@ -93,6 +93,9 @@ class ClusterWork:
         # owner process -> its (non-detached) actors created on other nodes through us
         self.forwarded: dict[bytes, dict[bytes, bytes]] = {}
         self._owner_of: dict[bytes, bytes] = {}  # actor -> its owner, for the above
+        # actor -> (its creation spec, the node hosting it): actors sent to other nodes
+        # through us, restarted elsewhere by us if that node dies (_cluster_failover)
+        self.placed: dict[bytes, tuple[dict[str, Any], bytes]] = {}
 
     def install(self, handlers: dict[int, Handler]) -> None:
         """Wrap the daemon's handlers in ``handlers`` (changed in place)."""
@@ -149,6 +152,7 @@ class ClusterWork:
         if not spec.get("detached"):
             self.forwarded.setdefault(owner, {})[msg.actor_id] = target
             self._owner_of[msg.actor_id] = owner
+        self.placed[msg.actor_id] = (spec, target)
         return self._forward_create(target, P.CreateActorMsg(next_rid(), msg.actor_id, spec))
 
     async def _create_here(self, peer: RpcPeer, msg: P.CreateActorMsg, b: list[bytes]) -> Any:
@@ -170,10 +174,12 @@ class ClusterWork:
         """A process of this node ended: its actors on other nodes end too."""
         for actor_id, node_id in self.forwarded.pop(owner, {}).items():
             self._owner_of.pop(actor_id, None)
+            self.placed.pop(actor_id, None)
             self.daemon.spawn(self._kill_on(node_id, actor_id))
 
     def forget(self, actor_id: bytes) -> None:
         """An actor created through this node was killed: nothing to end for its owner."""
+        self.placed.pop(actor_id, None)
         owner = self._owner_of.pop(actor_id, None)
         if owner is not None:
             mine = self.forwarded.get(owner, {})

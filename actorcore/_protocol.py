@@ -96,6 +96,8 @@ class Tag(IntEnum):
     TRANSFER_RELEASE = 107
     # cluster (node daemon <-> node daemon)
     LOAD_REPORT = 80
+    NODE_DIED = 81
+    OWNER_GONE = 82
     # observability (process -> node daemon; state queries)
     TASK_EVENTS = 90
     STATE_QUERY = 91
@@ -537,6 +539,22 @@ class LoadReportMsg(NamedTuple):
 
     node_id: bytes
     available: dict[str, float]
+
+
+@message(Tag.NODE_DIED)
+class NodeDiedMsg(NamedTuple):
+    """Node daemon -> its processes: node ``node_id`` left the cluster (its lease expired
+    or it left); its workers, actors and store copies are gone."""
+
+    node_id: bytes
+
+
+@message(Tag.OWNER_GONE)
+class OwnerGoneMsg(NamedTuple):
+    """Node daemon -> peer node daemon: process ``owner`` of this node ended; its
+    non-detached actors, leases and objects on the peer go too."""
+
+    owner: bytes
 
 
 # --- observability ---------------------------------------------------------------------

@@ -97,6 +97,9 @@ class CoreRuntime(OwnershipMixin, Service):
         from ._owner._stream_shell import GeneratorStreams
 
         self.streams = GeneratorStreams(self)
+        from ._owner._recovery import ObjectRecovery
+
+        self.recovery = ObjectRecovery(self)  # lineage: rebuilds objects lost with a node
 
     # --- start and stop ----------------------------------------------------------------
 
@@ -332,13 +335,18 @@ class CoreRuntime(OwnershipMixin, Service):
         if not instrs:
             return
         with self.lock:
+            freed = []
             for ins in instrs:
                 if isinstance(ins, FreeStore):
                     self._frees.append(ins.oid)
+                    freed.append(ins.oid)
                 elif isinstance(ins, ReleaseBorrow):
                     self._releases.setdefault(tuple(ins.owner), []).append(ins.oid)
                 else:
                     self.actors.out_of_scope(ins.actor_id)
+            unneeded = self.recovery.freed(freed) if freed else []
+        for spec in unneeded:  # lineage nobody needs: its arguments go too
+            self.submitter.release_args(spec)
         self._schedule_flush()
 
     def _send_releases(self) -> None:
@@ -396,6 +404,12 @@ class CoreRuntime(OwnershipMixin, Service):
     @handles(P.Tag.TASKS_RETURNED)
     def on_tasks_returned(self, peer: RpcPeer, msg: P.TasksReturnedMsg, _bufs: list[bytes]) -> Any:
         self.submitter.tasks_returned(peer, list(msg.rids), bool(msg.blocked))
+        return DEFERRED
+
+    @handles(P.Tag.NODE_DIED)
+    def on_node_died(self, peer: RpcPeer, msg: P.NodeDiedMsg, _bufs: list[bytes]) -> Any:
+        if peer is self.daemon:  # only this node's daemon speaks for the cluster
+            self.recovery.node_died(bytes(msg.node_id))
         return DEFERRED
 
     @handles(P.Tag.REVOKE_LEASE)

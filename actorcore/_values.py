@@ -183,12 +183,27 @@ def _wait_entries(
 def get(rt: CoreRuntime, refs: Any, timeout: float | None) -> Any:
     if isinstance(refs, ObjectRef):
         e = _wait_entries(rt, (refs,), 1, timeout)[0]
-        return value_of(rt, e)
+        return _read(rt, refs, e, timeout)
     if not isinstance(refs, list | tuple):
         raise TypeError(f"get() takes an ObjectRef or a list of them, not {type(refs).__name__}")
     _check_refs(refs, "get")
     entries = _wait_entries(rt, refs, len(refs), timeout)
-    return [value_of(rt, e) for e in entries]
+    return [_read(rt, r, e, timeout) for r, e in zip(refs, entries, strict=True)]
+
+
+_REBUILD_READS = 3  # reads of one object that may each find it lost and wait for a rebuild
+
+
+def _read(rt: CoreRuntime, ref: ObjectRef, e: ObjectEntry, timeout: float | None) -> Any:
+    """:func:`value_of`; an owned object found lost is rebuilt from lineage and read again."""
+    for _ in range(_REBUILD_READS):
+        try:
+            return value_of(rt, e)
+        except ObjectLostError:
+            if not rt.recovery.read_failed(e):
+                raise
+        e = _wait_entries(rt, (ref,), 1, timeout)[0]
+    return value_of(rt, e)
 
 
 def _partition(
@@ -339,15 +354,23 @@ async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
         raise rt.broken
     with rt.lock:
         e = entry_of(rt, ref)
-    if e.state == PENDING or not is_local(rt, e):
-        await _until_ready(rt, [e], 1, None, True)  # (a copy on another node is pulled)
-    if e.kind == STORE and e.state != FAILED:
-        # map it without a blocking round trip to the daemon (which may be
-        # spilling); while `held` lives, value_of finds the mapping
-        held = await rt.store.open_async([e.oid])
-        value = value_of(rt, e)
-        del held
-        return value
+    for _ in range(_REBUILD_READS):
+        if e.state == PENDING or not is_local(rt, e):
+            await _until_ready(rt, [e], 1, None, True)  # (a copy on another node is pulled)
+            if e.owned and e.state != FAILED and not is_local(rt, e) and rt.recovery.read_failed(e):
+                continue  # the pull found no copy: it is rebuilt from lineage
+        try:
+            if e.kind == STORE and e.state != FAILED:
+                # map it without a blocking round trip to the daemon (which may be
+                # spilling); while `held` lives, value_of finds the mapping
+                held = await rt.store.open_async([e.oid])
+                value = value_of(rt, e)
+                del held
+                return value
+            return value_of(rt, e)
+        except ObjectLostError:
+            if not rt.recovery.read_failed(e):  # (an owned object is rebuilt: wait again)
+                raise
     return value_of(rt, e)
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "LeaseRevoked",
     "LeaseUnreachable",
     "LingerOver",
+    "RetryLease",
     "NodeDied",
     "NotATask",
     "PeerClosed",
@@ -182,6 +183,13 @@ class CancelChildren:
 
     parent: bytes
     force: bool
+
+
+@dataclass(slots=True)
+class RetryLease:
+    """Ask again for a lease of ``key``'s shape (a node asked before could not be reached)."""
+
+    key: Any
 
 
 @dataclass(slots=True)

@@ -101,6 +101,7 @@ class TaskSubmitter:
                 table.create_owned(oid, address).local = 1
             if prepared.held:
                 table.add_submitted(prepared.held)
+                spec.lineage_deps = list(prepared.deps) if prepared.deps else None
                 if prepared.deps and (resolved := ready_now(rt, prepared.deps)) is not None:
                     spec.resolved = resolved
                     prepared.deps = []  # nothing to wait for (``held`` keeps them alive)
@@ -260,7 +261,9 @@ class TaskSubmitter:
                 rt.adopt_result(oid, kind, data, nested, wakes)
                 if kind == STORE and ins.node_id is not None:
                     rt.table.add_location(oid, ins.node_id)
-        self._release_args(spec)
+            kept = rt.recovery.task_done(spec, ins.results)  # lineage keeps its arguments
+        if not kept:
+            self._release_args(spec)
         for waiters, e in wakes:
             wake(waiters, e)
 
@@ -270,15 +273,21 @@ class TaskSubmitter:
         table = rt.table
         wakes = []
         with rt.lock:
+            error = rt.recovery.task_failed(ins.spec, ins.error)
             for oid in ins.spec.return_ids:
                 e = table.entries.get(oid)
                 if e is not None:
-                    wakes.append((table.complete(e, ERROR, ins.error), e))
+                    wakes.append((table.complete(e, ERROR, error), e))
         self._release_args(ins.spec)
         for waiters, e in wakes:
             wake(waiters, e)
 
+    def release_args(self, spec: TaskSpec) -> None:
+        """Let go of a finished task's arguments (its lineage is not kept, or was freed)."""
+        self._release_args(spec)
+
     def _release_args(self, spec: TaskSpec) -> None:
+        spec.lineage_deps = None
         held = spec.args.held
         if held:
             spec.args.held = []

@@ -20,6 +20,7 @@ class TaskSpec:
         "fn",
         "key",
         "lease",
+        "lineage_deps",
         "name",
         "opts",
         "parent",
@@ -57,6 +58,7 @@ class TaskSpec:
         self.lease: Lease | None = None
         self.cancelled = False
         self.resolved: list[Any] = []
+        self.lineage_deps: list[Any] | None = None  # its ObjectRef arguments, for lineage
         self.stream = 0  # a streaming generator: its back-pressure + 1
 
     def __repr__(self) -> str:

@@ -1,0 +1,160 @@
+"""What a node daemon does when a peer node dies (its lease expired or it left).
+
+:class:`NodeFailover` is fed the membership's :class:`~actorcore._peers.Left`
+changes; for each dead node it
+
+* tells every process of this node (drivers and workers, ``NODE_DIED``): their
+  leases and actor connections there are lost at once (tasks retried, actor
+  calls retried or failed), and objects whose every copy was there are rebuilt
+  from lineage or fail (:mod:`actorcore._owner._recovery`), even when no
+  connection broke (a node cut off rather than killed);
+* restarts elsewhere the actors this node sent there
+  (:attr:`ClusterWork.placed`), while ``max_restarts`` allows: the actor is
+  created again, same id, on a node that fits it (this one if it fits here),
+  with its epoch and restart count one higher, so its record in etcd moves to
+  the new node and callers waiting for the next epoch (``WAIT_ACTOR``) find
+  it; ``__init__`` runs again. An actor out of restarts, or pinned to the dead
+  node, gets a DEAD record naming the node;
+* reschedules placement-group bundles if the placement-group part offers the
+  hook (``reschedule_bundles_of(node_id)``).
+
+Who restarts whom: the node an actor's creation went through (its *home*,
+the owner's node; kept in the record) is the one that restarts it, so one
+node acts per actor without an election. An actor whose home node died too
+is not restarted (callers get ActorDiedError naming the dead node).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from actorcore.gcs import ActorRecord
+
+from . import _protocol as P
+from ._cluster_work import split_affinity
+from ._peers import Joined, Left
+from ._rpc import next_rid
+
+__all__ = ["NodeFailover"]
+
+logger = logging.getLogger(__name__)
+
+
+class NodeFailover:
+    """A node daemon's reactions to the death of other nodes."""
+
+    def __init__(self, daemon: Any, cluster: Any) -> None:
+        self.daemon = daemon
+        self.cluster = cluster  # the ClusterNode: membership, work, actor table
+        self.deaths_seen = 0
+        self.actors_restarted = 0
+
+    @property
+    def membership(self) -> Any:
+        return self.cluster.membership
+
+    def on_change(self, changes: list[Joined | Left]) -> None:
+        for ch in changes:
+            if isinstance(ch, Left) and ch.node_id != self.daemon.node_id:
+                self.node_left(ch.node_id)
+
+    def node_left(self, node_id: bytes) -> None:
+        self.deaths_seen += 1
+        logger.warning("node %s is gone: recovering its work", node_id.hex())
+        self.tell_processes(node_id)
+        work = self.cluster.work
+        for actor_id, (spec, where) in list(work.placed.items()):
+            if where == node_id:
+                self.daemon.spawn(self._restart(actor_id, spec, node_id))
+        hook = getattr(self.cluster, "reschedule_bundles_of", None) or getattr(
+            self.daemon, "reschedule_bundles_of", None
+        )
+        if hook is not None:
+            try:
+                hook(node_id)
+            except Exception:
+                logger.exception("rescheduling the bundles of node %s failed", node_id.hex())
+
+    def tell_processes(self, node_id: bytes) -> None:
+        """Send ``NODE_DIED`` to every process connected to this daemon (not to peer daemons)."""
+        msg = P.NodeDiedMsg(node_id)
+        daemons = self.membership.table.members
+        for pid, peers in list(self.daemon.conns.items()):
+            if pid in daemons:
+                continue
+            for peer in list(peers):
+                if peer.conn is None or peer.conn.closed:
+                    continue
+                try:
+                    peer.send(msg)
+                    break
+                except ConnectionError:
+                    continue
+
+    # --- actors -------------------------------------------------------------------------
+
+    async def _restart(self, actor_id: bytes, spec: dict[str, Any], dead: bytes) -> None:
+        try:
+            await self._restart_once(actor_id, spec, dead)
+        except Exception as e:
+            logger.exception("restarting actor %s after node %s died failed", actor_id.hex(),
+                             dead.hex())
+            await self._declare_dead(actor_id, dead, f"its restart failed: {e}")
+
+    async def _restart_once(self, actor_id: bytes, spec: dict[str, Any], dead: bytes) -> None:
+        table = self.cluster.actor_table
+        rec = await table.get(actor_id)
+        if rec is None or rec.state == "DEAD" or rec.node_id != dead:
+            return  # killed meanwhile, or it moved already
+        _, pinned, soft = split_affinity(dict(spec.get("shape") or {}))
+        if not rec.restartable() or (pinned == dead and not soft):
+            why = "no restarts left" if not rec.restartable() else "it was pinned to that node"
+            await self._declare_dead(actor_id, dead, why, rec)
+            return
+        new = dict(spec)
+        new["epoch"] = rec.epoch + 1
+        new["restarts"] = rec.restarts + 1
+        shape = dict(new.get("shape") or {})
+        if pinned == dead:  # a soft affinity to the dead node: anywhere now
+            shape = {k: v for k, v in shape.items() if dead.hex() not in k}
+            new["shape"] = shape
+        work = self.cluster.work
+        target = work.target_for(shape)
+        logger.warning(
+            "restarting actor %s (%s) of dead node %s on node %s (restart %d)",
+            actor_id.hex(), rec.class_name, dead.hex(),
+            (target or self.daemon.node_id).hex(), new["restarts"],
+        )
+        self.actors_restarted += 1
+        if target is None:  # it fits here
+            work.placed.pop(actor_id, None)
+            owner = bytes(new["forwarded_from"][1])
+            svc = self.daemon.actor_service
+            if new.get("name"):
+                result = svc._create_named(owner, actor_id, new)
+                await result
+            else:
+                svc._create(owner, actor_id, new)
+            return
+        work.placed[actor_id] = (spec, target)
+        owners = work.forwarded.get(work._owner_of.get(actor_id, b""), {})
+        if actor_id in owners:
+            owners[actor_id] = target
+        await self.membership.call_node(target, P.CreateActorMsg(next_rid(), actor_id, new))
+
+    async def _declare_dead(
+        self, actor_id: bytes, dead: bytes, why: str, rec: ActorRecord | None = None
+    ) -> None:
+        table = self.cluster.actor_table
+        rec = rec or await table.get(actor_id)
+        self.cluster.work.forget(actor_id)
+        if rec is None or rec.state == "DEAD":
+            return
+        cause = f"its node {dead.hex()} died ({why})"
+        logger.warning("actor %s is dead: %s", actor_id.hex(), cause)
+        dead_rec = dataclasses.replace(rec, state="DEAD", address=None, death_cause=cause)
+        await table.put(dead_rec)
+        if rec.name:
+            await self.cluster.names.release(rec.namespace or "default", rec.name, actor_id)

@@ -1,0 +1,146 @@
+"""The shell of lineage (:mod:`._lineage`): what an owner does when a node dies.
+
+:class:`ObjectRecovery` is told of node deaths (the node daemon pushes
+``NODE_DIED`` to its processes): the task and actor cores lose what ran on
+that node (tasks retried, actor calls failed or retried), the object table
+forgets that node's copies, and the objects left without any copy are rebuilt
+from lineage or failed with the error that says why. A reader whose pull of
+an owned object fails (the node died but nobody said so yet) asks for the
+same rebuild. Lineage state is only touched under the runtime's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .._locations import in_cluster
+from .._refcount import ERROR, PENDING, READY, STORE, wake
+from ..errors import ObjectReconstructionFailedError
+from . import _task_events as E
+from ._lineage import FailObject, Lineage, ReleaseLineage, Resubmit
+
+if TYPE_CHECKING:
+    from .._runtime import CoreRuntime
+    from ._task_state import TaskSpec
+
+__all__ = ["ObjectRecovery"]
+
+logger = logging.getLogger(__name__)
+
+
+class ObjectRecovery:
+    """Lineage of one owner, and its reactions to node deaths."""
+
+    def __init__(self, rt: CoreRuntime) -> None:
+        self.rt = rt
+        self.core = Lineage()
+        self.rebuilt = 0  # rebuilds started (statistics)
+        self.failed = 0  # objects failed for good
+
+    @property
+    def enabled(self) -> bool:
+        return in_cluster(self.rt)
+
+    # --- the task shell's hooks (called under the runtime's lock) -------------------------
+
+    def task_done(self, spec: TaskSpec, results: list[Any]) -> bool:
+        """A task's results were adopted; True if it is kept as lineage (its
+        arguments are then kept too)."""
+        if not self.enabled or spec.stream:
+            return False
+        table = self.rt.table.entries
+        live = [
+            oid
+            for oid, r in zip(spec.return_ids, results, strict=True)
+            if r[0] == STORE and oid in table
+        ]
+        if not live and spec.task_id not in self.core.by_task:
+            return False
+        return self.core.finished(
+            spec.task_id,
+            spec.name,
+            spec,
+            spec.return_ids,
+            live,
+            spec.retries_left,
+            spec.lineage_deps,
+        )
+
+    def task_failed(self, spec: TaskSpec, err: BaseException) -> BaseException:
+        """A task failed; a failed rebuild gets the error that says so."""
+        if self.core.rebuild_failed(spec.task_id) is None:
+            return err
+        wrapped = ObjectReconstructionFailedError(
+            f"the objects of task {spec.name} were lost with their node and running it "
+            f"again failed: {err}"
+        )
+        wrapped.__cause__ = err
+        return wrapped
+
+    def freed(self, oids: list[bytes]) -> list[Any]:
+        """Owned store objects were freed: the lineage records nobody needs go."""
+        if not self.core.by_object:
+            return []
+        return [ins.record.spec for ins in self.core.freed(oids)]
+
+    # --- losses --------------------------------------------------------------------------
+
+    def node_died(self, node_id: bytes) -> None:
+        """Node ``node_id`` left the cluster (any thread)."""
+        lost = self.rt.node_died(node_id)
+        if lost:
+            logger.info("%d objects lost their last copy with node %s", len(lost), node_id.hex())
+            self.lost(lost, f"every copy of it was on node {node_id.hex()}, which died")
+
+    def read_failed(self, e: Any) -> bool:
+        """A read of owned store object ``e`` found no copy: True if it is being rebuilt
+        (or now failed for good), so that the reader waits for it again."""
+        if not self.enabled or not e.owned:
+            return False
+        with self.rt.lock:
+            if e.state != READY or e.kind != STORE:
+                return e.state == PENDING
+        return self.lost([e.oid], "no node could provide a copy of it")
+
+    def lost(self, oids: list[bytes], why: str) -> bool:
+        with self.rt.lock:
+            instrs = self.core.lost(oids, why)
+        for ins in instrs:
+            if isinstance(ins, Resubmit):
+                self._resubmit(ins.record.spec)
+            elif isinstance(ins, FailObject):
+                self._fail(ins.oid, ins.error)
+            elif isinstance(ins, ReleaseLineage):
+                self.rt.submitter.release_args(ins.record.spec)
+        return bool(instrs)
+
+    def _resubmit(self, spec: TaskSpec) -> None:
+        rt = self.rt
+        self.rebuilt += 1
+        logger.info("rebuilding the results of task %s from its lineage", spec.name)
+        with rt.lock:
+            for oid in spec.return_ids:
+                e = rt.table.entries.get(oid)
+                if e is not None and e.state == READY and e.kind == STORE:
+                    rt.table.reset(e)
+                    e.locations = None
+        spec.rid = 0
+        spec.lease = None
+        spec.cancelled = False
+        spec.resolved = []
+        spec.args.deps = list(spec.lineage_deps or [])
+        rt.submitter.post(E.SubmitTask(spec))
+
+    def _fail(self, oid: bytes, err: BaseException) -> None:
+        rt = self.rt
+        self.failed += 1
+        with rt.lock:
+            e = rt.table.entries.get(oid)
+            if e is None:
+                return
+            if e.state != PENDING:
+                rt.table.reset(e)
+            e.locations = None
+            waiters = rt.table.complete(e, ERROR, err)
+        wake(waiters, e)
