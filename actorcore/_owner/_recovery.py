@@ -106,31 +106,36 @@ class ObjectRecovery:
     def lost(self, oids: list[bytes], why: str) -> bool:
         with self.rt.lock:
             instrs = self.core.lost(oids, why)
+        again = [ins.record.spec for ins in instrs if isinstance(ins, Resubmit)]
+        for spec in again:  # every lost object pending first: a task rebuilt next waits on
+            self._reset(spec)  # its rebuilt arguments, never reads their stale copies
+        for spec in again:
+            self._resubmit(spec)
         for ins in instrs:
-            if isinstance(ins, Resubmit):
-                self._resubmit(ins.record.spec)
-            elif isinstance(ins, FailObject):
+            if isinstance(ins, FailObject):
                 self._fail(ins.oid, ins.error)
             elif isinstance(ins, ReleaseLineage):
                 self.rt.submitter.release_args(ins.record.spec)
         return bool(instrs)
 
-    def _resubmit(self, spec: TaskSpec) -> None:
+    def _reset(self, spec: TaskSpec) -> None:
         rt = self.rt
-        self.rebuilt += 1
-        logger.info("rebuilding the results of task %s from its lineage", spec.name)
         with rt.lock:
             for oid in spec.return_ids:
                 e = rt.table.entries.get(oid)
                 if e is not None and e.state == READY and e.kind == STORE:
                     rt.table.reset(e)
                     e.locations = None
+
+    def _resubmit(self, spec: TaskSpec) -> None:
+        self.rebuilt += 1
+        logger.info("rebuilding the results of task %s from its lineage", spec.name)
         spec.rid = 0
         spec.lease = None
         spec.cancelled = False
         spec.resolved = []
         spec.args.deps = list(spec.lineage_deps or [])
-        rt.submitter.post(E.SubmitTask(spec))
+        self.rt.submitter.post(E.SubmitTask(spec))
 
     def _fail(self, oid: bytes, err: BaseException) -> None:
         rt = self.rt
