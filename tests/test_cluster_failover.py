@@ -190,7 +190,14 @@ DRIVER = """
     task = forever.options(resources={"w": 0.5}).remote(PIDFILE)
     obj = big.options(resources={"w": 0.5}).remote()
     ac.wait([obj], timeout=60)
-    print(h.id.hex(), obj.id.hex(), flush=True)
+    put = ac.put(b"x" * (1 << 20))
+
+    @ac.remote
+    def size(b):
+        return len(b)
+
+    assert ac.get(size.options(resources={"w": 0.5}).remote(put), timeout=60) == 1 << 20
+    print(h.id.hex(), obj.id.hex(), put.id.hex(), flush=True)  # (put: copied to a w node)
     while not os.path.exists(PIDFILE) or not open(PIDFILE).read():
         time.sleep(0.05)  # the task started: a state, polled
     os.kill(os.getpid(), signal.SIGKILL)
@@ -211,22 +218,31 @@ def test_a_driver_killed_with_sigkill_is_cleaned_up_on_every_node(cluster, tmp_p
         env=env,
     )
     assert out.returncode == -signal.SIGKILL, out.stderr
-    actor_id, oid = out.stdout.split()
+    actor_id, *oids = out.stdout.split()
     with open(pidfile) as f:
         task_pid = int(f.read())
 
     def clean() -> bool:
-        for n in cluster.live():
+        return not left()
+
+    def left() -> list[str]:
+        out = []
+        for i, n in enumerate(cluster.live()):
             actors = n.ask(P.ListStateMsg(next_rid(), "actors"))
             if any(r["actor_id"] == actor_id and r["state"] != "DEAD" for r in actors):
-                return False
+                out.append(f"its actor on node {i}")
             objects = n.ask(P.ListStateMsg(next_rid(), "objects"))
-            if any(o["object_id"] == oid for o in objects):
-                return False
+            out += [f"its object {o['object_id']} on node {i}" for o in objects
+                    if o["object_id"] in oids]
         try:  # the worker running its task was stopped
-            return psutil.Process(task_pid).status() == psutil.STATUS_ZOMBIE
+            if psutil.Process(task_pid).status() != psutil.STATUS_ZOMBIE:
+                out.append("the worker running its task")
         except psutil.NoSuchProcess:
-            return True
+            pass
+        return out
 
-    wait_for(clean, 30, what="the killed driver's actor, task and object gone everywhere")
+    try:
+        wait_for(clean, 30, what="the killed driver's actor, task and object gone everywhere")
+    except TimeoutError:
+        raise AssertionError(f"left behind by the killed driver: {left()}") from None
 
