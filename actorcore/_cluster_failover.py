@@ -78,20 +78,17 @@ class NodeFailover:
                 logger.exception("rescheduling the bundles of node %s failed", node_id.hex())
 
     def tell_processes(self, node_id: bytes) -> None:
-        """Send ``NODE_DIED`` to every process connected to this daemon (not to peer daemons)."""
+        """Send ``NODE_DIED`` to every driver and worker of this node, on the connection
+        each registered with (never on a process's blocking store connection)."""
         msg = P.NodeDiedMsg(node_id)
-        daemons = self.membership.table.members
-        for pid, peers in list(self.daemon.conns.items()):
-            if pid in daemons:
+        peers = list(self.daemon.drivers.values()) + [w.peer for w in self.daemon.workers.values()]
+        for peer in peers:
+            if peer.conn is None or peer.conn.closed:
                 continue
-            for peer in list(peers):
-                if peer.conn is None or peer.conn.closed:
-                    continue
-                try:
-                    peer.send(msg)
-                    break
-                except ConnectionError:
-                    continue
+            try:
+                peer.send(msg)
+            except ConnectionError:
+                continue
 
     # --- actors -------------------------------------------------------------------------
 
@@ -99,8 +96,9 @@ class NodeFailover:
         try:
             await self._restart_once(actor_id, spec, dead)
         except Exception as e:
-            logger.exception("restarting actor %s after node %s died failed", actor_id.hex(),
-                             dead.hex())
+            logger.exception(
+                "restarting actor %s after node %s died failed", actor_id.hex(), dead.hex()
+            )
             await self._declare_dead(actor_id, dead, f"its restart failed: {e}")
 
     async def _restart_once(self, actor_id: bytes, spec: dict[str, Any], dead: bytes) -> None:
@@ -124,8 +122,11 @@ class NodeFailover:
         target = work.target_for(shape)
         logger.warning(
             "restarting actor %s (%s) of dead node %s on node %s (restart %d)",
-            actor_id.hex(), rec.class_name, dead.hex(),
-            (target or self.daemon.node_id).hex(), new["restarts"],
+            actor_id.hex(),
+            rec.class_name,
+            dead.hex(),
+            (target or self.daemon.node_id).hex(),
+            new["restarts"],
         )
         self.actors_restarted += 1
         if target is None:  # it fits here

@@ -23,7 +23,7 @@ from ._ids import new_id
 from ._refcount import ERROR, INLINE, ObjectEntry, wake
 from ._rpc import DEFERRED, RpcPeer, handles, next_rid
 from ._serialization import exception_blob, load_error
-from .errors import ObjectLostError
+from .errors import ObjectLostError, OwnerDiedError
 
 __all__ = ["OwnershipMixin", "wire_value"]
 
@@ -226,11 +226,16 @@ class OwnershipMixin:
 
     def _complete_fetched(self, e: ObjectEntry, reply: Any) -> list[Any]:
         """Store the owner's answer in a borrowed entry (under the lock); returns its waiters."""
-        if isinstance(reply, BaseException) or reply.TAG == P.Tag.ERROR_REPLY:
-            cause = reply if isinstance(reply, BaseException) else reply.message
+        if isinstance(reply, BaseException):  # the owner cannot be reached: it died
+            err: ObjectLostError = OwnerDiedError(
+                f"object {e.oid.hex()} is lost: its owner {bytes(e.owner[0]).hex()} "
+                f"(the process that created it) died or cannot be reached ({reply})"
+            )
+            return self.table.complete(e, ERROR, err)
+        if reply.TAG == P.Tag.ERROR_REPLY:
             err = ObjectLostError(
                 f"object {e.oid.hex()} is lost: its owner {bytes(e.owner[0]).hex()} "
-                f"could not provide it ({cause})"
+                f"could not provide it ({reply.message})"
             )
             return self.table.complete(e, ERROR, err)
         kind, data, _nested, *rest = reply.value

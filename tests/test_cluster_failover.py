@@ -70,6 +70,12 @@ class Counter:
         self.n += 1
         return self.n, self.node
 
+    def hold(self, t: float, marker: str) -> str:
+        with open(marker, "w"):
+            pass  # the call started (the test waits for this state)
+        time.sleep(t)
+        return _here()
+
 
 @ac.remote(max_retries=3)
 def slow(t: float, marker: str) -> str:
@@ -131,6 +137,8 @@ def test_a_killed_node_loses_no_retryable_work(cluster, tmp_path):
     # three w slots are free: one on the doomed node (the actor holds its other one)
     running = [slow.options(resources={"w": 1}).remote(2.0, marker) for _ in range(3)]
     wait_for(lambda: len(list(tmp_path.iterdir())) >= 3, 60, what="the slow tasks started")
+    held = actor.hold.remote(2.0, str(tmp_path / "held"))  # in flight: retried (max_task_retries)
+    wait_for((tmp_path / "held").exists, 60, what="the actor call started")
 
     t0 = time.monotonic()
     cluster.stop_node(doomed, kill=True)
@@ -140,7 +148,9 @@ def test_a_killed_node_loses_no_retryable_work(cluster, tmp_path):
 
     # tasks: retried elsewhere, every result correct
     assert all(n != doomed_id for n in ac.get(running, timeout=60))
-    # the actor: restarted on another node (__init__ ran again), answering
+    # the actor: restarted on another node (__init__ ran again), answering; the call
+    # in flight when its node died went again
+    assert ac.get(held, timeout=60) != doomed_id
     n, node = ac.get(actor.incr.remote(), timeout=60)
     assert node != doomed_id and n == 1
     # lost objects: rebuilt from lineage (b's argument a was lost too)
@@ -149,19 +159,30 @@ def test_a_killed_node_loses_no_retryable_work(cluster, tmp_path):
     with pytest.raises(ObjectLostError, match="no lineage"):
         ac.get(once, timeout=60)
     if inner is not None:
-        with pytest.raises(ObjectLostError):
+        with pytest.raises(OwnerDiedError):
             ac.get(inner, timeout=60)
     rows = [r for r in ac.nodes() if r["NodeID"] == doomed_id]
     assert rows and not rows[0]["Alive"]
 
 
-def test_an_actor_out_of_restarts_dies_with_its_node(cluster):
+def test_an_actor_out_of_restarts_dies_with_its_node(cluster, tmp_path):
     actor = Counter.options(max_restarts=0, resources={"w": 1}).remote()
+    again = Counter.options(max_restarts=1, resources={"w": 1}).remote()  # no call retries
     doomed_id = ac.get(actor.incr.remote(), timeout=60)[1]
+    for _ in range(20):
+        if ac.get(again.incr.remote(), timeout=60)[1] == doomed_id:
+            break
+        again = Counter.options(max_restarts=1, resources={"w": 1}).remote()
+    held = again.hold.remote(30.0, str(tmp_path / "held"))
+    wait_for((tmp_path / "held").exists, 60, what="the actor call started")
     cluster.stop_node(_node_of(cluster, doomed_id), kill=True)
     wait_for(lambda: _dead_everywhere(cluster, doomed_id), SEEN_S, what="death seen everywhere")
     with pytest.raises(ActorDiedError, match=doomed_id):
         ac.get(actor.incr.remote(), timeout=60)
+    # restarted, but the call in flight fails: max_task_retries=0
+    with pytest.raises(ActorDiedError):
+        ac.get(held, timeout=60)
+    assert ac.get(again.incr.remote(), timeout=60)[1] != doomed_id
 
 
 DRIVER = """
@@ -232,8 +253,11 @@ def test_a_driver_killed_with_sigkill_is_cleaned_up_on_every_node(cluster, tmp_p
             if any(r["actor_id"] == actor_id and r["state"] != "DEAD" for r in actors):
                 out.append(f"its actor on node {i}")
             objects = n.ask(P.ListStateMsg(next_rid(), "objects"))
-            out += [f"its object {o['object_id']} on node {i}" for o in objects
-                    if o["object_id"] in oids]
+            out += [
+                f"its object {o['object_id']} on node {i}"
+                for o in objects
+                if o["object_id"] in oids
+            ]
         try:  # the worker running its task was stopped
             if psutil.Process(task_pid).status() != psutil.STATUS_ZOMBIE:
                 out.append("the worker running its task")
@@ -245,4 +269,3 @@ def test_a_driver_killed_with_sigkill_is_cleaned_up_on_every_node(cluster, tmp_p
         wait_for(clean, 30, what="the killed driver's actor, task and object gone everywhere")
     except TimeoutError:
         raise AssertionError(f"left behind by the killed driver: {left()}") from None
-

@@ -405,6 +405,32 @@ def test_node_death_retries_its_tasks_and_asks_again_for_a_request_sent_there():
     assert o.core.queues[a.key].leases[0].node_id == NODE
 
 
+def test_an_unreachable_redirect_is_asked_again_locally_after_a_pause_then_fails():
+    from actorcore._owner._tasks import UNREACHABLE_RETRY_S, UNREACHABLE_TRIES
+    from actorcore.errors import ConnectionBrokenError
+
+    o = Owner()
+    s = make_spec()
+    rid = of(o.submit(s), E.RequestLease)[0].rid
+    for _ in range(UNREACHABLE_TRIES):
+        (req,) = of(o.feed(E.LeaseRedirected(rid, OTHER, ("d", "h", 1))), E.RequestLease)
+        out = o.feed(E.LeaseFailed(req.rid, ConnectionBrokenError("node gone")))
+        assert not of(out, E.TaskFailed) and not of(out, E.RequestLease)  # no busy loop
+        (timer,) = of(out, E.StartTimer)
+        assert timer.delay == UNREACHABLE_RETRY_S
+        (again,) = of(o.feed(timer.event), E.RequestLease)
+        assert again.node_id is None  # the local daemon, who learns of the death
+        rid = again.rid
+    (req,) = of(o.feed(E.LeaseRedirected(rid, OTHER, ("d", "h", 1))), E.RequestLease)
+    out = o.feed(E.LeaseFailed(req.rid, ConnectionBrokenError("node gone")))
+    assert of(out, E.TaskFailed)  # far past any TTL: the task fails with the error
+    # a refusal (not a connection error) fails at once, as before
+    s2 = make_spec(shape={"CPU": 2.0})
+    rid = of(o.submit(s2), E.RequestLease)[0].rid
+    (req,) = of(o.feed(E.LeaseRedirected(rid, OTHER, ("d", "h", 1))), E.RequestLease)
+    assert of(o.feed(E.LeaseFailed(req.rid, ValueError("no"))), E.TaskFailed)
+
+
 def test_node_death_leaves_other_nodes_alone():
     o = Owner()
     s = make_spec(retries=0)
