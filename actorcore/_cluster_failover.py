@@ -20,8 +20,11 @@ changes; for each dead node it
 
 Who restarts whom: the node an actor's creation went through (its *home*,
 the owner's node; kept in the record) is the one that restarts it, so one
-node acts per actor without an election. An actor whose home node died too
-is not restarted (callers get ActorDiedError naming the dead node).
+node acts per actor without an election. When the home node is gone too, a
+non-detached actor goes with its owner (who lived there); a detached one
+whose spec is kept in etcd (``spec_saved``: restartable, spec under 256 KiB)
+is restarted by the live node with the smallest id, which claims it with a
+compare-and-swap on its record and becomes its new home.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ import dataclasses
 import logging
 from typing import Any
 
-from actorcore.gcs import ActorRecord
+import msgpack
+
+from actorcore.gcs import ActorRecord, Compare, GetOp, PutOp
 
 from . import _protocol as P
 from ._cluster_work import split_affinity
@@ -68,6 +73,9 @@ class NodeFailover:
         for actor_id, (spec, where) in list(work.placed.items()):
             if where == node_id:
                 self.daemon.spawn(self._restart(actor_id, spec, node_id))
+        live = self.membership.table.live
+        if live and min(live) == self.daemon.node_id:  # one node looks for orphans
+            self.daemon.spawn(self._restart_orphans(node_id))
         hook = getattr(self.cluster, "reschedule_bundles_of", None) or getattr(
             self.daemon, "reschedule_bundles_of", None
         )
@@ -101,10 +109,12 @@ class NodeFailover:
             )
             await self._declare_dead(actor_id, dead, f"its restart failed: {e}")
 
-    async def _restart_once(self, actor_id: bytes, spec: dict[str, Any], dead: bytes) -> None:
+    async def _restart_once(
+        self, actor_id: bytes, spec: dict[str, Any], dead: bytes, claimed: ActorRecord | None = None
+    ) -> None:
         table = self.cluster.actor_table
-        rec = await table.get(actor_id)
-        if rec is None or rec.state == "DEAD" or rec.node_id != dead:
+        rec = claimed or await table.get(actor_id)
+        if rec is None or rec.state == "DEAD" or (claimed is None and rec.node_id != dead):
             return  # killed meanwhile, or it moved already
         _, pinned, soft = split_affinity(dict(spec.get("shape") or {}))
         if not rec.restartable() or (pinned == dead and not soft):
@@ -145,6 +155,51 @@ class NodeFailover:
             owners[actor_id] = target
         await self.membership.call_node(target, P.CreateActorMsg(next_rid(), actor_id, new))
 
+    async def _restart_orphans(self, dead: bytes) -> None:
+        """Restart the detached actors of ``dead`` whose home node is gone too, from the
+        creation spec kept in etcd; a compare-and-swap on the record claims each one, so
+        one node restarts it even if several look."""
+        table = self.cluster.actor_table
+        try:
+            kvs, _ = await self.cluster.store.get_prefix(table.prefix)
+        except Exception:
+            logger.exception("listing the actors of dead node %s failed", dead.hex())
+            return
+        live = self.membership.table.live
+        for kv in kvs:
+            rec = ActorRecord.from_bytes(kv.value)
+            if rec.node_id != dead or rec.state == "DEAD" or (rec.home in live):
+                continue
+            if not (rec.detached and rec.spec_saved and rec.restartable()):
+                continue  # its owner died with its home node: it goes with it
+            try:
+                await self._restart_orphan(rec, kv.mod_revision, dead)
+            except Exception as e:
+                logger.exception("restarting orphan actor %s failed", rec.actor_id.hex())
+                await self._declare_dead(rec.actor_id, dead, f"its restart failed: {e}")
+
+    async def _restart_orphan(self, rec: ActorRecord, revision: int, dead: bytes) -> None:
+        table, store = self.cluster.actor_table, self.cluster.store
+        key, spec_key = table.key(rec.actor_id), table.spec_key(rec.actor_id)
+        me = self.daemon.node_id
+        claimed = dataclasses.replace(rec, state="RESTARTING", node_id=me, address=None, home=me)
+        result = await store.txn(
+            [Compare(key, "mod", "==", revision)],
+            [PutOp(key, claimed.to_bytes()), GetOp(spec_key)],
+        )
+        if not result.succeeded:
+            return  # another node claimed it, or it changed meanwhile
+        got = result.responses[1]
+        if not got:
+            await self._declare_dead(rec.actor_id, dead, "its creation spec is gone")
+            return
+        spec = dict(msgpack.unpackb(got[0].value, raw=False))
+        sent = spec.get("forwarded_from")
+        owner = bytes(sent[1]) if sent else bytes(rec.owner[0]) if rec.owner else b""
+        spec["forwarded_from"] = [me, owner]
+        self.cluster.work.placed[rec.actor_id] = (spec, dead)  # as if sent there from here
+        await self._restart_once(rec.actor_id, spec, dead, claimed)
+
     async def _declare_dead(
         self, actor_id: bytes, dead: bytes, why: str, rec: ActorRecord | None = None
     ) -> None:
@@ -157,5 +212,7 @@ class NodeFailover:
         logger.warning("actor %s is dead: %s", actor_id.hex(), cause)
         dead_rec = dataclasses.replace(rec, state="DEAD", address=None, death_cause=cause)
         await table.put(dead_rec)
+        if rec.spec_saved:
+            await self.cluster.store.delete(table.spec_key(actor_id))
         if rec.name:
             await self.cluster.names.release(rec.namespace or "default", rec.name, actor_id)

@@ -51,6 +51,7 @@ class ActorRecord:
     restarts: int = 0
     max_restarts: int = 0  # -1: unlimited
     home: bytes | None = None  # the node that restarts it elsewhere if its node dies
+    spec_saved: bool = False  # its creation spec is in control state (any node may restart it)
 
     def restartable(self) -> bool:
         """Whether a restart is left (after its node died, say)."""

@@ -269,3 +269,46 @@ def test_a_driver_killed_with_sigkill_is_cleaned_up_on_every_node(cluster, tmp_p
         wait_for(clean, 30, what="the killed driver's actor, task and object gone everywhere")
     except TimeoutError:
         raise AssertionError(f"left behind by the killed driver: {left()}") from None
+
+
+DETACHED = """
+    import actorcore as ac
+    ac.init(address=ADDRESS)
+
+    @ac.remote
+    class Service:
+        def __init__(self):
+            self.n = 0
+
+        def incr(self):
+            self.n += 1
+            return self.n, ac.get_runtime_context().get_node_id()
+
+    h = Service.options(
+        name="svc", namespace="f", lifetime="detached", max_restarts=1, resources={"w": 1}
+    ).remote()
+    print(ac.get(h.incr.remote(), timeout=60)[1])
+    ac.shutdown()
+"""
+
+
+def test_a_detached_actor_whose_node_and_home_died_restarts_from_its_saved_spec(cluster):
+    # created by a driver of node 1 on node 1 itself: its node is its home; the driver is gone
+    env = {**os.environ, "ACTORCORE_ATTACH_NODE": cluster.nodes[1].node_id}
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(DETACHED.replace("ADDRESS", repr(cluster.address)))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == cluster.nodes[1].node_id
+    h = ac.get_actor("svc", namespace="f")
+    assert ac.get(h.incr.remote(), timeout=60) == (2, cluster.nodes[1].node_id)
+    cluster.stop_node(cluster.nodes[1], kill=True)
+    n, node = ac.get(h.incr.remote(), timeout=60)
+    assert node == cluster.nodes[2].node_id and n == 1  # restarted: __init__ ran again
+    h2 = ac.get_actor("svc", namespace="f")  # its name still finds it
+    assert ac.get(h2.incr.remote(), timeout=60) == (2, cluster.nodes[2].node_id)
+    ac.kill(h2)
