@@ -63,7 +63,10 @@ class NodeFailover:
     def on_change(self, changes: list[Joined | Left]) -> None:
         for ch in changes:
             if isinstance(ch, Left) and ch.node_id != self.daemon.node_id:
-                self.node_left(ch.node_id)
+                try:
+                    self.node_left(ch.node_id)
+                except Exception:  # the membership's watch must go on whatever happens here
+                    logger.exception("recovering from the death of %s failed", ch.node_id.hex())
 
     def node_left(self, node_id: bytes) -> None:
         self.deaths_seen += 1
@@ -76,9 +79,8 @@ class NodeFailover:
         live = self.membership.table.live
         if live and min(live) == self.daemon.node_id:  # one node looks for orphans
             self.daemon.spawn(self._restart_orphans(node_id))
-        hook = getattr(self.cluster, "reschedule_bundles_of", None) or getattr(
-            self.daemon, "reschedule_bundles_of", None
-        )
+        groups = getattr(self.cluster, "groups", None)  # placement groups (issue 9), if built
+        hook = getattr(groups, "reschedule_bundles_of", None)
         if hook is not None:
             try:
                 hook(node_id)

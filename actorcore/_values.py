@@ -12,6 +12,7 @@ import _thread
 import asyncio
 import concurrent.futures
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -195,14 +196,17 @@ _REBUILD_READS = 3  # reads of one object that may each find it lost and wait fo
 
 
 def _read(rt: CoreRuntime, ref: ObjectRef, e: ObjectEntry, timeout: float | None) -> Any:
-    """:func:`value_of`; an owned object found lost is rebuilt from lineage and read again."""
+    """:func:`value_of`; an owned object found lost is rebuilt from lineage and read again
+    (within what is left of ``timeout``)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     for _ in range(_REBUILD_READS):
         try:
             return value_of(rt, e)
         except ObjectLostError:
             if not rt.recovery.read_failed(e):
                 raise
-        e = _wait_entries(rt, (ref,), 1, timeout)[0]
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        e = _wait_entries(rt, (ref,), 1, left)[0]
     return value_of(rt, e)
 
 

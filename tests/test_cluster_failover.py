@@ -9,6 +9,7 @@ are for states, with deadlines.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -79,8 +80,8 @@ class Counter:
 
 @ac.remote(max_retries=3)
 def slow(t: float, marker: str) -> str:
-    with open(f"{marker}.{os.getpid()}", "w"):
-        pass  # started (the test waits for this state)
+    with open(f"{marker}.{_here()}.{os.getpid()}", "w"):
+        pass  # started, and where (the test waits for this state)
     time.sleep(t)
     return _here()
 
@@ -133,10 +134,20 @@ def test_a_killed_node_loses_no_retryable_work(cluster, tmp_path):
         if ac.get(where, timeout=60) == doomed_id:
             inner = ac.get(box, timeout=60)[0]
             break
-    marker = str(tmp_path / "started")
-    # three w slots are free: one on the doomed node (the actor holds its other one)
-    running = [slow.options(resources={"w": 1}).remote(2.0, marker) for _ in range(3)]
-    wait_for(lambda: len(list(tmp_path.iterdir())) >= 3, 60, what="the slow tasks started")
+    # tasks running when the node dies: started one by one until one runs there
+    running = []
+    for i in range(6):
+        marker = str(tmp_path / f"started{i}")
+        running.append(slow.options(resources={"w": 1}).remote(4.0, marker))
+        started = wait_for(
+            lambda i=i: [p.name for p in tmp_path.glob(f"started{i}.*")],
+            60,
+            what="a slow task started",
+        )
+        if doomed_id in started[0]:
+            break
+    else:
+        pytest.skip("no task ran on the doomed node")
     held = actor.hold.remote(2.0, str(tmp_path / "held"))  # in flight: retried (max_task_retries)
     wait_for((tmp_path / "held").exists, 60, what="the actor call started")
 
@@ -163,6 +174,12 @@ def test_a_killed_node_loses_no_retryable_work(cluster, tmp_path):
             ac.get(inner, timeout=60)
     rows = [r for r in ac.nodes() if r["NodeID"] == doomed_id]
     assert rows and not rows[0]["Alive"]
+    # lineage goes with the refs that need it
+    lineage = ac._global.runtime.recovery.core
+    assert len(lineage) >= 2
+    del a, b, once, inner
+    gc.collect()
+    wait_for(lambda: len(lineage) == 0, 30, what="lineage freed with its refs")
 
 
 def test_an_actor_out_of_restarts_dies_with_its_node(cluster, tmp_path):
