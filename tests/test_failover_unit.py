@@ -6,12 +6,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from actorcore.gcs import ActorRecord
 
 from actorcore import _protocol as P
 from actorcore._cluster_failover import NodeFailover
 from actorcore._cluster_node import ClusterNode
 from actorcore._peers import Joined, Left
-from actorcore.gcs import ActorRecord
 
 pytestmark = pytest.mark.timeout(10)
 
