@@ -7,8 +7,9 @@ loop would otherwise read as death on a loaded machine. :class:`LeaseKeeper`
 runs the refresh on a thread with its own event loop and its own etcd client
 (gRPC channels belong to one loop, ETCD.md gotcha 7), every ``TTL / 4``; a
 refresh that finds the lease gone (TTL 0) reports it to the daemon's loop,
-which registers again. A refresh that fails (etcd unreachable) is retried at
-the next period; the keeper never gives up on its own.
+which registers again. A refresh slow to answer does not hold the next one
+back (up to four in flight); one that fails (etcd unreachable) is tried again
+at the next period; the keeper never gives up on its own.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class LeaseKeeper:
     ) -> None:
         self._address = address
         self._options = options
+        self._ttl_s = ttl_s
         self.period_s = ttl_s / REFRESHES_PER_TTL
         self._lease = lease
         self._on_lost = on_lost
@@ -87,7 +89,10 @@ class LeaseKeeper:
         self._own_loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._started.set()
-        store = EtcdControlStore(self._address, options=self._options, call_timeout=self.period_s)
+        # a refresh slow to answer (a loaded machine, etcd busy) is not given up early:
+        # the next one starts on time beside it, and either keeps the lease
+        store = EtcdControlStore(self._address, options=self._options, call_timeout=self._ttl_s)
+        in_flight: set[asyncio.Task[None]] = set()
         try:
             while not self._stop.is_set():
                 try:
@@ -95,8 +100,14 @@ class LeaseKeeper:
                     break
                 except TimeoutError:
                     pass  # the refresh period is over
-                await self._refresh(store)
+                if len(in_flight) < REFRESHES_PER_TTL:
+                    task = asyncio.get_running_loop().create_task(self._refresh(store))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
         finally:
+            for task in list(in_flight):
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
             await store.aclose()
 
     async def _refresh(self, store: EtcdControlStore) -> None:

@@ -103,6 +103,7 @@ class Membership:
         self._registering = asyncio.Lock()  # the keepalive and the watch may both re-register
         self._leaving = False
         self._keeper: LeaseKeeper | None = None
+        self._lost: set[int] = set()  # leases found gone, being replaced
 
     # --- life ---------------------------------------------------------------------------
 
@@ -180,15 +181,19 @@ class Membership:
 
     def _lease_lost(self, lease: int) -> None:
         """The lease keeper found ``lease`` gone (on this loop)."""
-        if lease == self.lease and not self._leaving:  # (the watch may have re-registered)
+        if lease == self.lease and not self._leaving and lease not in self._lost:
+            # (the watch may have re-registered; several refreshes may report one loss)
             logger.error("this node's registration was lost (lease expired): registering again")
-            self._own(self._register_again(), "register")
+            self._lost.add(lease)
+            self._own(self._register_again(lease), "register")
 
-    async def _register_again(self) -> None:
+    async def _register_again(self, lease: int) -> None:
         try:
             await self._register()
         except ControlStoreError as e:  # the keeper reports it again next period
             logger.warning("could not register again: %s", e)
+        finally:
+            self._lost.discard(lease)
 
     async def _watch(self, revision: int) -> None:
         while not self._leaving:
