@@ -196,8 +196,8 @@ _REBUILD_READS = 3  # reads of one object that may each find it lost and wait fo
 
 
 def _read(rt: CoreRuntime, ref: ObjectRef, e: ObjectEntry, timeout: float | None) -> Any:
-    """:func:`value_of`; an owned object found lost is rebuilt from lineage and read again
-    (within what is left of ``timeout``)."""
+    """:func:`value_of`; an object found lost is rebuilt from lineage (owned) or asked of
+    its owner again (borrowed), and read again (within what is left of ``timeout``)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     for _ in range(_REBUILD_READS):
         try:
@@ -361,8 +361,8 @@ async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
     for _ in range(_REBUILD_READS):
         if e.state == PENDING or not is_local(rt, e):
             await _until_ready(rt, [e], 1, None, True)  # (a copy on another node is pulled)
-            if e.owned and e.state != FAILED and not is_local(rt, e) and rt.recovery.read_failed(e):
-                continue  # the pull found no copy: it is rebuilt from lineage
+            if e.state != FAILED and not is_local(rt, e) and rt.recovery.read_failed(e):
+                continue  # the pull found no copy: rebuilt from lineage, or asked again
         try:
             if e.kind == STORE and e.state != FAILED:
                 # map it without a blocking round trip to the daemon (which may be

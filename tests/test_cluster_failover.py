@@ -78,6 +78,22 @@ class Counter:
         return _here()
 
 
+@ac.remote(num_cpus=0)
+class Borrower:
+    """Holds a borrowed ref whose value it located (not copied) before the node died."""
+
+    def keep(self, refs: list) -> str:
+        self.refs = refs
+        ac.wait(refs, timeout=60, fetch_local=False)
+        return _here()
+
+    def read(self) -> int:
+        return int(ac.get(self.refs[0], timeout=60)[0])
+
+    def forget(self) -> None:
+        self.refs = None
+
+
 @ac.remote(max_retries=3)
 def slow(t: float, marker: str) -> str:
     with open(f"{marker}.{_here()}.{os.getpid()}", "w"):
@@ -128,6 +144,8 @@ def test_a_killed_node_loses_no_retryable_work(cluster, tmp_path):
         if ac.get(where, timeout=60) == doomed_id:
             break
     once = on_doomed(make_once, 1 << 20)
+    borrower = Borrower.remote()
+    assert ac.get(borrower.keep.remote([a]), timeout=60) != doomed_id
     inner = None
     for _ in range(20):
         box, where = put_here.options(resources={"w": 0.5}).remote(1 << 20)
@@ -166,6 +184,8 @@ def test_a_killed_node_loses_no_retryable_work(cluster, tmp_path):
     assert node != doomed_id and n == 1
     # lost objects: rebuilt from lineage (b's argument a was lost too)
     assert int(ac.get(b, timeout=60)[0]) == 8 and int(ac.get(a, timeout=60)[0]) == 7
+    # a borrower that located a before the death asks its owner again: the rebuilt copy
+    assert ac.get(borrower.read.remote(), timeout=60) == 7
     # no lineage: ObjectLostError; owner died with the node: OwnerDiedError (both lost)
     with pytest.raises(ObjectLostError, match="no lineage"):
         ac.get(once, timeout=60)
@@ -177,9 +197,17 @@ def test_a_killed_node_loses_no_retryable_work(cluster, tmp_path):
     # lineage goes with the refs that need it
     lineage = ac._global.runtime.recovery.core
     assert len(lineage) >= 2
+    ac.get(borrower.forget.remote(), timeout=60)  # (it borrowed a)
     del a, b, once, inner
     gc.collect()
-    wait_for(lambda: len(lineage) == 0, 30, what="lineage freed with its refs")
+    try:
+        wait_for(lambda: len(lineage) == 0, 30, what="lineage freed with its refs")
+    except TimeoutError:
+        table = ac._global.runtime.table.entries
+        left = {
+            r.name: [table.get(o) for o in r.return_ids] for r in list(lineage.by_task.values())
+        }
+        raise AssertionError(f"lineage kept: {left}") from None
 
 
 def test_an_actor_out_of_restarts_dies_with_its_node(cluster, tmp_path):

@@ -88,19 +88,40 @@ class ObjectRecovery:
 
     def node_died(self, node_id: bytes) -> None:
         """Node ``node_id`` left the cluster (any thread)."""
-        lost = self.rt.node_died(node_id)
-        if lost:
-            logger.info("%d objects lost their last copy with node %s", len(lost), node_id.hex())
-            self.lost(lost, f"every copy of it was on node {node_id.hex()}, which died")
+        rt = self.rt
+        gone = rt.node_died(node_id)
+        owned = []
+        with rt.lock:
+            for oid in gone:
+                e = rt.table.entries.get(oid)
+                if e is None:
+                    continue
+                if e.owned:
+                    owned.append(oid)
+                elif e.state == READY and e.kind == STORE:
+                    rt.table.reset(e)  # borrowed: its next reader asks the owner again
+                    e.locations = None
+        if owned:
+            logger.info("%d objects lost their last copy with node %s", len(owned), node_id.hex())
+            self.lost(owned, f"every copy of it was on node {node_id.hex()}, which died")
 
     def read_failed(self, e: Any) -> bool:
-        """A read of owned store object ``e`` found no copy: True if it is being rebuilt
-        (or now failed for good), so that the reader waits for it again."""
-        if not self.enabled or not e.owned:
+        """A read of store object ``e`` found no copy: True if the reader is to wait for
+        it again. An owned object is rebuilt (or failed for good); a borrowed one is asked
+        of its owner again (who may have rebuilt it elsewhere, or be rebuilding it)."""
+        if not self.enabled:
             return False
-        with self.rt.lock:
+        rt = self.rt
+        with rt.lock:
             if e.state != READY or e.kind != STORE:
                 return e.state == PENDING
+            if not e.owned:
+                if rt.table.entries.get(e.oid) is not e:
+                    return False
+                rt.table.reset(e)
+                e.locations = None
+                rt.fetch(e)
+                return True
         return self.lost([e.oid], "no node could provide a copy of it")
 
     def lost(self, oids: list[bytes], why: str) -> bool:
