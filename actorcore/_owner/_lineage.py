@@ -130,9 +130,9 @@ class Lineage:
             self.by_object[oid] = rec
         return True
 
-    def freed(self, oids: Iterable[bytes]) -> list[Instruction]:
+    def freed(self, oids: Iterable[bytes]) -> list[ReleaseLineage]:
         """Objects were freed (no reference left): drop the records nobody needs."""
-        out: list[Instruction] = []
+        out: list[ReleaseLineage] = []
         for oid in oids:
             rec = self.by_object.pop(oid, None)
             if rec is None:

@@ -82,7 +82,7 @@ class ObjectRecovery:
         """Owned store objects were freed: the lineage records nobody needs go."""
         if not self.core.by_object:
             return []
-        return [ins.record.spec for ins in self.core.freed(oids)]
+        return [ins.record.spec for ins in self.core.freed(oids) if isinstance(ins, ReleaseLineage)]
 
     # --- losses --------------------------------------------------------------------------
 
