@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ._task_state import Lease, TaskSpec
 
 __all__ = [
+    "ArgsLost",
     "CancelChildren",
     "CancelTask",
     "Close",
@@ -38,6 +39,7 @@ __all__ = [
     "PushFailed",
     "PushTask",
     "RequestLease",
+    "ResolveAgain",
     "ResolveDeps",
     "RetryLease",
     "ReturnLease",
@@ -125,6 +127,23 @@ class TaskReplied:
     lease: Lease
     rid: int
     results: list[Any]
+
+
+@dataclass(slots=True)
+class ArgsLost:
+    """The worker could not get an argument of ``rid`` (every copy it was told of is
+    gone with a node): resolve the arguments again, after a pause."""
+
+    lease: Lease
+    rid: int
+    error: BaseException
+
+
+@dataclass(slots=True)
+class ResolveAgain:
+    """The pause after :class:`ArgsLost` is over: resolve ``spec``'s arguments again."""
+
+    spec: TaskSpec
 
 
 @dataclass(slots=True)

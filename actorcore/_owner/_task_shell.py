@@ -22,7 +22,7 @@ from .._execution import current_task
 from .._ref import ObjectRef
 from .._refcount import ERROR, STORE, wake
 from .._rpc import error_from_reply, next_rid
-from ..errors import ActorCoreError
+from ..errors import ActorCoreError, ObjectLostError
 from . import _task_events as E
 from ._deps import ready_now, resolve_deps
 from ._inbox import Inbox, carry_out
@@ -203,6 +203,8 @@ class TaskSubmitter:
 
     def _resolve_deps(self, ins: E.ResolveDeps) -> None:
         spec = ins.spec
+        if not spec.args.deps and spec.lineage_deps:  # resolved at submission: again now
+            spec.args.deps = list(spec.lineage_deps)
 
         def done(resolved: list[Any] | BaseException) -> None:
             if isinstance(resolved, BaseException):
@@ -248,7 +250,11 @@ class TaskSubmitter:
         if isinstance(reply, BaseException):
             self.post(E.PushFailed(lease, rid, reply))
         elif reply.TAG == P.Tag.ERROR_REPLY:
-            self.post(E.TaskRejected(lease, rid, error_from_reply(reply)))
+            err = error_from_reply(reply)
+            if isinstance(err, ObjectLostError):  # an argument could not be had there
+                self.post(E.ArgsLost(lease, rid, err))
+            else:
+                self.post(E.TaskRejected(lease, rid, err))
         else:
             self.post(E.TaskReplied(lease, rid, reply.results))
 

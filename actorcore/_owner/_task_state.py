@@ -15,6 +15,7 @@ class TaskSpec:
     """One task as its owner knows it."""
 
     __slots__ = (
+        "arg_losses",
         "args",
         "cancelled",
         "fn",
@@ -59,6 +60,7 @@ class TaskSpec:
         self.cancelled = False
         self.resolved: list[Any] = []
         self.lineage_deps: list[Any] | None = None  # its ObjectRef arguments, for lineage
+        self.arg_losses = 0  # times a worker could not get its arguments
         self.stream = 0  # a streaming generator: its back-pressure + 1
 
     def __repr__(self) -> str:

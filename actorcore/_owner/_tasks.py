@@ -46,6 +46,11 @@ STALL_S = 0.02  # a busy worker that finished nothing for this long takes no mor
 # and its death is not declared yet) is asked again through the local daemon, paced:
 UNREACHABLE_RETRY_S = 0.2
 UNREACHABLE_TRIES = 150  # ~30 s: far past any node TTL
+# A worker that could not get a task's argument (its copies went with a dead node, whose
+# death its owner learns within the TTL, then rebuilding it): the arguments are resolved
+# again after a pause, this many times, without using the task's retries.
+ARGS_LOST_RETRY_S = 0.5
+ARGS_LOST_TRIES = 20  # ~10 s
 
 
 class TaskCore:
@@ -81,6 +86,8 @@ class TaskCore:
             E.LeaseFailed: self._on_lease_failed,
             E.TaskReplied: self._on_replied,
             E.TaskRejected: self._on_rejected,
+            E.ArgsLost: self._on_args_lost,
+            E.ResolveAgain: self._on_resolve_again,
             E.PushFailed: self._on_push_failed,
             E.TasksReturned: self._on_returned,
             E.PeerClosed: self._on_peer_closed,
@@ -359,6 +366,29 @@ class TaskCore:
         if spec is not None:
             self._finish_failed(spec, ev.error)
             self._after_reply(spec, ev.lease)
+
+    def _on_args_lost(self, ev: E.ArgsLost) -> None:
+        spec = self._took(ev.lease, ev.rid)
+        if spec is None:
+            return
+        if spec.cancelled:
+            self._finish_failed(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+        elif spec.arg_losses < ARGS_LOST_TRIES and not self.closed:
+            spec.arg_losses += 1
+            self._out.append(E.StartTimer(ARGS_LOST_RETRY_S, E.ResolveAgain(spec)))
+        else:
+            self._finish_failed(spec, ev.error)
+        self._after_reply(spec, ev.lease)
+
+    def _on_resolve_again(self, ev: E.ResolveAgain) -> None:
+        spec = ev.spec
+        if spec.cancelled:
+            self._finish_failed(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+        elif self.closed:
+            self._finish_failed(spec, ActorCoreError("the runtime shut down"))
+        else:
+            spec.resolved = []
+            self._out.append(E.ResolveDeps(spec))
 
     def _on_push_failed(self, ev: E.PushFailed) -> None:
         spec = self._took(ev.lease, ev.rid)
