@@ -357,3 +357,18 @@ def test_a_detached_actor_whose_node_and_home_died_restarts_from_its_saved_spec(
     h2 = ac.get_actor("svc", namespace="f")  # its name still finds it
     assert ac.get(h2.incr.remote(), timeout=60) == (2, cluster.nodes[2].node_id)
     ac.kill(h2)
+
+
+@ac.remote(max_retries=1)
+def total(a: np.ndarray) -> int:
+    return int(a.sum())
+
+
+def test_tasks_submitted_as_the_node_dies_get_their_rebuilt_argument(cluster):
+    a, where = make.options(resources={"w": 0.5}).remote(1 << 20, 1)
+    doomed = _node_of(cluster, ac.get(where, timeout=60))
+    cluster.stop_node(doomed, kill=True)
+    # the owner is not told for up to a TTL: these resolve `a` to the dead node first;
+    # their workers cannot copy it, and they are resolved again once it is rebuilt
+    refs = [total.options(num_cpus=1).remote(a) for _ in range(4)]
+    assert ac.get(refs, timeout=60) == [1 << 20] * 4
