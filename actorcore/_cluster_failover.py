@@ -56,6 +56,10 @@ class NodeFailover:
         self.deaths_seen = 0
         self.actors_restarted = 0
 
+    def statistics(self) -> dict[str, int]:
+        """Deaths this node saw and actors it restarted (``CLUSTER_INFO failover``)."""
+        return {"deaths_seen": self.deaths_seen, "actors_restarted": self.actors_restarted}
+
     @property
     def membership(self) -> Any:
         return self.cluster.membership

@@ -245,6 +245,8 @@ class ClusterNode:
             return self.membership.table.nodes()
         if what == "total":
             return self.membership.table.total()
+        if what == "failover":  # this node's recovery counters (chaos runs report them)
+            return self.failover.statistics()
         if what == "available":
             local = self._local(P.Tag.CLUSTER_INFO, peer, msg, b)
             return self.membership.available(local)

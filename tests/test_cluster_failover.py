@@ -194,6 +194,11 @@ def test_a_killed_node_loses_no_retryable_work(cluster, tmp_path):
             ac.get(inner, timeout=60)
     rows = [r for r in ac.nodes() if r["NodeID"] == doomed_id]
     assert rows and not rows[0]["Alive"]
+    assert ac._global.runtime.recovery.statistics()["rebuilt"] >= 2
+    restarted = sum(
+        n.ask(P.ClusterInfoMsg(next_rid(), "failover"))["actors_restarted"] for n in cluster.live()
+    )
+    assert restarted == 1
     # lineage goes with the refs that need it
     lineage = ac._global.runtime.recovery.core
     assert len(lineage) >= 2

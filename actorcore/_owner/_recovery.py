@@ -38,6 +38,10 @@ class ObjectRecovery:
         self.rebuilt = 0  # rebuilds started (statistics)
         self.failed = 0  # objects failed for good
 
+    def statistics(self) -> dict[str, int]:
+        """Rebuilds started, objects failed for good, lineage records kept now."""
+        return {"rebuilt": self.rebuilt, "failed": self.failed, "lineage": len(self.core)}
+
     @property
     def enabled(self) -> bool:
         return in_cluster(self.rt)
