@@ -165,7 +165,7 @@ class NodeDaemon(Service):
             E.Later: self._later,
             E.WakeReaders: self.store.wake,
             E.DeleteFile: self.store.delete_file,
-            E.RevokePins: self.store.revoke_pins,
+            E.RevokePins: self.store.revoke,
             E.Refused: self._refused,
         }
 
