@@ -12,11 +12,13 @@ same rebuild. Lineage state is only touched under the runtime's lock.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from .._locations import in_cluster
-from .._refcount import ERROR, PENDING, READY, STORE, wake
+from .._refcount import PENDING, READY, STORE
 from ..errors import ObjectReconstructionFailedError
+from . import _object_events as OE
 from . import _task_events as E
 from ._lineage import FailObject, Lineage, ReleaseLineage, Resubmit
 
@@ -35,6 +37,7 @@ class ObjectRecovery:
     def __init__(self, rt: CoreRuntime) -> None:
         self.rt = rt
         self.core = Lineage()
+        self._lock = threading.Lock()  # the lineage core's (never held while calling out)
         self.rebuilt = 0  # rebuilds started (statistics)
         self.failed = 0  # objects failed for good
 
@@ -49,31 +52,34 @@ class ObjectRecovery:
     # --- the task shell's hooks (called under the runtime's lock) -------------------------
 
     def task_done(self, spec: TaskSpec, results: list[Any]) -> bool:
-        """A task's results were adopted; True if it is kept as lineage (its
+        """A task's results arrived (on the loop); True if it is kept as lineage (its
         arguments are then kept too)."""
         if not self.enabled or spec.stream:
             return False
-        table = self.rt.table.entries
+        table = self.rt.objects.table.entries  # (read on the loop, which owns it)
         live = [
             oid
             for oid, r in zip(spec.return_ids, results, strict=True)
             if r[0] == STORE and oid in table
         ]
-        if not live and spec.task_id not in self.core.by_task:
-            return False
-        return self.core.finished(
-            spec.task_id,
-            spec.name,
-            spec,
-            spec.return_ids,
-            live,
-            spec.retries_left,
-            spec.lineage_deps,
-        )
+        with self._lock:
+            if not live and spec.task_id not in self.core.by_task:
+                return False
+            return self.core.finished(
+                spec.task_id,
+                spec.name,
+                spec,
+                spec.return_ids,
+                live,
+                spec.retries_left,
+                spec.lineage_deps,
+            )
 
     def task_failed(self, spec: TaskSpec, err: BaseException) -> BaseException:
         """A task failed; a failed rebuild gets the error that says so."""
-        if self.core.rebuild_failed(spec.task_id) is None:
+        with self._lock:
+            failed = self.core.rebuild_failed(spec.task_id)
+        if failed is None:
             return err
         wrapped = ObjectReconstructionFailedError(
             f"the objects of task {spec.name} were lost with their node and running it "
@@ -86,7 +92,9 @@ class ObjectRecovery:
         """Owned store objects were freed: the lineage records nobody needs go."""
         if not self.core.by_object:
             return []
-        return [ins.record.spec for ins in self.core.freed(oids) if isinstance(ins, ReleaseLineage)]
+        with self._lock:
+            released = self.core.freed(oids)
+        return [ins.record.spec for ins in released]
 
     # --- losses --------------------------------------------------------------------------
 
@@ -94,17 +102,20 @@ class ObjectRecovery:
         """Node ``node_id`` left the cluster (any thread)."""
         rt = self.rt
         gone = rt.node_died(node_id)
-        owned = []
-        with rt.lock:
+
+        def split(table: Any) -> list[bytes]:
+            owned = []
             for oid in gone:
-                e = rt.table.entries.get(oid)
+                e = table.entries.get(oid)
                 if e is None:
                     continue
                 if e.owned:
                     owned.append(oid)
                 elif e.state == READY and e.kind == STORE:
-                    rt.table.reset(e)  # borrowed: its next reader asks the owner again
-                    e.locations = None
+                    _reset(table, e)  # borrowed: its next reader asks the owner again
+            return owned
+
+        owned = self._on_table(split) if gone else []
         if owned:
             logger.info("%d objects lost their last copy with node %s", len(owned), node_id.hex())
             self.lost(owned, f"every copy of it was on node {node_id.hex()}, which died")
@@ -115,21 +126,25 @@ class ObjectRecovery:
         of its owner again (who may have rebuilt it elsewhere, or be rebuilding it)."""
         if not self.enabled:
             return False
-        rt = self.rt
-        with rt.lock:
-            if e.state != READY or e.kind != STORE:
-                return e.state == PENDING
-            if not e.owned:
-                if rt.table.entries.get(e.oid) is not e:
-                    return False
-                rt.table.reset(e)
-                e.locations = None
-                rt.fetch(e)
+        if e.state != READY or e.kind != STORE:
+            return e.state == PENDING
+        if not e.owned:
+
+            def again(table: Any) -> bool:
+                if table.entries.get(e.oid) is not e or e.state != READY:
+                    return e.state == PENDING
+                _reset(table, e)  # its next watch asks the owner
                 return True
+
+            return bool(self._on_table(again))
         return self.lost([e.oid], "no node could provide a copy of it")
 
+    def _on_table(self, fn: Any) -> Any:
+        """``fn(table)`` run by the object core on the runtime's loop; its result."""
+        return self.rt.objects.ask(lambda answer: OE.Query(fn, answer))
+
     def lost(self, oids: list[bytes], why: str) -> bool:
-        with self.rt.lock:
+        with self._lock:
             instrs = self.core.lost(oids, why)
         again = [ins.record.spec for ins in instrs if isinstance(ins, Resubmit)]
         for spec in again:  # every lost object pending first: a task rebuilt next waits on
@@ -144,13 +159,15 @@ class ObjectRecovery:
         return bool(instrs)
 
     def _reset(self, spec: TaskSpec) -> None:
-        rt = self.rt
-        with rt.lock:
-            for oid in spec.return_ids:
-                e = rt.table.entries.get(oid)
+        ids = list(spec.return_ids)
+
+        def reset(table: Any) -> None:
+            for oid in ids:
+                e = table.entries.get(oid)
                 if e is not None and e.state == READY and e.kind == STORE:
-                    rt.table.reset(e)
-                    e.locations = None
+                    _reset(table, e)
+
+        self._on_table(reset)
 
     def _resubmit(self, spec: TaskSpec) -> None:
         self.rebuilt += 1
@@ -163,14 +180,19 @@ class ObjectRecovery:
         self.rt.submitter.post(E.SubmitTask(spec))
 
     def _fail(self, oid: bytes, err: BaseException) -> None:
-        rt = self.rt
         self.failed += 1
-        with rt.lock:
-            e = rt.table.entries.get(oid)
-            if e is None:
-                return
-            if e.state != PENDING:
-                rt.table.reset(e)
-            e.locations = None
-            waiters = rt.table.complete(e, ERROR, err)
-        wake(waiters, e)
+
+        def reset(table: Any) -> None:
+            e = table.entries.get(oid)
+            if e is not None and e.state != PENDING:
+                _reset(table, e)
+
+        self._on_table(reset)
+        self.rt.objects.post(OE.ObjectsFailed([oid], err))  # its waiters wake with it
+
+
+def _reset(table: Any, e: Any) -> None:
+    """Back to pending with no known copy (on the loop, inside the object core)."""
+    table.reset(e)
+    e.locations = None
+    e.fetching = False
