@@ -38,7 +38,7 @@ import msgpack
 from actorcore.gcs import ActorRecord, Compare, GetOp, PutOp
 
 from . import _protocol as P
-from ._cluster_work import split_affinity
+from ._cluster_work import LOCAL, split_affinity
 from ._peers import Joined, Left
 from ._rpc import next_rid
 
@@ -135,7 +135,7 @@ class NodeFailover:
             shape = {k: v for k, v in shape.items() if dead.hex() not in k}
             new["shape"] = shape
         work = self.cluster.work
-        target = work.target_for(shape)
+        target = await self._target(shape)
         logger.warning(
             "restarting actor %s (%s) of dead node %s on node %s (restart %d)",
             actor_id.hex(),
@@ -160,6 +160,17 @@ class NodeFailover:
         if actor_id in owners:
             owners[actor_id] = target
         await self.membership.call_node(target, P.CreateActorMsg(next_rid(), actor_id, new))
+
+    async def _target(self, shape: dict[str, Any]) -> bytes | None:
+        """Where a restarted actor of ``shape`` goes (None: this node), as a new one would."""
+        work = self.cluster.work
+        where = work._route(shape)
+        if where == LOCAL or work.placer is None:
+            return None
+        if isinstance(where, bytes):
+            return where
+        node: bytes = await work.place(*where, {})
+        return None if node == self.daemon.node_id else node
 
     async def _restart_orphans(self, dead: bytes) -> None:
         """Restart the detached actors of ``dead`` whose home node is gone too, from the
