@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from actorcore.scheduler import Decision, LocalView, SpillConfig, SpillPolicy
 from actorcore.scheduler import _resources as R
 from actorcore.scheduler import placer_msgs as M
-from actorcore.store._results import ClientGone, Free
+from actorcore.store._results import Free
 
 from . import _protocol as P
 from ._node import _events as NE
@@ -163,6 +163,9 @@ class ClusterWork:
         self.forwarded: dict[bytes, dict[bytes, bytes]] = {}
         self._owner_of: dict[bytes, bytes] = {}  # actor -> its owner, for the above
         self.frees_received = 0  # FREE_OBJECTS from peer daemons (copies here freed)
+        # actor -> (its creation spec, the node hosting it): actors sent to other nodes
+        # through us, restarted elsewhere by us if that node dies (_cluster_failover)
+        self.placed: dict[bytes, tuple[dict[str, Any], bytes]] = {}
         cfg = getattr(daemon, "config", None)
         self.policy = SpillPolicy(
             SpillConfig(
@@ -188,6 +191,7 @@ class ClusterWork:
             if int(tag) in handlers:
                 self._orig[int(tag)] = handlers[int(tag)]
                 handlers[int(tag)] = fn
+        handlers[int(P.Tag.OWNER_GONE)] = self.on_owner_gone
 
     def _local(self, tag: P.Tag, peer: RpcPeer, msg: Any, b: list[bytes]) -> Any:
         return self._orig[int(tag)](peer, msg, b)
@@ -375,6 +379,7 @@ class ClusterWork:
         if not spec.get("detached"):
             self.forwarded.setdefault(owner, {})[msg.actor_id] = target
             self._owner_of[msg.actor_id] = owner
+        self.placed[msg.actor_id] = (spec, target)
         return self._forward_create(target, P.CreateActorMsg(next_rid(), msg.actor_id, spec))
 
     async def _create_here(self, peer: RpcPeer, msg: P.CreateActorMsg, b: list[bytes]) -> Any:
@@ -392,29 +397,45 @@ class ClusterWork:
         logger.info("actor %s goes to node %s", msg.actor_id.hex(), target.hex())
         return await self.membership.call_node(target, msg)
 
-    def owner_gone(self, owner: bytes, owned_objects: bool = True) -> None:
-        """A process of this node ended: its actors on other nodes end too, and
-        (``owned_objects``: a worker or a driver) the store copies of its objects
-        on other nodes go (its own node's store drops them itself). Which nodes
-        hold them died with the process: every peer is told, once."""
+    def owner_gone(self, owner: bytes) -> None:
+        """A process of this node ended: its actors on other nodes end too, and every
+        peer daemon drops what it holds for it (``OWNER_GONE``: leases, objects)."""
+        if owner not in self.membership.table.members:  # (a peer daemon's link is no owner)
+            for node_id in list(self.membership.table.live):
+                if node_id != self.node_id:
+                    self.daemon.spawn(self._tell_owner_gone(node_id, owner))
         for actor_id, node_id in self.forwarded.pop(owner, {}).items():
             self._owner_of.pop(actor_id, None)
+            self.placed.pop(actor_id, None)
             self.daemon.spawn(self._kill_on(node_id, actor_id))
-        if not owned_objects or owner in self.membership.table.members:
-            return  # (a peer daemon's link: it owns no objects)
-        msg = P.FreeObjectsMsg([], None, owner, True)
-        for node_id in self.membership.table.live:
-            if node_id != self.node_id:
-                self.daemon.spawn(self._free_on(node_id, msg))
 
     def forget(self, actor_id: bytes) -> None:
         """An actor created through this node was killed: nothing to end for its owner."""
+        self.placed.pop(actor_id, None)
         owner = self._owner_of.pop(actor_id, None)
         if owner is not None:
             mine = self.forwarded.get(owner, {})
             mine.pop(actor_id, None)
             if not mine:
                 self.forwarded.pop(owner, None)
+
+    async def _tell_owner_gone(self, node_id: bytes, owner: bytes) -> None:
+        try:
+            peer = await self.membership._link(node_id)
+            peer.send(P.OwnerGoneMsg(owner))
+        except (OSError, ConnectionError, TimeoutError, LookupError) as e:
+            logger.debug("owner-gone notice to node %s not sent: %s", node_id.hex(), e)
+
+    def on_owner_gone(self, peer: RpcPeer, msg: P.OwnerGoneMsg, b: list[bytes]) -> Any:
+        """A peer daemon's process ended: what this node holds for it goes (only a
+        peer daemon may say so, and never of a process connected here)."""
+        assert peer.conn is not None
+        owner = bytes(msg.owner)
+        if peer.conn.peer_id in self.membership.table.live and owner not in self.daemon.conns:
+            from ._node import _events as NE
+
+            self.daemon.apply(NE.ProcessGone(owner))
+        return DEFERRED
 
     async def _kill_on(self, node_id: bytes, actor_id: bytes) -> None:
         try:
@@ -451,10 +472,7 @@ class ClusterWork:
         assert peer.conn is not None
         if peer.conn.peer_id in self.membership.table.live:
             self.frees_received += 1
-            if msg.owner_gone and msg.owner:  # every copy here of a dead owner's objects
-                self.daemon.store.apply(ClientGone(bytes(msg.owner)))
-            else:
-                self._free_copies(list(msg.oids))  # from a peer daemon: the copies here
+            self._free_copies(list(msg.oids))  # from a peer daemon: the copies here
             return DEFERRED
         self._local(P.Tag.FREE_OBJECTS, peer, msg, b)
         live = self.membership.table.live

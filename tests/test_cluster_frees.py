@@ -130,8 +130,7 @@ def test_the_copies_of_a_dead_owners_objects_go_on_every_node(cluster):
     import subprocess
     import sys
 
-    a, b, c = cluster.nodes
-    before_c = _frees_received(c)
+    a, b, _c = cluster.nodes
     out = subprocess.run(
         [sys.executable, "-c", _DYING_DRIVER, cluster.address, a.node_id],
         capture_output=True,
@@ -140,8 +139,7 @@ def test_the_copies_of_a_dead_owners_objects_go_on_every_node(cluster):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     oid = out.stdout.split()[-1]
-    _gone_everywhere((a, b), oid)
-    wait_for(lambda: _frees_received(c) > before_c, 30, what="C told the owner is gone")
+    _gone_everywhere((a, b), oid)  # (its node frees A's copy; OWNER_GONE the one on B)
 
 
 def test_a_big_argument_copied_to_the_tasks_node_is_freed_there(cluster):

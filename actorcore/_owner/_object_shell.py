@@ -133,6 +133,8 @@ class ObjectShell:
     def _free(self, ins: E.FreeStore) -> None:
         self.rt._frees.append(ins)  # (with the nodes holding its copies)
         self.rt._schedule_flush()
+        for spec in self.rt.recovery.freed([ins.oid]):  # lineage nobody needs any more:
+            self.rt.submitter.release_args(spec)  # its arguments go too
 
     def _release(self, ins: E.ReleaseBorrow) -> None:
         self.rt._releases.setdefault(tuple(ins.owner), []).append(ins.oid)
