@@ -27,6 +27,7 @@ from typing import Any
 from actorcore.gcs import ActorRecord, ActorTable, ControlStore, NameRegistry, PutOp
 
 from . import _protocol as P
+from ._cluster_pg import ClusterGroups
 from ._cluster_work import ClusterWork
 from ._membership import Membership
 from ._peers import ClusterSpec, node_record
@@ -141,6 +142,8 @@ class ClusterNode:
         self.names = NameRegistry(self.store)
         self._orig: dict[int, Handler] = {}
         self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees
+        self.groups = ClusterGroups(daemon, self.membership)  # placement groups
+        self.work.group_target = self.groups.node_for_shape
 
     async def start(self, handlers: dict[int, Handler]) -> None:
         """Answer for the cluster through ``handlers`` (changed in place), then join."""
@@ -154,13 +157,16 @@ class ClusterNode:
             handlers[int(tag)] = fn
         handlers[int(P.Tag.LOAD_REPORT)] = self.on_load_report
         self.work.install(handlers)
+        self.groups.install(handlers)  # after work's: group work waits, then is routed
         transfer = getattr(self.daemon, "transfer", None)
         if transfer is not None and transfer.listener is not None:
             # where peers pull objects from this node (data connections)
             self.membership.record["transfer_address"] = list(transfer.address)
         await self.membership.start()
+        await self.groups.start()
 
     async def leave(self) -> None:
+        await self.groups.aclose()
         try:
             await self.membership.leave()
         except Exception:  # the daemon's close goes on whatever happens here

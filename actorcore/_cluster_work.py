@@ -93,6 +93,8 @@ class ClusterWork:
         # owner process -> its (non-detached) actors created on other nodes through us
         self.forwarded: dict[bytes, dict[bytes, bytes]] = {}
         self._owner_of: dict[bytes, bytes] = {}  # actor -> its owner, for the above
+        # work scheduled into a placement group: the node of its bundle (_cluster_pg)
+        self.group_target: Callable[[Mapping[str, float]], bytes | None] | None = None
 
     def install(self, handlers: dict[int, Handler]) -> None:
         """Wrap the daemon's handlers in ``handlers`` (changed in place)."""
@@ -115,6 +117,8 @@ class ClusterWork:
         """The node that should take work of ``shape`` (None: this one, which also
         refuses a hard affinity to a node that is not alive)."""
         base, target, soft = split_affinity(R.normalize(dict(shape)))
+        if self.group_target is not None and (node := self.group_target(base)) is not None:
+            return None if node == self.node_id else node
         live = self.membership.table.live
         if target is not None and target != self.node_id:
             fits = target in live and not R.missing(_usable(live[target]), base)

@@ -102,6 +102,10 @@ class Tag(IntEnum):
     # streaming generators (worker -> owner items, owner -> worker acks)
     GENERATOR_ITEM = 108
     ITEMS_ACK = 109
+    # placement groups across nodes (coordinator <-> node daemons, two-phase; _cluster_pg)
+    PG_PREPARE = 140
+    PG_COMMIT = 141
+    PG_RELEASE = 142
 
 
 def message(tag: Tag) -> Callable[[type[_M]], type[_M]]:
@@ -601,6 +605,42 @@ class ItemsAckMsg(NamedTuple):
 
     stream_id: bytes
     consumed: int
+
+
+# --- placement groups across nodes (two-phase reservation, see _cluster_pg) ----------------
+
+
+@message(Tag.PG_PREPARE)
+class PgPrepareMsg(NamedTuple):
+    """Coordinator -> node daemon: hold ``bundles`` ([index, shape] pairs) of a group
+    for ``attempt`` (not usable yet); replies ``[held, available]``: False when they
+    do not fit now, and the node's available resources after."""
+
+    rid: int
+    pg_id: bytes
+    attempt: int
+    bundles: list[Any]
+    coordinator: bytes
+
+
+@message(Tag.PG_COMMIT)
+class PgCommitMsg(NamedTuple):
+    """Coordinator -> node daemon: offer the bundles held for ``attempt``; replies
+    ``[committed, available]`` (False: nothing held for that attempt)."""
+
+    rid: int
+    pg_id: bytes
+    attempt: int
+
+
+@message(Tag.PG_RELEASE)
+class PgReleaseMsg(NamedTuple):
+    """Any node -> node daemon: give back bundles ``indexes`` of a group (empty: all);
+    replies the node's available resources after."""
+
+    rid: int
+    pg_id: bytes
+    indexes: list[int]
 
 
 MESSAGES: dict[int, type] = _collect()

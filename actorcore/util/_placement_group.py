@@ -112,4 +112,11 @@ def get_placement_group(name: str) -> PlacementGroup:
 
 
 def placement_group_table() -> list[dict[str, Any]]:
-    return list(G.require().call_daemon(P.ListStateMsg(next_rid(), "placement_groups")))
+    """Every placement group: id, name, strategy, state, ``bundles`` ({index: shape})
+    and, in a cluster, ``bundles_to_node_id`` ({index: node id hex, None: not placed})."""
+    rows = list(G.require().call_daemon(P.ListStateMsg(next_rid(), "placement_groups")))
+    for row in rows:
+        for key in ("bundles", "bundles_to_node_id"):
+            if isinstance(row.get(key), list | tuple):
+                row[key] = dict(enumerate(row[key]))
+    return rows

@@ -1,0 +1,537 @@
+"""Placement groups across the nodes of a cluster: the node daemon's side.
+
+:class:`ClusterGroups` wraps a cluster node daemon's placement-group handlers:
+
+* ``CREATE_PLACEMENT_GROUP``: the group is placed by this node's
+  :class:`~actorcore._pg_coordinator.GroupCoordinator` (two-phase: every
+  chosen node prepares its bundles, then commits; any refusal, timeout or
+  death releases what was prepared and the group is tried again). Its record
+  (``/pgs/<id>``, see :mod:`actorcore._pg_records`) is written to etcd as it
+  changes, so every node and driver sees it;
+* ``WAIT_PLACEMENT_GROUP`` (``pg.ready()``/``pg.wait()``), from any node:
+  answered True once the record says CREATED (False: removed);
+* ``REMOVE_PLACEMENT_GROUP``: the coordinator releases every bundle on every
+  node (the work holding them is stopped); a group whose coordinator died is
+  released from here;
+* ``GET_PLACEMENT_GROUP`` and ``LIST_STATE placement_groups``: from etcd;
+* ``REQUEST_LEASE``/``CREATE_ACTOR`` of work scheduled into a group wait until
+  its bundle is placed; then :class:`~actorcore._cluster_work.ClusterWork`
+  sends it to the bundle's node (:meth:`ClusterGroups.node_for_shape` is its
+  ``group_target``);
+* ``PG_PREPARE``/``PG_COMMIT``/``PG_RELEASE``: this node as a participant
+  (:class:`~actorcore.scheduler._bundles.BundleHolds` in its scheduler).
+
+When a node leaves, the bundles it held are placed again by their
+coordinators (:meth:`ClusterGroups.reschedule_bundles_of`, callable by the
+node-failure handling too), and what it prepared here but never committed is
+released. Not handled yet: a group whose coordinator died stays as it is
+(committed bundles stay usable; a pending one is not placed) until the
+elected global placer takes the coordinator's place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from actorcore.gcs import Compare, DeleteOp, EventType, PutOp, RevisionCompactedError
+
+from . import _protocol as P
+from ._peers import Joined, Left
+from ._pg_coordinator import GroupCoordinator, Outcomes
+from ._pg_records import (
+    PGS,
+    GroupRecord,
+    RecordState,
+    marker_of,
+    name_key,
+    node_for,
+    record_key,
+)
+from ._rpc import DEFERRED, RpcPeer, next_rid
+
+__all__ = ["ClusterGroups"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[RpcPeer, Any, list[bytes]], Any]
+UNKNOWN_GROUP_WAIT_S = 30.0  # how long a caller waits for a group no node has recorded yet
+_BATCH = 100  # records per etcd transaction
+_PUMP_S = 0.1  # how often pending groups see the nodes' loads
+_REMEMBER_REMOVED = 10_000  # removed groups whose waiters are answered False at once
+_RETRY_S = 0.5  # pacing of retries after etcd errors, not synchronization
+
+
+def _events() -> Any:
+    """The node daemon's events (imported late: the daemon's package imports this one)."""
+    from ._node import _events as E
+
+    return E
+
+
+class _Answer:
+    """A waiter for this node's own participant: the reply resolves a future."""
+
+    def __init__(self, fut: asyncio.Future[Any]) -> None:
+        self.fut = fut
+
+    def reply(self, rid: int, value: Any) -> None:
+        if not self.fut.done():
+            self.fut.set_result(value)
+
+
+class ClusterGroups:
+    """Placement groups of a cluster node daemon (see the module doc)."""
+
+    def __init__(self, daemon: Any, membership: Any) -> None:
+        self.daemon = daemon
+        self.membership = membership
+        self.store = membership.store
+        self.node_id: bytes = daemon.node_id
+        self.records: dict[bytes, GroupRecord] = {}
+        self.coordinator: GroupCoordinator | None = None
+        self._orig: dict[int, Handler] = {}
+        self._waiters: dict[bytes, list[asyncio.Future[bool]]] = {}
+        self._writes: dict[bytes, GroupRecord | None] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._removed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+
+    # --- life ------------------------------------------------------------------------
+
+    def install(self, handlers: dict[int, Handler]) -> None:
+        """Wrap the daemon's handlers in ``handlers`` (changed in place); call it after
+        ClusterWork's, so work into a group waits here before it is routed."""
+        for tag, fn in (
+            (P.Tag.CREATE_PLACEMENT_GROUP, self.on_create),
+            (P.Tag.WAIT_PLACEMENT_GROUP, self.on_wait),
+            (P.Tag.REMOVE_PLACEMENT_GROUP, self.on_remove),
+            (P.Tag.GET_PLACEMENT_GROUP, self.on_get),
+            (P.Tag.LIST_STATE, self.on_list_state),
+            (P.Tag.REQUEST_LEASE, self.on_request_lease),
+            (P.Tag.CREATE_ACTOR, self.on_create_actor),
+        ):
+            self._orig[int(tag)] = handlers[int(tag)]
+            handlers[int(tag)] = fn
+        handlers[int(P.Tag.PG_PREPARE)] = self.on_prepare
+        handlers[int(P.Tag.PG_COMMIT)] = self.on_commit
+        handlers[int(P.Tag.PG_RELEASE)] = self.on_release
+
+    async def start(self) -> None:
+        """Load the groups' records, watch them, and follow the cluster's nodes
+        (call it once this node is registered)."""
+        self.coordinator = GroupCoordinator(
+            self.node_id,
+            self._loads,
+            self._call,
+            Outcomes(self._placed, self._lost, self._warn),
+        )
+        _listen(self.membership, self._nodes_changed)
+        for node_id, rec in list(self.membership.table.live.items()):
+            self.coordinator.node_joined(node_id, rec["resources"])
+        kvs, revision = await self.store.get_prefix(PGS)
+        for kv in kvs:
+            self._learn(GroupRecord.from_bytes(kv.value))
+        self._own(self._watch(revision + 1))
+        self._own(self._pump())
+
+    async def aclose(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.coordinator is not None:
+            await self.coordinator.aclose()
+        for pg_id in list(self._waiters):
+            self._wake(pg_id, False)
+
+    def _own(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("placement-group task failed", exc_info=task.exception())
+
+    def _local(self, tag: P.Tag, peer: Any, msg: Any, b: list[bytes]) -> Any:
+        return self._orig[int(tag)](peer, msg, b)
+
+    # --- the hook for node failures ----------------------------------------------------
+
+    def reschedule_bundles_of(self, node_id: bytes) -> None:
+        """``node_id`` is dead: the groups this node coordinates place the bundles it
+        held on other nodes (their records say RESCHEDULING meanwhile), attempts
+        that asked it are aborted, and what it prepared here is released.
+        Idempotent; also run when the membership sees the node leave."""
+        if self.coordinator is not None:
+            self.coordinator.reschedule_bundles_of(node_id)
+        if node_id != self.node_id:
+            self.daemon.apply(_events().BundlesReleased(b"", coordinator=node_id))
+
+    def _nodes_changed(self, changes: list[Joined | Left]) -> None:
+        assert self.coordinator is not None
+        for ch in changes:
+            if isinstance(ch, Joined):
+                self.coordinator.node_joined(ch.node_id, ch.record["resources"])
+            else:
+                self.reschedule_bundles_of(ch.node_id)
+
+    # --- creation and the coordinator's outcomes ---------------------------------------
+
+    def on_create(self, peer: RpcPeer, msg: P.CreatePlacementGroupMsg, b: list[bytes]) -> Any:
+        bundles = [{str(k): float(v) for k, v in dict(x).items()} for x in msg.bundles]
+        rec = GroupRecord(
+            msg.pg_id,
+            tuple(bundles),
+            msg.strategy,
+            msg.name,
+            nodes=(None,) * len(bundles),
+            coordinator=self.node_id,
+        )
+        if msg.name:
+            return self._create_named(rec)
+        self._create(rec)
+        return True
+
+    async def _create_named(self, rec: GroupRecord) -> Any:
+        if not await self.store.put_if_absent(name_key(rec.name), rec.pg_id):
+            raise ValueError(f"a placement group named {rec.name!r} exists already")
+        self._create(rec)
+        return True
+
+    def _create(self, rec: GroupRecord) -> None:
+        assert self.coordinator is not None
+        self._learn(rec)
+        self._write(rec.pg_id, rec)
+        self._feed_loads()
+        self.coordinator.request(rec.pg_id, list(rec.bundles), rec.strategy)
+
+    def _placed(self, pg_id: bytes, placement: tuple[bytes, ...]) -> None:
+        rec = self.records.get(pg_id)
+        if rec is None:
+            return
+        new = rec.placed(tuple(placement), RecordState.CREATED)
+        self._learn(new)
+        self._write(pg_id, new)
+
+    def _lost(self, pg_id: bytes, node_id: bytes, indexes: tuple[int, ...]) -> None:
+        rec = self.records.get(pg_id)
+        if rec is None:
+            return
+        nodes = list(rec.nodes or (None,) * len(rec.bundles))
+        for i in indexes:
+            nodes[i] = None
+        logger.warning(
+            "placement group %s lost bundles %s with node %s: placing them again",
+            pg_id.hex(),
+            list(indexes),
+            node_id.hex(),
+        )
+        new = rec.placed(tuple(nodes), RecordState.RESCHEDULING)
+        self._learn(new)
+        self._write(pg_id, new)
+
+    def _warn(self, key: Any, missing: Mapping[str, float], offer: Mapping[str, float]) -> None:
+        rec = self.records.get(key) if isinstance(key, bytes) else None
+        what = f"{rec.strategy} group of {len(rec.bundles)} bundles" if rec else "group"
+        self.daemon._warn_drivers(
+            f"placement group {key.hex() if isinstance(key, bytes) else key} ({what}) cannot "
+            f"be placed on the cluster's nodes: missing {dict(missing)}; the largest node "
+            f"offers {dict(offer)}; it stays PENDING until a node that fits joins"
+        )
+
+    def _loads(self) -> dict[bytes, Mapping[str, float]]:
+        loads: dict[bytes, Mapping[str, float]] = dict(self.membership.loads)
+        loads[self.node_id] = self.daemon.sched.available
+        return loads
+
+    def _feed_loads(self) -> None:
+        assert self.coordinator is not None
+        self.coordinator.refresh_loads()
+
+    async def _pump(self) -> None:
+        """While a group waits for room, the coordinator sees the loads as they change."""
+        assert self.coordinator is not None
+        while True:
+            await asyncio.sleep(_PUMP_S)  # pacing, as the load reports themselves
+            if self.coordinator.pending():
+                self._feed_loads()
+
+    # --- the coordinator's calls to nodes ------------------------------------------------
+
+    async def _call(self, node_id: bytes, msg: Any) -> Any:
+        if node_id != self.node_id:
+            return await self.membership.call_node(node_id, msg)
+        if isinstance(msg, P.PgReleaseMsg):
+            return self.on_release(None, msg, [])
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._participate((_Answer(fut), msg.rid), msg)
+        return await fut
+
+    # --- this node as a participant ---------------------------------------------------------
+
+    def on_prepare(self, peer: RpcPeer, msg: P.PgPrepareMsg, b: list[bytes]) -> Any:
+        self._participate((peer, msg.rid), msg)
+        return DEFERRED
+
+    def on_commit(self, peer: RpcPeer, msg: P.PgCommitMsg, b: list[bytes]) -> Any:
+        self._participate((peer, msg.rid), msg)
+        return DEFERRED
+
+    def _participate(self, waiter: Any, msg: Any) -> None:
+        E = _events()
+        if isinstance(msg, P.PgPrepareMsg):
+            bundles = [(int(i), dict(s)) for i, s in msg.bundles]
+            ev: Any = E.BundlesPrepared(waiter, msg.pg_id, msg.attempt, bundles, msg.coordinator)
+        else:
+            ev = E.BundlesCommitted(waiter, msg.pg_id, msg.attempt)
+        self.daemon.apply(ev)  # bad input raises: the caller gets the error
+
+    def on_release(self, peer: RpcPeer | None, msg: P.PgReleaseMsg, b: list[bytes]) -> Any:
+        ev = _events().BundlesReleased(msg.pg_id, tuple(int(i) for i in msg.indexes))
+        self.daemon.apply(ev)
+        return dict(self.daemon.sched.available)
+
+    # --- readiness ------------------------------------------------------------------------
+
+    def on_wait(self, peer: RpcPeer, msg: P.WaitPlacementGroupMsg, b: list[bytes]) -> Any:
+        rec = self.records.get(msg.pg_id)
+        if rec is not None and rec.state is RecordState.CREATED:
+            return True
+        return self.wait_created(msg.pg_id)
+
+    async def wait_created(self, pg_id: bytes) -> bool:
+        """True once the group is CREATED; False if it is removed (or, never heard
+        of, not recorded within ``UNKNOWN_GROUP_WAIT_S``)."""
+        rec = self.records.get(pg_id)
+        if rec is None and pg_id in self._removed:
+            return False
+        if rec is None:
+            kv = await self.store.get(record_key(pg_id))
+            if kv is not None:
+                self._learn(GroupRecord.from_bytes(kv.value))
+            rec = self.records.get(pg_id)
+        if rec is not None and rec.state is RecordState.CREATED:
+            return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(pg_id, []).append(fut)
+        if rec is None:
+            return await _wait_or(fut, UNKNOWN_GROUP_WAIT_S, False)
+        return await fut
+
+    def _wake(self, pg_id: bytes, ready: bool) -> None:
+        for fut in self._waiters.pop(pg_id, []):
+            if not fut.done():
+                fut.set_result(ready)
+
+    # --- removal -------------------------------------------------------------------------
+
+    def on_remove(self, peer: RpcPeer, msg: P.RemovePlacementGroupMsg, b: list[bytes]) -> Any:
+        assert self.coordinator is not None
+        rec = self.records.pop(msg.pg_id, None)
+        self._removed[msg.pg_id] = None
+        if len(self._removed) > _REMEMBER_REMOVED:
+            self._removed.popitem(last=False)
+        self._wake(msg.pg_id, False)
+        if self.coordinator.remove(msg.pg_id):  # ours: the coordinator releases every bundle
+            self._forget(msg.pg_id, rec)
+            return True
+        return self._remove_elsewhere(msg.pg_id, rec)
+
+    async def _remove_elsewhere(self, pg_id: bytes, rec: GroupRecord | None) -> Any:
+        if rec is None:
+            kv = await self.store.get(record_key(pg_id))
+            if kv is None:
+                return True  # removed already (or never created)
+            rec = GroupRecord.from_bytes(kv.value)
+        live = self.membership.table.live
+        if rec.coordinator != self.node_id and rec.coordinator in live:
+            return await self.membership.call_node(
+                rec.coordinator, P.RemovePlacementGroupMsg(next_rid(), pg_id)
+            )
+        # its coordinator is gone: release the bundles from here
+        msg = P.PgReleaseMsg(next_rid(), pg_id, [])
+        nodes = {n for n in rec.nodes if n is not None and n in live}
+        results = await asyncio.gather(*(self._call(n, msg) for n in nodes), return_exceptions=True)
+        for n, r in zip(nodes, results, strict=True):
+            if isinstance(r, BaseException):
+                logger.info("release of group %s on %s: %r", pg_id.hex(), n.hex(), r)
+        self._forget(pg_id, rec)
+        return True
+
+    def _forget(self, pg_id: bytes, rec: GroupRecord | None) -> None:
+        self._write(pg_id, None)
+        if rec is not None and rec.name:
+            key = name_key(rec.name)
+            cond = [Compare(key, "value", "==", pg_id)]
+            self._own(self.store.txn(cond, [DeleteOp(key)]))
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    async def on_get(self, peer: RpcPeer, msg: P.GetPlacementGroupMsg, b: list[bytes]) -> Any:
+        kv = await self.store.get(name_key(msg.name))
+        rec_kv = await self.store.get(record_key(kv.value)) if kv is not None else None
+        if rec_kv is None:
+            raise ValueError(f"no placement group named {msg.name!r}")
+        rec = GroupRecord.from_bytes(rec_kv.value)
+        return {"pg_id": rec.pg_id, "bundles": list(rec.bundles), "strategy": rec.strategy}
+
+    def on_list_state(self, peer: RpcPeer, msg: P.ListStateMsg, b: list[bytes]) -> Any:
+        if msg.kind != "placement_groups":
+            return self._local(P.Tag.LIST_STATE, peer, msg, b)
+        return self.table()
+
+    async def table(self) -> list[dict[str, Any]]:
+        """Every group of the cluster, as etcd holds it (newer local changes win)."""
+        kvs, _ = await self.store.get_prefix(PGS)
+        recs = {r.pg_id: r for r in map(GroupRecord.from_bytes, (kv.value for kv in kvs))}
+        for pg_id, rec in self._writes.items():
+            if rec is None:
+                recs.pop(pg_id, None)
+            else:
+                recs[pg_id] = rec
+        return [r.row() for r in sorted(recs.values(), key=lambda r: r.created_at)]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The groups this node knows of now (no etcd read)."""
+        return [r.row() for r in sorted(self.records.values(), key=lambda r: r.created_at)]
+
+    # --- work scheduled into a group ---------------------------------------------------------
+
+    def node_for_shape(self, shape: Mapping[str, float]) -> bytes | None:
+        """The node for work of ``shape`` scheduled into a placed group (None: not
+        such work, or its bundle is not placed); ClusterWork's ``group_target``."""
+        m = marker_of(shape)
+        if m is None:
+            return None
+        rec = self.records.get(m[0])
+        if rec is None:
+            return None
+        avail = dict(self.membership.loads)
+        avail[self.node_id] = self.daemon.sched.available
+        node = node_for(rec, m[1], shape, self.node_id, avail)
+        if node is None or (node != self.node_id and node not in self.membership.table.live):
+            return None
+        return node
+
+    def _routable(self, shape: Mapping[str, Any]) -> bytes | None:
+        """The group to wait for before work of ``shape`` can be routed (None: go on)."""
+        m = marker_of({str(k): v for k, v in shape.items()})
+        if m is None:
+            return None
+        rec = self.records.get(m[0])
+        if rec is None or rec.state is not RecordState.CREATED:
+            return m[0]
+        return None
+
+    def on_request_lease(self, peer: RpcPeer, msg: P.RequestLeaseMsg, b: list[bytes]) -> Any:
+        pg_id = self._routable(dict(msg.shape))
+        if pg_id is None:
+            return self._local(P.Tag.REQUEST_LEASE, peer, msg, b)
+        return self._after_ready(pg_id, P.Tag.REQUEST_LEASE, peer, msg, b)
+
+    def on_create_actor(self, peer: RpcPeer, msg: P.CreateActorMsg, b: list[bytes]) -> Any:
+        spec = dict(msg.spec)
+        pg_id = None if spec.get("forwarded_from") else self._routable(spec.get("shape") or {})
+        if pg_id is None:
+            return self._local(P.Tag.CREATE_ACTOR, peer, msg, b)
+        return self._after_ready(pg_id, P.Tag.CREATE_ACTOR, peer, msg, b)
+
+    async def _after_ready(
+        self, pg_id: bytes, tag: P.Tag, peer: RpcPeer, msg: Any, b: list[bytes]
+    ) -> Any:
+        if not await self.wait_created(pg_id):
+            raise ValueError(
+                f"placement group {pg_id.hex()} was removed or does not exist: "
+                f"work scheduled into it cannot run"
+            )
+        result = self._local(tag, peer, msg, b)
+        return await result if asyncio.iscoroutine(result) else result
+
+    # --- records: the local view, etcd writes, the watch ------------------------------------
+
+    def _learn(self, rec: GroupRecord) -> None:
+        self.records[rec.pg_id] = rec
+        if rec.state is RecordState.CREATED:
+            self._wake(rec.pg_id, True)
+
+    def _write(self, pg_id: bytes, rec: GroupRecord | None) -> None:
+        """Write (None: delete) a record; one transaction per loop turn, latest wins."""
+        self._writes[pg_id] = rec
+        if self._writer is None or self._writer.done():
+            self._writer = self._own(self._flush())
+
+    async def _flush(self) -> None:
+        while self._writes:
+            keys = list(self._writes)[:_BATCH]
+            batch = {k: self._writes[k] for k in keys}
+            ops: list[Any] = [
+                DeleteOp(record_key(k)) if r is None else PutOp(record_key(k), r.to_bytes())
+                for k, r in batch.items()
+            ]
+            try:
+                await self.store.txn([], ops)
+            except Exception as e:  # etcd away: keep the records and try again
+                logger.warning("placement-group records not written (%s): retrying", e)
+                await asyncio.sleep(_RETRY_S)
+                continue
+            for k, r in batch.items():
+                if self._writes.get(k, r) is r:
+                    self._writes.pop(k, None)
+
+    async def _watch(self, revision: int) -> None:
+        while True:
+            try:
+                async with self.store.watch_prefix(PGS, start_revision=revision) as watch:
+                    async for event in watch:
+                        revision = event.revision + 1
+                        self._on_event(event)
+                return
+            except RevisionCompactedError:
+                kvs, revision = await self.store.get_prefix(PGS)
+                for kv in kvs:
+                    self._on_record(GroupRecord.from_bytes(kv.value))
+                revision += 1
+            except Exception as e:
+                logger.warning("placement-group watch failed (%s): watching again", e)
+                await asyncio.sleep(_RETRY_S)
+
+    def _on_event(self, event: Any) -> None:
+        if event.type is EventType.PUT and event.kv is not None:
+            self._on_record(GroupRecord.from_bytes(event.kv.value))
+            return
+        pg_id = bytes.fromhex(event.key[len(PGS) :].decode())
+        rec = self.records.get(pg_id)
+        if rec is not None and rec.coordinator == self.node_id:
+            return  # this node's own groups are known here first
+        self.records.pop(pg_id, None)
+        self._wake(pg_id, False)
+
+    def _on_record(self, rec: GroupRecord) -> None:
+        if rec.coordinator == self.node_id:
+            return  # the local view of this node's own groups is ahead of etcd
+        self._learn(rec)
+
+
+async def _wait_or(fut: asyncio.Future[bool], timeout: float, default: bool) -> bool:
+    try:
+        return await asyncio.wait_for(asyncio.shield(fut), timeout)
+    except TimeoutError:
+        return default
+
+
+def _listen(membership: Any, fn: Callable[[list[Joined | Left]], None]) -> None:
+    """Be told of the membership's joins and leaves, after whoever listens already."""
+    before = membership._on_change
+
+    def both(changes: list[Joined | Left]) -> None:
+        if before is not None:
+            before(changes)
+        fn(changes)
+
+    membership._on_change = both
