@@ -1,0 +1,104 @@
+"""Placement groups across nodes when nodes come and go (issue 9 item 5): a
+STRICT_SPREAD group with more bundles than nodes waits with one warning and is
+placed when a node joins; a node that stops answering in the middle of the
+two-phase reservation makes the others release what they prepared; bundles of
+a node that dies are placed again elsewhere. Real etcd, real node daemons."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+import actorcore as ac
+from actorcore import _protocol as P
+from actorcore._rpc import next_rid
+from actorcore.testing import Cluster, wait_for
+from actorcore.util import placement_group, placement_group_table, remove_placement_group
+
+pytestmark = [pytest.mark.etcd, pytest.mark.timeout(150)]
+
+
+def _available(node) -> dict[str, float]:
+    return dict(node.ask(P.ListStateMsg(next_rid(), "node"))["resources_available"])
+
+
+def _row(pg) -> dict:
+    return next(r for r in placement_group_table() if r["placement_group_id"] == pg.id.hex())
+
+
+def _free(node) -> bool:
+    avail = _available(node)
+    return avail.get("CPU") == 1.0 and not any("_group_" in k for k in avail)
+
+
+def _prepared_only(node) -> bool:
+    """It holds the group's CPU, and offers nothing for it (phase one)."""
+    avail = _available(node)
+    return avail.get("CPU") == 0.0 and not any("_group_" in k for k in avail)
+
+
+@pytest.fixture
+def cluster():
+    with Cluster(num_nodes=0, ttl_s=3.0) as c:
+        for _ in range(3):
+            c.add_node(num_cpus=1, wait=False)
+        c.wait_registered()
+        ac.init(address=c.address, attach_node=c.nodes[0].node_id)
+        try:
+            yield c
+        finally:
+            ac.shutdown()
+
+
+def test_a_node_frozen_mid_reservation_releases_the_others_then_a_new_node_places_it(
+    cluster, capsys
+):
+    a, b, c = cluster.nodes
+    os.kill(c.pid, signal.SIGSTOP)  # its daemon answers nothing (and its lease runs out)
+    try:
+        pg = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
+        # phase one on the live nodes: held, not usable
+        wait_for(lambda: _prepared_only(a) and _prepared_only(b), 30, what="A and B prepared")
+        assert not pg.wait(0.2)
+        # C is declared dead: the attempt is aborted and A and B give back what they held
+        wait_for(lambda: _free(a) and _free(b), 30, what="A and B released their bundles")
+        assert _row(pg)["state"] == "PENDING"
+    finally:
+        cluster.stop_node(c, kill=True)
+    # two nodes can never hold three STRICT_SPREAD bundles: one warning, naming it
+    wait_for(lambda: "cannot be placed" in (err := capsys.readouterr().err) and err, 30)
+    # a third node joins: the group is placed there and on A and B
+    d = cluster.add_node(num_cpus=1)
+    assert pg.wait(60)
+    row = _row(pg)
+    assert row["state"] == "CREATED"
+    assert sorted(row["bundles_to_node_id"].values()) == sorted([a.node_id, b.node_id, d.node_id])
+    assert "cannot be placed" not in capsys.readouterr().err  # warned once only
+    remove_placement_group(pg)
+    wait_for(lambda: all(_free(n) for n in (a, b, d)), 30, what="every node free again")
+
+
+def test_bundles_of_a_dead_node_are_placed_again(cluster):
+    a, b, c = cluster.nodes
+    pg = placement_group([{"CPU": 1}] * 2, strategy="SPREAD")
+    assert pg.wait(30)
+    first = dict(_row(pg)["bundles_to_node_id"])
+    victim = next(n for n in (b, c) if n.node_id in first.values())
+    index = next(i for i, n in first.items() if n == victim.node_id)
+    cluster.stop_node(victim, kill=True)
+
+    def moved() -> bool:
+        row = _row(pg)
+        node = row["bundles_to_node_id"][index]
+        return row["state"] == "CREATED" and node not in (None, victim.node_id)
+
+    wait_for(moved, 60, interval=0.1, what="the lost bundle placed on a live node")
+    row = _row(pg)
+    for i, node in first.items():
+        if i != index:
+            assert row["bundles_to_node_id"][i] == node  # the others stay put
+    remove_placement_group(pg)
+    live = [n for n in cluster.nodes if not n.stopped]
+    wait_for(lambda: all(_free(n) for n in live), 30, what="every node free again")
