@@ -149,7 +149,7 @@ def submit_into(pg, i: int) -> tuple[str, str]:
 
 
 def test_work_into_a_bundle_from_another_node(cluster, free_after):
-    a, b, c = (n.node_id for n in cluster.nodes)
+    b = cluster.nodes[1].node_id
     pg = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
     assert pg.wait(30)
     nodes = _nodes_of(pg)

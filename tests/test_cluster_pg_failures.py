@@ -81,7 +81,7 @@ def test_a_node_frozen_mid_reservation_releases_the_others_then_a_new_node_place
 
 
 def test_bundles_of_a_dead_node_are_placed_again(cluster):
-    a, b, c = cluster.nodes
+    _, b, c = cluster.nodes
     pg = placement_group([{"CPU": 1}] * 2, strategy="SPREAD")
     assert pg.wait(30)
     first = dict(_row(pg)["bundles_to_node_id"])
