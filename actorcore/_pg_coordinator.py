@@ -16,6 +16,7 @@ to the callbacks of :class:`Outcomes`.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class GroupCoordinator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._wakeups: list[float] = []  # times the placer asked to be woken at
         self._seq = 0
         self._fed: dict[bytes, dict[str, float]] = {}
         self._busy: dict[bytes, int] = {}  # calls in flight per node
@@ -109,10 +111,15 @@ class GroupCoordinator:
     # --- the one entry point ------------------------------------------------------------
 
     def handle(self, *events: M.Event) -> None:
-        """Feed the placer ``events`` (the clock first) and carry out its instructions."""
+        """Feed the placer ``events`` and carry out its instructions.
+
+        The placer's clock is set to now first; a ``Tick`` (which also scans every
+        group for timeouts and retries) is fed only when a ``RetryAt`` fires.
+        """
         if self._closed:
             return
-        instrs = self.placer.handle(M.Tick(self._loop.time()), *events)
+        self.placer.now = max(self.placer.now, self._loop.time())
+        instrs = self.placer.handle(*events)
         for ins in instrs:
             self._carry[type(ins)](ins)
 
@@ -248,13 +255,25 @@ class GroupCoordinator:
             self.handle(*self._replied_with(node_id, avail))
 
     def _retry_at(self, ins: M.RetryAt) -> None:
-        if self._timer is not None and self._timer_at <= ins.when:
-            return  # an earlier wake-up fires first (and asks again)
+        heapq.heappush(self._wakeups, ins.when)
+        self._arm()
+
+    def _arm(self) -> None:
+        """One timer, for the earliest wake-up asked for."""
+        if not self._wakeups or self._closed:
+            return
+        first = self._wakeups[0]
         if self._timer is not None:
+            if self._timer_at <= first:
+                return
             self._timer.cancel()
-        self._timer_at = ins.when
-        self._timer = self._loop.call_at(ins.when, self._wake)
+        self._timer_at = first
+        self._timer = self._loop.call_at(first, self._wake)
 
     def _wake(self) -> None:
         self._timer = None
-        self.handle()
+        now = self._loop.time()
+        while self._wakeups and self._wakeups[0] <= now:
+            heapq.heappop(self._wakeups)
+        self.handle(M.Tick(now))
+        self._arm()
