@@ -172,6 +172,8 @@ def test_table_and_named_lookup(cluster, free_after):
     assert ac.util.get_placement_group("tbl") == pg
     with pytest.raises(ValueError, match="exists"):
         placement_group([{"CPU": 0.1}], name="tbl")
+    listed = ac.util.state.list_placement_groups()
+    assert any(r["placement_group_id"] == pg.id.hex() for r in listed)
     # every node sees the same record
     for n in cluster.nodes:
         rows = n.ask(P.ListStateMsg(next_rid(), "placement_groups"))
