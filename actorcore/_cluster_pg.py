@@ -24,9 +24,9 @@
 When a node leaves, the bundles it held are placed again by their
 coordinators (:meth:`ClusterGroups.reschedule_bundles_of`, callable by the
 node-failure handling too), and what it prepared here but never committed is
-released. Not handled yet: a group whose coordinator died stays as it is
-(committed bundles stay usable; a pending one is not placed) until the
-elected global placer takes the coordinator's place.
+released. The groups a dead node coordinated are taken over by the live node
+with the smallest id (bundles on live nodes stay; the rest are placed again),
+until the elected global placer coordinates every group.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from actorcore.gcs import Compare, DeleteOp, EventType, PutOp, RevisionCompactedError
@@ -180,6 +181,24 @@ class ClusterGroups:
                 self.coordinator.node_joined(ch.node_id, ch.record["resources"])
             else:
                 self.reschedule_bundles_of(ch.node_id)
+                self._adopt_orphans(ch.node_id)
+
+    def _adopt_orphans(self, dead: bytes) -> None:
+        """The groups ``dead`` coordinated are taken over by the live node with the
+        smallest id (every node computes the same one from its peer table)."""
+        assert self.coordinator is not None
+        live = [n for n in self.membership.table.live if n != dead]
+        if not live or min(live) != self.node_id:
+            return
+        for rec in [r for r in self.records.values() if r.coordinator == dead]:
+            logger.info(
+                "placement group %s: coordinating it (node %s died)", rec.pg_id.hex(), dead.hex()
+            )
+            new = replace(rec, coordinator=self.node_id)
+            self._learn(new)
+            self._write(rec.pg_id, new)
+            nodes = rec.nodes or (None,) * len(rec.bundles)
+            self.coordinator.adopt(rec.pg_id, list(rec.bundles), rec.strategy, nodes)
 
     # --- creation and the coordinator's outcomes ---------------------------------------
 

@@ -128,6 +128,21 @@ class GroupCoordinator:
     def request(self, pg_id: bytes, bundles: list[dict[str, float]], strategy: str) -> None:
         self.handle(M.PlacementGroupRequest(pg_id, tuple(bundles), strategy))
 
+    def adopt(
+        self,
+        pg_id: bytes,
+        bundles: list[dict[str, float]],
+        strategy: str,
+        nodes: tuple[bytes | None, ...],
+    ) -> None:
+        """Coordinate a group whose coordinator died (bundles on live nodes stay)."""
+        if self._closed:
+            return
+        self.placer.now = max(self.placer.now, self._loop.time())
+        placement = {i: n for i, n in enumerate(nodes) if n is not None}
+        for ins in self.placer.groups.adopt(pg_id, tuple(bundles), strategy, placement):
+            self._carry[type(ins)](ins)
+
     def remove(self, pg_id: bytes) -> bool:
         """Release every bundle of a group placed here; False: not one of ours."""
         if self.placer.groups.get(pg_id) is None:

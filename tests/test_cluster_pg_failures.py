@@ -102,3 +102,28 @@ def test_bundles_of_a_dead_node_are_placed_again(cluster):
     remove_placement_group(pg)
     live = [n for n in cluster.nodes if not n.stopped]
     wait_for(lambda: all(_free(n) for n in live), 30, what="every node free again")
+
+
+def test_groups_of_a_dead_coordinator_are_taken_over(cluster):
+    a, b, c = cluster.nodes
+    pg_id = os.urandom(16)
+    # created through C: C coordinates it
+    c.ask(P.CreatePlacementGroupMsg(next_rid(), pg_id, [{"CPU": 1}] * 2, "SPREAD", ""))
+    pg = ac.util.PlacementGroup(pg_id, [{"CPU": 1}] * 2)
+    assert pg.wait(30)
+    assert _row(pg)["coordinator_node_id"] == c.node_id
+    cluster.stop_node(c, kill=True)
+
+    def taken_over() -> bool:
+        row = _row(pg)
+        nodes = set(row["bundles_to_node_id"].values())
+        return (
+            row["coordinator_node_id"] in (a.node_id, b.node_id)
+            and row["state"] == "CREATED"
+            and nodes == {a.node_id, b.node_id}
+        )
+
+    wait_for(taken_over, 60, interval=0.1, what="a live node coordinates the group")
+    remove_placement_group(pg)
+    wait_for(lambda: _free(a) and _free(b), 30, what="every node free again")
+    assert pg_id.hex() not in {r["placement_group_id"] for r in placement_group_table()}

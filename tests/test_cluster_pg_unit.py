@@ -206,3 +206,18 @@ def test_a_participant_dying_between_the_phases_aborts_and_releases():
     assert [r.node_id for r in released] == [first.node_id]
     assert G in nodes.ready  # placed again on the two nodes left
     assert second.node_id not in nodes.ready[G]
+
+
+def test_an_adopted_group_keeps_its_live_bundles_and_places_the_lost_ones():
+    p = Placer(PlacerConfig(warmup_s=0.0))
+    nodes = Nodes(p, a=1, b=1, c=1)
+    nodes.s["a"].prepare_bundles(G, 1, [(0, {"CPU": 1})], "dead")
+    nodes.s["a"].commit_bundles(G, 1)
+    nodes.run(nodes.report("a"))
+    # bundle 1 lived on a node that died with the group's first coordinator
+    seen = nodes.run(p.groups.adopt(G, ({"CPU": 1},) * 2, "SPREAD", {0: "a", 1: "gone"}))
+    assert not [i for i in seen if isinstance(i, M.Prepare) and i.node_id == "a"]
+    assert nodes.ready[G][0] == "a" and nodes.ready[G][1] in ("b", "c")
+    whole = p.groups.adopt(b"w" * 16, ({"CPU": 1},), "PACK", {0: "b"})
+    assert whole == [M.PlacementGroupReady(b"w" * 16, ("b",))]
+    assert p.groups.adopt(G, ({"CPU": 1},), "PACK", {}) == []  # known already
