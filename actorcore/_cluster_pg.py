@@ -100,6 +100,7 @@ class ClusterGroups:
         self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._removed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._revisions: dict[bytes, int] = {}  # etcd revision of each record known
 
     # --- life ------------------------------------------------------------------------
 
@@ -135,7 +136,7 @@ class ClusterGroups:
             self.coordinator.node_joined(node_id, rec["resources"])
         kvs, revision = await self.store.get_prefix(PGS)
         for kv in kvs:
-            self._learn(GroupRecord.from_bytes(kv.value))
+            self._from_etcd(kv)
         self._own(self._watch(revision + 1))
         self._own(self._pump())
 
@@ -333,8 +334,10 @@ class ClusterGroups:
         if rec is None:
             kv = await self.store.get(record_key(pg_id))
             if kv is not None:
-                self._learn(GroupRecord.from_bytes(kv.value))
+                self._from_etcd(kv)  # (the watch may have brought a newer one meanwhile)
             rec = self.records.get(pg_id)
+            if rec is None and pg_id in self._removed:
+                return False
         if rec is not None and rec.state is RecordState.CREATED:
             return True
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -353,9 +356,7 @@ class ClusterGroups:
     def on_remove(self, peer: RpcPeer, msg: P.RemovePlacementGroupMsg, b: list[bytes]) -> Any:
         assert self.coordinator is not None
         rec = self.records.pop(msg.pg_id, None)
-        self._removed[msg.pg_id] = None
-        if len(self._removed) > _REMEMBER_REMOVED:
-            self._removed.popitem(last=False)
+        self._forget_removed(msg.pg_id)
         self._wake(msg.pg_id, False)
         if self.coordinator.remove(msg.pg_id):  # ours: the coordinator releases every bundle
             self._forget(msg.pg_id, rec)
@@ -514,7 +515,7 @@ class ClusterGroups:
             except RevisionCompactedError:
                 kvs, revision = await self.store.get_prefix(PGS)
                 for kv in kvs:
-                    self._on_record(GroupRecord.from_bytes(kv.value))
+                    self._from_etcd(kv)
                 revision += 1
             except Exception as e:
                 logger.warning("placement-group watch failed (%s): watching again", e)
@@ -522,19 +523,33 @@ class ClusterGroups:
 
     def _on_event(self, event: Any) -> None:
         if event.type is EventType.PUT and event.kv is not None:
-            self._on_record(GroupRecord.from_bytes(event.kv.value))
+            self._from_etcd(event.kv)
             return
         pg_id = bytes.fromhex(event.key[len(PGS) :].decode())
         rec = self.records.get(pg_id)
         if rec is not None and rec.coordinator == self.node_id:
+            self._revisions.pop(pg_id, None)
             return  # this node's own groups are known here first
         self.records.pop(pg_id, None)
+        self._forget_removed(pg_id)
         self._wake(pg_id, False)
 
-    def _on_record(self, rec: GroupRecord) -> None:
-        if rec.coordinator == self.node_id:
-            return  # the local view of this node's own groups is ahead of etcd
+    def _from_etcd(self, kv: Any) -> None:
+        """A record read from etcd (a get or the watch): learnt unless older than the
+        one known, or about one of this node's own groups (known here first)."""
+        rec = GroupRecord.from_bytes(kv.value)
+        if kv.mod_revision <= self._revisions.get(rec.pg_id, 0):
+            return
+        self._revisions[rec.pg_id] = kv.mod_revision
+        if rec.coordinator == self.node_id or rec.pg_id in self._removed:
+            return
         self._learn(rec)
+
+    def _forget_removed(self, pg_id: bytes) -> None:
+        self._removed[pg_id] = None
+        self._revisions.pop(pg_id, None)
+        if len(self._removed) > _REMEMBER_REMOVED:
+            self._removed.popitem(last=False)
 
 
 async def _wait_or(fut: asyncio.Future[bool], timeout: float, default: bool) -> bool:

@@ -145,6 +145,7 @@ def test_actor_in_a_bundle_on_another_node_dies_with_the_group(cluster, free_aft
 @ac.remote
 def submit_into(pg, i: int) -> tuple[str, str]:
     here = ac.get_runtime_context().get_node_id()
+    assert ac.get(pg.ready(), timeout=30) is True  # asked of this node's daemon
     return here, ac.get(where.options(scheduling_strategy=in_bundle(pg, i)).remote())
 
 
