@@ -26,7 +26,8 @@ coordinators (:meth:`ClusterGroups.reschedule_bundles_of`, callable by the
 node-failure handling too), and what it prepared here but never committed is
 released. The groups a dead node coordinated are taken over by the live node
 with the smallest id (bundles on live nodes stay; the rest are placed again),
-until the elected global placer coordinates every group.
+until the elected global placer coordinates every group; those of a driver
+(not ``lifetime="detached"``) are removed instead, as when that driver exits.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from dataclasses import replace
 from typing import Any
 
 from actorcore.gcs import Compare, DeleteOp, EventType, PutOp, RevisionCompactedError
+from actorcore.scheduler import _resources as R
+from actorcore.scheduler import placer_msgs as M
 
 from . import _protocol as P
 from ._peers import Joined, Left
@@ -101,6 +104,7 @@ class ClusterGroups:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._removed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._revisions: dict[bytes, int] = {}  # etcd revision of each record known
+        self._owned: dict[bytes, set[bytes]] = {}  # driver -> its groups coordinated here
 
     # --- life ------------------------------------------------------------------------
 
@@ -192,6 +196,9 @@ class ClusterGroups:
         if not live or min(live) != self.node_id:
             return
         for rec in [r for r in self.records.values() if r.coordinator == dead]:
+            if rec.owner:  # its driver was attached to the dead node: the group ends too
+                self._remove_now(rec.pg_id)
+                continue
             logger.info(
                 "placement group %s: coordinating it (node %s died)", rec.pg_id.hex(), dead.hex()
             )
@@ -204,7 +211,14 @@ class ClusterGroups:
     # --- creation and the coordinator's outcomes ---------------------------------------
 
     def on_create(self, peer: RpcPeer, msg: P.CreatePlacementGroupMsg, b: list[bytes]) -> Any:
-        bundles = [{str(k): float(v) for k, v in dict(x).items()} for x in msg.bundles]
+        bundles = [R.normalize({str(k): v for k, v in dict(x).items()}) for x in msg.bundles]
+        if msg.strategy not in M.PG_STRATEGIES or not bundles or not all(bundles):
+            raise ValueError(
+                f"a placement group needs bundles that each ask for some resource and a "
+                f"strategy of {', '.join(M.PG_STRATEGIES)}; got {msg.strategy!r}, {msg.bundles!r}"
+            )
+        creator = peer.conn.peer_id if peer.conn is not None else b""
+        owner = creator if msg.lifetime != "detached" and creator in self.daemon.drivers else b""
         rec = GroupRecord(
             msg.pg_id,
             tuple(bundles),
@@ -212,6 +226,7 @@ class ClusterGroups:
             msg.name,
             nodes=(None,) * len(bundles),
             coordinator=self.node_id,
+            owner=owner,
         )
         if msg.name:
             return self._create_named(rec)
@@ -226,6 +241,8 @@ class ClusterGroups:
 
     def _create(self, rec: GroupRecord) -> None:
         assert self.coordinator is not None
+        if rec.owner:
+            self._owned.setdefault(rec.owner, set()).add(rec.pg_id)
         self._learn(rec)
         self._write(rec.pg_id, rec)
         self._feed_loads()
@@ -353,9 +370,23 @@ class ClusterGroups:
 
     # --- removal -------------------------------------------------------------------------
 
-    def on_remove(self, peer: RpcPeer, msg: P.RemovePlacementGroupMsg, b: list[bytes]) -> Any:
+    def owner_gone(self, process_id: bytes) -> None:
+        """A driver of this node ended: the groups it made (not detached) go with it."""
+        for pg_id in sorted(self._owned.pop(process_id, ())):
+            self._remove_now(pg_id)
+
+    def _remove_now(self, pg_id: bytes) -> None:
+        result = self.on_remove(None, P.RemovePlacementGroupMsg(0, pg_id), [])
+        if asyncio.iscoroutine(result):
+            self._own(result)
+
+    def on_remove(
+        self, peer: RpcPeer | None, msg: P.RemovePlacementGroupMsg, b: list[bytes]
+    ) -> Any:
         assert self.coordinator is not None
         rec = self.records.pop(msg.pg_id, None)
+        if rec is not None and rec.owner:
+            self._owned.get(rec.owner, set()).discard(msg.pg_id)
         self._forget_removed(msg.pg_id)
         self._wake(msg.pg_id, False)
         if self.coordinator.remove(msg.pg_id):  # ours: the coordinator releases every bundle

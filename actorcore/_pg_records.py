@@ -55,6 +55,7 @@ class GroupRecord:
     nodes: tuple[bytes | None, ...] = ()  # node of each bundle (None: not placed)
     coordinator: bytes = b""  # the node placing it
     created_at: float = field(default_factory=time.time)
+    owner: bytes = b""  # the driver it ends with (b"": detached, or made by no driver)
 
     def placed(self, nodes: tuple[bytes | None, ...], state: RecordState) -> GroupRecord:
         return replace(self, nodes=nodes, state=state)
@@ -71,6 +72,7 @@ class GroupRecord:
                     list(self.nodes),
                     self.coordinator,
                     self.created_at,
+                    self.owner,
                 ],
                 use_bin_type=True,
             )
@@ -78,7 +80,7 @@ class GroupRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> GroupRecord:
-        pg_id, bundles, strategy, name, state, nodes, coordinator, created = msgpack.unpackb(
+        pg_id, bundles, strategy, name, state, nodes, coordinator, created, owner = msgpack.unpackb(
             data, raw=False
         )
         return cls(
@@ -90,6 +92,7 @@ class GroupRecord:
             tuple(None if n is None else bytes(n) for n in nodes),
             bytes(coordinator),
             float(created),
+            bytes(owner),
         )
 
     def row(self) -> dict[str, Any]:
@@ -104,6 +107,7 @@ class GroupRecord:
             "bundles": [dict(b) for b in self.bundles],
             "bundles_to_node_id": [n.hex() if n else None for n in nodes],
             "coordinator_node_id": self.coordinator.hex(),
+            "detached": not self.owner,
         }
 
 

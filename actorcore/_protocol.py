@@ -401,6 +401,7 @@ class CreatePlacementGroupMsg(NamedTuple):
     bundles: list[dict[str, float]]
     strategy: str
     name: str
+    lifetime: str = ""  # "detached": outlives its driver (in a cluster)
 
 
 @message(Tag.WAIT_PLACEMENT_GROUP)

@@ -205,3 +205,34 @@ def test_prepare_holds_without_offering_commit_offers_release_frees(cluster, fre
     with pytest.raises(Exception, match="must be"):
         node.ask(P.PgPrepareMsg(next_rid(), pg_id, 3, [[0, {"CPU": -1}]], coord))
     assert _available(node)["CPU"] == 2.0
+
+
+DRIVER = """
+import actorcore as ac
+from actorcore.util import placement_group
+ac.init(address=ADDRESS, attach_node=NODE)
+mine = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
+kept = placement_group([{"CPU": 0.5}], lifetime="detached")
+assert mine.wait(60) and kept.wait(60)
+print(mine.id.hex(), kept.id.hex())
+"""
+
+
+def test_a_drivers_groups_end_with_it_detached_ones_stay(cluster, free_after):
+    import subprocess
+    import sys
+
+    code = DRIVER.replace("ADDRESS", repr(cluster.address)).replace(
+        "NODE", repr(cluster.nodes[1].node_id)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    mine, kept = out.stdout.split()[-2:]
+    wait_for(
+        lambda: mine not in {r["placement_group_id"] for r in placement_group_table()},
+        30,
+        what="the exited driver's group removed",
+    )
+    (row,) = [r for r in placement_group_table() if r["placement_group_id"] == kept]
+    assert row["state"] == "CREATED" and row["detached"]
+    remove_placement_group(ac.util.PlacementGroup(bytes.fromhex(kept), [{"CPU": 0.5}]))

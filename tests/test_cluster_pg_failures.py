@@ -52,10 +52,16 @@ def cluster():
             ac.shutdown()
 
 
+def _three(cluster):
+    a, b, c = cluster.live()
+    assert a is cluster.nodes[0]  # the driver's node
+    return a, b, c
+
+
 def test_a_node_frozen_mid_reservation_releases_the_others_then_a_new_node_places_it(
     cluster, capsys
 ):
-    a, b, c = cluster.nodes
+    a, b, c = _three(cluster)
     os.kill(c.pid, signal.SIGSTOP)  # its daemon answers nothing (and its lease runs out)
     try:
         pg = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
@@ -81,7 +87,7 @@ def test_a_node_frozen_mid_reservation_releases_the_others_then_a_new_node_place
 
 
 def test_bundles_of_a_dead_node_are_placed_again(cluster):
-    _, b, c = cluster.nodes
+    _, b, c = _three(cluster)
     pg = placement_group([{"CPU": 1}] * 2, strategy="SPREAD")
     assert pg.wait(30)
     first = dict(_row(pg)["bundles_to_node_id"])
@@ -100,12 +106,11 @@ def test_bundles_of_a_dead_node_are_placed_again(cluster):
         if i != index:
             assert row["bundles_to_node_id"][i] == node  # the others stay put
     remove_placement_group(pg)
-    live = [n for n in cluster.nodes if not n.stopped]
-    wait_for(lambda: all(_free(n) for n in live), 30, what="every node free again")
+    wait_for(lambda: all(_free(n) for n in cluster.live()), 30, what="every node free again")
 
 
 def test_groups_of_a_dead_coordinator_are_taken_over(cluster):
-    a, b, c = cluster.nodes
+    a, b, c = _three(cluster)
     pg_id = os.urandom(16)
     # created through C: C coordinates it
     c.ask(P.CreatePlacementGroupMsg(next_rid(), pg_id, [{"CPU": 1}] * 2, "SPREAD", ""))

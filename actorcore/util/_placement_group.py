@@ -89,7 +89,9 @@ def placement_group(
         raise ValueError(f"lifetime must be None or 'detached', not {lifetime!r}")
     rt = G.require()
     pg = PlacementGroup(new_id(), [dict(b) for b in bundles])
-    msg = P.CreatePlacementGroupMsg(next_rid(), pg.id, pg.bundle_specs, strategy, name)
+    msg = P.CreatePlacementGroupMsg(
+        next_rid(), pg.id, pg.bundle_specs, strategy, name, lifetime or ""
+    )
     if name:
         rt.call_daemon(msg)  # a clash of names fails here, at the call site
     else:
