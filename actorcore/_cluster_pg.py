@@ -184,7 +184,7 @@ class ClusterGroups:
         for ch in changes:
             if isinstance(ch, Joined):
                 self.coordinator.node_joined(ch.node_id, ch.record["resources"])
-            else:
+            elif ch.node_id != self.node_id:  # (this node's key vanished: it registers again)
                 self.reschedule_bundles_of(ch.node_id)
                 self._adopt_orphans(ch.node_id)
 
