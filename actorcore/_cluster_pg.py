@@ -66,6 +66,7 @@ UNKNOWN_GROUP_WAIT_S = 30.0  # how long a caller waits for a group no node has r
 _BATCH = 100  # records per etcd transaction
 _PUMP_S = 0.1  # how often pending groups see the nodes' loads
 _REMEMBER_REMOVED = 10_000  # removed groups whose waiters are answered False at once
+FORWARD_FOR_S = 60.0  # how long a node keeps handing a new group to a coordinator
 _RETRY_S = 0.5  # pacing of retries after etcd errors, not synchronization
 
 
@@ -104,7 +105,8 @@ class ClusterGroups:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._removed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._revisions: dict[bytes, int] = {}  # etcd revision of each record known
-        self._owned: dict[bytes, set[bytes]] = {}  # driver -> its groups coordinated here
+        self._owned: dict[bytes, set[bytes]] = {}  # driver of this node -> its groups
+        self._forwards: dict[bytes, asyncio.Task[Any]] = {}  # groups handed to a coordinator
 
     # --- life ------------------------------------------------------------------------
 
@@ -189,15 +191,16 @@ class ClusterGroups:
                 self._adopt_orphans(ch.node_id)
 
     def _adopt_orphans(self, dead: bytes) -> None:
-        """The groups ``dead`` coordinated are taken over by the live node with the
-        smallest id (every node computes the same one from its peer table)."""
+        """The groups of a driver on ``dead`` end; those ``dead`` coordinated are taken
+        over by the coordinator now (:meth:`coordinator_id`)."""
         assert self.coordinator is not None
-        live = [n for n in self.membership.table.live if n != dead]
-        if not live or min(live) != self.node_id:
+        if self.coordinator_id() != self.node_id:
             return
-        for rec in [r for r in self.records.values() if r.coordinator == dead]:
-            if rec.owner:  # its driver was attached to the dead node: the group ends too
+        for rec in list(self.records.values()):
+            if rec.owner and rec.owner_node == dead:  # its driver went with the node
                 self._remove_now(rec.pg_id)
+                continue
+            if rec.coordinator != dead:
                 continue
             logger.info(
                 "placement group %s: coordinating it (node %s died)", rec.pg_id.hex(), dead.hex()
@@ -218,31 +221,84 @@ class ClusterGroups:
                 f"strategy of {', '.join(M.PG_STRATEGIES)}; got {msg.strategy!r}, {msg.bundles!r}"
             )
         creator = peer.conn.peer_id if peer.conn is not None else b""
-        owner = creator if msg.lifetime != "detached" and creator in self.daemon.drivers else b""
+        forwarded = creator in self.membership.table.live  # a peer daemon sent it here
+        if forwarded:
+            owner, owner_node = bytes(msg.owner), bytes(msg.owner_node)
+        elif msg.lifetime != "detached" and creator in self.daemon.drivers:
+            owner, owner_node = creator, self.node_id
+        else:
+            owner, owner_node = b"", b""
         rec = GroupRecord(
             msg.pg_id,
             tuple(bundles),
             msg.strategy,
             msg.name,
             nodes=(None,) * len(bundles),
-            coordinator=self.node_id,
+            coordinator=self.coordinator_id(),
             owner=owner,
+            owner_node=owner_node,
         )
-        if msg.name:
+        if msg.name and not forwarded:
             return self._create_named(rec)
-        self._create(rec)
+        self._route_create(rec)
         return True
+
+    def coordinator_id(self) -> bytes:
+        """The node that coordinates new groups: the live node with the smallest id
+        (every node computes the same one), standing in for the elected placer."""
+        return min([self.node_id, *self.membership.table.live])
 
     async def _create_named(self, rec: GroupRecord) -> Any:
         if not await self.store.put_if_absent(name_key(rec.name), rec.pg_id):
             raise ValueError(f"a placement group named {rec.name!r} exists already")
-        self._create(rec)
+        self._route_create(rec)
         return True
+
+    def _route_create(self, rec: GroupRecord) -> None:
+        if rec.owner and rec.owner_node == self.node_id:
+            self._owned.setdefault(rec.owner, set()).add(rec.pg_id)
+        if rec.coordinator == self.node_id:
+            self._create(rec)
+            return
+        self._learn(rec)  # PENDING here until the coordinator's record says more
+        self._forwards[rec.pg_id] = self._own(self._forward_create(rec))
+        if len(self._forwards) > _REMEMBER_REMOVED:  # (its record is long in etcd by then)
+            self._forwards.pop(next(iter(self._forwards)))
+
+    async def _forward_create(self, rec: GroupRecord) -> bytes | None:
+        """Hand a group to the coordinator; when it died meanwhile, to the next one.
+        Returns the node that took it (None: none did)."""
+        lifetime = "" if rec.owner else "detached"
+        msg = P.CreatePlacementGroupMsg(
+            next_rid(),
+            rec.pg_id,
+            list(rec.bundles),
+            rec.strategy,
+            rec.name,
+            lifetime,
+            rec.owner,
+            rec.owner_node,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FORWARD_FOR_S
+        while rec.pg_id not in self._removed:
+            target = self.coordinator_id()
+            if target == self.node_id:
+                self._create(replace(rec, coordinator=target))
+                return target
+            try:
+                await self.membership.call_node(target, msg._replace(rid=next_rid()))
+                return target
+            except (OSError, ConnectionError, TimeoutError, LookupError) as e:
+                if loop.time() > deadline:
+                    logger.error("placement group %s not created: %r", rec.pg_id.hex(), e)
+                    return None
+                logger.info("placement group %s: coordinator: %r", rec.pg_id.hex(), e)
+                await asyncio.sleep(_RETRY_S)  # pacing: the membership sees a death meanwhile
+        return None
 
     def _create(self, rec: GroupRecord) -> None:
         assert self.coordinator is not None
-        if rec.owner:
-            self._owned.setdefault(rec.owner, set()).add(rec.pg_id)
         self._learn(rec)
         self._write(rec.pg_id, rec)
         self._feed_loads()
@@ -276,11 +332,27 @@ class ClusterGroups:
     def _warn(self, key: Any, missing: Mapping[str, float], offer: Mapping[str, float]) -> None:
         rec = self.records.get(key) if isinstance(key, bytes) else None
         what = f"{rec.strategy} group of {len(rec.bundles)} bundles" if rec else "group"
-        self.daemon._warn_drivers(
+        text = (
             f"placement group {key.hex() if isinstance(key, bytes) else key} ({what}) cannot "
             f"be placed on the cluster's nodes: missing {dict(missing)}; the largest node "
             f"offers {dict(offer)}; it stays PENDING until a node that fits joins"
         )
+        self.daemon._warn_drivers(text)
+        # the drivers of its driver's node (of every node when it has no driver) see it too
+        to = {rec.owner_node} if rec is not None and rec.owner_node else set(self._peers())
+        lines = P.LogBatchMsg([["err", "scheduler", "Warning: " + text]])
+        for node_id in to - {self.node_id}:
+            self._own(self._tell_node(node_id, lines))
+
+    def _peers(self) -> list[bytes]:
+        return [n for n in self.membership.table.live if n != self.node_id]
+
+    async def _tell_node(self, node_id: bytes, msg: Any) -> None:
+        try:
+            peer = await self.membership._link(node_id)
+            peer.send(msg)
+        except (OSError, ConnectionError, TimeoutError, LookupError) as e:
+            logger.info("warning to node %s not sent: %r", node_id.hex(), e)
 
     def _loads(self) -> dict[bytes, Mapping[str, float]]:
         loads: dict[bytes, Mapping[str, float]] = dict(self.membership.loads)
@@ -392,7 +464,31 @@ class ClusterGroups:
         if self.coordinator.remove(msg.pg_id):  # ours: the coordinator releases every bundle
             self._forget(msg.pg_id, rec)
             return True
+        forward = self._forwards.pop(msg.pg_id, None)
+        if forward is not None:
+            return self._remove_forwarded(msg.pg_id, forward, rec)
         return self._remove_elsewhere(msg.pg_id, rec)
+
+    async def _remove_forwarded(
+        self, pg_id: bytes, forward: asyncio.Task[Any], rec: GroupRecord | None
+    ) -> Any:
+        """Remove a group this node handed to a coordinator, there, once it has it
+        (its record may not be in etcd yet)."""
+        await asyncio.wait({forward})
+        target = None if forward.cancelled() or forward.exception() else forward.result()
+        if target is None:
+            return True  # never created
+        if target == self.node_id:
+            assert self.coordinator is not None
+            if self.coordinator.remove(pg_id):
+                self._forget(pg_id, rec)
+            return True
+        try:
+            return await self.membership.call_node(
+                target, P.RemovePlacementGroupMsg(next_rid(), pg_id)
+            )
+        except (OSError, ConnectionError, TimeoutError, LookupError):
+            return await self._remove_elsewhere(pg_id, None)  # it died: its successor
 
     async def _remove_elsewhere(self, pg_id: bytes, rec: GroupRecord | None) -> Any:
         if rec is None:
@@ -401,6 +497,10 @@ class ClusterGroups:
                 return True  # removed already (or never created)
             rec = GroupRecord.from_bytes(kv.value)
         live = self.membership.table.live
+        if rec.coordinator == self.node_id and self.coordinator is not None:
+            if self.coordinator.remove(pg_id):  # (adopted or created here meanwhile)
+                self._forget(pg_id, rec)
+                return True
         if rec.coordinator != self.node_id and rec.coordinator in live:
             return await self.membership.call_node(
                 rec.coordinator, P.RemovePlacementGroupMsg(next_rid(), pg_id)

@@ -56,6 +56,7 @@ class GroupRecord:
     coordinator: bytes = b""  # the node placing it
     created_at: float = field(default_factory=time.time)
     owner: bytes = b""  # the driver it ends with (b"": detached, or made by no driver)
+    owner_node: bytes = b""  # that driver's node
 
     def placed(self, nodes: tuple[bytes | None, ...], state: RecordState) -> GroupRecord:
         return replace(self, nodes=nodes, state=state)
@@ -73,6 +74,7 @@ class GroupRecord:
                     self.coordinator,
                     self.created_at,
                     self.owner,
+                    self.owner_node,
                 ],
                 use_bin_type=True,
             )
@@ -80,8 +82,9 @@ class GroupRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> GroupRecord:
-        pg_id, bundles, strategy, name, state, nodes, coordinator, created, owner = msgpack.unpackb(
-            data, raw=False
+        fields = msgpack.unpackb(data, raw=False)
+        pg_id, bundles, strategy, name, state, nodes, coordinator, created, owner, owner_node = (
+            fields
         )
         return cls(
             bytes(pg_id),
@@ -93,6 +96,7 @@ class GroupRecord:
             bytes(coordinator),
             float(created),
             bytes(owner),
+            bytes(owner_node),
         )
 
     def row(self) -> dict[str, Any]:

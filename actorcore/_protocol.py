@@ -402,6 +402,8 @@ class CreatePlacementGroupMsg(NamedTuple):
     strategy: str
     name: str
     lifetime: str = ""  # "detached": outlives its driver (in a cluster)
+    owner: bytes = b""  # forwarded to the cluster's coordinator: the driver it ends with
+    owner_node: bytes = b""  # and that driver's node
 
 
 @message(Tag.WAIT_PLACEMENT_GROUP)

@@ -236,3 +236,26 @@ def test_a_drivers_groups_end_with_it_detached_ones_stay(cluster, free_after):
     (row,) = [r for r in placement_group_table() if r["placement_group_id"] == kept]
     assert row["state"] == "CREATED" and row["detached"]
     remove_placement_group(ac.util.PlacementGroup(bytes.fromhex(kept), [{"CPU": 0.5}]))
+
+
+def test_every_node_hands_new_groups_to_one_coordinator(cluster, free_after):
+    import os
+
+    coordinator = min(n.node_id for n in cluster.nodes)
+    pgs = []
+    for node in cluster.nodes:
+        pg_id = os.urandom(16)
+        node.ask(P.CreatePlacementGroupMsg(next_rid(), pg_id, [{"CPU": 0.5}] * 3, "SPREAD", ""))
+        pgs.append(ac.util.PlacementGroup(pg_id, [{"CPU": 0.5}] * 3))
+    for pg in pgs:
+        assert pg.wait(30)
+        assert _row(pg)["coordinator_node_id"] == coordinator
+    # removed through a node that did not create them
+    for i, pg in enumerate(pgs):
+        other = cluster.nodes[(i + 1) % 3]
+        other.ask(P.RemovePlacementGroupMsg(next_rid(), pg.id))
+    # created and removed at once through a node that is not the coordinator
+    node = next(n for n in cluster.nodes if n.node_id != coordinator)
+    quick = os.urandom(16)
+    node.ask(P.CreatePlacementGroupMsg(next_rid(), quick, [{"CPU": 1}], "PACK", ""))
+    node.ask(P.RemovePlacementGroupMsg(next_rid(), quick))

@@ -41,11 +41,13 @@ def _prepared_only(node) -> bool:
 
 @pytest.fixture
 def cluster():
+    """Three nodes of 1 CPU; the driver attaches to the one with the largest id, so
+    the groups' coordinator (the smallest id) is another node."""
     with Cluster(num_nodes=0, ttl_s=3.0) as c:
         for _ in range(3):
             c.add_node(num_cpus=1, wait=False)
         c.wait_registered()
-        ac.init(address=c.address, attach_node=c.nodes[0].node_id)
+        ac.init(address=c.address, attach_node=max(n.node_id for n in c.nodes))
         try:
             yield c
         finally:
@@ -53,9 +55,9 @@ def cluster():
 
 
 def _three(cluster):
-    a, b, c = cluster.live()
-    assert a is cluster.nodes[0]  # the driver's node
-    return a, b, c
+    """(the driver's node, the coordinator's, the third)"""
+    low, mid, high = sorted(cluster.live(), key=lambda n: n.node_id)
+    return high, low, mid
 
 
 def test_a_node_frozen_mid_reservation_releases_the_others_then_a_new_node_places_it(
@@ -110,13 +112,15 @@ def test_bundles_of_a_dead_node_are_placed_again(cluster):
 
 
 def test_groups_of_a_dead_coordinator_are_taken_over(cluster):
-    a, b, c = _three(cluster)
+    a, c, b = _three(cluster)  # C: the coordinator
     pg_id = os.urandom(16)
-    # created through C: C coordinates it
-    c.ask(P.CreatePlacementGroupMsg(next_rid(), pg_id, [{"CPU": 1}] * 2, "SPREAD", ""))
-    pg = ac.util.PlacementGroup(pg_id, [{"CPU": 1}] * 2)
+    # created through B (no driver: it outlives nobody), coordinated by C
+    b.ask(P.CreatePlacementGroupMsg(next_rid(), pg_id, [{"CPU": 0.5}] * 2, "SPREAD", ""))
+    pg = ac.util.PlacementGroup(pg_id, [{"CPU": 0.5}] * 2)
     assert pg.wait(30)
     assert _row(pg)["coordinator_node_id"] == c.node_id
+    mine = placement_group([{"CPU": 0.25}], lifetime="detached")  # the driver's, forwarded to C
+    assert mine.wait(30)
     cluster.stop_node(c, kill=True)
 
     def taken_over() -> bool:
@@ -129,6 +133,12 @@ def test_groups_of_a_dead_coordinator_are_taken_over(cluster):
         )
 
     wait_for(taken_over, 60, interval=0.1, what="a live node coordinates the group")
+    # the driver's detached group was on C, or moved with the rest: it lives on
+    wait_for(
+        lambda: _row(mine)["state"] == "CREATED" and _row(mine)["coordinator_node_id"] != c.node_id,
+        60,
+    )
+    remove_placement_group(mine)
     remove_placement_group(pg)
     wait_for(lambda: _free(a) and _free(b), 30, what="every node free again")
     assert pg_id.hex() not in {r["placement_group_id"] for r in placement_group_table()}
