@@ -2,12 +2,17 @@
 
 :class:`ClusterGroups` wraps a cluster node daemon's placement-group handlers:
 
-* ``CREATE_PLACEMENT_GROUP``: the group is placed by this node's
-  :class:`~actorcore._pg_coordinator.GroupCoordinator` (two-phase: every
-  chosen node prepares its bundles, then commits; any refusal, timeout or
-  death releases what was prepared and the group is tried again). Its record
-  (``/pgs/<id>``, see :mod:`actorcore._pg_records`) is written to etcd as it
-  changes, so every node and driver sees it;
+* ``CREATE_PLACEMENT_GROUP``: the group goes to the cluster's coordinator
+  (:meth:`ClusterGroups.coordinator_id`: the live node with the smallest id,
+  standing in for the elected placer; a node hands it on, again to the next
+  one if that one dies), whose
+  :class:`~actorcore._pg_coordinator.GroupCoordinator` places it in two
+  phases (every chosen node prepares its bundles, then commits; any refusal,
+  timeout or death releases what was prepared and the group is tried
+  again). The coordinator writes its record (``/pgs/<id>``, see
+  :mod:`actorcore._pg_records`) to etcd as it changes, so every node and
+  driver sees it; a warning that it cannot be placed goes to the drivers of
+  the node it was created through;
 * ``WAIT_PLACEMENT_GROUP`` (``pg.ready()``/``pg.wait()``), from any node:
   answered True once the record says CREATED (False: removed);
 * ``REMOVE_PLACEMENT_GROUP``: the coordinator releases every bundle on every
@@ -24,10 +29,11 @@
 When a node leaves, the bundles it held are placed again by their
 coordinators (:meth:`ClusterGroups.reschedule_bundles_of`, callable by the
 node-failure handling too), and what it prepared here but never committed is
-released. The groups a dead node coordinated are taken over by the live node
-with the smallest id (bundles on live nodes stay; the rest are placed again),
-until the elected global placer coordinates every group; those of a driver
-(not ``lifetime="detached"``) are removed instead, as when that driver exits.
+released. The coordinator removes the groups of the dead node's drivers (not
+``lifetime="detached"``), as when a driver exits, and takes over the groups
+the dead node coordinated (bundles on live nodes stay; the rest are placed
+again). To move coordination into the elected placer: make
+:meth:`ClusterGroups.coordinator_id` return the placer's node.
 """
 
 from __future__ import annotations

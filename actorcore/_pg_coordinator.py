@@ -2,8 +2,9 @@
 two-phase group table (``scheduler._placer_pg`` inside a
 :class:`~actorcore.scheduler.Placer`).
 
-Today every node daemon runs one for the groups created through it; the
-elected global placer can host the same object later (one entry point:
+Every node daemon has one; the cluster's coordinator node (see
+``actorcore._cluster_pg``) uses it for every new group, and the elected
+global placer can host the same object later (one entry point:
 :meth:`GroupCoordinator.handle` with the placer's events). It feeds the placer
 the nodes of the cluster (joins, deaths, load reports) and carries out what it
 returns: ``Prepare``/``Commit``/``Release`` become ``PG_PREPARE``/``PG_COMMIT``/
