@@ -42,7 +42,6 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from actorcore.gcs import Compare, DeleteOp, EventType, PutOp, RevisionCompactedError
@@ -113,6 +112,7 @@ class ClusterGroups:
         self._revisions: dict[bytes, int] = {}  # etcd revision of each record known
         self._owned: dict[bytes, set[bytes]] = {}  # driver of this node -> its groups
         self._forwards: dict[bytes, asyncio.Task[Any]] = {}  # groups handed to a coordinator
+        self._via: dict[bytes, bytes] = {}  # groups coordinated here -> the node they came from
 
     # --- life ------------------------------------------------------------------------
 
@@ -133,6 +133,7 @@ class ClusterGroups:
         handlers[int(P.Tag.PG_PREPARE)] = self.on_prepare
         handlers[int(P.Tag.PG_COMMIT)] = self.on_commit
         handlers[int(P.Tag.PG_RELEASE)] = self.on_release
+        handlers[int(P.Tag.PG_RECORD)] = self.on_record
 
     async def start(self) -> None:
         """Load the groups' records, watch them, and follow the cluster's nodes
@@ -211,7 +212,7 @@ class ClusterGroups:
             logger.info(
                 "placement group %s: coordinating it (node %s died)", rec.pg_id.hex(), dead.hex()
             )
-            new = replace(rec, coordinator=self.node_id)
+            new = rec.coordinated_by(self.node_id)
             self._learn(new)
             self._write(rec.pg_id, new)
             nodes = rec.nodes or (None,) * len(rec.bundles)
@@ -244,6 +245,8 @@ class ClusterGroups:
             owner=owner,
             owner_node=owner_node,
         )
+        if forwarded:
+            self._via[msg.pg_id] = creator
         if msg.name and not forwarded:
             return self._create_named(rec)
         self._route_create(rec)
@@ -290,7 +293,7 @@ class ClusterGroups:
         while rec.pg_id not in self._removed:
             target = self.coordinator_id()
             if target == self.node_id:
-                self._create(replace(rec, coordinator=target))
+                self._create(rec.coordinated_by(target))
                 return target
             try:
                 await self.membership.call_node(target, msg._replace(rid=next_rid()))
@@ -317,6 +320,9 @@ class ClusterGroups:
         new = rec.placed(tuple(placement), RecordState.CREATED)
         self._learn(new)
         self._write(pg_id, new)
+        via = self._via.get(pg_id)
+        if via is not None and via in self.membership.table.live:
+            self._own(self._tell_node(via, P.PgRecordMsg(new.to_bytes())))
 
     def _lost(self, pg_id: bytes, node_id: bytes, indexes: tuple[int, ...]) -> None:
         rec = self.records.get(pg_id)
@@ -406,6 +412,14 @@ class ClusterGroups:
         else:
             ev = E.BundlesCommitted(waiter, msg.pg_id, msg.attempt)
         self.daemon.apply(ev)  # bad input raises: the caller gets the error
+
+    def on_record(self, peer: RpcPeer, msg: P.PgRecordMsg, b: list[bytes]) -> Any:
+        """A coordinator's record of a group created through this node."""
+        if peer.conn is not None and peer.conn.peer_id in self.membership.table.live:
+            rec = GroupRecord.from_bytes(msg.record)
+            if rec.coordinator != self.node_id and rec.pg_id not in self._removed:
+                self._learn(rec)  # (etcd's copy, older or the same, may follow: it is learnt)
+        return DEFERRED
 
     def on_release(self, peer: RpcPeer | None, msg: P.PgReleaseMsg, b: list[bytes]) -> Any:
         ev = _events().BundlesReleased(msg.pg_id, tuple(int(i) for i in msg.indexes))
@@ -522,6 +536,7 @@ class ClusterGroups:
         return True
 
     def _forget(self, pg_id: bytes, rec: GroupRecord | None) -> None:
+        self._via.pop(pg_id, None)
         self._write(pg_id, None)
         if rec is not None and rec.name:
             key = name_key(rec.name)
@@ -544,14 +559,19 @@ class ClusterGroups:
         return self.table()
 
     async def table(self) -> list[dict[str, Any]]:
-        """Every group of the cluster, as etcd holds it (newer local changes win)."""
+        """Every group of the cluster, as etcd holds it; what this node knows newer
+        (its own writes not done yet, a coordinator's record sent straight) wins."""
         kvs, _ = await self.store.get_prefix(PGS)
         recs = {r.pg_id: r for r in map(GroupRecord.from_bytes, (kv.value for kv in kvs))}
-        for pg_id, rec in self._writes.items():
-            if rec is None:
-                recs.pop(pg_id, None)
-            else:
+        for pg_id, rec in self.records.items():
+            have = recs.get(pg_id)
+            if have is None or have.version < rec.version:
                 recs[pg_id] = rec
+        for pg_id, w in self._writes.items():
+            if w is None:
+                recs.pop(pg_id, None)
+        for pg_id in self._removed:
+            recs.pop(pg_id, None)
         return [r.row() for r in sorted(recs.values(), key=lambda r: r.created_at)]
 
     def rows(self) -> list[dict[str, Any]]:
@@ -613,6 +633,11 @@ class ClusterGroups:
     # --- records: the local view, etcd writes, the watch ------------------------------------
 
     def _learn(self, rec: GroupRecord) -> None:
+        """Know ``rec`` (unless the record known is newer: etcd's copy may come after
+        the coordinator's own, sent straight)."""
+        old = self.records.get(rec.pg_id)
+        if old is not None and old.version > rec.version:
+            return
         self.records[rec.pg_id] = rec
         if rec.state is RecordState.CREATED:
             self._wake(rec.pg_id, True)

@@ -57,9 +57,13 @@ class GroupRecord:
     created_at: float = field(default_factory=time.time)
     owner: bytes = b""  # the driver it ends with (b"": detached, or made by no driver)
     owner_node: bytes = b""  # that driver's node
+    version: int = 0  # grows with every change its coordinator makes
 
     def placed(self, nodes: tuple[bytes | None, ...], state: RecordState) -> GroupRecord:
-        return replace(self, nodes=nodes, state=state)
+        return replace(self, nodes=nodes, state=state, version=self.version + 1)
+
+    def coordinated_by(self, node_id: bytes) -> GroupRecord:
+        return replace(self, coordinator=node_id, version=self.version + 1)
 
     def to_bytes(self) -> bytes:
         return bytes(
@@ -75,6 +79,7 @@ class GroupRecord:
                     self.created_at,
                     self.owner,
                     self.owner_node,
+                    self.version,
                 ],
                 use_bin_type=True,
             )
@@ -83,9 +88,8 @@ class GroupRecord:
     @classmethod
     def from_bytes(cls, data: bytes) -> GroupRecord:
         fields = msgpack.unpackb(data, raw=False)
-        pg_id, bundles, strategy, name, state, nodes, coordinator, created, owner, owner_node = (
-            fields
-        )
+        pg_id, bundles, strategy, name, state, nodes, coordinator, created = fields[:8]
+        owner, owner_node, version = fields[8:]
         return cls(
             bytes(pg_id),
             tuple({str(k): float(v) for k, v in b.items()} for b in bundles),
@@ -97,6 +101,7 @@ class GroupRecord:
             float(created),
             bytes(owner),
             bytes(owner_node),
+            int(version),
         )
 
     def row(self) -> dict[str, Any]:

@@ -106,6 +106,7 @@ class Tag(IntEnum):
     PG_PREPARE = 140
     PG_COMMIT = 141
     PG_RELEASE = 142
+    PG_RECORD = 143
 
 
 def message(tag: Tag) -> Callable[[type[_M]], type[_M]]:
@@ -611,6 +612,14 @@ class ItemsAckMsg(NamedTuple):
 
 
 # --- placement groups across nodes (two-phase reservation, see _cluster_pg) ----------------
+
+
+@message(Tag.PG_RECORD)
+class PgRecordMsg(NamedTuple):
+    """Coordinator -> the node a group was created through: its record now (the
+    one written to etcd; sent straight, so that node's waiters need no watch)."""
+
+    record: bytes
 
 
 @message(Tag.PG_PREPARE)
