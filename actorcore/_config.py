@@ -37,7 +37,12 @@ class Config:
     max_frame_bytes: int = 64 * MiB
     max_header_bytes: int = 8 * MiB
     loop: str = "uvloop"  # "uvloop" or "asyncio": the runtime's own loops
-    prestart_workers: int = -1  # -1 = one per CPU
+    # idle workers kept warm (-1: one per CPU); more fork from the fork server on
+    # demand in a few ms. One keeps an idle node small (issue 14: <= 150 MB).
+    prestart_workers: int = 1
+    # bytes of recently read store objects a process keeps mapped and pinned, so
+    # reading one again needs no round trip (-1: an eighth of the store; 0: off)
+    store_read_cache_bytes: int = -1
     lease_linger_s: float = 0.2
     max_tasks_in_flight_per_worker: int = 128
     actors_per_shared_worker: int = 10000

@@ -85,6 +85,7 @@ class Tag(IntEnum):
     RELEASE_OBJECTS = 63
     FREE_OBJECTS = 64
     ABORT_OBJECT = 65
+    REVOKE_PINS = 140  # node daemon -> process: drop read-cache pins
     # peer-to-peer object transfer (node daemon <-> node daemon, "transfer" connections)
     PULL_OBJECT = 100
     TRANSFER_STATS = 101
@@ -453,6 +454,15 @@ class OpenObjectsMsg(NamedTuple):
 
 @message(Tag.RELEASE_OBJECTS)
 class ReleaseObjectsMsg(NamedTuple):
+    oids: list[bytes]
+
+
+@message(Tag.REVOKE_PINS)
+class RevokePinsMsg(NamedTuple):
+    """The daemon asks a process to drop the pins its read cache holds on ``oids``;
+    the reply comes after the process sent the releases (same connection)."""
+
+    rid: int
     oids: list[bytes]
 
 

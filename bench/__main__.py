@@ -56,11 +56,14 @@ EXTRA_ROWS = [
     "single client get calls, 200 MiB numpy array",
     "1:1 actor call latency (p50/p99 us)",
     "asyncio driver, 100 coroutines awaiting actor calls",
+    "asyncio driver, async-actor calls awaited one at a time",
+    "cancel of a task blocked in time.sleep, to its error (s)",
     "idle RSS of runtime processes (MB)",
 ]
 MEMORY_BOUND = {"single client put gigabytes", "multi client put gigabytes"}
 LOWER_IS_BETTER = {
     "1:1 actor call latency (p50/p99 us)",
+    "cancel of a task blocked in time.sleep, to its error (s)",
     "idle RSS of runtime processes (MB)",
     "startup: init() to first result (s)",
 }

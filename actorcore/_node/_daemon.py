@@ -29,7 +29,6 @@ from actorcore.scheduler import LocalScheduler
 from actorcore.store import Arena, SessionDirs
 
 from .. import _protocol as P
-from .._cluster_node import join_cluster
 from .._config import Config
 from .._obs._observer import NodeObserver, ObservabilityMixin
 from .._rpc import DEFERRED, RpcPeer, Service, handles
@@ -105,7 +104,7 @@ class NodeDaemon(Service):
             idle_timeout_s=config.worker_idle_timeout_s,
         )
         self.workers = WorkerRegistry()
-        self.store = StoreService(self.state.store, arena, dirs, self.apply)
+        self.store = StoreService(self.state.store, arena, dirs, self.apply, self._process_peer)
         self.transfer = TransferService(
             self.store,
             node_id=node_id,
@@ -116,7 +115,11 @@ class NodeDaemon(Service):
         self.control: Any = EmbeddedControlStore()
         self.actor_table = ActorTable(self.control)
         self.names = NameRegistry(self.control)
-        self.cluster = join_cluster(self, cluster)  # etcd-backed control state in a cluster
+        self.cluster: Any = None
+        if cluster:  # etcd-backed control state; the etcd client loads only in a cluster
+            from .._cluster_node import join_cluster
+
+            self.cluster = join_cluster(self, cluster)
         self.actor_service = ActorService(
             self.state, self.workers, self.apply, self.actor_table, self.names
         )
@@ -155,6 +158,7 @@ class NodeDaemon(Service):
             E.Later: self._later,
             E.WakeReaders: self.store.wake,
             E.DeleteFile: self.store.delete_file,
+            E.RevokePins: self.store.revoke_pins,
             E.Refused: self._refused,
         }
 
@@ -346,6 +350,16 @@ class NodeDaemon(Service):
         self._send_to(
             ins.client, P.ErrorReplyMsg(0, "PermissionError", ins.message, pickle.dumps(err))
         )
+
+    def _process_peer(self, process_id: bytes) -> RpcPeer | None:
+        """The connection a driver or worker serves requests on (its runtime's own)."""
+        peer = self.drivers.get(process_id)
+        if peer is None:
+            rec = self.workers.get(process_id)
+            peer = rec.peer if rec is not None else None
+        if peer is None or peer.conn is None or peer.conn.closed:
+            return None
+        return peer
 
     def _send_to(self, process_id: bytes, msg: Any) -> None:
         for peer in self.conns.get(process_id, ()):

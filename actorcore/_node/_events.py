@@ -25,6 +25,7 @@ from actorcore.store import (
     Free,
     Refused,
     RestoreDone,
+    RevokePins,
     Seal,
     WakeReaders,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "Reply",
     "RestoreDone",
     "RevokeLease",
+    "RevokePins",
     "Seal",
     "StartActor",
     "StartWorker",
