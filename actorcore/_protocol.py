@@ -104,10 +104,10 @@ class Tag(IntEnum):
     GENERATOR_ITEM = 108
     ITEMS_ACK = 109
     # placement groups across nodes (coordinator <-> node daemons, two-phase; _cluster_pg)
-    PG_PREPARE = 140
-    PG_COMMIT = 141
-    PG_RELEASE = 142
-    PG_RECORD = 143
+    PG_PREPARE = 170
+    PG_COMMIT = 171
+    PG_RELEASE = 172
+    PG_RECORD = 173
 
 
 def message(tag: Tag) -> Callable[[type[_M]], type[_M]]:
