@@ -221,3 +221,96 @@ def test_an_adopted_group_keeps_its_live_bundles_and_places_the_lost_ones():
     whole = p.groups.adopt(b"w" * 16, ({"CPU": 1},), "PACK", {0: "b"})
     assert whole == [M.PlacementGroupReady(b"w" * 16, ("b",))]
     assert p.groups.adopt(G, ({"CPU": 1},), "PACK", {}) == []  # known already
+
+
+# --- the coordinator's async shell, over in-process participants -----------------------
+
+
+def _coordinator_run(cpus: dict, script, **cfg):
+    """Run ``script(coord, nodes, ready)`` with a GroupCoordinator whose calls go to
+    in-process LocalSchedulers (``nodes[n].refuse``/``.hang`` to misbehave)."""
+    import asyncio
+
+    from actorcore import _protocol as P
+    from actorcore._pg_coordinator import GroupCoordinator, Outcomes
+
+    class Node:
+        def __init__(self, c):
+            self.s = LocalScheduler({"CPU": c})
+            self.refuse = False
+            self.hang = False
+
+    nodes = {n: Node(c) for n, c in cpus.items()}
+    ready: dict = {}
+
+    async def call(node_id, msg):
+        n = nodes[node_id]
+        if n.hang:
+            await asyncio.sleep(3600)
+        await asyncio.sleep(0)
+        if isinstance(msg, P.PgPrepareMsg):
+            ok = not n.refuse and n.s.prepare_bundles(msg.pg_id, msg.attempt, msg.bundles, "c")[0]
+        elif isinstance(msg, P.PgCommitMsg):
+            ok = n.s.commit_bundles(msg.pg_id, msg.attempt)[0]
+        else:
+            n.s.release_bundles(msg.pg_id, list(msg.indexes))
+            return dict(n.s.available)
+        return [ok, dict(n.s.available)]
+
+    async def main():
+        coord = GroupCoordinator(
+            b"me",
+            lambda: {},
+            call,
+            Outcomes(lambda g, p: ready.__setitem__(g, p), lambda *a: None, lambda *a: None),
+            PlacerConfig(warmup_s=0.0, **cfg),
+        )
+        for n, c in cpus.items():
+            coord.node_joined(n, {"CPU": c})
+        try:
+            await asyncio.wait_for(script(coord, nodes, ready), 20)
+        finally:
+            await coord.aclose()
+
+    asyncio.run(main())
+
+
+async def _until(cond):
+    import asyncio
+
+    while not cond():  # noqa: ASYNC110 (states of in-process schedulers, no event to wait on)
+        await asyncio.sleep(0.01)  # polling a state, bounded by the caller's wait_for
+
+
+def test_coordinator_retries_after_a_refusal_and_times_out_a_silent_node():
+    async def script(coord, nodes, ready):
+        nodes[b"c"].refuse = True
+        coord.request(G, [{"CPU": 1}] * 3, "STRICT_SPREAD")
+        await _until(lambda: all(n.s.available["CPU"] == 1.0 for n in nodes.values()))
+        assert G not in ready
+        nodes[b"c"].refuse = False  # the retry (a timer the placer asked for) places it
+        await _until(lambda: G in ready)
+        assert sorted(ready[G]) == [b"a", b"b", b"c"]
+        # a node that never answers: the attempt times out, the others release
+        coord.remove(G)
+        await _until(lambda: all(n.s.available["CPU"] == 1.0 for n in nodes.values()))
+        nodes[b"c"].hang = True
+        h = b"h" * 16
+        coord.request(h, [{"CPU": 1}] * 3, "STRICT_SPREAD")
+        await _until(lambda: nodes[b"a"].s.available["CPU"] == 0.0)
+        await _until(lambda: nodes[b"a"].s.available["CPU"] == 1.0)  # released after timeout
+        assert h not in ready
+
+    _coordinator_run({b"a": 1, b"b": 1, b"c": 1}, script, prepare_timeout_s=0.3, retry_s=0.05)
+
+
+def test_coordinator_keeps_charges_while_calls_are_in_flight():
+    async def script(coord, nodes, ready):
+        for i in range(6):  # six one-CPU groups on two 3-CPU nodes, all asked at once
+            coord.request(bytes([i]) * 16, [{"CPU": 1}], "PACK")
+        await _until(lambda: len(ready) == 6)
+        assert sum(n.s.available["CPU"] for n in nodes.values()) == 0.0
+        for n in nodes.values():
+            n.s.validate()
+
+    _coordinator_run({b"a": 3, b"b": 3}, script)
