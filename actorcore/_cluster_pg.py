@@ -344,10 +344,16 @@ class ClusterGroups:
     def _warn(self, key: Any, missing: Mapping[str, float], offer: Mapping[str, float]) -> None:
         rec = self.records.get(key) if isinstance(key, bytes) else None
         what = f"{rec.strategy} group of {len(rec.bundles)} bundles" if rec else "group"
+        need = dict(missing)
+        lacks = (
+            f"it needs {need.pop('nodes'):g} more node(s) with room for a bundle"
+            if "nodes" in need
+            else f"no node has {need}"
+        )
         text = (
             f"placement group {key.hex() if isinstance(key, bytes) else key} ({what}) cannot "
-            f"be placed on the cluster's nodes: missing {dict(missing)}; the largest node "
-            f"offers {dict(offer)}; it stays PENDING until a node that fits joins"
+            f"be placed on the cluster's nodes: {lacks}; the largest node offers "
+            f"{dict(offer)}; it stays PENDING until a node that fits joins"
         )
         self.daemon._warn_drivers(text)
         # the drivers of its driver's node (of every node when it has no driver) see it too
