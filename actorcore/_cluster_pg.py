@@ -32,8 +32,8 @@ node-failure handling too), and what it prepared here but never committed is
 released. The coordinator removes the groups of the dead node's drivers (not
 ``lifetime="detached"``), as when a driver exits, and takes over the groups
 the dead node coordinated (bundles on live nodes stay; the rest are placed
-again). To move coordination into the elected placer: make
-:meth:`ClusterGroups.coordinator_id` return the placer's node.
+again). To move coordination into the elected placer: set
+:attr:`ClusterGroups.placer_node` to a function naming the placer's node.
 """
 
 from __future__ import annotations
@@ -113,6 +113,8 @@ class ClusterGroups:
         self._owned: dict[bytes, set[bytes]] = {}  # driver of this node -> its groups
         self._forwards: dict[bytes, asyncio.Task[Any]] = {}  # groups handed to a coordinator
         self._via: dict[bytes, bytes] = {}  # groups coordinated here -> the node they came from
+        # the elected placer's node, once the cluster has one (see coordinator_id)
+        self.placer_node: Callable[[], bytes | None] | None = None
 
     # --- life ------------------------------------------------------------------------
 
@@ -253,9 +255,14 @@ class ClusterGroups:
         return True
 
     def coordinator_id(self) -> bytes:
-        """The node that coordinates new groups: the live node with the smallest id
-        (every node computes the same one), standing in for the elected placer."""
-        return min([self.node_id, *self.membership.table.live])
+        """The node that coordinates new groups: the elected placer's when
+        :attr:`placer_node` names a live one, else the live node with the smallest
+        id (every node computes the same one)."""
+        live = self.membership.table.live
+        holder = self.placer_node() if self.placer_node is not None else None
+        if holder is not None and (holder == self.node_id or holder in live):
+            return holder
+        return min([self.node_id, *live])
 
     async def _create_named(self, rec: GroupRecord) -> Any:
         if not await self.store.put_if_absent(name_key(rec.name), rec.pg_id):
