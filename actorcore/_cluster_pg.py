@@ -560,10 +560,12 @@ class ClusterGroups:
 
     async def on_get(self, peer: RpcPeer, msg: P.GetPlacementGroupMsg, b: list[bytes]) -> Any:
         kv = await self.store.get(name_key(msg.name))
-        rec_kv = await self.store.get(record_key(kv.value)) if kv is not None else None
-        if rec_kv is None:
+        rec = self.records.get(kv.value) if kv is not None else None  # (known before etcd)
+        if kv is not None and rec is None:
+            rec_kv = await self.store.get(record_key(kv.value))
+            rec = GroupRecord.from_bytes(rec_kv.value) if rec_kv is not None else None
+        if rec is None or rec.pg_id in self._removed:
             raise ValueError(f"no placement group named {msg.name!r}")
-        rec = GroupRecord.from_bytes(rec_kv.value)
         return {"pg_id": rec.pg_id, "bundles": list(rec.bundles), "strategy": rec.strategy}
 
     def on_list_state(self, peer: RpcPeer, msg: P.ListStateMsg, b: list[bytes]) -> Any:

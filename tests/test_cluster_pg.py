@@ -171,6 +171,7 @@ def test_table_and_named_lookup(cluster, free_after):
     assert row["bundles"] == {0: {"CPU": 1.0}, 1: {"CPU": 0.5}}
     assert set(row["bundles_to_node_id"].values()) <= {n.node_id for n in cluster.nodes}
     assert ac.util.get_placement_group("tbl") == pg
+    assert placement_group_table(pg) == row
     with pytest.raises(ValueError, match="exists"):
         placement_group([{"CPU": 0.1}], name="tbl")
     listed = ac.util.state.list_placement_groups()
