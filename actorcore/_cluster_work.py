@@ -117,6 +117,7 @@ class ClusterWork:
         """The node that should take work of ``shape`` (None: this one, which also
         refuses a hard affinity to a node that is not alive)."""
         base, target, soft = split_affinity(R.normalize(dict(shape)))
+        base, _env = R.split_runtime_env(base)  # any node can start a worker of an env
         if self.group_target is not None and (node := self.group_target(base)) is not None:
             return None if node == self.node_id else node
         live = self.membership.table.live

@@ -63,6 +63,7 @@ class Config:
     transfer_chunk_bytes: int = 8 * MiB  # node-to-node object pulls: bytes per request
     transfer_timeout_s: float = 10.0  # a holder silent this long mid-pull is dropped
     transfer_serve_rate: float = 0.0  # bytes/s a node sends to pullers at most (0: no cap)
+    runtime_env_max_bytes: int = 100 * MiB  # a runtime_env package (zipped) at most
     # observability (actorcore._obs)
     task_events: bool = True  # record task history (and user metrics) for the state API
     task_history_size: int = 10_000  # tasks a node remembers
@@ -136,6 +137,7 @@ class Config:
             "include_dashboard": _env("INCLUDE_DASHBOARD", "1") not in ("0", "false", "no"),
             "dashboard_host": _env("DASHBOARD_HOST", "127.0.0.1"),
             "dashboard_port": int(_env("DASHBOARD_PORT", "8265")),
+            "runtime_env_max_bytes": int(_env("RUNTIME_ENV_MAX_BYTES", str(100 * MiB))),
         }
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():

@@ -103,6 +103,9 @@ class Tag(IntEnum):
     # streaming generators (worker -> owner items, owner -> worker acks)
     GENERATOR_ITEM = 108
     ITEMS_ACK = 109
+    # runtime-env packages (process -> its node daemon; node daemon -> peer daemon)
+    PACKAGE_PUT = 110
+    PACKAGE_GET = 111
     # placement groups across nodes (coordinator <-> node daemons, two-phase; _cluster_pg)
     PG_PREPARE = 170
     PG_COMMIT = 171
@@ -307,8 +310,12 @@ class RegisterDriverMsg(NamedTuple):
 
 @message(Tag.REQUEST_LEASE)
 class RequestLeaseMsg(NamedTuple):
+    """Owner -> daemon: a worker for ``shape``; ``runtime_env``: the wire spec of the
+    env named by the shape's ``runtime_env:<hash>`` key (``actorcore._runtime_env``)."""
+
     rid: int
     shape: dict[str, float]
+    runtime_env: dict[str, Any] | None = None
 
 
 @message(Tag.RETURN_LEASE)
@@ -621,6 +628,31 @@ class ItemsAckMsg(NamedTuple):
     consumed: int
 
 
+# --- runtime-env packages ----------------------------------------------------------------
+
+
+@message(Tag.PACKAGE_PUT)
+class PackagePutMsg(NamedTuple):
+    """Process -> its node daemon: bytes ``offset..`` of package ``digest`` (``total``
+    bytes). An empty ``data`` at offset 0 asks whether the node has it; replies True
+    once the node holds the whole package."""
+
+    rid: int
+    digest: str
+    total: int
+    offset: int
+    data: bytes
+
+
+@message(Tag.PACKAGE_GET)
+class PackageGetMsg(NamedTuple):
+    """Node daemon -> peer daemon: up to ``length`` bytes of package ``digest`` from
+    ``offset``; replies ``[total, data]``."""
+
+    rid: int
+    digest: str
+    offset: int
+    length: int
 # --- placement groups across nodes (two-phase reservation, see _cluster_pg) ----------------
 
 

@@ -90,6 +90,9 @@ class CoreRuntime(OwnershipMixin, Service):
         self.persistent_actors: set[bytes] = set()
         self.namespace = "default"
         self.job_id = b""
+        # the runtime env (wire spec) of the work this process submits: the job's in a
+        # driver (ac.init(runtime_env=...)), the worker's own in a worker
+        self.job_runtime_env: dict[str, Any] | None = None
         from ._owner import ActorClients, TaskSubmitter
 
         self.submitter = TaskSubmitter(self)

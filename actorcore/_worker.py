@@ -399,6 +399,11 @@ def worker_main(boot: dict[str, Any]) -> None:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     rt = WorkerRuntime(config, token, my_id, node)
+    if boot.get("runtime_env"):  # set before anything runs: what it submits inherits its env
+        from . import _runtime_env
+
+        rt.job_runtime_env = dict(boot["runtime_env"])
+        _runtime_env.register(rt.job_runtime_env)
     G.runtime = rt
     TE.worker_started(rt)  # observability hook: settings, `ps` title actorcore::idle
     _logs.capture_output(rt)

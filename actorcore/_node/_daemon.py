@@ -39,6 +39,7 @@ from . import _events as E
 from ._actors import ActorService
 from ._info import InfoService
 from ._lifecycle import ActorLifecycle
+from ._packages import RuntimeEnvService
 from ._pool import WorkerPool
 from ._state import NodeState
 from ._store import StoreService
@@ -123,6 +124,11 @@ class NodeDaemon(Service):
         self.actor_service = ActorService(
             self.state, self.workers, self.apply, self.actor_table, self.names
         )
+        self.runtime_env = RuntimeEnvService(
+            os.path.join(dirs.disk_dir, "runtime_env"),
+            daemon=self,
+            max_bytes=config.runtime_env_max_bytes,
+        )
         self.obs = NodeObserver(self)  # observability hook (actorcore._obs)
         self.info = InfoService(
             self.state, self.workers, self.store, self._facts, self.obs.node_fields
@@ -132,6 +138,7 @@ class NodeDaemon(Service):
             self.store,
             self.actor_service,
             self.info,
+            self.runtime_env,
             _ObservabilityService(self.obs, self.workers),
         ]
         self.conns: dict[bytes, set[RpcPeer]] = {}
@@ -158,7 +165,7 @@ class NodeDaemon(Service):
             E.Later: self._later,
             E.WakeReaders: self.store.wake,
             E.DeleteFile: self.store.delete_file,
-            E.RevokePins: self.store.revoke_pins,
+            E.RevokePins: self.store.revoke,
             E.Refused: self._refused,
         }
 
@@ -188,6 +195,7 @@ class NodeDaemon(Service):
                 if tag in table:
                     raise RuntimeError(f"two node services handle {P.Tag(tag).name}")
                 table[tag] = fn
+        self.runtime_env.install(table)  # work naming a runtime env waits for its packages
         return table
 
     async def serve(self) -> None:
@@ -284,6 +292,7 @@ class NodeDaemon(Service):
             "session": self.dirs.session,
             "uptime_s": time.time() - self.started_at,
             "drivers": len(self.drivers),
+            "runtime_env": self.runtime_env.statistics(),
         }
 
     # --- events in, instructions out ---------------------------------------------------
@@ -321,7 +330,16 @@ class NodeDaemon(Service):
 
     def _start_workers(self, ins: E.StartWorker) -> None:
         assert self.pool is not None
-        self.pool.start(ins.count)
+        if not ins.env:
+            self.pool.start(ins.count)
+            return
+        env = self.runtime_env.worker_env(ins.env)
+        if env is None:  # (never: work naming an env is let in once the env is ready)
+            logger.error("no runtime env %s on this node: its workers are not started", ins.env)
+            for _ in range(ins.count):
+                self.apply(E.WorkerStartFailed(ins.env))
+            return
+        self.pool.start(ins.count, env.boot())
 
     def _stop_worker(self, ins: E.StopWorker) -> None:
         rec = self.workers.get(ins.worker_id)
@@ -402,6 +420,7 @@ class NodeDaemon(Service):
             self._worker_gone(rec, f"its worker process (pid {rec.pid}) died")
         if not peers:
             self.conns.pop(pid, None)
+            self.runtime_env.process_gone(pid)  # its unfinished uploads
             self.apply(E.ProcessGone(pid))
             if self.cluster is not None:
                 self.cluster.work.owner_gone(pid)  # its actors created on other nodes
@@ -422,8 +441,8 @@ class NodeDaemon(Service):
         if rec is None:
             if pid in self._exited:
                 self._exited.discard(pid)  # its connection closed first: handled
-            else:
-                self.apply(E.WorkerStartFailed())  # it died before registering
+            else:  # it died before registering
+                self.apply(E.WorkerStartFailed(self.pool.env_of.get(pid, "") if self.pool else ""))
             return
         self._exited.discard(pid)
         self._worker_gone(rec, f"its worker process (pid {pid}) exited with code {code}")
@@ -436,7 +455,8 @@ class NodeDaemon(Service):
         if msg.pid not in self.pool.pids:
             raise ProtocolError(f"pid {msg.pid} is not a worker this daemon started")
         self.workers.add(WorkerRec(msg.worker_id, msg.pid, peer, list(msg.address)))
-        self.apply(E.WorkerStarted(msg.worker_id, time.monotonic()))
+        env = self.runtime_env.worker_env(self.pool.env_of.get(msg.pid, ""))
+        self.apply(E.WorkerStarted(msg.worker_id, time.monotonic(), env.digest if env else ""))
         return {"sys_path": self.sys_path}
 
     @handles(P.Tag.REGISTER_DRIVER)

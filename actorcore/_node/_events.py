@@ -141,11 +141,14 @@ class Tick:
 class WorkerStarted:
     worker_id: bytes
     now: float = 0.0
+    env: str = ""  # the runtime environment it was started with (its hash)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerStartFailed:
     """A worker died before it registered."""
+
+    env: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,7 +121,7 @@ class StoreService(Service):
             elif isinstance(ins, DeleteFile):
                 self.delete_file(ins)
             elif isinstance(ins, RevokePins):
-                self.revoke_pins(ins)
+                self.revoke(ins)
             else:
                 logger.warning("refused a request of %r: %s", ins.client, ins.message)
 
@@ -138,6 +138,10 @@ class StoreService(Service):
         _unlink(ins.path)
 
     # --- read caches ----------------------------------------------------------------
+
+    def revoke(self, ins: RevokePins) -> None:
+        """Carry out a :class:`RevokePins` instruction (nobody waits for the answer)."""
+        self.revoke_pins(ins)
 
     def revoke_pins(self, ins: RevokePins) -> asyncio.Future[Any] | None:
         """Ask a process to drop its read cache's pins on some objects.
