@@ -653,6 +653,8 @@ class PackageGetMsg(NamedTuple):
     digest: str
     offset: int
     length: int
+
+
 # --- placement groups across nodes (two-phase reservation, see _cluster_pg) ----------------
 
 
