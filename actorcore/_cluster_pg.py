@@ -39,20 +39,19 @@ again). To move coordination into the elected placer: set
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from actorcore.gcs import Compare, DeleteOp, EventType, PutOp, RevisionCompactedError
+from actorcore.gcs import Compare, DeleteOp
 from actorcore.scheduler import _resources as R
 from actorcore.scheduler import placer_msgs as M
 
 from . import _protocol as P
 from ._peers import Joined, Left
 from ._pg_coordinator import GroupCoordinator, Outcomes
+from ._pg_known import REMEMBER_REMOVED, KnownGroups
 from ._pg_records import (
-    PGS,
     GroupRecord,
     RecordState,
     marker_of,
@@ -67,10 +66,7 @@ __all__ = ["ClusterGroups"]
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[RpcPeer, Any, list[bytes]], Any]
-UNKNOWN_GROUP_WAIT_S = 30.0  # how long a caller waits for a group no node has recorded yet
-_BATCH = 100  # records per etcd transaction
 _PUMP_S = 0.1  # how often pending groups see the nodes' loads
-_REMEMBER_REMOVED = 10_000  # removed groups whose waiters are answered False at once
 FORWARD_FOR_S = 60.0  # how long a node keeps handing a new group to a coordinator
 _RETRY_S = 0.5  # pacing of retries after etcd errors, not synchronization
 
@@ -101,15 +97,11 @@ class ClusterGroups:
         self.membership = membership
         self.store = membership.store
         self.node_id: bytes = daemon.node_id
-        self.records: dict[bytes, GroupRecord] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.known = KnownGroups(self.store, self.node_id, self._own)
+        self.records = self.known.records  # (the same dict)
         self.coordinator: GroupCoordinator | None = None
         self._orig: dict[int, Handler] = {}
-        self._waiters: dict[bytes, list[asyncio.Future[bool]]] = {}
-        self._writes: dict[bytes, GroupRecord | None] = {}
-        self._writer: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._removed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self._revisions: dict[bytes, int] = {}  # etcd revision of each record known
         self._owned: dict[bytes, set[bytes]] = {}  # driver of this node -> its groups
         self._forwards: dict[bytes, asyncio.Task[Any]] = {}  # groups handed to a coordinator
         self._via: dict[bytes, bytes] = {}  # groups coordinated here -> the node they came from
@@ -149,10 +141,8 @@ class ClusterGroups:
         _listen(self.membership, self._nodes_changed)
         for node_id, rec in list(self.membership.table.live.items()):
             self.coordinator.node_joined(node_id, rec["resources"])
-        kvs, revision = await self.store.get_prefix(PGS)
-        for kv in kvs:
-            self._from_etcd(kv)
-        self._own(self._watch(revision + 1))
+        revision = await self.known.load()
+        self._own(self.known.watch(revision + 1))
         self._own(self._pump())
 
     async def aclose(self) -> None:
@@ -161,8 +151,7 @@ class ClusterGroups:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.coordinator is not None:
             await self.coordinator.aclose()
-        for pg_id in list(self._waiters):
-            self._wake(pg_id, False)
+        self.known.close()
 
     def _own(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -215,8 +204,8 @@ class ClusterGroups:
                 "placement group %s: coordinating it (node %s died)", rec.pg_id.hex(), dead.hex()
             )
             new = rec.coordinated_by(self.node_id)
-            self._learn(new)
-            self._write(rec.pg_id, new)
+            self.known.learn(new)
+            self.known.write(rec.pg_id, new)
             nodes = rec.nodes or (None,) * len(rec.bundles)
             self.coordinator.adopt(rec.pg_id, list(rec.bundles), rec.strategy, nodes)
 
@@ -276,9 +265,9 @@ class ClusterGroups:
         if rec.coordinator == self.node_id:
             self._create(rec)
             return
-        self._learn(rec)  # PENDING here until the coordinator's record says more
+        self.known.learn(rec)  # PENDING here until the coordinator's record says more
         self._forwards[rec.pg_id] = self._own(self._forward_create(rec))
-        if len(self._forwards) > _REMEMBER_REMOVED:  # (its record is long in etcd by then)
+        if len(self._forwards) > REMEMBER_REMOVED:  # (its record is long in etcd by then)
             self._forwards.pop(next(iter(self._forwards)))
 
     async def _forward_create(self, rec: GroupRecord) -> bytes | None:
@@ -297,7 +286,7 @@ class ClusterGroups:
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FORWARD_FOR_S
-        while rec.pg_id not in self._removed:
+        while rec.pg_id not in self.known.removed:
             target = self.coordinator_id()
             if target == self.node_id:
                 self._create(rec.coordinated_by(target))
@@ -315,8 +304,8 @@ class ClusterGroups:
 
     def _create(self, rec: GroupRecord) -> None:
         assert self.coordinator is not None
-        self._learn(rec)
-        self._write(rec.pg_id, rec)
+        self.known.learn(rec)
+        self.known.write(rec.pg_id, rec)
         self._feed_loads()
         self.coordinator.request(rec.pg_id, list(rec.bundles), rec.strategy)
 
@@ -325,8 +314,8 @@ class ClusterGroups:
         if rec is None:
             return
         new = rec.placed(tuple(placement), RecordState.CREATED)
-        self._learn(new)
-        self._write(pg_id, new)
+        self.known.learn(new)
+        self.known.write(pg_id, new)
         via = self._via.get(pg_id)
         if via is not None and via in self.membership.table.live:
             self._own(self._tell_node(via, P.PgRecordMsg(new.to_bytes())))
@@ -345,8 +334,8 @@ class ClusterGroups:
             node_id.hex(),
         )
         new = rec.placed(tuple(nodes), RecordState.RESCHEDULING)
-        self._learn(new)
-        self._write(pg_id, new)
+        self.known.learn(new)
+        self.known.write(pg_id, new)
 
     def _warn(self, key: Any, missing: Mapping[str, float], offer: Mapping[str, float]) -> None:
         rec = self.records.get(key) if isinstance(key, bytes) else None
@@ -430,8 +419,8 @@ class ClusterGroups:
         """A coordinator's record of a group created through this node."""
         if peer.conn is not None and peer.conn.peer_id in self.membership.table.live:
             rec = GroupRecord.from_bytes(msg.record)
-            if rec.coordinator != self.node_id and rec.pg_id not in self._removed:
-                self._learn(rec)  # (etcd's copy, older or the same, may follow: it is learnt)
+            if rec.coordinator != self.node_id and rec.pg_id not in self.known.removed:
+                self.known.learn(rec)  # (etcd's copy, older or the same, may follow: it is learnt)
         return DEFERRED
 
     def on_release(self, peer: RpcPeer | None, msg: P.PgReleaseMsg, b: list[bytes]) -> Any:
@@ -445,33 +434,7 @@ class ClusterGroups:
         rec = self.records.get(msg.pg_id)
         if rec is not None and rec.state is RecordState.CREATED:
             return True
-        return self.wait_created(msg.pg_id)
-
-    async def wait_created(self, pg_id: bytes) -> bool:
-        """True once the group is CREATED; False if it is removed (or, never heard
-        of, not recorded within ``UNKNOWN_GROUP_WAIT_S``)."""
-        rec = self.records.get(pg_id)
-        if rec is None and pg_id in self._removed:
-            return False
-        if rec is None:
-            kv = await self.store.get(record_key(pg_id))
-            if kv is not None:
-                self._from_etcd(kv)  # (the watch may have brought a newer one meanwhile)
-            rec = self.records.get(pg_id)
-            if rec is None and pg_id in self._removed:
-                return False
-        if rec is not None and rec.state is RecordState.CREATED:
-            return True
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(pg_id, []).append(fut)
-        if rec is None:
-            return await _wait_or(fut, UNKNOWN_GROUP_WAIT_S, False)
-        return await fut
-
-    def _wake(self, pg_id: bytes, ready: bool) -> None:
-        for fut in self._waiters.pop(pg_id, []):
-            if not fut.done():
-                fut.set_result(ready)
+        return self.known.wait_created(msg.pg_id)
 
     # --- removal -------------------------------------------------------------------------
 
@@ -492,8 +455,8 @@ class ClusterGroups:
         rec = self.records.pop(msg.pg_id, None)
         if rec is not None and rec.owner:
             self._owned.get(rec.owner, set()).discard(msg.pg_id)
-        self._forget_removed(msg.pg_id)
-        self._wake(msg.pg_id, False)
+        self.known.mark_removed(msg.pg_id)
+        self.known.wake(msg.pg_id, False)
         if self.coordinator.remove(msg.pg_id):  # ours: the coordinator releases every bundle
             self._forget(msg.pg_id, rec)
             return True
@@ -550,7 +513,7 @@ class ClusterGroups:
 
     def _forget(self, pg_id: bytes, rec: GroupRecord | None) -> None:
         self._via.pop(pg_id, None)
-        self._write(pg_id, None)
+        self.known.write(pg_id, None)
         if rec is not None and rec.name:
             key = name_key(rec.name)
             cond = [Compare(key, "value", "==", pg_id)]
@@ -564,34 +527,18 @@ class ClusterGroups:
         if kv is not None and rec is None:
             rec_kv = await self.store.get(record_key(kv.value))
             rec = GroupRecord.from_bytes(rec_kv.value) if rec_kv is not None else None
-        if rec is None or rec.pg_id in self._removed:
+        if rec is None or rec.pg_id in self.known.removed:
             raise ValueError(f"no placement group named {msg.name!r}")
         return {"pg_id": rec.pg_id, "bundles": list(rec.bundles), "strategy": rec.strategy}
 
     def on_list_state(self, peer: RpcPeer, msg: P.ListStateMsg, b: list[bytes]) -> Any:
         if msg.kind != "placement_groups":
             return self._local(P.Tag.LIST_STATE, peer, msg, b)
-        return self.table()
-
-    async def table(self) -> list[dict[str, Any]]:
-        """Every group of the cluster, as etcd holds it; what this node knows newer
-        (its own writes not done yet, a coordinator's record sent straight) wins."""
-        kvs, _ = await self.store.get_prefix(PGS)
-        recs = {r.pg_id: r for r in map(GroupRecord.from_bytes, (kv.value for kv in kvs))}
-        for pg_id, rec in self.records.items():
-            have = recs.get(pg_id)
-            if have is None or have.version < rec.version:
-                recs[pg_id] = rec
-        for pg_id, w in self._writes.items():
-            if w is None:
-                recs.pop(pg_id, None)
-        for pg_id in self._removed:
-            recs.pop(pg_id, None)
-        return [r.row() for r in sorted(recs.values(), key=lambda r: r.created_at)]
+        return self.known.table()
 
     def rows(self) -> list[dict[str, Any]]:
         """The groups this node knows of now (no etcd read)."""
-        return [r.row() for r in sorted(self.records.values(), key=lambda r: r.created_at)]
+        return self.known.rows()
 
     # --- work scheduled into a group ---------------------------------------------------------
 
@@ -637,103 +584,13 @@ class ClusterGroups:
     async def _after_ready(
         self, pg_id: bytes, tag: P.Tag, peer: RpcPeer, msg: Any, b: list[bytes]
     ) -> Any:
-        if not await self.wait_created(pg_id):
+        if not await self.known.wait_created(pg_id):
             raise ValueError(
                 f"placement group {pg_id.hex()} was removed or does not exist: "
                 f"work scheduled into it cannot run"
             )
         result = self._local(tag, peer, msg, b)
         return await result if asyncio.iscoroutine(result) else result
-
-    # --- records: the local view, etcd writes, the watch ------------------------------------
-
-    def _learn(self, rec: GroupRecord) -> None:
-        """Know ``rec`` (unless the record known is newer: etcd's copy may come after
-        the coordinator's own, sent straight)."""
-        old = self.records.get(rec.pg_id)
-        if old is not None and old.version > rec.version:
-            return
-        self.records[rec.pg_id] = rec
-        if rec.state is RecordState.CREATED:
-            self._wake(rec.pg_id, True)
-
-    def _write(self, pg_id: bytes, rec: GroupRecord | None) -> None:
-        """Write (None: delete) a record; one transaction per loop turn, latest wins."""
-        self._writes[pg_id] = rec
-        if self._writer is None or self._writer.done():
-            self._writer = self._own(self._flush())
-
-    async def _flush(self) -> None:
-        while self._writes:
-            keys = list(self._writes)[:_BATCH]
-            batch = {k: self._writes[k] for k in keys}
-            ops: list[Any] = [
-                DeleteOp(record_key(k)) if r is None else PutOp(record_key(k), r.to_bytes())
-                for k, r in batch.items()
-            ]
-            try:
-                await self.store.txn([], ops)
-            except Exception as e:  # etcd away: keep the records and try again
-                logger.warning("placement-group records not written (%s): retrying", e)
-                await asyncio.sleep(_RETRY_S)
-                continue
-            for k, r in batch.items():
-                if self._writes.get(k, r) is r:
-                    self._writes.pop(k, None)
-
-    async def _watch(self, revision: int) -> None:
-        while True:
-            try:
-                async with self.store.watch_prefix(PGS, start_revision=revision) as watch:
-                    async for event in watch:
-                        revision = event.revision + 1
-                        self._on_event(event)
-                return
-            except RevisionCompactedError:
-                kvs, revision = await self.store.get_prefix(PGS)
-                for kv in kvs:
-                    self._from_etcd(kv)
-                revision += 1
-            except Exception as e:
-                logger.warning("placement-group watch failed (%s): watching again", e)
-                await asyncio.sleep(_RETRY_S)
-
-    def _on_event(self, event: Any) -> None:
-        if event.type is EventType.PUT and event.kv is not None:
-            self._from_etcd(event.kv)
-            return
-        pg_id = bytes.fromhex(event.key[len(PGS) :].decode())
-        rec = self.records.get(pg_id)
-        if rec is not None and rec.coordinator == self.node_id:
-            self._revisions.pop(pg_id, None)
-            return  # this node's own groups are known here first
-        self.records.pop(pg_id, None)
-        self._forget_removed(pg_id)
-        self._wake(pg_id, False)
-
-    def _from_etcd(self, kv: Any) -> None:
-        """A record read from etcd (a get or the watch): learnt unless older than the
-        one known, or about one of this node's own groups (known here first)."""
-        rec = GroupRecord.from_bytes(kv.value)
-        if kv.mod_revision <= self._revisions.get(rec.pg_id, 0):
-            return
-        self._revisions[rec.pg_id] = kv.mod_revision
-        if rec.coordinator == self.node_id or rec.pg_id in self._removed:
-            return
-        self._learn(rec)
-
-    def _forget_removed(self, pg_id: bytes) -> None:
-        self._removed[pg_id] = None
-        self._revisions.pop(pg_id, None)
-        if len(self._removed) > _REMEMBER_REMOVED:
-            self._removed.popitem(last=False)
-
-
-async def _wait_or(fut: asyncio.Future[bool], timeout: float, default: bool) -> bool:
-    try:
-        return await asyncio.wait_for(asyncio.shield(fut), timeout)
-    except TimeoutError:
-        return default
 
 
 def _listen(membership: Any, fn: Callable[[list[Joined | Left]], None]) -> None:
