@@ -364,8 +364,7 @@ def _rebind(box: list[weakref.ref[ActorHandle]], actor_id: bytes) -> None:
     if h is None or rt is None or h.id == actor_id:
         return
     old = h.id
-    with rt.lock:
-        rt.table.add_local(actor_id, h.owner)
+    rt.add_ref(actor_id, h.owner)
     h.id = actor_id
     rt.drop_ref(old)
 
@@ -405,8 +404,7 @@ class ActorHandle:
         self._method_cache: dict[str, ActorMethod] = {}
         rt = G.runtime
         if rt is not None and not _counted:
-            with rt.lock:
-                rt.table.add_local(actor_id, self.owner)
+            rt.add_ref(actor_id, self.owner)
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("__") and name != "__call__":
@@ -449,10 +447,12 @@ class ActorHandle:
 def _rebuild_handle(
     actor_id: bytes, class_name: str, methods: dict[str, int], owner: Any, retries: int
 ) -> ActorHandle:
-    h = ActorHandle(actor_id, class_name, dict(methods), tuple(owner), retries)
     ctx = current_deserialization()
+    h = ActorHandle(
+        actor_id, class_name, dict(methods), tuple(owner), retries, _counted=ctx is not None
+    )
     if ctx is not None:
-        ctx.refs.append(h)
+        ctx.refs.append(h)  # counted with the others once unpickled
     return h
 
 

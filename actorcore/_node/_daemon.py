@@ -209,9 +209,8 @@ class NodeDaemon(Service):
             my_id=self.node_id,
             make_receiver=lambda: RpcPeer(self, handlers),
             on_connection=self._on_connection,
-            max_header_bytes=self.config.max_header_bytes,
-            max_frame_bytes=self.config.max_frame_bytes,
             sock=self._listen_sock,
+            **self.config.wire_limits(),
             unix_name=self.unix_name or None,
         )
         await self.transfer.start()
