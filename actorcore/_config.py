@@ -70,6 +70,11 @@ class Config:
     transfer_chunk_bytes: int = 8 * MiB  # node-to-node object pulls: bytes per request
     transfer_timeout_s: float = 10.0  # a holder silent this long mid-pull is dropped
     transfer_serve_rate: float = 0.0  # bytes/s a node sends to pullers at most (0: no cap)
+    # two-level scheduling (scheduler.SpillConfig): a busy node spills to the placer
+    # once its queue holds this many items per CPU, or its oldest waited this long
+    # (0, 0: whatever cannot start now; bench/RESULTS.md "Scheduling simulation")
+    spill_queue_per_cpu: float = 0.0
+    spill_max_wait_s: float = 0.0
     runtime_env_max_bytes: int = 100 * MiB  # a runtime_env package (zipped) at most
     # observability (actorcore._obs)
     task_events: bool = True  # record task history (and user metrics) for the state API
@@ -117,6 +122,8 @@ class Config:
             raise ValueError("node_ttl_s must be > 0")
         if self.transfer_chunk_bytes <= 0 or self.transfer_timeout_s <= 0:
             raise ValueError("transfer_chunk_bytes and transfer_timeout_s must be > 0")
+        if self.spill_queue_per_cpu < 0 or self.spill_max_wait_s < 0:
+            raise ValueError("spill_queue_per_cpu and spill_max_wait_s must be >= 0")
         if self.task_history_size < 1:
             raise ValueError("task_history_size must be >= 1")
         for port in (self.metrics_export_port, self.dashboard_port):
@@ -149,6 +156,8 @@ class Config:
             "etcd_cert": _env("ETCD_CERT", ""),
             "etcd_key": _env("ETCD_KEY", ""),
             "attach_node": _env("ATTACH_NODE", ""),
+            "spill_queue_per_cpu": float(_env("SPILL_QUEUE_PER_CPU", "0")),
+            "spill_max_wait_s": float(_env("SPILL_MAX_WAIT_S", "0")),
             "task_events": _env("TASK_EVENTS", "1") not in ("0", "false", "no"),
             "metrics_export_port": int(_env("METRICS_EXPORT_PORT", "0")),
             "metrics_token": _env("METRICS_TOKEN", ""),

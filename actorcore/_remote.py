@@ -124,6 +124,7 @@ def stream_of(opts: dict[str, Any]) -> int:
 
 def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
     """The shape a scheduling strategy turns ``shape`` into."""
+    from actorcore.scheduler import _resources as R
     from actorcore.scheduler import bundle_shape, node_affinity_shape
 
     from .util.scheduling_strategies import (
@@ -131,8 +132,10 @@ def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
         PlacementGroupSchedulingStrategy,
     )
 
-    if strategy is None or strategy in ("DEFAULT", "SPREAD"):
+    if strategy is None or strategy == "DEFAULT":
         return shape
+    if strategy == "SPREAD":  # a hint a single node ignores; a cluster's placer spreads it
+        return {**shape, R.SPREAD_KEY: R.HINT_MARK}
     if isinstance(strategy, PlacementGroupSchedulingStrategy):
         pg = strategy.placement_group
         index = strategy.placement_group_bundle_index
@@ -142,8 +145,10 @@ def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
             )
         return bundle_shape(shape, pg.id.hex(), index)
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
-        if strategy.soft:
-            return shape  # any node will do when that one cannot take it
+        if strategy.soft:  # that node if it has room now, else the default policy
+            node_affinity_shape(shape, strategy.node_id)  # (checks the id)
+            key = R.NODE_AFFINITY_SOFT_PREFIX + strategy.node_id.lower()
+            return {**shape, key: R.HINT_MARK}
         return node_affinity_shape(shape, strategy.node_id)  # the node checks it exists
     raise ValueError(
         f"unknown scheduling_strategy {strategy!r}: use 'DEFAULT', 'SPREAD', or one of "

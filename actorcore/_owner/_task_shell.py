@@ -23,6 +23,7 @@ from .._ref import ObjectRef
 from .._rpc import error_from_reply, next_rid
 from .._runtime_env import spec_of_shape
 from ..errors import ActorCoreError
+from ..scheduler._resources import HINT_MARK, PLACED_KEY
 from . import _object_events as OE
 from . import _task_events as E
 from ._deps import ready_now, resolve_deps
@@ -139,11 +140,14 @@ class TaskSubmitter:
     # --- instructions: leases ---------------------------------------------------------------
 
     def _request_lease(self, ins: E.RequestLease) -> None:
-        msg = P.RequestLeaseMsg(ins.rid, ins.shape, spec_of_shape(ins.shape))
+        env = spec_of_shape(ins.shape)
+        msg = P.RequestLeaseMsg(ins.rid, ins.shape, env, ins.args)
         cb = functools.partial(self._on_grant, ins.rid)
         if ins.daemon is None:
             self._request_on(self.rt.daemon, msg, cb)
         else:  # a spill: that node's daemon (its leases go back there too)
+            # placed there: that node queues it, never sends it on again
+            msg = P.RequestLeaseMsg(ins.rid, {**ins.shape, PLACED_KEY: HINT_MARK}, env)
             if ins.node_id is not None:
                 self._daemons[ins.node_id] = tuple(ins.daemon)
             self.rt.with_peer(tuple(ins.daemon), lambda p: self._request_on(p, msg, cb))
