@@ -3,9 +3,9 @@
 :class:`ClusterGroups` wraps a cluster node daemon's placement-group handlers:
 
 * ``CREATE_PLACEMENT_GROUP``: the group goes to the cluster's coordinator
-  (:meth:`ClusterGroups.coordinator_id`: the live node with the smallest id,
-  standing in for the elected placer; a node hands it on, again to the next
-  one if that one dies), whose
+  (:meth:`ClusterGroups.coordinator_id`: the node holding the elected global
+  placer, the live node with the smallest id while none is; a node hands it
+  on, again to the next one if that one dies), whose
   :class:`~actorcore._pg_coordinator.GroupCoordinator` places it in two
   phases (every chosen node prepares its bundles, then commits; any refusal,
   timeout or death releases what was prepared and the group is tried
@@ -32,8 +32,9 @@ node-failure handling too), and what it prepared here but never committed is
 released. The coordinator removes the groups of the dead node's drivers (not
 ``lifetime="detached"``), as when a driver exits, and takes over the groups
 the dead node coordinated (bundles on live nodes stay; the rest are placed
-again). To move coordination into the elected placer: set
-:attr:`ClusterGroups.placer_node` to a function naming the placer's node.
+again). The cluster node sets :attr:`ClusterGroups.placer_node` to the
+election's holder; the coordinator there is its own GroupCoordinator (a
+Placer of its own beside the placer host's, fed the same nodes).
 """
 
 from __future__ import annotations

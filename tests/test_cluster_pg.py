@@ -239,10 +239,11 @@ def test_a_drivers_groups_end_with_it_detached_ones_stay(cluster, free_after):
     remove_placement_group(ac.util.PlacementGroup(bytes.fromhex(kept), [{"CPU": 0.5}]))
 
 
-def test_every_node_hands_new_groups_to_one_coordinator(cluster, free_after):
+def test_every_node_hands_new_groups_to_the_placers_node(cluster, free_after):
     import os
 
-    coordinator = min(n.node_id for n in cluster.nodes)
+    info = P.ClusterInfoMsg
+    coordinator = wait_for(lambda: cluster.nodes[0].ask(info(next_rid(), "placer"))["node_id"], 30)
     pgs = []
     for node in cluster.nodes:
         pg_id = os.urandom(16)

@@ -39,15 +39,24 @@ def _prepared_only(node) -> bool:
     return avail.get("CPU") == 0.0 and not any("_group_" in k for k in avail)
 
 
+def _holder(c: Cluster) -> str:
+    """The node holding the elected placer (it coordinates new groups)."""
+    ask = P.ClusterInfoMsg
+    return wait_for(lambda: c.nodes[0].ask(ask(next_rid(), "placer"))["node_id"], 30)
+
+
 @pytest.fixture
 def cluster():
-    """Three nodes of 1 CPU; the driver attaches to the one with the largest id, so
-    the groups' coordinator (the smallest id) is another node."""
+    """Three nodes of 1 CPU; the driver attaches to one that does not hold the placer
+    (the groups' coordinator), so tests may stop the coordinator."""
     with Cluster(num_nodes=0, ttl_s=3.0) as c:
         for _ in range(3):
             c.add_node(num_cpus=1, wait=False)
         c.wait_registered()
-        ac.init(address=c.address, attach_node=max(n.node_id for n in c.nodes))
+        holder = _holder(c)
+        ac.init(
+            address=c.address, attach_node=max(n.node_id for n in c.nodes if n.node_id != holder)
+        )
         try:
             yield c
         finally:
@@ -56,8 +65,11 @@ def cluster():
 
 def _three(cluster):
     """(the driver's node, the coordinator's, the third)"""
-    low, mid, high = sorted(cluster.live(), key=lambda n: n.node_id)
-    return high, low, mid
+    holder = _holder(cluster)
+    live = cluster.live()
+    coordinator = next(n for n in live if n.node_id == holder)
+    others = sorted((n for n in live if n is not coordinator), key=lambda n: n.node_id)
+    return others[-1], coordinator, others[0]
 
 
 def test_a_node_frozen_mid_reservation_releases_the_others_then_a_new_node_places_it(
