@@ -10,7 +10,9 @@ Keys (under the cluster's etcd namespace NAME):
 
 :class:`~actorcore._peers.PeerTable` is the sans-IO view (records in, joins
 and leaves out); :class:`Membership` is the service the node daemon composes: it registers,
-refreshes the lease every TTL/3 (re-registering when etcd reports it lost),
+refreshes the lease every TTL/4 from a thread of its own
+(:class:`~actorcore._lease_keeper.LeaseKeeper`: a busy loop does not read as
+death; re-registering when etcd reports the lease lost),
 watches ``/nodes/`` from the revision it loaded + 1 (the etcd watch resumes
 from its last revision after an outage; a compacted revision resyncs), and
 talks to peer daemons directly for what etcd must not carry (load).
@@ -29,6 +31,7 @@ import msgpack
 from actorcore.gcs import ControlStoreError, EtcdControlStore, PutOp, RevisionCompactedError
 
 from . import _protocol as P
+from ._lease_keeper import LeaseKeeper
 from ._peers import MEMBERS, NODES, ClusterSpec, Joined, Left, PeerTable
 from ._rpc import RpcPeer, Service, next_rid
 from ._transport import open_connection
@@ -99,6 +102,8 @@ class Membership:
         self._connecting: dict[bytes, asyncio.Future[RpcPeer]] = {}
         self._registering = asyncio.Lock()  # the keepalive and the watch may both re-register
         self._leaving = False
+        self._keeper: LeaseKeeper | None = None
+        self._lost: set[int] = set()  # leases found gone, being replaced
 
     # --- life ---------------------------------------------------------------------------
 
@@ -112,7 +117,15 @@ class Membership:
         await self._register()
         revision = await self._load()
         self._own(self._watch(revision + 1), "watch")
-        self._own(self._keepalive(), "keepalive")
+        self._keeper = LeaseKeeper(
+            self.spec.address,
+            self.spec.etcd,
+            self.spec.ttl_s,
+            lambda: self.lease,
+            self._lease_lost,
+            asyncio.get_running_loop(),
+        )
+        self._keeper.start()  # refreshes from its own thread: a busy loop is not a death
         if self._local_load is not None:
             self._own(self._report_load(), "load")
         logger.info("node %s joined cluster %s", self.node_id.hex(), self.spec.address)
@@ -120,6 +133,8 @@ class Membership:
     async def leave(self) -> None:
         """Leave the cluster now: peers see this node's DELETE at once."""
         self._leaving = True  # from here on nothing registers again
+        if self._keeper is not None:
+            await asyncio.to_thread(self._keeper.stop)
         try:
             await asyncio.wait_for(self.store.revoke_lease(self.lease), 5.0)
             logger.info("node %s left cluster %s", self.node_id.hex(), self.spec.address)
@@ -164,21 +179,21 @@ class Membership:
         self._changed(self.table.load(members, nodes))
         return revision
 
-    async def _keepalive(self) -> None:
-        while True:
-            await asyncio.sleep(self.spec.ttl_s / 3)  # the lease's refresh period
-            try:
-                lease = self.lease
-                ttl = await self.store.refresh_lease(lease)
-                if (
-                    ttl <= 0 and lease == self.lease and not self._leaving
-                ):  # (the watch may have re-registered)
-                    logger.error(
-                        "this node's registration was lost (lease expired): registering again"
-                    )
-                    await self._register()
-            except ControlStoreError as e:
-                logger.warning("could not refresh this node's lease: %s", e)
+    def _lease_lost(self, lease: int) -> None:
+        """The lease keeper found ``lease`` gone (on this loop)."""
+        if lease == self.lease and not self._leaving and lease not in self._lost:
+            # (the watch may have re-registered; several refreshes may report one loss)
+            logger.error("this node's registration was lost (lease expired): registering again")
+            self._lost.add(lease)
+            self._own(self._register_again(lease), "register")
+
+    async def _register_again(self, lease: int) -> None:
+        try:
+            await self._register()
+        except ControlStoreError as e:  # the keeper reports it again next period
+            logger.warning("could not register again: %s", e)
+        finally:
+            self._lost.discard(lease)
 
     async def _watch(self, revision: int) -> None:
         while not self._leaving:
@@ -242,6 +257,16 @@ class Membership:
         """
         peer = await self._link(node_id)
         return await asyncio.wait_for(peer.call(msg), PEER_CALL_TIMEOUT_S)
+
+    async def send_node(self, node_id: bytes, msg: Any) -> None:
+        """Send a one-way message to the daemon of ``node_id`` (a live peer).
+
+        Raises:
+            LookupError: no such live node.
+            ConnectionError, TimeoutError: it could not be reached.
+        """
+        peer = await self._link(node_id)
+        peer.send(msg)
 
     async def _link(self, node_id: bytes) -> RpcPeer:
         """The open link to ``node_id``'s daemon; one connection attempt at a time."""
