@@ -41,6 +41,7 @@ from actorcore.gcs import ActorRecord, ActorTable, ControlStore, DeleteOp, NameR
 
 from . import _protocol as P
 from ._cluster_failover import NodeFailover
+from ._cluster_pg import ClusterGroups
 from ._cluster_work import REQUEUE_S, ClusterWork
 from ._membership import Membership
 from ._peers import ClusterSpec, Joined, Left, node_record
@@ -218,6 +219,8 @@ class ClusterNode:
         self.names = NameRegistry(self.store)
         self._orig: dict[int, Handler] = {}
         self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees
+        self.groups = ClusterGroups(daemon, self.membership)  # placement groups
+        self.work.group_target = self.groups.node_for_shape
         self.failover = NodeFailover(daemon, self)  # when a peer node dies
         self._orphan_waits: set[asyncio.Future[None]] = set()
         # the global placer: elected among the nodes; runs here while this node holds it
@@ -230,6 +233,7 @@ class ClusterNode:
         self._requeue: asyncio.Task[None] | None = None
         self.election.subscribe(self._placer_elected, self._placer_lost)
         self.election.watch(lambda _holder: self.placer.poke())  # a full report to a new one
+        self.groups.placer_node = lambda: self.election.holder  # coordinates new groups
 
     async def start(self, handlers: dict[int, Handler]) -> None:
         """Answer for the cluster through ``handlers`` (changed in place), then join."""
@@ -245,11 +249,13 @@ class ClusterNode:
         handlers[int(P.Tag.PLACER_REPORT)] = self.on_placer_report
         handlers[int(P.Tag.SPILL_WORK)] = self.on_spill_work
         self.work.install(handlers)
+        self.groups.install(handlers)  # after work's: group work waits, then is routed
         transfer = getattr(self.daemon, "transfer", None)
         if transfer is not None and transfer.listener is not None:
             # where peers pull objects from this node (data connections)
             self.membership.record["transfer_address"] = list(transfer.address)
         await self.membership.start()
+        await self.groups.start()
         self.election.start()
         self.placer.start()
         self._requeue = asyncio.get_running_loop().create_task(self._requeue_loop())
@@ -263,6 +269,7 @@ class ClusterNode:
                 logger.exception("re-spilling queued work failed")
 
     async def leave(self) -> None:
+        await self.groups.aclose()
         if self._requeue is not None:
             self._requeue.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -427,7 +427,8 @@ class NodeDaemon(Service):
             self.runtime_env.process_gone(pid)  # its unfinished uploads
             self.apply(E.ProcessGone(pid))
             if self.cluster is not None:
-                self.cluster.work.owner_gone(pid)  # its actors and objects on other nodes
+                self.cluster.work.owner_gone(pid)  # its actors created on other nodes
+                self.cluster.groups.owner_gone(pid)  # its placement groups (not detached)
             if self.drivers.pop(pid, None) is not None and pid == self.embedded_driver:
                 self.stop("the driver that started this node exited")
 
