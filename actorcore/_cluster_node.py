@@ -135,6 +135,7 @@ class ClusterNode:
             daemon.token,
             limits,
             local_load=lambda: dict(daemon.sched.available),
+            on_fence=getattr(daemon, "fence", None),
         )
         self.store = self.membership.store
         self.actor_table = BatchedActorTable(self.store, daemon)
@@ -175,6 +176,10 @@ class ClusterNode:
         what = msg.what
         if what.endswith("_local"):
             return self._local(P.Tag.CLUSTER_INFO, peer, msg._replace(what=what[:-6]), b)
+        if what == "etcd_reach":  # a peer suspects it is cut off (actorcore._fencing)
+            return self.membership.fencer.reach_answer()
+        if what == "vouch":  # a worker of this node: how long it may keep serving
+            return self.membership.fencer.vouch_remaining()
         if what == "nodes":
             return self.membership.table.nodes()
         if what == "total":

@@ -151,6 +151,45 @@ class Cluster:
 
         wait_for(all_seen, timeout, interval=0.05, what=f"{len(want)} nodes registered")
 
+    def live_records(self) -> dict[str, dict[str, Any]]:
+        """The live nodes' records, straight from etcd (node id hex -> record)."""
+        import asyncio
+
+        import msgpack
+
+        from actorcore.gcs import EtcdControlStore
+
+        async def read() -> dict[str, dict[str, Any]]:
+            async with EtcdControlStore(self.address, call_timeout=5.0) as store:
+                kvs, _ = await store.get_prefix(b"/nodes/")
+            return {
+                kv.key[len(b"/nodes/") :].decode(): msgpack.unpackb(kv.value, raw=False)
+                for kv in kvs
+            }
+
+        return asyncio.run(read())
+
+    def wait_reborn(self, node: ClusterNodeProc, timeout: float = 60.0) -> str:
+        """Wait until ``node``'s daemon process, fenced, is registered again under a
+        new node id (same pid); point ``node`` at it and return the old id."""
+        from .testing import wait_for
+
+        old = node.node_id
+
+        def reborn() -> dict[str, Any] | None:
+            for nid, rec in self.live_records().items():
+                if nid != old and int(rec["pid"]) == node.pid:
+                    return {**rec, "node_id": nid}
+            return None
+
+        rec = wait_for(reborn, timeout, interval=0.1, what=f"node {old[:8]} back as a new node")
+        node.ready = {
+            **node.ready,
+            "node_id": rec["node_id"],
+            "address": [rec["address"], int(rec["port"])],
+        }
+        return old
+
     def stop_node(self, node: ClusterNodeProc, *, kill: bool = False) -> None:
         """Stop one node: cleanly (it leaves at once), or SIGKILL (seen dead after the TTL)."""
         if node.stopped:

@@ -93,10 +93,15 @@ def main() -> None:
         "log_dir": dirs.logs_dir,
     }
     zsock, zpid = _fork_zygote(lsock, worker_boot)
+    fenced = ""
     try:
-        _serve(config, boot, dirs, node, capacity, note, lsock, (zsock, zpid))
+        fenced = _serve(config, boot, dirs, node, capacity, note, lsock, (zsock, zpid))
     finally:
         dirs.remove()
+    if fenced:  # the old node id is dead for the cluster: come back as a new node
+        from ._fencing import reexec_daemon
+
+        reexec_daemon(boot, fenced)
 
 
 def _fork_zygote(lsock: socket.socket, worker_boot: dict[str, Any]) -> tuple[socket.socket, int]:
@@ -125,7 +130,8 @@ def _serve(
     note: str | None,
     lsock: socket.socket,
     zygote: tuple[socket.socket, int],
-) -> None:
+) -> str:
+    """Serve until stopped; returns why the node fenced itself ("" if it did not)."""
     from actorcore.store import Arena
 
     from ._node import NodeDaemon
@@ -171,6 +177,7 @@ def _serve(
     finally:
         loop.run_until_complete(daemon.close())
         loop.close()
+    return str(daemon.fenced)
 
 
 if __name__ == "__main__":

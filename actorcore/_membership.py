@@ -10,8 +10,10 @@ Keys (under the cluster's etcd namespace NAME):
 
 :class:`~actorcore._peers.PeerTable` is the sans-IO view (records in, joins
 and leaves out); :class:`Membership` is the service the node daemon composes: it registers,
-refreshes the lease every TTL/3 (re-registering when etcd reports it lost),
-watches ``/nodes/`` from the revision it loaded + 1 (the etcd watch resumes
+refreshes the lease every TTL/3 through :class:`~actorcore._fencing.Fencer` (a lease
+etcd reports lost, or a refresh not confirmed in time without a confirmed etcd
+outage, fences the node: it never re-registers under the same id; see
+:mod:`actorcore._fencing` for the rule), watches ``/nodes/`` from the revision it loaded + 1 (the etcd watch resumes
 from its last revision after an outage; a compacted revision resyncs), and
 talks to peer daemons directly for what etcd must not carry (load).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +32,7 @@ import msgpack
 from actorcore.gcs import ControlStoreError, EtcdControlStore, PutOp, RevisionCompactedError
 
 from . import _protocol as P
+from ._fencing import Fencer
 from ._peers import MEMBERS, NODES, ClusterSpec, Joined, Left, PeerTable
 from ._rpc import RpcPeer, Service, next_rid
 from ._transport import open_connection
@@ -68,6 +72,9 @@ class Membership:
         local_load: this node's available resources now; sent to every peer
             daemon when it changes (checked every ``LOAD_PERIOD_S``).
         on_change: called with the joins and leaves of every update.
+        on_fence: called once when this node must fence itself (its lease is
+            or may be lost: :mod:`actorcore._fencing`); without it the node
+            only logs.
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class Membership:
         limits: tuple[int, int],
         local_load: Callable[[], dict[str, float]] | None = None,
         on_change: Callable[[list[Joined | Left]], None] | None = None,
+        on_fence: Callable[[str], None] | None = None,
     ) -> None:
         self.spec = spec
         self.node_id = node_id
@@ -99,6 +107,14 @@ class Membership:
         self._connecting: dict[bytes, asyncio.Future[RpcPeer]] = {}
         self._registering = asyncio.Lock()  # the keepalive and the watch may both re-register
         self._leaving = False
+        self._on_fence = on_fence
+        self.fencer = Fencer(
+            spec.ttl_s,
+            self._refresh,
+            lambda n: self.call_node(n, P.ClusterInfoMsg(next_rid(), "etcd_reach")),
+            lambda: [n for n in self.table.live if n != self.node_id],
+            self._fence,
+        )
 
     # --- life ---------------------------------------------------------------------------
 
@@ -112,7 +128,7 @@ class Membership:
         await self._register()
         revision = await self._load()
         self._own(self._watch(revision + 1), "watch")
-        self._own(self._keepalive(), "keepalive")
+        self._own(self.fencer.run(), "keepalive")  # refreshes the lease; fences (_fencing)
         if self._local_load is not None:
             self._own(self._report_load(), "load")
         logger.info("node %s joined cluster %s", self.node_id.hex(), self.spec.address)
@@ -121,6 +137,8 @@ class Membership:
         """Leave the cluster now: peers see this node's DELETE at once."""
         self._leaving = True  # from here on nothing registers again
         try:
+            if self.fencer.fenced:
+                raise ControlStoreError("fenced: the lease is gone already")
             await asyncio.wait_for(self.store.revoke_lease(self.lease), 5.0)
             logger.info("node %s left cluster %s", self.node_id.hex(), self.spec.address)
         except (ControlStoreError, TimeoutError) as e:
@@ -130,6 +148,7 @@ class Membership:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.fencer.aclose()
         for peer in list(self._peers.values()):
             if peer.conn is not None:
                 peer.conn.close()
@@ -151,12 +170,14 @@ class Membership:
         async with self._registering:
             if self._leaving:
                 return
+            sent = time.monotonic()
             lease = await self.store.grant_lease(self.spec.ttl_s)
             value = bytes(msgpack.packb(self.record, use_bin_type=True))
             key = self.node_id.hex().encode()
             ops = [PutOp(MEMBERS + key, value), PutOp(NODES + key, value, lease)]
             await self.store.txn([], ops)
             self.lease = lease
+            self.fencer.granted(sent)
 
     async def _load(self) -> int:
         members, _ = await self.store.get_prefix(MEMBERS)
@@ -164,21 +185,17 @@ class Membership:
         self._changed(self.table.load(members, nodes))
         return revision
 
-    async def _keepalive(self) -> None:
-        while True:
-            await asyncio.sleep(self.spec.ttl_s / 3)  # the lease's refresh period
-            try:
-                lease = self.lease
-                ttl = await self.store.refresh_lease(lease)
-                if (
-                    ttl <= 0 and lease == self.lease and not self._leaving
-                ):  # (the watch may have re-registered)
-                    logger.error(
-                        "this node's registration was lost (lease expired): registering again"
-                    )
-                    await self._register()
-            except ControlStoreError as e:
-                logger.warning("could not refresh this node's lease: %s", e)
+    async def _refresh(self) -> float:
+        """Refresh the lease (the fencer's call): its remaining TTL, <= 0 when gone."""
+        return float(await self.store.refresh_lease(self.lease))
+
+    def _fence(self, why: str) -> None:
+        """The lease is (or may be) lost: stop serving (the daemon rejoins as a new node)."""
+        if self._leaving:
+            return
+        self._leaving = True  # never register this node id again
+        if self._on_fence is not None:
+            self._on_fence(why)
 
     async def _watch(self, revision: int) -> None:
         while not self._leaving:
@@ -215,8 +232,7 @@ class Membership:
                 if peer is not None and peer.conn is not None:
                     peer.conn.close()
                 if ch.node_id == self.node_id and not self._leaving:
-                    logger.error("this node's key vanished: registering again")
-                    self._own(self._register(), "register")
+                    self.fencer.lease_lost("its key was deleted")
         if changes and self._on_change is not None:
             self._on_change(changes)
 

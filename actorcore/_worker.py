@@ -101,6 +101,10 @@ class WorkerRuntime(CoreRuntime):
         for path in info.get("sys_path", []):
             if path not in sys.path:
                 sys.path.append(path)
+        if self.node.raw.get("cluster"):  # serve only while the daemon vouches (_fencing)
+            from ._fencing import daemon_vouch_asker, watch_daemon
+
+            watch_daemon(daemon_vouch_asker(self._open_store_conn), self.config.node_ttl_s)
 
     def _daemon_lost(self, exc: BaseException) -> None:
         if self.stopped is not None and not self.stopped.done():
