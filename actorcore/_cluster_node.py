@@ -24,7 +24,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from actorcore.gcs import ActorRecord, ActorTable, ControlStore, NameRegistry, PutOp
+from actorcore.gcs import (
+    ActorRecord,
+    ActorTable,
+    ControlStore,
+    NameRegistry,
+    PutOp,
+    RetryingControlStore,
+)
 
 from . import _protocol as P
 from ._cluster_work import ClusterWork
@@ -137,7 +144,8 @@ class ClusterNode:
             local_load=lambda: dict(daemon.sched.available),
             on_fence=getattr(daemon, "fence", None),
         )
-        self.store = self.membership.store
+        # control changes wait out an etcd outage (membership's lease calls do not)
+        self.store = RetryingControlStore(self.membership.store)
         self.actor_table = BatchedActorTable(self.store, daemon)
         self.names = NameRegistry(self.store)
         self._orig: dict[int, Handler] = {}

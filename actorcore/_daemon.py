@@ -61,6 +61,8 @@ def main() -> None:
     sweep_stale(config.shm_root)
     dirs = SessionDirs.create(boot["session"], config.shm_root, config.spill_dir)
     _setup_logging(os.path.join(dirs.logs_dir, "daemon.log"))
+    for life in boot.get("fenced", []):  # earlier lives of this process (actorcore._fencing)
+        logger.warning("this daemon fenced itself as node %s: %s", life["node_id"], life["why"])
     capacity, note = default_capacity(config.shm_root, config.object_store_memory)
     if note:
         logger.warning("%s", note)
@@ -101,7 +103,8 @@ def main() -> None:
     if fenced:  # the old node id is dead for the cluster: come back as a new node
         from ._fencing import reexec_daemon
 
-        reexec_daemon(boot, fenced)
+        lives = [*boot.get("fenced", [])[-9:], {"node_id": node["node_id"].hex(), "why": fenced}]
+        reexec_daemon({**boot, "fenced": lives}, fenced)
 
 
 def _fork_zygote(lsock: socket.socket, worker_boot: dict[str, Any]) -> tuple[socket.socket, int]:

@@ -17,17 +17,23 @@ lease before ``last_ok + TTL``: that instant is this node's *deadline*).
 1. etcd answers that the lease is gone (a refresh finds it expired, or the
    watch shows this node's key deleted): **fence**, always.
 2. No confirmed refresh for ``TTL/2``: the node *suspects* and asks every
-   live peer daemon "do you reach etcd?" (``CLUSTER_INFO etcd_reach``; a
-   peer reaches etcd when its own last confirmed refresh is younger than
-   ``TTL/2``).
+   live peer daemon "do you reach etcd?" (``CLUSTER_INFO etcd_reach``; the
+   peer answers by refreshing its own lease there and then, within
+   ``TTL/10``: a peer that has not noticed an outage yet must not answer
+   from its last success).
 3. The verdict, peer by peer: a peer that reaches etcd means this node is the
-   partitioned one: **fence**. A peer that does not answer (timeout,
-   unreachable network) might be reaching etcd and declaring us dead: **fence**.
-   A peer whose daemon is gone (connection refused) counts for nothing. If
-   every other peer answered "no": **etcd outage**, keep running, ask again
-   every ``TTL/3`` until a refresh succeeds. A node with no live peer keeps
-   running (nobody can take its work over without etcd) until rule 1.
-4. No verdict by the deadline: **fence** (safety over availability).
+   partitioned one; a peer that does not answer (timeout, unreachable network)
+   might be reaching etcd and declaring us dead: either way **fence at the
+   deadline** unless a refresh gets through first (etcd may just be coming
+   back and this node's connection to it be the last to reconnect). A peer
+   whose daemon is gone (connection refused) counts for nothing. If every
+   other peer answered "no": **etcd outage**: keep running, ask again every
+   ``TTL/3``; each confirmation moves the deadline to ``question + TTL``
+   (etcd gives every lease a fresh TTL when it comes back, so a lease cannot
+   expire sooner after an outage). A node with no live peer keeps running
+   (nobody can take its work over without etcd) until rule 1.
+4. The deadline passes without a confirmed refresh or outage: **fence**
+   (safety over availability).
 
 So a node keeps running without etcd only while *every* peer it knows
 positively says that it cannot reach etcd either. The price: an etcd outage
@@ -123,11 +129,12 @@ class FenceMonitor:
     now: float
     state: FenceState = FenceState.OK
     last_ok: float = field(init=False)
-    outage_until: float = 0.0
+    confirmed_at: float = -1.0  # when the peers last all confirmed an etcd outage (asked then)
     reason: str = ""
     _round: int = 0
     _asked_at: float = -1.0
     _pending: int = -1  # the round whose answers are awaited (-1: none)
+    _pending_asked: float = -1.0
 
     def __post_init__(self) -> None:
         self.last_ok = self.now
@@ -138,8 +145,10 @@ class FenceMonitor:
 
     @property
     def deadline(self) -> float:
-        """Before this instant etcd cannot have expired the lease."""
-        return self.last_ok + self.ttl_s
+        """Serve until then at most without news: etcd cannot have expired the lease
+        before ``last_ok + TTL``; a confirmed outage extends it from the confirmation
+        (etcd gives every lease a fresh TTL when it comes back)."""
+        return max(self.last_ok, self.confirmed_at) + self.ttl_s
 
     # --- events ------------------------------------------------------------------------------
 
@@ -151,7 +160,9 @@ class FenceMonitor:
         if self.state is not FenceState.OK:
             logger.info("etcd answers again: the lease is confirmed (%s -> ok)", self.state.value)
         self.state = FenceState.OK
+        self.confirmed_at = -1.0
         self._pending = -1
+        self.reason = ""
         return []
 
     def lease_lost(self, why: str) -> list[Any]:
@@ -163,40 +174,43 @@ class FenceMonitor:
         self.now = max(self.now, now)
         if self.state is FenceState.FENCED:
             return []
-        if self.state is FenceState.OUTAGE:
-            if self.now >= self.outage_until:
-                return self._fence("an etcd outage was no longer confirmed by the peers")
-            if self._pending < 0 and self.now - self._asked_at >= self.ttl_s / 3:
-                return self._ask()
-            return []
         if self.now >= self.deadline:  # rule 4
+            why = self.reason or "no peer confirmed an etcd outage"
             return self._fence(
                 f"no lease refresh confirmed for {self.now - self.last_ok:.1f} s "
-                f"(TTL {self.ttl_s:g} s) and no peer confirmed an etcd outage"
+                f"(TTL {self.ttl_s:g} s): {why}"
             )
-        if self.state is FenceState.OK and self.now - self.last_ok >= self.suspect_after:
+        if self.state is FenceState.OK:
+            if self.now - self.last_ok < self.suspect_after:
+                return []
             self.state = FenceState.SUSPECT
             logger.warning(
                 "no lease refresh confirmed for %.1f s: asking the peers whether they reach etcd",
                 self.now - self.last_ok,
             )
             return self._ask()
+        if self._pending < 0 and self.now - self._asked_at >= self.ttl_s / 3:
+            return self._ask()  # suspect or outage: ask again every TTL/3
         return []
 
     def verdict(self, round_: int, answers: list[PeerAnswer], now: float) -> list[Any]:
-        """The peers' answers to round ``round_`` (rules 3 and 4)."""
+        """The peers' answers to round ``round_`` (rule 3)."""
         self.now = max(self.now, now)
         if round_ != self._pending or self.state in (FenceState.FENCED, FenceState.OK):
             return []  # stale, or a refresh came through meanwhile
         self._pending = -1
-        if PeerAnswer.REACHES in answers:
-            n = answers.count(PeerAnswer.REACHES)
-            return self._fence(f"{n} peer(s) reach etcd while this node does not: partitioned")
-        if PeerAnswer.SILENT in answers:
-            n = answers.count(PeerAnswer.SILENT)
-            return self._fence(
-                f"{n} peer(s) did not answer: they may reach etcd (partitioned or unsure)"
+        reaches, silent = answers.count(PeerAnswer.REACHES), answers.count(PeerAnswer.SILENT)
+        if reaches or silent:
+            # not an outage: serve until the deadline at most, unless a refresh gets through
+            self.reason = (
+                f"{reaches} peer(s) reach etcd while this node does not: partitioned"
+                if reaches
+                else f"{silent} peer(s) did not answer: they may reach etcd"
             )
+            if self.state is not FenceState.SUSPECT:
+                logger.warning("%s; fencing in %.1f s", self.reason, self.deadline - self.now)
+            self.state = FenceState.SUSPECT
+            return []
         if self.state is FenceState.SUSPECT:
             cut = answers.count(PeerAnswer.CUT_OFF)
             logger.warning(
@@ -204,7 +218,8 @@ class FenceMonitor:
                 f"{cut} peer(s) cannot reach etcd either" if cut else "no live peer to ask",
             )
         self.state = FenceState.OUTAGE
-        self.outage_until = self.now + self.ttl_s
+        self.reason = ""
+        self.confirmed_at = max(self.confirmed_at, self._pending_asked)
         return []
 
     # --- views ---------------------------------------------------------------------------------
@@ -213,12 +228,10 @@ class FenceMonitor:
         """Seconds this node still vouches for its workers (0: stop serving)."""
         if self.state is FenceState.FENCED:
             return 0.0
-        if self.state is FenceState.OUTAGE:
-            return max(0.0, max(self.outage_until, self.deadline) - now)
         return max(0.0, self.deadline - now)
 
     def reaches_etcd(self, now: float) -> bool:
-        """This node's answer to a peer's ``etcd_reach`` question."""
+        """Whether this node's last confirmed refresh is recent (TTL/2)."""
         return self.state is FenceState.OK and now - self.last_ok < self.suspect_after
 
     # --- helpers -------------------------------------------------------------------------------
@@ -226,7 +239,7 @@ class FenceMonitor:
     def _ask(self) -> list[Any]:
         self._round += 1
         self._pending = self._round
-        self._asked_at = self.now
+        self._asked_at = self._pending_asked = self.now
         return [AskPeers(self._round)]
 
     def _fence(self, reason: str) -> list[Any]:
@@ -295,10 +308,26 @@ class Fencer:
     def vouch_remaining(self) -> float:
         return self.monitor.vouch_remaining(self._clock())
 
-    def reach_answer(self) -> dict[str, Any]:
+    async def reach_answer(self) -> dict[str, Any]:
+        """This node's answer to a peer asking whether it reaches etcd: a refresh of
+        its own lease made *now* (a peer that has not noticed an outage yet must
+        not answer from its last success), bounded to answer in time."""
+        reach = False
+        if not self.fenced:
+            sent = self._clock()
+            try:
+                ttl = await asyncio.wait_for(self._refresh(), self.ttl_s / 10)
+            except Exception as e:
+                logger.info("asked by a peer: this node cannot reach etcd either (%r)", e)
+            else:
+                if ttl <= 0:
+                    self.lease_lost("a refresh found it expired")
+                else:
+                    self._carry_out(self.monitor.refreshed(sent))
+                    reach = True
         now = self._clock()
         return {
-            "reach": self.monitor.reaches_etcd(now),
+            "reach": reach,
             "age_s": now - self.monitor.last_ok,
             "state": self.monitor.state.value,
         }

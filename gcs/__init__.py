@@ -35,9 +35,11 @@ from ._interface import (
     Watch,
     WatchEvent,
 )
+from ._retry import RetryingControlStore
 from ._tables import ActorRecord, ActorTable, NameRegistry, NodeRegistry
 
 __all__ = [
+    "RetryingControlStore",
     "ActorRecord",
     "ActorTable",
     "Compare",

@@ -55,14 +55,26 @@ def test_lease_lost_fences_always_even_in_an_outage():
 def test_a_peer_that_reaches_etcd_means_we_are_partitioned():
     m = FenceMonitor(TTL, now=0.0)
     r = suspect(m, 1.5)
-    out = m.verdict(r, [C, R], 1.7)
+    assert m.verdict(r, [C, R], 1.7) == []  # serve until the deadline, no longer
+    assert m.state is FenceState.SUSPECT and m.vouch_remaining(1.7) == pytest.approx(1.3)
+    assert all(not isinstance(i, Fence) for i in m.tick(2.9))
+    out = m.tick(3.0)
     assert len(out) == 1 and isinstance(out[0], Fence) and "partitioned" in out[0].reason
-    assert m.state is FenceState.FENCED
+    assert m.state is FenceState.FENCED and m.vouch_remaining(3.0) == 0.0
+
+
+def test_a_refresh_before_the_deadline_saves_a_node_whose_peers_reach_etcd():
+    m = FenceMonitor(TTL, now=0.0)
+    m.verdict(suspect(m, 1.5), [R], 1.7)
+    m.refreshed(2.5)  # its own connection to etcd came back in time
+    assert m.state is FenceState.OK and m.tick(3.5) == []
 
 
 def test_a_silent_peer_fences_but_a_dead_one_counts_for_nothing():
     m = FenceMonitor(TTL, now=0.0)
-    assert [type(i) for i in m.verdict(suspect(m, 1.5), [C, S], 1.7)] == [Fence]
+    assert m.verdict(suspect(m, 1.5), [C, S], 1.7) == []
+    out = m.tick(3.0)
+    assert isinstance(out[0], Fence) and "did not answer" in out[0].reason
     m = FenceMonitor(TTL, now=0.0)
     assert m.verdict(suspect(m, 1.5), [C, D], 1.7) == []
     assert m.state is FenceState.OUTAGE
@@ -88,13 +100,15 @@ def test_an_outage_confirmed_by_every_peer_keeps_it_running_past_the_deadline():
     assert m.state is FenceState.OK and m.tick(30.5) == []
 
 
-def test_an_outage_no_longer_confirmed_ends_in_a_fence():
+def test_an_outage_no_longer_confirmed_ends_in_a_fence_a_ttl_after_the_last_confirmation():
     m = FenceMonitor(TTL, now=0.0)
-    m.verdict(suspect(m, 1.5), [C], 1.6)
+    m.verdict(suspect(m, 1.5), [C], 1.6)  # confirmed for the question asked at 1.5
     ask = m.tick(2.6)
     assert isinstance(ask[0], AskPeers)
-    out = m.verdict(ask[0].round, [R], 2.7)  # the peer reaches etcd again, we still do not
-    assert isinstance(out[0], Fence)
+    assert m.verdict(ask[0].round, [R], 2.7) == []  # the peer reaches etcd again, we do not
+    assert not any(isinstance(i, Fence) for i in m.tick(4.4))
+    out = m.tick(4.5)  # 1.5 + TTL: etcd gave the lease a fresh TTL no earlier than that
+    assert isinstance(out[0], Fence) and "partitioned" in out[0].reason
 
 
 def test_no_verdict_by_the_deadline_fences():
@@ -103,6 +117,16 @@ def test_no_verdict_by_the_deadline_fences():
     assert m.tick(2.9) == []
     out = m.tick(3.0)
     assert isinstance(out[0], Fence) and "no peer confirmed" in out[0].reason
+
+
+def test_a_suspect_node_asks_again_and_an_outage_confirmed_later_counts():
+    m = FenceMonitor(TTL, now=0.0)
+    m.verdict(suspect(m, 1.5), [S], 1.6)
+    again = m.tick(2.5)
+    assert isinstance(again[0], AskPeers)
+    assert m.verdict(again[0].round, [C], 2.6) == []
+    assert m.state is FenceState.OUTAGE
+    assert not any(isinstance(i, Fence) for i in m.tick(3.5))  # past last_ok + TTL
 
 
 def test_a_node_without_peers_keeps_running_until_etcd_says_otherwise():
