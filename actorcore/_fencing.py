@@ -478,7 +478,6 @@ def reexec_daemon(boot: dict[str, Any], why: str) -> None:
     os.execv(sys.executable, [sys.executable, *argv[1:]])
 
 
-
 def daemon_vouch_asker(connect: Callable[[], Any]) -> Callable[[float], float]:
     """``ask(timeout)`` for :func:`watch_daemon` over a blocking connection made by
     ``connect()`` (a :class:`~actorcore._sync_client.SyncClient` to the daemon),

@@ -13,9 +13,10 @@ and leaves out); :class:`Membership` is the service the node daemon composes: it
 refreshes the lease every TTL/3 through :class:`~actorcore._fencing.Fencer` (a lease
 etcd reports lost, or a refresh not confirmed in time without a confirmed etcd
 outage, fences the node: it never re-registers under the same id; see
-:mod:`actorcore._fencing` for the rule), watches ``/nodes/`` from the revision it loaded + 1 (the etcd watch resumes
-from its last revision after an outage; a compacted revision resyncs), and
-talks to peer daemons directly for what etcd must not carry (load).
+:mod:`actorcore._fencing` for the rule), watches ``/nodes/`` from the revision it
+loaded + 1 (the etcd watch resumes from its last revision after an outage; a
+compacted revision resyncs), and talks to peer daemons directly for what etcd
+must not carry (load).
 """
 
 from __future__ import annotations

@@ -39,7 +39,6 @@ from ._retry import RetryingControlStore
 from ._tables import ActorRecord, ActorTable, NameRegistry, NodeRegistry
 
 __all__ = [
-    "RetryingControlStore",
     "ActorRecord",
     "ActorTable",
     "Compare",
@@ -61,6 +60,7 @@ __all__ = [
     "NameRegistry",
     "NodeRegistry",
     "PutOp",
+    "RetryingControlStore",
     "RevisionCompactedError",
     "TxnResult",
     "Watch",
