@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ._embedded import EmbeddedControlStore, EmbeddedState
 from ._etcd import EtcdAddress, EtcdControlStore, EtcdOptions
-from ._etcd_process import EtcdNotFoundError, EtcdProcess
+from ._etcd_process import EtcdCluster, EtcdNotFoundError, EtcdProcess
 from ._interface import (
     Compare,
     ControlStore,
@@ -49,6 +49,7 @@ __all__ = [
     "EmbeddedControlStore",
     "EmbeddedState",
     "EtcdAddress",
+    "EtcdCluster",
     "EtcdControlStore",
     "EtcdNotFoundError",
     "EtcdOptions",
