@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from actorcore.gcs import EtcdCluster
 
 import actorcore as ac
-from actorcore.gcs import EtcdCluster
 from actorcore.testing import Cluster, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
