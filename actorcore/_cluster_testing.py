@@ -345,6 +345,11 @@ class NetnsHosts:
         _ip("-n", ns, "link", "set", inside, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
 
+    def set_link(self, i: int, up: bool) -> None:
+        """Cut (``up=False``) or restore host ``i``'s only link to the bridge (a
+        partition: its packets are dropped, nothing is refused)."""
+        _ip("link", "set", f"{self.tag}v{i}", "up" if up else "down")
+
     def close(self) -> None:
         """Remove every namespace and link made; idempotent, best effort per item."""
         errors = []
