@@ -16,11 +16,14 @@ lease before ``last_ok + TTL``: that instant is this node's *deadline*).
 
 1. etcd answers that the lease is gone (a refresh finds it expired, or the
    watch shows this node's key deleted): **fence**, always.
-2. No confirmed refresh for ``TTL/2``: the node *suspects* and asks every
-   live peer daemon "do you reach etcd?" (``CLUSTER_INFO etcd_reach``; the
-   peer answers by refreshing its own lease there and then, within
-   ``TTL/10``: a peer that has not noticed an outage yet must not answer
-   from its last success).
+2. No confirmed refresh for ``0.4 TTL`` (a refresh is due every ``TTL/3``):
+   the node *suspects* and asks every live peer daemon "do you reach etcd?"
+   (``CLUSTER_INFO etcd_reach``), then again every ``TTL/4``. The peer
+   refreshes its own lease there and then (within ``TTL/8``) and answers
+   yes if etcd confirmed it, or if etcd merely did not answer that fast (no
+   error, a timeout) but confirmed a refresh less than ``0.4 TTL`` ago (etcd slow is no outage:
+   when unsure, a peer says yes, the answer that never keeps a partitioned
+   node running).
 3. The verdict, peer by peer: a peer that reaches etcd means this node is the
    partitioned one; a peer that does not answer (timeout, unreachable network)
    might be reaching etcd and declaring us dead: either way **fence at the
@@ -28,7 +31,7 @@ lease before ``last_ok + TTL``: that instant is this node's *deadline*).
    back and this node's connection to it be the last to reconnect). A peer
    whose daemon is gone (connection refused) counts for nothing. If every
    other peer answered "no": **etcd outage**: keep running, ask again every
-   ``TTL/3``; each confirmation moves the deadline to ``question + TTL``
+   ``TTL/4``; each confirmation moves the deadline to ``question + TTL``
    (etcd gives every lease a fresh TTL when it comes back, so a lease cannot
    expire sooner after an outage). A node with no live peer keeps running
    (nobody can take its work over without etcd) until rule 1.
@@ -87,8 +90,8 @@ logger = logging.getLogger(__name__)
 
 
 class FenceState(enum.Enum):
-    OK = "ok"  # the lease was confirmed less than TTL/2 ago
-    SUSPECT = "suspect"  # no confirmation for TTL/2: asking the peers
+    OK = "ok"  # the lease was confirmed less than 0.4 TTL ago
+    SUSPECT = "suspect"  # no confirmation for 0.4 TTL: asking the peers
     OUTAGE = "outage"  # every peer confirmed it cannot reach etcd either
     FENCED = "fenced"  # stop serving; rejoin as a new node
 
@@ -141,7 +144,11 @@ class FenceMonitor:
 
     @property
     def suspect_after(self) -> float:
-        return self.ttl_s / 2
+        return self.ttl_s * 0.4  # a refresh is due every TTL/3: one missed, and some room
+
+    @property
+    def ask_every(self) -> float:
+        return self.ttl_s / 4  # three questions before the deadline
 
     @property
     def deadline(self) -> float:
@@ -189,8 +196,8 @@ class FenceMonitor:
                 self.now - self.last_ok,
             )
             return self._ask()
-        if self._pending < 0 and self.now - self._asked_at >= self.ttl_s / 3:
-            return self._ask()  # suspect or outage: ask again every TTL/3
+        if self._pending < 0 and self.now - self._asked_at >= self.ask_every:
+            return self._ask()  # suspect or outage: ask again every TTL/4
         return []
 
     def verdict(self, round_: int, answers: list[PeerAnswer], now: float) -> list[Any]:
@@ -231,7 +238,7 @@ class FenceMonitor:
         return max(0.0, self.deadline - now)
 
     def reaches_etcd(self, now: float) -> bool:
-        """Whether this node's last confirmed refresh is recent (TTL/2)."""
+        """Whether this node's last confirmed refresh is recent (``suspect_after``)."""
         return self.state is FenceState.OK and now - self.last_ok < self.suspect_after
 
     # --- helpers -------------------------------------------------------------------------------
@@ -316,8 +323,12 @@ class Fencer:
         if not self.fenced:
             sent = self._clock()
             try:
-                ttl = await asyncio.wait_for(self._refresh(), self.ttl_s / 10)
-            except Exception as e:
+                ttl = await asyncio.wait_for(self._refresh(), self.ttl_s / 8)
+            except TimeoutError:
+                # etcd merely slow is not an outage: a recent success still says "reach"
+                reach = self.monitor.reaches_etcd(self._clock())
+                logger.info("asked by a peer: etcd did not answer in time; reach=%s", reach)
+            except Exception as e:  # refused, unreachable: a definite no
                 logger.info("asked by a peer: this node cannot reach etcd either (%r)", e)
             else:
                 if ttl <= 0:

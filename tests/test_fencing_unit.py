@@ -274,3 +274,30 @@ def test_worker_watch_keeps_serving_while_vouched_and_exits_on_zero():
     assert exited.wait(5.0)
     stop.set()
     t.join(5.0)
+
+
+@pytest.mark.timeout(10)
+async def test_a_peer_answers_reach_by_refreshing_now_and_says_yes_when_unsure():
+    clock = FakeClock()
+    mode = ["up"]
+
+    async def refresh() -> float:
+        if mode[0] == "down":
+            raise ConnectionError("etcd unreachable")
+        if mode[0] == "slow":
+            await asyncio.Event().wait()  # never answers: the question's timeout ends it
+        return TTL
+
+    f = Fencer(TTL, refresh, _never, lambda: [], lambda why: None, clock=clock)
+    assert (await f.reach_answer())["reach"] is True
+    clock.t = 0.5
+    mode[0] = "down"  # it has not noticed the outage yet, but must not answer from memory
+    assert (await f.reach_answer())["reach"] is False
+    mode[0] = "slow"  # etcd slow, a success 0.5 s ago: unsure, so yes (the safe answer)
+    assert (await f.reach_answer())["reach"] is True
+    clock.t = 0.5 + TTL * 0.4
+    assert (await f.reach_answer())["reach"] is False
+
+
+async def _never(peer: bytes) -> dict:
+    raise AssertionError("not asked")
