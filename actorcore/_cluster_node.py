@@ -35,6 +35,7 @@ from actorcore.gcs import (
 
 from . import _protocol as P
 from ._cluster_work import ClusterWork
+from ._fencing import wait_to_rejoin
 from ._membership import Membership
 from ._peers import ClusterSpec, node_record
 from ._rpc import DEFERRED, RpcPeer, next_rid
@@ -56,6 +57,7 @@ def join_cluster(daemon: Any, cluster: dict[str, Any] | None) -> ClusterNode | N
     if not cluster:
         return None
     node = ClusterNode(daemon, ClusterSpec.from_dict(cluster))
+    node.rejoining = bool(cluster.get("rejoin"))  # a fenced daemon, back as a new node
     daemon.control = node.store
     daemon.actor_table = node.actor_table
     daemon.names = node.names
@@ -149,6 +151,7 @@ class ClusterNode:
         self.actor_table = BatchedActorTable(self.store, daemon)
         self.names = NameRegistry(self.store)
         self._orig: dict[int, Handler] = {}
+        self.rejoining = False
         self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees
 
     async def start(self, handlers: dict[int, Handler]) -> None:
@@ -167,7 +170,10 @@ class ClusterNode:
         if transfer is not None and transfer.listener is not None:
             # where peers pull objects from this node (data connections)
             self.membership.record["transfer_address"] = list(transfer.address)
-        await self.membership.start()
+        if self.rejoining:  # it may still be cut off: wait for etcd (actorcore._fencing)
+            await wait_to_rejoin(self.membership.start)
+        else:
+            await self.membership.start()
 
     async def leave(self) -> None:
         try:

@@ -114,15 +114,17 @@ class Cluster:
         node_ip: str | None = None,
         wrap: list[str] | None = None,
         wait: bool = True,
+        etcd_address: str | None = None,
         **settings: Any,
     ) -> ClusterNodeProc:
         """Start one more node (``actorcore start --address`` path); with ``wait``,
-        return once every live node lists it."""
+        return once every live node lists it. ``etcd_address``: the address this
+        node reaches etcd at (e.g. through a proxy a test can cut), same NAME."""
         from ._driver import start_cluster_node
 
         config = self.config(num_cpus=num_cpus, resources=resources or {}, **settings)
         proc, ready, token = start_cluster_node(
-            config, self.address, node_ip=node_ip or self.etcd_host, wrap=wrap
+            config, etcd_address or self.address, node_ip=node_ip or self.etcd_host, wrap=wrap
         )
         for f in (proc.stdout, proc.stdin):
             if f is not None:
@@ -189,6 +191,21 @@ class Cluster:
             "address": [rec["address"], int(rec["port"])],
         }
         return old
+
+    @staticmethod
+    def daemon_log(node: ClusterNodeProc) -> str:
+        """The text of ``node``'s daemon log ("" if there is none)."""
+        path = os.path.join(
+            tempfile.gettempdir(),
+            f"actorcore-session-{node.ready['session']}",
+            "logs",
+            "daemon.log",
+        )
+        try:
+            with open(path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def stop_node(self, node: ClusterNodeProc, *, kill: bool = False) -> None:
         """Stop one node: cleanly (it leaves at once), or SIGKILL (seen dead after the TTL)."""

@@ -104,7 +104,8 @@ def main() -> None:
         from ._fencing import reexec_daemon
 
         lives = [*boot.get("fenced", [])[-9:], {"node_id": node["node_id"].hex(), "why": fenced}]
-        reexec_daemon({**boot, "fenced": lives}, fenced)
+        cluster = {**boot["cluster"], "rejoin": True}  # wait for etcd: it may still be cut off
+        reexec_daemon({**boot, "cluster": cluster, "fenced": lives}, fenced)
 
 
 def _fork_zygote(lsock: socket.socket, worker_boot: dict[str, Any]) -> tuple[socket.socket, int]:

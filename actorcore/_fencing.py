@@ -457,6 +457,26 @@ def watch_daemon(
     return thread
 
 
+async def wait_to_rejoin(
+    join: Callable[[], Awaitable[None]], clock: Callable[[], float] = time.monotonic
+) -> None:
+    """Join (``join()``) again and again until etcd answers: a fenced daemon back as a
+    new node may still be cut off (the partition that fenced it has not healed)."""
+    from actorcore.gcs import ControlStoreUnavailableError
+
+    delay, since = 0.2, clock()
+    while True:
+        try:
+            await join()
+            return
+        except (ControlStoreUnavailableError, TimeoutError, OSError) as e:
+            logger.warning(
+                "cannot rejoin the cluster yet (%.0f s): %r; trying again", clock() - since, e
+            )
+        await asyncio.sleep(delay)  # backoff between attempts while cut off
+        delay = min(2.0, delay * 2)
+
+
 # --- the daemon's rebirth ------------------------------------------------------------------------
 
 

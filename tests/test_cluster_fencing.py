@@ -81,6 +81,7 @@ def test_frozen_daemon_past_ttl_fences_and_rejoins_as_a_new_node():
 
             c.wait_reborn(far, 30)  # the same daemon process under a new node id
             assert far.node_id != old_id
+            assert "this daemon fenced itself as node " + old_id in c.daemon_log(far)
             assert _alive_seen_by(c.nodes[0], old_id) is False
             wait_for(lambda: _alive_seen_by(c.nodes[0], far.node_id), 10, what="new id seen")
             # it takes work again, under its new id

@@ -104,6 +104,7 @@ def _partition(c: Cluster, hosts: NetnsHosts) -> None:
         hosts.set_link(2, True)
         c.wait_reborn(cut, 60)  # the same daemon process under a new node id
         assert cut.node_id != old_id
+        assert "peer(s) did not answer" in c.daemon_log(cut)  # the rule's silent-peer branch
         wait_for(lambda: _alive(other, cut.node_id), 20, 0.05, "the new node seen alive")
         assert _alive(other, old_id) is False
         got = ac.get(where.options(resources={"h2": 1}).remote(), timeout=60)
