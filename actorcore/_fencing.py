@@ -419,8 +419,10 @@ def watch_daemon(
     exit_: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     stop: threading.Event | None = None,
+    first_until: float | None = None,
 ) -> threading.Thread:
-    """Start a thread that ends this worker once its daemon stops vouching for it.
+    """Start a thread that ends this worker once its daemon stops vouching for it
+    (``first_until``: the vouch the daemon gave at registration, on ``clock``).
 
     ``ask(timeout)`` asks the daemon (``CLUSTER_INFO vouch``) and returns the
     seconds it vouches for; it may raise. The thread asks every ``TTL/6`` and
@@ -438,7 +440,8 @@ def watch_daemon(
     halt = stop or threading.Event()
 
     def run() -> None:
-        until = clock() + ttl_s / 2  # until the first answer: the daemon just started us
+        # until the first answer: what the daemon said at registration (or a short grace)
+        until = first_until if first_until is not None else clock() + ttl_s / 2
         while not halt.is_set():
             sent = clock()
             try:

@@ -15,6 +15,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 from typing import Any
 
 from . import _global as G
@@ -104,7 +105,15 @@ class WorkerRuntime(CoreRuntime):
         if self.node.raw.get("cluster"):  # serve only while the daemon vouches (_fencing)
             from ._fencing import daemon_vouch_asker, watch_daemon
 
-            watch_daemon(daemon_vouch_asker(self._open_store_conn), self.config.node_ttl_s)
+            sent = time.monotonic()
+            left = float(await self.daemon.call(P.ClusterInfoMsg(next_rid(), "vouch")))
+            if left <= 0:  # a daemon that has lost its lease: never serve anything
+                self.exit_now("the node daemon does not vouch for this node (fenced)")
+            watch_daemon(
+                daemon_vouch_asker(self._open_store_conn),
+                self.config.node_ttl_s,
+                first_until=sent + left,
+            )
 
     def _daemon_lost(self, exc: BaseException) -> None:
         if self.stopped is not None and not self.stopped.done():
