@@ -44,6 +44,7 @@ __all__ = ["ClusterNode", "join_cluster"]
 
 logger = logging.getLogger(__name__)
 
+JOIN_WAIT_S = 45.0  # how long a new node waits for etcd (its starter waits 60 s for it)
 _BATCH = 100  # actor records per etcd transaction (etcd allows 128 operations)
 Handler = Callable[[RpcPeer, Any, list[bytes]], Any]
 
@@ -170,10 +171,9 @@ class ClusterNode:
         if transfer is not None and transfer.listener is not None:
             # where peers pull objects from this node (data connections)
             self.membership.record["transfer_address"] = list(transfer.address)
-        if self.rejoining:  # it may still be cut off: wait for etcd (actorcore._fencing)
-            await wait_to_rejoin(self.membership.start)
-        else:
-            await self.membership.start()
+        # a join waits out an etcd outage; a fenced node back as a new one may still be
+        # cut off: it waits as long as it takes (actorcore._fencing)
+        await wait_to_rejoin(self.membership.start, None if self.rejoining else JOIN_WAIT_S)
 
     async def leave(self) -> None:
         try:

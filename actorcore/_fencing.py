@@ -461,10 +461,17 @@ def watch_daemon(
 
 
 async def wait_to_rejoin(
-    join: Callable[[], Awaitable[None]], clock: Callable[[], float] = time.monotonic
+    join: Callable[[], Awaitable[None]],
+    limit_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Join (``join()``) again and again until etcd answers: a fenced daemon back as a
-    new node may still be cut off (the partition that fenced it has not healed)."""
+    """Join (``join()``) again and again until etcd answers (for up to ``limit_s``;
+    None: forever): a join waits out an etcd outage, and a fenced daemon back as
+    a new node may still be cut off (the partition that fenced it not healed).
+
+    Raises:
+        ControlStoreUnavailableError: etcd did not answer within ``limit_s``.
+    """
     from actorcore.gcs import ControlStoreUnavailableError
 
     delay, since = 0.2, clock()
@@ -473,10 +480,11 @@ async def wait_to_rejoin(
             await join()
             return
         except (ControlStoreUnavailableError, TimeoutError, OSError) as e:
-            logger.warning(
-                "cannot rejoin the cluster yet (%.0f s): %r; trying again", clock() - since, e
-            )
-        await asyncio.sleep(delay)  # backoff between attempts while cut off
+            waited = clock() - since
+            if limit_s is not None and waited + delay > limit_s:
+                raise
+            logger.warning("cannot join the cluster yet (%.0f s): %r; trying again", waited, e)
+        await asyncio.sleep(delay)  # backoff between attempts while etcd is away
         delay = min(2.0, delay * 2)
 
 

@@ -3,8 +3,9 @@
 Both sides of the fencing rule (actorcore._fencing): when *nobody* reaches
 etcd it is an outage: every node keeps running (no fencing, same node ids),
 calls between existing workers and tasks go on, control changes (a new
-actor, a named lookup) wait and go through once etcd is back, and the
-watches resume (a node joining afterwards is seen by all). The other side,
+actor, a named lookup, a node joining) wait and go through once etcd is back, and the
+watches resume (a node that joined during the outage, and one joining
+afterwards, are seen by all). The other side,
 a node cut off while its peers reach etcd, is test_cluster_partition.py.
 
 The outage lasts ``ACTORCORE_TEST_OUTAGE_S`` seconds (default 3 x TTL: the
@@ -72,8 +73,17 @@ def test_etcd_outage_work_goes_on_control_waits_nothing_lost():
                 except BaseException as e:  # reported below
                     control["error"] = e
 
+            def join() -> None:  # a node joining during the outage waits for etcd
+                try:
+                    control["joined"] = c.add_node(num_cpus=1, wait=False).node_id
+                    control["joined_at"] = time.monotonic() - down_at
+                except BaseException as e:
+                    control["join_error"] = e
+
             waiter = threading.Thread(target=control_changes, daemon=True)
             waiter.start()
+            joiner = threading.Thread(target=join, daemon=True)
+            joiner.start()
             calls = 1
             squares = []
             while time.monotonic() - down_at < OUTAGE_S:  # the work goes on meanwhile
@@ -86,8 +96,12 @@ def test_etcd_outage_work_goes_on_control_waits_nothing_lost():
             c.etcd.start()
 
             waiter.join(120)
+            joiner.join(120)
             assert not waiter.is_alive(), "a control change never went through"
+            assert not joiner.is_alive(), "the join never went through"
             assert "error" not in control, control.get("error")
+            assert "join_error" not in control, control.get("join_error")
+            assert control["joined_at"] >= OUTAGE_S
             assert control["created"] == 1
             assert control["at"] >= OUTAGE_S  # it waited for etcd
             # nothing lost, nothing duplicated: every call counted once
@@ -96,11 +110,12 @@ def test_etcd_outage_work_goes_on_control_waits_nothing_lost():
                 calls,
             ]
             assert control["lookup"] >= calls
-            # nobody fenced: the same nodes, alive
+            # nobody fenced: the same nodes, alive, and the one that joined; the watches
+            # resumed: every node sees it (and a node joining now)
+            c.wait_registered(30)
             for n in c.nodes:
                 alive = {r["NodeID"] for r in n.nodes() if r["Alive"]}
-                assert alive == ids_before, "a node fenced itself during an etcd outage"
-            # the watches resumed: a node joining now is seen by every node
+                assert alive == ids_before | {control["joined"]}, "a node fenced itself"
             c.add_node(num_cpus=1)
             c.wait_registered(30)
             assert far.node_id in ids_before
