@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Cluster", "ClusterNodeProc", "NetnsHosts", "netns_unavailable"]
+__all__ = ["Cluster", "ClusterNodeProc", "NetnsHosts", "TcpProxy", "netns_unavailable"]
 
 _STOP_S = 15.0
 
@@ -389,3 +391,75 @@ class NetnsHosts:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- a link a test can cut ----------------------------------------------------------------
+
+
+class TcpProxy:
+    """A TCP forwarder on 127.0.0.1 to ``target`` (e.g. one node's way to etcd):
+    :meth:`cut` closes every link and refuses new ones; :meth:`open` again reopens
+    it on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._server: socket.socket | None = None
+        self._links: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self.port = server.getsockname()[1]
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                a, _ = server.accept()
+            except OSError:
+                return  # cut
+            try:
+                b = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                a.close()
+                continue
+            with self._lock:
+                self._links += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        if self._server is not None:
+            try:
+                self._server.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            except OSError:
+                pass
+            self._server.close()
+            self._server = None
+        with self._lock:
+            links, self._links = self._links, []
+        for s in links:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()

@@ -25,13 +25,14 @@ import psutil
 
 from . import _global as G
 from . import _protocol as P
-from ._cluster_testing import Cluster, ClusterNodeProc, NetnsHosts, netns_unavailable
+from ._cluster_testing import Cluster, ClusterNodeProc, NetnsHosts, TcpProxy, netns_unavailable
 from ._rpc import next_rid
 
 __all__ = [
     "Cluster",
     "ClusterNodeProc",
     "NetnsHosts",
+    "TcpProxy",
     "actor_pid",
     "kill_pid",
     "leftover_processes",

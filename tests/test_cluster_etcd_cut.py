@@ -7,86 +7,17 @@ node. The node reaches etcd through a TCP proxy the test cuts (refuses)."""
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 
 import psutil
 import pytest
 
 import actorcore as ac
-from actorcore.testing import Cluster, wait_for
+from actorcore.testing import Cluster, TcpProxy, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120)]
 
 TTL = 2.0
-
-
-class Proxy:
-    """A TCP forwarder to ``target``; :meth:`cut` closes every link and refuses new ones."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = 0
-        self._server: socket.socket | None = None
-        self._links: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def open(self) -> None:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen(64)
-        self.port = server.getsockname()[1]
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                a, _ = server.accept()
-            except OSError:
-                return  # cut
-            try:
-                b = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                a.close()
-                continue
-            with self._lock:
-                self._links += [a, b]
-            for src, dst in ((a, b), (b, a)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        if self._server is not None:
-            try:
-                self._server.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-            except OSError:
-                pass
-            self._server.close()
-            self._server = None
-        with self._lock:
-            links, self._links = self._links, []
-        for s in links:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
 
 
 @ac.remote
@@ -116,7 +47,7 @@ def _alive(node, node_id: str) -> bool | None:
 
 def test_node_cut_from_etcd_but_not_from_peers_fences_and_rejoins():
     with Cluster(num_nodes=1, ttl_s=TTL) as c:
-        proxy = Proxy(("127.0.0.1", c.etcd.port))
+        proxy = TcpProxy(("127.0.0.1", c.etcd.port))
         proxy.open()
         try:
             via = f"etcd://127.0.0.1:{proxy.port}/{c.namespace}"
