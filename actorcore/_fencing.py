@@ -12,7 +12,8 @@ extends every lease when it comes back).
 
 **The rule.** ``last_ok`` is when the last lease refresh that etcd confirmed
 was *sent* (etcd starts its TTL when it receives it, so etcd never expires the
-lease before ``last_ok + TTL``: that instant is this node's *deadline*).
+lease before ``last_ok + TTL``: that instant, less a margin of ``TTL/8`` for a
+busy machine to carry the kill out, is this node's *deadline*).
 
 1. etcd answers that the lease is gone (a refresh finds it expired, or the
    watch shows this node's key deleted): **fence**, always.
@@ -151,11 +152,17 @@ class FenceMonitor:
         return self.ttl_s / 4  # three questions before the deadline
 
     @property
+    def margin(self) -> float:
+        """Stop this much before etcd could expire the lease: room for a busy machine
+        to deliver the kill (workers exit at the deadline by their own clock)."""
+        return self.ttl_s / 8
+
+    @property
     def deadline(self) -> float:
         """Serve until then at most without news: etcd cannot have expired the lease
-        before ``last_ok + TTL``; a confirmed outage extends it from the confirmation
-        (etcd gives every lease a fresh TTL when it comes back)."""
-        return max(self.last_ok, self.confirmed_at) + self.ttl_s
+        before ``last_ok + TTL`` (less :attr:`margin`); a confirmed outage extends it
+        from the confirmation (etcd gives every lease a fresh TTL when it comes back)."""
+        return max(self.last_ok, self.confirmed_at) + self.ttl_s - self.margin
 
     # --- events ------------------------------------------------------------------------------
 
@@ -433,13 +440,22 @@ def watch_daemon(
     period = ttl_s / 6
 
     def default_exit(why: str) -> None:
-        logger.error("worker exits: %s", why)
-        os._exit(EXIT_FENCED)
+        # no logging module here: a handler lock held by a stuck thread must not stop the exit
+        try:
+            os.write(2, f"actorcore worker {os.getpid()} exits: {why}\n".encode())
+        finally:
+            os._exit(EXIT_FENCED)
 
     end = exit_ or default_exit
     halt = stop or threading.Event()
 
     def run() -> None:
+        try:
+            watch()
+        except BaseException as e:  # never serve unwatched: a broken watch ends the worker
+            end(f"the watch on the node daemon failed: {e!r}")
+
+    def watch() -> None:
         # until the first answer: what the daemon said at registration (or a short grace)
         until = first_until if first_until is not None else clock() + ttl_s / 2
         while not halt.is_set():
@@ -447,8 +463,8 @@ def watch_daemon(
             try:
                 left = float(ask(max(0.05, min(period, until - sent))))
                 until = sent + left  # counted from the question: never longer than the daemon's
-            except Exception as e:
-                logger.info("the node daemon did not answer the vouch question: %r", e)
+            except Exception:
+                pass  # no answer: the last vouch stands until it runs out
             now = clock()
             if now >= until:
                 end(f"the node daemon no longer vouches for this node ({now - until:.2f} s past)")

@@ -21,6 +21,7 @@ from actorcore._fencing import (
 )
 
 TTL = 3.0
+M = TTL / 8  # the safety margin before the lease could expire in etcd
 R, C, S, D = PeerAnswer.REACHES, PeerAnswer.CUT_OFF, PeerAnswer.SILENT, PeerAnswer.DOWN
 
 
@@ -37,7 +38,7 @@ def test_refreshes_keep_it_ok_and_vouch_moves_with_them():
         assert m.refreshed(t) == []
         assert m.tick(t + 0.5) == []
     assert m.state is FenceState.OK
-    assert m.vouch_remaining(4.5) == pytest.approx(2.5)  # from the last refresh *sent* at 4.0
+    assert m.vouch_remaining(4.5) == pytest.approx(2.5 - M)  # from the refresh *sent* at 4.0
     assert m.reaches_etcd(4.5)
 
 
@@ -56,9 +57,9 @@ def test_a_peer_that_reaches_etcd_means_we_are_partitioned():
     m = FenceMonitor(TTL, now=0.0)
     r = suspect(m, 1.5)
     assert m.verdict(r, [C, R], 1.7) == []  # serve until the deadline, no longer
-    assert m.state is FenceState.SUSPECT and m.vouch_remaining(1.7) == pytest.approx(1.3)
-    assert all(not isinstance(i, Fence) for i in m.tick(2.9))
-    out = m.tick(3.0)
+    assert m.state is FenceState.SUSPECT and m.vouch_remaining(1.7) == pytest.approx(1.3 - M)
+    assert all(not isinstance(i, Fence) for i in m.tick(2.6))
+    out = m.tick(TTL - M)
     assert len(out) == 1 and isinstance(out[0], Fence) and "partitioned" in out[0].reason
     assert m.state is FenceState.FENCED and m.vouch_remaining(3.0) == 0.0
 
@@ -106,16 +107,16 @@ def test_an_outage_no_longer_confirmed_ends_in_a_fence_a_ttl_after_the_last_conf
     ask = m.tick(2.6)
     assert isinstance(ask[0], AskPeers)
     assert m.verdict(ask[0].round, [R], 2.7) == []  # the peer reaches etcd again, we do not
-    assert not any(isinstance(i, Fence) for i in m.tick(4.4))
-    out = m.tick(4.5)  # 1.5 + TTL: etcd gave the lease a fresh TTL no earlier than that
+    assert not any(isinstance(i, Fence) for i in m.tick(4.1))
+    out = m.tick(4.5 - M)  # 1.5 + TTL: etcd gave the lease a fresh TTL no earlier than that
     assert isinstance(out[0], Fence) and "partitioned" in out[0].reason
 
 
 def test_no_verdict_by_the_deadline_fences():
     m = FenceMonitor(TTL, now=0.0)
     suspect(m, 1.5)
-    assert m.tick(2.9) == []
-    out = m.tick(3.0)
+    assert m.tick(2.6) == []
+    out = m.tick(TTL - M)
     assert isinstance(out[0], Fence) and "no peer confirmed" in out[0].reason
 
 
