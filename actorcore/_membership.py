@@ -106,7 +106,7 @@ class Membership:
         self._sent: dict[bytes, dict[str, float]] = {}  # what each peer last got from us
         self._gone_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._connecting: dict[bytes, asyncio.Future[RpcPeer]] = {}
-        self._registering = asyncio.Lock()  # the keepalive and the watch may both re-register
+        self._registering = asyncio.Lock()  # one registration at a time (a join may be retried)
         self._leaving = False
         self._on_fence = on_fence
         self.fencer = Fencer(
