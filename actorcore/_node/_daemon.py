@@ -435,6 +435,9 @@ class NodeDaemon(Service):
             raise ProtocolError(f"pid {msg.pid} is not a worker this daemon started")
         self.workers.add(WorkerRec(msg.worker_id, msg.pid, peer, list(msg.address)))
         self.apply(E.WorkerStarted(msg.worker_id, time.monotonic()))
+        if self.cluster is not None:  # how long the worker may serve (actorcore._fencing)
+            vouch = self.cluster.membership.fencer.vouch_remaining()
+            return {"sys_path": self.sys_path, "vouch_s": vouch}
         return {"sys_path": self.sys_path}
 
     @handles(P.Tag.REGISTER_DRIVER)
