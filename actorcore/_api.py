@@ -97,6 +97,7 @@ def init(
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
     log_to_driver: bool | None = None,
+    runtime_env: dict[str, Any] | None = None,
     **settings: Any,
 ) -> Any:
     """Start the runtime in this process (and a node for it, unless ``address`` names one).
@@ -112,12 +113,20 @@ def init(
         object_store_memory: bytes of shared memory for large objects
             (default 30% of RAM, capped by /dev/shm).
         namespace: default namespace for named actors.
+        runtime_env: the job's runtime environment (``working_dir``,
+            ``py_modules``, ``env_vars``, ``excludes``): shipped to every node
+            that runs this job's work; per task/actor ``runtime_env`` merges
+            over it (``env_vars`` merged, other keys override).
         ignore_reinit_error: make a second ``init`` a no-op instead of an error.
         **settings: further :class:`Config` fields (e.g. ``inline_threshold``).
 
     Raises:
         RuntimeError: already initialized (and ``ignore_reinit_error`` is False).
+        ValueError, TypeError: a bad ``runtime_env`` (checked before anything starts).
     """
+    from . import _runtime_env
+
+    env = _runtime_env.validate(runtime_env)
     kw = dict(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
@@ -126,6 +135,8 @@ def init(
         log_to_driver=log_to_driver,
         **settings,
     )
+    if env is not None:
+        kw["_runtime_env"] = env
     if _on_loop_thread():
         return _init_async(address, namespace, ignore_reinit_error, kw)
     return _init_sync(address, namespace, ignore_reinit_error, kw)
@@ -153,8 +164,17 @@ def _init_sync(
                 "actorcore is already initialized; call ac.shutdown() first, or pass "
                 "ignore_reinit_error=True"
             )
+        env = kw.pop("_runtime_env", None)
         config = Config.from_env(**kw)
         rt = DriverRuntime.start(config, address, namespace)
+        if env is not None:
+            from . import _runtime_env
+
+            try:
+                _runtime_env.set_job_env(rt, env)  # packs and uploads (blocking, not on a loop)
+            except BaseException:
+                rt.stop()
+                raise
         G.runtime = rt
         if not _atexit_registered:
             atexit.register(_shutdown_sync)
@@ -356,6 +376,18 @@ class RuntimeContext:
     @property
     def worker_mode(self) -> str:
         return self._rt.role
+
+    @property
+    def runtime_env(self) -> dict[str, Any]:
+        """The runtime env of this process's work: env_vars, and packages by hash."""
+        env = self._rt.job_runtime_env or {}
+        return {k: v for k, v in env.items() if k != "sources"}
+
+    def get_runtime_env_string(self) -> str:
+        """:attr:`runtime_env` as JSON (Ray's spelling)."""
+        import json
+
+        return json.dumps(self.runtime_env, sort_keys=True)
 
     def get(self) -> dict[str, Any]:
         return {

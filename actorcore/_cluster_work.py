@@ -115,6 +115,7 @@ class ClusterWork:
         """The node that should take work of ``shape`` (None: this one, which also
         refuses a hard affinity to a node that is not alive)."""
         base, target, soft = split_affinity(R.normalize(dict(shape)))
+        base, _env = R.split_runtime_env(base)  # any node can start a worker of an env
         live = self.membership.table.live
         if target is not None and target != self.node_id:
             fits = target in live and not R.missing(_usable(live[target]), base)

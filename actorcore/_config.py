@@ -37,7 +37,12 @@ class Config:
     max_frame_bytes: int = 64 * MiB
     max_header_bytes: int = 8 * MiB
     loop: str = "uvloop"  # "uvloop" or "asyncio": the runtime's own loops
-    prestart_workers: int = -1  # -1 = one per CPU
+    # idle workers kept warm (-1: one per CPU); more fork from the fork server on
+    # demand in a few ms. One keeps an idle node small (issue 14: <= 150 MB).
+    prestart_workers: int = 1
+    # bytes of recently read store objects a process keeps mapped and pinned, so
+    # reading one again needs no round trip (-1: an eighth of the store; 0: off)
+    store_read_cache_bytes: int = -1
     lease_linger_s: float = 0.2
     max_tasks_in_flight_per_worker: int = 128
     actors_per_shared_worker: int = 10000
@@ -58,6 +63,7 @@ class Config:
     transfer_chunk_bytes: int = 8 * MiB  # node-to-node object pulls: bytes per request
     transfer_timeout_s: float = 10.0  # a holder silent this long mid-pull is dropped
     transfer_serve_rate: float = 0.0  # bytes/s a node sends to pullers at most (0: no cap)
+    runtime_env_max_bytes: int = 100 * MiB  # a runtime_env package (zipped) at most
     # observability (actorcore._obs)
     task_events: bool = True  # record task history (and user metrics) for the state API
     task_history_size: int = 10_000  # tasks a node remembers
@@ -131,6 +137,7 @@ class Config:
             "include_dashboard": _env("INCLUDE_DASHBOARD", "1") not in ("0", "false", "no"),
             "dashboard_host": _env("DASHBOARD_HOST", "127.0.0.1"),
             "dashboard_port": int(_env("DASHBOARD_PORT", "8265")),
+            "runtime_env_max_bytes": int(_env("RUNTIME_ENV_MAX_BYTES", str(100 * MiB))),
         }
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():

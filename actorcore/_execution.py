@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ExecPool",
+    "MainThreadExec",
     "TaskContext",
     "current_task",
     "decode_args",
@@ -255,3 +256,38 @@ class ExecPool:
 
     def resize(self, size: int) -> None:
         self._size = max(self._size, size)
+
+
+class MainThreadExec:
+    """The worker's main thread as an executor: it runs the sync tasks.
+
+    Only the main thread can be interrupted where it blocks: a signal makes
+    ``time.sleep``, a socket read or a lock wait return into Python (PEP 475
+    retries unless the handler raises), so a cancel raised by the handler
+    lands there at once instead of at the task's next bytecode. The event
+    loop runs on a thread of its own; :meth:`serve` is the main thread's loop.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.thread_id = threading.main_thread().ident or 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def serve(self) -> None:
+        """Run jobs until :meth:`close` (call on the main thread)."""
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException:  # a late interrupt must not end the main thread's loop
+                import logging
+
+                logging.getLogger(__name__).exception("main-thread job failed")

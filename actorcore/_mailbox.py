@@ -6,7 +6,9 @@ time (1 by default: one at a time, in order); an executor thread drains the
 mailbox without going back to the event loop between calls. ``async def``
 methods run on the loop and interleave at ``await`` up to ``max_concurrency``.
 
-The :class:`TaskQueue` runs a leased worker's tasks one at a time, in order.
+The :class:`TaskQueue` runs a leased worker's tasks one at a time, in order,
+sync ones on the worker's main thread, where a cancel can interrupt them even
+inside a blocking call (:meth:`TaskQueue.install_cancel_signal`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import collections
 import ctypes
 import functools
 import inspect
+import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ActorMailbox", "TaskQueue"]
 
+CANCEL_SIGNAL = signal.SIGUSR2  # interrupts a sync task on the worker's main thread
 _FAIR_BATCH = 64
 _GROW_AFTER_S = 0.001  # a threaded actor adds a thread when no call finished for this long
 
@@ -240,6 +244,8 @@ class TaskQueue:
         self.thread_id = 0
         self.async_task: asyncio.Task[Any] | None = None
         self.in_user_code: Call | None = None  # interrupts land only while this is set
+        self.cancel_target: Call | None = None  # the call the cancel signal is meant for
+        self.signal_thread = 0  # the thread the cancel signal interrupts (0: none)
 
     def run_user_code(self, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a sync task's function; a cancel may interrupt it only in here."""
@@ -249,9 +255,28 @@ class TaskQueue:
         try:
             return call.fn(*args, **kwargs)
         finally:
-            with self.lock:
-                self.in_user_code = None
-            interrupt_thread(me, None)  # an interrupt that came too late must not land in our code
+            self.in_user_code = None  # first: the signal handler reads it without the lock
+            self.cancel_target = None
+            if me != self.signal_thread:
+                interrupt_thread(me, None)  # a late interrupt must not land in our code
+
+    def install_cancel_signal(self) -> None:
+        """Let a cancel interrupt a sync task where it blocks (call on the main thread).
+
+        The loop thread sends :data:`CANCEL_SIGNAL` to the main thread, which
+        runs the sync tasks; the handler raises :class:`TaskCancelledError` in
+        the task if it is still the one to cancel. ``time.sleep``, socket reads
+        and lock waits return into Python on a signal, so the cancel lands there
+        within moments; a ``finally`` in user code still runs.
+        """
+        signal.signal(CANCEL_SIGNAL, self._on_cancel_signal)
+        self.signal_thread = threading.get_ident()
+
+    def _on_cancel_signal(self, _signum: int, _frame: Any) -> None:
+        target = self.cancel_target  # no lock here: the handler may run while it is held
+        if target is not None and self.in_user_code is target:
+            self.cancel_target = None
+            raise TaskCancelledError(f"task {target.name} was cancelled")
 
     def push(self, call: Call) -> None:
         with self.lock:
@@ -274,7 +299,7 @@ class TaskQueue:
         if head.is_async:
             self.worker.call_soon(self._start_async, head)
         else:
-            self.worker.pool.submit(self._drain)
+            self.worker.task_exec.submit(self._drain)
 
     def _start_async(self, call: Call) -> None:
         self.async_task = task = self.worker.loop.create_task(self.worker.run_task_async(call))
@@ -338,6 +363,11 @@ class TaskQueue:
                 self.async_task.cancel()
             return True
         with self.lock:
-            if self.in_user_code is running:
+            if self.in_user_code is not running:
+                return True
+            if self.thread_id == self.signal_thread:
+                self.cancel_target = running
+                signal.pthread_kill(self.thread_id, CANCEL_SIGNAL)
+            else:
                 interrupt_thread(self.thread_id, TaskCancelledError)
         return True

@@ -85,6 +85,7 @@ class Tag(IntEnum):
     RELEASE_OBJECTS = 63
     FREE_OBJECTS = 64
     ABORT_OBJECT = 65
+    REVOKE_PINS = 140  # node daemon -> process: drop read-cache pins
     # peer-to-peer object transfer (node daemon <-> node daemon, "transfer" connections)
     PULL_OBJECT = 100
     TRANSFER_STATS = 101
@@ -102,6 +103,9 @@ class Tag(IntEnum):
     # streaming generators (worker -> owner items, owner -> worker acks)
     GENERATOR_ITEM = 108
     ITEMS_ACK = 109
+    # runtime-env packages (process -> its node daemon; node daemon -> peer daemon)
+    PACKAGE_PUT = 110
+    PACKAGE_GET = 111
 
 
 def message(tag: Tag) -> Callable[[type[_M]], type[_M]]:
@@ -301,8 +305,12 @@ class RegisterDriverMsg(NamedTuple):
 
 @message(Tag.REQUEST_LEASE)
 class RequestLeaseMsg(NamedTuple):
+    """Owner -> daemon: a worker for ``shape``; ``runtime_env``: the wire spec of the
+    env named by the shape's ``runtime_env:<hash>`` key (``actorcore._runtime_env``)."""
+
     rid: int
     shape: dict[str, float]
+    runtime_env: dict[str, Any] | None = None
 
 
 @message(Tag.RETURN_LEASE)
@@ -445,6 +453,15 @@ class OpenObjectsMsg(NamedTuple):
 
 @message(Tag.RELEASE_OBJECTS)
 class ReleaseObjectsMsg(NamedTuple):
+    oids: list[bytes]
+
+
+@message(Tag.REVOKE_PINS)
+class RevokePinsMsg(NamedTuple):
+    """The daemon asks a process to drop the pins its read cache holds on ``oids``;
+    the reply comes after the process sent the releases (same connection)."""
+
+    rid: int
     oids: list[bytes]
 
 
@@ -601,6 +618,33 @@ class ItemsAckMsg(NamedTuple):
 
     stream_id: bytes
     consumed: int
+
+
+# --- runtime-env packages ----------------------------------------------------------------
+
+
+@message(Tag.PACKAGE_PUT)
+class PackagePutMsg(NamedTuple):
+    """Process -> its node daemon: bytes ``offset..`` of package ``digest`` (``total``
+    bytes). An empty ``data`` at offset 0 asks whether the node has it; replies True
+    once the node holds the whole package."""
+
+    rid: int
+    digest: str
+    total: int
+    offset: int
+    data: bytes
+
+
+@message(Tag.PACKAGE_GET)
+class PackageGetMsg(NamedTuple):
+    """Node daemon -> peer daemon: up to ``length`` bytes of package ``digest`` from
+    ``offset``; replies ``[total, data]``."""
+
+    rid: int
+    digest: str
+    offset: int
+    length: int
 
 
 MESSAGES: dict[int, type] = _collect()

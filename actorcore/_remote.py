@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _global as G
+from . import _runtime_env as RE
 from ._args import FunctionDescriptor
 from ._config import Config
 from ._ids import new_id
@@ -77,8 +78,8 @@ def _check_options(opts: dict[str, Any], allowed: set[str], what: str) -> dict[s
                 raise ValueError(f"use num_cpus/num_gpus instead of resources[{k!r}]")
             if not isinstance(v, int | float) or not 0 <= v < math.inf:
                 raise ValueError(f"resources[{k!r}] must be a finite number >= 0, not {v!r}")
-    if opts.get("runtime_env"):
-        raise ValueError("runtime_env is not supported by actorcore yet")
+    if "runtime_env" in opts:
+        opts["runtime_env"] = RE.validate(opts["runtime_env"])
     stream_of(opts)  # checks num_returns and the back-pressure options
     for key in ("max_retries", "max_restarts", "max_task_retries"):
         v = opts.get(key)
@@ -166,6 +167,17 @@ def _shape(opts: dict[str, Any], default_cpus: float) -> dict[str, float]:
     return _placed(shape, opts.get("scheduling_strategy"))
 
 
+def _with_env(rt: Any, shape: dict[str, float], env: Any) -> tuple[dict[str, float], Any]:
+    """``shape`` asking for the runtime env of this call (the job's, merged with
+    ``env``), and that env's wire spec (None: the default env, ``shape`` as is)."""
+    if env is None and rt.job_runtime_env is None:
+        return shape, None
+    found = RE.shape_key(rt, env)
+    if found is None:
+        return shape, None
+    return {**shape, found[0]: RE.MARK}, found[1]
+
+
 def _check_export_size(name: str, blob: bytes) -> None:
     """Refuse at the call site a function or class too large for a message."""
     rt = G.runtime
@@ -231,12 +243,13 @@ class RemoteFunction:
         stream = stream_of(opts)
         n = 1 if stream else opts.get("num_returns") or 1
         retries = opts.get("max_retries")
+        shape, _wire = _with_env(rt, self._shape, opts.get("runtime_env"))
         refs = rt.submitter.submit(
             self._export.descriptor(self._name),
             args,
             kwargs,
             name=self._name,
-            shape=self._shape,
+            shape=shape,
             num_returns=n,
             max_retries=rt.config.default_max_retries if retries is None else retries,
             retry_exceptions=opts.get("retry_exceptions") or False,
@@ -308,13 +321,15 @@ class ActorClass:
         max_conc = opts.get("max_concurrency") or (1000 if self._is_async else 1)
         retries = int(opts.get("max_task_retries") or 0)
         desc = self._export.descriptor(self.__qualname__)
+        shape, wire = _with_env(rt, _shape(opts, 0.0), opts.get("runtime_env"))
         spec = {
             "class_id": desc.fn_id,
             "class_blob": desc.blob,
             "class_name": self.__name__,
             "methods": self._methods,
             "max_concurrency": max_conc,
-            "shape": _shape(opts, 0.0),
+            "shape": shape,
+            "runtime_env": wire,
             "name": name,
             "namespace": namespace,
             "detached": opts.get("lifetime") == "detached",

@@ -90,6 +90,9 @@ class CoreRuntime(OwnershipMixin, Service):
         self.persistent_actors: set[bytes] = set()
         self.namespace = "default"
         self.job_id = b""
+        # the runtime env (wire spec) of the work this process submits: the job's in a
+        # driver (ac.init(runtime_env=...)), the worker's own in a worker
+        self.job_runtime_env: dict[str, Any] | None = None
         from ._owner import ActorClients, TaskSubmitter
 
         self.submitter = TaskSubmitter(self)
@@ -125,7 +128,14 @@ class CoreRuntime(OwnershipMixin, Service):
         daemon_at = self.node.unix_name or self.node.address
         self.daemon = await self._connect(daemon_at)
         sync = await self.loop.run_in_executor(None, self._open_store_conn)
-        self.store = StoreClient(self.node.arena_path, self.node.capacity, sync, self.my_id)
+        cache = self.config.store_read_cache_bytes
+        self.store = StoreClient(
+            self.node.arena_path,
+            self.node.capacity,
+            sync,
+            self.my_id,
+            cache_bytes=None if cache < 0 else cache,
+        )
         self.store.on_release = self._schedule_flush
         self.store.attach(self.daemon, self.loop)  # loop threads never wait on the daemon
         await self.register()
@@ -345,14 +355,16 @@ class CoreRuntime(OwnershipMixin, Service):
         with self.lock:
             frees, self._frees = self._frees, []
             releases, self._releases = self._releases, {}
+        if frees and self.store is not None:
+            self.store.forget(frees)  # the read cache lets go first: no revocation needed
         unpins = self.store.take_released() if self.store is not None else []
         if self.broken is not None or self.daemon is None:
             return
         try:
-            if frees:
-                self.daemon.send(P.FreeObjectsMsg(frees))
             if unpins:
                 self.daemon.send(P.ReleaseObjectsMsg(unpins))
+            if frees:
+                self.daemon.send(P.FreeObjectsMsg(frees))
         except ConnectionError:
             return
         for owner, oids in releases.items():
@@ -402,6 +414,18 @@ class CoreRuntime(OwnershipMixin, Service):
     def on_revoke_lease(self, peer: RpcPeer, msg: P.RevokeLeaseMsg, _bufs: list[bytes]) -> Any:
         self.submitter.revoke(msg.worker_id)
         return DEFERRED
+
+    @handles(P.Tag.REVOKE_PINS)
+    def on_revoke_pins(self, peer: RpcPeer, msg: P.RevokePinsMsg, _bufs: list[bytes]) -> Any:
+        """The daemon wants the read cache's pins on some objects back: drop them,
+        send the releases, then answer (same connection: they arrive first)."""
+        if self.store is None:
+            return 0
+        self.store.revoke(list(msg.oids))
+        unpins = self.store.take_released()
+        if unpins:
+            peer.send(P.ReleaseObjectsMsg(unpins))
+        return len(unpins)
 
     @handles(P.Tag.GENERATOR_ITEM)
     def on_generator_item(self, peer: RpcPeer, msg: P.GeneratorItemMsg, _bufs: list[bytes]) -> Any:

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from actorcore.store import Arena, decode_meta, encode_meta, layout
 
@@ -33,6 +32,8 @@ from ._serialization import Serialized, deserialize
 from .errors import ObjectLostError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ._rpc import RpcPeer
     from ._sync_client import SyncClient
 
@@ -41,7 +42,7 @@ __all__ = ["StoreClient", "settle_on"]
 # Writes up to this size are copied on the runtime loop; larger ones on a thread.
 WRITE_ON_LOOP_MAX = 1 << 20
 
-Holders = list[np.ndarray]
+Holders = list[Any]  # numpy arrays over the arena (store._arena.Arena.holder)
 
 
 def settle_on(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any) -> None:
@@ -65,13 +66,28 @@ def _settle(fut: asyncio.Future[Any], result: Any) -> None:
 
 
 class StoreClient:
-    def __init__(self, arena_path: str, capacity: int, conn: SyncClient, my_id: bytes) -> None:
+    def __init__(
+        self,
+        arena_path: str,
+        capacity: int,
+        conn: SyncClient,
+        my_id: bytes,
+        cache_bytes: int | None = None,
+    ) -> None:
         self.arena = Arena(arena_path, capacity)
         self.conn = conn
         self.my_id = my_id
         self._holders: weakref.WeakValueDictionary[bytes, np.ndarray] = (
             weakref.WeakValueDictionary()
         )
+        # The read cache: recently read objects stay mapped and pinned (strong
+        # refs to their holders, least recently read first), so that reading
+        # one again needs no round trip. The daemon revokes these pins
+        # (:meth:`revoke`) when the object is freed or the store needs room.
+        self.cache_bytes = capacity // 8 if cache_bytes is None else cache_bytes
+        self._cache: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+        self._cached_bytes = 0
+        self._cache_lock = threading.Lock()
         self._meta: dict[int, tuple[int, list[list[int]]]] = {}
         self.released: collections.deque[bytes] = collections.deque()
         self.on_release: Any = None  # set by the runtime: schedules a flush
@@ -112,6 +128,8 @@ class StoreClient:
         if holder is not None:
             meta = self._meta.get(id(holder))
             if meta is not None:
+                if oid in self._cache:
+                    self._touch(oid)
                 return holder, meta
         reply = self.conn.call(P.OpenObjectsMsg(next_rid(), [oid]), self._unpins())
         holder = self._opened([oid], reply)[0]
@@ -120,6 +138,8 @@ class StoreClient:
     def _cached(self, oid: bytes) -> np.ndarray | None:
         holder = self._holders.get(oid)
         if holder is not None and id(holder) in self._meta:
+            if oid in self._cache:
+                self._touch(oid)
             return holder
         return None
 
@@ -142,7 +162,48 @@ class StoreClient:
             self._holders[oid] = holder
             weakref.finalize(holder, self._release, oid, key)
             holders.append(holder)
+            self._keep(oid, holder)
         return holders
+
+    # --- the read cache -------------------------------------------------------------------
+
+    def _keep(self, oid: bytes, holder: Any) -> None:
+        size = holder.nbytes
+        if size > self.cache_bytes:
+            return
+        dropped = []
+        with self._cache_lock:
+            if oid in self._cache:
+                return
+            self._cache[oid] = holder
+            self._cached_bytes += size
+            while self._cached_bytes > self.cache_bytes:
+                _old, h = self._cache.popitem(last=False)
+                self._cached_bytes -= h.nbytes
+                dropped.append(h)
+        del dropped  # outside the lock: the last ref may run a holder's finalizer
+
+    def _touch(self, oid: bytes) -> None:
+        with self._cache_lock:
+            if oid in self._cache:
+                self._cache.move_to_end(oid)
+
+    def revoke(self, oids: list[bytes]) -> None:
+        """Drop the read cache's pins on ``oids`` (views the program still holds
+        keep theirs); the releases queue as usual (:meth:`take_released`)."""
+        dropped = []
+        with self._cache_lock:
+            for oid in oids:
+                h = self._cache.pop(oid, None)
+                if h is not None:
+                    self._cached_bytes -= h.nbytes
+                    dropped.append(h)
+        del dropped
+
+    def forget(self, oids: list[bytes]) -> None:
+        """This process frees ``oids``: its read cache lets go of them first."""
+        if self._cache:
+            self.revoke(oids)
 
     # --- the async route (loop threads) ---------------------------------------------------
 
@@ -258,9 +319,11 @@ class StoreClient:
     def get(self, oid: bytes, where: str = "value") -> tuple[Any, list[Any]]:
         """Read object ``oid``; returns the value and the refs found inside.
 
-        While a view of the object from an earlier read is alive the mapping is
-        reused; otherwise the daemon is asked (and pins it for this process).
-        A mapping is not kept beyond its views: a pinned object cannot spill.
+        While a view of the object from an earlier read is alive, or the read
+        cache still holds it, the mapping is reused with no round trip;
+        otherwise the daemon is asked (and pins it for this process). The cache's
+        pins are revoked by the daemon when the object is freed or the store
+        needs their room, so no read ever sees freed memory.
         """
         holder, (stream_len, spans) = self._holder(oid)
         mv = holder.data  # views of it keep `holder` (and the pin) alive
@@ -289,6 +352,11 @@ class StoreClient:
         return out
 
     def close(self) -> None:
+        with self._cache_lock:
+            dropped = list(self._cache.values())
+            self._cache.clear()
+            self._cached_bytes = 0
+        del dropped
         for fut in list(self._writes):
             fut.cancel()
         self.conn.close()

@@ -1,9 +1,10 @@
 """A worker process: runs tasks pushed by owners and hosts actors.
 
 Started by the node daemon's fork server with the heavy modules already
-imported, a worker opens its own event loop on the main thread, connects to
-its node daemon, and serves owners directly. Sync user code runs on executor
-threads, ``async def`` code on the loop. A worker ends when its daemon goes.
+imported, a worker runs its own event loop on a thread of its own, connects to
+its node daemon, and serves owners directly. Sync tasks run on the main thread
+(so that a cancel can interrupt them where they block), sync actor methods on
+executor threads, ``async def`` code on the loop. A worker ends when its daemon goes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from . import _task_events as TE
 from ._config import Config
 from ._execution import (
     ExecPool,
+    MainThreadExec,
     TaskContext,
     current_task,
     decode_args,
@@ -85,6 +87,7 @@ class WorkerRuntime(CoreRuntime):
     def __init__(self, config: Config, token: bytes, my_id: bytes, node: NodeInfo) -> None:
         super().__init__(config, token, my_id, node)
         self.pool = ExecPool(max(4, config.shared_worker_threads))
+        self.task_exec: ExecPool | MainThreadExec = self.pool  # worker_main: the main thread
         self.tasks = TaskQueue(self)
         self.mailboxes: dict[bytes, ActorMailbox] = {}
         self.producers = Producers(self)
@@ -409,15 +412,33 @@ def worker_main(boot: dict[str, Any]) -> None:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     rt = WorkerRuntime(config, token, my_id, node)
+    if boot.get("runtime_env"):  # set before anything runs: what it submits inherits its env
+        from . import _runtime_env
+
+        rt.job_runtime_env = dict(boot["runtime_env"])
+        _runtime_env.register(rt.job_runtime_env)
     G.runtime = rt
     TE.worker_started(rt)  # observability hook: settings, `ps` title actorcore::idle
     _logs.capture_output(rt)
+    # Sync tasks run on this (main) thread, where a cancel's signal interrupts
+    # blocking calls; the event loop gets a thread of its own.
+    main = rt.task_exec = MainThreadExec()
+    rt.tasks.install_cancel_signal()
+
+    def run_loop() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(rt.astart())
+            assert rt.stopped is not None
+            loop.run_until_complete(rt.stopped)
+        except BaseException as e:  # a worker that cannot start just ends
+            logger.error("worker failed: %r", e)
+        finally:
+            main.close()
+
+    threading.Thread(target=run_loop, name="actorcore-loop", daemon=True).start()
     try:
-        loop.run_until_complete(rt.astart())
-        assert rt.stopped is not None
-        loop.run_until_complete(rt.stopped)
-    except BaseException as e:  # a worker that cannot start just ends
-        logger.error("worker failed: %r", e)
+        main.serve()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -5,15 +5,23 @@ loop. Asked over a socketpair, it forks a worker in a few milliseconds (no
 interpreter start, no imports) and answers with its pid; it reaps workers and
 reports each exit. It dies with the daemon (``PR_SET_PDEATHSIG``), and its
 workers die with it.
+
+Requests: ``F`` forks a plain worker; ``E`` + a little-endian u32 length + a
+JSON object forks ``count`` workers of a runtime env (``tag``: the env's
+hash, ``env_vars``, ``paths`` put first on ``sys.path``, ``cwd``). The answer is
+``P <pid> [<tag>]``. Variables that numpy or the other pre-imported modules
+read at import time are already read when a runtime env sets them.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import select
 import signal
 import socket
+import struct
 import sys
 from typing import Any
 
@@ -33,9 +41,23 @@ def die_with_parent(expected_parent: int) -> None:
         os._exit(0)
 
 
-def _worker_child(sock: socket.socket, boot: dict[str, Any], zygote_pid: int) -> None:
+def _apply_env(env: dict[str, Any]) -> None:
+    """Give this (forked) worker its runtime env: variables, import paths, directory."""
+    os.environ.update({str(k): str(v) for k, v in env.get("env_vars", {}).items()})
+    for path in reversed(env.get("paths", [])):
+        sys.path.insert(0, path)
+    if env.get("cwd"):
+        os.chdir(env["cwd"])
+
+
+def _worker_child(
+    sock: socket.socket, boot: dict[str, Any], zygote_pid: int, env: dict[str, Any] | None = None
+) -> None:
     sock.close()
     die_with_parent(zygote_pid)
+    if env:
+        _apply_env(env)
+        boot = {**boot, "runtime_env": env.get("wire")}
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log_dir = boot.get("log_dir")
@@ -105,15 +127,48 @@ def zygote_main(sock: socket.socket, boot: dict[str, Any], daemon_pid: int) -> N
             os._exit(0)
         buf += data
         while buf:
-            cmd, buf = buf[:1], buf[1:]
-            if cmd != b"F":
+            env, buf = _next_request(buf)
+            if env is _INCOMPLETE:
+                break
+            if env is _SKIP:
                 continue
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    _worker_child(sock, boot, me)
-                finally:
-                    os._exit(1)
-            sock.sendall(f"P {pid}\n".encode())
+            for _ in range(int(env.get("count", 1)) if env else 1):
+                _fork_worker(sock, boot, me, env)
+
+
+def _fork_worker(sock: socket.socket, boot: dict[str, Any], me: int, env: Any) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _worker_child(sock, boot, me, env)
+        finally:
+            os._exit(1)
+    tag = f" {env['tag']}" if env else ""
+    sock.sendall(f"P {pid}{tag}\n".encode())
+
+
+_INCOMPLETE: Any = object()
+_SKIP: Any = object()
+_LEN = struct.Struct("<I")
+
+
+def _next_request(buf: bytes) -> tuple[Any, bytes]:
+    """``(None: a plain worker | env dict | _SKIP | _INCOMPLETE, the rest)``."""
+    cmd = buf[:1]
+    if cmd == b"F":
+        return None, buf[1:]
+    if cmd != b"E":
+        return _SKIP, buf[1:]
+    if len(buf) < 1 + _LEN.size:
+        return _INCOMPLETE, buf
+    (n,) = _LEN.unpack_from(buf, 1)
+    end = 1 + _LEN.size + n
+    if len(buf) < end:
+        return _INCOMPLETE, buf
+    try:
+        env = json.loads(buf[1 + _LEN.size : end])
+    except ValueError:
+        return _SKIP, buf[end:]
+    return env, buf[end:]

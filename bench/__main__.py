@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from . import floor, startup
+from . import runtime_env as renv
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _WORKLOADS = os.path.join(_HERE, "workloads.py")
@@ -56,13 +57,17 @@ EXTRA_ROWS = [
     "single client get calls, 200 MiB numpy array",
     "1:1 actor call latency (p50/p99 us)",
     "asyncio driver, 100 coroutines awaiting actor calls",
+    "asyncio driver, async-actor calls awaited one at a time",
+    "cancel of a task blocked in time.sleep, to its error (s)",
     "idle RSS of runtime processes (MB)",
 ]
 MEMORY_BOUND = {"single client put gigabytes", "multi client put gigabytes"}
 LOWER_IS_BETTER = {
     "1:1 actor call latency (p50/p99 us)",
+    "cancel of a task blocked in time.sleep, to its error (s)",
     "idle RSS of runtime processes (MB)",
     "startup: init() to first result (s)",
+    "runtime_env: init(working_dir) to first result (s)",
 }
 
 
@@ -191,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         name = "startup: init() to first result (s)"
         ours = startup.measure(sys.executable, "actorcore")
         ray = startup.measure(args.ray_python, "ray") if args.ray_python else None
+        results.append((name, ours, ray))
+        _print_row(name, ours, ray)
+
+    if wanted("runtime_env: init(working_dir) to first result (s)"):
+        name = "runtime_env: init(working_dir) to first result (s)"
+        ours = renv.measure(sys.executable, "actorcore")
+        ray = renv.measure(args.ray_python, "ray") if args.ray_python else None
         results.append((name, ours, ray))
         _print_row(name, ours, ray)
 

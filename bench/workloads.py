@@ -341,7 +341,52 @@ def define() -> dict[str, Callable[[], dict[str, Any]]]:
         finally:
             loop.close()
 
+    @row("asyncio driver, async-actor calls awaited one at a time")
+    def _():
+        a = AsyncActor.remote()
+
+        async def seq() -> None:
+            for _ in range(100):
+                await a.small_value.remote()
+
+        loop = asyncio.new_event_loop()
+        try:
+            return timeit(lambda: loop.run_until_complete(seq()), 100)
+        finally:
+            loop.close()
+
+    @row("cancel of a task blocked in time.sleep, to its error (s)")
+    def _():
+        @ray.remote
+        def sleeper(path: str) -> None:
+            open(path, "w").close()
+            time.sleep(60)
+
+        import tempfile
+
+        samples = []
+        for i in range(3):
+            path = os.path.join(tempfile.mkdtemp(), f"started{i}")
+            ref = sleeper.remote(path)
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.01)  # a benchmark's own polling, not a test
+            t = time.perf_counter()
+            ray.cancel(ref)
+            try:
+                ray.get(ref, timeout=CANCEL_CAP_S)
+            except Exception as e:  # the cancel's error (or the cap: it did not land)
+                if "imeout" in type(e).__name__:
+                    samples.append(CANCEL_CAP_S)
+                    ray.cancel(ref, force=True)
+                    continue
+            samples.append(time.perf_counter() - t)
+        return {"median": statistics.median(samples), "rounds": samples, "unit": "s"}
+
     return rows
+
+
+CANCEL_CAP_S = 10.0  # a cancel that has not landed by then is reported as this
 
 
 def light_actors(n: int) -> dict[str, Any]:

@@ -16,9 +16,10 @@ either; :class:`EtcdProcess` runs a throwaway etcd for tests.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._embedded import EmbeddedControlStore, EmbeddedState
-from ._etcd import EtcdAddress, EtcdControlStore, EtcdOptions
-from ._etcd_process import EtcdCluster, EtcdNotFoundError, EtcdProcess
+from ._etcd_config import EtcdAddress, EtcdOptions
 from ._interface import (
     Compare,
     ControlStore,
@@ -37,6 +38,30 @@ from ._interface import (
 )
 from ._retry import RetryingControlStore
 from ._tables import ActorRecord, ActorTable, NameRegistry, NodeRegistry
+
+if TYPE_CHECKING:
+    from ._etcd import EtcdControlStore
+    from ._etcd_process import EtcdCluster, EtcdNotFoundError, EtcdProcess
+
+# The etcd client (aetcd, grpc, protobuf: about 20 MB) loads on first use, so
+# that a single machine's processes, which never talk to etcd, do not carry it.
+_LAZY = {
+    "EtcdCluster": "._etcd_process",
+    "EtcdControlStore": "._etcd",
+    "EtcdNotFoundError": "._etcd_process",
+    "EtcdProcess": "._etcd_process",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "ActorRecord",
@@ -83,5 +108,7 @@ def open_control_store(address: str | None = None) -> ControlStore:
     if address is None:
         return EmbeddedControlStore()
     if address.startswith("etcd://"):
+        from ._etcd import EtcdControlStore
+
         return EtcdControlStore(address)
     raise ValueError(f"unknown control store address {address!r}: expected etcd://host:port/NAME")

@@ -23,11 +23,17 @@ from ._placement import (
     ResourceChange,
     bundle_shape,
 )
-from ._resources import NODE_AFFINITY_PREFIX, node_affinity_shape
+from ._resources import (
+    NODE_AFFINITY_PREFIX,
+    RUNTIME_ENV_PREFIX,
+    node_affinity_shape,
+    split_runtime_env,
+)
 from ._resources import normalize as normalize_shape
 
 __all__ = [
     "NODE_AFFINITY_PREFIX",
+    "RUNTIME_ENV_PREFIX",
     "GrantLease",
     "GroupInfeasible",
     "GroupState",
@@ -45,6 +51,7 @@ __all__ = [
     "bundle_shape",
     "node_affinity_shape",
     "normalize_shape",
+    "split_runtime_env",
 ]
 
 # --- two-level scheduling (issue 9): the global placer and the local spill policy ---

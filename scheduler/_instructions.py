@@ -20,9 +20,10 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class StartWorker:
-    """Start ``count`` more worker processes."""
+    """Start ``count`` more worker processes (with runtime environment ``env``: its hash)."""
 
     count: int
+    env: str = ""
 
 
 @dataclass(frozen=True, slots=True)

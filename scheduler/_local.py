@@ -10,6 +10,13 @@ Worker roles: IDLE (pooled), LEASED (running an owner's tasks), DEDICATED
 (hosting one actor that holds resources), SHARED (hosting many actors that
 hold none). A worker blocked in ``get`` gives its lease's resources back until
 it unblocks, so nested waits cannot starve the node.
+
+Runtime environments: a request whose shape carries ``runtime_env:<hash>``
+(see ``actorcore._runtime_env``) is served only by a worker started for that
+environment; every worker belongs to exactly one (``""``: the default), so a
+worker never serves two environments. Only default workers are kept warm;
+idle workers of an environment are reaped after the idle timeout, and stopped
+earlier when the node is at ``max_workers`` and another environment needs one.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ class WorkerInfo:
     revoked: bool = False
     actors: set[bytes] = field(default_factory=set)
     idle_since: float = 0.0
+    env: str = ""  # the runtime environment it was started with ("" = default)
 
 
 @dataclass(slots=True)
@@ -70,6 +78,7 @@ class LeaseRequest:
     shape: dict[str, float]
     owner: Any
     warned: bool = False
+    env: str = ""
 
 
 @dataclass(slots=True)
@@ -77,6 +86,7 @@ class ActorRequest:
     actor_id: bytes
     shape: dict[str, float]
     warned: bool = False
+    env: str = ""
 
 
 class LocalScheduler:
@@ -99,6 +109,7 @@ class LocalScheduler:
         self.actors_per_shared_worker = actors_per_shared_worker
         self.max_workers = max_workers
         self.starting = 0
+        self.starting_env: dict[str, int] = {}  # workers starting, by runtime env
         self.actor_worker: dict[bytes, bytes] = {}
         self.placement = PlacementGroups()
 
@@ -138,7 +149,8 @@ class LocalScheduler:
     # --- events ------------------------------------------------------------------------
 
     def request_lease(self, key: Any, shape: dict[str, float], owner: Any) -> list[Instruction]:
-        req = LeaseRequest(key, R.normalize(shape), owner)
+        shape, env = R.split_runtime_env(R.normalize(shape))
+        req = LeaseRequest(key, shape, owner, env=env)
         self.leases.append(req)
         return self._schedule()
 
@@ -157,14 +169,24 @@ class LocalScheduler:
         w.idle_since = now
         return self._schedule()
 
-    def worker_started(self, worker_id: bytes, now: float = 0.0) -> list[Instruction]:
-        self.starting = max(0, self.starting - 1)
-        self.workers[worker_id] = WorkerInfo(worker_id, WorkerRole.IDLE, idle_since=now)
+    def worker_started(
+        self, worker_id: bytes, now: float = 0.0, env: str = ""
+    ) -> list[Instruction]:
+        self._started(env)
+        self.workers[worker_id] = WorkerInfo(worker_id, WorkerRole.IDLE, idle_since=now, env=env)
         return self._schedule()
 
-    def worker_start_failed(self) -> list[Instruction]:
-        self.starting = max(0, self.starting - 1)
+    def worker_start_failed(self, env: str = "") -> list[Instruction]:
+        self._started(env)
         return []
+
+    def _started(self, env: str) -> None:
+        self.starting = max(0, self.starting - 1)
+        n = self.starting_env.get(env, 0) - 1
+        if n > 0:
+            self.starting_env[env] = n
+        else:
+            self.starting_env.pop(env, None)
 
     def worker_died(self, worker_id: bytes) -> tuple[list[bytes], list[Instruction]]:
         """Returns the actors that were on the worker, and instructions."""
@@ -192,7 +214,8 @@ class LocalScheduler:
         return self._schedule()
 
     def place_actor(self, actor_id: bytes, shape: dict[str, float]) -> list[Instruction]:
-        self.actor_queue.append(ActorRequest(actor_id, R.normalize(shape)))
+        shape, env = R.split_runtime_env(R.normalize(shape))
+        self.actor_queue.append(ActorRequest(actor_id, shape, env=env))
         return self._schedule()
 
     def actor_removed(self, actor_id: bytes) -> list[Instruction]:
@@ -221,24 +244,29 @@ class LocalScheduler:
         return out + self._schedule()
 
     def keep_warm(self, n: int) -> list[Instruction]:
-        """Start workers until ``n`` are idle or starting (dead ones are replaced)."""
-        idle = sum(1 for w in self.workers.values() if w.role is WorkerRole.IDLE)
-        missing = n - idle - self.starting
+        """Start default workers until ``n`` are idle or starting (dead ones are replaced)."""
+        idle = sum(1 for w in self.workers.values() if w.role is WorkerRole.IDLE and not w.env)
+        missing = n - idle - self.starting_env.get("", 0)
         live = len(self.workers) + self.starting
         missing = min(missing, self.max_workers - live)
         if missing <= 0:
             return []
-        self.starting += missing
+        self._starting("", missing)
         return [StartWorker(missing)]
 
+    def _starting(self, env: str, n: int) -> None:
+        self.starting += n
+        self.starting_env[env] = self.starting_env.get(env, 0) + n
+
     def reap_idle(self, now: float, idle_timeout: float, keep: int) -> list[Instruction]:
-        """Stop workers idle for longer than ``idle_timeout``, keeping ``keep`` of them."""
+        """Stop workers idle for longer than ``idle_timeout``, keeping ``keep`` default ones."""
         idle = sorted(
             (w for w in self.workers.values() if w.role is WorkerRole.IDLE),
-            key=lambda w: w.idle_since,
+            key=lambda w: (not w.env, w.idle_since),  # runtime-env workers are never kept
         )
+        plain = sum(1 for w in idle if not w.env)
         out: list[Instruction] = []
-        for w in idle[: max(0, len(idle) - keep)]:
+        for w in idle[: max(0, len(idle) - min(keep, plain))]:
             if now - w.idle_since > idle_timeout:
                 del self.workers[w.worker_id]
                 out.append(StopWorker(w.worker_id))
@@ -256,9 +284,9 @@ class LocalScheduler:
         R.subtract(self.available, shape)
         w.shape = dict(shape)
 
-    def _idle_worker(self) -> WorkerInfo | None:
+    def _idle_worker(self, env: str = "") -> WorkerInfo | None:
         for w in self.workers.values():
-            if w.role is WorkerRole.IDLE:
+            if w.role is WorkerRole.IDLE and w.env == env:
                 return w
         return None
 
@@ -271,30 +299,30 @@ class LocalScheduler:
                 out.append(Infeasible(r.pg_id, r.missing))
             else:
                 out.append(r)
-        want_workers = 0
-        want_workers += self._schedule_actors(out)
-        want_workers += self._schedule_leases(out)
-        return out + self._start_workers(want_workers)
+        want: dict[str, int] = {}
+        self._schedule_actors(out, want)
+        self._schedule_leases(out, want)
+        return out + self._start_workers(want)
 
-    def _schedule_actors(self, out: list[Instruction]) -> int:
-        want = 0
-        need_host = False  # one new shared host takes every light actor waiting
+    def _schedule_actors(self, out: list[Instruction], want: dict[str, int]) -> None:
+        need_host: set[str] = set()  # one new shared host (per env) takes every light actor
         for req in list(self.actor_queue):
+            env = req.env
             if R.is_empty(req.shape):
-                w = None if need_host else self._shared_worker()
+                w = None if env in need_host else self._shared_worker(env)
                 if w is None:
-                    if not need_host:
-                        need_host = True
-                        want += 1
+                    if env not in need_host:
+                        need_host.add(env)
+                        want[env] = want.get(env, 0) + 1
                     continue
             else:
                 if not self._feasible(req, out):
                     continue
                 if not R.fits(self.available, req.shape):
                     continue
-                w = self._idle_worker()
+                w = self._idle_worker(env)
                 if w is None:
-                    want += 1
+                    want[env] = want.get(env, 0) + 1
                     continue
                 w.role = WorkerRole.DEDICATED
                 self._take(w, req.shape)
@@ -302,14 +330,14 @@ class LocalScheduler:
             self.actor_worker[req.actor_id] = w.worker_id
             self.actor_queue.remove(req)
             out.append(HostActor(req.actor_id, w.worker_id))
-        return want
 
-    def _shared_worker(self) -> WorkerInfo | None:
-        """Spread light actors over up to ``max_shared_workers`` hosts, then pack them."""
-        shared = [w for w in self.workers.values() if w.role is WorkerRole.SHARED]
+    def _shared_worker(self, env: str = "") -> WorkerInfo | None:
+        """Spread light actors over up to ``max_shared_workers`` hosts (per runtime env),
+        then pack them."""
+        shared = [w for w in self.workers.values() if w.role is WorkerRole.SHARED and w.env == env]
         open_ = [w for w in shared if len(w.actors) < self.actors_per_shared_worker]
         if len(shared) < self.max_shared_workers or not open_:
-            w = self._idle_worker()
+            w = self._idle_worker(env)
             if w is not None:
                 w.role = WorkerRole.SHARED
                 return w
@@ -317,8 +345,7 @@ class LocalScheduler:
             return min(open_, key=lambda x: len(x.actors))
         return None
 
-    def _schedule_leases(self, out: list[Instruction]) -> int:
-        want = 0
+    def _schedule_leases(self, out: list[Instruction], want: dict[str, int]) -> None:
         blocked_owners: set[Any] = set()
         for req in list(self.leases):
             if not self._feasible(req, out):
@@ -326,9 +353,9 @@ class LocalScheduler:
             if not R.fits(self.available, req.shape):
                 blocked_owners.add(req.owner)
                 continue
-            w = self._idle_worker()
+            w = self._idle_worker(req.env)
             if w is None:
-                want += 1
+                want[req.env] = want.get(req.env, 0) + 1
                 continue
             w.role = WorkerRole.LEASED
             w.owner = req.owner
@@ -337,7 +364,6 @@ class LocalScheduler:
             out.append(GrantLease(req.key, w.worker_id))
         if blocked_owners:
             out.extend(self._revocations(blocked_owners))
-        return want
 
     def _revocations(self, waiting_owners: set[Any]) -> list[Instruction]:
         out: list[Instruction] = []
@@ -358,13 +384,33 @@ class LocalScheduler:
             out.append(Infeasible(key, miss))
         return False
 
-    def _start_workers(self, want: int) -> list[Instruction]:
-        live = len(self.workers) + self.starting
-        need = min(want - self.starting, self.max_workers - live)
-        if need <= 0:
-            return []
-        self.starting += need
-        return [StartWorker(need)]
+    def _start_workers(self, want: dict[str, int]) -> list[Instruction]:
+        out: list[Instruction] = []
+        for env, n in want.items():
+            need = n - self.starting_env.get(env, 0)
+            if need <= 0:
+                continue
+            room = self.max_workers - len(self.workers) - self.starting
+            if room < need:
+                out += self._evict_idle(env, need - room)
+                room = self.max_workers - len(self.workers) - self.starting
+            need = min(need, room)
+            if need > 0:
+                self._starting(env, need)
+                out.append(StartWorker(need, env))
+        return out
+
+    def _evict_idle(self, env: str, n: int) -> list[Instruction]:
+        """Stop up to ``n`` idle workers of other runtime envs (oldest first) to make room."""
+        idle = sorted(
+            (w for w in self.workers.values() if w.role is WorkerRole.IDLE and w.env != env),
+            key=lambda w: w.idle_since,
+        )
+        out: list[Instruction] = []
+        for w in idle[:n]:
+            del self.workers[w.worker_id]
+            out.append(StopWorker(w.worker_id))
+        return out
 
     # --- views ------------------------------------------------------------------------
 
@@ -376,6 +422,7 @@ class LocalScheduler:
         return out
 
     def validate(self) -> None:
+        assert sum(self.starting_env.values()) == self.starting, (self.starting_env, self.starting)
         used: dict[str, float] = {}
         for w in self.workers.values():
             if w.role in (WorkerRole.LEASED, WorkerRole.DEDICATED) and not w.blocked:

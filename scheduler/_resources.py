@@ -7,12 +7,14 @@ from collections.abc import Mapping
 
 __all__ = [
     "NODE_AFFINITY_PREFIX",
+    "RUNTIME_ENV_PREFIX",
     "add",
     "fits",
     "is_empty",
     "missing",
     "node_affinity_shape",
     "normalize",
+    "split_runtime_env",
     "subtract",
 ]
 
@@ -21,6 +23,21 @@ _EPS = 1e-9
 # ``node:<node id hex>`` in a shape pins the work to that node (hard node affinity).
 NODE_AFFINITY_PREFIX = "node:"
 _AFFINITY_MARK = 0.001
+# ``runtime_env:<hash>`` in a shape asks for a worker started with that runtime
+# environment (``actorcore._runtime_env``): a placement constraint, not a quantity.
+RUNTIME_ENV_PREFIX = "runtime_env:"
+
+
+def split_runtime_env(shape: Mapping[str, float]) -> tuple[dict[str, float], str]:
+    """``(shape without its runtime-env key, the env's hash or "")``."""
+    env = ""
+    out: dict[str, float] = {}
+    for k, v in shape.items():
+        if k.startswith(RUNTIME_ENV_PREFIX):
+            env = k[len(RUNTIME_ENV_PREFIX) :]
+        else:
+            out[k] = v
+    return out, env
 
 
 def node_affinity_shape(shape: Mapping[str, float], node_id_hex: str) -> dict[str, float]:

@@ -20,10 +20,12 @@ import mmap
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
-import numpy as np
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["Arena", "layout", "parallel_copy"]
 
@@ -61,8 +63,17 @@ def layout(stream_len: int, buffer_lens: list[int]) -> tuple[int, list[list[int]
     return max(pos, 1), spans
 
 
+def _numpy() -> Any:
+    """numpy, imported on first use: a process that never maps the arena (an
+    idle driver or daemon) does not carry it."""
+    import numpy
+
+    return numpy
+
+
 def parallel_copy(dst: np.ndarray, src: Any) -> None:
     """Copy bytes ``src`` into the uint8 array ``dst`` (same length), using threads."""
+    np = _numpy()
     s = np.frombuffer(src, dtype=np.uint8) if not isinstance(src, np.ndarray) else src
     n = s.nbytes
     if n < _PARALLEL_MIN:
@@ -110,13 +121,14 @@ class Arena:
                     self._mm = mmap.mmap(fd, self.capacity, mmap.MAP_SHARED)
                 finally:
                     os.close(fd)
+                np = _numpy()
                 self._array = np.frombuffer(self._mm, dtype=np.uint8)
             return self._array
 
     def write(self, offset: int, stream: bytes, buffers: list[Any], spans: list[list[int]]) -> None:
         """Copy an object's pickle stream and buffers into its range."""
         arr = self.array()
-        arr[offset : offset + len(stream)] = np.frombuffer(stream, dtype=np.uint8)
+        arr[offset : offset + len(stream)] = memoryview(stream).cast("B")
         for buf, (rel, n) in zip(buffers, spans, strict=True):
             start = offset + rel
             parallel_copy(arr[start : start + n], memoryview(buf).cast("B"))

@@ -159,4 +159,18 @@ class Refused:
     message: str
 
 
-StoreInstruction = WakeReaders | DeleteFile | Refused
+@dataclass(frozen=True, slots=True)
+class RevokePins:
+    """Ask ``client`` to drop the pins its read cache keeps on ``oids``.
+
+    A process keeps recently read objects mapped and pinned so that reading one
+    again needs no round trip; a pin that backs a live view of the object stays
+    (the process drops only what nothing uses). Sent when a pinned object is
+    freed, and when the store needs room that only cached pins hold.
+    """
+
+    client: Any
+    oids: tuple[bytes, ...]
+
+
+StoreInstruction = WakeReaders | DeleteFile | Refused | RevokePins

@@ -36,6 +36,7 @@ from ._results import (
     NeedSpill,
     Refused,
     RestoreDone,
+    RevokePins,
     Seal,
     StoreEvent,
     StoreInstruction,
@@ -118,6 +119,9 @@ class StoreState:
                 continue
             out += _files([self.free(oid)])
             out += self._wake(oid, "it was freed before it was sealed")
+            left = self.entries.get(oid)
+            if left is not None and left.pins:  # read caches let go; live views keep it
+                out += [RevokePins(c, (oid,)) for c in left.pins]
         if refused:
             names = ", ".join(oid.hex() for oid in refused[:5])
             more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
@@ -268,6 +272,15 @@ class StoreState:
         return paths
 
     # --- spilling -------------------------------------------------------------------------
+
+    def cached_pins(self) -> dict[Any, list[bytes]]:
+        """Pinned objects in memory, by client: what read caches may be holding."""
+        out: dict[Any, list[bytes]] = {}
+        for e in self.entries.values():
+            if e.pins and not e.freed and e.state is ObjectState.SEALED:
+                for client in e.pins:
+                    out.setdefault(client, []).append(e.oid)
+        return out
 
     def _spill_candidates(self, need: int) -> list[bytes]:
         movable = [

@@ -607,6 +607,70 @@ def test_a_dead_readers_pins_go_with_it(store_rt):
     wait_for(lambda: oid not in objects(), 10, what="the dead reader's pin is dropped")
 
 
+# --- the read cache (issue 14.2): repeated reads without a round trip, pins revoked ---------
+
+
+@ac.remote
+def read_digest(refs):
+    return digest(ac.get(refs[0]))
+
+
+@pytest.mark.timeout(60)
+def test_a_reread_object_stays_mapped_without_a_live_view(store_rt):
+    data = np.random.default_rng(7).integers(0, 256, 4 * MB, dtype=np.uint8)
+    ref = ac.put(data)
+    first = ac.get(ref)
+    addr = first.ctypes.data
+    del first
+    gc.collect()
+    # no view is left: the read cache still pins the object for this process
+    assert objects()[ref.hex()]["pins"] == 1
+    again = ac.get(ref)
+    assert again.ctypes.data == addr and np.array_equal(again, data)
+    del again, ref
+    gc.collect()
+
+
+@pytest.mark.timeout(60)
+def test_freeing_an_object_revokes_the_cached_pins_of_every_process(store_rt):
+    base = n_objects()
+    ref = ac.put(np.full(4 * MB, 3, dtype=np.uint8))
+    oid = ref.hex()
+    want = digest(np.full(4 * MB, 3, dtype=np.uint8))
+    h = ViewHolder.options(num_cpus=0).remote()
+    assert ac.get(h.hold.remote(ref), timeout=30) is True
+    ac.get(h.hold.remote(np.zeros(8)), timeout=30)  # the actor drops its view: its cache pins
+    assert ac.get(read_digest.remote([ref]), timeout=30) == want  # a worker caches it too
+    assert digest(ac.get(ref)) == want  # and the driver
+    wait_for(lambda: objects()[oid]["pins"] >= 2, 10, what="cached in other processes")
+    del ref
+    gc.collect()
+    wait_for(lambda: oid not in objects(), 10, what="freed: every cache let go")
+    settle(base)
+    ac.kill(h)
+
+
+@pytest.mark.timeout(60)
+def test_cached_pins_give_way_when_the_store_needs_room(store_rt):
+    base = n_objects()
+    size = 6 * MB  # under the read cache's budget (an eighth of the 64 MB store)
+    held = [ac.put(np.full(size, i, dtype=np.uint8)) for i in range(9)]
+    views = [ac.get(r) for r in held]  # 54 MB pinned by live views
+    x = ac.put(np.full(size, 100, dtype=np.uint8))
+    assert int(ac.get(x)[0]) == 100  # no view kept: only the read cache pins x
+    assert objects()[x.hex()]["pins"] == 1
+    # no room for y but x's range, which only the cache holds: the store revokes
+    # that pin, spills x and writes y (without revocation: ObjectStoreFullError)
+    y = ac.put(np.full(size, 101, dtype=np.uint8))
+    assert int(ac.get(y)[0]) == 101
+    del views  # reading x back needs room again
+    got = ac.get(x)
+    assert got.shape == (size,) and int(got[0]) == 100 and int(got[-1]) == 100
+    assert int(got.sum()) == 100 * size, "x's bytes, not another object's"
+    del got, x, y, held
+    settle(base)
+
+
 @pytest.mark.timeout(60)
 def test_threads_put_and_get_concurrently(store_rt):
     base = n_objects()

@@ -17,11 +17,13 @@ from actorcore.store import (
     ALIGN,
     ArenaAllocator,
     Created,
+    Free,
     Full,
     Location,
     NeedRestore,
     NeedSpill,
     ObjectState,
+    RevokePins,
     StoreState,
     Unknown,
 )
@@ -317,6 +319,31 @@ def test_a_pin_delays_free_until_release():
     s.validate()
     assert a not in s.entries
     assert s.stats().used == 0 and s.stats().objects == 0
+
+
+def test_freeing_a_pinned_object_asks_each_pinning_client_to_drop_its_cached_pin():
+    s = StoreState(1 * MB)
+    a, b = _oid(1), _oid(2)
+    _sealed(s, a, 10_000)
+    _sealed(s, b, 10_000)
+    assert isinstance(s.open(a, R1), Location)
+    assert isinstance(s.open(a, R2), Location)
+    assert isinstance(s.open(b, R1), Location)
+    assert s.cached_pins() == {R1: [a, b], R2: [a]}
+    out = s.handle(Free((a,), OWNER))
+    assert sorted((i.client, i.oids) for i in out if isinstance(i, RevokePins)) == sorted(
+        [(R1, (a,)), (R2, (a,))]
+    )
+    assert s.cached_pins() == {R1: [b]}, "a freed object is no read cache's to keep"
+    s.release(a, R1)
+    s.release(a, R2)
+    s.validate()
+    assert a not in s.entries
+    # an object nobody pins is dropped at once: nothing to revoke
+    c = _oid(3)
+    _sealed(s, c, 10_000)
+    assert not [i for i in s.handle(Free((c,), OWNER)) if isinstance(i, RevokePins)]
+    assert c not in s.entries
 
 
 def test_pins_count_per_client():

@@ -29,7 +29,6 @@ from actorcore.scheduler import LocalScheduler
 from actorcore.store import Arena, SessionDirs
 
 from .. import _protocol as P
-from .._cluster_node import join_cluster
 from .._config import Config
 from .._obs._observer import NodeObserver, ObservabilityMixin
 from .._rpc import DEFERRED, RpcPeer, Service, handles
@@ -40,6 +39,7 @@ from . import _events as E
 from ._actors import ActorService
 from ._info import InfoService
 from ._lifecycle import ActorLifecycle
+from ._packages import RuntimeEnvService
 from ._pool import WorkerPool
 from ._state import NodeState
 from ._store import StoreService
@@ -105,7 +105,7 @@ class NodeDaemon(Service):
             idle_timeout_s=config.worker_idle_timeout_s,
         )
         self.workers = WorkerRegistry()
-        self.store = StoreService(self.state.store, arena, dirs, self.apply)
+        self.store = StoreService(self.state.store, arena, dirs, self.apply, self._process_peer)
         self.transfer = TransferService(
             self.store,
             node_id=node_id,
@@ -116,9 +116,18 @@ class NodeDaemon(Service):
         self.control: Any = EmbeddedControlStore()
         self.actor_table = ActorTable(self.control)
         self.names = NameRegistry(self.control)
-        self.cluster = join_cluster(self, cluster)  # etcd-backed control state in a cluster
+        self.cluster: Any = None
+        if cluster:  # etcd-backed control state; the etcd client loads only in a cluster
+            from .._cluster_node import join_cluster
+
+            self.cluster = join_cluster(self, cluster)
         self.actor_service = ActorService(
             self.state, self.workers, self.apply, self.actor_table, self.names
+        )
+        self.runtime_env = RuntimeEnvService(
+            os.path.join(dirs.disk_dir, "runtime_env"),
+            daemon=self,
+            max_bytes=config.runtime_env_max_bytes,
         )
         self.obs = NodeObserver(self)  # observability hook (actorcore._obs)
         self.info = InfoService(
@@ -129,6 +138,7 @@ class NodeDaemon(Service):
             self.store,
             self.actor_service,
             self.info,
+            self.runtime_env,
             _ObservabilityService(self.obs, self.workers),
         ]
         self.conns: dict[bytes, set[RpcPeer]] = {}
@@ -156,6 +166,7 @@ class NodeDaemon(Service):
             E.Later: self._later,
             E.WakeReaders: self.store.wake,
             E.DeleteFile: self.store.delete_file,
+            E.RevokePins: self.store.revoke,
             E.Refused: self._refused,
         }
 
@@ -185,6 +196,7 @@ class NodeDaemon(Service):
                 if tag in table:
                     raise RuntimeError(f"two node services handle {P.Tag(tag).name}")
                 table[tag] = fn
+        self.runtime_env.install(table)  # work naming a runtime env waits for its packages
         return table
 
     async def serve(self) -> None:
@@ -293,6 +305,7 @@ class NodeDaemon(Service):
             "session": self.dirs.session,
             "uptime_s": time.time() - self.started_at,
             "drivers": len(self.drivers),
+            "runtime_env": self.runtime_env.statistics(),
         }
 
     # --- events in, instructions out ---------------------------------------------------
@@ -330,7 +343,16 @@ class NodeDaemon(Service):
 
     def _start_workers(self, ins: E.StartWorker) -> None:
         assert self.pool is not None
-        self.pool.start(ins.count)
+        if not ins.env:
+            self.pool.start(ins.count)
+            return
+        env = self.runtime_env.worker_env(ins.env)
+        if env is None:  # (never: work naming an env is let in once the env is ready)
+            logger.error("no runtime env %s on this node: its workers are not started", ins.env)
+            for _ in range(ins.count):
+                self.apply(E.WorkerStartFailed(ins.env))
+            return
+        self.pool.start(ins.count, env.boot())
 
     def _stop_worker(self, ins: E.StopWorker) -> None:
         rec = self.workers.get(ins.worker_id)
@@ -359,6 +381,16 @@ class NodeDaemon(Service):
         self._send_to(
             ins.client, P.ErrorReplyMsg(0, "PermissionError", ins.message, pickle.dumps(err))
         )
+
+    def _process_peer(self, process_id: bytes) -> RpcPeer | None:
+        """The connection a driver or worker serves requests on (its runtime's own)."""
+        peer = self.drivers.get(process_id)
+        if peer is None:
+            rec = self.workers.get(process_id)
+            peer = rec.peer if rec is not None else None
+        if peer is None or peer.conn is None or peer.conn.closed:
+            return None
+        return peer
 
     def _send_to(self, process_id: bytes, msg: Any) -> None:
         for peer in self.conns.get(process_id, ()):
@@ -401,6 +433,7 @@ class NodeDaemon(Service):
             self._worker_gone(rec, f"its worker process (pid {rec.pid}) died")
         if not peers:
             self.conns.pop(pid, None)
+            self.runtime_env.process_gone(pid)  # its unfinished uploads
             self.apply(E.ProcessGone(pid))
             if self.cluster is not None:
                 self.cluster.work.owner_gone(pid)  # its actors created on other nodes
@@ -420,8 +453,8 @@ class NodeDaemon(Service):
         if rec is None:
             if pid in self._exited:
                 self._exited.discard(pid)  # its connection closed first: handled
-            else:
-                self.apply(E.WorkerStartFailed())  # it died before registering
+            else:  # it died before registering
+                self.apply(E.WorkerStartFailed(self.pool.env_of.get(pid, "") if self.pool else ""))
             return
         self._exited.discard(pid)
         self._worker_gone(rec, f"its worker process (pid {pid}) exited with code {code}")
@@ -434,7 +467,8 @@ class NodeDaemon(Service):
         if msg.pid not in self.pool.pids:
             raise ProtocolError(f"pid {msg.pid} is not a worker this daemon started")
         self.workers.add(WorkerRec(msg.worker_id, msg.pid, peer, list(msg.address)))
-        self.apply(E.WorkerStarted(msg.worker_id, time.monotonic()))
+        env = self.runtime_env.worker_env(self.pool.env_of.get(msg.pid, ""))
+        self.apply(E.WorkerStarted(msg.worker_id, time.monotonic(), env.digest if env else ""))
         if self.cluster is not None:  # how long the worker may serve (actorcore._fencing)
             vouch = self.cluster.membership.fencer.vouch_remaining()
             return {"sys_path": self.sys_path, "vouch_s": vouch}

@@ -25,6 +25,7 @@ from actorcore.store import (
     Free,
     Refused,
     RestoreDone,
+    RevokePins,
     Seal,
     WakeReaders,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "Reply",
     "RestoreDone",
     "RevokeLease",
+    "RevokePins",
     "Seal",
     "StartActor",
     "StartWorker",
@@ -136,11 +138,14 @@ class Tick:
 class WorkerStarted:
     worker_id: bytes
     now: float = 0.0
+    env: str = ""  # the runtime environment it was started with (its hash)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerStartFailed:
     """A worker died before it registered."""
+
+    env: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import socket
+import struct
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["WorkerPool"]
 
@@ -29,16 +32,23 @@ class WorkerPool:
         self.zygote_pid = zygote_pid
         self.on_exit = on_exit
         self.pids: set[int] = set()  # live workers, registered or not
+        self.env_of: dict[int, str] = {}  # worker pid -> its runtime env's hash (if any)
         self._buf = b""
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._on_readable)
         self.closed = False
 
-    def start(self, n: int) -> None:
+    def start(self, n: int, env: dict[str, Any] | None = None) -> None:
+        """Fork ``n`` workers; ``env``: a runtime env's ``WorkerEnv.boot()`` to apply."""
         if self.closed or n <= 0:
             return
+        if env is None:
+            request = b"F" * n
+        else:
+            blob = json.dumps({**env, "count": n}).encode()
+            request = b"E" + struct.pack("<I", len(blob)) + blob
         try:
-            self.sock.send(b"F" * n)
+            self.sock.sendall(request)
         except OSError as e:
             logger.error("the fork server is gone: %s", e)
 
@@ -61,9 +71,12 @@ class WorkerPool:
             pid = int(pid_s)
             if kind == "P":
                 self.pids.add(pid)
+                if rest:
+                    self.env_of[pid] = rest[0]
             elif kind == "X":
                 self.pids.discard(pid)
                 self.on_exit(pid, int(rest[0]) if rest else -1)
+                self.env_of.pop(pid, None)
 
     def kill(self, pid: int) -> None:
         if pid in self.pids:

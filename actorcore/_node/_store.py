@@ -33,6 +33,7 @@ from actorcore.store import (
     NeedSpill,
     ObjectState,
     RestoreDone,
+    RevokePins,
     Seal,
     SessionDirs,
     StoreState,
@@ -40,12 +41,14 @@ from actorcore.store import (
 )
 
 from .. import _protocol as P
-from .._rpc import DEFERRED, RpcPeer, Service, handles
+from .._rpc import DEFERRED, RpcPeer, Service, handles, next_rid
 from ..errors import ObjectLostError, ObjectStoreFullError
 
 __all__ = ["StoreService"]
 
 logger = logging.getLogger(__name__)
+
+REVOKE_TIMEOUT_S = 5.0  # a process that does not answer a revocation in time is not waited for
 
 
 def _write_file(arena: Arena, offset: int, size: int, path: str) -> str | None:
@@ -93,16 +96,21 @@ class StoreService(Service):
         arena: Arena,
         dirs: SessionDirs,
         apply: Callable[[Any], None] | None = None,
+        peer_of: Callable[[bytes], RpcPeer | None] | None = None,
     ) -> None:
         """``apply`` hands store events to the node state (which routes them to
         ``state`` and has the daemon carry out the result); without it (a store
-        on its own, as in tests) they go to ``state`` directly."""
+        on its own, as in tests) they go to ``state`` directly. ``peer_of``
+        finds the connection a process serves requests on (to revoke the pins
+        of its read cache); without it no pin is ever revoked."""
         super().__init__()
         self.state = state
         self.arena = arena
         self.dirs = dirs
         self.apply = apply if apply is not None else self._apply_alone
+        self.peer_of = peer_of
         self._spills: dict[bytes, asyncio.Future[None]] = {}
+        self.revocations = 0  # objects whose cached pins were revoked (stats)
 
     # --- instructions --------------------------------------------------------------
 
@@ -112,6 +120,8 @@ class StoreService(Service):
                 self.wake(ins)
             elif isinstance(ins, DeleteFile):
                 self.delete_file(ins)
+            elif isinstance(ins, RevokePins):
+                self.revoke(ins)
             else:
                 logger.warning("refused a request of %r: %s", ins.client, ins.message)
 
@@ -126,6 +136,48 @@ class StoreService(Service):
 
     def delete_file(self, ins: DeleteFile) -> None:
         _unlink(ins.path)
+
+    # --- read caches ----------------------------------------------------------------
+
+    def revoke(self, ins: RevokePins) -> None:
+        """Carry out a :class:`RevokePins` instruction (nobody waits for the answer)."""
+        self.revoke_pins(ins)
+
+    def revoke_pins(self, ins: RevokePins) -> asyncio.Future[Any] | None:
+        """Ask a process to drop its read cache's pins on some objects.
+
+        Returns a future done once the process answered (its releases, sent
+        before the answer on the same connection, are counted by then); None
+        when the process cannot be asked (it is gone: its pins go with it).
+        """
+        peer = self.peer_of(ins.client) if self.peer_of is not None else None
+        if peer is None:
+            return None
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def answered(reply: Any) -> None:
+            if not fut.done():
+                fut.set_result(reply)
+
+        self.revocations += len(ins.oids)
+        try:
+            peer.request(P.RevokePinsMsg(next_rid(), list(ins.oids)), answered)
+        except ConnectionError:
+            return None
+        return fut
+
+    async def _revoke_cached_pins(self) -> bool:
+        """Make read caches let go of what they pin; True if any was asked (then
+        a request that found no room may try again once)."""
+        asked = [
+            fut
+            for client, oids in self.state.cached_pins().items()
+            if (fut := self.revoke_pins(RevokePins(client, tuple(oids)))) is not None
+        ]
+        if not asked:
+            return False
+        await asyncio.wait(asked, timeout=REVOKE_TIMEOUT_S)
+        return True
 
     # --- writers -------------------------------------------------------------------
 
@@ -167,11 +219,15 @@ class StoreService(Service):
         Raises:
             ObjectStoreFullError: when spilling cannot make room.
         """
+        revoked = False
         while True:
             r = self.state.create(oid, size, creator, owner)
             if isinstance(r, Created):
                 return r.offset
             if isinstance(r, Full):
+                if not revoked and await self._revoke_cached_pins():
+                    revoked = True
+                    continue
                 raise ObjectStoreFullError(r.message)
             await self._spill(r.oids)
 
@@ -290,11 +346,15 @@ class StoreService(Service):
             return None
 
     async def _restore(self, oid: bytes) -> None:
+        revoked = False
         while True:
             r = self.state.begin_restore(oid)
             if r is None:
                 return
             if isinstance(r, Full):
+                if not revoked and await self._revoke_cached_pins():
+                    revoked = True
+                    continue
                 raise ObjectStoreFullError(r.message)
             if isinstance(r, NeedSpill):
                 await self._spill(r.oids)

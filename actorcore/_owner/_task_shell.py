@@ -22,6 +22,7 @@ from .._execution import current_task
 from .._ref import ObjectRef
 from .._refcount import ERROR, STORE, wake
 from .._rpc import error_from_reply, next_rid
+from .._runtime_env import spec_of_shape
 from ..errors import ActorCoreError
 from . import _task_events as E
 from ._deps import ready_now, resolve_deps
@@ -141,7 +142,7 @@ class TaskSubmitter:
     # --- instructions: leases ---------------------------------------------------------------
 
     def _request_lease(self, ins: E.RequestLease) -> None:
-        msg = P.RequestLeaseMsg(ins.rid, ins.shape)
+        msg = P.RequestLeaseMsg(ins.rid, ins.shape, spec_of_shape(ins.shape))
         cb = functools.partial(self._on_grant, ins.rid)
         if ins.daemon is None:
             self._request_on(self.rt.daemon, msg, cb)

@@ -1,0 +1,70 @@
+"""runtime_env across two network "hosts" (namespaces on a test bridge): a module that
+exists only in the driver's temporary directory is imported by a worker of the other
+host, from the package its daemon pulled over the bridge (issue 8 items 8 and 9).
+Needs root and ``ip``; skipped with the reason otherwise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from actorcore.gcs import EtcdProcess
+
+from actorcore.testing import Cluster, NetnsHosts, netns_unavailable
+
+pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
+
+DRIVER = """
+import json, os, sys, tempfile
+import actorcore as ac
+d = tempfile.mkdtemp()
+with open(os.path.join(d, "netns_only_mod.py"), "w") as f:
+    f.write("WHO = 'shipped'\\n")
+ac.init(address=ADDRESS, runtime_env={"working_dir": d, "env_vars": {"HOSTVAR": "h"}})
+
+@ac.remote(resources={"h1": 1})
+def there():
+    import netns_only_mod
+    return [ac.get_runtime_context().get_node_id(), netns_only_mod.WHO,
+            netns_only_mod.__file__.startswith(os.getcwd()), os.environ["HOSTVAR"]]
+
+print(json.dumps(ac.get(there.remote(), timeout=90)))
+ac.shutdown()
+"""
+
+
+def test_driver_code_reaches_a_namespaced_host():
+    why = netns_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with NetnsHosts(count=2) as hosts:
+        with EtcdProcess(namespace="unused", extra_hosts=(hosts.bridge_ip,)) as etcd:
+            cluster = Cluster(num_nodes=0, etcd=etcd, etcd_host=hosts.bridge_ip, ttl_s=3.0)
+            cluster.start()
+            try:
+                for i in range(2):
+                    cluster.add_node(
+                        num_cpus=1,
+                        resources={f"h{i}": 2},
+                        node_ip=hosts.ip_of(i),
+                        wrap=hosts.wrap(i),
+                        wait=False,
+                    )
+                cluster.wait_registered(60)
+                code = textwrap.dedent(DRIVER.replace("ADDRESS", repr(cluster.address)))
+                run = subprocess.run(
+                    [*hosts.wrap(0), sys.executable, "-c", code],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    env=dict(os.environ),
+                )
+            finally:
+                cluster.shutdown()
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got == [cluster.nodes[1].node_id, "shipped", True, "h"]
