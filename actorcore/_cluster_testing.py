@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -192,6 +193,19 @@ class Cluster:
             "node_id": rec["node_id"],
             "address": [rec["address"], int(rec["port"])],
         }
+        # registered is not ready: its node file is written once it serves (as the
+        # first start's ready line), and every live node must list it
+        path = os.path.join("/dev/shm", "actorcore-" + str(node.ready["session"]), "node.json")
+
+        def serving() -> bool:
+            try:
+                with open(path) as f:
+                    return bool(json.load(f).get("node_id") == rec["node_id"])
+            except (OSError, ValueError):
+                return False
+
+        wait_for(serving, timeout, interval=0.05, what=f"node {rec['node_id'][:8]} serving")
+        self.wait_registered(timeout)
         return old
 
     @staticmethod
