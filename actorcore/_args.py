@@ -4,11 +4,14 @@ Top-level ObjectRef arguments are replaced by :class:`Dep` placeholders and
 resolved by the caller before sending (their values travel with the call, or
 the worker reads them from the store); refs nested deeper travel as refs.
 Arguments bigger than the inline threshold go to the store once, whatever the
-number of retries.
+number of retries; on a thread running an event loop they are written in
+the background (the call returns at once) and the call waits for the seal
+like for a ref argument (:class:`SealWait`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from ._ref import ObjectRef
@@ -18,7 +21,14 @@ from ._serialization import serialize
 if TYPE_CHECKING:
     from ._runtime import CoreRuntime
 
-__all__ = ["Dep", "FunctionDescriptor", "PreparedArgs", "prepare_args", "resolve_dep"]
+__all__ = [
+    "Dep",
+    "FunctionDescriptor",
+    "PreparedArgs",
+    "SealWait",
+    "prepare_args",
+    "resolve_dep",
+]
 
 
 class Dep:
@@ -31,6 +41,17 @@ class Dep:
 
     def __reduce__(self) -> Any:
         return (Dep, (self.i,))
+
+
+class SealWait:
+    """A dependency with no value to send: the call waits until the store object of
+    its arguments, written in the background, is sealed (the last of ``deps``)."""
+
+    __slots__ = ("id", "owner")
+
+    def __init__(self, oid: bytes, owner: tuple[Any, ...]) -> None:
+        self.id = oid
+        self.owner = owner
 
 
 class FunctionDescriptor:
@@ -85,12 +106,16 @@ def prepare_args(
     p.nested_ids = [r.id for r in ser.nested]
     if ser.size > rt.config.inline_threshold:
         # big arguments go through the store once, whatever the number of retries
-        ref = rt.put_serialized(ser)
+        if asyncio._get_running_loop() is not None:  # a loop must not wait on the daemon
+            ref = rt.put_serialized(ser, background=True)
+            deps.append(SealWait(ref.id, ref.owner))
+        else:
+            ref = rt.put_serialized(ser)
         p.store_ref = ref
         p.payload = [STORE, ref.id, [rt.node.node_id]]  # (and the node holding it)
     else:
         p.payload = ser.payload()
-    p.held = [d.id for d in deps] + p.nested_ids
+    p.held = [d.id for d in deps if type(d) is not SealWait] + p.nested_ids
     if p.store_ref is not None:
         p.held.append(p.store_ref.id)
     return p

@@ -177,10 +177,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"  object store: {store['used'] / mb:.1f}/{store['capacity'] / mb:.0f} MiB, "
         f"{store['objects']} objects, {store['spilled']} spilled"
     )
+    _print_cluster(node)
     from ._obs._cli import print_dashboard  # observability hook
 
     print_dashboard(node)
     return 0
+
+
+def _print_cluster(node: dict[str, Any]) -> None:
+    """The cluster's nodes, resources, and which node runs the global placer."""
+    from . import _protocol as P
+    from ._rpc import next_rid
+
+    try:
+        placer = _ask(node, P.ClusterInfoMsg(next_rid(), "placer"))
+    except (OSError, ConnectionError, ValueError, KeyError):
+        return  # a single machine: no cluster part
+    if not isinstance(placer, dict):
+        return
+    nodes = _ask(node, P.ClusterInfoMsg(next_rid(), "nodes"))
+    total = _ask(node, P.ClusterInfoMsg(next_rid(), "total"))
+    avail = _ask(node, P.ClusterInfoMsg(next_rid(), "available"))
+    alive = sum(1 for n in nodes if n.get("Alive"))
+    print(f"cluster: {alive} node(s) alive, {len(nodes) - alive} dead")
+    if placer.get("node_id"):
+        addr = placer.get("address") or ["?", "?"]
+        print(f"  placer: node {placer['node_id']} at {addr[0]}:{addr[1]}")
+    else:
+        print("  placer: none (an election is under way)")
+    for k in sorted(total):
+        if k in ("memory", "object_store_memory") or ":" in k or "_group_" in k:
+            continue
+        print(f"  {k}: {total[k] - avail.get(k, 0):g}/{total[k]:g} in use (cluster)")
 
 
 def cmd_memory(args: argparse.Namespace) -> int:

@@ -13,14 +13,25 @@ local node alone cannot:
 * ``WAIT_ACTOR``: where an actor hosted by another node is (callers then talk
   to its worker directly), waiting on its record's watch until it is ALIVE;
 * ``KILL_ACTOR``: forwarded to the node hosting the actor.
+
+It also runs the cluster's global placer election (``actorcore._placer_service``)
+and, while this node holds it, the placer (``SPILL_WORK``, ``PLACER_REPORT``);
+``CLUSTER_INFO "placer"`` says which node holds it. To run something on the
+placer's node only (e.g. a cluster-wide dashboard), subscribe to the election:
+``daemon.cluster.election.subscribe(on_elected=..., on_lost=...)`` (plain
+callbacks on the daemon's loop; ``on_elected`` runs at once if this node holds
+the placer already). Placement groups across nodes enter the placer through
+``daemon.cluster.placer_host`` (None unless this node holds it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,10 +45,12 @@ from actorcore.gcs import (
 )
 
 from . import _protocol as P
-from ._cluster_work import ClusterWork
+from ._cluster_work import REQUEUE_S, ClusterWork
 from ._fencing import wait_to_rejoin
 from ._membership import Membership
-from ._peers import ClusterSpec, node_record
+from ._peers import ClusterSpec, Joined, Left, node_record
+from ._placer_client import PlacerClient
+from ._placer_service import PlacerElection, PlacerHost, PlacerMovedError, strategy_from_wire
 from ._rpc import DEFERRED, RpcPeer, next_rid
 
 __all__ = ["ClusterNode", "join_cluster"]
@@ -145,6 +158,7 @@ class ClusterNode:
             daemon.token,
             limits,
             local_load=lambda: dict(daemon.sched.available),
+            on_change=self._membership_changed,
             on_fence=getattr(daemon, "fence", None),
         )
         # control changes wait out an etcd outage (membership's lease calls do not)
@@ -154,6 +168,16 @@ class ClusterNode:
         self._orig: dict[int, Handler] = {}
         self.rejoining = False
         self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees
+        # the global placer: elected among the nodes; runs here while this node holds it
+        self.election = PlacerElection(self.membership, tuple(daemon.address))
+        self.placer_host: PlacerHost | None = None
+        self.placer = PlacerClient(
+            self.election, self.membership, self.work.load_sample, lambda: self.placer_host
+        )
+        self.work.placer = self.placer
+        self._requeue: asyncio.Task[None] | None = None
+        self.election.subscribe(self._placer_elected, self._placer_lost)
+        self.election.watch(lambda _holder: self.placer.poke())  # a full report to a new one
 
     async def start(self, handlers: dict[int, Handler]) -> None:
         """Answer for the cluster through ``handlers`` (changed in place), then join."""
@@ -166,6 +190,8 @@ class ClusterNode:
             self._orig[int(tag)] = handlers[int(tag)]
             handlers[int(tag)] = fn
         handlers[int(P.Tag.LOAD_REPORT)] = self.on_load_report
+        handlers[int(P.Tag.PLACER_REPORT)] = self.on_placer_report
+        handlers[int(P.Tag.SPILL_WORK)] = self.on_spill_work
         self.work.install(handlers)
         transfer = getattr(self.daemon, "transfer", None)
         if transfer is not None and transfer.listener is not None:
@@ -174,9 +200,27 @@ class ClusterNode:
         # a join waits out an etcd outage; a fenced node back as a new one may still be
         # cut off: it waits as long as it takes (actorcore._fencing)
         await wait_to_rejoin(self.membership.start, None if self.rejoining else JOIN_WAIT_S)
+        self.election.start()
+        self.placer.start()
+        self._requeue = asyncio.get_running_loop().create_task(self._requeue_loop())
+
+    async def _requeue_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REQUEUE_S)  # a periodic look at this node's queue
+            try:
+                self.work.requeue(time.monotonic())
+            except Exception:
+                logger.exception("re-spilling queued work failed")
 
     async def leave(self) -> None:
+        if self._requeue is not None:
+            self._requeue.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._requeue
         try:
+            await self.election.resign()
+            await self.placer.aclose()
+            await self.election.aclose()
             await self.membership.leave()
         except Exception:  # the daemon's close goes on whatever happens here
             logger.exception("leaving the cluster failed")
@@ -201,12 +245,71 @@ class ClusterNode:
         if what == "available":
             local = self._local(P.Tag.CLUSTER_INFO, peer, msg, b)
             return self.membership.available(local)
+        if what == "placer":
+            return self.placer_info()
         return self._local(P.Tag.CLUSTER_INFO, peer, msg, b)
 
     def on_load_report(self, peer: RpcPeer, msg: P.LoadReportMsg, b: list[bytes]) -> Any:
         assert peer.conn is not None
         self.membership.on_load_report(peer.conn.peer_id, msg)
         return DEFERRED
+
+    # --- the global placer (actorcore._placer_service) ----------------------------------
+
+    def placer_info(self) -> dict[str, Any]:
+        """Which node holds the placer (``node_id`` None: an election is under way)."""
+        holder = self.election.holder
+        rec = self.membership.table.live.get(holder) if holder else None
+        out: dict[str, Any] = {
+            "node_id": holder.hex() if holder else None,
+            "address": [rec["address"], rec["port"]] if rec else None,
+            "spills_from_here": self.placer.spills,
+        }
+        if self.placer_host is not None:
+            out.update(self.placer_host.statistics())
+        return out
+
+    def _placer_elected(self) -> None:
+        logger.info("this node (%s) now runs the cluster's placer", self.node_id.hex())
+        self.placer_host = PlacerHost(dict(self.membership.table.live))
+        self.placer_host.start()
+        self.placer.poke()
+
+    def _placer_lost(self) -> None:
+        logger.info("this node (%s) no longer runs the cluster's placer", self.node_id.hex())
+        host, self.placer_host = self.placer_host, None
+        if host is not None:
+            host.close()
+
+    def _membership_changed(self, changes: list[Joined | Left]) -> None:
+        host = self.placer_host
+        if host is None:
+            return
+        for ch in changes:
+            if isinstance(ch, Joined):
+                host.node_joined(ch.node_id, ch.record)
+            else:
+                host.node_left(ch.node_id)
+
+    def on_placer_report(self, peer: RpcPeer, msg: P.PlacerReportMsg, b: list[bytes]) -> Any:
+        assert peer.conn is not None
+        host = self.placer_host
+        if host is not None and bytes(msg.node_id) == peer.conn.peer_id:
+            host.report(msg)  # (only a node may report for itself)
+        return DEFERRED
+
+    async def on_spill_work(self, peer: RpcPeer, msg: P.SpillWorkMsg, b: list[bytes]) -> Any:
+        host = self.placer_host
+        if host is None:
+            raise PlacerMovedError(f"node {self.node_id.hex()} does not hold the placer")
+        assert peer.conn is not None
+        origin = peer.conn.peer_id
+        if msg.report is not None and bytes(msg.report[0]) == origin:
+            host.report(P.PlacerReportMsg(*msg.report))
+        shape = {str(k): float(v) for k, v in dict(msg.shape).items()}
+        args = {bytes(k): int(v) for k, v in dict(msg.args or {}).items()}
+        strategy = strategy_from_wire(msg.strategy)
+        return await host.place(bytes(msg.work_id), shape, strategy, args, origin)
 
     # --- actors on other nodes ----------------------------------------------------------
 

@@ -2,47 +2,65 @@
 
 :class:`ClusterWork` wraps a cluster node daemon's handlers so that
 
-* a lease request the local node can never satisfy (a resource only another
-  node has, or a hard node affinity naming another node) is answered with a
-  redirect ``["redirect", node id, daemon address]``: the owner asks that
-  node's daemon, gets a worker there, and gives the lease back there;
-* an actor whose shape only another node satisfies is created there (the
-  request is forwarded to that node's daemon; its record goes to etcd as
+* a lease request or an actor creation goes where :func:`route` says (two-level
+  scheduling, DESIGN section 5): this node's queue when it can start here now
+  (local first: no round trip to anyone), or when the node is not busy past the
+  spill thresholds (``scheduler.SpillPolicy``); otherwise the cluster's global
+  placer chooses a node (feasible, then locality by argument bytes, then least
+  loaded; ``SPREAD`` round-robins; soft node affinity prefers its node when it
+  has room now). A lease placed on another node is answered with a redirect
+  ``["redirect", node id, daemon address]``: the owner asks that node's daemon
+  (marking the request placed, so it is not sent on again), gets a worker there,
+  and gives the lease back there. An actor placed elsewhere is created there
+  (the request is forwarded to that node's daemon; its record goes to etcd as
   every actor's does, so ``WAIT_ACTOR`` finds it);
 * ``PULL_OBJECT`` accepts holders given as node ids (mapped to the nodes'
   transfer addresses from the peer table);
 * ``FREE_OBJECTS`` from a local process is also sent to every peer daemon, so
   the copies pulled elsewhere are freed with the primary.
 
-The choice of a node is :func:`pick_node` ("first feasible peer, most
-available first"); the cluster's global placer replaces it.
+Work no node can ever run waits at the placer (one warning to this node's
+drivers per shape, naming what is missing and the largest node's offer) and is
+placed when a fitting node joins.
 
-A hard node affinity travels in a shape as the pseudo-resource
-``node:<hex>`` (``scheduler.NODE_AFFINITY_PREFIX``; the node state drops it
-on its own node and refuses a dead or unknown node); a soft one, when a
-caller pins it, as ``node_affinity_soft:<hex>``. :func:`split_affinity`
-reads both.
+A hard node affinity travels in a shape as the pseudo-resource ``node:<hex>``
+(``scheduler.NODE_AFFINITY_PREFIX``; a live other node gets the work straight
+away, the node state drops it on its own node and refuses a dead or unknown
+node); a soft one as ``node_affinity_soft:<hex>``, SPREAD as
+``scheduling:spread`` (hints the node state drops). :func:`split_affinity`
+reads the affinities.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from actorcore.scheduler import Decision, LocalView, SpillConfig, SpillPolicy
 from actorcore.scheduler import _resources as R
+from actorcore.scheduler import placer_msgs as M
 from actorcore.store._results import Free
 
 from . import _protocol as P
+from ._node import _events as NE
 from ._rpc import DEFERRED, RpcPeer, next_rid
 
-__all__ = ["AFFINITY", "AFFINITY_SOFT", "ClusterWork", "pick_node", "split_affinity"]
+if TYPE_CHECKING:
+    from ._placer_client import PlacerClient
+
+__all__ = ["AFFINITY", "AFFINITY_SOFT", "LOCAL", "ClusterWork", "route", "split_affinity"]
 
 logger = logging.getLogger(__name__)
 
 AFFINITY = R.NODE_AFFINITY_PREFIX  # hard: the node state checks it names a live node
-AFFINITY_SOFT = "node_affinity_soft:"
+AFFINITY_SOFT = R.NODE_AFFINITY_SOFT_PREFIX
+# a task whose store arguments hold this many more bytes on another node goes
+# to the placer (which sends it there when that node has room: locality)
+LOCALITY_MIN_BYTES = 1 << 20
+REQUEUE_S = 0.05  # how often queued requests are looked at (and their least wait)
 _IGNORED = ("memory", "object_store_memory")
 Handler = Callable[[RpcPeer, Any, list[bytes]], Any]
 
@@ -66,20 +84,50 @@ def _usable(record: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in dict(record.get("resources") or {}).items()}
 
 
-def pick_node(
+LOCAL = "local"
+Route = str | bytes | tuple[dict[str, float], M.Strategy]
+
+
+def route(
     shape: Mapping[str, float],
-    live: Mapping[bytes, Mapping[str, Any]],
-    loads: Mapping[bytes, Mapping[str, float]],
-    exclude: bytes,
-) -> bytes | None:
-    """A live node other than ``exclude`` whose total fits ``shape``; those whose
-    last reported availability fits it too come first."""
-    want = {k: v for k, v in shape.items() if k not in _IGNORED}
-    feasible = [n for n, rec in live.items() if n != exclude and not R.missing(_usable(rec), want)]
-    for n in feasible:
-        if n in loads and not R.missing(dict(loads[n]), want):
-            return n
-    return feasible[0] if feasible else None
+    view: LocalView,
+    live: Mapping[bytes, Any],
+    policy: SpillPolicy,
+    now: float,
+    args: Mapping[bytes, int] | None = None,
+) -> Route:
+    """Where work of ``shape`` submitted on ``view``'s node goes (no I/O).
+
+    ``LOCAL``: this node's queue (also a hard affinity to a dead node, which the
+    node state refuses, saying why); a node id: straight to that node (hard
+    affinity to a live one); ``(shape, strategy)``: ask the placer.
+    """
+    if R.PLACED_KEY in shape:
+        return LOCAL  # the placer chose this node already: no ping-pong
+    base, target, soft = split_affinity(shape)
+    spread = R.SPREAD_KEY in base
+    base, _env = R.split_runtime_env(base)  # any node can start a worker of an env
+    want = {k: v for k, v in R.strip_hints(base).items() if k not in _IGNORED and v > 0}
+    me = view.node_id
+    if target is not None and not soft:
+        return target if target != me and target in live else LOCAL
+    strategy: M.Strategy = M.DEFAULT
+    if target is not None:
+        strategy = M.NodeAffinity(target, True)
+    elif spread:
+        strategy = M.SPREAD
+    elif args and _elsewhere(args, me) >= LOCALITY_MIN_BYTES:
+        return want, M.DEFAULT  # most of its arguments live on another node
+    if policy.decide(want, view, now, strategy) is Decision.LOCAL:
+        return LOCAL
+    return want, strategy
+
+
+def _elsewhere(args: Mapping[bytes, int], me: bytes) -> int:
+    """How many more argument bytes the best other node holds than this one."""
+    here = args.get(me, 0)
+    best = max((v for k, v in args.items() if k != me), default=0)
+    return best - here
 
 
 class ClusterWork:
@@ -93,6 +141,19 @@ class ClusterWork:
         # owner process -> its (non-detached) actors created on other nodes through us
         self.forwarded: dict[bytes, dict[bytes, bytes]] = {}
         self._owner_of: dict[bytes, bytes] = {}  # actor -> its owner, for the above
+        cfg = getattr(daemon, "config", None)
+        self.policy = SpillPolicy(
+            SpillConfig(
+                queue_per_cpu=float(getattr(cfg, "spill_queue_per_cpu", 0.0)),
+                max_wait_s=float(getattr(cfg, "spill_max_wait_s", 0.0)),
+            )
+        )
+        self.placer: PlacerClient | None = None  # set once the cluster node starts
+        self._view = LocalView(self.node_id, {})
+        self._queued_since: float | None = None
+        self._warned: set[tuple[tuple[str, float], ...]] = set()
+        # lease requests queued here by the policy: (peer, rid) -> what to spill them with
+        self._queued: dict[tuple[Any, int], tuple[Any, list[bytes], Any, Any, float]] = {}
 
     def install(self, handlers: dict[int, Handler]) -> None:
         """Wrap the daemon's handlers in ``handlers`` (changed in place)."""
@@ -111,39 +172,181 @@ class ClusterWork:
 
     # --- where work goes ---------------------------------------------------------------
 
-    def target_for(self, shape: Mapping[str, float]) -> bytes | None:
-        """The node that should take work of ``shape`` (None: this one, which also
-        refuses a hard affinity to a node that is not alive)."""
-        base, target, soft = split_affinity(R.normalize(dict(shape)))
-        base, _env = R.split_runtime_env(base)  # any node can start a worker of an env
+    def local_view(self, now: float) -> LocalView:
+        """This node's load for the spill policy (and the placer's reports)."""
+        sched = self.daemon.sched
+        qlen = len(sched.leases) + len(sched.actor_queue)
+        if not qlen:
+            self._queued_since = None
+        elif self._queued_since is None:
+            self._queued_since = now
+        self._view.available = sched.available
+        self._view.total = sched.total
+        self._view.queue_len = qlen
+        self._view.oldest_enqueued_at = now if self._queued_since is None else self._queued_since
+        return self._view
+
+    def load_sample(self) -> tuple[dict[str, float], dict[str, float], int, float]:
+        now = time.monotonic()
+        v = self.local_view(now)
+        return dict(v.available), dict(v.total), v.queue_len, now - v.oldest_enqueued_at
+
+    def _route(self, shape: Mapping[str, Any], args: Any = None) -> Route:
+        norm = R.normalize({str(k): float(v) for k, v in dict(shape).items()})
+        where = {bytes(k): int(v) for k, v in dict(args or {}).items()}
+        now = time.monotonic()
         live = self.membership.table.live
-        if target is not None and target != self.node_id:
-            fits = target in live and not R.missing(_usable(live[target]), base)
-            if fits or (target in live and not soft):
-                return target
-            if not soft:
-                return None  # a dead or unknown node: the local node refuses it, saying which
-        if (target == self.node_id and not soft) or not R.missing(self.daemon.total, base):
-            return None
-        return pick_node(base, live, self.membership.loads, self.node_id)
+        return route(norm, self.local_view(now), live, self.policy, now, where)
 
     def _daemon_address(self, node_id: bytes) -> list[Any]:
         rec = self.membership.table.live[node_id]
         return [node_id, rec["address"], int(rec["port"])]
 
+    async def place(
+        self, shape: dict[str, float], strategy: M.Strategy, args: Mapping[bytes, int]
+    ) -> bytes:
+        """The node the placer chooses (waits while nothing fits or no placer is elected).
+
+        Raises:
+            ValueError: it can never be placed as asked.
+        """
+        assert self.placer is not None
+        self._warn_if_infeasible(shape)
+        while True:
+            node = await self.placer.place(self.placer.new_work_id(), shape, strategy, dict(args))
+            if node == self.node_id or node in self.membership.table.live:
+                return node
+            logger.info("the placer chose node %s, gone since: asking again", node.hex())
+
+    def _warn_if_infeasible(self, shape: dict[str, float]) -> None:
+        """One warning per shape that no live node can ever run (it waits for one)."""
+        live = self.membership.table.live
+        if any(not R.missing(_usable(r), shape) for r in live.values()):
+            return
+        key = tuple(sorted(shape.items()))
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        best: dict[str, float] = {}
+        best_miss: dict[str, float] | None = None
+        for r in live.values():
+            miss = R.missing(_usable(r), shape)
+            if best_miss is None or sum(miss.values()) < sum(best_miss.values()):
+                best, best_miss = _usable(r), miss
+        names = ", ".join(f"{k}: {v:g}" for k, v in (best_miss or shape).items())
+        offer = {k: v for k, v in best.items() if k not in _IGNORED}
+        self.daemon._warn_drivers(
+            f"work needing {shape} cannot run on any node of the cluster: it lacks "
+            f"{names}; the largest node offers {offer}. It waits for a node that fits to join."
+        )
+
     def on_request_lease(self, peer: RpcPeer, msg: P.RequestLeaseMsg, b: list[bytes]) -> Any:
-        target = self.target_for({str(k): v for k, v in dict(msg.shape).items()})
-        if target is None:
-            return self._local(P.Tag.REQUEST_LEASE, peer, msg, b)
-        return ["redirect", target, self._daemon_address(target)]
+        where = self._route(msg.shape, msg.args)
+        if where == LOCAL or self.placer is None:
+            result = self._local(P.Tag.REQUEST_LEASE, peer, msg, b)
+            self._poke()
+            if self.placer is not None:
+                self._track(peer, msg, b)
+            return result
+        if isinstance(where, bytes):
+            return ["redirect", where, self._daemon_address(where)]
+        return self._spill_lease(peer, msg, b, *where)
+
+    async def _spill_lease(
+        self,
+        peer: RpcPeer,
+        msg: P.RequestLeaseMsg,
+        b: list[bytes],
+        shape: dict[str, float],
+        strategy: M.Strategy,
+    ) -> Any:
+        node = await self.place(shape, strategy, dict(msg.args or {}))
+        if node == self.node_id:
+            result = self._local(P.Tag.REQUEST_LEASE, peer, msg, b)
+            self._poke()
+            return result
+        return ["redirect", node, self._daemon_address(node)]
+
+    def _track(self, peer: RpcPeer, msg: P.RequestLeaseMsg, b: list[bytes]) -> None:
+        """Remember a request queued here by the spill policy (not one the placer or a
+        hard affinity sent here): once it has waited ``max_wait_s`` it is spilled."""
+        shape = {str(k): float(v) for k, v in dict(msg.shape).items()}
+        if R.PLACED_KEY in shape or any(k.startswith(AFFINITY) for k in shape):
+            return
+        key = (peer, msg.rid)
+        if any(r.key == key for r in self.daemon.sched.leases):
+            base, target, _soft = split_affinity(R.normalize(shape))
+            strategy: M.Strategy = M.NodeAffinity(target, True) if target else M.DEFAULT
+            if R.SPREAD_KEY in base:
+                strategy = M.SPREAD
+            base, _env = R.split_runtime_env(base)
+            want = {k: v for k, v in R.strip_hints(base).items() if k not in _IGNORED}
+            self._queued[key] = (msg, b, want, strategy, time.monotonic())
+
+    def requeue(self, now: float) -> None:
+        """Spill the tracked requests queued here for ``max_wait_s`` or more (their
+        node stayed busy): the placer finds them a node with room, or holds them."""
+        if not self._queued:
+            return
+        sched = self.daemon.sched
+        waiting = {r.key for r in sched.leases}
+        wait_s = max(self.policy.config.max_wait_s, REQUEUE_S)
+        for key, (msg, b, want, strategy, since) in list(self._queued.items()):
+            if key not in waiting:
+                del self._queued[key]  # granted, or its owner went away
+            elif now - since >= wait_s and not R.fits(sched.available, want):
+                # (with its resources free here it only waits for a worker to start)
+                del self._queued[key]
+                self.daemon.apply(NE.LeaseWithdrawn(key))
+                self.daemon.spawn(self._respill(key[0], msg, b, want, strategy))
+
+    async def _respill(
+        self,
+        peer: RpcPeer,
+        msg: P.RequestLeaseMsg,
+        b: list[bytes],
+        want: dict[str, float],
+        strategy: M.Strategy,
+    ) -> None:
+        try:
+            value = await self._spill_lease(peer, msg, b, want, strategy)
+        except Exception as e:  # the owner learns it (e.g. no node can ever take it)
+            peer.reply_error(msg.rid, e)
+            return
+        if value is not DEFERRED:
+            peer.reply(msg.rid, value)
+
+    def _poke(self) -> None:
+        if self.placer is not None:
+            self.placer.poke()
 
     def on_create_actor(self, peer: RpcPeer, msg: P.CreateActorMsg, b: list[bytes]) -> Any:
         spec = dict(msg.spec)
         if spec.get("forwarded_from"):  # a peer daemon chose this node
             return self._create_here(peer, msg, b)
-        target = self.target_for({str(k): v for k, v in dict(spec.get("shape") or {}).items()})
-        if target is None:
+        where = self._route(spec.get("shape") or {})
+        if where == LOCAL or self.placer is None:
             return self._local(P.Tag.CREATE_ACTOR, peer, msg, b)
+        if isinstance(where, bytes):
+            return self._forward_actor(peer, msg, where)
+        return self._spill_actor(peer, msg, b, *where)
+
+    async def _spill_actor(
+        self,
+        peer: RpcPeer,
+        msg: P.CreateActorMsg,
+        b: list[bytes],
+        shape: dict[str, float],
+        strategy: M.Strategy,
+    ) -> Any:
+        node = await self.place(shape, strategy, {})
+        if node == self.node_id:
+            result = self._local(P.Tag.CREATE_ACTOR, peer, msg, b)
+            return await result if asyncio.iscoroutine(result) else result
+        return await self._forward_actor(peer, msg, node)
+
+    def _forward_actor(self, peer: RpcPeer, msg: P.CreateActorMsg, target: bytes) -> Any:
+        spec = dict(msg.spec)
         assert peer.conn is not None
         owner = peer.conn.peer_id
         spec["forwarded_from"] = [self.node_id, owner]

@@ -34,8 +34,15 @@ class Config:
     spill_dir: str = ""  # "" = <tmp>/actorcore-spill-<session>
     # A frame is buffered whole before it is decoded: keep both limits modest.
     # Large values travel through the object store, never in a frame's header.
-    max_frame_bytes: int = 64 * MiB
-    max_header_bytes: int = 8 * MiB
+    max_frame_bytes: int = 64 * MiB  # ACTORCORE_MAX_FRAME_BYTES
+    max_header_bytes: int = 8 * MiB  # ACTORCORE_MAX_HEADER_BYTES
+    # Limits against a misbehaving local process or peer. Anyone who reaches a port
+    # (or the abstract Unix socket, which has no file permissions) may open sockets
+    # that never authenticate; a peer may stop reading what we send it.
+    max_pending_handshakes: int = 64  # ACTORCORE_MAX_PENDING_HANDSHAKES: per listener
+    handshake_timeout_s: float = 5.0  # ACTORCORE_HANDSHAKE_TIMEOUT_S: then dropped
+    send_high_water_bytes: int = 64 * MiB  # ACTORCORE_SEND_HIGH_WATER_BYTES: senders wait
+    send_max_queued_bytes: int = 512 * MiB  # ACTORCORE_SEND_MAX_QUEUED_BYTES: then dropped
     loop: str = "uvloop"  # "uvloop" or "asyncio": the runtime's own loops
     # idle workers kept warm (-1: one per CPU); more fork from the fork server on
     # demand in a few ms. One keeps an idle node small (issue 14: <= 150 MB).
@@ -63,6 +70,11 @@ class Config:
     transfer_chunk_bytes: int = 8 * MiB  # node-to-node object pulls: bytes per request
     transfer_timeout_s: float = 10.0  # a holder silent this long mid-pull is dropped
     transfer_serve_rate: float = 0.0  # bytes/s a node sends to pullers at most (0: no cap)
+    # two-level scheduling (scheduler.SpillConfig): a busy node spills to the placer
+    # once its queue holds this many items per CPU, or its oldest waited this long
+    # (0, 0: whatever cannot start now; bench/RESULTS.md "Scheduling simulation")
+    spill_queue_per_cpu: float = 0.0
+    spill_max_wait_s: float = 0.0
     runtime_env_max_bytes: int = 100 * MiB  # a runtime_env package (zipped) at most
     # observability (actorcore._obs)
     task_events: bool = True  # record task history (and user metrics) for the state API
@@ -99,10 +111,19 @@ class Config:
                 f"inline_threshold ({self.inline_threshold}) must be at most a quarter of "
                 f"max_header_bytes ({self.max_header_bytes}): inline values travel in headers"
             )
+        if self.max_pending_handshakes < 1 or not self.handshake_timeout_s > 0:
+            raise ValueError("max_pending_handshakes must be >= 1, handshake_timeout_s > 0")
+        if not 0 < self.send_high_water_bytes <= self.send_max_queued_bytes:
+            raise ValueError(
+                "need 0 < send_high_water_bytes <= send_max_queued_bytes, got "
+                f"{self.send_high_water_bytes} and {self.send_max_queued_bytes}"
+            )
         if not self.node_ttl_s > 0:
             raise ValueError("node_ttl_s must be > 0")
         if self.transfer_chunk_bytes <= 0 or self.transfer_timeout_s <= 0:
             raise ValueError("transfer_chunk_bytes and transfer_timeout_s must be > 0")
+        if self.spill_queue_per_cpu < 0 or self.spill_max_wait_s < 0:
+            raise ValueError("spill_queue_per_cpu and spill_max_wait_s must be >= 0")
         if self.task_history_size < 1:
             raise ValueError("task_history_size must be >= 1")
         for port in (self.metrics_export_port, self.dashboard_port):
@@ -123,6 +144,10 @@ class Config:
             "session_tag": _env("SESSION_TAG", ""),
             "max_header_bytes": int(_env("MAX_HEADER_BYTES", str(8 * MiB))),
             "max_frame_bytes": int(_env("MAX_FRAME_BYTES", str(64 * MiB))),
+            "max_pending_handshakes": int(_env("MAX_PENDING_HANDSHAKES", "64")),
+            "handshake_timeout_s": float(_env("HANDSHAKE_TIMEOUT_S", "5")),
+            "send_high_water_bytes": int(_env("SEND_HIGH_WATER_BYTES", str(64 * MiB))),
+            "send_max_queued_bytes": int(_env("SEND_MAX_QUEUED_BYTES", str(512 * MiB))),
             "node_ttl_s": float(_env("NODE_TTL_S", "10")),
             "cluster_token": _env("TOKEN", ""),
             "etcd_user": _env("ETCD_USER", ""),
@@ -131,6 +156,8 @@ class Config:
             "etcd_cert": _env("ETCD_CERT", ""),
             "etcd_key": _env("ETCD_KEY", ""),
             "attach_node": _env("ATTACH_NODE", ""),
+            "spill_queue_per_cpu": float(_env("SPILL_QUEUE_PER_CPU", "0")),
+            "spill_max_wait_s": float(_env("SPILL_MAX_WAIT_S", "0")),
             "task_events": _env("TASK_EVENTS", "1") not in ("0", "false", "no"),
             "metrics_export_port": int(_env("METRICS_EXPORT_PORT", "0")),
             "metrics_token": _env("METRICS_TOKEN", ""),
@@ -146,6 +173,18 @@ class Config:
             if value is not None:
                 values[key] = value
         return cls(**values)
+
+    def wire_limits(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`~actorcore._listener.Listener` for these limits
+        (also those of ``open_connection``, less the handshake ones)."""
+        return {
+            "max_header_bytes": self.max_header_bytes,
+            "max_frame_bytes": self.max_frame_bytes,
+            "max_pending_handshakes": self.max_pending_handshakes,
+            "handshake_timeout_s": self.handshake_timeout_s,
+            "high_water": self.send_high_water_bytes,
+            "max_queued": self.send_max_queued_bytes,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

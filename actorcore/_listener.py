@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._handshake import SERVER_HANDSHAKE_TIMEOUT_S, server_handshake
-from ._transport import Connection, Receiver, _tune
+from ._transport import SEND_HIGH_WATER, SEND_MAX_QUEUED, Connection, Receiver, _tune
 from .errors import AuthenticationError, ProtocolError
 
 __all__ = ["MAX_PENDING_HANDSHAKES", "Listener", "PendingHandshakes"]
@@ -92,6 +92,8 @@ class Listener:
         unix_name: str | None = None,
         max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
         handshake_timeout_s: float = SERVER_HANDSHAKE_TIMEOUT_S,
+        high_water: int = SEND_HIGH_WATER,
+        max_queued: int = SEND_MAX_QUEUED,
     ) -> None:
         self.loop = loop
         self._token = token
@@ -100,6 +102,7 @@ class Listener:
         self._make_receiver = make_receiver
         self._on_connection = on_connection
         self._limits = (max_header_bytes, max_frame_bytes)
+        self._send_limits = (high_water, max_queued)
         if sock is None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -171,6 +174,8 @@ class Listener:
             max_header_bytes=self._limits[0],
             max_frame_bytes=self._limits[1],
             leftover=leftover,
+            high_water=self._send_limits[0],
+            max_queued=self._send_limits[1],
         )
         conn.start()
         self._on_connection(conn)

@@ -59,17 +59,13 @@ def is_local(rt: CoreRuntime, e: Any) -> bool:
 
 
 def mark_local(rt: CoreRuntime, e: Any) -> None:
-    """Note that ``e``'s value now has a copy on this node."""
-    with rt.lock:
-        if e.locations is None:
-            e.locations = {rt.node.node_id}
-        else:
-            e.locations.add(rt.node.node_id)
+    """Note that ``e``'s value now has a copy on this node (any thread)."""
+    rt.objects.location(e.oid, rt.node.node_id, any_entry=True)
 
 
 def pull_async(rt: CoreRuntime, e: Any, done: Callable[[Any], None]) -> None:
     """Pull a READY entry's store value to this node; ``done(e)`` once it is here, or
-    the pull failed (reading it then raises). Any thread, may hold the runtime lock."""
+    the pull failed (reading it then raises). Any thread."""
     oid, holders, owner = e.oid, holders_of(e) or [], None if e.owned else e.owner
 
     def pulled(reply: Any) -> None:
@@ -164,8 +160,7 @@ def ensure_local(
 def _report(rt: CoreRuntime, oid: bytes, owner: Any) -> None:
     here = rt.node.node_id
     if owner is None or bytes(owner[0]) == rt.my_id:
-        with rt.lock:
-            rt.table.add_location(oid, here)
+        rt.objects.location(oid, here)
         return
     msg = P.ObjectLocationMsg(oid, here)
 

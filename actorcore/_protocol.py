@@ -97,6 +97,8 @@ class Tag(IntEnum):
     TRANSFER_RELEASE = 107
     # cluster (node daemon <-> node daemon)
     LOAD_REPORT = 80
+    PLACER_REPORT = 81
+    SPILL_WORK = 82
     # observability (process -> node daemon; state queries)
     TASK_EVENTS = 90
     STATE_QUERY = 91
@@ -311,6 +313,9 @@ class RequestLeaseMsg(NamedTuple):
     rid: int
     shape: dict[str, float]
     runtime_env: dict[str, Any] | None = None
+    # where the first queued task's large arguments live: {node id: bytes}
+    # (a cluster node spills work to the placer with it; locality by bytes)
+    args: dict[bytes, int] | None = None
 
 
 @message(Tag.RETURN_LEASE)
@@ -554,6 +559,35 @@ class LoadReportMsg(NamedTuple):
 
     node_id: bytes
     available: dict[str, float]
+
+
+@message(Tag.PLACER_REPORT)
+class PlacerReportMsg(NamedTuple):
+    """Node daemon -> the placer's node daemon: its load (periodic and on change)."""
+
+    node_id: bytes
+    seq: int
+    available: dict[str, float]
+    total: dict[str, float]
+    queue_len: int
+    queue_wait_s: float
+
+
+@message(Tag.SPILL_WORK)
+class SpillWorkMsg(NamedTuple):
+    """Node daemon -> the placer: choose a node for this work; replies that node's id
+    once placed (held meanwhile when nothing fits), an error when it never can.
+
+    ``strategy``: ``"DEFAULT"``, ``"SPREAD"`` or ``[node id, soft]`` (node affinity);
+    ``args``: {node id: bytes of the work's arguments held there}.
+    """
+
+    rid: int
+    work_id: bytes
+    shape: dict[str, float]
+    strategy: Any
+    args: dict[bytes, int]
+    report: Any  # the sender's PlacerReportMsg fields now (a fresher view), or None
 
 
 # --- observability ---------------------------------------------------------------------

@@ -28,8 +28,7 @@ class ObjectRef:
         if not _counted:
             rt = G.runtime
             if rt is not None:
-                with rt.lock:
-                    rt.table.add_local(oid, owner)
+                rt.add_ref(oid, owner)
 
     def __del__(self) -> None:
         rt = G.runtime
@@ -63,8 +62,9 @@ class ObjectRef:
 
 
 def _rebuild_ref(oid: bytes, owner: Any) -> ObjectRef:
-    ref = ObjectRef(oid, tuple(owner))
     ctx = current_deserialization()
-    if ctx is not None:
-        ctx.refs.append(ref)
+    if ctx is None:
+        return ObjectRef(oid, tuple(owner))
+    ref = ObjectRef(oid, tuple(owner), _counted=True)  # counted with the others at the end
+    ctx.refs.append(ref)
     return ref

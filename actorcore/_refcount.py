@@ -17,6 +17,10 @@ refs nested inside.
 Values: PENDING until a task's result or a fetched value arrives; then READY
 with an inline payload or a note that it lives in the store, or FAILED with an
 exception. Waiters are callbacks run once the state leaves PENDING.
+
+The table is the state of :class:`actorcore._owner._objects.ObjectCore`, changed
+only on the runtime's loop; other threads may read an entry's value once its
+state left PENDING (``complete`` sets the state last).
 """
 
 from __future__ import annotations
@@ -169,6 +173,12 @@ class ObjectTable:
                 self._drop(e, out)
         return out
 
+    def remove_local_last(self, e: ObjectEntry) -> list[Instruction]:
+        """Drop ``e``, whose counts all reached zero (the fast path of ``remove_local``)."""
+        out: list[Instruction] = []
+        self._drop(e, out)
+        return out
+
     def add_submitted(self, oids: Iterable[bytes]) -> None:
         for oid in oids:
             e = self.entries.get(oid)
@@ -272,13 +282,11 @@ class ObjectTable:
         """Store the value; returns the waiters to call (outside any lock if possible)."""
         if e.state != PENDING:
             return []
-        if kind == ERROR:
-            e.state = FAILED
-        else:
-            e.state = READY
+        # the state last: other threads read kind and data once they see it change
         e.kind = kind
         e.data = data
         e.fetching = False
+        e.state = FAILED if kind == ERROR else READY
         waiters, e.waiters = e.waiters, None
         return waiters or []
 
@@ -310,7 +318,7 @@ class ObjectTable:
 
     def reset(self, e: ObjectEntry) -> None:
         """Back to PENDING (a retry will produce the value again)."""
-        e.state = PENDING
+        e.state = PENDING  # first: a reader that saw READY has read the value already
         e.data = None
         e.kind = INLINE
 

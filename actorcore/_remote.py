@@ -124,6 +124,7 @@ def stream_of(opts: dict[str, Any]) -> int:
 
 def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
     """The shape a scheduling strategy turns ``shape`` into."""
+    from actorcore.scheduler import _resources as R
     from actorcore.scheduler import bundle_shape, node_affinity_shape
 
     from .util.scheduling_strategies import (
@@ -131,8 +132,10 @@ def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
         PlacementGroupSchedulingStrategy,
     )
 
-    if strategy is None or strategy in ("DEFAULT", "SPREAD"):
+    if strategy is None or strategy == "DEFAULT":
         return shape
+    if strategy == "SPREAD":  # a hint a single node ignores; a cluster's placer spreads it
+        return {**shape, R.SPREAD_KEY: R.HINT_MARK}
     if isinstance(strategy, PlacementGroupSchedulingStrategy):
         pg = strategy.placement_group
         index = strategy.placement_group_bundle_index
@@ -142,8 +145,10 @@ def _placed(shape: dict[str, float], strategy: Any) -> dict[str, float]:
             )
         return bundle_shape(shape, pg.id.hex(), index)
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
-        if strategy.soft:
-            return shape  # any node will do when that one cannot take it
+        if strategy.soft:  # that node if it has room now, else the default policy
+            node_affinity_shape(shape, strategy.node_id)  # (checks the id)
+            key = R.NODE_AFFINITY_SOFT_PREFIX + strategy.node_id.lower()
+            return {**shape, key: R.HINT_MARK}
         return node_affinity_shape(shape, strategy.node_id)  # the node checks it exists
     raise ValueError(
         f"unknown scheduling_strategy {strategy!r}: use 'DEFAULT', 'SPREAD', or one of "
@@ -364,8 +369,7 @@ def _rebind(box: list[weakref.ref[ActorHandle]], actor_id: bytes) -> None:
     if h is None or rt is None or h.id == actor_id:
         return
     old = h.id
-    with rt.lock:
-        rt.table.add_local(actor_id, h.owner)
+    rt.add_ref(actor_id, h.owner)
     h.id = actor_id
     rt.drop_ref(old)
 
@@ -405,8 +409,7 @@ class ActorHandle:
         self._method_cache: dict[str, ActorMethod] = {}
         rt = G.runtime
         if rt is not None and not _counted:
-            with rt.lock:
-                rt.table.add_local(actor_id, self.owner)
+            rt.add_ref(actor_id, self.owner)
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("__") and name != "__call__":
@@ -449,10 +452,12 @@ class ActorHandle:
 def _rebuild_handle(
     actor_id: bytes, class_name: str, methods: dict[str, int], owner: Any, retries: int
 ) -> ActorHandle:
-    h = ActorHandle(actor_id, class_name, dict(methods), tuple(owner), retries)
     ctx = current_deserialization()
+    h = ActorHandle(
+        actor_id, class_name, dict(methods), tuple(owner), retries, _counted=ctx is not None
+    )
     if ctx is not None:
-        ctx.refs.append(h)
+        ctx.refs.append(h)  # counted with the others once unpickled
     return h
 
 

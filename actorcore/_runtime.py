@@ -4,18 +4,19 @@ It owns the process's event loop (a thread of its own in a driver, the main
 thread in a worker), its listening socket, its connections to peers, and the
 object table.
 
-Tasks and actor calls are run by the owner cores of :mod:`._owner`
-(``handle(events) -> instructions``), whose state only the loop touches: any
-thread (a driver's main thread, a worker's executor threads) hands them events
-and they wake the loop once per batch. The object table (reference counts and
-values, read by any thread in ``get``) is still guarded by ``lock``; no waiter
-runs while it is held. Reading values (get, wait, await) is in :mod:`._values`.
+Tasks, actor calls and the object table (reference counts, borrowing,
+values) are run by the owner cores of :mod:`._owner` (``handle(events) ->
+instructions``), whose state only the loop changes: any thread (a driver's
+main thread, a worker's executor threads) hands them events and they wake the
+loop once per batch. Other threads read a value from the table only once it
+is published (READY or FAILED); waiting for one is an event too. ``lock``
+guards only the connection maps. Reading values (get, wait, await) is in
+:mod:`._values`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import logging
 import threading
@@ -25,9 +26,10 @@ from typing import Any
 from . import _protocol as P
 from ._config import Config
 from ._ids import new_id
+from ._owner import _object_events as OE
 from ._ownership import OwnershipMixin
 from ._ref import ObjectRef
-from ._refcount import ERROR, INLINE, STORE, FreeStore, ObjectTable, ReleaseBorrow, wake
+from ._refcount import ERROR, INLINE, STORE
 from ._rpc import DEFERRED, RpcPeer, Service, error_from_reply, handles
 from ._serialization import serialize
 from ._store_client import StoreClient
@@ -70,8 +72,7 @@ class CoreRuntime(OwnershipMixin, Service):
         self.token = token
         self.my_id = my_id
         self.node = node
-        self.lock = threading.RLock()
-        self.table = ObjectTable(my_id)
+        self.lock = threading.RLock()  # the connection maps (peers, _connecting) only
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.loop_thread_id = 0
         self.address: Address = (my_id, "", 0)
@@ -81,7 +82,6 @@ class CoreRuntime(OwnershipMixin, Service):
         self.listener: Listener | None = None
         self.daemon: RpcPeer = None  # type: ignore[assignment]
         self.store: StoreClient = None  # type: ignore[assignment]
-        self.dropped: collections.deque[bytes] = collections.deque()
         self._flush_scheduled = False
         self._frees: list[bytes] = []
         self._releases: dict[tuple[Any, ...], list[bytes]] = {}
@@ -94,7 +94,10 @@ class CoreRuntime(OwnershipMixin, Service):
         # driver (ac.init(runtime_env=...)), the worker's own in a worker
         self.job_runtime_env: dict[str, Any] | None = None
         from ._owner import ActorClients, TaskSubmitter
+        from ._owner._object_shell import ObjectShell
 
+        self.objects = ObjectShell(self)
+        self.table = self.objects.table  # read-only outside the loop (published values)
         self.submitter = TaskSubmitter(self)
         self.actors = ActorClients(self)
         from ._owner._stream_shell import GeneratorStreams
@@ -115,8 +118,7 @@ class CoreRuntime(OwnershipMixin, Service):
             my_id=self.my_id,
             make_receiver=self._new_peer,
             on_connection=self._on_inbound,
-            max_header_bytes=cfg.max_header_bytes,
-            max_frame_bytes=cfg.max_frame_bytes,
+            **cfg.wire_limits(),
             # in a cluster, callers on other nodes reach this process at its node's address
             host=self.node.raw.get("node_ip") or "127.0.0.1"
             if self.node.raw.get("cluster")
@@ -125,6 +127,7 @@ class CoreRuntime(OwnershipMixin, Service):
         self.listener.start()
         host, port = self.listener.address
         self.address = (self.my_id, host, port, self.listener.unix_name)
+        self.objects.bind(self.address)
         daemon_at = self.node.unix_name or self.node.address
         self.daemon = await self._connect(daemon_at)
         sync = await self.loop.run_in_executor(None, self._open_store_conn)
@@ -191,6 +194,8 @@ class CoreRuntime(OwnershipMixin, Service):
             my_id=self.my_id,
             max_header_bytes=self.config.max_header_bytes,
             max_frame_bytes=self.config.max_frame_bytes,
+            high_water=self.config.send_high_water_bytes,
+            max_queued=self.config.send_max_queued_bytes,
         )
         peer.conn = conn
         return peer
@@ -262,8 +267,8 @@ class CoreRuntime(OwnershipMixin, Service):
             if self.peers.get(conn.peer_id) is peer:
                 del self.peers[conn.peer_id]
             still = self.peers.get(conn.peer_id)
-            instrs = [] if still is not None else self.table.peer_gone(conn.peer_id)
-        self.execute(instrs)
+        if still is None:
+            self.objects.post(OE.BorrowerGone(conn.peer_id))
         self.submitter.peer_closed(peer)
         self.actors.peer_closed(peer)
 
@@ -276,13 +281,15 @@ class CoreRuntime(OwnershipMixin, Service):
         """
         self.submitter.node_died(node_id)
         self.actors.node_died(node_id)
-        with self.lock:
-            return self.table.node_gone(node_id)
+        lost: list[bytes] = self.objects.ask(lambda answer: OE.NodeGone(node_id, answer))
+        return lost
 
     def object_locations(self, oid: bytes) -> frozenset[bytes]:
-        """The nodes known to hold a store copy of the owned object ``oid``."""
-        with self.lock:
-            return self.table.locations_of(oid)
+        """The nodes known to hold a store copy of the owned object ``oid`` (any thread)."""
+        found: frozenset[bytes] = self.objects.ask(
+            lambda answer: OE.Query(lambda table: table.locations_of(oid), answer)
+        )
+        return found
 
     def _daemon_lost(self, exc: BaseException) -> None:
         if self.closing:
@@ -310,9 +317,15 @@ class CoreRuntime(OwnershipMixin, Service):
 
     def drop_ref(self, oid: bytes) -> None:
         """An ObjectRef died (``__del__``, any thread): count it down later."""
-        self.dropped.append(oid)
-        if not self._flush_scheduled:
-            self._schedule_flush()
+        self.objects.note(oid)  # (a bare RefsDropped([oid]))
+
+    def add_refs(self, refs: list[Any]) -> None:
+        """ObjectRef instances (or actor handles) just unpickled, counted in one event."""
+        self.objects.note(OE.RefsAdded([(r.id, r.owner) for r in refs]))
+
+    def add_ref(self, oid: bytes, owner: tuple[Any, ...]) -> None:
+        """A new ObjectRef (or actor handle) instance (any thread): count it, in order."""
+        self.objects.note((oid, owner))  # (a bare RefAdded)
 
     def _schedule_flush(self) -> None:
         """Flush soon, in one batch: one loop wake-up per ``FLUSH_DELAY_S``, not per ref."""
@@ -325,36 +338,14 @@ class CoreRuntime(OwnershipMixin, Service):
         self.loop.call_later(FLUSH_DELAY_S, self.flush)
 
     def flush(self) -> None:
-        """Count down dropped refs, then send frees, releases and unpins."""
+        """Count queued ref changes, then send frees, releases and unpins (on the loop)."""
         self._flush_scheduled = False
-        dropped = self.dropped
-        oids = []
-        while dropped:
-            oids.append(dropped.popleft())
-        if oids:
-            with self.lock:
-                instrs = self.table.remove_local(oids)
-            self.execute(instrs)
+        self.objects.catch_up()
         self._send_releases()
 
-    def execute(self, instrs: list[Any]) -> None:
-        """Carry out what the object table asked for (batched; any thread)."""
-        if not instrs:
-            return
-        with self.lock:
-            for ins in instrs:
-                if isinstance(ins, FreeStore):
-                    self._frees.append(ins.oid)
-                elif isinstance(ins, ReleaseBorrow):
-                    self._releases.setdefault(tuple(ins.owner), []).append(ins.oid)
-                else:
-                    self.actors.out_of_scope(ins.actor_id)
-        self._schedule_flush()
-
     def _send_releases(self) -> None:
-        with self.lock:
-            frees, self._frees = self._frees, []
-            releases, self._releases = self._releases, {}
+        frees, self._frees = self._frees, []  # (the object shell fills these, on the loop)
+        releases, self._releases = self._releases, {}
         if frees and self.store is not None:
             self.store.forget(frees)  # the read cache lets go first: no revocation needed
         unpins = self.store.take_released() if self.store is not None else []
@@ -381,9 +372,15 @@ class CoreRuntime(OwnershipMixin, Service):
     # --- blocking calls to the daemon ----------------------------------------------------------
 
     def call_daemon(self, msg: Any, timeout: float = 30.0) -> Any:
-        """Send a request to the node daemon and wait for its value (not on the runtime loop)."""
+        """Send a request to the node daemon and wait for its value (not on the runtime loop).
+
+        Raises:
+            ConnectionBrokenError: the daemon is gone (the message names the node).
+        """
         if self.on_loop_thread():
             raise BlockingCallError("this call blocks; it cannot run on the runtime's own loop")
+        if self.broken is not None:
+            raise self._daemon_gone(msg, self.broken)
         done = threading.Event()
         box: list[Any] = []
 
@@ -391,17 +388,29 @@ class CoreRuntime(OwnershipMixin, Service):
             box.append(reply)
             done.set()
 
-        self.daemon.request(msg, cb)
+        try:
+            self.daemon.request(msg, cb)
+        except ConnectionError as e:
+            raise self._daemon_gone(msg, e) from e
         if not done.wait(timeout):
             raise TimeoutError(
                 f"the node daemon did not answer {type(msg).__name__} in {timeout} s"
             )
         reply = box[0]
+        if isinstance(reply, ConnectionError):
+            raise self._daemon_gone(msg, reply) from reply
         if isinstance(reply, BaseException):
             raise reply
         if reply.TAG == P.Tag.ERROR_REPLY:
             raise error_from_reply(reply)
         return reply.value
+
+    def _daemon_gone(self, msg: Any, cause: BaseException) -> ConnectionBrokenError:
+        node = self.node
+        return ConnectionBrokenError(
+            f"the node daemon of node {node.node_id.hex()} (at {node.address[0]}:"
+            f"{node.address[1]}) is gone, so {type(msg).__name__} cannot be answered: {cause}"
+        )
 
     # --- messages from the daemon and from workers --------------------------------------------
 
@@ -448,9 +457,7 @@ class CoreRuntime(OwnershipMixin, Service):
     def daemon_ref(self, msg: Any) -> Any:
         """An owned ref resolved with the value of the daemon's reply to ``msg``."""
         oid = new_id()
-        with self.lock:
-            e = self.table.create_owned(oid, self.address)
-            e.local = 1
+        self.objects.post(OE.ValueOwned(oid, None, None))
 
         def done(reply: Any) -> None:
             data: Any
@@ -460,11 +467,7 @@ class CoreRuntime(OwnershipMixin, Service):
                 kind, data = ERROR, error_from_reply(reply)
             else:
                 kind, data = INLINE, serialize(reply.value).payload()
-            with self.lock:
-                entry = self.table.entries.get(oid)
-                waiters = self.table.complete(entry, kind, data) if entry is not None else []
-            if entry is not None:
-                wake(waiters, entry)  # not under the lock
+            self.objects.post(OE.ValueSet(oid, kind, data))
 
         try:
             self.daemon.request(msg, done)
@@ -497,43 +500,38 @@ class CoreRuntime(OwnershipMixin, Service):
             return self._put_in_background(new_id(), ser)
         return self.put_serialized(ser)
 
-    def put_serialized(self, ser: Any) -> Any:
-        """Own a new object holding ``ser``: inline, or in the store when large."""
+    def put_serialized(self, ser: Any, background: bool = False) -> Any:
+        """Own a new object holding ``ser``: inline, or in the store when large.
+
+        ``background``: a large value is written without waiting (the ref resolves
+        once it is sealed), for a thread that runs an event loop.
+        """
         oid = new_id()
+        if background and ser.size > self.config.inline_threshold:
+            return self._put_in_background(oid, ser)
         if ser.size > self.config.inline_threshold:
             self.store.put(oid, ser, self.my_id)
             kind, data = STORE, ser.size
         else:
             kind, data = INLINE, ser.payload()
-        with self.lock:
-            e = self.table.create_owned(oid, self.address)
-            e.local = 1
-            self.table.complete(e, kind, data)
-            if kind == STORE:
-                e.locations = {self.node.node_id}
-            if ser.nested:
-                self.table.set_nested(oid, [(r.id, r.owner) for r in ser.nested], registered=True)
+        nested = [(r.id, r.owner) for r in ser.nested] if ser.nested else None
+        here = self.node.node_id if kind == STORE else None
+        self.objects.post(OE.ValueOwned(oid, kind, data, nested, here))
         return ObjectRef(oid, self.address, _counted=True)
 
     def _put_in_background(self, oid: bytes, ser: Any) -> Any:
         """``put`` on a loop thread, which must not wait on the daemon (it may be
         spilling): the ref is returned at once and resolves once the object is
         sealed (or fails with the store's error)."""
-        with self.lock:
-            e = self.table.create_owned(oid, self.address)
-            e.local = 1
-            if ser.nested:
-                self.table.set_nested(oid, [(r.id, r.owner) for r in ser.nested], registered=True)
+        nested = [(r.id, r.owner) for r in ser.nested] if ser.nested else None
+        self.objects.post(OE.ValueOwned(oid, None, None, nested, self.node.node_id))
+        size = ser.size
 
         def sealed(result: Any) -> None:
-            failed = isinstance(result, BaseException)
-            with self.lock:
-                entry = self.table.entries.get(oid)
-                if entry is not None:
-                    data = result if failed else ser.size
-                    wake(self.table.complete(entry, ERROR if failed else STORE, data), entry)
-            if entry is None and not failed:
-                self.execute([FreeStore(oid)])  # every ref died while it was written
+            if isinstance(result, BaseException):
+                self.objects.post(OE.ValueSet(oid, ERROR, result))
+            else:  # (freed at once if every ref died while it was written)
+                self.objects.post(OE.ValueSet(oid, STORE, size))
 
         self.store.put_then(oid, ser, self.my_id, sealed)
         return ObjectRef(oid, self.address, _counted=True)

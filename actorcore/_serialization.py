@@ -19,6 +19,7 @@ from typing import Any
 
 import cloudpickle
 
+from . import _global as G
 from .errors import SerializationError
 
 __all__ = [
@@ -157,6 +158,10 @@ def deserialize(
         raise SerializationError(f"cannot deserialize {where}: {type(e).__name__}: {e}") from e
     finally:
         _local.deser = outer
+        if ctx.refs:  # made uncounted (see _ref._rebuild_ref); ``ctx`` kept them alive
+            rt = G.runtime
+            if rt is not None:
+                rt.add_refs(ctx.refs)
     return value, ctx.refs
 
 

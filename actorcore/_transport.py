@@ -123,12 +123,26 @@ class Connection:
         self._leftover = leftover
 
     def start(self) -> None:
-        """Begin reading; call on the loop thread after the handshake."""
+        """Begin reading; call on the loop thread after the handshake.
+
+        Frames that came in behind the handshake are delivered on the next loop
+        turn, not here: whoever started the connection wires it up first (a
+        handler's reply goes out through ``peer.conn``, which a listener's
+        ``on_connection`` sets; a reply sent before that was dropped). Reading
+        resumes after them, so the order holds.
+        """
         self._loop_thread = threading.get_ident()
-        self.loop.add_reader(self._fd, self._on_readable)
         if self._leftover:
-            data, self._leftover = self._leftover, b""
-            self._deliver(data)
+            self.loop.call_soon(self._deliver_leftover)
+        else:
+            self.loop.add_reader(self._fd, self._on_readable)
+
+    def _deliver_leftover(self) -> None:
+        if self.closed:
+            return
+        data, self._leftover = self._leftover, b""
+        self.loop.add_reader(self._fd, self._on_readable)
+        self._deliver(data)
 
     @property
     def queued_bytes(self) -> int:
@@ -416,6 +430,9 @@ async def open_connection(
     my_id: bytes,
     max_header_bytes: int,
     max_frame_bytes: int,
+    high_water: int = SEND_HIGH_WATER,
+    max_queued: int = SEND_MAX_QUEUED,
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
 ) -> Connection:
     """Connect, authenticate and start reading.
 
@@ -431,7 +448,7 @@ async def open_connection(
         _tune(sock)
         await loop.sock_connect(sock, address)
         peer_role, peer_id, leftover = await asyncio.wait_for(
-            client_handshake(loop, sock, token, role, my_id), HANDSHAKE_TIMEOUT_S
+            client_handshake(loop, sock, token, role, my_id), handshake_timeout_s
         )
     except BaseException:
         sock.close()
@@ -445,6 +462,8 @@ async def open_connection(
         max_header_bytes=max_header_bytes,
         max_frame_bytes=max_frame_bytes,
         leftover=leftover,
+        high_water=high_water,
+        max_queued=max_queued,
     )
     conn.start()
     return conn

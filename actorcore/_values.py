@@ -2,8 +2,11 @@
 
 A value is turned into a Python object in the thread that asked for it: small
 values are unpickled from their inline payload, large ones from the store with
-zero-copy buffers. Waiting threads sleep on a lock; waiting coroutines on a
-future of their own loop, woken in batches from the runtime's loop.
+zero-copy buffers. A value already there is read without a lock or a hop to
+the runtime's loop (published entries only); otherwise the object core is
+asked to watch the objects (an event), and its waiters, run on the runtime's
+loop, wake the waiting thread (a lock) or coroutine (a future of its own loop,
+woken in batches).
 """
 
 from __future__ import annotations
@@ -44,17 +47,39 @@ def _check_refs(refs: Sequence[Any], fn: str) -> None:
             raise TypeError(f"{fn}() takes ObjectRefs, got a {type(r).__name__}: {r!r:.80}")
 
 
-def entry_of(rt: CoreRuntime, ref: ObjectRef) -> ObjectEntry:
-    """The entry of ``ref`` (under the lock); starts a fetch for borrowed values."""
-    e = rt.table.entries.get(ref.id)
-    if e is None:
-        e = rt.table.add_local(ref.id, ref.owner)  # a ref from before a restart
-        e.local -= 1
-        if e.owned:
-            rt.table.complete(e, 2, ObjectLostError(f"object {ref.id.hex()} is unknown here"))
-    if e.state == PENDING and not e.owned and not e.fetching:
-        rt.fetch(e)
-    return e
+def _stand_in(ref: ObjectRef) -> ObjectEntry:
+    """A PENDING entry for a ref the object core has not seen yet (its creation is queued)."""
+    return ObjectEntry(ref.id, ref.owner, False)
+
+
+def peek(rt: CoreRuntime, refs: Sequence[ObjectRef]) -> list[ObjectEntry] | None:
+    """The table's entries of ``refs`` without a lock (any thread); None if one is missing.
+
+    Only published state may be read from them: a value once ``state`` left
+    PENDING (the loop sets ``kind`` and ``data`` before ``state``).
+    """
+    entries = rt.table.entries
+    out = []
+    for r in refs:
+        e = entries.get(r.id)
+        if e is None:
+            return None
+        out.append(e)
+    return out
+
+
+def watch(rt: CoreRuntime, refs: Sequence[ObjectRef], cb: Callable[[ObjectEntry], None]) -> None:
+    """``cb(entry)`` on the runtime's loop once each ref's value is there (any thread)."""
+    items = [(r.id, r.owner) for r in refs]
+    me = rt.my_id
+    if rt.on_loop_thread() or any(owner[0] != me for _oid, owner in items):
+        rt.objects.watch(items, cb)  # (a borrowed value is fetched: wake the loop)
+    else:
+        rt.objects.watch_owned(items, cb)  # a result on its way wakes the loop anyway
+
+
+def unwatch(rt: CoreRuntime, refs: Sequence[ObjectRef], cb: Callable[[ObjectEntry], None]) -> None:
+    rt.objects.unwatch([r.id for r in refs], cb)
 
 
 def value_of(rt: CoreRuntime, e: ObjectEntry) -> Any:
@@ -103,39 +128,53 @@ def _usable(rt: CoreRuntime, e: ObjectEntry, fetch_local: bool) -> bool:
     return not fetch_local or e.state == FAILED or is_local(rt, e)
 
 
-def _add_usable_waiter(
-    rt: CoreRuntime, e: ObjectEntry, fetch_local: bool, cb: Callable[[ObjectEntry], None]
-) -> Callable[[ObjectEntry], None] | None:
-    """Arrange ``cb(e)`` for when ``e`` is usable (under the lock); returns the callback
-    registered with the table (to remove later), or None when ``e`` is usable now."""
-    if not fetch_local:
-        return cb if rt.table.add_waiter(e, cb) else None
+class _Counter:
+    """Counts watched entries as they become usable (on the runtime's loop).
 
-    def ready(e: ObjectEntry) -> None:
-        if _usable(rt, e, True):
-            cb(e)
+    ``woke`` is the object core's waiter: an entry whose value is there counts
+    at once, or (``fetch_local``) once it was pulled to this node. ``fire()``
+    runs when ``num`` counted.
+    """
+
+    __slots__ = ("fetch_local", "fire", "got", "need", "rt")
+
+    def __init__(self, rt: CoreRuntime, num: int, fetch_local: bool, fire: Callable[[], None]):
+        self.rt = rt
+        self.need = num
+        self.fetch_local = fetch_local
+        self.fire = fire
+        self.got: dict[bytes, ObjectEntry] = {}
+
+    def woke(self, e: ObjectEntry) -> None:
+        self.got[e.oid] = e
+        if _usable(self.rt, e, self.fetch_local):
+            self.count(e)
         else:
-            pull_local(rt, e, cb)
+            pull_local(self.rt, e, self.count)  # ready elsewhere: counted once it is here
 
-    if rt.table.add_waiter(e, ready):
-        return ready
-    if _usable(rt, e, True):
+    def count(self, _e: ObjectEntry) -> None:
+        self.need -= 1
+        if self.need == 0:
+            self.fire()
+
+    def entries(self, refs: Sequence[ObjectRef]) -> list[ObjectEntry]:
+        """The entries of ``refs`` as last seen (stand-ins for ones never seen)."""
+        got, table = self.got, self.rt.table.entries
+        return [got.get(r.id) or table.get(r.id) or _stand_in(r) for r in refs]
+
+
+def _enough(
+    rt: CoreRuntime, refs: Sequence[ObjectRef], num: int, fetch_local: bool
+) -> list[ObjectEntry] | None:
+    """The fast path of a wait: the entries, if ``num`` are usable already (no loop hop)."""
+    entries = peek(rt, refs)
+    if entries is None:
         return None
-    pull_local(rt, e, cb)  # ready elsewhere: counted once it is here
-    return ready
-
-
-def _add_waiters(
-    rt: CoreRuntime, entries: list[ObjectEntry], fetch_local: bool, cb: Any
-) -> list[tuple[ObjectEntry, Any]]:
-    """Register ``cb`` on each entry not usable yet; the ``(entry, callback)`` pairs."""
-    waiting = []
-    for e in entries:
-        if not _usable(rt, e, fetch_local):
-            registered = _add_usable_waiter(rt, e, fetch_local, cb)
-            if registered is not None:
-                waiting.append((e, registered))
-    return waiting
+    if num == len(entries):
+        ok = all(_usable(rt, e, fetch_local) for e in entries)
+    else:
+        ok = sum(1 for e in entries if _usable(rt, e, fetch_local)) >= num
+    return entries if ok else None
 
 
 def _wait_entries(
@@ -148,33 +187,29 @@ def _wait_entries(
     """Block until ``num`` of ``refs`` are usable (see :func:`_usable`); their entries."""
     if rt.broken is not None:
         raise rt.broken
-    with rt.lock:
-        entries = [entry_of(rt, r) for r in refs]
-        ready = sum(1 for e in entries if _usable(rt, e, fetch_local))
-        if ready >= num:
-            return entries
-        lock = _thread.allocate_lock()
-        lock.acquire()
-        need = [num - ready]
-
-        def woke(_e: ObjectEntry) -> None:
-            need[0] -= 1
-            if need[0] == 0:
-                lock.release()
-
-        waiting = _add_waiters(rt, entries, fetch_local, woke)
+    entries = _enough(rt, refs, num, fetch_local)
+    if entries is not None:
+        return entries
+    lock = _thread.allocate_lock()
+    lock.acquire()
+    counter = _Counter(rt, num, fetch_local, lock.release)
+    watch(rt, refs, counter.woke)
     rt.block_begin()
     try:
-        if not lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            raise GetTimeoutError(
-                f"{sum(1 for e in entries if e.state == PENDING)} of {len(refs)} objects were "
-                f"not ready after {timeout} s"
-            )
+        acquired = lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+    except BaseException:  # interrupted (a cancelled task): stop watching
+        unwatch(rt, refs, counter.woke)
+        raise
     finally:
         rt.block_end()
-        with rt.lock:
-            for e, cb in waiting:
-                rt.table.remove_waiter(e, cb)
+    if not acquired:
+        unwatch(rt, refs, counter.woke)
+        entries = counter.entries(refs)
+        raise GetTimeoutError(
+            f"{sum(1 for e in entries if e.state == PENDING)} of {len(refs)} objects were "
+            f"not ready after {timeout} s"
+        )
+    entries = counter.entries(refs)
     if rt.broken is not None and any(e.state == PENDING for e in entries):
         raise rt.broken
     return entries
@@ -235,17 +270,16 @@ def wait(
     refs = _check_wait_args(refs, num_returns, fetch_local)
     if not refs:
         return [], []
-    with rt.lock:
-        entries = [entry_of(rt, r) for r in refs]
-    # fast path: enough are ready already (the common case of a draining loop)
-    ready, rest = _partition(rt, refs, entries, num_returns, fetch_local)
-    if len(ready) >= num_returns:
-        return ready, rest
     try:
         entries = _wait_entries(rt, refs, num_returns, timeout, fetch_local)
     except GetTimeoutError:
-        pass
+        entries = _current(rt, refs)
     return _partition(rt, refs, entries, num_returns, fetch_local)
+
+
+def _current(rt: CoreRuntime, refs: Sequence[ObjectRef]) -> list[ObjectEntry]:
+    table = rt.table.entries
+    return [table.get(r.id) or _stand_in(r) for r in refs]
 
 
 # --- coroutines ---------------------------------------------------------------------------
@@ -303,44 +337,39 @@ def _waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
 
 async def _until_ready(
     rt: CoreRuntime,
-    entries: list[ObjectEntry],
+    refs: Sequence[ObjectRef],
     num: int,
     timeout: float | None,
     fetch_local: bool = False,
-) -> None:
+) -> list[ObjectEntry]:
+    """Wait until ``num`` of ``refs`` are usable; their entries as last seen.
+
+    Raises TimeoutError after ``timeout`` s. Cancelling stops the watch.
+    """
+    entries = _enough(rt, refs, num, fetch_local)
+    if entries is not None:
+        return entries
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
     waker = _waker(loop)
-    with rt.lock:
-        ready = sum(1 for e in entries if _usable(rt, e, fetch_local))
-        if ready >= num:
-            return
-        need = [num - ready]
-
-        def woke(_e: ObjectEntry) -> None:
-            need[0] -= 1
-            if need[0] == 0:
-                waker.wake(fut)
-
-        waiting = _add_waiters(rt, entries, fetch_local, woke)
+    counter = _Counter(rt, num, fetch_local, lambda: waker.wake(fut))
+    watch(rt, refs, counter.woke)
     try:
         if timeout is None:
             await fut
         else:
             await asyncio.wait_for(fut, timeout)
-    finally:
-        with rt.lock:
-            for e, cb in waiting:
-                rt.table.remove_waiter(e, cb)
+    except BaseException:
+        unwatch(rt, refs, counter.woke)
+        raise
+    return counter.entries(refs)
 
 
 async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
     if rt.broken is not None:
         raise rt.broken
-    with rt.lock:
-        e = entry_of(rt, ref)
-    if e.state == PENDING or not is_local(rt, e):
-        await _until_ready(rt, [e], 1, None, True)  # (a copy on another node is pulled)
+    # (a copy on another node is pulled)
+    e = (await _until_ready(rt, (ref,), 1, None, True))[0]
     if e.kind == STORE and e.state != FAILED:
         # map it without a blocking round trip to the daemon (which may be
         # spilling); while `held` lives, value_of finds the mapping
@@ -362,12 +391,10 @@ async def wait_async(
     refs = _check_wait_args(refs, num_returns, fetch_local)
     if not refs:
         return [], []
-    with rt.lock:
-        entries = [entry_of(rt, r) for r in refs]
     try:
-        await _until_ready(rt, entries, num_returns, timeout, fetch_local)
+        entries = await _until_ready(rt, refs, num_returns, timeout, fetch_local)
     except TimeoutError:
-        pass
+        entries = _current(rt, refs)
     return _partition(rt, refs, entries, num_returns, fetch_local)
 
 
@@ -377,32 +404,28 @@ async def as_completed(rt: CoreRuntime, refs: Sequence[Any]) -> AsyncIterator[An
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
     waker_thread = threading.get_ident()
+    by_id: dict[bytes, list[Any]] = {}
+    for ref in refs:
+        by_id.setdefault(ref.id, []).append(ref)
+    unique = [same[0] for same in by_id.values()]
 
-    def put(ref: Any) -> None:
+    def put(ready: list[Any]) -> None:
+        for r in ready:
+            queue.put_nowait(r)
+
+    def woke(e: ObjectEntry) -> None:  # on the runtime's loop
+        ready = by_id.get(e.oid) or []
         if threading.get_ident() == waker_thread:
-            queue.put_nowait(ref)
+            put(ready)
         else:
-            loop.call_soon_threadsafe(queue.put_nowait, ref)
+            loop.call_soon_threadsafe(put, ready)
 
-    registered: list[tuple[ObjectEntry, Any]] = []
-    with rt.lock:
-        for ref in refs:
-            e = entry_of(rt, ref)
-
-            def woke(_e: ObjectEntry, ref: Any = ref) -> None:
-                put(ref)
-
-            if rt.table.add_waiter(e, woke):
-                registered.append((e, woke))
-            else:
-                queue.put_nowait(ref)
+    watch(rt, unique, woke)
     try:
         for _ in range(len(refs)):
             yield await queue.get()
     finally:
-        with rt.lock:
-            for e, cb in registered:
-                rt.table.remove_waiter(e, cb)
+        unwatch(rt, unique, woke)
 
 
 def ref_future(rt: CoreRuntime, ref: ObjectRef) -> concurrent.futures.Future[Any]:
@@ -429,7 +452,7 @@ def ref_future(rt: CoreRuntime, ref: ObjectRef) -> concurrent.futures.Future[Any
     def ready(e: ObjectEntry) -> None:
         if e.kind == STORE and e.state != FAILED:  # the runtime loop must not block
             if not is_local(rt, e):  # on another node: pulled here first
-                pull_local(rt, e, lambda e: rt.call_soon(ready_here, e))
+                pull_local(rt, e, ready_here)
             else:
                 ready_here(e)
         else:
@@ -438,9 +461,5 @@ def ref_future(rt: CoreRuntime, ref: ObjectRef) -> concurrent.futures.Future[Any
     def ready_here(e: ObjectEntry) -> None:
         rt.store.open_then([e.oid], lambda held: opened(e, held))
 
-    with rt.lock:
-        e = entry_of(rt, ref)
-        waiting = rt.table.add_waiter(e, lambda e: rt.call_soon(ready, e))
-    if not waiting:
-        ready(e)
+    watch(rt, (ref,), ready)  # (ready runs on the runtime's loop)
     return fut

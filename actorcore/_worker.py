@@ -45,6 +45,9 @@ __all__ = ["Call", "WorkerRuntime", "worker_main"]
 
 logger = logging.getLogger(__name__)
 
+# How long a reply waits for owners to acknowledge the borrows it depends on.
+BORROW_ACK_WAIT_S = 30.0
+
 
 class Call:
     """One task or actor call received by this worker."""
@@ -197,10 +200,14 @@ class WorkerRuntime(CoreRuntime):
 
     @staticmethod
     def _wait_all(reg: Any, waits: Any) -> None:
-        if reg is not None:
-            reg.wait(30.0)
-        for ev in waits or ():
-            ev.wait(30.0)
+        """Wait for the owners of refs we borrow or lend to acknowledge (then reply)."""
+        for ev in [reg, *(waits or ())]:
+            if ev is not None and not ev.wait(BORROW_ACK_WAIT_S):
+                logger.warning(
+                    "an owner did not acknowledge a borrow registration in %.0f s; "
+                    "replying anyway (the object may be freed early)",
+                    BORROW_ACK_WAIT_S,
+                )
 
     def _reply(self, call: Call, results: list[Any], reg: Any, waits: Any) -> None:
         TE.call_done(call, results)  # observability hook
@@ -295,8 +302,7 @@ class WorkerRuntime(CoreRuntime):
             cls = self.function(spec["class_id"], spec["class_blob"])
             args, kwargs, reg = decode_args(self, spec["args"], spec.get("resolved") or [])
             instance = cls(*args, **kwargs)
-            if reg is not None:
-                reg.wait(30.0)
+            self._wait_all(reg, None)
         except BaseException as e:
             err = TaskError(f"{name}.__init__", _format(e), e, pid=os.getpid())
             peer.reply_error(msg.rid, err)

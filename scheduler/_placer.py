@@ -42,11 +42,17 @@ class PlacerConfig:
         prepare_timeout_s: a placement-group prepare or commit not answered by
             then counts as failed (the group's reservations are released).
         retry_s: delay before a failed or not-yet-fitting group is tried again.
+        hold_when_full: default-strategy work that no feasible node has room for
+            now waits here and goes to the first node that reports room, instead
+            of the least loaded node's queue (where it could not move any more).
+            A node daemon's placer holds (owners keep one lease request per shape
+            in flight: one parked behind a busy node would stop it asking).
     """
 
     warmup_s: float = 1.0
     prepare_timeout_s: float = 5.0
     retry_s: float = 0.2
+    hold_when_full: bool = False
 
     def __post_init__(self) -> None:
         for name in ("warmup_s", "prepare_timeout_s", "retry_s"):
@@ -221,6 +227,8 @@ class Placer:
             n = self._spread(shape)
         else:
             n = self._by_locality(req) or self.view.least_loaded(shape)
+            if self.config.hold_when_full and n is not None and not n.has_room(shape):
+                return self._hold(req)  # until a report shows room somewhere
         assert n is not None  # a feasible class always has members
         return self._send(req, n)
 

@@ -7,7 +7,11 @@ from collections.abc import Mapping
 
 __all__ = [
     "NODE_AFFINITY_PREFIX",
+    "NODE_AFFINITY_SOFT_PREFIX",
+    "PLACED_KEY",
     "RUNTIME_ENV_PREFIX",
+    "SCHEDULING_PREFIX",
+    "SPREAD_KEY",
     "add",
     "fits",
     "is_empty",
@@ -15,6 +19,7 @@ __all__ = [
     "node_affinity_shape",
     "normalize",
     "split_runtime_env",
+    "strip_hints",
     "subtract",
 ]
 
@@ -23,6 +28,25 @@ _EPS = 1e-9
 # ``node:<node id hex>`` in a shape pins the work to that node (hard node affinity).
 NODE_AFFINITY_PREFIX = "node:"
 _AFFINITY_MARK = 0.001
+# Scheduling hints, also pseudo-resources of a shape, which a node drops before
+# accounting: ``node_affinity_soft:<hex>`` (prefer that node), ``scheduling:spread``
+# (SPREAD), ``scheduling:placed`` (the placer chose this node: never spill again).
+NODE_AFFINITY_SOFT_PREFIX = "node_affinity_soft:"
+SCHEDULING_PREFIX = "scheduling:"
+SPREAD_KEY = SCHEDULING_PREFIX + "spread"
+PLACED_KEY = SCHEDULING_PREFIX + "placed"
+HINT_MARK = _AFFINITY_MARK
+
+
+def strip_hints(shape: Mapping[str, float]) -> dict[str, float]:
+    """``shape`` without its scheduling hints (soft affinity, SPREAD, placed)."""
+    return {
+        k: v
+        for k, v in shape.items()
+        if not (k.startswith(SCHEDULING_PREFIX) or k.startswith(NODE_AFFINITY_SOFT_PREFIX))
+    }
+
+
 # ``runtime_env:<hash>`` in a shape asks for a worker started with that runtime
 # environment (``actorcore._runtime_env``): a placement constraint, not a quantity.
 RUNTIME_ENV_PREFIX = "runtime_env:"

@@ -220,6 +220,48 @@ def test_messages_after_a_wrong_token_are_never_decoded(fresh_runtime):
 
 
 @pytest.mark.timeout(60)
+def test_wire_limits_are_settings_that_take_effect(fresh_runtime, monkeypatch):
+    """Second in the module (the shared ``runtime`` is not started yet). The limits
+    against misbehaving peers are Config fields (and ``ACTORCORE_*`` variables)
+    that reach the daemon's and the driver's listeners and connections."""
+    import time
+
+    from actorcore import _global as G
+    from actorcore.testing import wait_for
+
+    monkeypatch.setenv("ACTORCORE_HANDSHAKE_TIMEOUT_S", "0.5")  # default 5 s
+    info = fresh_runtime(
+        num_cpus=1,
+        max_pending_handshakes=2,  # default 64
+        send_high_water_bytes=8 << 20,
+        send_max_queued_bytes=16 << 20,
+    )
+    rt = G.require()
+    assert rt.config.handshake_timeout_s == 0.5
+    with open(os.path.join("/dev/shm", f"actorcore-{info.session}", "node.json")) as f:
+        address = json.load(f)["address"]
+    # the daemon drops a socket that never authenticates after 0.5 s, not 5
+    silent = socket.create_connection(tuple(address), timeout=10)
+    try:
+        t0 = time.monotonic()
+        while silent.recv(65536):  # the daemon's HELLO, then nothing: we never answer
+            pass
+        assert time.monotonic() - t0 < 4.0
+    finally:
+        silent.close()
+    # the driver's own listener holds at most two unauthenticated sockets
+    socks = [socket.create_connection(rt.listener.address, timeout=10) for _ in range(4)]
+    try:
+        wait_for(lambda: rt.listener.evicted >= 2, 10, what="the oldest sockets evicted")
+    finally:
+        for s in socks:
+            s.close()
+    # send back-pressure bounds of the driver's connection to its daemon
+    conn = rt.daemon.conn
+    assert (conn._high, conn._max) == (8 << 20, 16 << 20)
+
+
+@pytest.mark.timeout(60)
 def test_an_undecodable_frame_behind_a_wrong_token_is_not_parsed(runtime, node, client):
     """In the same write as a failed AUTH: the daemon answers the AUTH (a REJECT
     naming the token) and drops the rest unread; decoding it would have failed
@@ -235,6 +277,19 @@ def test_an_undecodable_frame_behind_a_wrong_token_is_not_parsed(runtime, node, 
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.timeout(60)
+def test_a_request_right_behind_the_handshake_is_answered(runtime, node, client):
+    """A request sent in the same write as AUTH arrives with the handshake's last
+    bytes; it used to be dispatched before the connection was wired to its RPC
+    peer, and its reply was dropped (a borrower's ADD_BORROWER then waited 30 s)."""
+    behind = frame(LIST_STATE, [rid(), "node"])
+    tag, _ = client.handshake(node["token"], extra=behind)
+    assert tag == WELCOME
+    client.sock.settimeout(20)
+    rtag, rfields, _ = client.read()
+    assert rtag == REPLY and rfields[1]["pid"] == node["pid"]
+
+
 def test_raw_client_speaks_the_protocol(runtime, node, client):
     tag, _ = client.handshake(node["token"])
     assert tag == WELCOME

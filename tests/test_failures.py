@@ -76,6 +76,38 @@ def test_shutdown_leaves_no_child_processes(fresh_runtime):
     assert not ac.is_initialized()
 
 
+# --- a driver whose node daemon died ----------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_a_driver_whose_daemon_died_gets_a_clear_connection_error_naming_the_node(
+    fresh_runtime,
+):
+    import actorcore as ac
+    from actorcore import _global as G
+
+    info = fresh_runtime(num_cpus=1)
+    rt = G.require()
+    procs = _tree(list_state("node")["pid"])
+    try:
+        for p in reversed(procs):  # its workers first, then the daemon itself
+            kill_pid(p.pid)
+        wait_for(lambda: rt.broken is not None, 30, what="the driver noticing")
+        for call in (ac.nodes, ac.cluster_resources):
+            with pytest.raises(ConnectionError) as got:
+                call()
+            text = str(got.value)
+            assert rt.node.node_id.hex() in text and "daemon" in text, text
+    finally:
+        for p in procs:
+            kill_pid(p.pid)
+        for d in _paths(info.session):
+            if os.path.isdir(d):
+                shutil.rmtree(d, ignore_errors=True)
+            elif os.path.exists(d):
+                os.unlink(d)
+
+
 # --- tasks whose worker dies ---------------------------------------------------------------
 
 

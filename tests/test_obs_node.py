@@ -243,8 +243,12 @@ def test_process_titles(fresh_runtime):
 
     daemon_pid = state_node_pid()
     assert title(daemon_pid).startswith("actorcore::daemon")
-    kids = psutil.Process(daemon_pid).children()
-    assert any(title(k.pid).startswith("actorcore::forkserver") for k in kids)
+
+    def forkserver_titled():  # it names itself once its imports are done
+        kids = psutil.Process(daemon_pid).children()
+        return any(title(k.pid).startswith("actorcore::forkserver") for k in kids)
+
+    wait_for(forkserver_titled, 20, what="the fork server's title")
     s = Sleeper.remote()
     pid = ac.get(s.nap.remote(0))
     ref = s.nap.remote(3)

@@ -429,3 +429,40 @@ def test_object_table_records_locations_and_reports_objects_lost_with_a_node():
     assert t.node_gone(NODE) == [b"1" * 16]
     assert t.locations_of(b"2" * 16) == {OTHER}
     assert t.locations_of(b"?" * 16) == frozenset()
+
+
+def test_a_worker_gone_idle_steals_what_waits_behind_a_long_task():
+    o = Owner(limit=4)
+    long, queued, c = make_spec(), make_spec(), make_spec()
+    rid = of(o.submit(long, queued), E.RequestLease)[0].rid
+    old_peer, out = o.grant(rid, b"a")
+    assert len(of(out, E.PushTask)) == 2  # pipelined behind the long one
+    o.now += 0.05  # the old lease finished nothing since: stalled
+    (req,) = of(o.submit(c), E.RequestLease)
+    _new_peer, out = o.grant(req.rid, b"b")
+    (push,) = of(out, E.PushTask)
+    assert push.spec is c
+    out = o.feed(E.TaskReplied(push.lease, c.rid, OK))  # the new worker is idle now
+    assert of(out, E.StealTasks) == [E.StealTasks(old_peer)]
+
+
+def test_a_lease_request_carries_where_the_first_tasks_store_arguments_live():
+    o = Owner()
+    s = make_spec()
+    s.resolved = [[0, STORE, 100 << 20, b"oid", [NODE, OTHER], None], [1, INLINE, b"x", b"o2"]]
+    (req,) = of(o.submit(s), E.RequestLease)
+    assert req.args == {NODE: 100 << 20, OTHER: 100 << 20}
+    (req2,) = of(o.submit(make_spec(shape={"CPU": 2.0})), E.RequestLease)
+    assert req2.args is None  # no store arguments
+
+
+def test_spread_tasks_are_not_pipelined():
+    from actorcore.scheduler._resources import SPREAD_KEY
+
+    o = Owner(limit=4)
+    shape = {"CPU": 1.0, SPREAD_KEY: 0.001}
+    a, b = make_spec(shape=shape), make_spec(shape=shape)
+    rid = of(o.submit(a, b), E.RequestLease)[0].rid
+    _p, out = o.grant(rid)
+    assert [p.spec for p in of(out, E.PushTask)] == [a]  # b waits for a lease of its own
+    assert len(of(out, E.RequestLease)) == 1

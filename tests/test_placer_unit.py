@@ -340,3 +340,18 @@ def test_pg_bad_requests_fail():
     assert of(out, M.PlacementGroupFailed)
     out = p.handle(M.PlacementGroupRequest(b"h", (), "PACK"))
     assert of(out, M.PlacementGroupFailed)
+
+
+def test_hold_when_full_waits_for_a_node_with_room_instead_of_a_busy_queue():
+    p = placer(("a", {"CPU": 1}), ("b", {"CPU": 1}), hold_when_full=True)
+    report(p, "a", 1, CPU=0)
+    report(p, "b", 1, CPU=0)
+    assert spill(p, "w") == []  # every node busy: held here, not queued behind one
+    assert p.held() == ["w"]
+    assert placed(report(p, "b", 2, CPU=1)) == {"w": "b"}  # the first with room gets it
+    p.validate()
+    # without it (the simulator's placer), work queues on the least loaded node
+    q = placer(("a", {"CPU": 1}), ("b", {"CPU": 1}))
+    report(q, "a", 1, CPU=0)
+    report(q, "b", 1, CPU=0, queue_len=3)
+    assert placed(spill(q, "w")) == {"w": "a"}

@@ -210,17 +210,13 @@ class NodeDaemon(Service):
             my_id=self.node_id,
             make_receiver=lambda: RpcPeer(self, handlers),
             on_connection=self._on_connection,
-            max_header_bytes=self.config.max_header_bytes,
-            max_frame_bytes=self.config.max_frame_bytes,
             sock=self._listen_sock,
+            **self.config.wire_limits(),
             unix_name=self.unix_name or None,
         )
         await self.transfer.start()
         self.listener.start()
         self.unix_name = self.listener.unix_name
-        if self.cluster is not None:
-            await self.cluster.start(handlers)  # registered in etcd from here on
-            self._feed_peers()
         zsock, zpid = self._zygote
         self.pool = WorkerPool(loop, zsock, zpid, self._on_worker_exit)
         prestart = self.config.prestart_workers
@@ -228,6 +224,10 @@ class NodeDaemon(Service):
             prestart = max(1, int(self.state.total["CPU"]))
         self.state.warm = prestart
         self.apply(E.NodeStarted(time.monotonic()))
+        if self.cluster is not None:
+            # last: once registered, peers (and the placer) send work here at once
+            await self.cluster.start(handlers)  # registered in etcd from here on
+            self._feed_peers()
         self.spawn(self._housekeeping())
         self.obs.start()  # observability hook: /metrics, dashboard, sampler
 

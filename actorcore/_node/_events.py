@@ -51,6 +51,7 @@ __all__ = [
     "Later",
     "LeaseRequested",
     "LeaseReturned",
+    "LeaseWithdrawn",
     "NodeEvent",
     "NodeInfo",
     "NodeInstruction",
@@ -161,6 +162,14 @@ class LeaseRequested:
     key: Any
     shape: dict[str, float]
     owner: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseWithdrawn:
+    """A queued lease request leaves this node's queue unanswered (the cluster part
+    sends it to another node); no-op if it was granted already."""
+
+    key: Any
 
 
 @dataclass(frozen=True, slots=True)

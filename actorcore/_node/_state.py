@@ -24,6 +24,7 @@ from typing import Any
 
 from actorcore import scheduler as S
 from actorcore.gcs import ActorRecord
+from actorcore.scheduler import _resources as R
 from actorcore.store import ClientGone, StoreState
 
 from . import _events as E
@@ -92,6 +93,7 @@ class NodeState:
             E.WorkerStartFailed: lambda e: self.sched.worker_start_failed(e.env),
             E.WorkerDied: self._worker_died,
             E.LeaseRequested: self._lease_requested,
+            E.LeaseWithdrawn: lambda ev: self.sched.cancel_lease_request(ev.key),
             E.LeaseReturned: self._lease_returned,
             E.GrantFailed: lambda e: self.sched.return_lease(e.worker_id, e.now),
             E.WorkerBlocked: lambda e: self.sched.worker_blocked(e.worker_id, e.blocked),
@@ -203,6 +205,7 @@ class NodeState:
     def _local_shape(self, shape: dict[str, float]) -> dict[str, float]:
         """Check hard node affinity: this node is dropped from the shape; an unknown
         node is refused; another live node stays (the work waits for it)."""
+        shape = R.strip_hints(shape)  # soft affinity, SPREAD: the cluster's business
         pinned = [k for k in shape if k.startswith(NODE_AFFINITY_PREFIX)]
         if not pinned:
             return shape

@@ -19,10 +19,11 @@ from .. import _protocol as P
 from .. import _task_events as TE
 from .._args import prepare_args
 from .._ref import ObjectRef
-from .._refcount import ACTOR, ERROR, wake
+from .._refcount import ACTOR
 from .._rpc import error_from_reply, next_rid
 from ..errors import ActorDiedError
 from . import _actor_events as E
+from . import _object_events as OE
 from ._actor_state import ActorClient, CallSpec, Creation
 from ._actors import ActorCore
 from ._deps import ready_now, resolve_deps
@@ -62,6 +63,7 @@ class ActorClients:
         self.inbox.post(event)
 
     def _process(self, events: list[Any]) -> None:
+        self.rt.objects.catch_up()
         carry_out(self.core.handle(events), self._run)
 
     # --- the API's entry points (any thread) -----------------------------------------------
@@ -87,10 +89,9 @@ class ActorClients:
         rt = self.rt
         prepared = prepare_args(rt, args, kwargs, f"{class_name}.__init__()")
         spec["args"] = prepared.payload
-        with rt.lock:
-            e = rt.table.create_owned(actor_id, rt.address)
-            rt.table.complete(e, ACTOR, None)
-            rt.table.add_submitted(prepared.held)
+        rt.objects.inbox.put_quietly(
+            OE.ValueOwned(actor_id, ACTOR, None, held=prepared.held, local=0)
+        )  # (this shell's drain catches the object core up first)
         if spec.get("detached") or spec.get("name"):
             rt.persistent_actors.add(actor_id)
         answer = _Answer(on_id)
@@ -123,15 +124,11 @@ class ActorClients:
         spec.label = label = f"{class_name}.{method}"
         TE.pending_actor_call(spec.task_id, label, actor_id, bool(prepared.deps))  # observability
         address = rt.address
-        table = rt.table
-        with rt.lock:
-            for oid in spec.return_ids:
-                table.create_owned(oid, address).local = 1
-            if prepared.held:
-                table.add_submitted(prepared.held)
-                if prepared.deps and (resolved := ready_now(rt, prepared.deps)) is not None:
-                    spec.resolved = resolved
-                    prepared.deps = []  # nothing to wait for (``held`` keeps them alive)
+        # queued quietly: the reply (or this shell's drain) catches the object core up first
+        rt.objects.inbox.put_quietly(OE.ObjectsCreated(spec.return_ids, prepared.held))
+        if prepared.deps and (resolved := ready_now(rt, prepared.deps)) is not None:
+            spec.resolved = resolved
+            prepared.deps = []  # nothing to wait for (``held`` keeps them alive)
         if stream:  # the stream first: its items may come as soon as the call is sent
             rt.streams.open(spec.return_ids[0], stream - 1)
         if prepared.deps or not self._send_direct(actor_id, spec):
@@ -282,37 +279,27 @@ class ActorClients:
             self.post(E.CallReplied(c, rid, reply.results))
 
     def _call_done(self, ins: E.CallDone) -> None:
-        rt = self.rt
         spec = ins.spec
-        wakes: list[Any] = []
-        with rt.lock:
-            for oid, (kind, data, nested) in zip(spec.return_ids, ins.results, strict=True):
-                rt.adopt_result(oid, kind, data, nested, wakes)
-        self._release(spec.args.held)
-        spec.args.held = []
-        for waiters, e in wakes:
-            wake(waiters, e)
+        events: list[Any] = [
+            OE.ResultArrived(oid, kind, data, nested)
+            for oid, (kind, data, nested) in zip(spec.return_ids, ins.results, strict=True)
+        ]
+        if spec.args.held:
+            events.append(OE.HeldReleased(spec.args.held))
+            spec.args.held = []
+        self.rt.objects.post_all(events)
 
     def _call_failed(self, ins: E.CallFailed) -> None:
         TE.owner_failed(ins.spec.task_id, ins.spec.label, ins.error)  # observability hook
-        rt = self.rt
-        table = rt.table
-        wakes = []
-        with rt.lock:
-            for oid in ins.spec.return_ids:
-                e = table.entries.get(oid)
-                if e is not None:
-                    wakes.append((table.complete(e, ERROR, ins.error), e))
-        self._release(ins.spec.args.held)
-        ins.spec.args.held = []
-        for waiters, e in wakes:
-            wake(waiters, e)
+        events: list[Any] = [OE.ObjectsFailed(ins.spec.return_ids, ins.error)]
+        if ins.spec.args.held:
+            events.append(OE.HeldReleased(ins.spec.args.held))
+            ins.spec.args.held = []
+        self.rt.objects.post_all(events)
 
     def _release(self, held: list[bytes]) -> None:
         if held:
-            with self.rt.lock:
-                instrs = self.rt.table.remove_submitted(held)
-            self.rt.execute(instrs)
+            self.rt.objects.post(OE.HeldReleased(held))
 
     def _release_held(self, ins: E.ReleaseHeld) -> None:
         self._release(ins.held)

@@ -61,6 +61,37 @@ class Inbox:
         except RuntimeError:
             pass  # the loop is closed: the runtime is shutting down
 
+    def post_all(self, events: list[Any]) -> None:
+        """Queue several events, handled in one batch when on the loop; any thread."""
+        self._events.extend(events)
+        rt = self._rt
+        if threading.get_ident() == rt.loop_thread_id:
+            if not self._draining:
+                self.drain()
+            return
+        if self._scheduled:
+            return
+        self._scheduled = True
+        try:
+            rt.loop.call_soon_threadsafe(self.drain)
+        except RuntimeError:
+            pass
+
+    def wake(self) -> None:
+        """Make sure a drain is due (another thread queued quietly and needs one)."""
+        if self._scheduled:
+            return
+        self._scheduled = True
+        try:
+            self._rt.loop.call_soon_threadsafe(self.drain)
+        except RuntimeError:
+            pass
+
+    def drain_if_idle(self) -> None:
+        """On the loop: handle what is queued now, unless a drain is under way."""
+        if self._events and not self._draining:
+            self.drain()
+
     def quiet(self) -> bool:
         """Whether every event queued so far has been handled (any thread).
 

@@ -2,7 +2,7 @@
 
 Items arrive from workers (GENERATOR_ITEM) on the loop; consumers report
 progress and drops from any thread through an :class:`Inbox`. Delivered items
-become owned objects under the runtime's lock, like task results, and their
+become owned objects (events of the object core), like task results, and their
 refs go into the consumer's :class:`StreamBuffer`.
 """
 
@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from .. import _protocol as P
 from .._generator import ObjectRefGenerator, StreamBuffer
 from .._ref import ObjectRef
-from .._refcount import FAILED, STORE, wake
+from .._refcount import FAILED
+from . import _object_events as OE
 from . import _streams as S
 from ._inbox import Inbox, carry_out
 
@@ -63,11 +64,11 @@ class GeneratorStreams:
         self.buffers[stream_id] = self._unclaimed[stream_id] = StreamBuffer()
         self.post(S.StreamOpened(stream_id, backpressure))
         rt = self.rt
-        with rt.lock:
-            e = rt.table.entries.get(stream_id)
-            waiting = e is not None and rt.table.add_waiter(e, self._end_done)
-        if not waiting:
-            self.post(S.StreamEnded(stream_id, e is None or e.state == FAILED))
+        end = [(stream_id, rt.address)]
+        if rt.on_loop_thread():
+            rt.objects.watch(end, self._end_done)
+        else:  # the end object is ours and pending: its completion wakes the loop
+            rt.objects.watch_owned(end, self._end_done)
 
     def generator(self, end: ObjectRef, backpressure: int) -> ObjectRefGenerator:
         """The consumer's side of the stream ``end.id`` opened just before (same thread).
@@ -100,26 +101,22 @@ class GeneratorStreams:
     def _deliver(self, ins: S.DeliverItems) -> None:
         rt = self.rt
         address = rt.address
-        table = rt.table
-        create, adopt, node_id = table.create_owned, rt.adopt_result, ins.node_id
-        wakes: list[Any] = []
-        with rt.lock:
-            for oid, (kind, data, nested) in ins.items:
-                create(oid, address).local = 1
-                adopt(oid, kind, data, nested, wakes)
-                if kind == STORE and node_id is not None:
-                    table.add_location(oid, node_id)
-        for waiters, e in wakes:
-            wake(waiters, e)
+        node_id = ins.node_id
+        rt.objects.post_all(
+            [
+                OE.ResultArrived(oid, kind, data, nested, node_id, create=True)
+                for oid, (kind, data, nested) in ins.items
+            ]
+        )
         refs = [ObjectRef(oid, address, _counted=True) for oid, _result in ins.items]
         buf = self.buffers.get(ins.stream_id)
         if buf is not None:  # else the refs die here, which frees their objects
             buf.push(refs)
 
     def _drop(self, ins: S.DropItems) -> None:
-        with self.rt.lock:
-            for oid, (kind, data, nested) in ins.items:
-                self.rt.adopt_result(oid, kind, data, nested)  # no entry: freed at once
+        self.rt.objects.post_all(  # no entry: freed at once
+            [OE.ResultArrived(oid, kind, data, nested) for oid, (kind, data, nested) in ins.items]
+        )
 
     def _ack(self, ins: S.AckItems) -> None:
         try:

@@ -233,6 +233,7 @@ class RequestLease:
     shape: dict[str, float]
     node_id: bytes | None = None
     daemon: Any = None
+    args: dict[bytes, int] | None = None  # {node: bytes} of the first task's store args
 
 
 @dataclass(slots=True)

@@ -3,8 +3,8 @@
 Any thread may submit or cancel a task: it prepares the arguments, creates the
 return objects and hands the core an event through an :class:`Inbox` (one
 loop wake-up per batch). The core's state is only touched on the loop.
-Results complete their objects under the runtime's lock, and the objects'
-waiters run after it is released.
+Results, failures and released arguments go to the object core
+(:mod:`._objects`) as events; no lock is involved.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from .. import _task_events as TE
 from .._args import FunctionDescriptor, prepare_args
 from .._execution import current_task
 from .._ref import ObjectRef
-from .._refcount import ERROR, STORE, wake
 from .._rpc import error_from_reply, next_rid
 from .._runtime_env import spec_of_shape
 from ..errors import ActorCoreError
+from ..scheduler._resources import HINT_MARK, PLACED_KEY
+from . import _object_events as OE
 from . import _task_events as E
 from ._deps import ready_now, resolve_deps
 from ._inbox import Inbox, carry_out
@@ -70,6 +71,7 @@ class TaskSubmitter:
         self.inbox.post(event)
 
     def _process(self, events: list[Any]) -> None:
+        self.rt.objects.catch_up()
         carry_out(self.core.handle(events, time.monotonic()), self._run)
 
     # --- the API's entry points (any thread) -----------------------------------------------
@@ -96,15 +98,11 @@ class TaskSubmitter:
         spec.stream = stream
         TE.pending_task(spec.task_id, name, bool(prepared.deps))  # observability hook
         address = rt.address
-        table = rt.table
-        with rt.lock:
-            for oid in spec.return_ids:
-                table.create_owned(oid, address).local = 1
-            if prepared.held:
-                table.add_submitted(prepared.held)
-                if prepared.deps and (resolved := ready_now(rt, prepared.deps)) is not None:
-                    spec.resolved = resolved
-                    prepared.deps = []  # nothing to wait for (``held`` keeps them alive)
+        # queued quietly: this shell's drain catches the object core up first
+        rt.objects.inbox.put_quietly(OE.ObjectsCreated(spec.return_ids, prepared.held))
+        if prepared.deps and (resolved := ready_now(rt, prepared.deps)) is not None:
+            spec.resolved = resolved
+            prepared.deps = []  # nothing to wait for (``held`` keeps them alive)
         if stream:  # the stream first: its items may come as soon as the task is pushed
             rt.streams.open(spec.return_ids[0], stream - 1)
         self.post(E.SubmitTask(spec))
@@ -142,11 +140,14 @@ class TaskSubmitter:
     # --- instructions: leases ---------------------------------------------------------------
 
     def _request_lease(self, ins: E.RequestLease) -> None:
-        msg = P.RequestLeaseMsg(ins.rid, ins.shape, spec_of_shape(ins.shape))
+        env = spec_of_shape(ins.shape)
+        msg = P.RequestLeaseMsg(ins.rid, ins.shape, env, ins.args)
         cb = functools.partial(self._on_grant, ins.rid)
         if ins.daemon is None:
             self._request_on(self.rt.daemon, msg, cb)
         else:  # a spill: that node's daemon (its leases go back there too)
+            # placed there: that node queues it, never sends it on again
+            msg = P.RequestLeaseMsg(ins.rid, {**ins.shape, PLACED_KEY: HINT_MARK}, env)
             if ins.node_id is not None:
                 self._daemons[ins.node_id] = tuple(ins.daemon)
             self.rt.with_peer(tuple(ins.daemon), lambda p: self._request_on(p, msg, cb))
@@ -253,45 +254,32 @@ class TaskSubmitter:
             self.post(E.TaskReplied(lease, rid, reply.results))
 
     def _task_done(self, ins: E.TaskDone) -> None:
-        rt = self.rt
         spec = ins.spec
-        wakes: list[Any] = []
-        with rt.lock:
-            for oid, (kind, data, nested) in zip(spec.return_ids, ins.results, strict=True):
-                rt.adopt_result(oid, kind, data, nested, wakes)
-                if kind == STORE and ins.node_id is not None:
-                    rt.table.add_location(oid, ins.node_id)
-        self._release_args(spec)
-        for waiters, e in wakes:
-            wake(waiters, e)
+        node_id = ins.node_id
+        events: list[Any] = [
+            OE.ResultArrived(oid, kind, data, nested, node_id)
+            for oid, (kind, data, nested) in zip(spec.return_ids, ins.results, strict=True)
+        ]
+        self._release_args(spec, events)
+        self.rt.objects.post_all(events)
 
     def _task_failed(self, ins: E.TaskFailed) -> None:
         TE.owner_failed(ins.spec.task_id, ins.spec.name, ins.error)  # observability hook
-        rt = self.rt
-        table = rt.table
-        wakes = []
-        with rt.lock:
-            for oid in ins.spec.return_ids:
-                e = table.entries.get(oid)
-                if e is not None:
-                    wakes.append((table.complete(e, ERROR, ins.error), e))
-        self._release_args(ins.spec)
-        for waiters, e in wakes:
-            wake(waiters, e)
+        events: list[Any] = [OE.ObjectsFailed(ins.spec.return_ids, ins.error)]
+        self._release_args(ins.spec, events)
+        self.rt.objects.post_all(events)
 
-    def _release_args(self, spec: TaskSpec) -> None:
+    def _release_args(self, spec: TaskSpec, events: list[Any]) -> None:
         held = spec.args.held
         if held:
             spec.args.held = []
-            with self.rt.lock:
-                instrs = self.rt.table.remove_submitted(held)
-            self.rt.execute(instrs)
+            events.append(OE.HeldReleased(held))
         spec.args.store_ref = None
 
     def _discard(self, ins: E.DiscardResults) -> None:
-        with self.rt.lock:
-            for _kind, _data, nested in ins.results:
-                self.rt.discard_result(nested)
+        nested = [n for _kind, _data, n in ins.results if n]
+        if nested:
+            self.rt.objects.post(OE.ResultsDiscarded(nested))
 
 
 def _refusal(reply: Any) -> BaseException:

@@ -31,8 +31,9 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .._refcount import ERROR
+from .._refcount import ERROR, STORE
 from ..errors import ActorCoreError, TaskCancelledError, WorkerCrashedError
+from ..scheduler._resources import SPREAD_KEY
 from . import _task_events as E
 from ._task_state import Lease, ShapeQueue, TaskSpec
 
@@ -134,6 +135,8 @@ class TaskCore:
     def _best_lease(self, q: ShapeQueue) -> Lease | None:
         best: Lease | None = None
         limit, now, stall_s = self.max_in_flight, self.now, self.stall_s
+        if SPREAD_KEY in q.shape:
+            limit = 1  # SPREAD: a lease (each placed anew) per running task, no pipelining
         for lease in q.leases:
             n = len(lease.in_flight)
             if lease.revoked or lease.paused or n >= limit or lease.stalled(now, stall_s):
@@ -156,9 +159,11 @@ class TaskCore:
         if pipelined:
             self._arm_stall_check()
         if not pending:
-            for lease in list(q.leases):
-                if not lease.in_flight:
-                    self._lease_idle(q, lease)
+            idle = [lease for lease in q.leases if not lease.in_flight]
+            if idle and len(idle) < len(q.leases):
+                self._steal_for(q)  # an idle worker takes back what waits behind long tasks
+            for lease in idle:
+                self._lease_idle(q, lease)
 
     def _push(self, spec: TaskSpec, lease: Lease) -> None:
         spec.rid = rid = self.next_rid()
@@ -174,7 +179,8 @@ class TaskCore:
         rid = q.requesting = self.next_rid()
         q.requesting_node = node_id
         self.lease_requests[rid] = q
-        self._out.append(E.RequestLease(rid, q.shape, node_id, daemon))
+        args = _arg_locations(q.pending[0]) if q.pending and node_id is None else None
+        self._out.append(E.RequestLease(rid, q.shape, node_id, daemon, args))
 
     def _arm_stall_check(self) -> None:
         if not self._stall_armed and not self.closed:
@@ -216,9 +222,7 @@ class TaskCore:
             self._out.append(E.ReturnLease(ev.worker_id, False, ev.node_id))
             return
         q.leases.append(Lease(ev.worker_id, ev.peer, ev.node_id, self.now, q.key))
-        if not q.pending:
-            self._steal_for(q)
-        self._pump(q)
+        self._pump(q)  # (with nothing pending, the new worker steals what waits elsewhere)
 
     def _on_unreachable(self, ev: E.LeaseUnreachable) -> None:
         # the worker died before we reached it: the daemon knows; ask again
@@ -444,3 +448,13 @@ class TaskCore:
                 assert self.lease_requests.get(q.requesting) is q
         for rid, q in self.lease_requests.items():
             assert q.requesting == rid, rid
+
+
+def _arg_locations(spec: TaskSpec) -> dict[bytes, int] | None:
+    """{node: bytes} of ``spec``'s store arguments known to live there (locality)."""
+    out: dict[bytes, int] = {}
+    for r in spec.resolved or ():
+        if len(r) > 4 and r[1] == STORE and r[4] and isinstance(r[2], int):
+            for node in r[4]:
+                out[bytes(node)] = out.get(bytes(node), 0) + r[2]
+    return out or None
