@@ -75,14 +75,22 @@ def _info(rt: Any) -> InitInfo:
 
     _task_events.bind(rt)  # observability hook: read task_events from this runtime's config
     raw = rt.node.raw
+    dash = {
+        "dashboard_url": raw.get("dashboard_url"),
+        "dashboard_token": raw.get("dashboard_token"),
+    }
+    if raw.get("cluster") and rt.role == "driver":  # the cluster's dashboard, on some node
+        from ._obs._cluster import driver_dashboard
+
+        dash = driver_dashboard(rt, dash)
     return InitInfo(
         rt.node.address,
         rt.node.node_id.hex(),
         rt.node.session,
         rt.node.session_dir,
         getattr(rt, "proc", None) is not None,
-        raw.get("dashboard_url"),  # observability hook
-        raw.get("dashboard_token"),
+        dash["dashboard_url"],  # observability hook
+        dash["dashboard_token"],
         raw.get("metrics_export_port"),
     )
 

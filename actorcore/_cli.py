@@ -4,14 +4,17 @@ actorcore start [--address etcd://HOST:PORT[,...]/NAME] [--num-cpus N] [--num-gp
                 [--resources JSON] [--object-store-memory BYTES] [--node-ip IP] [--port P]
                 [--token-file F] [--etcd-user U --etcd-password P] [--etcd-ca F ...]
 actorcore stop [--address etcd://.../NAME]
-actorcore status
+actorcore status [--address etcd://.../NAME]
 actorcore list {nodes,actors,tasks,objects,workers,placement-groups} [--filter k=v] [--limit N]
+               [--format table|json] [--detail]
 actorcore get {actor,task,node} ID
 actorcore summary {tasks,actors}
 actorcore memory
-actorcore logs [--tail N] [--follow] [--actor ID|NAME] [--task ID]
+actorcore logs [--tail N] [--follow] [--node ID] [--actor ID|NAME] [--task ID]
 actorcore timeline [-o FILE]
-actorcore dashboard
+actorcore dashboard [--serve [--host H] [--port P]]
+    list, get, summary, logs, timeline and dashboard take --address etcd://.../NAME: a node
+    of that cluster answers for every node (dashboard --address serves one for the cluster)
 actorcore microbenchmark [FILTER] [--ray-python PATH]
 actorcore serve status
 """
@@ -108,16 +111,19 @@ def _config(args: argparse.Namespace) -> Any:
 
 def cmd_start(args: argparse.Namespace) -> int:
     from ._driver import spawn_daemon, start_cluster_node
+    from ._obs._waits import Waiting  # progress of the wait (observability)
 
     config = _config(args)
     if args.address:
-        proc, ready, _token = start_cluster_node(
-            config, args.address, node_ip=args.node_ip, port=args.port or 0, started_by="cli"
-        )
+        with Waiting(f"joining cluster {args.address}"):
+            proc, ready, _token = start_cluster_node(
+                config, args.address, node_ip=args.node_ip, port=args.port or 0, started_by="cli"
+            )
     else:
-        proc, ready = spawn_daemon(
-            config, os.urandom(32), None, port=args.port or 0, started_by="cli"
-        )
+        with Waiting("starting a node"):
+            proc, ready = spawn_daemon(
+                config, os.urandom(32), None, port=args.port or 0, started_by="cli"
+            )
     for f in (proc.stdout, proc.stdin):
         if f is not None:
             f.close()
@@ -140,18 +146,21 @@ def cmd_stop(args: argparse.Namespace) -> int:
     with ``--address``); never nodes that programs started for themselves."""
     from . import _protocol as P
     from ._driver import local_nodes
+    from ._obs._waits import Waiting  # progress of the waits (observability)
     from ._rpc import next_rid
     from .testing import wait_for
 
     stopped = 0
-    for node in local_nodes(cluster=args.address):
+    nodes = local_nodes(cluster=args.address)
+    for i, node in enumerate(nodes, 1):
         path = os.path.join("/dev/shm", f"actorcore-{node['session']}", "node.json")
         try:
             _ask(node, P.ShutdownNodeMsg(next_rid()))
         except (OSError, ConnectionError, ValueError):
             continue
         try:
-            wait_for(functools.partial(_gone, path), 15.0)
+            with Waiting(f"stopping node {node['node_id'][:12]} ({i}/{len(nodes)})"):
+                wait_for(functools.partial(_gone, path), 15.0)
         except TimeoutError:
             print(f"node {node['pid']} did not stop in time", file=sys.stderr)
             continue
@@ -161,7 +170,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    node = _node()
+    from ._obs._cli import node_for  # a cluster's node with --address etcd://...
+
+    node = node_for(args.address) if args.address else _node()
     info = _state(node, "node")
     store = _state(node, "store")
     print(f"node {info['node_id']} pid {info['pid']} at {info['address'][0]}:{info['address'][1]}")
@@ -265,9 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("stop", help="stop the nodes started with `actorcore start`")
     p.add_argument("--address", help="only the nodes of this cluster (etcd://.../NAME)")
     p.set_defaults(fn=cmd_stop)
-    sub.add_parser("status", help="resources, workers and store of the local node").set_defaults(
-        fn=cmd_status
-    )
+    p = sub.add_parser("status", help="resources, workers and store of the local node")
+    p.add_argument("--address", help="a node of this cluster (etcd://.../NAME), and its nodes")
+    p.set_defaults(fn=cmd_status)
     sub.add_parser("memory", help="object store use, object by object").set_defaults(fn=cmd_memory)
     from ._obs._cli import add_commands  # observability: list/get/summary/timeline/logs/dashboard
 

@@ -35,16 +35,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
+
 from actorcore.gcs import (
     ActorRecord,
     ActorTable,
     ControlStore,
+    DeleteOp,
     NameRegistry,
     PutOp,
     RetryingControlStore,
 )
 
 from . import _protocol as P
+from ._cluster_failover import NodeFailover
 from ._cluster_work import REQUEUE_S, ClusterWork
 from ._fencing import wait_to_rejoin
 from ._membership import Membership
@@ -58,7 +62,11 @@ __all__ = ["ClusterNode", "join_cluster"]
 logger = logging.getLogger(__name__)
 
 JOIN_WAIT_S = 45.0  # how long a new node waits for etcd (its starter waits 60 s for it)
-_BATCH = 100  # actor records per etcd transaction (etcd allows 128 operations)
+_BATCH = 100  # operations per etcd transaction (etcd allows 128)
+_BATCH_BYTES = 1 << 20  # a transaction stays under etcd's request limit (~1.5 MiB)
+SPECS = b"/actor_specs/"
+ORPHAN_WAIT_S = 30.0  # an actor whose node and home died waits this long for a restart
+MAX_SAVED_SPEC = 256 * 1024  # bytes (etcd takes ~1.5 MiB per request, a batch included)
 Handler = Callable[[RpcPeer, Any, list[bytes]], Any]
 
 
@@ -80,13 +88,24 @@ def join_cluster(daemon: Any, cluster: dict[str, Any] | None) -> ClusterNode | N
 
 class BatchedActorTable(ActorTable):
     """Actor records written to etcd in batches (one transaction per loop turn),
-    each carrying what a process on another node needs to make a handle."""
+    each carrying what a process on another node needs to make a handle.
+
+    The creation spec of a restartable detached actor is written too, once
+    (``/actor_specs/<id>``, deleted with the actor): if its node and the node
+    its creation went through both die, any node can restart it from there
+    (:mod:`actorcore._cluster_failover`).
+    """
 
     def __init__(self, store: ControlStore, daemon: Any) -> None:
         super().__init__(store)
         self._daemon = daemon
         self._pending: dict[bytes, tuple[ActorRecord, asyncio.Future[int]]] = {}
         self._writer: asyncio.Task[None] | None = None
+        self._specs: dict[bytes, bytes] = {}  # actor -> its packed spec, not yet written
+        self._saved: set[bytes] = set()  # actors whose spec is in etcd
+
+    def spec_key(self, actor_id: bytes) -> bytes:
+        return SPECS + actor_id.hex().encode()
 
     async def put(self, record: ActorRecord) -> int:
         info = self._daemon.actors.actors.get(record.actor_id)
@@ -98,6 +117,10 @@ class BatchedActorTable(ActorTable):
                 "owner": list(spec.get("owner_address") or []),
             }
             record = dataclasses.replace(record, handle=handle)
+        if info is not None and record.state != "DEAD":
+            saved = record.actor_id in self._saved or self._save_spec(record, info.spec)
+            if saved:
+                record = dataclasses.replace(record, spec_saved=True)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         old = self._pending.get(record.actor_id)
         self._pending[record.actor_id] = (record, fut)
@@ -107,14 +130,50 @@ class BatchedActorTable(ActorTable):
             self._writer = asyncio.get_running_loop().create_task(self._write())
         return await fut
 
+    def _save_spec(self, record: ActorRecord, spec: dict[str, Any]) -> bool:
+        """Queue the spec of a restartable detached actor for writing; True if queued."""
+        if not record.detached or record.max_restarts == 0:
+            return False
+        packed = bytes(msgpack.packb(spec, use_bin_type=True))
+        if len(packed) > MAX_SAVED_SPEC:
+            logger.warning(
+                "actor %s: its creation spec (%d bytes) is too large for control state; it "
+                "restarts elsewhere only while the node it was created through lives",
+                record.actor_id.hex(),
+                len(packed),
+            )
+            return False
+        self._specs[record.actor_id] = packed
+        self._saved.add(record.actor_id)
+        return True
+
+    def _ops(self, record: ActorRecord) -> list[Any]:
+        ops: list[Any] = [PutOp(self.key(record.actor_id), record.to_bytes())]
+        packed = self._specs.pop(record.actor_id, None)
+        if packed is not None:
+            ops.append(PutOp(self.spec_key(record.actor_id), packed))
+        if record.state == "DEAD" and record.actor_id in self._saved:
+            self._saved.discard(record.actor_id)
+            ops.append(DeleteOp(self.spec_key(record.actor_id)))
+        return ops
+
     async def _write(self) -> None:
         while self._pending:
-            keys = list(self._pending)[:_BATCH]
-            batch = [self._pending.pop(k) for k in keys]
-            ops = [PutOp(self.key(r.actor_id), r.to_bytes()) for r, _ in batch]
+            batch: list[tuple[ActorRecord, asyncio.Future[int]]] = []
+            ops: list[Any] = []
+            size = 0
+            while self._pending and len(ops) < _BATCH - 2 and size < _BATCH_BYTES:
+                record, fut = self._pending.pop(next(iter(self._pending)))
+                batch.append((record, fut))
+                mine = self._ops(record)
+                ops += mine
+                size += sum(len(op.value) for op in mine if isinstance(op, PutOp))
             try:
                 result = await self.store.txn([], ops)
             except Exception as e:  # every waiter learns it
+                for op in ops:  # specs not written: with the actor's next record
+                    if isinstance(op, PutOp) and op.key.startswith(SPECS):
+                        self._specs[bytes.fromhex(op.key[len(SPECS) :].decode())] = op.value
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(e)
@@ -133,6 +192,11 @@ def _copy(src: asyncio.Future[int], dst: asyncio.Future[int]) -> None:
         dst.set_exception(src.exception())  # type: ignore[arg-type]
     else:
         dst.set_result(src.result())
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _where(rec: ActorRecord, min_epoch: int) -> list[Any] | None:
@@ -168,6 +232,8 @@ class ClusterNode:
         self._orig: dict[int, Handler] = {}
         self.rejoining = False
         self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees
+        self.failover = NodeFailover(daemon, self)  # when a peer node dies
+        self._orphan_waits: set[asyncio.Future[None]] = set()
         # the global placer: elected among the nodes; runs here while this node holds it
         self.election = PlacerElection(self.membership, tuple(daemon.address))
         self.placer_host: PlacerHost | None = None
@@ -242,6 +308,8 @@ class ClusterNode:
             return self.membership.table.nodes()
         if what == "total":
             return self.membership.table.total()
+        if what == "failover":  # this node's recovery counters (chaos runs report them)
+            return self.failover.statistics()
         if what == "available":
             local = self._local(P.Tag.CLUSTER_INFO, peer, msg, b)
             return self.membership.available(local)
@@ -282,6 +350,7 @@ class ClusterNode:
             host.close()
 
     def _membership_changed(self, changes: list[Joined | Left]) -> None:
+        self.failover.on_change(changes)  # a dead peer's processes, actors (issue 10)
         host = self.placer_host
         if host is None:
             return
@@ -341,33 +410,76 @@ class ClusterNode:
         answer = _where(rec, msg.min_epoch) or self._node_dead(rec)
         if answer is not None:
             return answer
-        gone = self.membership.when_gone(rec.node_id)
+        gone = self._when_gone(rec)
+        nxt: asyncio.Future[Any] | None = None
         try:
             async with self.store.watch_prefix(key, start_revision=kv.mod_revision + 1) as watch:
                 events = aiter(watch)
+                nxt = asyncio.ensure_future(anext(events))
                 while True:
-                    nxt = asyncio.ensure_future(anext(events))
                     await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
-                    if gone.done():
-                        nxt.cancel()
-                        return self._node_dead(rec)
+                    if gone.done() and not nxt.done():
+                        if gone in self._orphan_waits:
+                            nxt.cancel()
+                            return ["DEAD", None, rec.epoch, "no node restarted it in time"]
+                        answer = self._node_dead(rec)
+                        if answer is not None:
+                            nxt.cancel()
+                            return answer
+                        # its node died and another node restarts it: wait for that
+                        self._drop_wait(gone)
+                        gone = self._when_gone(rec)
+                        continue
                     try:
                         event = nxt.result()
                     except StopAsyncIteration:
                         return DEFERRED  # the node is closing
                     if event.kv is None:
                         return ["DEAD", None, rec.epoch, "its record was removed"]
-                    answer = _where(ActorRecord.from_bytes(event.kv.value), msg.min_epoch)
+                    rec = ActorRecord.from_bytes(event.kv.value)
+                    answer = _where(rec, msg.min_epoch)
                     if answer is not None:
                         return answer
+                    self._drop_wait(gone)
+                    gone = self._when_gone(rec)
+                    nxt = asyncio.ensure_future(anext(events))
         finally:
-            gone.cancel()
+            self._drop_wait(gone)
+            if nxt is not None:
+                nxt.cancel()
 
     def _node_dead(self, rec: ActorRecord) -> list[Any] | None:
-        """The answer for an actor whose node is gone (None while it lives)."""
-        if rec.node_id in self.membership.table.live:
+        """The answer for an actor whose node is gone (None while it lives, or while
+        its home node lives to restart it elsewhere)."""
+        live = self.membership.table.live
+        if rec.node_id in live:
             return None
+        if rec.state != "DEAD" and rec.restartable():
+            if rec.home is not None and rec.home in live:
+                return None  # its home node restarts it (actorcore._cluster_failover)
+            if rec.detached and rec.spec_saved and live:
+                return None  # a live node restarts it from its saved spec
         return ["DEAD", None, rec.epoch, f"its node {rec.node_id.hex()} died"]
+
+    def _drop_wait(self, gone: asyncio.Future[None]) -> None:
+        gone.cancel()
+        self._orphan_waits.discard(gone)
+
+    def _when_gone(self, rec: ActorRecord) -> asyncio.Future[None]:
+        """Resolved when a wait for ``rec``'s actor must look again: its node died, or
+        once that died, the home node restarting it; an orphan restarted by another
+        node has ``ORPHAN_WAIT_S`` to show up in its record."""
+        live = self.membership.table.live
+        if rec.node_id in live:
+            return self.membership.when_gone(rec.node_id)
+        if rec.home is not None and rec.home in live:
+            return self.membership.when_gone(rec.home)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(ORPHAN_WAIT_S, _resolve, fut)
+        fut.add_done_callback(lambda _f: timer.cancel())
+        self._orphan_waits.add(fut)
+        return fut
 
     def on_kill_actor(self, peer: RpcPeer, msg: P.KillActorMsg, b: list[bytes]) -> Any:
         if msg.actor_id in self.daemon.actors.actors:

@@ -141,6 +141,9 @@ class ClusterWork:
         # owner process -> its (non-detached) actors created on other nodes through us
         self.forwarded: dict[bytes, dict[bytes, bytes]] = {}
         self._owner_of: dict[bytes, bytes] = {}  # actor -> its owner, for the above
+        # actor -> (its creation spec, the node hosting it): actors sent to other nodes
+        # through us, restarted elsewhere by us if that node dies (_cluster_failover)
+        self.placed: dict[bytes, tuple[dict[str, Any], bytes]] = {}
         cfg = getattr(daemon, "config", None)
         self.policy = SpillPolicy(
             SpillConfig(
@@ -166,6 +169,7 @@ class ClusterWork:
             if int(tag) in handlers:
                 self._orig[int(tag)] = handlers[int(tag)]
                 handlers[int(tag)] = fn
+        handlers[int(P.Tag.OWNER_GONE)] = self.on_owner_gone
 
     def _local(self, tag: P.Tag, peer: RpcPeer, msg: Any, b: list[bytes]) -> Any:
         return self._orig[int(tag)](peer, msg, b)
@@ -353,6 +357,7 @@ class ClusterWork:
         if not spec.get("detached"):
             self.forwarded.setdefault(owner, {})[msg.actor_id] = target
             self._owner_of[msg.actor_id] = owner
+        self.placed[msg.actor_id] = (spec, target)
         return self._forward_create(target, P.CreateActorMsg(next_rid(), msg.actor_id, spec))
 
     async def _create_here(self, peer: RpcPeer, msg: P.CreateActorMsg, b: list[bytes]) -> Any:
@@ -371,19 +376,44 @@ class ClusterWork:
         return await self.membership.call_node(target, msg)
 
     def owner_gone(self, owner: bytes) -> None:
-        """A process of this node ended: its actors on other nodes end too."""
+        """A process of this node ended: its actors on other nodes end too, and every
+        peer daemon drops what it holds for it (``OWNER_GONE``: leases, objects)."""
+        if owner not in self.membership.table.members:  # (a peer daemon's link is no owner)
+            for node_id in list(self.membership.table.live):
+                if node_id != self.node_id:
+                    self.daemon.spawn(self._tell_owner_gone(node_id, owner))
         for actor_id, node_id in self.forwarded.pop(owner, {}).items():
             self._owner_of.pop(actor_id, None)
+            self.placed.pop(actor_id, None)
             self.daemon.spawn(self._kill_on(node_id, actor_id))
 
     def forget(self, actor_id: bytes) -> None:
         """An actor created through this node was killed: nothing to end for its owner."""
+        self.placed.pop(actor_id, None)
         owner = self._owner_of.pop(actor_id, None)
         if owner is not None:
             mine = self.forwarded.get(owner, {})
             mine.pop(actor_id, None)
             if not mine:
                 self.forwarded.pop(owner, None)
+
+    async def _tell_owner_gone(self, node_id: bytes, owner: bytes) -> None:
+        try:
+            peer = await self.membership._link(node_id)
+            peer.send(P.OwnerGoneMsg(owner))
+        except (OSError, ConnectionError, TimeoutError, LookupError) as e:
+            logger.debug("owner-gone notice to node %s not sent: %s", node_id.hex(), e)
+
+    def on_owner_gone(self, peer: RpcPeer, msg: P.OwnerGoneMsg, b: list[bytes]) -> Any:
+        """A peer daemon's process ended: what this node holds for it goes (only a
+        peer daemon may say so, and never of a process connected here)."""
+        assert peer.conn is not None
+        owner = bytes(msg.owner)
+        if peer.conn.peer_id in self.membership.table.live and owner not in self.daemon.conns:
+            from ._node import _events as NE
+
+            self.daemon.apply(NE.ProcessGone(owner))
+        return DEFERRED
 
     async def _kill_on(self, node_id: bytes, actor_id: bytes) -> None:
         try:

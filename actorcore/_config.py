@@ -59,7 +59,7 @@ class Config:
     default_max_retries: int = 3
     session_tag: str = ""  # appended to session names (test runs tell theirs apart)
     # clusters (etcd://...): node lease TTL, the cluster token, how to log in to etcd
-    node_ttl_s: float = 10.0
+    node_ttl_s: float = 2.0
     cluster_token: str = ""  # "" = the one in etcd (the first node makes it)
     etcd_user: str = ""
     etcd_password: str = ""
@@ -148,7 +148,7 @@ class Config:
             "handshake_timeout_s": float(_env("HANDSHAKE_TIMEOUT_S", "5")),
             "send_high_water_bytes": int(_env("SEND_HIGH_WATER_BYTES", str(64 * MiB))),
             "send_max_queued_bytes": int(_env("SEND_MAX_QUEUED_BYTES", str(512 * MiB))),
-            "node_ttl_s": float(_env("NODE_TTL_S", "10")),
+            "node_ttl_s": float(_env("NODE_TTL_S", "2")),
             "cluster_token": _env("TOKEN", ""),
             "etcd_user": _env("ETCD_USER", ""),
             "etcd_password": _env("ETCD_PASSWORD", ""),

@@ -288,6 +288,8 @@ class Fencer:
         live_peers: the live peers' ids (this node excluded).
         on_fence: called once, with the reason, when the node must fence.
         clock: a monotonic clock (tests).
+        own_refresh: refresh the lease here every TTL/3 (False: another refresher
+            reports each confirmed refresh through :meth:`granted`).
     """
 
     def __init__(
@@ -298,6 +300,7 @@ class Fencer:
         live_peers: Callable[[], list[bytes]],
         on_fence: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
+        own_refresh: bool = True,
     ) -> None:
         self.ttl_s = ttl_s
         self.monitor = FenceMonitor(ttl_s, clock())
@@ -306,6 +309,7 @@ class Fencer:
         self._live_peers = live_peers
         self._on_fence = on_fence
         self._clock = clock
+        self._own_refresh = own_refresh  # False: another refreshes and calls granted()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -356,7 +360,7 @@ class Fencer:
         next_refresh = self._clock()
         while not self.fenced:
             now = self._clock()
-            if now >= next_refresh and not self._refreshing():
+            if self._own_refresh and now >= next_refresh and not self._refreshing():
                 next_refresh = now + self.ttl_s / 3
                 self._spawn(self._refresh_once())
             self._carry_out(self.monitor.tick(now))

@@ -78,7 +78,8 @@ def pull_async(rt: CoreRuntime, e: Any, done: Callable[[Any], None]) -> None:
 
     def start() -> None:
         try:
-            rt.daemon.request(P.PullObjectMsg(next_rid(), oid, holders, b""), pulled)
+            msg = P.PullObjectMsg(next_rid(), oid, holders, _owner_id(rt, owner))
+            rt.daemon.request(msg, pulled)
         except ConnectionError as err:
             pulled(err)
 
@@ -113,7 +114,7 @@ async def ensure_local_async(rt: CoreRuntime, sources: list[Source]) -> None:
         if here in hs:
             continue
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        msg = P.PullObjectMsg(next_rid(), oid, hs, b"")
+        msg = P.PullObjectMsg(next_rid(), oid, hs, _owner_id(rt, owner))
         rt.call_soon(_request, rt, msg, fut)
         futs.append((oid, owner, asyncio.wrap_future(fut)))
     for oid, owner, f in futs:
@@ -147,7 +148,7 @@ def ensure_local(
     hs = [bytes(h) for h in holders] if holders is not None else []
     if here in hs:
         return
-    reply = rt.store.conn.call(P.PullObjectMsg(next_rid(), oid, hs, b""))
+    reply = rt.store.conn.call(P.PullObjectMsg(next_rid(), oid, hs, _owner_id(rt, owner)))
     if reply.TAG == P.Tag.ERROR_REPLY:
         raise ObjectLostError(
             f"object {oid.hex()} could not be copied to this node: {reply.message}"
@@ -155,6 +156,11 @@ def ensure_local(
     if not reply.value:  # it was here already
         return
     _report(rt, oid, owner)
+
+
+def _owner_id(rt: CoreRuntime, owner: Any) -> bytes:
+    """The owner process of a pulled copy (its store entry is freed when that process ends)."""
+    return rt.my_id if owner is None else bytes(owner[0])
 
 
 def _report(rt: CoreRuntime, oid: bytes, owner: Any) -> None:

@@ -10,8 +10,10 @@ Keys (under the cluster's etcd namespace NAME):
 
 :class:`~actorcore._peers.PeerTable` is the sans-IO view (records in, joins
 and leaves out); :class:`Membership` is the service the node daemon composes: it registers,
-refreshes the lease every TTL/3 through :class:`~actorcore._fencing.Fencer` (a lease
-etcd reports lost, or a refresh not confirmed in time without a confirmed etcd
+refreshes the lease every TTL/4 from a thread of its own
+(:class:`~actorcore._lease_keeper.LeaseKeeper`: a busy loop does not read as
+death) and checks it with :class:`~actorcore._fencing.Fencer` (a lease etcd
+reports lost, or a refresh not confirmed in time without a confirmed etcd
 outage, fences the node: it never re-registers under the same id; see
 :mod:`actorcore._fencing` for the rule), watches ``/nodes/`` from the revision it
 loaded + 1 (the etcd watch resumes from its last revision after an outage; a
@@ -34,6 +36,7 @@ from actorcore.gcs import ControlStoreError, EtcdControlStore, PutOp, RevisionCo
 
 from . import _protocol as P
 from ._fencing import Fencer
+from ._lease_keeper import LeaseKeeper
 from ._peers import MEMBERS, NODES, ClusterSpec, Joined, Left, PeerTable
 from ._rpc import RpcPeer, Service, next_rid
 from ._transport import open_connection
@@ -115,7 +118,9 @@ class Membership:
             lambda n: self.call_node(n, P.ClusterInfoMsg(next_rid(), "etcd_reach")),
             lambda: [n for n in self.table.live if n != self.node_id],
             self._fence,
+            own_refresh=False,  # the lease keeper's thread refreshes; the fencer checks
         )
+        self._keeper: LeaseKeeper | None = None
 
     # --- life ---------------------------------------------------------------------------
 
@@ -129,7 +134,17 @@ class Membership:
         await self._register()
         revision = await self._load()
         self._own(self._watch(revision + 1), "watch")
-        self._own(self.fencer.run(), "keepalive")  # refreshes the lease; fences (_fencing)
+        self._keeper = LeaseKeeper(
+            self.spec.address,
+            self.spec.etcd,
+            self.spec.ttl_s,
+            lambda: self.lease,
+            self._lease_lost,
+            asyncio.get_running_loop(),
+            on_refreshed=self.fencer.granted,
+        )
+        self._keeper.start()  # refreshes from its own thread: a busy loop is not a death
+        self._own(self.fencer.run(), "fencer")  # the rule's clock (actorcore._fencing)
         if self._local_load is not None:
             self._own(self._report_load(), "load")
         logger.info("node %s joined cluster %s", self.node_id.hex(), self.spec.address)
@@ -137,6 +152,8 @@ class Membership:
     async def leave(self) -> None:
         """Leave the cluster now: peers see this node's DELETE at once."""
         self._leaving = True  # from here on nothing registers again
+        if self._keeper is not None:
+            await asyncio.to_thread(self._keeper.stop)
         try:
             if self.fencer.fenced:
                 raise ControlStoreError("fenced: the lease is gone already")
@@ -197,6 +214,11 @@ class Membership:
         self._leaving = True  # never register this node id again
         if self._on_fence is not None:
             self._on_fence(why)
+
+    def _lease_lost(self, lease: int) -> None:
+        """The lease keeper found ``lease`` gone (on this loop): fence (never the same id)."""
+        if lease == self.lease and not self._leaving:
+            self.fencer.lease_lost("a refresh found it expired")
 
     async def _watch(self, revision: int) -> None:
         while not self._leaving:
@@ -259,6 +281,16 @@ class Membership:
         """
         peer = await self._link(node_id)
         return await asyncio.wait_for(peer.call(msg), PEER_CALL_TIMEOUT_S)
+
+    async def send_node(self, node_id: bytes, msg: Any) -> None:
+        """Send a one-way message to the daemon of ``node_id`` (a live peer).
+
+        Raises:
+            LookupError: no such live node.
+            ConnectionError, TimeoutError: it could not be reached.
+        """
+        peer = await self._link(node_id)
+        peer.send(msg)
 
     async def _link(self, node_id: bytes) -> RpcPeer:
         """The open link to ``node_id``'s daemon; one connection attempt at a time."""

@@ -50,7 +50,7 @@ class ClusterSpec:
 
     address: str  # etcd://host:port[,host:port...]/NAME
     node_ip: str
-    ttl_s: float = 10.0
+    ttl_s: float = 2.0
     etcd: EtcdOptions = field(default_factory=EtcdOptions)
     started_by: str = "cli"  # "cli" (actorcore start) or "driver"
 
@@ -59,7 +59,7 @@ class ClusterSpec:
         return cls(
             d["address"],
             d["node_ip"],
-            float(d.get("ttl_s", 10.0)),
+            float(d.get("ttl_s", 2.0)),
             EtcdOptions(**(d.get("etcd") or {})),
             d.get("started_by", "cli"),
         )

@@ -99,6 +99,8 @@ class Tag(IntEnum):
     LOAD_REPORT = 80
     PLACER_REPORT = 81
     SPILL_WORK = 82
+    NODE_DIED = 83
+    OWNER_GONE = 84
     # observability (process -> node daemon; state queries)
     TASK_EVENTS = 90
     STATE_QUERY = 91
@@ -588,6 +590,22 @@ class SpillWorkMsg(NamedTuple):
     strategy: Any
     args: dict[bytes, int]
     report: Any  # the sender's PlacerReportMsg fields now (a fresher view), or None
+
+
+@message(Tag.NODE_DIED)
+class NodeDiedMsg(NamedTuple):
+    """Node daemon -> its processes: node ``node_id`` left the cluster (its lease expired
+    or it left); its workers, actors and store copies are gone."""
+
+    node_id: bytes
+
+
+@message(Tag.OWNER_GONE)
+class OwnerGoneMsg(NamedTuple):
+    """Node daemon -> peer node daemon: process ``owner`` of this node ended; its
+    non-detached actors, leases and objects on the peer go too."""
+
+    owner: bytes
 
 
 # --- observability ---------------------------------------------------------------------

@@ -103,6 +103,9 @@ class CoreRuntime(OwnershipMixin, Service):
         from ._owner._stream_shell import GeneratorStreams
 
         self.streams = GeneratorStreams(self)
+        from ._owner._recovery import ObjectRecovery
+
+        self.recovery = ObjectRecovery(self)  # lineage: rebuilds objects lost with a node
 
     # --- start and stop ----------------------------------------------------------------
 
@@ -417,6 +420,12 @@ class CoreRuntime(OwnershipMixin, Service):
     @handles(P.Tag.TASKS_RETURNED)
     def on_tasks_returned(self, peer: RpcPeer, msg: P.TasksReturnedMsg, _bufs: list[bytes]) -> Any:
         self.submitter.tasks_returned(peer, list(msg.rids), bool(msg.blocked))
+        return DEFERRED
+
+    @handles(P.Tag.NODE_DIED)
+    def on_node_died(self, peer: RpcPeer, msg: P.NodeDiedMsg, _bufs: list[bytes]) -> Any:
+        if peer is self.daemon:  # only this node's daemon speaks for the cluster
+            self.recovery.node_died(bytes(msg.node_id))
         return DEFERRED
 
     @handles(P.Tag.REVOKE_LEASE)

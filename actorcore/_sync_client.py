@@ -53,13 +53,14 @@ class SyncClient:
         max_header_bytes: int,
         max_frame_bytes: int,
         timeout: float = 300.0,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
     ) -> None:
         if isinstance(address, str):
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._sock.settimeout(HANDSHAKE_TIMEOUT_S)
+            self._sock.settimeout(handshake_timeout)
             self._sock.connect(address)
         else:
-            self._sock = socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT_S)
+            self._sock = socket.create_connection(address, timeout=handshake_timeout)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._lock = threading.Lock()
         self._limits = (max_header_bytes, max_frame_bytes)

@@ -19,7 +19,9 @@ reports RUNNING only for the calls still running then.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
+import operator
 import os
 import pickle
 import time
@@ -37,6 +39,7 @@ __all__ = [
     "owner_failed",
     "pending_actor_call",
     "pending_task",
+    "ran_elsewhere",
     "record_metric",
 ]
 
@@ -50,6 +53,7 @@ SUBMITTED_TO_WORKER = 3
 RUNNING = 4
 FINISHED = 5
 FAILED = 6
+RAN_ELSEWHERE = 7  # not a state: the owner learns its task ran on another node
 STATE_NAMES = (
     "PENDING_ARGS_AVAIL",
     "PENDING_NODE_ASSIGNMENT",
@@ -77,6 +81,9 @@ _rt: Any = None  # the runtime the settings were read from
 _now = time.time
 _pack = msgpack.Packer(use_bin_type=True).pack  # only on the loop thread (flush)
 _append = _events.append
+_popleft = _events.popleft
+_state_of = operator.itemgetter(1)
+_take = itertools.islice
 _title: list[str] = [""]  # the process title set last
 
 
@@ -134,6 +141,15 @@ def call_done(call: Any, results: list[Any]) -> None:
         _append((task_id, state, _now(), call.name, None, info))
     else:
         _append((task_id, state, _now(), run[1], run[2], info, run[0], run[3]))
+    if not _armed:
+        _arm()
+
+
+def ran_elsewhere(task_id: bytes, node_id: bytes) -> None:
+    """The owner got the results of a task another node ran (that node has its record)."""
+    if _off:
+        return
+    _append((task_id, RAN_ELSEWHERE, _now(), "", None, node_id.hex()))
     if not _armed:
         _arm()
 
@@ -218,10 +234,10 @@ def flush(rt: Any = None) -> None:
     global _armed
     _armed = False
     rt = rt or G.runtime
-    n = len(_events)
-    events = [_events.popleft() for _ in range(n)]
-    m = len(_samples)
-    samples = [_samples.popleft() for _ in range(m)]
+    # popped in C (a loop of popleft() calls, no Python frame per event): other
+    # threads may append meanwhile; what they add after len() waits for the next flush
+    events = list(_take(iter(_popleft, None), len(_events)))
+    samples = list(_take(iter(_samples.popleft, None), len(_samples))) if _samples else []
     running = list(_running.items())  # one C call: safe while other threads add and pop
     for task_id, (t, name, actor_id, size) in running:
         if task_id not in _shown:
@@ -232,7 +248,7 @@ def flush(rt: Any = None) -> None:
     _show(running[-1][1][1] if running else None)
     if not (events or samples) or rt is None or rt.daemon is None:
         return
-    states = [e[1] for e in events]
+    states = list(map(_state_of, events))
     counts = [len(events), states.count(FINISHED), states.count(FAILED)]
     msg = P.TaskEventsMsg(_pack(events), counts, samples)
     try:

@@ -15,6 +15,7 @@ import _thread
 import asyncio
 import concurrent.futures
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -218,12 +219,30 @@ def _wait_entries(
 def get(rt: CoreRuntime, refs: Any, timeout: float | None) -> Any:
     if isinstance(refs, ObjectRef):
         e = _wait_entries(rt, (refs,), 1, timeout)[0]
-        return value_of(rt, e)
+        return _read(rt, refs, e, timeout)
     if not isinstance(refs, list | tuple):
         raise TypeError(f"get() takes an ObjectRef or a list of them, not {type(refs).__name__}")
     _check_refs(refs, "get")
     entries = _wait_entries(rt, refs, len(refs), timeout)
-    return [value_of(rt, e) for e in entries]
+    return [_read(rt, r, e, timeout) for r, e in zip(refs, entries, strict=True)]
+
+
+_REBUILD_READS = 3  # reads of one object that may each find it lost and wait for a rebuild
+
+
+def _read(rt: CoreRuntime, ref: ObjectRef, e: ObjectEntry, timeout: float | None) -> Any:
+    """:func:`value_of`; an object found lost is rebuilt from lineage (owned) or asked of
+    its owner again (borrowed), and read again (within what is left of ``timeout``)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for _ in range(_REBUILD_READS):
+        try:
+            return value_of(rt, e)
+        except ObjectLostError:
+            if not rt.recovery.read_failed(e):
+                raise
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        e = _wait_entries(rt, (ref,), 1, left)[0]
+    return value_of(rt, e)
 
 
 def _partition(
@@ -368,15 +387,24 @@ async def _until_ready(
 async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
     if rt.broken is not None:
         raise rt.broken
-    # (a copy on another node is pulled)
+    for _ in range(_REBUILD_READS):
+        # (a copy on another node is pulled)
+        e = (await _until_ready(rt, (ref,), 1, None, True))[0]
+        if e.state != FAILED and not is_local(rt, e) and rt.recovery.read_failed(e):
+            continue  # the pull found no copy: rebuilt from lineage, or asked again
+        try:
+            if e.kind == STORE and e.state != FAILED:
+                # map it without a blocking round trip to the daemon (which may be
+                # spilling); while `held` lives, value_of finds the mapping
+                held = await rt.store.open_async([e.oid])
+                value = value_of(rt, e)
+                del held
+                return value
+            return value_of(rt, e)
+        except ObjectLostError:
+            if not rt.recovery.read_failed(e):  # (an owned object is rebuilt: wait again)
+                raise
     e = (await _until_ready(rt, (ref,), 1, None, True))[0]
-    if e.kind == STORE and e.state != FAILED:
-        # map it without a blocking round trip to the daemon (which may be
-        # spilling); while `held` lives, value_of finds the mapping
-        held = await rt.store.open_async([e.oid])
-        value = value_of(rt, e)
-        del held
-        return value
     return value_of(rt, e)
 
 

@@ -39,7 +39,7 @@ from ._mailbox import ActorMailbox, TaskQueue
 from ._rpc import DEFERRED, RpcPeer, error_reply, handles, next_rid
 from ._runtime import CoreRuntime, NodeInfo
 from ._streaming import Producers
-from .errors import ActorDiedError, TaskCancelledError, TaskError
+from .errors import ActorDiedError, ObjectLostError, TaskCancelledError, TaskError
 
 __all__ = ["Call", "WorkerRuntime", "worker_main"]
 
@@ -158,7 +158,13 @@ class WorkerRuntime(CoreRuntime):
         token = current_task.set(TaskContext(call.name, call.task_id, None))
         TE.call_running(call, None)  # observability hook
         try:
-            args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            try:
+                args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            except ObjectLostError as e:  # not the task's fault: its owner sends it again
+                if type(e) is not ObjectLostError:  # its owner died, or it cannot be rebuilt
+                    raise
+                self._args_lost(call, e)
+                return
             value = self.tasks.run_user_code(call, args, kwargs)
             if call.stream:
                 value = self.producers.drive_sync(call, value)
@@ -175,7 +181,13 @@ class WorkerRuntime(CoreRuntime):
         token = current_task.set(TaskContext(call.name, call.task_id, None))
         TE.call_running(call, None)  # observability hook
         try:
-            args, kwargs, reg = await decode_args_async(self, call.payload, call.resolved)
+            try:
+                args, kwargs, reg = await decode_args_async(self, call.payload, call.resolved)
+            except ObjectLostError as e:  # not the task's fault: its owner sends it again
+                if type(e) is not ObjectLostError:  # its owner died, or it cannot be rebuilt
+                    raise
+                self._args_lost(call, e)
+                return
             if call.stream:
                 value = await self.producers.drive_async(call, call.fn(*args, **kwargs))
             else:
@@ -217,6 +229,17 @@ class WorkerRuntime(CoreRuntime):
         if conn is not None and not conn.closed:
             try:
                 conn.send(P.TaskResultMsg(call.rid, results))
+            except ConnectionError:
+                pass
+
+    def _args_lost(self, call: Call, err: ObjectLostError) -> None:
+        """An argument could not be copied here (its node died): a system error reply,
+        which the owner answers by resolving the arguments again (issue 10)."""
+        TE.call_done(call, [encode_error(err, call.name)] * len(call.return_ids))
+        conn = call.peer.conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.send(error_reply(call.rid, err))
             except ConnectionError:
                 pass
 

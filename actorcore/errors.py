@@ -32,7 +32,9 @@ __all__ = [
     "NodeDiedError",
     "NotInitializedError",
     "ObjectLostError",
+    "ObjectReconstructionFailedError",
     "ObjectStoreFullError",
+    "OwnerDiedError",
     "ProtocolError",
     "SerializationError",
     "TaskCancelledError",
@@ -264,7 +266,21 @@ class NodeDiedError(ActorCoreError):
 
 
 class ObjectLostError(ActorCoreError):
-    """Raised when an object's value can no longer be reached (its owner or every copy is gone)."""
+    """Raised when an object's value can no longer be reached (its owner or every copy is gone).
+
+    Raised as such for an object with no lineage to rebuild it from (made by
+    ``put``, or by a task with ``max_retries=0``) whose every copy was on a
+    dead node; the subclasses name other causes.
+    """
+
+
+class OwnerDiedError(ObjectLostError):
+    """Raised when the process that owns an object (its ``put`` or ``.remote()`` caller) died."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """Raised when every copy of an object was lost and re-running the task that made it
+    failed (no retries left, an argument lost beyond repair, or the task raised)."""
 
 
 class TaskCancelledError(ActorCoreError):

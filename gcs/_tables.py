@@ -48,6 +48,14 @@ class ActorRecord:
     class_name: str
     death_cause: str | None = None
     handle: dict[str, Any] | None = None
+    restarts: int = 0
+    max_restarts: int = 0  # -1: unlimited
+    home: bytes | None = None  # the node that restarts it elsewhere if its node dies
+    spec_saved: bool = False  # its creation spec is in control state (any node may restart it)
+
+    def restartable(self) -> bool:
+        """Whether a restart is left (after its node died, say)."""
+        return self.max_restarts == -1 or self.restarts < self.max_restarts
 
     def to_bytes(self) -> bytes:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -132,6 +132,7 @@ def test_cli_start_prints_the_node_and_stop_stops_only_that_cluster(etcd, cluste
         env=env,
     )
     assert out.returncode == 0, out.stderr
+    assert f"joining cluster {address} ..." in out.stderr and ": done" in out.stderr  # progress
     first = out.stdout.splitlines()[0]
     node_id = first.split()[1]
     pid = int(first.split("pid ")[1].split(",")[0])
@@ -144,6 +145,7 @@ def test_cli_start_prints_the_node_and_stop_stops_only_that_cluster(etcd, cluste
             [*cmd, "stop", "--address", address], capture_output=True, text=True, timeout=60
         )
         assert stop.returncode == 0 and "stopped 1 node(s)" in stop.stdout, stop.stderr
+        assert f"stopping node {node_id[:12]} (1/1) ..." in stop.stderr  # progress
         assert local_nodes(cluster=address) == []
         # the module's cluster is untouched
         assert {n["node_id"] for n in local_nodes(cluster=cluster.address)} == others

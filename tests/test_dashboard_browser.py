@@ -153,3 +153,73 @@ def test_dashboard_in_headless_chromium(fresh_runtime, browser):
     browser.refresh()  # a new hash alone does not load the page again
     _page_has(browser, "Dashboard token")
     assert second.id.hex() not in browser.page_source
+
+
+@pytest.mark.etcd
+@pytest.mark.timeout(240)
+def test_cluster_dashboard_in_headless_chromium(browser):
+    """A 2-node cluster: one node serves the dashboard for both; an actor
+    created on the other node appears without a reload, with its output."""
+    import actorcore as ac
+    from actorcore.testing import Cluster
+
+    with Cluster(num_nodes=0, ttl_s=3.0) as c:
+        c.add_node(num_cpus=1)
+        c.add_node(num_cpus=1, resources={"onb": 2})
+        a, b = c.nodes[0].node_id, c.nodes[1].node_id
+        info = ac.init(address=c.address, attach_node=b)  # the driver is on B: URL from etcd
+        try:
+            from actorcore.util import state
+
+            serving = [n["dashboard_url"] for n in state.list_nodes() if n.get("dashboard_url")]
+            assert serving == [info.dashboard_url]  # one node serves the cluster's
+            base = info.dashboard_url
+
+            @ac.remote(resources={"onb": 1})
+            class Remote:
+                def hi(self, who):
+                    print(f"remote hello to {who}")
+                    return who
+
+            @ac.remote(num_cpus=1, resources={"onb": 1})
+            def on_b(i):
+                return i
+
+            first = Remote.options(name="first-on-b").remote()
+            assert ac.get(first.hi.remote("ann")) == "ann"
+            ac.get([on_b.remote(i) for i in range(3)])
+
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(base + "/api/nodes", timeout=10)
+            assert e.value.code == 401
+            browser.get(base + "/")
+            _page_has(browser, "Dashboard token")
+            assert b not in browser.page_source
+            browser.find_element(By.ID, "token").send_keys(info.dashboard_token)
+            browser.find_element(By.ID, "submit").click()
+            _page_has(browser, a, b, "ALIVE", "object store")
+            _shot(browser, "cluster-overview")
+
+            browser.get(base + "/#/actors")
+            _page_has(browser, first.id.hex()[-6:], "first-on-b")
+            browser.execute_script("window.__notReloaded = 7;")
+            second = Remote.options(name="second-on-b").remote()
+            ac.get(second.hi.remote("bo"))
+            _page_has(browser, second.id.hex()[-6:], "second-on-b", b)
+            assert a not in browser.page_source  # (every actor lives on B)
+            assert browser.execute_script("return window.__notReloaded;") == 7
+            _shot(browser, "cluster-actors")
+
+            browser.get(base + f"/#/actor/{second.id.hex()}")
+            _page_has(browser, "Recent calls", "Remote.hi", "remote hello to bo")
+            _shot(browser, "cluster-actor")
+
+            browser.get(base + "/#/tasks")
+            _page_has(browser, "on_b", "FINISHED")
+            _shot(browser, "cluster-tasks")
+
+            browser.get(base + "/#/logs")
+            _page_has(browser, "remote hello to ann", "remote hello to bo")
+            _shot(browser, "cluster-logs")
+        finally:
+            ac.shutdown()

@@ -42,6 +42,25 @@ def test_history_failure_keeps_error_text_and_retries_move_on():
     assert h.get(b"t").row()["state"] == "FINISHED"
 
 
+def test_listings_cut_long_tracebacks_and_get_task_keeps_them():
+    h = TaskHistory("n1")
+    long = "Traceback:\n" + "x" * 20_000 + "\nValueError: the end"
+    h.ingest([_ev(b"t", TE.RUNNING, 1.0), _ev(b"t", TE.FAILED, 2.0, info=long)], W, 1)
+    listed = h.get(b"t").row()["error_message"]
+    assert len(listed) < 5000 and listed.startswith("Traceback:") and "the end" in listed
+    assert h.get(b"t").row(detail=True)["error_message"] == long
+
+
+def test_an_owners_record_of_a_task_run_elsewhere_is_not_counted_pending():
+    h = TaskHistory("owner-node")
+    h.ingest([_ev(b"t", TE.PENDING_NODE_ASSIGNMENT, 1.0, info="NORMAL_TASK")], None, None)
+    h.ingest([_ev(b"q", TE.PENDING_NODE_ASSIGNMENT, 1.0, info="NORMAL_TASK")], None, None)
+    assert h.counts_by_state() == {"PENDING_NODE_ASSIGNMENT": 2}
+    h.ingest([(b"t", TE.RAN_ELSEWHERE, 2.0, "", None, "bb")], None, None)
+    assert h.counts_by_state() == {"PENDING_NODE_ASSIGNMENT": 1}  # q still waits here
+    assert h.get(b"t").row()["state"] == "PENDING_NODE_ASSIGNMENT"  # merged with B's
+
+
 def test_history_is_bounded_and_newest_first():
     h = TaskHistory("n1", max_tasks=5)
     for i in range(12):
@@ -216,3 +235,37 @@ def test_flush_reports_running_calls_once_and_ends_as_one_event():
     ]
     assert [m.counts for m in sent] == [[2, 1, 0], [1, 1, 0]]
     TE.reset_after_fork()
+
+
+def test_merge_cluster_objects_logs_ids_and_absent_nodes():
+    from actorcore._obs._cluster import merge_cluster
+
+    a = [{"object_id": "o1", "locations": ["A"], "spilled": False, "pins": 1}]
+    b = [
+        {"object_id": "o1", "locations": ["B"], "spilled": True, "pins": 0},
+        {"object_id": "o2", "locations": ["B"], "spilled": False, "pins": 0},
+    ]
+    rows = {r["object_id"]: r for r in merge_cluster("objects", [a, b], 0, {})}
+    assert rows["o1"]["locations"] == ["A", "B"] and rows["o1"]["spilled"] is False
+    assert rows["o2"]["locations"] == ["B"]
+    assert a[0]["locations"] == ["A"]  # the answers are not changed
+
+    logs = merge_cluster(
+        "logs",
+        [[{"time": 3, "seq": 1}, {"time": 5, "seq": 2}], [{"time": 4, "seq": 9}]],
+        0,
+        {"tail": 2},
+    )
+    assert [r["time"] for r in logs] == [4, 5]
+
+    t1 = {"task_id": "aa1", "state": "PENDING_NODE_ASSIGNMENT", "creation_time_ms": 1}
+    t2 = {"task_id": "aa1", "state": "FINISHED", "creation_time_ms": 2, "node_id": "B"}
+    [one] = merge_cluster("task", [[t1], [t2]], 1, {"id": "aa"})
+    assert one["state"] == "FINISHED" and one["node_id"] == "B" and one["creation_time_ms"] == 1
+    with pytest.raises(ValueError, match="give more"):
+        merge_cluster("actor", [[{"actor_id": "ab1"}], [{"actor_id": "ab2"}]], 1, {"id": "ab"})
+
+    dead = [{"node_id": "cc", "state": "DEAD"}]
+    assert merge_cluster("node", [[], []], 1, {"id": "c"}, dead) == dead
+    alive = [{"node_id": "aa", "state": "ALIVE"}]
+    assert merge_cluster("nodes", [alive], 0, {}, dead) == [*alive, *dead]

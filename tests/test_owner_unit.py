@@ -405,6 +405,53 @@ def test_node_death_retries_its_tasks_and_asks_again_for_a_request_sent_there():
     assert o.core.queues[a.key].leases[0].node_id == NODE
 
 
+def test_an_unreachable_redirect_is_asked_again_locally_after_a_pause_then_fails():
+    from actorcore._owner._tasks import UNREACHABLE_RETRY_S, UNREACHABLE_TRIES
+    from actorcore.errors import ConnectionBrokenError
+
+    o = Owner()
+    s = make_spec()
+    rid = of(o.submit(s), E.RequestLease)[0].rid
+    for _ in range(UNREACHABLE_TRIES):
+        (req,) = of(o.feed(E.LeaseRedirected(rid, OTHER, ("d", "h", 1))), E.RequestLease)
+        out = o.feed(E.LeaseFailed(req.rid, ConnectionBrokenError("node gone")))
+        assert not of(out, E.TaskFailed) and not of(out, E.RequestLease)  # no busy loop
+        (timer,) = of(out, E.StartTimer)
+        assert timer.delay == UNREACHABLE_RETRY_S
+        (again,) = of(o.feed(timer.event), E.RequestLease)
+        assert again.node_id is None  # the local daemon, who learns of the death
+        rid = again.rid
+    (req,) = of(o.feed(E.LeaseRedirected(rid, OTHER, ("d", "h", 1))), E.RequestLease)
+    out = o.feed(E.LeaseFailed(req.rid, ConnectionBrokenError("node gone")))
+    assert of(out, E.TaskFailed)  # far past any TTL: the task fails with the error
+    # a refusal (not a connection error) fails at once, as before
+    s2 = make_spec(shape={"CPU": 2.0})
+    rid = of(o.submit(s2), E.RequestLease)[0].rid
+    (req,) = of(o.feed(E.LeaseRedirected(rid, OTHER, ("d", "h", 1))), E.RequestLease)
+    assert of(o.feed(E.LeaseFailed(req.rid, ValueError("no"))), E.TaskFailed)
+
+
+def test_a_task_whose_worker_could_not_get_its_arguments_resolves_them_again():
+    from actorcore._owner._tasks import ARGS_LOST_RETRY_S, ARGS_LOST_TRIES
+    from actorcore.errors import ObjectLostError
+
+    o = Owner()
+    s = make_spec(retries=0)
+    rid = of(o.submit(s), E.RequestLease)[0].rid
+    _p, out = o.grant(rid)
+    for _ in range(ARGS_LOST_TRIES):
+        out = o.feed(E.ArgsLost(lease_of(out), s.rid, ObjectLostError("gone with a node")))
+        assert not of(out, E.TaskFailed) and s.retries_left == 0  # no retry used
+        (timer,) = [t for t in of(out, E.StartTimer) if isinstance(t.event, E.ResolveAgain)]
+        assert timer.delay == ARGS_LOST_RETRY_S
+        (again,) = of(o.feed(timer.event), E.ResolveDeps)
+        assert again.spec is s
+        out = o.feed(E.DepsReady(s, []))
+        assert of(out, E.PushTask)[0].spec is s
+    (failed,) = of(o.feed(E.ArgsLost(lease_of(out), s.rid, ObjectLostError("x"))), E.TaskFailed)
+    assert isinstance(failed.error, ObjectLostError)
+
+
 def test_node_death_leaves_other_nodes_alone():
     o = Owner()
     s = make_spec(retries=0)

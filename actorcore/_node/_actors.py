@@ -134,6 +134,9 @@ class ActorService(Service):
             namespace=spec.get("namespace") or "default",
             detached=bool(spec.get("detached")),
             max_restarts=int(spec.get("max_restarts") or 0),
+            # a restart on this node of an actor whose node died (actorcore._cluster_failover)
+            restarts=int(spec.get("restarts") or 0),
+            epoch=int(spec.get("epoch") or 0),
         )
         self.apply(E.ActorCreated(info))  # refuses bad shapes, unknown nodes
         return [actor_id]

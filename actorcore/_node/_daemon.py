@@ -488,8 +488,10 @@ class NodeDaemon(Service):
     @handles(P.Tag.LOG_BATCH)
     def on_log_batch(self, peer: RpcPeer, msg: P.LogBatchMsg, _b: list[bytes]) -> Any:
         self._broadcast_logs(list(msg.lines))
-        rec = self.workers.get(peer.conn.peer_id) if peer.conn is not None else None
-        self.obs.add_logs(rec.pid if rec is not None else None, msg.lines)  # observability hook
+        conn_id = peer.conn.peer_id if peer.conn is not None else None
+        rec = self.workers.get(conn_id) if conn_id is not None else None
+        # observability hook (in a cluster it forwards to the other nodes' drivers)
+        self.obs.add_logs(rec.pid if rec is not None else None, msg.lines, conn_id)
         return DEFERRED
 
     @handles(P.Tag.SHUTDOWN_NODE)

@@ -331,6 +331,9 @@ class NodeState:
             detached=a.detached,
             class_name=a.class_name,
             death_cause=a.death_cause,
+            restarts=a.restarts,
+            max_restarts=a.max_restarts,
+            home=_home(a.spec),
         )
 
     def worker_view(self, worker_id: bytes) -> tuple[str, int]:
@@ -350,3 +353,9 @@ class NodeState:
 
 def _with_alive(info: E.NodeInfo, alive: bool) -> E.NodeInfo:
     return E.NodeInfo(info.node_id, info.host, info.port, info.resources, info.pid, alive)
+
+
+def _home(spec: dict[str, Any]) -> bytes | None:
+    """The node that sent an actor here (it restarts it elsewhere if this node dies)."""
+    sent = spec.get("forwarded_from")
+    return bytes(sent[0]) if sent else None

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from .._task_events import FAILED, FINISHED, RUNNING, STATE_NAMES
+from .._task_events import FAILED, FINISHED, RAN_ELSEWHERE, RUNNING, STATE_NAMES
 
 __all__ = ["LATENCY_BUCKETS", "LogRing", "TaskHistory", "TaskRecord"]
 
@@ -33,6 +33,7 @@ class TaskRecord:
     __slots__ = (
         "actor_id",
         "args_bytes",
+        "elsewhere",
         "error",
         "kind",
         "name",
@@ -58,6 +59,15 @@ class TaskRecord:
         self.node_id = ""
         self.error: str | None = None
         self.args_bytes = 0
+        self.elsewhere: str | None = None  # the node that ran it (its owner's record here)
+
+    def brief(self) -> dict[str, Any]:
+        """``task_id``, ``name`` and ``state`` only (cheap: counting, merging)."""
+        return {
+            "task_id": self.task_id.hex(),
+            "name": self.name,
+            "state": STATE_NAMES[self.state] if self.state >= 0 else "NIL",
+        }
 
     def row(self, detail: bool = False) -> dict[str, Any]:
         """This task as a dict with Ray's field names."""
@@ -76,7 +86,7 @@ class TaskRecord:
             "worker_id": self.worker_id.hex() if self.worker_id else None,
             "worker_pid": self.pid,
             "error_type": self.error.split(":", 1)[0] if self.error else None,
-            "error_message": self.error,
+            "error_message": _clip(self.error) if not detail else self.error,
             "args_bytes": self.args_bytes,
             "creation_time_ms": _ms(created),
             "start_time_ms": _ms(start),
@@ -87,6 +97,20 @@ class TaskRecord:
                 {"state": STATE_NAMES[s], "created_ms": _ms(ts)} for s, ts in sorted(t.items())
             ]
         return row
+
+
+ERROR_CLIP = 4000  # characters of an error in listings (``get task`` has all of it)
+
+
+def _clip(error: str | None) -> str | None:
+    """A long traceback cut for listings: thousands of them must fit in one reply."""
+    if error is None or len(error) <= ERROR_CLIP:
+        return error
+    return (
+        error[: ERROR_CLIP // 2]
+        + "\n[... cut: `actorcore get task ID` shows it all ...]\n"
+        + error[-ERROR_CLIP // 2 :]
+    )
 
 
 def _ms(t: float | None) -> int | None:
@@ -197,6 +221,10 @@ class TaskHistory:
         pid: int | None,
     ) -> None:
         rec = self.records.get(task_id)
+        if state == RAN_ELSEWHERE:  # the owner's note: another node has the run's record
+            if rec is not None:
+                rec.elsewhere = str(info)
+            return
         if rec is None:
             rec = self.records[task_id] = TaskRecord(task_id)
         if name:
@@ -243,6 +271,8 @@ class TaskHistory:
         self.fold()
         c: collections.Counter[str] = collections.Counter()
         for rec in self.records.values():
+            if rec.elsewhere is not None and rec.state < RUNNING:
+                continue  # its run is counted by the node that ran it
             c[STATE_NAMES[rec.state] if rec.state >= 0 else "NIL"] += 1
         return dict(c)
 

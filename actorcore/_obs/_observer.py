@@ -90,33 +90,75 @@ class NodeObserver:
         self.metrics_port: int | None = None
         self.dashboard_url: str | None = None
         self.servers: list[LazyHttpServer] = []
+        self.dashboard: LazyHttpServer | None = None
         self.version = 0  # grows on every change worth pushing to browsers
         self._exec = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ac-sampler")
         self._sampler = _Sampler()
-
-    # --- life --------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Bind the metrics and dashboard ports and start sampling (on the daemon's loop)."""
-        loop = asyncio.get_running_loop()
-        cfg = self.daemon.config
-        if cfg.metrics_export_port >= 0:
-            sock = bind(self.daemon.address[0], cfg.metrics_export_port)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        if cfg.metrics_export_port >= 0:  # bound now: its port goes into the node's record
+            sock = bind(daemon.address[0], cfg.metrics_export_port)
             srv = LazyHttpServer(sock, self._metrics_app, "metrics")
             self.metrics_port = srv.port
             self.servers.append(srv)
-        if cfg.include_dashboard and cfg.dashboard_port >= 0:
-            sock = bind(cfg.dashboard_host, cfg.dashboard_port)
-            srv = LazyHttpServer(sock, self._dashboard_app, "dashboard")
-            self.dashboard_url = f"http://{srv.host}:{srv.port}"
-            self.servers.append(srv)
+        self.cluster: Any = None  # the cluster part (a node of a cluster only)
+        if getattr(daemon, "cluster", None) is not None:
+            from ._cluster import ClusterObserver
+
+            self.cluster = ClusterObserver(self, daemon.cluster)
+            self.cluster.prepare_record(self.metrics_port, self.offers_dashboard)
+
+    # --- life --------------------------------------------------------------------------
+
+    @property
+    def offers_dashboard(self) -> bool:
+        cfg = self.daemon.config
+        return bool(cfg.include_dashboard and cfg.dashboard_port >= 0)
+
+    def start(self) -> None:
+        """Serve metrics (and the dashboard) and start sampling (on the daemon's loop).
+
+        A single node serves its dashboard itself; in a cluster one node serves
+        it for all (see :class:`._cluster.ClusterObserver`).
+        """
+        self._loop = loop = asyncio.get_running_loop()
         for srv in self.servers:
             srv.start(loop)
+        if self.cluster is not None:
+            self.cluster.start()
+        else:
+            self.start_dashboard()
         self.daemon.spawn(self._sample_forever())
 
+    def start_dashboard(self) -> bool:
+        """Serve the dashboard (on the daemon's loop); False: this node offers none."""
+        if self.dashboard is not None:
+            return True
+        if not self.offers_dashboard or self._loop is None or self._closed:
+            return False
+        cfg = self.daemon.config
+        try:
+            sock = bind(cfg.dashboard_host, cfg.dashboard_port)
+        except OSError as e:
+            logger.error("cannot serve the dashboard on %s: %s", cfg.dashboard_host, e)
+            return False
+        srv = LazyHttpServer(sock, self._dashboard_app, "dashboard")
+        srv.start(self._loop)
+        self.dashboard = srv
+        self.dashboard_url = f"http://{srv.host}:{srv.port}"
+        return True
+
+    async def stop_dashboard(self) -> None:
+        srv, self.dashboard = self.dashboard, None
+        self.dashboard_url = None
+        if srv is not None:
+            await srv.aclose()
+
     async def aclose(self) -> None:
+        self._closed = True
         for srv in self.servers:
             await srv.aclose()
+        await self.stop_dashboard()
         self._exec.shutdown(wait=False, cancel_futures=True)
 
     def ready_info(self) -> dict[str, Any]:
@@ -151,7 +193,13 @@ class NodeObserver:
             self.users.ingest(list(msg.samples))
         self.version += 1
 
-    def add_logs(self, pid: int | None, lines: list[Any]) -> None:
+    def add_logs(self, pid: int | None, lines: list[Any], conn_id: bytes | None = None) -> None:
+        """Lines a process sent (``conn_id``: its connection's id); a peer node's
+        forwarded lines are for this node's drivers only (kept on their node)."""
+        if self.cluster is not None:
+            if self.cluster.is_peer(conn_id):
+                return
+            self.cluster.forward_logs(lines)
         self.logs.add(lines, pid)
         self.version += 1
 
@@ -163,14 +211,30 @@ class NodeObserver:
 
     async def query(
         self, kind: str, filters: Any = None, limit: int = 0, options: Any = None
-    ) -> list[dict[str, Any]]:
+    ) -> Any:
         """Rows of ``kind`` for the dashboard and for ``STATE_QUERY`` without a scope.
 
-        This node's rows now. A cluster replaces this with a fan-out: ask each
-        node with ``options["scope"] = "node"`` (which always answers with that
-        node's own rows) and combine the answers with :func:`._query.merge_rows`.
+        This node's rows; in a cluster, every live node's (a fan-out: each node
+        is asked with ``options["scope"] = "node"`` and answers with its own
+        rows; see :meth:`._cluster.ClusterObserver.query`).
         """
+        if kind == "dashboard":
+            return [await self.dashboard_info()]
+        if self.cluster is not None:
+            return await self.cluster.query(kind, filters, limit, options)
+        if dict(options or {}).get("partial"):
+            return {"rows": self.rows(kind, filters, limit, options), "unreachable": []}
         return self.rows(kind, filters, limit, options)
+
+    async def dashboard_info(self) -> dict[str, Any]:
+        """Where this node's (or its cluster's) dashboard is."""
+        if self.cluster is not None:
+            try:
+                return await self.cluster.dashboard()
+            except Exception as e:  # etcd away: say so, not fail
+                logger.info("cannot read the dashboard's address: %s", e)
+        url = self.dashboard_url
+        return {"dashboard_url": url, "dashboard_token": self.token if url else None}
 
     def snapshot(self) -> dict[str, Any]:
         """The numbers ``/metrics`` shows, taken on the loop."""

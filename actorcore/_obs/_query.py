@@ -194,8 +194,11 @@ def _actors(daemon: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _tasks(daemon: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+    history = _obs(daemon).history.newest()
+    if options.get("brief"):  # what counting by name and state needs (pages that push often)
+        return [r.brief() for r in history]
     detail = bool(options.get("detail"))
-    return [r.row(detail) for r in _obs(daemon).history.newest()]
+    return [r.row(detail) for r in history]
 
 
 def _objects(daemon: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -249,7 +252,9 @@ def _placement_groups(daemon: Any, options: dict[str, Any]) -> list[dict[str, An
 
 def _logs(daemon: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
     node = _node_id(daemon)
-    rows = _obs(daemon).logs.rows(int(options.get("after", 0)), int(options.get("tail", 1000)))
+    after = options.get("after", 0)  # one number, or {node_id: seq} (a cluster's cursor)
+    after = int(after.get(node, 0) if isinstance(after, dict) else after or 0)
+    rows = _obs(daemon).logs.rows(after, int(options.get("tail", 1000)))
     for r in rows:
         r["node_id"] = node
     return rows

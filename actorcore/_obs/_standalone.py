@@ -42,7 +42,11 @@ def serve_dashboard(node: dict[str, Any], host: str, port: int) -> None:
     from aiohttp import web
 
     from ._dashboard import dashboard_app
+    from ._http import bind
 
     obs = RemoteObserver(node)
-    print(f"dashboard: http://{host}:{port} (log in with {obs.token})", flush=True)
-    web.run_app(dashboard_app(obs), host=host, port=port, print=None)  # type: ignore[arg-type]
+    sock = bind(host, port)  # a taken port: any free one (printed)
+    sock.setblocking(True)
+    real = sock.getsockname()[1]
+    print(f"dashboard: http://{host}:{real} (log in with {obs.token})", flush=True)
+    web.run_app(dashboard_app(obs), sock=sock, print=None)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ RECENT_TASKS = 200
 
 async def _overview(rows: Rows, arg: str, state: dict[str, Any]) -> dict[str, Any]:
     actors = await rows("actors")
-    tasks = await rows("tasks")
+    tasks = await rows("tasks", options={"brief": True})
     return {
         "nodes": await rows("nodes"),
         "workers": await rows("workers"),
@@ -44,18 +44,18 @@ async def _actor(rows: Rows, arg: str, state: dict[str, Any]) -> dict[str, Any]:
     logs = [
         line
         for line in await rows("logs", options={"tail": 5000})
-        if line["pid"] == actor["pid"] and str(line["label"]).startswith(prefix)
+        if line["pid"] == actor["pid"]
+        and line.get("node_id") == actor.get("node_id")
+        and str(line["label"]).startswith(prefix)
     ]
     return {"actor": actor, "calls": calls, "logs": logs[-200:]}
 
 
 async def _tasks(rows: Rows, arg: str, state: dict[str, Any]) -> dict[str, Any]:
-    tasks = await rows("tasks")
-    failed = [t for t in tasks if t["state"] == "FAILED"][:50]
     return {
-        "summary": summarize("tasks", tasks),
-        "recent": tasks[:RECENT_TASKS],
-        "failed": failed,
+        "summary": summarize("tasks", await rows("tasks", options={"brief": True})),
+        "recent": await rows("tasks", limit=RECENT_TASKS),
+        "failed": await rows("tasks", [("state", "=", "FAILED")], 50),
     }
 
 
@@ -64,13 +64,21 @@ async def _objects(rows: Rows, arg: str, state: dict[str, Any]) -> dict[str, Any
 
 
 async def _logs(rows: Rows, arg: str, state: dict[str, Any]) -> dict[str, Any]:
-    after = int(state.get("after", 0))
-    lines = await rows("logs", options={"after": after, "tail": 2000})
-    if lines:
-        state["after"] = lines[-1]["seq"]
+    after: dict[str, int] = state.setdefault("after", {})  # per node: its lines are numbered
+    append = bool(after)
+    lines = await rows("logs", options={"after": dict(after), "tail": 2000})
+    for ln in lines:
+        node = ln.get("node_id", "")
+        after[node] = max(after.get(node, 0), ln["seq"])
     if arg:
-        lines = [ln for ln in lines if str(ln["pid"]) == arg or str(ln["label"]).startswith(arg)]
-    return {"lines": lines, "append": after > 0}
+        lines = [
+            ln
+            for ln in lines
+            if str(ln["pid"]) == arg
+            or str(ln["label"]).startswith(arg)
+            or str(ln.get("node_id", "")).startswith(arg)
+        ]
+    return {"lines": lines, "append": append}
 
 
 VIEWS: dict[str, Callable[[Rows, str, dict[str, Any]], Awaitable[dict[str, Any]]]] = {

@@ -276,6 +276,11 @@ class ActorClients:
             else:
                 self.post(E.CallRejected(c, rid, err))
         else:
+            node = c.node_id
+            if node is not None and node != self.rt.node.node_id:  # observability hook:
+                spec = c.in_flight.get(rid)  # the actor's node has the run's record
+                if spec is not None:
+                    TE.ran_elsewhere(spec.task_id, node)
             self.post(E.CallReplied(c, rid, reply.results))
 
     def _call_done(self, ins: E.CallDone) -> None:

@@ -131,6 +131,8 @@ class ObjectShell:
     def _free(self, ins: E.FreeStore) -> None:
         self.rt._frees.append(ins.oid)
         self.rt._schedule_flush()
+        for spec in self.rt.recovery.freed([ins.oid]):  # lineage nobody needs any more:
+            self.rt.submitter.release_args(spec)  # its arguments go too
 
     def _release(self, ins: E.ReleaseBorrow) -> None:
         self.rt._releases.setdefault(tuple(ins.owner), []).append(ins.oid)

@@ -22,7 +22,7 @@ from typing import Any
 from .._ids import new_id
 from .._refcount import ERROR, INLINE, PENDING, STORE, ObjectEntry, ObjectTable
 from .._serialization import load_error
-from ..errors import ObjectLostError
+from ..errors import ObjectLostError, OwnerDiedError
 from . import _object_events as E
 
 __all__ = ["ObjectCore"]
@@ -296,9 +296,12 @@ class ObjectCore:
             return
         reply = ev.reply
         if isinstance(reply, BaseException):
-            err = ObjectLostError(
+            # the owner cannot be reached: it died (an error reply is its own answer)
+            died = isinstance(reply, ConnectionError | OSError)
+            what = "died or cannot be reached" if died else "could not provide it"
+            err = (OwnerDiedError if died else ObjectLostError)(
                 f"object {e.oid.hex()} is lost: its owner {bytes(e.owner[0]).hex()} "
-                f"could not provide it ({reply})"
+                f"(the process that created it) {what} ({reply})"
             )
             self._complete(e, ERROR, err, out)
             return

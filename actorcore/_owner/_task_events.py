@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ._task_state import Lease, TaskSpec
 
 __all__ = [
+    "ArgsLost",
     "CancelChildren",
     "CancelTask",
     "Close",
@@ -38,7 +39,9 @@ __all__ = [
     "PushFailed",
     "PushTask",
     "RequestLease",
+    "ResolveAgain",
     "ResolveDeps",
+    "RetryLease",
     "ReturnLease",
     "SendCancel",
     "StallCheck",
@@ -127,6 +130,23 @@ class TaskReplied:
 
 
 @dataclass(slots=True)
+class ArgsLost:
+    """The worker could not get an argument of ``rid`` (every copy it was told of is
+    gone with a node): resolve the arguments again, after a pause."""
+
+    lease: Lease
+    rid: int
+    error: BaseException
+
+
+@dataclass(slots=True)
+class ResolveAgain:
+    """The pause after :class:`ArgsLost` is over: resolve ``spec``'s arguments again."""
+
+    spec: TaskSpec
+
+
+@dataclass(slots=True)
 class TaskRejected:
     """The worker answered ``rid`` with a system error (not a task exception)."""
 
@@ -182,6 +202,13 @@ class CancelChildren:
 
     parent: bytes
     force: bool
+
+
+@dataclass(slots=True)
+class RetryLease:
+    """Ask again for a lease of ``key``'s shape (a node asked before could not be reached)."""
+
+    key: Any
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from .._execution import current_task
 from .._ref import ObjectRef
 from .._rpc import error_from_reply, next_rid
 from .._runtime_env import spec_of_shape
-from ..errors import ActorCoreError
+from ..errors import ActorCoreError, ObjectLostError
 from ..scheduler._resources import HINT_MARK, PLACED_KEY
 from . import _object_events as OE
 from . import _task_events as E
@@ -100,6 +100,8 @@ class TaskSubmitter:
         address = rt.address
         # queued quietly: this shell's drain catches the object core up first
         rt.objects.inbox.put_quietly(OE.ObjectsCreated(spec.return_ids, prepared.held))
+        if prepared.held:  # its ObjectRef arguments, kept for lineage (actorcore._owner._recovery)
+            spec.lineage_deps = list(prepared.deps) if prepared.deps else None
         if prepared.deps and (resolved := ready_now(rt, prepared.deps)) is not None:
             spec.resolved = resolved
             prepared.deps = []  # nothing to wait for (``held`` keeps them alive)
@@ -204,6 +206,8 @@ class TaskSubmitter:
 
     def _resolve_deps(self, ins: E.ResolveDeps) -> None:
         spec = ins.spec
+        if not spec.args.deps and spec.lineage_deps:  # resolved at submission: again now
+            spec.args.deps = list(spec.lineage_deps)
 
         def done(resolved: list[Any] | BaseException) -> None:
             if isinstance(resolved, BaseException):
@@ -249,27 +253,43 @@ class TaskSubmitter:
         if isinstance(reply, BaseException):
             self.post(E.PushFailed(lease, rid, reply))
         elif reply.TAG == P.Tag.ERROR_REPLY:
-            self.post(E.TaskRejected(lease, rid, error_from_reply(reply)))
+            err = error_from_reply(reply)
+            if isinstance(err, ObjectLostError):  # an argument could not be had there
+                self.post(E.ArgsLost(lease, rid, err))
+            else:
+                self.post(E.TaskRejected(lease, rid, err))
         else:
             self.post(E.TaskReplied(lease, rid, reply.results))
 
     def _task_done(self, ins: E.TaskDone) -> None:
         spec = ins.spec
+        if ins.node_id is not None and ins.node_id != self.rt.node.node_id:
+            TE.ran_elsewhere(spec.task_id, ins.node_id)  # observability hook
         node_id = ins.node_id
         events: list[Any] = [
             OE.ResultArrived(oid, kind, data, nested, node_id)
             for oid, (kind, data, nested) in zip(spec.return_ids, ins.results, strict=True)
         ]
-        self._release_args(spec, events)
+        if not self.rt.recovery.task_done(spec, ins.results):  # else lineage keeps its args
+            self._release_args(spec, events)
         self.rt.objects.post_all(events)
 
     def _task_failed(self, ins: E.TaskFailed) -> None:
         TE.owner_failed(ins.spec.task_id, ins.spec.name, ins.error)  # observability hook
-        events: list[Any] = [OE.ObjectsFailed(ins.spec.return_ids, ins.error)]
+        error = self.rt.recovery.task_failed(ins.spec, ins.error)
+        events: list[Any] = [OE.ObjectsFailed(ins.spec.return_ids, error)]
         self._release_args(ins.spec, events)
         self.rt.objects.post_all(events)
 
+    def release_args(self, spec: TaskSpec) -> None:
+        """Let go of a finished task's arguments (its lineage is not kept, or was freed)."""
+        events: list[Any] = []
+        self._release_args(spec, events)
+        if events:
+            self.rt.objects.post_all(events)
+
     def _release_args(self, spec: TaskSpec, events: list[Any]) -> None:
+        spec.lineage_deps = None
         held = spec.args.held
         if held:
             spec.args.held = []

@@ -15,11 +15,13 @@ class TaskSpec:
     """One task as its owner knows it."""
 
     __slots__ = (
+        "arg_losses",
         "args",
         "cancelled",
         "fn",
         "key",
         "lease",
+        "lineage_deps",
         "name",
         "opts",
         "parent",
@@ -57,6 +59,8 @@ class TaskSpec:
         self.lease: Lease | None = None
         self.cancelled = False
         self.resolved: list[Any] = []
+        self.lineage_deps: list[Any] | None = None  # its ObjectRef arguments, for lineage
+        self.arg_losses = 0  # times a worker could not get its arguments
         self.stream = 0  # a streaming generator: its back-pressure + 1
 
     def __repr__(self) -> str:

@@ -43,6 +43,15 @@ logger = logging.getLogger(__name__)
 
 OPT_RETRY_EXCEPTIONS = 1
 STALL_S = 0.02  # a busy worker that finished nothing for this long takes no more tasks
+# A lease request sent to another node's daemon that could not reach it (the node died
+# and its death is not declared yet) is asked again through the local daemon, paced:
+UNREACHABLE_RETRY_S = 0.2
+UNREACHABLE_TRIES = 150  # ~30 s: far past any node TTL
+# A worker that could not get a task's argument (its copies went with a dead node, whose
+# death its owner learns within the TTL, then rebuilding it): the arguments are resolved
+# again after a pause, this many times, without using the task's retries.
+ARGS_LOST_RETRY_S = 0.5
+ARGS_LOST_TRIES = 20  # ~10 s
 
 
 class TaskCore:
@@ -66,6 +75,7 @@ class TaskCore:
         self.closed = False
         self.now = 0.0
         self._stall_armed = False
+        self._unreachable: dict[Any, int] = {}  # shape key -> redirects that failed in a row
         self._out: list[Any] = []
         self._handlers: dict[type, Callable[[Any], None]] = {
             E.SubmitTask: self._on_submit,
@@ -77,6 +87,8 @@ class TaskCore:
             E.LeaseFailed: self._on_lease_failed,
             E.TaskReplied: self._on_replied,
             E.TaskRejected: self._on_rejected,
+            E.ArgsLost: self._on_args_lost,
+            E.ResolveAgain: self._on_resolve_again,
             E.PushFailed: self._on_push_failed,
             E.TasksReturned: self._on_returned,
             E.PeerClosed: self._on_peer_closed,
@@ -84,6 +96,7 @@ class TaskCore:
             E.CancelTask: self._on_cancel,
             E.CancelChildren: self._on_cancel_children,
             E.LingerOver: self._on_linger_over,
+            E.RetryLease: self._on_retry_lease,
             E.StallCheck: self._on_stall_check,
             E.NodeDied: self._on_node_died,
             E.DaemonLost: self._on_daemon_lost,
@@ -218,6 +231,8 @@ class TaskCore:
 
     def _on_granted(self, ev: E.LeaseGranted) -> None:
         q = self._take_request(ev.rid)
+        if q is not None:
+            self._unreachable.pop(q.key, None)
         if q is None or self.closed:
             self._out.append(E.ReturnLease(ev.worker_id, False, ev.node_id))
             return
@@ -237,12 +252,26 @@ class TaskCore:
             self._request_lease(q, ev.node_id, ev.daemon)
 
     def _on_lease_failed(self, ev: E.LeaseFailed) -> None:
+        asked = self.lease_requests.get(ev.rid)
+        elsewhere = asked is not None and asked.requesting_node is not None
         q = self._take_request(ev.rid)
+        if q is not None and elsewhere and isinstance(ev.error, ConnectionError):
+            tries = self._unreachable[q.key] = self._unreachable.get(q.key, 0) + 1
+            if tries <= UNREACHABLE_TRIES and not self.closed:
+                q.requesting = -1  # no other request until the retry
+                self._out.append(E.StartTimer(UNREACHABLE_RETRY_S, E.RetryLease(q.key)))
+                return
         if q is not None:
             err = ev.error
             if not isinstance(err, BaseException):
                 err = ActorCoreError(str(err))
             self._fail_queue(q, err)
+
+    def _on_retry_lease(self, ev: E.RetryLease) -> None:
+        q = self.queues.get(ev.key)
+        if q is not None and q.requesting == -1:
+            q.requesting = 0
+            self._pump(q)
 
     def _lease_idle(self, q: ShapeQueue, lease: Lease) -> None:
         if lease.revoked or self.closed:
@@ -341,6 +370,29 @@ class TaskCore:
         if spec is not None:
             self._finish_failed(spec, ev.error)
             self._after_reply(spec, ev.lease)
+
+    def _on_args_lost(self, ev: E.ArgsLost) -> None:
+        spec = self._took(ev.lease, ev.rid)
+        if spec is None:
+            return
+        if spec.cancelled:
+            self._finish_failed(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+        elif spec.arg_losses < ARGS_LOST_TRIES and not self.closed:
+            spec.arg_losses += 1
+            self._out.append(E.StartTimer(ARGS_LOST_RETRY_S, E.ResolveAgain(spec)))
+        else:
+            self._finish_failed(spec, ev.error)
+        self._after_reply(spec, ev.lease)
+
+    def _on_resolve_again(self, ev: E.ResolveAgain) -> None:
+        spec = ev.spec
+        if spec.cancelled:
+            self._finish_failed(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+        elif self.closed:
+            self._finish_failed(spec, ActorCoreError("the runtime shut down"))
+        else:
+            spec.resolved = []
+            self._out.append(E.ResolveDeps(spec))
 
     def _on_push_failed(self, ev: E.PushFailed) -> None:
         spec = self._took(ev.lease, ev.rid)
@@ -444,7 +496,7 @@ class TaskCore:
             for lease in q.leases:
                 for rid, spec in lease.in_flight.items():
                     assert spec.lease is lease and spec.rid == rid, (spec, lease)
-            if q.requesting:
+            if q.requesting > 0:  # (-1: waiting to ask again)
                 assert self.lease_requests.get(q.requesting) is q
         for rid, q in self.lease_requests.items():
             assert q.requesting == rid, rid

@@ -10,10 +10,17 @@ a machine that runs ``actorcore start`` (asks that node)::
 
 Filters are ``(key, "=" | "!=", value)`` triples, a ``{key: value}`` dict,
 or ``"key=value"`` strings; values compare as text, case-insensitively.
+
+In a cluster the node asked asks every live node (in parallel, a few seconds
+at most each) and merges the answers; nodes that did not answer are named in
+a :class:`UnreachableNodesWarning` (and dead nodes are ``DEAD`` rows of
+``list_nodes``), so a dead or stuck node never hangs a query
+(``query(kind, options={"timeout": 2.0})`` changes the 5 s).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from .. import _global as G
@@ -23,6 +30,7 @@ from .._rpc import next_rid
 from ..errors import BlockingCallError
 
 __all__ = [
+    "UnreachableNodesWarning",
     "get_actor",
     "get_node",
     "get_task",
@@ -41,6 +49,15 @@ __all__ = [
 DEFAULT_LIMIT = 100
 
 
+class UnreachableNodesWarning(RuntimeWarning):
+    """Some live nodes did not answer a state query in time: the answer lacks their rows."""
+
+    def __init__(self, kind: str, unreachable: list[dict[str, Any]]) -> None:
+        self.unreachable = unreachable
+        who = ", ".join(f"{u['node_id'][:12]} ({u['error']})" for u in unreachable)
+        super().__init__(f"list {kind}: {len(unreachable)} node(s) did not answer: {who}")
+
+
 def query(
     kind: str,
     filters: Any = None,
@@ -48,14 +65,16 @@ def query(
     options: dict[str, Any] | None = None,
     node: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of ``kind`` from the node (``node``: a node.json dict, for tools without init).
+    """Rows of ``kind`` from the node (``node``: a node.json dict, for tools without init),
+    in a cluster from every live node.
 
     Raises:
         ValueError: an unknown kind or a malformed filter.
         ConnectionError: no node to ask.
     """
+    opts = {**(options or {}), "partial": True}
     msg = P.StateQueryMsg(
-        next_rid(), kind, [list(f) for f in parse_filters(filters)], int(limit), options or {}
+        next_rid(), kind, [list(f) for f in parse_filters(filters)], int(limit), opts
     )
     rt = G.runtime
     if node is None and rt is not None:
@@ -64,6 +83,10 @@ def query(
         rows = rt.call_daemon(msg)
     else:
         rows = _ask_node(node, msg)
+    if isinstance(rows, dict):
+        if rows.get("unreachable"):
+            warnings.warn(UnreachableNodesWarning(kind, rows["unreachable"]), stacklevel=3)
+        rows = rows["rows"]
     return merge_rows(kind, [list(rows)], limit)
 
 

@@ -36,7 +36,7 @@
   const render = {
     overview(d) {
       const nodes = d.nodes.map(n => `<div class="card node" data-node="${esc(n.node_id)}">
-        <div><b>node</b> <span class="mono">${short(n.node_id)}</span> ${esc(n.node_ip)}</div>
+        <div><b>node</b> <span class="mono">${short(n.node_id)}</span> ${esc(n.node_ip)} ${state(n.state)}</div>
         <div>CPU ${n.cpu_percent == null ? "?" : n.cpu_percent.toFixed(0)}%</div>${bar(n.cpu_percent || 0, 100)}
         <div>memory ${mib(n.mem_used)} / ${mib(n.mem_total)}</div>${bar(n.mem_used || 0, n.mem_total || 1)}
         <div>object store ${mib(n.store_used)} / ${mib(n.store_capacity)}, ${esc(n.store_objects)} objects</div>
@@ -46,6 +46,7 @@
         <h2>Actors</h2><p id="actor-counts">${counts(d.actors_by_state)}</p>
         <h2>Tasks</h2><p id="task-counts">${counts(d.tasks_by_state)}</p>
         <h2>Workers</h2>${table("workers", [["worker", r => `<span class="mono">${short(r.worker_id)}</span>`],
+          ["node", r => `<span class="mono">${short(r.node_id)}</span>`],
           ["pid", r => esc(r.pid)], ["role", r => esc(r.role)], ["actors", r => esc(r.actors)],
           ["CPU %", r => esc(r.cpu_percent)], ["RSS", r => mib(r.rss)]], d.workers)}`;
     },
@@ -95,7 +96,8 @@
       ["ms", r => r.end_time_ms && r.start_time_ms ? r.end_time_ms - r.start_time_ms : ""]], rows);
   }
   function logLine(l) {
-    return `<span class="${l.stream === "err" ? "err" : ""}">(${esc(l.label)}) ${esc(l.line)}</span>\n`;
+    const node = l.node_id ? `, node=${String(l.node_id).slice(0, 8)}` : "";
+    return `<span class="${l.stream === "err" ? "err" : ""}">(${esc(l.label)}${esc(node)}) ${esc(l.line)}</span>\n`;
   }
 
   function open() {
