@@ -49,6 +49,7 @@ from actorcore.gcs import (
 
 from . import _protocol as P
 from ._cluster_failover import NodeFailover
+from ._cluster_pg import ClusterGroups
 from ._cluster_work import REQUEUE_S, ClusterWork
 from ._fencing import wait_to_rejoin
 from ._membership import Membership
@@ -232,6 +233,8 @@ class ClusterNode:
         self._orig: dict[int, Handler] = {}
         self.rejoining = False
         self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees
+        self.groups = ClusterGroups(daemon, self.membership)  # placement groups
+        self.work.group_target = self.groups.node_for_shape
         self.failover = NodeFailover(daemon, self)  # when a peer node dies
         self._orphan_waits: set[asyncio.Future[None]] = set()
         # the global placer: elected among the nodes; runs here while this node holds it
@@ -244,6 +247,7 @@ class ClusterNode:
         self._requeue: asyncio.Task[None] | None = None
         self.election.subscribe(self._placer_elected, self._placer_lost)
         self.election.watch(lambda _holder: self.placer.poke())  # a full report to a new one
+        self.groups.placer_node = lambda: self.election.holder  # coordinates new groups
 
     async def start(self, handlers: dict[int, Handler]) -> None:
         """Answer for the cluster through ``handlers`` (changed in place), then join."""
@@ -259,6 +263,7 @@ class ClusterNode:
         handlers[int(P.Tag.PLACER_REPORT)] = self.on_placer_report
         handlers[int(P.Tag.SPILL_WORK)] = self.on_spill_work
         self.work.install(handlers)
+        self.groups.install(handlers)  # after work's: group work waits, then is routed
         transfer = getattr(self.daemon, "transfer", None)
         if transfer is not None and transfer.listener is not None:
             # where peers pull objects from this node (data connections)
@@ -266,6 +271,7 @@ class ClusterNode:
         # a join waits out an etcd outage; a fenced node back as a new one may still be
         # cut off: it waits as long as it takes (actorcore._fencing)
         await wait_to_rejoin(self.membership.start, None if self.rejoining else JOIN_WAIT_S)
+        await self.groups.start()
         self.election.start()
         self.placer.start()
         self._requeue = asyncio.get_running_loop().create_task(self._requeue_loop())
@@ -279,6 +285,7 @@ class ClusterNode:
                 logger.exception("re-spilling queued work failed")
 
     async def leave(self) -> None:
+        await self.groups.aclose()
         if self._requeue is not None:
             self._requeue.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -141,6 +141,8 @@ class ClusterWork:
         # owner process -> its (non-detached) actors created on other nodes through us
         self.forwarded: dict[bytes, dict[bytes, bytes]] = {}
         self._owner_of: dict[bytes, bytes] = {}  # actor -> its owner, for the above
+        # work scheduled into a placement group: the node of its bundle (_cluster_pg)
+        self.group_target: Callable[[Mapping[str, float]], bytes | None] | None = None
         # actor -> (its creation spec, the node hosting it): actors sent to other nodes
         # through us, restarted elsewhere by us if that node dies (_cluster_failover)
         self.placed: dict[bytes, tuple[dict[str, Any], bytes]] = {}
@@ -197,6 +199,8 @@ class ClusterWork:
 
     def _route(self, shape: Mapping[str, Any], args: Any = None) -> Route:
         norm = R.normalize({str(k): float(v) for k, v in dict(shape).items()})
+        if self.group_target is not None and (node := self.group_target(norm)) is not None:
+            return LOCAL if node == self.node_id else node  # a placement group's bundle
         where = {bytes(k): int(v) for k, v in dict(args or {}).items()}
         now = time.monotonic()
         live = self.membership.table.live

@@ -110,6 +110,11 @@ class Tag(IntEnum):
     # runtime-env packages (process -> its node daemon; node daemon -> peer daemon)
     PACKAGE_PUT = 110
     PACKAGE_GET = 111
+    # placement groups across nodes (coordinator <-> node daemons, two-phase; _cluster_pg)
+    PG_PREPARE = 170
+    PG_COMMIT = 171
+    PG_RELEASE = 172
+    PG_RECORD = 173
 
 
 def message(tag: Tag) -> Callable[[type[_M]], type[_M]]:
@@ -412,6 +417,9 @@ class CreatePlacementGroupMsg(NamedTuple):
     bundles: list[dict[str, float]]
     strategy: str
     name: str
+    lifetime: str = ""  # "detached": outlives its driver (in a cluster)
+    owner: bytes = b""  # forwarded to the cluster's coordinator: the driver it ends with
+    owner_node: bytes = b""  # and that driver's node
 
 
 @message(Tag.WAIT_PLACEMENT_GROUP)
@@ -697,6 +705,50 @@ class PackageGetMsg(NamedTuple):
     digest: str
     offset: int
     length: int
+
+
+# --- placement groups across nodes (two-phase reservation, see _cluster_pg) ----------------
+
+
+@message(Tag.PG_RECORD)
+class PgRecordMsg(NamedTuple):
+    """Coordinator -> the node a group was created through: its record now (the
+    one written to etcd; sent straight, so that node's waiters need no watch)."""
+
+    record: bytes
+
+
+@message(Tag.PG_PREPARE)
+class PgPrepareMsg(NamedTuple):
+    """Coordinator -> node daemon: hold ``bundles`` ([index, shape] pairs) of a group
+    for ``attempt`` (not usable yet); replies ``[held, available]``: False when they
+    do not fit now, and the node's available resources after."""
+
+    rid: int
+    pg_id: bytes
+    attempt: int
+    bundles: list[Any]
+    coordinator: bytes
+
+
+@message(Tag.PG_COMMIT)
+class PgCommitMsg(NamedTuple):
+    """Coordinator -> node daemon: offer the bundles held for ``attempt``; replies
+    ``[committed, available]`` (False: nothing held for that attempt)."""
+
+    rid: int
+    pg_id: bytes
+    attempt: int
+
+
+@message(Tag.PG_RELEASE)
+class PgReleaseMsg(NamedTuple):
+    """Any node -> node daemon: give back bundles ``indexes`` of a group (empty: all);
+    replies the node's available resources after."""
+
+    rid: int
+    pg_id: bytes
+    indexes: list[int]
 
 
 MESSAGES: dict[int, type] = _collect()

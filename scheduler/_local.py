@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _resources as R
+from ._bundles import BundleHolds
 from ._instructions import (
     GrantLease,
     HostActor,
@@ -112,6 +113,7 @@ class LocalScheduler:
         self.starting_env: dict[str, int] = {}  # workers starting, by runtime env
         self.actor_worker: dict[bytes, bytes] = {}
         self.placement = PlacementGroups()
+        self.bundles = BundleHolds()  # bundles of cluster-wide groups (two-phase)
 
     # --- placement groups ---------------------------------------------------------------
 
@@ -127,6 +129,39 @@ class LocalScheduler:
         change = self.placement.remove(pg_id)
         out = self._apply_change(change) if change is not None else []
         return out + self._schedule()
+
+    # --- bundles of cluster-wide groups (two-phase; see _bundles) ---------------------
+
+    def prepare_bundles(
+        self, pg_id: bytes, attempt: int, bundles: list[tuple[int, dict[str, float]]], by: Any
+    ) -> tuple[bool, list[Instruction]]:
+        """Hold bundles of a group (not usable yet); False: they do not fit now."""
+        change = self.bundles.prepare(pg_id, attempt, bundles, self.available, by)
+        if change is None:
+            return False, []
+        return True, self._apply_change(change)
+
+    def commit_bundles(self, pg_id: bytes, attempt: int) -> tuple[bool, list[Instruction]]:
+        """Offer the bundles prepared for ``attempt``; False: none are held."""
+        change = self.bundles.commit(pg_id, attempt)
+        if change is None:
+            return False, []
+        return True, self._apply_change(change) + self._schedule()
+
+    def release_bundles(
+        self, pg_id: bytes, indexes: list[int] | None = None, coordinator: Any = None
+    ) -> list[Instruction]:
+        """Give back a group's bundles (``indexes`` None: all), stopping the work in
+        them; or, with ``coordinator``, the prepared bundles it asked for."""
+        if coordinator is not None:
+            changes = self.bundles.coordinator_gone(coordinator)
+        else:
+            one = self.bundles.release(pg_id, indexes or ())
+            changes = [one] if one is not None else []
+        out: list[Instruction] = []
+        for ch in changes:
+            out += self._apply_change(ch)
+        return out + self._schedule() if changes else out
 
     def _apply_change(self, ch: ResourceChange) -> list[Instruction]:
         out: list[Instruction] = []
@@ -430,6 +465,7 @@ class LocalScheduler:
             if w.role in (WorkerRole.IDLE, WorkerRole.SHARED):
                 assert not w.shape, f"{w.role} worker holds resources"
         R.add(used, self.placement.reserved())
+        R.add(used, self.bundles.reserved())
         for k, total in self.total.items():
             expect = total - used.get(k, 0.0)
             assert abs(self.available.get(k, 0.0) - expect) < 1e-6, (k, self.available, used)

@@ -105,6 +105,27 @@ class GroupTable:
         self.pending.add(g.pg_id)
         return self._try(g)
 
+    def adopt(
+        self,
+        pg_id: bytes,
+        bundles: tuple[Mapping[str, float], ...],
+        strategy: str,
+        placement: Mapping[int, Hashable],
+    ) -> list[M.Instruction]:
+        """Take over a group another placer reserved (it died): its bundles on live
+        nodes stay where they are, the others are placed again."""
+        if pg_id in self.groups:
+            return []
+        g = Group(pg_id, tuple(R.normalize(b) for b in bundles), strategy)
+        g.placement = {i: n for i, n in placement.items() if n in self.placer.view.nodes}
+        self.groups[pg_id] = g
+        if len(g.placement) == len(g.bundles):
+            g.state = GroupState.READY  # adopted as it is: not a transition of this placer
+            placed = tuple(g.placement[i] for i in range(len(g.bundles)))
+            return [M.PlacementGroupReady(pg_id, placed)]
+        self.pending.add(pg_id)
+        return self._try(g)
+
     def _try(self, g: Group) -> list[M.Instruction]:
         """Start an attempt if the bundles not yet placed fit somewhere now."""
         p = self.placer

@@ -437,6 +437,7 @@ class NodeDaemon(Service):
             self.apply(E.ProcessGone(pid))
             if self.cluster is not None:
                 self.cluster.work.owner_gone(pid)  # its actors created on other nodes
+                self.cluster.groups.owner_gone(pid)  # its placement groups (not detached)
             if self.drivers.pop(pid, None) is not None and pid == self.embedded_driver:
                 self.stop("the driver that started this node exited")
 

@@ -39,6 +39,9 @@ __all__ = [
     "ActorCreated",
     "ActorKilled",
     "ActorWaited",
+    "BundlesCommitted",
+    "BundlesPrepared",
+    "BundlesReleased",
     "ClientGone",
     "DeleteFile",
     "DropActor",
@@ -266,6 +269,37 @@ class GroupRemoved:
     pg_id: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class BundlesPrepared:
+    """A cluster group's coordinator asks this node to hold bundles (phase one);
+    the waiter is answered ``[held, the node's available resources after]``."""
+
+    waiter: Any
+    pg_id: bytes
+    attempt: int
+    bundles: list[tuple[int, dict[str, float]]]
+    coordinator: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BundlesCommitted:
+    """Phase two: offer the bundles held for ``attempt``; answered like a prepare."""
+
+    waiter: Any
+    pg_id: bytes
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class BundlesReleased:
+    """Give back bundles of a cluster group (``indexes`` empty: all of them); with
+    ``coordinator`` set instead, the never-committed bundles it asked for."""
+
+    pg_id: bytes
+    indexes: tuple[int, ...] = ()
+    coordinator: bytes | None = None
+
+
 NodeEvent = (
     NodeStarted
     | NodeStopping
@@ -288,6 +322,9 @@ NodeEvent = (
     | GroupCreated
     | GroupWaited
     | GroupRemoved
+    | BundlesPrepared
+    | BundlesCommitted
+    | BundlesReleased
     | Seal
     | Abort
     | Free

@@ -111,6 +111,9 @@ class NodeState:
             E.GroupCreated: self._group_created,
             E.GroupWaited: self._group_waited,
             E.GroupRemoved: self._group_removed,
+            E.BundlesPrepared: self._bundles_prepared,
+            E.BundlesCommitted: self._bundles_committed,
+            E.BundlesReleased: self._bundles_released,
             E.Seal: store,
             E.Abort: store,
             E.Free: store,
@@ -307,6 +310,22 @@ class NodeState:
 
     def _group_answer(self, pg_id: bytes, ready: bool) -> list[Any]:
         return [E.Reply(w, ready) for w in self.group_waiters.pop(pg_id, [])]
+
+    # --- bundles of cluster-wide groups (two-phase) ----------------------------------------
+
+    def _bundles_prepared(self, ev: E.BundlesPrepared) -> list[Any]:
+        bundles = [(int(i), {str(k): float(v) for k, v in dict(b).items()}) for i, b in ev.bundles]
+        ok, out = self.sched.prepare_bundles(ev.pg_id, ev.attempt, bundles, ev.coordinator)
+        return [E.Reply(ev.waiter, [ok, dict(self.sched.available)]), *out]
+
+    def _bundles_committed(self, ev: E.BundlesCommitted) -> list[Any]:
+        ok, out = self.sched.commit_bundles(ev.pg_id, ev.attempt)
+        return [E.Reply(ev.waiter, [ok, dict(self.sched.available)]), *out]
+
+    def _bundles_released(self, ev: E.BundlesReleased) -> list[Any]:
+        if ev.coordinator is not None:
+            return self.sched.release_bundles(ev.pg_id, coordinator=ev.coordinator)
+        return self.sched.release_bundles(ev.pg_id, list(ev.indexes))
 
     # --- views ----------------------------------------------------------------------------
 

@@ -242,6 +242,9 @@ def _workers(daemon: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _placement_groups(daemon: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = getattr(daemon, "cluster", None)
+    if cluster is not None:  # the cluster's groups, as this node knows them now
+        return list(cluster.groups.rows())
     rows = daemon.sched.placement.table()
     for r in rows:
         r["bundles"] = (

@@ -277,6 +277,11 @@ class TaskCore:
         if lease.revoked or self.closed:
             self._drop_lease(q, lease)
             return
+        if any(k.startswith("bundle_group_") for k in q.shape):
+            # a placement group's worker goes back at once (as Ray's do): removing the
+            # group stops the workers still leased in it
+            self._drop_lease(q, lease)
+            return
         lease.idle_since = self.now
         if not lease.lingering:  # one timer per lease at a time, not one per task
             lease.lingering = True

@@ -89,7 +89,9 @@ def placement_group(
         raise ValueError(f"lifetime must be None or 'detached', not {lifetime!r}")
     rt = G.require()
     pg = PlacementGroup(new_id(), [dict(b) for b in bundles])
-    msg = P.CreatePlacementGroupMsg(next_rid(), pg.id, pg.bundle_specs, strategy, name)
+    msg = P.CreatePlacementGroupMsg(
+        next_rid(), pg.id, pg.bundle_specs, strategy, name, lifetime or ""
+    )
     if name:
         rt.call_daemon(msg)  # a clash of names fails here, at the call site
     else:
@@ -111,5 +113,17 @@ def get_placement_group(name: str) -> PlacementGroup:
     return PlacementGroup(bytes(info["pg_id"]), [dict(b) for b in info["bundles"]])
 
 
-def placement_group_table() -> list[dict[str, Any]]:
-    return list(G.require().call_daemon(P.ListStateMsg(next_rid(), "placement_groups")))
+def placement_group_table(pg: PlacementGroup | None = None) -> Any:
+    """Every placement group: id, name, strategy, state, ``bundles`` ({index: shape})
+    and, in a cluster, ``bundles_to_node_id`` ({index: node id hex, None: not placed}).
+
+    With ``pg``: that group's row only ({} when it is not known, e.g. removed).
+    """
+    rows = list(G.require().call_daemon(P.ListStateMsg(next_rid(), "placement_groups")))
+    for row in rows:
+        for key in ("bundles", "bundles_to_node_id"):
+            if isinstance(row.get(key), list | tuple):
+                row[key] = dict(enumerate(row[key]))
+    if pg is not None:
+        return next((r for r in rows if r["placement_group_id"] == pg.id.hex()), {})
+    return rows
