@@ -37,12 +37,21 @@ from typing import Any
 
 import msgpack
 
-from actorcore.gcs import ActorRecord, ActorTable, ControlStore, DeleteOp, NameRegistry, PutOp
+from actorcore.gcs import (
+    ActorRecord,
+    ActorTable,
+    ControlStore,
+    DeleteOp,
+    NameRegistry,
+    PutOp,
+    RetryingControlStore,
+)
 
 from . import _protocol as P
 from ._cluster_failover import NodeFailover
 from ._cluster_pg import ClusterGroups
 from ._cluster_work import REQUEUE_S, ClusterWork
+from ._fencing import wait_to_rejoin
 from ._membership import Membership
 from ._peers import ClusterSpec, Joined, Left, node_record
 from ._placer_client import PlacerClient
@@ -53,6 +62,7 @@ __all__ = ["ClusterNode", "join_cluster"]
 
 logger = logging.getLogger(__name__)
 
+JOIN_WAIT_S = 45.0  # how long a new node waits for etcd (its starter waits 60 s for it)
 _BATCH = 100  # operations per etcd transaction (etcd allows 128)
 _BATCH_BYTES = 1 << 20  # a transaction stays under etcd's request limit (~1.5 MiB)
 SPECS = b"/actor_specs/"
@@ -70,6 +80,7 @@ def join_cluster(daemon: Any, cluster: dict[str, Any] | None) -> ClusterNode | N
     if not cluster:
         return None
     node = ClusterNode(daemon, ClusterSpec.from_dict(cluster))
+    node.rejoining = bool(cluster.get("rejoin"))  # a fenced daemon, back as a new node
     daemon.control = node.store
     daemon.actor_table = node.actor_table
     daemon.names = node.names
@@ -213,11 +224,14 @@ class ClusterNode:
             limits,
             local_load=lambda: dict(daemon.sched.available),
             on_change=self._membership_changed,
+            on_fence=getattr(daemon, "fence", None),
         )
-        self.store = self.membership.store
+        # control changes wait out an etcd outage (membership's lease calls do not)
+        self.store = RetryingControlStore(self.membership.store)
         self.actor_table = BatchedActorTable(self.store, daemon)
         self.names = NameRegistry(self.store)
         self._orig: dict[int, Handler] = {}
+        self.rejoining = False
         self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees
         self.groups = ClusterGroups(daemon, self.membership)  # placement groups
         self.work.group_target = self.groups.node_for_shape
@@ -254,7 +268,9 @@ class ClusterNode:
         if transfer is not None and transfer.listener is not None:
             # where peers pull objects from this node (data connections)
             self.membership.record["transfer_address"] = list(transfer.address)
-        await self.membership.start()
+        # a join waits out an etcd outage; a fenced node back as a new one may still be
+        # cut off: it waits as long as it takes (actorcore._fencing)
+        await wait_to_rejoin(self.membership.start, None if self.rejoining else JOIN_WAIT_S)
         await self.groups.start()
         self.election.start()
         self.placer.start()
@@ -291,6 +307,10 @@ class ClusterNode:
         what = msg.what
         if what.endswith("_local"):
             return self._local(P.Tag.CLUSTER_INFO, peer, msg._replace(what=what[:-6]), b)
+        if what == "etcd_reach":  # a peer suspects it is cut off (actorcore._fencing)
+            return self.membership.fencer.reach_answer()
+        if what == "vouch":  # a worker of this node: how long it may keep serving
+            return self.membership.fencer.vouch_remaining()
         if what == "nodes":
             return self.membership.table.nodes()
         if what == "total":

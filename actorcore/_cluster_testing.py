@@ -11,11 +11,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +26,7 @@ __all__ = [
     "Cluster",
     "ClusterNodeProc",
     "NetnsHosts",
+    "TcpProxy",
     "make_tls_certificates",
     "netns_unavailable",
 ]
@@ -120,15 +124,17 @@ class Cluster:
         node_ip: str | None = None,
         wrap: list[str] | None = None,
         wait: bool = True,
+        etcd_address: str | None = None,
         **settings: Any,
     ) -> ClusterNodeProc:
         """Start one more node (``actorcore start --address`` path); with ``wait``,
-        return once every live node lists it."""
+        return once every live node lists it. ``etcd_address``: the address this
+        node reaches etcd at (e.g. through a proxy a test can cut), same NAME."""
         from ._driver import start_cluster_node
 
         config = self.config(num_cpus=num_cpus, resources=resources or {}, **settings)
         proc, ready, token = start_cluster_node(
-            config, self.address, node_ip=node_ip or self.etcd_host, wrap=wrap
+            config, etcd_address or self.address, node_ip=node_ip or self.etcd_host, wrap=wrap
         )
         for f in (proc.stdout, proc.stdin):
             if f is not None:
@@ -156,6 +162,73 @@ class Cluster:
             return True
 
         wait_for(all_seen, timeout, interval=0.05, what=f"{len(want)} nodes registered")
+
+    def live_records(self) -> dict[str, dict[str, Any]]:
+        """The live nodes' records, straight from etcd (node id hex -> record)."""
+        import asyncio
+
+        import msgpack
+
+        from actorcore.gcs import EtcdControlStore
+
+        async def read() -> dict[str, dict[str, Any]]:
+            async with EtcdControlStore(self.address, call_timeout=5.0) as store:
+                kvs, _ = await store.get_prefix(b"/nodes/")
+            return {
+                kv.key[len(b"/nodes/") :].decode(): msgpack.unpackb(kv.value, raw=False)
+                for kv in kvs
+            }
+
+        return asyncio.run(read())
+
+    def wait_reborn(self, node: ClusterNodeProc, timeout: float = 60.0) -> str:
+        """Wait until ``node``'s daemon process, fenced, is registered again under a
+        new node id (same pid); point ``node`` at it and return the old id."""
+        from .testing import wait_for
+
+        old = node.node_id
+
+        def reborn() -> dict[str, Any] | None:
+            for nid, rec in self.live_records().items():
+                if nid != old and int(rec["pid"]) == node.pid:
+                    return {**rec, "node_id": nid}
+            return None
+
+        rec = wait_for(reborn, timeout, interval=0.1, what=f"node {old[:8]} back as a new node")
+        node.ready = {
+            **node.ready,
+            "node_id": rec["node_id"],
+            "address": [rec["address"], int(rec["port"])],
+        }
+        # registered is not ready: its node file is written once it serves (as the
+        # first start's ready line), and every live node must list it
+        path = os.path.join("/dev/shm", "actorcore-" + str(node.ready["session"]), "node.json")
+
+        def serving() -> bool:
+            try:
+                with open(path) as f:
+                    return bool(json.load(f).get("node_id") == rec["node_id"])
+            except (OSError, ValueError):
+                return False
+
+        wait_for(serving, timeout, interval=0.05, what=f"node {rec['node_id'][:8]} serving")
+        self.wait_registered(timeout)
+        return old
+
+    @staticmethod
+    def daemon_log(node: ClusterNodeProc) -> str:
+        """The text of ``node``'s daemon log ("" if there is none)."""
+        path = os.path.join(
+            tempfile.gettempdir(),
+            f"actorcore-session-{node.ready['session']}",
+            "logs",
+            "daemon.log",
+        )
+        try:
+            with open(path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def stop_node(self, node: ClusterNodeProc, *, kill: bool = False) -> None:
         """Stop one node: cleanly (it leaves at once), or SIGKILL (seen dead after the TTL)."""
@@ -312,6 +385,11 @@ class NetnsHosts:
         _ip("-n", ns, "link", "set", inside, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
 
+    def set_link(self, i: int, up: bool) -> None:
+        """Cut (``up=False``) or restore host ``i``'s only link to the bridge (a
+        partition: its packets are dropped, nothing is refused)."""
+        _ip("link", "set", f"{self.tag}v{i}", "up" if up else "down")
+
     def close(self) -> None:
         """Remove every namespace and link made; idempotent, best effort per item."""
         errors = []
@@ -368,3 +446,75 @@ def make_tls_certificates(directory: str, names: tuple[str, ...] = ("node",)) ->
             "-out", cert, "-days", "2", "-extfile", ext)  # fmt: skip
         out[name] = {"tls_cert": cert, "tls_key": key, "tls_ca": ca}
     return out
+
+
+# --- a link a test can cut ----------------------------------------------------------------
+
+
+class TcpProxy:
+    """A TCP forwarder on 127.0.0.1 to ``target`` (e.g. one node's way to etcd):
+    :meth:`cut` closes every link and refuses new ones; :meth:`open` again reopens
+    it on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._server: socket.socket | None = None
+        self._links: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self.port = server.getsockname()[1]
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                a, _ = server.accept()
+            except OSError:
+                return  # cut
+            try:
+                b = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                a.close()
+                continue
+            with self._lock:
+                self._links += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        if self._server is not None:
+            try:
+                self._server.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            except OSError:
+                pass
+            self._server.close()
+            self._server = None
+        with self._lock:
+            links, self._links = self._links, []
+        for s in links:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()

@@ -61,6 +61,8 @@ def main() -> None:
     sweep_stale(config.shm_root)
     dirs = SessionDirs.create(boot["session"], config.shm_root, config.spill_dir)
     _setup_logging(os.path.join(dirs.logs_dir, "daemon.log"))
+    for life in boot.get("fenced", []):  # earlier lives of this process (actorcore._fencing)
+        logger.warning("this daemon fenced itself as node %s: %s", life["node_id"], life["why"])
     capacity, note = default_capacity(config.shm_root, config.object_store_memory)
     if note:
         logger.warning("%s", note)
@@ -95,10 +97,17 @@ def main() -> None:
         "log_dir": dirs.logs_dir,
     }
     zsock, zpid = _fork_zygote(lsock, worker_boot)
+    fenced = ""
     try:
-        _serve(config, boot, dirs, node, capacity, note, lsock, (zsock, zpid))
+        fenced = _serve(config, boot, dirs, node, capacity, note, lsock, (zsock, zpid))
     finally:
         dirs.remove()
+    if fenced:  # the old node id is dead for the cluster: come back as a new node
+        from ._fencing import reexec_daemon
+
+        lives = [*boot.get("fenced", [])[-9:], {"node_id": node["node_id"].hex(), "why": fenced}]
+        cluster = {**boot["cluster"], "rejoin": True}  # wait for etcd: it may still be cut off
+        reexec_daemon({**boot, "cluster": cluster, "fenced": lives}, fenced)
 
 
 def _fork_zygote(lsock: socket.socket, worker_boot: dict[str, Any]) -> tuple[socket.socket, int]:
@@ -127,7 +136,8 @@ def _serve(
     note: str | None,
     lsock: socket.socket,
     zygote: tuple[socket.socket, int],
-) -> None:
+) -> str:
+    """Serve until stopped; returns why the node fenced itself ("" if it did not)."""
     from actorcore.store import Arena
 
     from ._node import NodeDaemon
@@ -173,6 +183,7 @@ def _serve(
     finally:
         loop.run_until_complete(daemon.close())
         loop.close()
+    return str(daemon.fenced)
 
 
 if __name__ == "__main__":

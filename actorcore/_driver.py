@@ -144,6 +144,23 @@ def resolve_token(config: Config, address: str) -> bytes:
     return asyncio.run(cluster_token(address, etcd_options(config), given))
 
 
+def _wait_for_etcd(call: Any, address: str, limit_s: float = 30.0) -> Any:
+    """``call()``, tried again while etcd is unreachable (a join waits out an outage)."""
+    from actorcore.gcs import ControlStoreUnavailableError
+
+    deadline = time.monotonic() + limit_s
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except ControlStoreUnavailableError as e:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("etcd at %s unreachable (%s): joining waits for it", address, e)
+        time.sleep(delay)  # backoff while etcd is away
+        delay = min(2.0, delay * 2)
+
+
 def start_cluster_node(
     config: Config,
     address: str,
@@ -166,7 +183,7 @@ def start_cluster_node(
 
     tls = tls_options(config)
     TlsContexts.load(tls)  # bad TLS files fail here, not in the daemon
-    token = resolve_token(config, address)
+    token = _wait_for_etcd(lambda: resolve_token(config, address), address)
     spec = ClusterSpec(
         address,
         node_ip or local_ip_towards(address),

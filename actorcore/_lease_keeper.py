@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from actorcore.gcs import ControlStoreError, EtcdControlStore, EtcdOptions
@@ -47,6 +48,7 @@ class LeaseKeeper:
         lease: Callable[[], int],
         on_lost: Callable[[int], None],
         loop: asyncio.AbstractEventLoop,
+        on_refreshed: Callable[[float], None] | None = None,
     ) -> None:
         self._address = address
         self._options = options
@@ -54,6 +56,9 @@ class LeaseKeeper:
         self.period_s = ttl_s / REFRESHES_PER_TTL
         self._lease = lease
         self._on_lost = on_lost
+        self._on_refreshed = (
+            on_refreshed  # called on ``loop`` with when a confirmed refresh was sent
+        )
         self._loop = loop
         self._thread: threading.Thread | None = None
         self._own_loop: asyncio.AbstractEventLoop | None = None
@@ -114,6 +119,7 @@ class LeaseKeeper:
         lease = self._lease()
         if not lease:
             return
+        sent = time.monotonic()
         try:
             ttl = await store.refresh_lease(lease)
         except (ControlStoreError, TimeoutError) as e:
@@ -121,6 +127,11 @@ class LeaseKeeper:
             logger.warning("could not refresh this node's lease: %s", e)
             return
         self.refreshes += 1
+        if ttl > 0 and self._on_refreshed is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._on_refreshed, sent)
+            except RuntimeError:
+                pass  # the daemon's loop is closed: it is shutting down
         if ttl <= 0:
             try:
                 self._loop.call_soon_threadsafe(self._on_lost, lease)

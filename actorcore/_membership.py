@@ -12,10 +12,13 @@ Keys (under the cluster's etcd namespace NAME):
 and leaves out); :class:`Membership` is the service the node daemon composes: it registers,
 refreshes the lease every TTL/4 from a thread of its own
 (:class:`~actorcore._lease_keeper.LeaseKeeper`: a busy loop does not read as
-death; re-registering when etcd reports the lease lost),
-watches ``/nodes/`` from the revision it loaded + 1 (the etcd watch resumes
-from its last revision after an outage; a compacted revision resyncs), and
-talks to peer daemons directly for what etcd must not carry (load).
+death) and checks it with :class:`~actorcore._fencing.Fencer` (a lease etcd
+reports lost, or a refresh not confirmed in time without a confirmed etcd
+outage, fences the node: it never re-registers under the same id; see
+:mod:`actorcore._fencing` for the rule), watches ``/nodes/`` from the revision it
+loaded + 1 (the etcd watch resumes from its last revision after an outage; a
+compacted revision resyncs), and talks to peer daemons directly for what etcd
+must not carry (load).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +35,7 @@ import msgpack
 from actorcore.gcs import ControlStoreError, EtcdControlStore, PutOp, RevisionCompactedError
 
 from . import _protocol as P
+from ._fencing import Fencer
 from ._lease_keeper import LeaseKeeper
 from ._peers import MEMBERS, NODES, ClusterSpec, Joined, Left, PeerTable
 from ._rpc import RpcPeer, Service, next_rid
@@ -72,6 +77,9 @@ class Membership:
         local_load: this node's available resources now; sent to every peer
             daemon when it changes (checked every ``LOAD_PERIOD_S``).
         on_change: called with the joins and leaves of every update.
+        on_fence: called once when this node must fence itself (its lease is
+            or may be lost: :mod:`actorcore._fencing`); without it the node
+            only logs.
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class Membership:
         limits: tuple[int, int],
         local_load: Callable[[], dict[str, float]] | None = None,
         on_change: Callable[[list[Joined | Left]], None] | None = None,
+        on_fence: Callable[[str], None] | None = None,
     ) -> None:
         self.spec = spec
         self.node_id = node_id
@@ -101,10 +110,18 @@ class Membership:
         self._sent: dict[bytes, dict[str, float]] = {}  # what each peer last got from us
         self._gone_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._connecting: dict[bytes, asyncio.Future[RpcPeer]] = {}
-        self._registering = asyncio.Lock()  # the keepalive and the watch may both re-register
+        self._registering = asyncio.Lock()  # one registration at a time (a join may be retried)
         self._leaving = False
+        self._on_fence = on_fence
+        self.fencer = Fencer(
+            spec.ttl_s,
+            self._refresh,
+            lambda n: self.call_node(n, P.ClusterInfoMsg(next_rid(), "etcd_reach")),
+            lambda: [n for n in self.table.live if n != self.node_id],
+            self._fence,
+            own_refresh=False,  # the lease keeper's thread refreshes; the fencer checks
+        )
         self._keeper: LeaseKeeper | None = None
-        self._lost: set[int] = set()  # leases found gone, being replaced
 
     # --- life ---------------------------------------------------------------------------
 
@@ -125,8 +142,10 @@ class Membership:
             lambda: self.lease,
             self._lease_lost,
             asyncio.get_running_loop(),
+            on_refreshed=self.fencer.granted,
         )
         self._keeper.start()  # refreshes from its own thread: a busy loop is not a death
+        self._own(self.fencer.run(), "fencer")  # the rule's clock (actorcore._fencing)
         if self._local_load is not None:
             self._own(self._report_load(), "load")
         logger.info("node %s joined cluster %s", self.node_id.hex(), self.spec.address)
@@ -137,6 +156,8 @@ class Membership:
         if self._keeper is not None:
             await asyncio.to_thread(self._keeper.stop)
         try:
+            if self.fencer.fenced:
+                raise ControlStoreError("fenced: the lease is gone already")
             await asyncio.wait_for(self.store.revoke_lease(self.lease), 5.0)
             logger.info("node %s left cluster %s", self.node_id.hex(), self.spec.address)
         except (ControlStoreError, TimeoutError) as e:
@@ -146,6 +167,7 @@ class Membership:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.fencer.aclose()
         for peer in list(self._peers.values()):
             if peer.conn is not None:
                 peer.conn.close()
@@ -167,12 +189,14 @@ class Membership:
         async with self._registering:
             if self._leaving:
                 return
+            sent = time.monotonic()
             lease = await self.store.grant_lease(self.spec.ttl_s)
             value = bytes(msgpack.packb(self.record, use_bin_type=True))
             key = self.node_id.hex().encode()
             ops = [PutOp(MEMBERS + key, value), PutOp(NODES + key, value, lease)]
             await self.store.txn([], ops)
             self.lease = lease
+            self.fencer.granted(sent)
 
     async def _load(self) -> int:
         members, _ = await self.store.get_prefix(MEMBERS)
@@ -180,21 +204,22 @@ class Membership:
         self._changed(self.table.load(members, nodes))
         return revision
 
-    def _lease_lost(self, lease: int) -> None:
-        """The lease keeper found ``lease`` gone (on this loop)."""
-        if lease == self.lease and not self._leaving and lease not in self._lost:
-            # (the watch may have re-registered; several refreshes may report one loss)
-            logger.error("this node's registration was lost (lease expired): registering again")
-            self._lost.add(lease)
-            self._own(self._register_again(lease), "register")
+    async def _refresh(self) -> float:
+        """Refresh the lease (the fencer's call): its remaining TTL, <= 0 when gone."""
+        return float(await self.store.refresh_lease(self.lease))
 
-    async def _register_again(self, lease: int) -> None:
-        try:
-            await self._register()
-        except ControlStoreError as e:  # the keeper reports it again next period
-            logger.warning("could not register again: %s", e)
-        finally:
-            self._lost.discard(lease)
+    def _fence(self, why: str) -> None:
+        """The lease is (or may be) lost: stop serving (the daemon rejoins as a new node)."""
+        if self._leaving:
+            return
+        self._leaving = True  # never register this node id again
+        if self._on_fence is not None:
+            self._on_fence(why)
+
+    def _lease_lost(self, lease: int) -> None:
+        """The lease keeper found ``lease`` gone (on this loop): fence (never the same id)."""
+        if lease == self.lease and not self._leaving:
+            self.fencer.lease_lost("a refresh found it expired")
 
     async def _watch(self, revision: int) -> None:
         while not self._leaving:
@@ -231,8 +256,7 @@ class Membership:
                 if peer is not None and peer.conn is not None:
                     peer.conn.close()
                 if ch.node_id == self.node_id and not self._leaving:
-                    logger.error("this node's key vanished: registering again")
-                    self._own(self._register(), "register")
+                    self.fencer.lease_lost("its key was deleted")
         if changes and self._on_change is not None:
             self._on_change(changes)
 

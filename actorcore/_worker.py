@@ -16,6 +16,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 from typing import Any
 
 from . import _global as G
@@ -101,9 +102,21 @@ class WorkerRuntime(CoreRuntime):
 
     async def register(self) -> None:
         self.stopped = self.loop.create_future()
+        sent = time.monotonic()
         info = await self.daemon.call(
             P.RegisterWorkerMsg(next_rid(), self.my_id, os.getpid(), list(self.address))
         )
+        if "vouch_s" in info:  # a cluster node: serve only while the daemon vouches (_fencing)
+            # the watch starts before this worker can serve anything (no await before it)
+            from ._fencing import daemon_vouch_asker, watch_daemon
+
+            if float(info["vouch_s"]) <= 0:  # a daemon that has lost its lease
+                self.exit_now("the node daemon does not vouch for this node (fenced)")
+            watch_daemon(
+                daemon_vouch_asker(self._open_store_conn),
+                self.config.node_ttl_s,
+                first_until=sent + float(info["vouch_s"]),
+            )
         for path in info.get("sys_path", []):
             if path not in sys.path:
                 sys.path.append(path)

@@ -29,6 +29,7 @@ from ._cluster_testing import (
     Cluster,
     ClusterNodeProc,
     NetnsHosts,
+    TcpProxy,
     make_tls_certificates,
     netns_unavailable,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "Cluster",
     "ClusterNodeProc",
     "NetnsHosts",
+    "TcpProxy",
     "actor_pid",
     "kill_pid",
     "leftover_processes",

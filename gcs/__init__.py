@@ -36,15 +36,17 @@ from ._interface import (
     Watch,
     WatchEvent,
 )
+from ._retry import RetryingControlStore
 from ._tables import ActorRecord, ActorTable, NameRegistry, NodeRegistry
 
 if TYPE_CHECKING:
     from ._etcd import EtcdControlStore
-    from ._etcd_process import EtcdNotFoundError, EtcdProcess
+    from ._etcd_process import EtcdCluster, EtcdNotFoundError, EtcdProcess
 
 # The etcd client (aetcd, grpc, protobuf: about 20 MB) loads on first use, so
 # that a single machine's processes, which never talk to etcd, do not carry it.
 _LAZY = {
+    "EtcdCluster": "._etcd_process",
     "EtcdControlStore": "._etcd",
     "EtcdNotFoundError": "._etcd_process",
     "EtcdProcess": "._etcd_process",
@@ -72,6 +74,7 @@ __all__ = [
     "EmbeddedControlStore",
     "EmbeddedState",
     "EtcdAddress",
+    "EtcdCluster",
     "EtcdControlStore",
     "EtcdNotFoundError",
     "EtcdOptions",
@@ -83,6 +86,7 @@ __all__ = [
     "NameRegistry",
     "NodeRegistry",
     "PutOp",
+    "RetryingControlStore",
     "RevisionCompactedError",
     "TxnResult",
     "Watch",

@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-__all__ = ["EtcdNotFoundError", "EtcdProcess"]
+__all__ = ["EtcdCluster", "EtcdNotFoundError", "EtcdProcess"]
 
 logger = logging.getLogger(__name__)
 
@@ -267,3 +267,183 @@ class EtcdProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class EtcdCluster:
+    """A three-member (``members``) etcd cluster on 127.0.0.1, for tests of an etcd
+    that loses a member: :attr:`address` names every member
+    (``etcd://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3/NAME``, clients fail over).
+
+    :meth:`stop_member` / :meth:`kill_member` end one member (its data kept),
+    :meth:`start_member` brings it back into the cluster; :meth:`close` ends all
+    and deletes the data. A context manager, sync and async.
+    """
+
+    def __init__(
+        self,
+        *,
+        members: int = 3,
+        namespace: str = "test",
+        binary: str | None = None,
+        start_timeout: float = 20.0,
+        stop_timeout: float = 5.0,
+        base_dir: str = "/dev/shm",
+    ) -> None:
+        found = binary or shutil.which("etcd")
+        if found is None:
+            raise EtcdNotFoundError(_INSTALL_HINT)
+        self.binary = found
+        self.namespace = namespace
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._base_dir = base_dir
+        self._n = members
+        self._dir: Path | None = None
+        self._ports: list[tuple[int, int]] = []
+        self._procs: list[subprocess.Popen[bytes] | None] = [None] * members
+        self._logs: list[IO[bytes] | None] = [None] * members
+        self._started: list[bool] = [False] * members
+
+    @property
+    def address(self) -> str:
+        return self.address_for(self.namespace)
+
+    def address_for(self, namespace: str, host: str = "127.0.0.1") -> str:
+        return "etcd://" + ",".join(f"{host}:{c}" for c, _ in self._ports) + f"/{namespace}"
+
+    def client_url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self._ports[i][0]}"
+
+    def running(self, i: int) -> bool:
+        proc = self._procs[i]
+        return proc is not None and proc.poll() is None
+
+    def pid(self, i: int) -> int | None:
+        proc = self._procs[i]
+        return None if proc is None else proc.pid
+
+    def _command(self, i: int) -> list[str]:
+        assert self._dir is not None
+        _, peer = self._ports[i]
+        initial = ",".join(f"m{j}=http://127.0.0.1:{p}" for j, (_, p) in enumerate(self._ports))
+        return [
+            self.binary,
+            "--name", f"m{i}",
+            "--data-dir", str(self._dir / f"m{i}"),
+            "--listen-client-urls", self.client_url(i),
+            "--advertise-client-urls", self.client_url(i),
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", initial,
+            "--initial-cluster-token", self._dir.name,
+            "--initial-cluster-state", "existing" if self._started[i] else "new",
+            "--heartbeat-interval", "50",
+            "--election-timeout", "500",
+            "--logger", "zap",
+            "--log-level", "warn",
+        ]  # fmt: skip
+
+    def _spawn(self, i: int) -> None:
+        assert self._dir is not None
+        log = open(self._dir / f"m{i}.log", "ab")  # closed in stop_member()
+        self._logs[i] = log
+        self._procs[i] = subprocess.Popen(
+            self._command(i), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+        self._started[i] = True
+
+    def start(self) -> None:
+        """Start every member and wait until each reports healthy (a leader elected)."""
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="etcd-cluster-", dir=self._base_dir))
+            self._ports = [(_free_port(), _free_port()) for _ in range(self._n)]
+        try:
+            for i in range(self._n):
+                if not self.running(i):
+                    self._spawn(i)
+            for i in range(self._n):
+                self._wait_healthy(i)
+        except BaseException:
+            self.close()
+            raise
+
+    def start_member(self, i: int) -> None:
+        """Bring member ``i`` back (same data and ports) and wait until it is healthy."""
+        if not self.running(i):
+            self._spawn(i)
+        self._wait_healthy(i)
+
+    def _wait_healthy(self, i: int) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            proc = self._procs[i]
+            assert proc is not None
+            if proc.poll() is not None:
+                raise RuntimeError(f"etcd member {i} exited with {proc.returncode}")
+            try:
+                url = self.client_url(i) + "/health"
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if json.loads(response.read()).get("health") == "true":
+                        return
+            except (OSError, ValueError):
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd member {i} not healthy after {self.start_timeout} s")
+            time.sleep(_POLL_S)  # polling a condition under a deadline
+
+    def leader(self) -> int | None:
+        """The index of the member that leads now (None: no running member knows)."""
+        for i in range(self._n):
+            if not self.running(i):
+                continue
+            try:
+                request = urllib.request.Request(
+                    self.client_url(i) + "/v3/maintenance/status", data=b"{}", method="POST"
+                )
+                with urllib.request.urlopen(request, timeout=1.0) as response:
+                    status = json.loads(response.read())
+            except (OSError, ValueError):
+                continue
+            if status.get("leader") and status["leader"] == status["header"]["member_id"]:
+                return i
+        return None
+
+    def stop_member(self, i: int, sig: int = signal.SIGTERM) -> None:
+        """End member ``i`` (SIGTERM, or ``sig``); its data is kept."""
+        proc, self._procs[i] = self._procs[i], None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log, self._logs[i] = self._logs[i], None
+        if log is not None:
+            log.close()
+
+    def kill_member(self, i: int) -> None:
+        """SIGKILL member ``i``."""
+        self.stop_member(i, signal.SIGKILL)
+
+    def close(self) -> None:
+        """End every member and delete the data; idempotent."""
+        for i in range(self._n):
+            self.stop_member(i)
+        if self._dir is not None and os.path.isdir(self._dir):
+            shutil.rmtree(self._dir, ignore_errors=True)
+        self._dir = None
+
+    def __enter__(self) -> EtcdCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> EtcdCluster:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)

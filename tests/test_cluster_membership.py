@@ -384,7 +384,7 @@ def test_several_etcd_endpoints_fail_over(etcd):
     assert len(resolve_token(Config(), address)) == 32
 
 
-def test_a_node_whose_registration_is_lost_registers_again(etcd):
+def test_a_node_whose_registration_is_lost_fences_and_rejoins_as_a_new_node(etcd):
     with Cluster(num_nodes=1, etcd=etcd, ttl_s=3.0) as c:
         key = b"/nodes/" + c.nodes[0].node_id.encode()
 
@@ -400,5 +400,7 @@ def test_a_node_whose_registration_is_lost_registers_again(etcd):
         old = asyncio.run(lease())
         assert old
         asyncio.run(revoke(old))  # as if etcd had expired it
-        wait_for(lambda: asyncio.run(lease()) not in (0, old), 15, what="registered again")
-        wait_for(lambda: [r["Alive"] for r in c.nodes[0].nodes()] == [True], 10)
+        old_id = c.wait_reborn(c.nodes[0], 30)  # same process, a new node id
+        assert old_id != c.nodes[0].node_id
+        rows = {r["NodeID"]: r["Alive"] for r in c.nodes[0].nodes()}
+        assert rows == {old_id: False, c.nodes[0].node_id: True}

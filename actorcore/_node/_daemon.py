@@ -148,6 +148,7 @@ class NodeDaemon(Service):
         self.drivers: dict[bytes, RpcPeer] = {}
         self.embedded_driver: bytes | None = None
         self.stopping: asyncio.Future[None] | None = None
+        self.fenced = ""  # why this node fenced itself (then it rejoins as a new node)
         self.pool: WorkerPool | None = None
         self.listener: Listener | None = None
         self._peers_seen: tuple[frozenset[bytes], frozenset[bytes]] | None = None
@@ -237,6 +238,18 @@ class NodeDaemon(Service):
     async def wait_stopped(self) -> None:
         assert self.stopping is not None
         await self.stopping
+
+    def fence(self, why: str) -> None:
+        """This node may have lost its lease (:mod:`actorcore._fencing`): stop its
+        actors and tasks now (kill every worker), then stop; the daemon process
+        then rejoins as a new node (:func:`actorcore._daemon.main`)."""
+        if self.fenced:
+            return
+        self.fenced = why
+        logger.error("node %s fenced: %s", self.node_id.hex(), why)
+        if self.pool is not None:
+            self.pool.close()  # actors and tasks stop at once; no worker answers any more
+        self.stop(f"fenced: {why}")
 
     def stop(self, why: str) -> None:
         if self.stopping is not None and not self.stopping.done():
@@ -461,6 +474,9 @@ class NodeDaemon(Service):
         self.workers.add(WorkerRec(msg.worker_id, msg.pid, peer, list(msg.address)))
         env = self.runtime_env.worker_env(self.pool.env_of.get(msg.pid, ""))
         self.apply(E.WorkerStarted(msg.worker_id, time.monotonic(), env.digest if env else ""))
+        if self.cluster is not None:  # how long the worker may serve (actorcore._fencing)
+            vouch = self.cluster.membership.fencer.vouch_remaining()
+            return {"sys_path": self.sys_path, "vouch_s": vouch}
         return {"sys_path": self.sys_path}
 
     @handles(P.Tag.REGISTER_DRIVER)
