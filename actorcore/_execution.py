@@ -215,6 +215,25 @@ async def decode_args_async(
     return out
 
 
+def run_jobs(
+    jobs: queue.SimpleQueue[Callable[[], None] | None], after: Callable[[], None] | None = None
+) -> None:
+    """Run jobs from ``jobs`` until a None; a job that raises (a late cancel
+    interrupt included) is logged and does not end the thread's loop."""
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        try:
+            job()
+        except BaseException:
+            import logging
+
+            logging.getLogger(__name__).exception("executor job failed")
+        if after is not None:
+            after()
+
+
 class ExecPool:
     """Threads that run user code off the event loop. Jobs are plain callables."""
 
@@ -240,19 +259,11 @@ class ExecPool:
         self._jobs.put(job)
 
     def _run(self) -> None:
-        jobs = self._jobs
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
-            try:
-                job()
-            except BaseException:  # a job must not kill its thread
-                import logging
+        run_jobs(self._jobs, self._done)
 
-                logging.getLogger(__name__).exception("executor job failed")
-            with self._lock:
-                self._idle += 1
+    def _done(self) -> None:
+        with self._lock:
+            self._idle += 1
 
     def resize(self, size: int) -> None:
         self._size = max(self._size, size)
@@ -280,14 +291,4 @@ class MainThreadExec:
 
     def serve(self) -> None:
         """Run jobs until :meth:`close` (call on the main thread)."""
-        jobs = self._jobs
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
-            try:
-                job()
-            except BaseException:  # a late interrupt must not end the main thread's loop
-                import logging
-
-                logging.getLogger(__name__).exception("main-thread job failed")
+        run_jobs(self._jobs)
