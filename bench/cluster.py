@@ -26,10 +26,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
+
+from bench._sides import run_side
 
 MiB = 1 << 20
 CALLS_ONE = 2000
@@ -170,18 +171,7 @@ def _floor(rounds: int) -> list[float]:
 
 
 def _run_side(python: str, side: str, rounds: int) -> dict[str, Any]:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [python, "-m", "bench.cluster", "--side", side, "--rounds", str(rounds)],
-        capture_output=True,
-        text=True,
-        cwd=here,
-        timeout=900,
-        env={**os.environ, "PYTHONPATH": here},
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{side} side failed:\n{out.stderr[-4000:]}")
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    return dict(run_side("cluster", python, side, "--rounds", str(rounds)))
 
 
 def _fmt(xs: list[float]) -> str:

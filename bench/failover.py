@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from typing import Any
+
+from bench._sides import run_side
 
 MiB = 1 << 20
 
@@ -177,15 +177,8 @@ def _side(which: str, rounds: int, ttl: float | None) -> list[dict[str, float]]:
 
 
 def _run_side(python: str, which: str, rounds: int, ttl: float | None) -> list[dict[str, Any]]:
-    cmd = [python, "-m", "bench.failover", "--side", which, "--rounds", str(rounds)]
-    if ttl is not None:
-        cmd += ["--ttl", str(ttl)]
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": here}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=here, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"{which} side failed:\n{done.stderr[-3000:]}")
-    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+    extra = ["--ttl", str(ttl)] if ttl is not None else []
+    return list(run_side("failover", python, which, "--rounds", str(rounds), *extra, timeout=1800))
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> str:

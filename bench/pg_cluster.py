@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
+
+from bench._sides import run_side
 
 NUM_PGS = 100
 WITH_TASKS = 20
@@ -96,9 +96,7 @@ def _side_ray(rounds: int) -> dict[str, Any]:
     from ray.cluster_utils import Cluster
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    c = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"custom": 100}}
-    )
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"custom": 100}})
     c.add_node(num_cpus=1, resources={"custom": 100})
     ray.init(address=c.address, log_to_driver=False)
     try:
@@ -109,18 +107,7 @@ def _side_ray(rounds: int) -> dict[str, Any]:
 
 
 def _run_side(python: str, side: str, rounds: int) -> dict[str, Any]:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [python, "-m", "bench.pg_cluster", "--side", side, "--rounds", str(rounds)],
-        capture_output=True,
-        text=True,
-        cwd=here,
-        timeout=900,
-        env={**os.environ, "PYTHONPATH": here},
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{side} side failed:\n{out.stderr[-4000:]}")
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    return dict(run_side("pg_cluster", python, side, "--rounds", str(rounds)))
 
 
 def _fmt(xs: list[float]) -> str:

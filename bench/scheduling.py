@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
+
+from bench._sides import run_side
 
 LINGER_S = 0.3  # > the owner's lease linger (0.2 s): each timed task asks a new lease
 
@@ -175,18 +175,7 @@ def _side_ray(rounds: int) -> dict[str, Any]:
 
 
 def _run_side(python: str, side: str, rounds: int) -> dict[str, Any]:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [python, "-m", "bench.scheduling", "--side", side, "--rounds", str(rounds)],
-        capture_output=True,
-        text=True,
-        cwd=here,
-        timeout=900,
-        env={**os.environ, "PYTHONPATH": here},
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{side} side failed:\n{out.stderr[-4000:]}")
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    return dict(run_side("scheduling", python, side, "--rounds", str(rounds)))
 
 
 def _fmt(xs: list[float]) -> str:
