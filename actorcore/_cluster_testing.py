@@ -29,6 +29,7 @@ __all__ = [
     "TcpProxy",
     "make_tls_certificates",
     "netns_unavailable",
+    "run_driver_on_netns_hosts",
 ]
 
 _STOP_S = 15.0
@@ -309,6 +310,49 @@ def _remove_session(ready: dict[str, Any]) -> None:
 
 
 # --- network namespaces ------------------------------------------------------------------
+
+
+def run_driver_on_netns_hosts(
+    count: int, driver: str, **node_settings: Any
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """A cluster of ``count`` one-CPU nodes on network-namespace hosts (node
+    ``i`` offers resource ``h<i>``), etcd on the bridge; runs the Python code
+    ``driver`` (``ADDRESS`` in it replaced by the cluster's address) on host 0.
+
+    Returns the finished driver process and the nodes' ids. Everything is torn
+    down before returning, even on failure.
+    """
+    import sys
+    import textwrap
+
+    from actorcore.gcs import EtcdProcess
+
+    with NetnsHosts(count=count) as hosts:
+        with EtcdProcess(namespace="unused", extra_hosts=(hosts.bridge_ip,)) as etcd:
+            cluster = Cluster(num_nodes=0, etcd=etcd, etcd_host=hosts.bridge_ip, ttl_s=3.0)
+            cluster.start()
+            try:
+                for i in range(count):
+                    cluster.add_node(
+                        num_cpus=1,
+                        resources={f"h{i}": 2},
+                        node_ip=hosts.ip_of(i),
+                        wrap=hosts.wrap(i),
+                        wait=False,
+                        **node_settings,
+                    )
+                cluster.wait_registered(60)
+                code = textwrap.dedent(driver.replace("ADDRESS", repr(cluster.address)))
+                run = subprocess.run(
+                    [*hosts.wrap(0), sys.executable, "-c", code],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    env=dict(os.environ),
+                )
+            finally:
+                cluster.shutdown()
+    return run, [n.node_id for n in cluster.nodes]
 
 
 def netns_unavailable() -> str | None:

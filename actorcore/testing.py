@@ -32,6 +32,7 @@ from ._cluster_testing import (
     TcpProxy,
     make_tls_certificates,
     netns_unavailable,
+    run_driver_on_netns_hosts,
 )
 from ._rpc import next_rid
 
@@ -47,6 +48,7 @@ __all__ = [
     "list_state",
     "make_tls_certificates",
     "netns_unavailable",
+    "run_driver_on_netns_hosts",
     "runtime_processes",
     "wait_for",
 ]

@@ -6,15 +6,10 @@ Needs root and ``ip``; skipped with the reason otherwise."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
-from actorcore.gcs import EtcdProcess
 
-from actorcore.testing import Cluster, NetnsHosts, netns_unavailable
+from actorcore.testing import netns_unavailable, run_driver_on_netns_hosts
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
 
@@ -41,30 +36,7 @@ def test_driver_code_reaches_a_namespaced_host():
     why = netns_unavailable()
     if why is not None:
         pytest.skip(why)
-    with NetnsHosts(count=2) as hosts:
-        with EtcdProcess(namespace="unused", extra_hosts=(hosts.bridge_ip,)) as etcd:
-            cluster = Cluster(num_nodes=0, etcd=etcd, etcd_host=hosts.bridge_ip, ttl_s=3.0)
-            cluster.start()
-            try:
-                for i in range(2):
-                    cluster.add_node(
-                        num_cpus=1,
-                        resources={f"h{i}": 2},
-                        node_ip=hosts.ip_of(i),
-                        wrap=hosts.wrap(i),
-                        wait=False,
-                    )
-                cluster.wait_registered(60)
-                code = textwrap.dedent(DRIVER.replace("ADDRESS", repr(cluster.address)))
-                run = subprocess.run(
-                    [*hosts.wrap(0), sys.executable, "-c", code],
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                    env=dict(os.environ),
-                )
-            finally:
-                cluster.shutdown()
+    run, ids = run_driver_on_netns_hosts(2, DRIVER)
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout.strip().splitlines()[-1])
-    assert got == [cluster.nodes[1].node_id, "shipped", True, "h"]
+    assert got == [ids[1], "shipped", True, "h"]

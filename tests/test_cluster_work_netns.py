@@ -5,16 +5,11 @@ listen on their node's address, so callers and pullers on other hosts reach them
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import pytest
-from actorcore.gcs import EtcdProcess
 
-from actorcore.testing import Cluster, NetnsHosts, make_tls_certificates, netns_unavailable
+from actorcore.testing import make_tls_certificates, netns_unavailable, run_driver_on_netns_hosts
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
 
@@ -62,34 +57,9 @@ def test_tasks_actors_and_objects_cross_namespaced_hosts(tls, tmp_path):
     if tls and shutil.which("openssl") is None:
         pytest.skip("needs the openssl command")
     settings = make_tls_certificates(str(tmp_path))["node"] if tls else {}
-    with NetnsHosts(count=3) as hosts:
-        with EtcdProcess(namespace="unused", extra_hosts=(hosts.bridge_ip,)) as etcd:
-            cluster = Cluster(num_nodes=0, etcd=etcd, etcd_host=hosts.bridge_ip, ttl_s=3.0)
-            cluster.start()
-            try:
-                for i in range(3):
-                    cluster.add_node(
-                        num_cpus=1,
-                        resources={f"h{i}": 2},
-                        node_ip=hosts.ip_of(i),
-                        wrap=hosts.wrap(i),
-                        wait=False,
-                        **settings,
-                    )
-                cluster.wait_registered(60)
-                code = textwrap.dedent(DRIVER.replace("ADDRESS", repr(cluster.address)))
-                run = subprocess.run(
-                    [*hosts.wrap(0), sys.executable, "-c", code],
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                    env=dict(os.environ),
-                )
-            finally:
-                cluster.shutdown()
+    run, ids = run_driver_on_netns_hosts(3, DRIVER, **settings)
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout.strip().splitlines()[-1])
-    ids = [n.node_id for n in cluster.nodes]
     assert got["me"] == ids[0]
     assert got["task"] == [ids[1], 0]
     assert got["arg"] == [ids[1], 5 << 20]
