@@ -22,6 +22,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ._protocol import Tag
 from .errors import TaskCancelledError
 
 if TYPE_CHECKING:
@@ -32,6 +33,19 @@ __all__ = ["ActorMailbox", "TaskQueue"]
 CANCEL_SIGNAL = signal.SIGUSR2  # interrupts a sync task on the worker's main thread
 _FAIR_BATCH = 64
 _GROW_AFTER_S = 0.001  # a threaded actor adds a thread when no call finished for this long
+_WAIT_SLICE_S = 0.05  # a thread waiting for its caller's next call looks around this often
+_WAIT_IDLE_S = 0.2  # and gives reading back to the loop after this long without one
+_ACTOR_CALL = Tag.ACTOR_CALL
+
+
+def _Call(peer: Any, msg: Any, name: str, method: str) -> Call:
+    global _Call
+    from ._worker import Call
+
+    def _Call(peer: Any, msg: Any, name: str, method: str) -> Call:  # noqa: F811
+        return Call(peer, msg, name, method, None, False)
+
+    return _Call(peer, msg, name, method)
 
 
 def interrupt_thread(thread_id: int, exc_type: type[BaseException] | None) -> bool:
@@ -181,8 +195,23 @@ class ActorMailbox:
         The slot taken for ``call`` stays taken between calls, so a sync actor
         runs its calls one after another without a trip through the loop.
         After a batch the thread is handed back (with the next call) so other
-        actors of a shared worker get their turn.
+        actors of a shared worker get their turn. With nothing left to run, the
+        thread of a one-at-a-time actor waits for its caller's next call on the
+        connection itself (:meth:`_wait_on_caller`).
         """
+        while True:
+            conn = call.peer.conn
+            if not self._run_batch(call):
+                return
+            self._fill()
+            next_call = self._wait_on_caller(conn)
+            if next_call is None:
+                return
+            call = next_call
+
+    def _run_batch(self, call: Call) -> bool:
+        """Run ``call`` and the sync calls queued behind it; False: the thread was
+        handed back with the next call (the batch budget ran out)."""
         budget = _FAIR_BATCH
         while True:
             self.worker.run_actor_call(self, call)
@@ -195,13 +224,76 @@ class ActorMailbox:
                 ):
                     self.running -= 1
                     self.sync_running -= 1
-                    break
+                    return True
                 call = self.queue.popleft()
             budget -= 1
             if budget == 0:
                 self.worker.pool.submit(functools.partial(self._drain, call))
-                return
-        self._fill()
+                return False
+
+    def _wait_on_caller(self, conn: Any) -> Call | None:
+        """Wait for the next call on ``conn`` in this thread (the loop does not read
+        it meanwhile) and return it with its slot taken; None: nothing to run here.
+
+        Only for an actor that runs one call at a time and is alone on its worker
+        (a waiting thread is one of the shared pool's). A sync call of this actor
+        that arrives while nothing runs is run by this thread at once: one wake-up
+        per call instead of two (the loop's, then this thread's). Anything else,
+        and every frame behind it, goes to the loop in order; reading goes back to
+        the loop before a call runs, so a method that calls ``get``, waits on a
+        borrow or streams is served as before.
+        """
+        if (
+            self.max_concurrency != 1
+            or conn is None
+            or not conn.lendable
+            or len(self.worker.mailboxes) != 1
+            or not conn.lend()
+        ):
+            return None
+        idle = 0.0
+        while True:
+            with self.lock:
+                busy = self.dead is not None or bool(self.queue) or self.running > 0
+            if busy or self.worker.closing:
+                conn.give_back()
+                return None
+            frames = conn.read_lent(_WAIT_SLICE_S)
+            if frames is None:
+                return None
+            if not frames:
+                idle += _WAIT_SLICE_S
+                if idle >= _WAIT_IDLE_S:
+                    conn.give_back()
+                    return None
+                continue
+            first: Call | None = None
+            for i, (msg, _bufs) in enumerate(frames):
+                if (
+                    msg.TAG != _ACTOR_CALL
+                    or msg.actor_id != self.actor_id
+                    or self.is_coroutine(msg.method)
+                ):
+                    conn.give_back(frames[i:])  # the loop delivers these, then reads on
+                    return first
+                call = _Call(conn.receiver, msg, f"{self.class_name}.{msg.method}", msg.method)
+                with self.lock:
+                    if self.dead is not None:
+                        pass
+                    elif first is None and not self.queue and self.running == 0:
+                        self.running += 1
+                        self.sync_running += 1
+                        first = call
+                        continue
+                    else:
+                        self.queue.append(call)  # behind ``first`` or a running call
+                        continue
+                conn.give_back(frames[i:])  # the loop answers calls to a dead actor
+                return first
+            conn.give_back()
+            if first is None:
+                self._fill()
+            return first
 
     def cancel(self, task_id: bytes) -> bool:
         with self.lock:

@@ -124,6 +124,11 @@ class Connection:
         self._leftover = leftover
         # a TLS socket may hold decrypted bytes the fd no longer signals
         self._pending = getattr(sock, "pending", None)
+        # Lending reading to another thread (see :meth:`enable_lending`).
+        self._ep: Any = None  # a private epoll holding the socket; the loop watches it
+        self._read_lock = threading.RLock()
+        self._lent = False  # another thread reads now; the loop does not
+        self._poller: Any = None  # the borrower's poll object
 
     def start(self) -> None:
         """Begin reading; call on the loop thread after the handshake.
@@ -330,6 +335,14 @@ class Connection:
     # --- reading -----------------------------------------------------------------------
 
     def _on_readable(self) -> None:
+        if self._ep is not None:
+            with self._read_lock:  # frames are delivered in order, whoever reads
+                if not self._lent:
+                    self._read_and_deliver()
+            return
+        self._read_and_deliver()
+
+    def _read_and_deliver(self) -> None:
         try:
             data = self.sock.recv(_RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -377,6 +390,112 @@ class Connection:
             except Exception:  # one bad dispatch must not lose the frames after it
                 logger.exception("dispatching %s failed", type(msg).__name__)
 
+    # --- lending reading to a thread that waits for the next frame ----------------------
+    #
+    # A worker's executor thread that has nothing to run may wait for its caller's
+    # next frame on the socket itself, instead of the loop reading it and waking the
+    # thread (two wake-ups per call become one). The loop watches a private epoll
+    # that holds the socket; lending disarms the socket in it (no loop wake-up, and
+    # the loop does not spin on a readable socket), returning re-arms it. Frames are
+    # decoded under one lock by whoever reads, so their order holds.
+
+    def enable_lending(self) -> None:
+        """Let other threads borrow reading (call on the loop thread; plain sockets only)."""
+        if self._ep is not None or self.closed or self._pending is not None or self._leftover:
+            return
+        ep = select.epoll()
+        ep.register(self._fd, select.EPOLLIN)
+        with self._read_lock:
+            self._ep = ep
+        self.loop.remove_reader(self._fd)
+        self.loop.add_reader(ep.fileno(), self._on_readable)
+
+    @property
+    def lendable(self) -> bool:
+        return self._ep is not None and not self.closed
+
+    def lend(self) -> bool:
+        """Take reading from the loop (a thread other than the loop's); False if not possible."""
+        with self._read_lock:
+            if self._ep is None or self._lent or self.closed or not self._sock_open:
+                return False
+            self._lent = True
+            try:
+                self._ep.modify(self._fd, 0)
+            except (OSError, ValueError):
+                self._lent = False
+                return False
+            return True
+
+    def read_lent(self, timeout_s: float) -> list[tuple[Any, list[bytes]]] | None:
+        """(the borrower) Wait up to ``timeout_s`` for frames; ``[]`` if none came.
+
+        None: reading went back to the loop (the connection ended or broke;
+        the loop learns it from its next read).
+        """
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+        try:
+            ready = poller.poll(timeout_s * 1000)
+        except (OSError, ValueError):
+            ready = [(self._fd, 0)]  # closed under us: the read below tells
+        if not ready:
+            return []
+        with self._read_lock:
+            if not self._lent:
+                return None
+            if self.closed or not self._sock_open:
+                self._lent = False
+                return None
+            try:
+                data = self.sock.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return []
+            except OSError:
+                data = b""
+            if not data:  # the end: the loop reads it again and closes
+                self._give_back_locked()
+                return None
+            try:
+                return self._decoder.feed(data)
+            except ProtocolError as e:
+                self._lent = False  # the stream is unusable; the loop drops it
+                self.loop.call_soon_threadsafe(self.receiver.on_protocol_error, self, e)
+                return None
+
+    def give_back(self, frames: list[tuple[Any, list[bytes]]] | None = None) -> None:
+        """(the borrower) Return reading to the loop; ``frames`` (read but not handled)
+        are delivered by the loop first, in order, before it reads on."""
+        if frames:
+            self.loop.call_soon_threadsafe(self._take_back, frames)
+            return
+        with self._read_lock:
+            self._give_back_locked()
+
+    def _give_back_locked(self) -> None:
+        if not self._lent:
+            return
+        self._lent = False
+        if self._sock_open:
+            try:
+                self._ep.modify(self._fd, select.EPOLLIN)
+            except (OSError, ValueError):
+                pass
+
+    def _take_back(self, frames: list[tuple[Any, list[bytes]]]) -> None:
+        with self._read_lock:
+            receiver = self.receiver
+            for msg, bufs in frames:
+                if self.closed:
+                    break
+                try:
+                    receiver.on_frame(self, msg, bufs)
+                except Exception:
+                    logger.exception("dispatching %s failed", type(msg).__name__)
+            self._give_back_locked()
+
     # --- closing -----------------------------------------------------------------------
 
     def _closed_error(self) -> Exception:
@@ -398,7 +517,7 @@ class Connection:
                 self._out = []
                 self._out_bytes = 0
         try:
-            self.loop.remove_reader(self._fd)
+            self.loop.remove_reader(self._fd if self._ep is None else self._ep.fileno())
         except Exception:  # the loop may already be closed
             pass
         if drain:
@@ -420,6 +539,9 @@ class Connection:
             self.loop.remove_writer(self._fd)
         except Exception:  # the loop may already be closed
             pass
+        if self._ep is not None:
+            with self._read_lock:
+                self._ep.close()
         self.sock.close()
 
     def _break(self, err: BaseException) -> None:
