@@ -235,19 +235,39 @@ def run_jobs(
 
 
 class ExecPool:
-    """Threads that run user code off the event loop. Jobs are plain callables."""
+    """Threads that run user code off the event loop. Jobs are plain callables.
 
-    def __init__(self, size: int, name: str = "actorcore-exec") -> None:
+    A job may spend a while waiting for work of its own (an actor's thread
+    waiting for its caller's next call, :meth:`begin_wait`): up to
+    ``max_waiting`` such threads are not counted against the size, so they
+    never hold back the jobs of others.
+    """
+
+    def __init__(self, size: int, name: str = "actorcore-exec", max_waiting: int = 4) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._size = size
         self._name = name
         self._idle = 0
+        self._waiting = 0
+        self._max_waiting = max_waiting
         self._lock = threading.Lock()
+
+    def begin_wait(self) -> bool:
+        """A running job is about to wait for work of its own; False: too many wait already."""
+        with self._lock:
+            if self._waiting >= self._max_waiting:
+                return False
+            self._waiting += 1
+            return True
+
+    def end_wait(self) -> None:
+        with self._lock:
+            self._waiting -= 1
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
-            grow = self._idle <= 0 and len(self._threads) < self._size
+            grow = self._idle <= 0 and len(self._threads) < self._size + self._waiting
             if not grow:
                 self._idle -= 1
         if grow:

@@ -35,6 +35,7 @@ _FAIR_BATCH = 64
 _GROW_AFTER_S = 0.001  # a threaded actor adds a thread when no call finished for this long
 _WAIT_SLICE_S = 0.05  # a thread waiting for its caller's next call looks around this often
 _WAIT_IDLE_S = 0.2  # and gives reading back to the loop after this long without one
+_WAIT_SKIP = 64  # after a call of another actor came in, do not wait for this many calls
 _ACTOR_CALL = Tag.ACTOR_CALL
 
 
@@ -81,6 +82,8 @@ class ActorMailbox:
         self.dead: str | None = None
         self._is_coro: dict[str, bool] = {}
         self.async_tasks: dict[bytes, asyncio.Task[Any]] = {}
+        self.read_direct = 0  # calls its own thread read off a connection (_read_calls)
+        self._wait_skip = 0
 
     def is_coroutine(self, method: str) -> bool:
         flag = self._is_coro.get(method)
@@ -195,62 +198,74 @@ class ActorMailbox:
         The slot taken for ``call`` stays taken between calls, so a sync actor
         runs its calls one after another without a trip through the loop.
         After a batch the thread is handed back (with the next call) so other
-        actors of a shared worker get their turn. With nothing left to run, the
-        thread of a one-at-a-time actor waits for its caller's next call on the
-        connection itself (:meth:`_wait_on_caller`).
+        actors of a shared worker get their turn.
+
+        With nothing queued, the thread of a one-at-a-time actor then waits for
+        its caller's next call on the connection itself: the reply lends it
+        reading (the loop does not read that connection meanwhile), and a sync
+        call of this actor that comes in is run here at once, one wake-up per
+        call instead of two (the loop's, then this thread's). Anything else, and
+        every frame behind it, goes to the loop in order; reading goes back to
+        the loop before a call runs, so a method that calls ``get``, waits on a
+        borrow or streams is served as before (:meth:`_read_calls`).
         """
+        pool = self.worker.pool
+        budget = _FAIR_BATCH
         while True:
             conn = call.peer.conn
-            if not self._run_batch(call):
+            wait = not self.queue and self._may_wait(conn)
+            call.lend_reading = wait
+            self.worker.run_actor_call(self, call)
+            lent = wait and call.lend_reading
+            with self.lock:
+                self.completed += 1
+                more = (
+                    self.dead is None
+                    and bool(self.queue)
+                    and not self.is_coroutine(self.queue[0].method)
+                )
+                if more:
+                    call = self.queue.popleft()
+                else:
+                    self.running -= 1
+                    self.sync_running -= 1
+            if more:
+                if lent:
+                    conn.give_back()
+                if wait:
+                    pool.end_wait()
+                budget -= 1
+                if budget == 0:
+                    pool.submit(functools.partial(self._drain, call))
+                    return
+                continue
+            if not lent:
+                if wait:
+                    pool.end_wait()
+                self._fill()
                 return
-            self._fill()
-            next_call = self._wait_on_caller(conn)
+            try:
+                next_call = self._read_calls(conn)
+            finally:
+                pool.end_wait()
             if next_call is None:
                 return
             call = next_call
+            budget = _FAIR_BATCH
 
-    def _run_batch(self, call: Call) -> bool:
-        """Run ``call`` and the sync calls queued behind it; False: the thread was
-        handed back with the next call (the batch budget ran out)."""
-        budget = _FAIR_BATCH
-        while True:
-            self.worker.run_actor_call(self, call)
-            with self.lock:
-                self.completed += 1
-                if (
-                    self.dead is not None
-                    or not self.queue
-                    or self.is_coroutine(self.queue[0].method)
-                ):
-                    self.running -= 1
-                    self.sync_running -= 1
-                    return True
-                call = self.queue.popleft()
-            budget -= 1
-            if budget == 0:
-                self.worker.pool.submit(functools.partial(self._drain, call))
-                return False
+    def _may_wait(self, conn: Any) -> bool:
+        """Whether this thread may wait for its caller's next call on ``conn`` (it then
+        holds one of the pool's waiting places: :meth:`ExecPool.begin_wait`)."""
+        if self.max_concurrency != 1 or conn is None or not conn.lendable:
+            return False
+        if self._wait_skip > 0:  # the connection carried calls of other actors lately
+            self._wait_skip -= 1
+            return False
+        return self.worker.pool.begin_wait()
 
-    def _wait_on_caller(self, conn: Any) -> Call | None:
-        """Wait for the next call on ``conn`` in this thread (the loop does not read
-        it meanwhile) and return it with its slot taken; None: nothing to run here.
-
-        Only for an actor that runs one call at a time and is alone on its worker
-        (a waiting thread is one of the shared pool's). A sync call of this actor
-        that arrives while nothing runs is run by this thread at once: one wake-up
-        per call instead of two (the loop's, then this thread's). Anything else,
-        and every frame behind it, goes to the loop in order; reading goes back to
-        the loop before a call runs, so a method that calls ``get``, waits on a
-        borrow or streams is served as before.
-        """
-        if (
-            self.max_concurrency != 1
-            or conn is None
-            or not conn.lendable
-            or len(self.worker.mailboxes) != 1
-            or not conn.lend()
-        ):
-            return None
+    def _read_calls(self, conn: Any) -> Call | None:
+        """(reading lent to this thread) The next call of this actor read off ``conn``,
+        its slot taken; None: reading went back to the loop and nothing is to run here."""
         idle = 0.0
         while True:
             with self.lock:
@@ -274,6 +289,8 @@ class ActorMailbox:
                     or msg.actor_id != self.actor_id
                     or self.is_coroutine(msg.method)
                 ):
+                    if msg.TAG == _ACTOR_CALL and msg.actor_id != self.actor_id:
+                        self._wait_skip = _WAIT_SKIP  # a connection shared with other actors
                     conn.give_back(frames[i:])  # the loop delivers these, then reads on
                     return first
                 call = _Call(conn.receiver, msg, f"{self.class_name}.{msg.method}", msg.method)
@@ -283,6 +300,7 @@ class ActorMailbox:
                     elif first is None and not self.queue and self.running == 0:
                         self.running += 1
                         self.sync_running += 1
+                        self.read_direct += 1
                         first = call
                         continue
                     else:

@@ -55,6 +55,7 @@ class Call:
     __slots__ = (
         "fn",
         "is_async",
+        "lend_reading",
         "method",
         "name",
         "owner",
@@ -82,6 +83,7 @@ class Call:
         self.fn = fn
         self.is_async = is_async
         self.stream = msg.stream  # 0, or a streaming generator's back-pressure + 1
+        self.lend_reading = False  # the reply lends reading to the actor's thread (_mailbox)
 
 
 class WorkerRuntime(CoreRuntime):
@@ -227,6 +229,8 @@ class WorkerRuntime(CoreRuntime):
             self._wait_all(reg, waits)
         conn = call.peer.conn
         if conn is not None and not conn.closed:
+            if call.lend_reading:  # before the reply: the caller's next call may come at once
+                call.lend_reading = conn.lend()
             try:
                 conn.send(P.TaskResultMsg(call.rid, results))
             except ConnectionError:
