@@ -23,6 +23,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ._protocol import Tag
+from ._transport import TIMED_OUT
 from .errors import TaskCancelledError
 
 if TYPE_CHECKING:
@@ -277,10 +278,11 @@ class ActorMailbox:
             if frames is None:
                 return None
             if not frames:
-                idle += _WAIT_SLICE_S
-                if idle >= _WAIT_IDLE_S:
-                    conn.give_back()
-                    return None
+                if frames is TIMED_OUT:
+                    idle += _WAIT_SLICE_S
+                    if idle >= _WAIT_IDLE_S:
+                        conn.give_back()
+                        return None
                 continue
             first: Call | None = None
             for i, (msg, _bufs) in enumerate(frames):

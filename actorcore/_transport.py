@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 _RECV_SIZE = 1 << 18
 _IOV_BATCH = 512  # frames handed to one sendmsg
 
+TIMED_OUT: list[Any] = []  # Connection.read_lent: nothing came (a list no one fills)
 SEND_HIGH_WATER = 64 << 20  # queued bytes above which senders wait for the peer
 SEND_MAX_QUEUED = 512 << 20  # a loop thread cannot wait: the connection drops here
 SEND_STALL_S = 60.0  # a waiting thread gives up on a peer that read nothing this long
@@ -129,6 +130,8 @@ class Connection:
         self._read_lock = threading.RLock()
         self._lent = False  # another thread reads now; the loop does not
         self._poller: Any = None  # the borrower's poll object
+        self._lending = False  # enable_lending() was called
+        self._lent_to = 0  # the thread that borrowed reading
 
     def start(self) -> None:
         """Begin reading; call on the loop thread after the handshake.
@@ -276,6 +279,8 @@ class Connection:
 
     def _over_high_water(self) -> None:
         """More than the high-water mark is queued: wait off-loop, or drop at the cap."""
+        if self._lent and self._lent_to == threading.get_ident():
+            self.give_back()  # the peer may wait for us to read before it reads
         if threading.get_ident() == self._loop_thread or asyncio._get_running_loop() is not None:
             if self._out_bytes > self._max:
                 err = ConnectionBrokenError(
@@ -400,8 +405,19 @@ class Connection:
     # decoded under one lock by whoever reads, so their order holds.
 
     def enable_lending(self) -> None:
-        """Let other threads borrow reading (call on the loop thread; plain sockets only)."""
-        if self._ep is not None or self.closed or self._pending is not None or self._leftover:
+        """Let other threads borrow reading (call on the loop thread; plain sockets only).
+
+        The switch happens on the next loop turn: frames of the read being
+        delivered now are all handed on before anyone else may read.
+        """
+        if self._lending or self.closed or self._pending is not None:
+            return
+        self._lending = True
+        self.loop.call_soon(self._start_lending)
+
+    def _start_lending(self) -> None:
+        if self.closed or self._leftover:
+            self._lending = False
             return
         ep = select.epoll()
         ep.register(self._fd, select.EPOLLIN)
@@ -419,20 +435,23 @@ class Connection:
         with self._read_lock:
             if self._ep is None or self._lent or self.closed or not self._sock_open:
                 return False
-            self._lent = True
             try:
                 self._ep.modify(self._fd, 0)
             except (OSError, ValueError):
-                self._lent = False
                 return False
+            self._lent = True
+            self._lent_to = threading.get_ident()
             return True
 
     def read_lent(self, timeout_s: float) -> list[tuple[Any, list[bytes]]] | None:
-        """(the borrower) Wait up to ``timeout_s`` for frames; ``[]`` if none came.
+        """(the borrower) Wait up to ``timeout_s`` for frames: the frames read, ``[]``
+        (part of a frame came), or :data:`TIMED_OUT` (nothing came).
 
-        None: reading went back to the loop (the connection ended or broke;
-        the loop learns it from its next read).
+        None: reading went back to the loop (the connection ended or broke, or
+        a send of the borrower waited for the peer; the loop reads on).
         """
+        if not self._lent:
+            return None
         poller = self._poller
         if poller is None:
             poller = self._poller = select.poll()
@@ -442,7 +461,7 @@ class Connection:
         except (OSError, ValueError):
             ready = [(self._fd, 0)]  # closed under us: the read below tells
         if not ready:
-            return []
+            return TIMED_OUT
         with self._read_lock:
             if not self._lent:
                 return None
@@ -452,7 +471,7 @@ class Connection:
             try:
                 data = self.sock.recv(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
-                return []
+                return TIMED_OUT
             except OSError:
                 data = b""
             if not data:  # the end: the loop reads it again and closes
