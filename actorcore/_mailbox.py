@@ -40,14 +40,10 @@ _WAIT_SKIP = 64  # after a call of another actor came in, do not wait for this m
 _ACTOR_CALL = Tag.ACTOR_CALL
 
 
-def _Call(peer: Any, msg: Any, name: str, method: str) -> Call:
-    global _Call
-    from ._worker import Call
+def _call_class() -> Any:
+    from ._worker import Call  # (imports this module)
 
-    def _Call(peer: Any, msg: Any, name: str, method: str) -> Call:  # noqa: F811
-        return Call(peer, msg, name, method, None, False)
-
-    return _Call(peer, msg, name, method)
+    return Call
 
 
 def interrupt_thread(thread_id: int, exc_type: type[BaseException] | None) -> bool:
@@ -231,6 +227,11 @@ class ActorMailbox:
                     self.running -= 1
                     self.sync_running -= 1
             if more:
+                # calls come in bursts here: the loop reads them while this thread
+                # runs, and a thread waiting on the socket would only answer sooner
+                # in the middle of a burst (the caller then spends its time reading
+                # replies instead of sending): do not wait for a while
+                self._wait_skip = _WAIT_SKIP
                 if lent:
                     conn.give_back()
                 if wait:
@@ -285,6 +286,7 @@ class ActorMailbox:
                         return None
                 continue
             first: Call | None = None
+            make_call = _call_class()
             for i, (msg, _bufs) in enumerate(frames):
                 if (
                     msg.TAG != _ACTOR_CALL
@@ -295,7 +297,9 @@ class ActorMailbox:
                         self._wait_skip = _WAIT_SKIP  # a connection shared with other actors
                     conn.give_back(frames[i:])  # the loop delivers these, then reads on
                     return first
-                call = _Call(conn.receiver, msg, f"{self.class_name}.{msg.method}", msg.method)
+                call = make_call(
+                    conn.receiver, msg, f"{self.class_name}.{msg.method}", msg.method, None, False
+                )
                 with self.lock:
                     if self.dead is not None:
                         pass

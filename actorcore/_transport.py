@@ -186,6 +186,20 @@ class Connection:
         with self._lock:
             if self.closed:
                 raise self._closed_error()
+            if not self._armed and type(frame) is bytes and threading.get_ident() != self._loop_thread:
+                # Another thread and nothing queued: write now rather than wait for the
+                # loop to wake (what does not fit waits below, as any frame).
+                try:
+                    n = self.sock.send(frame)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:
+                    n = 0  # the write below meets the error again and reports it
+                if n == size:
+                    return
+                if n:
+                    frame = memoryview(frame)[n:]
+                    size -= n
             if isinstance(frame, list):
                 self._out.extend(frame)
             else:
