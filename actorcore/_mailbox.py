@@ -20,6 +20,7 @@ import functools
 import inspect
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from ._protocol import Tag
@@ -37,6 +38,7 @@ _GROW_AFTER_S = 0.001  # a threaded actor adds a thread when no call finished fo
 _WAIT_SLICE_S = 0.05  # a thread waiting for its caller's next call looks around this often
 _WAIT_IDLE_S = 0.2  # and gives reading back to the loop after this long without one
 _WAIT_SKIP = 64  # after a call of another actor came in, do not wait for this many calls
+_LATE_S = 20e-6  # a wait for the next call shorter than this: the call was there before
 _ACTOR_CALL = Tag.ACTOR_CALL
 
 
@@ -81,6 +83,7 @@ class ActorMailbox:
         self.async_tasks: dict[bytes, asyncio.Task[Any]] = {}
         self.read_direct = 0  # calls its own thread read off a connection (_read_calls)
         self._wait_skip = 0
+        self._late = 0  # calls in a row that were there before this thread waited
 
     def is_coroutine(self, method: str) -> bool:
         flag = self._is_coro.get(method)
@@ -255,6 +258,22 @@ class ActorMailbox:
             call = next_call
             budget = _FAIR_BATCH
 
+    def _note_late(self, late: bool) -> None:
+        """Whether the next call was there already when this thread came to wait for it.
+
+        On a busy machine the thread that replied is often preempted before it
+        waits again (the caller it woke runs first), and a call then waits for
+        it to get a CPU back; a thread asleep in the pool (the loop's hand-off)
+        gets one sooner. Twice late in a row: go back to the hand-off for a while.
+        """
+        if not late:
+            self._late = 0
+            return
+        self._late += 1
+        if self._late >= 2:
+            self._late = 0
+            self._wait_skip = _WAIT_SKIP
+
     def _may_wait(self, conn: Any) -> bool:
         """Whether this thread may wait for its caller's next call on ``conn`` (it then
         holds one of the pool's waiting places: :meth:`ExecPool.begin_wait`)."""
@@ -269,15 +288,21 @@ class ActorMailbox:
         """(reading lent to this thread) The next call of this actor read off ``conn``,
         its slot taken; None: reading went back to the loop and nothing is to run here."""
         idle = 0.0
+        first_read = True
         while True:
             with self.lock:
                 busy = self.dead is not None or bool(self.queue) or self.running > 0
             if busy or self.worker.closing:
                 conn.give_back()
+                self._fill()  # an async call may wait at the head of the queue
                 return None
+            began = time.perf_counter()
             frames = conn.read_lent(_WAIT_SLICE_S)
             if frames is None:
                 return None
+            if first_read and frames:
+                first_read = False
+                self._note_late(time.perf_counter() - began < _LATE_S)
             if not frames:
                 if frames is TIMED_OUT:
                     idle += _WAIT_SLICE_S

@@ -95,6 +95,16 @@ def test_sync_and_async_calls_in_flight_keep_their_order(rt):
 
 
 @pytest.mark.timeout(60)
+def test_an_async_call_that_came_in_while_a_sync_call_ran(rt):
+    a = Mixed.options(max_concurrency=1).remote()
+    for i in range(5):
+        ac.get(a.add.remote(i))  # nothing queued: each reply lends the connection
+        slow = a.slow.remote(0.2)
+        after = a.add_async.remote(100 + i)  # queued while slow() runs
+        assert ac.get([slow, after], timeout=30) == ["slow", 100 + i]
+
+
+@pytest.mark.timeout(60)
 def test_methods_that_wait_on_the_callers_connection(rt):
     a = Mixed.options(max_concurrency=1).remote()
     b = Mixed.options(max_concurrency=1).remote()
