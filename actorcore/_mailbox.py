@@ -23,8 +23,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ._lending import TIMED_OUT
 from ._protocol import Tag
-from ._transport import TIMED_OUT
 from .errors import TaskCancelledError
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ class ActorMailbox:
                 # in the middle of a burst (the caller then spends its time reading
                 # replies instead of sending): do not wait for a while
                 self._wait_skip = _WAIT_SKIP
-                if lent:
+                if lent and conn is not None:
                     conn.give_back()
                 if wait:
                     pool.end_wait()
@@ -244,7 +244,7 @@ class ActorMailbox:
                     pool.submit(functools.partial(self._drain, call))
                     return
                 continue
-            if not lent:
+            if not lent or conn is None:
                 if wait:
                     pool.end_wait()
                 self._fill()
@@ -310,39 +310,42 @@ class ActorMailbox:
                         conn.give_back()
                         return None
                 continue
-            first: Call | None = None
-            make_call = _call_class()
-            for i, (msg, _bufs) in enumerate(frames):
-                if (
-                    msg.TAG != _ACTOR_CALL
-                    or msg.actor_id != self.actor_id
-                    or self.is_coroutine(msg.method)
-                ):
-                    if msg.TAG == _ACTOR_CALL and msg.actor_id != self.actor_id:
-                        self._wait_skip = _WAIT_SKIP  # a connection shared with other actors
-                    conn.give_back(frames[i:])  # the loop delivers these, then reads on
-                    return first
-                call = make_call(
-                    conn.receiver, msg, f"{self.class_name}.{msg.method}", msg.method, None, False
-                )
-                with self.lock:
-                    if self.dead is not None:
-                        pass
-                    elif first is None and not self.queue and self.running == 0:
-                        self.running += 1
-                        self.sync_running += 1
-                        self.read_direct += 1
-                        first = call
-                        continue
-                    else:
-                        self.queue.append(call)  # behind ``first`` or a running call
-                        continue
-                conn.give_back(frames[i:])  # the loop answers calls to a dead actor
+            return self._take(conn, frames)
+
+    def _take(self, conn: Any, frames: list[tuple[Any, list[bytes]]]) -> Call | None:
+        """(reading lent to this thread) Queue the calls of this actor in ``frames``,
+        the first with its slot taken when nothing runs (returned: run it here), and
+        give reading back; from the first frame that is anything else on, the loop
+        delivers them, in order."""
+        first: Call | None = None
+        make_call = _call_class()
+        for i, (msg, _bufs) in enumerate(frames):
+            if msg.TAG != _ACTOR_CALL or msg.actor_id != self.actor_id:
+                if msg.TAG == _ACTOR_CALL:
+                    self._wait_skip = _WAIT_SKIP  # a connection shared with other actors
+                conn.give_back(frames[i:])  # the loop delivers these, then reads on
                 return first
-            conn.give_back()
-            if first is None:
-                self._fill()
-            return first
+            if self.is_coroutine(msg.method):
+                conn.give_back(frames[i:])
+                return first
+            call = make_call(
+                conn.receiver, msg, f"{self.class_name}.{msg.method}", msg.method, None, False
+            )
+            with self.lock:
+                if self.dead is not None:  # the loop answers calls to a dead actor
+                    conn.give_back(frames[i:])
+                    return first
+                if first is None and not self.queue and self.running == 0:
+                    self.running += 1
+                    self.sync_running += 1
+                    self.read_direct += 1
+                    first = call
+                else:
+                    self.queue.append(call)  # behind ``first`` or a running call
+        conn.give_back()
+        if first is None:
+            self._fill()
+        return first
 
     def cancel(self, task_id: bytes) -> bool:
         with self.lock:

@@ -34,11 +34,13 @@ from typing import Any
 
 from . import _protocol as P
 from ._handshake import HANDSHAKE_TIMEOUT_S, client_handshake, server_handshake
+from ._lending import RECV_SIZE, TIMED_OUT, LendableReading
 from ._tls import TlsContexts, tls_connect
 from .errors import ConnectionBrokenError, ConnectionClosedError, ProtocolError
 
 __all__ = [
     "HANDSHAKE_TIMEOUT_S",
+    "TIMED_OUT",
     "Connection",
     "Listener",
     "Receiver",
@@ -50,10 +52,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_RECV_SIZE = 1 << 18
+_RECV_SIZE = RECV_SIZE
 _IOV_BATCH = 512  # frames handed to one sendmsg
 
-TIMED_OUT: list[Any] = []  # Connection.read_lent: nothing came (a list no one fills)
 SEND_HIGH_WATER = 64 << 20  # queued bytes above which senders wait for the peer
 SEND_MAX_QUEUED = 512 << 20  # a loop thread cannot wait: the connection drops here
 SEND_STALL_S = 60.0  # a waiting thread gives up on a peer that read nothing this long
@@ -83,7 +84,7 @@ def _nbytes(frame: Any) -> int:
     return len(frame) if isinstance(frame, bytes) else memoryview(frame).nbytes
 
 
-class Connection:
+class Connection(LendableReading):
     """One authenticated, framed connection bound to an event loop."""
 
     def __init__(
@@ -125,13 +126,7 @@ class Connection:
         self._leftover = leftover
         # a TLS socket may hold decrypted bytes the fd no longer signals
         self._pending = getattr(sock, "pending", None)
-        # Lending reading to another thread (see :meth:`enable_lending`).
-        self._ep: Any = None  # a private epoll holding the socket; the loop watches it
-        self._read_lock = threading.RLock()
-        self._lent = False  # another thread reads now; the loop does not
-        self._poller: Any = None  # the borrower's poll object
-        self._lending = False  # enable_lending() was called
-        self._lent_to = 0  # the thread that borrowed reading
+        self._init_lending()
 
     def start(self) -> None:
         """Begin reading; call on the loop thread after the handshake.
@@ -186,7 +181,11 @@ class Connection:
         with self._lock:
             if self.closed:
                 raise self._closed_error()
-            if not self._armed and type(frame) is bytes and threading.get_ident() != self._loop_thread:
+            if (
+                not self._armed
+                and type(frame) is bytes
+                and threading.get_ident() != self._loop_thread
+            ):
                 # Another thread and nothing queued: write now rather than wait for the
                 # loop to wake (what does not fit waits below, as any frame).
                 try:
@@ -198,7 +197,7 @@ class Connection:
                 if n == size:
                     return
                 if n:
-                    frame = memoryview(frame)[n:]
+                    frame = memoryview(frame)[n:]  # type: ignore[assignment]
                     size -= n
             if isinstance(frame, list):
                 self._out.extend(frame)
@@ -408,126 +407,6 @@ class Connection:
                 receiver.on_frame(self, msg, bufs)
             except Exception:  # one bad dispatch must not lose the frames after it
                 logger.exception("dispatching %s failed", type(msg).__name__)
-
-    # --- lending reading to a thread that waits for the next frame ----------------------
-    #
-    # A worker's executor thread that has nothing to run may wait for its caller's
-    # next frame on the socket itself, instead of the loop reading it and waking the
-    # thread (two wake-ups per call become one). The loop watches a private epoll
-    # that holds the socket; lending disarms the socket in it (no loop wake-up, and
-    # the loop does not spin on a readable socket), returning re-arms it. Frames are
-    # decoded under one lock by whoever reads, so their order holds.
-
-    def enable_lending(self) -> None:
-        """Let other threads borrow reading (call on the loop thread; plain sockets only).
-
-        The switch happens on the next loop turn: frames of the read being
-        delivered now are all handed on before anyone else may read.
-        """
-        if self._lending or self.closed or self._pending is not None:
-            return
-        self._lending = True
-        self.loop.call_soon(self._start_lending)
-
-    def _start_lending(self) -> None:
-        if self.closed or self._leftover:
-            self._lending = False
-            return
-        ep = select.epoll()
-        ep.register(self._fd, select.EPOLLIN)
-        with self._read_lock:
-            self._ep = ep
-        self.loop.remove_reader(self._fd)
-        self.loop.add_reader(ep.fileno(), self._on_readable)
-
-    @property
-    def lendable(self) -> bool:
-        return self._ep is not None and not self.closed
-
-    def lend(self) -> bool:
-        """Take reading from the loop (a thread other than the loop's); False if not possible."""
-        with self._read_lock:
-            if self._ep is None or self._lent or self.closed or not self._sock_open:
-                return False
-            try:
-                self._ep.modify(self._fd, 0)
-            except (OSError, ValueError):
-                return False
-            self._lent = True
-            self._lent_to = threading.get_ident()
-            return True
-
-    def read_lent(self, timeout_s: float) -> list[tuple[Any, list[bytes]]] | None:
-        """(the borrower) Wait up to ``timeout_s`` for frames: the frames read, ``[]``
-        (part of a frame came), or :data:`TIMED_OUT` (nothing came).
-
-        None: reading went back to the loop (the connection ended or broke, or
-        a send of the borrower waited for the peer; the loop reads on).
-        """
-        if not self._lent:
-            return None
-        poller = self._poller
-        if poller is None:
-            poller = self._poller = select.poll()
-            poller.register(self._fd, select.POLLIN)
-        try:
-            ready = poller.poll(timeout_s * 1000)
-        except (OSError, ValueError):
-            ready = [(self._fd, 0)]  # closed under us: the read below tells
-        if not ready:
-            return TIMED_OUT
-        with self._read_lock:
-            if not self._lent:
-                return None
-            if self.closed or not self._sock_open:
-                self._lent = False
-                return None
-            try:
-                data = self.sock.recv(_RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return TIMED_OUT
-            except OSError:
-                data = b""
-            if not data:  # the end: the loop reads it again and closes
-                self._give_back_locked()
-                return None
-            try:
-                return self._decoder.feed(data)
-            except ProtocolError as e:
-                self._lent = False  # the stream is unusable; the loop drops it
-                self.loop.call_soon_threadsafe(self.receiver.on_protocol_error, self, e)
-                return None
-
-    def give_back(self, frames: list[tuple[Any, list[bytes]]] | None = None) -> None:
-        """(the borrower) Return reading to the loop; ``frames`` (read but not handled)
-        are delivered by the loop first, in order, before it reads on."""
-        if frames:
-            self.loop.call_soon_threadsafe(self._take_back, frames)
-            return
-        with self._read_lock:
-            self._give_back_locked()
-
-    def _give_back_locked(self) -> None:
-        if not self._lent:
-            return
-        self._lent = False
-        if self._sock_open:
-            try:
-                self._ep.modify(self._fd, select.EPOLLIN)
-            except (OSError, ValueError):
-                pass
-
-    def _take_back(self, frames: list[tuple[Any, list[bytes]]]) -> None:
-        with self._read_lock:
-            receiver = self.receiver
-            for msg, bufs in frames:
-                if self.closed:
-                    break
-                try:
-                    receiver.on_frame(self, msg, bufs)
-                except Exception:
-                    logger.exception("dispatching %s failed", type(msg).__name__)
-            self._give_back_locked()
 
     # --- closing -----------------------------------------------------------------------
 

@@ -140,7 +140,8 @@ def test_two_callers_and_a_caller_that_goes_away(rt):
     mine = [ac.get(a.add.remote(i)) for i in range(200)]
     assert mine == list(range(200))
     assert ac.get(ref) == list(range(1000, 1200))
-    ac.get(c.hammer.remote(2000, 5))  # the actor's thread now likely waits on the caller's connection
+    # the actor's thread now likely waits on the caller's connection
+    ac.get(c.hammer.remote(2000, 5))
     ac.kill(c)
     with pytest.raises(ActorDiedError):
         wait_for(lambda: ac.get(c.hammer.remote(0, 1)) and False, timeout=20)
