@@ -261,6 +261,10 @@ class ExecPool:
             self._waiting += 1
             return True
 
+    def jobs_waiting(self) -> bool:
+        """Jobs are queued that no idle thread took yet."""
+        return not self._jobs.empty()
+
     def end_wait(self) -> None:
         with self._lock:
             self._waiting -= 1

@@ -197,8 +197,8 @@ class ActorMailbox:
 
         The slot taken for ``call`` stays taken between calls, so a sync actor
         runs its calls one after another without a trip through the loop.
-        After a batch the thread is handed back (with the next call) so other
-        actors of a shared worker get their turn.
+        After a batch the thread is handed back (with the next call) if jobs
+        wait for a thread, so that other actors of a shared worker get their turn.
 
         With nothing queued, the thread of a one-at-a-time actor then waits for
         its caller's next call on the connection itself: the reply lends it
@@ -241,8 +241,10 @@ class ActorMailbox:
                     pool.end_wait()
                 budget -= 1
                 if budget == 0:
-                    pool.submit(functools.partial(self._drain, call))
-                    return
+                    if pool.jobs_waiting():  # others wait for a thread: take turns
+                        pool.submit(functools.partial(self._drain, call))
+                        return
+                    budget = _FAIR_BATCH
                 continue
             if not lent or conn is None:
                 if wait:
