@@ -38,6 +38,14 @@ class Mixed:
 
         return sum(mb.read_direct for mb in G.runtime.mailboxes.values())
 
+    def lending_state(self):  # (for a failure's message)
+        from actorcore import _global as G
+
+        rt = G.runtime
+        boxes = [(mb.read_direct, mb._wait_skip, mb._late) for mb in rt.mailboxes.values()]
+        conns = [(p.conn.lendable, p.conn._lent) for p in rt.peers.values() if p.conn]
+        return {"mailboxes": boxes, "conns": conns, "waiting": rt.pool._waiting}
+
     def get_nested(self, boxed):
         return ac.get(boxed[0]) + 1  # a ref owned by the caller: fetched over the same connection
 
@@ -80,7 +88,7 @@ def test_calls_one_at_a_time_are_read_by_the_actors_thread(rt):
     assert ac.get(a.read.remote()) == list(range(300))
     # at least some were taken off the socket by the actor's own thread (not all:
     # a call that comes in while the thread replies goes through the loop)
-    assert ac.get(a.direct_reads.remote()) > 0
+    assert ac.get(a.direct_reads.remote()) > 0, ac.get(a.lending_state.remote())
 
 
 @pytest.mark.timeout(60)
