@@ -39,6 +39,9 @@ _WAIT_SLICE_S = 0.05  # a thread waiting for its caller's next call looks around
 _WAIT_IDLE_S = 0.2  # and gives reading back to the loop after this long without one
 _WAIT_SKIP = 64  # after a call of another actor came in, do not wait for this many calls
 _LATE_S = 20e-6  # a wait for the next call shorter than this: the call was there before
+_CROWD_CHECK_EVERY = 64  # calls read by the thread itself between looks at its CPU waits
+_CROWDED_NS = 30_000  # a wait for a CPU longer than this per call: crowded
+_CROWDED_SKIP = 1024  # calls then left to the loop's hand-off
 _ACTOR_CALL = Tag.ACTOR_CALL
 
 
@@ -84,6 +87,7 @@ class ActorMailbox:
         self.read_direct = 0  # calls its own thread read off a connection (_read_calls)
         self._wait_skip = 0
         self._late = 0  # calls in a row that were there before this thread waited
+        self._run_delay: tuple[int, int, int] | None = None  # (thread, ns waited for a CPU, calls)
 
     def is_coroutine(self, method: str) -> bool:
         flag = self._is_coro.get(method)
@@ -276,6 +280,29 @@ class ActorMailbox:
             self._late = 0
             self._wait_skip = _WAIT_SKIP
 
+    def _check_crowding(self) -> None:
+        """(under the lock) Go back to the loop's hand-off for a while when this thread
+        waits long for a CPU after it is woken (an overloaded machine).
+
+        A thread that does all of a call's work uses more CPU than the two it
+        replaces, and a fair scheduler then lets it wait longer when woken than
+        a thread that mostly sleeps: on a crowded machine the hand-off wins.
+        Measured from the thread's runqueue wait (``/proc/thread-self/schedstat``)
+        over the last calls it read itself.
+        """
+        try:
+            with open("/proc/thread-self/schedstat", "rb") as f:
+                delay = int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            return
+        me = threading.get_ident()
+        last, self._run_delay = self._run_delay, (me, delay, self.read_direct)
+        if last is None or last[0] != me:
+            return
+        if (delay - last[1]) / max(1, self.read_direct - last[2]) > _CROWDED_NS:
+            self._wait_skip = _CROWDED_SKIP
+            self._run_delay = None  # measure afresh when trying again
+
     def _may_wait(self, conn: Any) -> bool:
         """Whether this thread may wait for its caller's next call on ``conn`` (it then
         holds one of the pool's waiting places: :meth:`ExecPool.begin_wait`)."""
@@ -342,6 +369,8 @@ class ActorMailbox:
                     self.sync_running += 1
                     self.read_direct += 1
                     first = call
+                    if self.read_direct % _CROWD_CHECK_EVERY == 0:
+                        self._check_crowding()
                 else:
                     self.queue.append(call)  # behind ``first`` or a running call
         conn.give_back()

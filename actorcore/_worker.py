@@ -346,8 +346,10 @@ class WorkerRuntime(CoreRuntime):
         mb = self.mailboxes.get(msg.actor_id)
         if mb is None:
             raise ActorDiedError(f"actor {msg.actor_id.hex()} is not on this worker")
-        if mb.max_concurrency == 1 and peer.conn is not None and not peer.conn.lendable:
-            peer.conn.enable_lending()  # its thread may wait for the next call on it
+        conn = peer.conn
+        if mb.max_concurrency == 1 and conn is not None and not conn.lendable:
+            if self.config.actor_thread_reads:
+                conn.enable_lending()  # its thread may wait for the next call on it
         mb.push(Call(peer, msg, f"{mb.class_name}.{msg.method}", msg.method, None, False))
         return DEFERRED
 

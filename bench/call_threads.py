@@ -5,8 +5,9 @@ the actor's worker (read from ``/proc/PID/task/TID/{stat,status}``)::
     python -m bench.call_threads async 30000    # 1000 in flight
 
 Prints one JSON line: calls/s, wall us per call, CPU us per call of each
-thread, and voluntary context switches per call (each is a thread going to
-sleep, to be woken again) of each process. On a shared machine compare two
+thread, voluntary context switches per call (each is a thread going to
+sleep, to be woken again) and the time its threads were runnable but waited
+for a CPU, per call, of each process. On a shared machine compare two
 checkouts by running them at the same time (``PYTHONPATH=<checkout>``): both
 then see the same load.
 """
@@ -23,8 +24,8 @@ from typing import Any
 import actorcore as ac
 
 
-def _threads(pid: int) -> dict[int, tuple[int, int]]:
-    """tid -> (CPU ticks, voluntary context switches)."""
+def _threads(pid: int) -> dict[int, tuple[int, int, int]]:
+    """tid -> (CPU ticks, voluntary context switches, ns waited for a CPU once runnable)."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -32,30 +33,34 @@ def _threads(pid: int) -> dict[int, tuple[int, int]]:
                 stat = f.read()
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 status = f.read()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                waited = int(f.read().split()[1])
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         switches = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
-        out[int(tid)] = (int(fields[11]) + int(fields[12]), switches)
+        out[int(tid)] = (int(fields[11]) + int(fields[12]), switches, waited)
     return out
 
 
 def _per_call(
-    before: dict[int, tuple[int, int]],
-    after: dict[int, tuple[int, int]],
+    before: dict[int, tuple[int, int, int]],
+    after: dict[int, tuple[int, int, int]],
     names: dict[int, str],
     n: int,
-) -> tuple[dict[str, float], float]:
+) -> tuple[dict[str, float], float, float]:
     hz = os.sysconf("SC_CLK_TCK")
     cpu: dict[str, float] = {}
-    switches = 0
-    for tid, (ticks, sw) in after.items():
-        t0, s0 = before.get(tid, (0, 0))
+    switches = waited = 0
+    for tid, (ticks, sw, wt) in after.items():
+        t0, s0, w0 = before.get(tid, (0, 0, 0))
         switches += sw - s0
+        waited += wt - w0
         if ticks > t0:
             name = names.get(tid, str(tid))
             cpu[name] = cpu.get(name, 0.0) + round((ticks - t0) / hz / n * 1e6, 1)
-    return dict(sorted(cpu.items(), key=lambda kv: -kv[1])), round(switches / n, 2)
+    by_cpu = dict(sorted(cpu.items(), key=lambda kv: -kv[1]))
+    return by_cpu, round(switches / n, 2), round(waited / n / 1e3, 1)
 
 
 @ac.remote
@@ -90,8 +95,8 @@ def main() -> None:
         d1, w1 = _threads(me), _threads(wpid)
         _, wnames = ac.get(a.where.remote())
         dnames = {t.native_id or 0: t.name for t in threading.enumerate()}
-        dcpu, dsw = _per_call(d0, d1, dnames, n)
-        wcpu, wsw = _per_call(w0, w1, wnames, n)
+        dcpu, dsw, dwait = _per_call(d0, d1, dnames, n)
+        wcpu, wsw, wwait = _per_call(w0, w1, wnames, n)
         out: dict[str, Any] = {
             "mode": mode,
             "calls_per_s": round(n / wall),
@@ -100,6 +105,8 @@ def main() -> None:
             "worker_cpu_us": wcpu,
             "driver_switches": dsw,
             "worker_switches": wsw,
+            "driver_cpu_wait_us": dwait,  # runnable but waiting for a CPU, all threads
+            "worker_cpu_wait_us": wwait,
             "load": os.getloadavg()[0],
         }
         print(json.dumps(out), flush=True)

@@ -180,3 +180,25 @@ def test_killed_actor_answers_calls_already_sent(rt):
             pass
     with pytest.raises(ActorDiedError):
         ac.get(a.add.remote(1), timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_switched_off_every_call_goes_through_the_loop(rt):
+    """``actor_thread_reads=False`` (ACTORCORE_ACTOR_THREAD_READS=0): the loop reads
+    every call, as before; a runtime of its own (the module's one has it on)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import actorcore as ac\n"
+        "from tests.test_actor_direct_read import Mixed\n"
+        "ac.init(num_cpus=1, actor_thread_reads=False)\n"
+        "a = Mixed.options(max_concurrency=1).remote()\n"
+        "assert [ac.get(a.add.remote(i)) for i in range(100)] == list(range(100))\n"
+        "print(ac.get(a.direct_reads.remote()))\n"
+        "ac.shutdown()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "0", out.stdout + out.stderr
