@@ -9,6 +9,7 @@ large; an exception becomes a TaskError carrying the remote traceback.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import os
@@ -234,24 +235,37 @@ def run_jobs(
             after()
 
 
+class _Parked:
+    """An idle pool thread: it sleeps on ``gate`` until a job is put in ``job``."""
+
+    __slots__ = ("gate", "job")
+
+    def __init__(self) -> None:
+        self.gate = threading.Lock()
+        self.gate.acquire()  # closed: the thread waits on it when idle
+        self.job: Callable[[], None] | None = None
+
+
 class ExecPool:
     """Threads that run user code off the event loop. Jobs are plain callables.
 
-    A job may spend a while waiting for work of its own (an actor's thread
-    waiting for its caller's next call, :meth:`begin_wait`): up to
-    ``max_waiting`` such threads are not counted against the size, so they
+    A job goes to the thread that went idle last (its stack and caches are
+    still warm; the others sleep on), a new thread while under the size, else
+    waits in line. A job may spend a while waiting for work of its own (an
+    actor's thread waiting for its caller's next call, :meth:`begin_wait`): up
+    to ``max_waiting`` such threads are not counted against the size, so they
     never hold back the jobs of others.
     """
 
     def __init__(self, size: int, name: str = "actorcore-exec", max_waiting: int = 4) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._parked: list[_Parked] = []  # idle threads, the last one to go idle last
+        self._pending: collections.deque[Callable[[], None]] = collections.deque()
+        self._threads = 0
         self._size = size
         self._name = name
-        self._idle = 0
         self._waiting = 0
         self._max_waiting = max_waiting
-        self._lock = threading.Lock()
 
     def begin_wait(self) -> bool:
         """A running job is about to wait for work of its own; False: too many wait already."""
@@ -261,33 +275,49 @@ class ExecPool:
             self._waiting += 1
             return True
 
-    def jobs_waiting(self) -> bool:
-        """Jobs are queued that no idle thread took yet."""
-        return not self._jobs.empty()
-
     def end_wait(self) -> None:
         with self._lock:
             self._waiting -= 1
 
+    def jobs_waiting(self) -> bool:
+        """Jobs wait in line for a thread."""
+        return bool(self._pending)
+
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
-            grow = self._idle <= 0 and len(self._threads) < self._size + self._waiting
-            if not grow:
-                self._idle -= 1
-        if grow:
-            t = threading.Thread(
-                target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True
-            )
-            self._threads.append(t)
-            t.start()
-        self._jobs.put(job)
+            if self._parked:
+                parked = self._parked.pop()
+                parked.job = job
+            elif self._threads < self._size + self._waiting:
+                self._threads += 1
+                parked = None
+                n = self._threads
+            else:
+                self._pending.append(job)
+                return
+        if parked is not None:
+            parked.gate.release()
+            return
+        threading.Thread(
+            target=self._run, args=(job,), name=f"{self._name}-{n - 1}", daemon=True
+        ).start()
 
-    def _run(self) -> None:
-        run_jobs(self._jobs, self._done)
+    def _run(self, job: Callable[[], None]) -> None:
+        me = _Parked()
+        while True:
+            try:
+                job()
+            except BaseException:  # a late cancel interrupt included: the thread goes on
+                import logging
 
-    def _done(self) -> None:
-        with self._lock:
-            self._idle += 1
+                logging.getLogger(__name__).exception("executor job failed")
+            with self._lock:
+                if self._pending:
+                    job = self._pending.popleft()
+                    continue
+                self._parked.append(me)
+            me.gate.acquire()
+            job, me.job = me.job, None  # type: ignore[assignment]
 
     def resize(self, size: int) -> None:
         self._size = max(self._size, size)
