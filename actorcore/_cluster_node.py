@@ -317,6 +317,8 @@ class ClusterNode:
             return self.membership.table.total()
         if what == "frees_received":  # (tests: frees go only to nodes holding copies)
             return self.work.frees_received
+        if what == "owner_gone":  # (tests: OWNER_GONE goes only to nodes holding something)
+            return {"sent": self.work.owner_gone_sent, "received": self.work.owner_gone_received}
         if what == "failover":  # this node's recovery counters (chaos runs report them)
             return self.failover.statistics()
         if what == "available":
@@ -406,7 +408,15 @@ class ClusterNode:
     def on_wait_actor(self, peer: RpcPeer, msg: P.WaitActorMsg, b: list[bytes]) -> Any:
         if msg.actor_id in self.daemon.actors.actors:
             return self._local(P.Tag.WAIT_ACTOR, peer, msg, b)
-        return self._wait_remote(peer, msg, b)
+        return self._located(peer, self._wait_remote(peer, msg, b))
+
+    async def _located(self, peer: RpcPeer, answer: Any) -> Any:
+        """The caller's calls go to the actor's node, their results stored there: it may
+        hold something for the caller (``OWNER_GONE`` goes there when it ends)."""
+        out = await answer
+        if isinstance(out, list) and len(out) > 4 and out[0] == "ALIVE" and out[4]:
+            self.work.sent_to(peer, bytes(out[4]))
+        return out
 
     async def _wait_remote(self, peer: RpcPeer, msg: P.WaitActorMsg, b: list[bytes]) -> Any:
         key = self.actor_table.key(msg.actor_id)
