@@ -181,7 +181,7 @@ def _run(cluster, code: str) -> str:
 
 @pytest.mark.etcd
 def test_a_driver_that_used_node_b_tells_b_only(cluster):
-    a, b, c = cluster.nodes
+    a, b, _c = cluster.nodes
     before = _all_counts(cluster)
     oid = _run(cluster, _DRIVER)
     wait_for(lambda: _counts(b)["received"] > before[1]["received"], 30, what="B told")
@@ -232,7 +232,7 @@ os._exit(0)
 @pytest.mark.etcd
 def test_a_copy_pulled_by_a_borrower_on_a_third_node_is_freed_too(cluster):
     """The driver never sent anything to C: C learns it from B, which served C the copy."""
-    a, b, c = cluster.nodes
+    _a, b, c = cluster.nodes
     before = _all_counts(cluster)
     oid = _run(cluster, _RELAY)
     for node in (b, c):
