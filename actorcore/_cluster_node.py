@@ -317,6 +317,8 @@ class ClusterNode:
             return self.membership.table.total()
         if what == "frees_received":  # (tests: frees go only to nodes holding copies)
             return self.work.frees_received
+        if what == "startup":  # (tests: it joined only once it could start workers)
+            return dict(self.daemon.started)
         if what == "owner_gone":  # (tests: OWNER_GONE goes only to nodes holding something)
             return {"sent": self.work.owner_gone_sent, "received": self.work.owner_gone_received}
         if what == "failover":  # this node's recovery counters (chaos runs report them)
