@@ -244,3 +244,40 @@ def test_a_copy_pulled_by_a_borrower_on_a_third_node_is_freed_too(cluster):
     assert after[0]["sent"] - before[0]["sent"] == 1
     assert after[2]["received"] > before[2]["received"]
     assert after[1]["sent"] - before[1]["sent"] <= 2
+
+
+@ac.remote(resources={"onb": 1})
+class Borrower:
+    def read(self, refs) -> int:
+        self.refs = refs  # still borrowed when its process exits
+        return int(ac.get(refs[0], timeout=60).sum())
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def die(self) -> None:
+        import os
+
+        os._exit(0)
+
+
+@pytest.mark.etcd
+def test_a_worker_that_borrowed_refs_exits_without_freeing_them(cluster):
+    import numpy as np
+
+    a, b, _c = cluster.nodes
+    ref = ac.put(np.ones(2 << 20, dtype=np.uint8))  # the driver's, on A
+    borrower = Borrower.remote()
+    assert ac.get(borrower.read.remote([ref]), timeout=60) == 2 << 20  # a copy on B
+    pid = ac.get(borrower.pid.remote(), timeout=60)
+    oid = ref.id.hex()
+    assert oid in _objects_on(a) and oid in _objects_on(b)
+    before = _counts(b)
+    with pytest.raises(ActorDiedError):
+        ac.get(borrower.die.remote(), timeout=60)
+    wait_for(lambda: pid not in _workers_on(b), 30, what="the borrower's worker gone on B")
+    assert _counts(b)["sent"] == before["sent"]  # it sent nothing anywhere: no one to tell
+    assert oid in _objects_on(a) and oid in _objects_on(b)  # the owner's, not the borrower's
+    assert int(ac.get(ref, timeout=60).sum()) == 2 << 20
