@@ -274,6 +274,11 @@ class ClusterWork:
         for tag in (P.Tag.REGISTER_WORKER, P.Tag.REGISTER_DRIVER):
             if int(tag) in handlers:
                 handlers[int(tag)] = self._registers(handlers[int(tag)])
+        # the processes registered before the node joined (its first workers: it joins
+        # only once it can start them); a worker's id is its process id
+        workers = getattr(getattr(self.daemon, "workers", None), "by_id", {})
+        for process_id in [*workers, *getattr(self.daemon, "drivers", {})]:
+            self.reach.registered(process_id)
         transfer = getattr(self.daemon, "transfer", None)
         if transfer is not None:
             transfer.on_served = self._served

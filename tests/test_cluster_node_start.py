@@ -63,3 +63,38 @@ def test_a_node_without_prestarted_workers_joins_once_its_fork_server_is_up():
             )
         finally:
             ac.shutdown()
+
+
+@ac.remote(max_retries=0)
+def use_node_then_exit(node_id: str) -> None:
+    import os
+
+    pin = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+    assert ac.get(where.options(scheduling_strategy=pin).remote(), timeout=60) == node_id
+    os._exit(0)  # its worker exits: its node tells the node it sent work to
+
+
+def test_a_worker_registered_before_its_node_joined_is_one_of_its_processes():
+    """The first worker registers before its node joins: when it exits, its node
+    still tells the nodes it sent work to (``OWNER_GONE``)."""
+    from actorcore.errors import ActorCoreError
+    from actorcore.testing import wait_for
+
+    with Cluster(num_nodes=1, ttl_s=3.0) as c:
+        ac.init(address=c.address, attach_node=c.nodes[0].node_id)
+        try:
+            new = c.add_node(num_cpus=1)
+            (first,) = new.ask(P.ListStateMsg(next_rid(), "workers"))
+            home = c.nodes[0]
+            pin = NodeAffinitySchedulingStrategy(node_id=new.node_id, soft=False)
+            with pytest.raises(ActorCoreError):  # (its worker died: no retries)
+                ac.get(
+                    use_node_then_exit.options(scheduling_strategy=pin).remote(home.node_id),
+                    timeout=60,
+                )
+            workers = lambda: {w["pid"] for w in new.ask(P.ListStateMsg(next_rid(), "workers"))}  # noqa: E731
+            wait_for(lambda: first["pid"] not in workers(), 30, what="its first worker gone")
+            told = home.ask(P.ClusterInfoMsg(next_rid(), "owner_gone"))["received"]
+            assert told == 1
+        finally:
+            ac.shutdown()
