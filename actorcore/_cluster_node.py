@@ -63,6 +63,7 @@ __all__ = ["ClusterNode", "join_cluster"]
 logger = logging.getLogger(__name__)
 
 JOIN_WAIT_S = 45.0  # how long a new node waits for etcd (its starter waits 60 s for it)
+WARM_UP_S = 5.0  # the etcd connection opened while the first worker starts (bounded)
 _BATCH = 100  # operations per etcd transaction (etcd allows 128)
 _BATCH_BYTES = 1 << 20  # a transaction stays under etcd's request limit (~1.5 MiB)
 SPECS = b"/actor_specs/"
@@ -275,6 +276,14 @@ class ClusterNode:
         self.election.start()
         self.placer.start()
         self._requeue = asyncio.get_running_loop().create_task(self._requeue_loop())
+
+    async def warm_up(self) -> None:
+        """Open the connection to etcd (registering nothing): the daemon does it while
+        its first worker starts, before :meth:`start` registers it."""
+        try:
+            await asyncio.wait_for(self.membership.store.ping(), WARM_UP_S)
+        except Exception as e:  # the join says why, and waits for etcd
+            logger.debug("etcd not reached before joining: %r", e)
 
     async def _requeue_loop(self) -> None:
         while True:

@@ -237,6 +237,7 @@ class NodeDaemon(Service):
         if self.cluster is not None:
             # last: once registered, peers (and the placer) send work here at once, so
             # only once this node can start it (a fresh start, or back after fencing)
+            self.spawn(self.cluster.warm_up())  # meanwhile: the etcd connection
             await self._workers_ready(WORKERS_READY_S)
             self.started["joining"] = time.monotonic()
             await self.cluster.start(handlers)  # registered in etcd from here on
