@@ -155,7 +155,8 @@ class NodeDaemon(Service):
         self._peers_seen: tuple[frozenset[bytes], frozenset[bytes]] | None = None
         self._exited: set[int] = set()  # workers whose death was handled before their exit
         self._a_worker: asyncio.Future[None] | None = None  # done once a worker registered
-        # monotonic times of this daemon's start: "workers_ready" (it can start work),
+        # monotonic times of this daemon's start: "serving" (listening, workers asked
+        # for), "workers_ready" (it can start work),
         # "joining" (its cluster registration began), "joined" (tests read the order)
         self.started: dict[str, float] = {}
         self._queue: collections.deque[Any] = collections.deque()
@@ -252,6 +253,7 @@ class NodeDaemon(Service):
         starts at once instead of waiting for a worker's boot). After ``timeout`` it
         goes on, saying so (a node that cannot start workers is no better off out)."""
         assert self.pool is not None and self._a_worker is not None
+        self.started["serving"] = time.monotonic()
         waits: set[asyncio.Future[None]] = {self.pool.ready}
         if self.state.warm > 0:
             waits.add(self._a_worker)
