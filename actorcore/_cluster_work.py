@@ -24,8 +24,8 @@
 
 Which nodes may hold something for a process (``OWNER_GONE``'s targets): its
 own node records, on the way through, every node it was sent to (a lease
-redirected or spilled there, an actor forwarded there, an actor it located
-there: its calls' results are stored there, a free of its copies there); and
+redirected or spilled there, an actor forwarded or restarted there, an actor
+it located there: its calls' results are stored there); and
 every node records which nodes pulled a copy of an object of that owner from
 it (the copy's owner is in the store entry). An object of an owner is first
 stored on its node or on a node it was sent to, and every copy is pulled from
