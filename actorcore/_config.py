@@ -55,9 +55,10 @@ class Config:
     actors_per_shared_worker: int = 10000
     shared_worker_threads: int = 8
     # a one-at-a-time sync actor's idle thread reads its caller's next call off the
-    # socket itself (one wake-up per call instead of two; issue 14). Off: the loop
-    # reads every call and hands it to the thread.
-    actor_thread_reads: bool = True
+    # socket itself (one wake-up per call instead of two; issue 14). Off by default
+    # until measured on a quiet machine: on the shared one it won with the dashboard
+    # off and lost with it on (bench/RESULTS.md). Off: the loop reads every call.
+    actor_thread_reads: bool = False
     worker_idle_timeout_s: float = 60.0
     log_to_driver: bool = True
     default_max_retries: int = 3
@@ -173,7 +174,7 @@ class Config:
             "tls_key": _env("TLS_KEY", ""),
             "tls_ca": _env("TLS_CA", ""),
             "unix_sockets": _env("UNIX_SOCKETS", "1") not in ("0", "false", "no"),
-            "actor_thread_reads": _env("ACTOR_THREAD_READS", "1") not in ("0", "false", "no"),
+            "actor_thread_reads": _env("ACTOR_THREAD_READS", "0") not in ("0", "false", "no"),
             "attach_node": _env("ATTACH_NODE", ""),
             "spill_queue_per_cpu": float(_env("SPILL_QUEUE_PER_CPU", "0")),
             "spill_max_wait_s": float(_env("SPILL_MAX_WAIT_S", "0")),

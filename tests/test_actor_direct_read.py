@@ -1,7 +1,8 @@
 """A one-at-a-time sync actor's idle thread reads its caller's next call itself
-(issue 14, item 1): the loop lends it the connection while it waits and gets it
-back before a method runs. These tests check that the lending path is taken and
-that nothing it reads is lost, reordered or left without an answer.
+(issue 14, item 1; the ``actor_thread_reads`` setting, off by default): the loop
+lends it the connection while it waits and gets it back before a method runs.
+These tests check that the lending path is taken and that nothing it reads is
+lost, reordered or left without an answer.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Caller:
 
 @pytest.fixture(scope="module")
 def rt():
-    ac.init(num_cpus=4)
+    ac.init(num_cpus=4, actor_thread_reads=True)
     try:
         yield ac
     finally:
@@ -184,8 +185,8 @@ def test_killed_actor_answers_calls_already_sent(rt):
 
 @pytest.mark.timeout(60)
 def test_switched_off_every_call_goes_through_the_loop(rt):
-    """``actor_thread_reads=False`` (ACTORCORE_ACTOR_THREAD_READS=0): the loop reads
-    every call, as before; a runtime of its own (the module's one has it on)."""
+    """``actor_thread_reads=False`` (the default; ACTORCORE_ACTOR_THREAD_READS=1 turns
+    it on): the loop reads every call; a runtime of its own (the module's has it on)."""
     import subprocess
     import sys
 
