@@ -39,9 +39,9 @@ _WAIT_SLICE_S = 0.05  # a thread waiting for its caller's next call looks around
 _WAIT_IDLE_S = 0.2  # and gives reading back to the loop after this long without one
 _WAIT_SKIP = 64  # after a call of another actor came in, do not wait for this many calls
 _LATE_S = 20e-6  # a wait for the next call shorter than this: the call was there before
-_CROWD_CHECK_EVERY = 64  # calls read by the thread itself between looks at its CPU waits
+_CROWD_CHECK_EVERY = 16  # calls read by the thread itself between looks at its CPU waits
 _CROWDED_NS = 30_000  # a wait for a CPU longer than this per call: crowded
-_CROWDED_SKIP = 1024  # calls then left to the loop's hand-off
+_CROWDED_SKIP = 4096  # calls then left to the loop's hand-off
 _ACTOR_CALL = Tag.ACTOR_CALL
 
 
