@@ -348,22 +348,23 @@ class ActorMailbox:
         delivers them, in order."""
         first: Call | None = None
         make_call = _call_class()
+        rest: list[tuple[Any, list[bytes]]] = []
         for i, (msg, _bufs) in enumerate(frames):
             if msg.TAG != _ACTOR_CALL or msg.actor_id != self.actor_id:
                 if msg.TAG == _ACTOR_CALL:
                     self._wait_skip = _WAIT_SKIP  # a connection shared with other actors
-                conn.give_back(frames[i:])  # the loop delivers these, then reads on
-                return first
+                rest = frames[i:]
+                break
             if self.is_coroutine(msg.method):
-                conn.give_back(frames[i:])
-                return first
+                rest = frames[i:]
+                break
             call = make_call(
                 conn.receiver, msg, f"{self.class_name}.{msg.method}", msg.method, None, False
             )
             with self.lock:
                 if self.dead is not None:  # the loop answers calls to a dead actor
-                    conn.give_back(frames[i:])
-                    return first
+                    rest = frames[i:]
+                    break
                 if first is None and not self.queue and self.running == 0:
                     self.running += 1
                     self.sync_running += 1
@@ -373,7 +374,7 @@ class ActorMailbox:
                         self._check_crowding()
                 else:
                     self.queue.append(call)  # behind ``first`` or a running call
-        conn.give_back()
+        conn.give_back(rest)  # the loop delivers these first, then reads on
         if first is None:
             self._fill()
         return first
