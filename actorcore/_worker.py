@@ -22,6 +22,7 @@ from typing import Any
 from . import _global as G
 from . import _protocol as P
 from . import _task_events as TE
+from ._arg_recovery import recover_sources
 from ._config import Config
 from ._execution import (
     ExecPool,
@@ -33,6 +34,7 @@ from ._execution import (
     encode_error,
     encode_results,
     encode_results_async,
+    store_args,
 )
 from ._ids import new_id
 from ._mailbox import ActorMailbox, TaskQueue
@@ -358,7 +360,12 @@ class WorkerRuntime(CoreRuntime):
         TE.call_running(call, mb.actor_id)  # observability hook
         try:
             method = self._method(mb, call)
-            args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            try:
+                args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            except ObjectLostError as e:  # its node died: got back in place (_arg_recovery)
+                if type(e) is not ObjectLostError:
+                    raise
+                args, kwargs, reg = self._recovered_args(call)
             value = method(*args, **kwargs)
             if call.stream:
                 value = self.producers.drive_sync(call, value, mb.actor_id)
@@ -374,7 +381,7 @@ class WorkerRuntime(CoreRuntime):
         TE.call_running(call, mb.actor_id)  # observability hook
         try:
             method = self._method(mb, call)
-            args, kwargs, reg = await decode_args_async(self, call.payload, call.resolved)
+            args, kwargs, reg = await self._actor_args(mb, call)
             if call.stream:
                 value = await self.producers.drive_async(call, method(*args, **kwargs), mb.actor_id)
             else:
@@ -396,6 +403,38 @@ class WorkerRuntime(CoreRuntime):
         if conn is not None and conn.congested:  # back-pressure: the caller is not reading
             await _drain(conn)
         self._reply(call, results, reg, waits)
+
+    def _recovered_args(self, call: Call) -> tuple[Any, Any, Any]:
+        """An actor call's argument was lost with its node: the call keeps its place in
+        the mailbox while the argument's owner rebuilds it (or says why it cannot)."""
+        payload, resolved = recover_sources(self, call.payload, call.resolved)
+        return decode_args(self, payload, resolved)
+
+    async def _actor_args(self, mb: ActorMailbox, call: Call) -> tuple[Any, Any, Any]:
+        """An async call's arguments, in call order: while a call before it still waits
+        for its own (a copy from another node, a lost one got back), it waits too."""
+        ahead = mb.args_ahead
+        if ahead is None and not store_args(call.payload, call.resolved):
+            return decode_args(self, call.payload, call.resolved, pulled=True)  # (all inline)
+        mine = mb.args_ahead = self.loop.create_future()
+        try:
+            try:
+                out = await decode_args_async(self, call.payload, call.resolved)
+            except ObjectLostError as e:  # its node died: got back in place (_arg_recovery)
+                if type(e) is not ObjectLostError:
+                    raise
+                payload, resolved = await self.loop.run_in_executor(
+                    None, recover_sources, self, call.payload, call.resolved
+                )
+                out = await decode_args_async(self, payload, resolved)
+            if ahead is not None:
+                await asyncio.shield(ahead)  # (a cancel of this call leaves it be)
+            return out
+        finally:
+            if not mine.done():
+                mine.set_result(None)
+            if mb.args_ahead is mine:
+                mb.args_ahead = None
 
     @handles(P.Tag.DROP_ACTOR)
     def on_drop_actor(self, peer: RpcPeer, msg: P.DropActorMsg, _bufs: list[bytes]) -> Any:
