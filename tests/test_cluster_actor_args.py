@@ -156,8 +156,8 @@ def test_an_argument_owned_by_a_third_process_or_nested_is_rebuilt(cluster):
     reader = Reader.options(resources={_other_res(cluster, doomed): 0.1}).remote()
     ac.get(reader.where.remote(), timeout=60)
     cluster.stop_node(doomed, kill=True)
-    refs = [reader.total.remote(0, inner), reader.total_nested.remote(1, [b])]
-    assert ac.get(refs, timeout=90) == [7 * N, 9 * N]
+    refs = [reader.total_nested.remote(0, [b]), reader.total.remote(1, inner)]
+    assert ac.get(refs, timeout=90) == [9 * N, 7 * N]
     assert ac.get(reader.order.remote(), timeout=60) == [0, 1]
 
 
