@@ -325,7 +325,13 @@ class WorkerRuntime(CoreRuntime):
         token = current_task.set(TaskContext(name, new_id(), msg.actor_id))
         try:
             cls = self.function(spec["class_id"], spec["class_blob"])
-            args, kwargs, reg = decode_args(self, spec["args"], spec.get("resolved") or [])
+            try:
+                args, kwargs, reg = decode_args(self, spec["args"], spec.get("resolved") or [])
+            except ObjectLostError as e:  # (a restart elsewhere: its node died) got back
+                if type(e) is not ObjectLostError:
+                    raise
+                payload, resolved = recover_sources(self, spec["args"], spec.get("resolved") or [])
+                args, kwargs, reg = decode_args(self, payload, resolved)
             instance = cls(*args, **kwargs)
             self._wait_all(reg, None)
         except BaseException as e:

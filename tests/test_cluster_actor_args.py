@@ -179,3 +179,43 @@ def test_an_argument_that_cannot_be_rebuilt_fails_the_call_with_its_cause(cluste
     with pytest.raises(OwnerDiedError):
         ac.get(r_dead, timeout=90)
     assert ac.get(r_after, timeout=60) == -1  # the actor goes on
+
+
+@ac.remote(max_restarts=1, max_task_retries=1)
+class Restartable:
+    def where(self) -> str:
+        return _here()
+
+    def total(self, a) -> tuple[int, str]:
+        return int(a.sum()), _here()
+
+
+def test_an_actor_restarted_elsewhere_gets_the_argument_lost_with_its_node(cluster):
+    actor = Restartable.options(resources={"w": 0.1}).remote()
+    doomed = _node(cluster, ac.get(actor.where.remote(), timeout=60))
+    a = _made_on(doomed, make, N, 4)  # the actor and the only copy die together
+    cluster.stop_node(doomed, kill=True)
+    # sent to the dead host first: lost there, sent again (its one retry) to the next
+    # incarnation, whose worker gets the argument back
+    total, where = ac.get(actor.total.remote(a), timeout=90)
+    assert total == 4 * N and where != doomed.node_id
+
+
+@ac.remote(max_restarts=1)
+class Holder:
+    def __init__(self, a) -> None:
+        self.total = int(a.sum())
+
+    def where(self) -> tuple[int, str]:
+        return self.total, _here()
+
+
+def test_an_actor_restarted_elsewhere_gets_its_lost_constructor_argument(cluster):
+    b = _made_on(cluster.nodes[1], make, N, 2)
+    there = NodeAffinitySchedulingStrategy(cluster.nodes[1].node_id, soft=True)
+    actor = Holder.options(resources={"w": 0.1}, scheduling_strategy=there).remote(b)
+    assert ac.get(actor.where.remote(), timeout=60) == (2 * N, cluster.nodes[1].node_id)
+    cluster.stop_node(cluster.nodes[1], kill=True)
+    # restarted on C, where __init__ runs again with its argument rebuilt
+    total, where = ac.get(actor.where.remote(), timeout=90)
+    assert total == 2 * N and where != cluster.nodes[1].node_id
