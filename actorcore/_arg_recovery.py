@@ -15,6 +15,13 @@ lineage, reconstruction failed); an owner that cannot be reached died
 (:class:`~actorcore.errors.OwnerDiedError`). An owner that answers with the
 very holders that just failed has not learned of the death yet: it is asked
 again after a pause, for a bounded time (several node TTLs), never forever.
+None of this uses the call's ``max_task_retries`` (its actor did not fail);
+an actor that dies meanwhile loses the call like any other, and its next
+incarnation gets the argument back the same way. An actor's ``__init__``
+(run again on another node after its node died) gets its arguments the same way.
+
+The calls of an ``async`` actor start in call order too: one whose arguments
+are still being copied (or got back) holds those behind it (``_worker``).
 
 :func:`judge` (what to do with one answer) is pure and tested without
 sockets; :func:`recover_sources` carries it out on an executor thread.
