@@ -30,6 +30,7 @@ sockets; :func:`recover_sources` carries it out on an executor thread.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,8 @@ from .errors import ObjectLostError, ObjectReconstructionFailedError, OwnerDiedE
 
 if TYPE_CHECKING:
     from ._runtime import CoreRuntime
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Again", "GiveUp", "Pull", "UseValue", "judge", "recover_sources", "stale_limit_s"]
 
@@ -87,7 +90,7 @@ Step = Pull | UseValue | Again | GiveUp
 
 def stale_limit_s(node_ttl_s: float) -> float:
     """How long an owner may keep answering with dead holders before we give up."""
-    return 5.0 + 4.0 * node_ttl_s
+    return 10.0 + 5.0 * node_ttl_s
 
 
 def judge(
@@ -203,6 +206,10 @@ def _recover_one(
             if type(e) is not ObjectLostError or owner is None or bytes(owner[0]) == rt.my_id:
                 raise  # (an object of this very process has no owner to ask but itself)
             failed = e
+        if stale_since is None:
+            logger.info(
+                "argument %s could not be copied here (%s): asking its owner", oid.hex(), failed
+            )
         step = judge(oid, owner, _ask_owner(rt, owner, oid), hs, _stale(stale_since), limit_s)
         if isinstance(step, GiveUp):
             raise step.error from failed

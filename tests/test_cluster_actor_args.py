@@ -88,6 +88,10 @@ class AsyncReader:
         self.log.append(i)
         return -1 if a is None else int(a.sum())
 
+    async def total_nested(self, i: int, box: list) -> int:
+        self.log.append(i)
+        return int((await box[0]).sum())
+
     async def order(self) -> list[int]:
         return self.log
 
@@ -140,12 +144,15 @@ def test_an_actor_call_gets_its_argument_rebuilt_and_keeps_its_order(cluster):
 
 def test_an_async_actor_and_the_drivers_node_get_the_argument_back(cluster):
     a, doomed = _made_on_w(cluster, 5)
+    b = _made_on(doomed, make, N, 6)
     reader = AsyncReader.options(resources={"na": 0.1}).remote()
     ac.get(reader.order.remote(), timeout=60)
     cluster.stop_node(doomed, kill=True)
     refs = [reader.total.remote(0, a), reader.total.remote(1, None)]
     assert ac.get(refs, timeout=90) == [5 * N, -1]
     assert ac.get(reader.order.remote(), timeout=60) == [0, 1]
+    # a borrowed ref awaited inside: its owner has rebuilt it by now, or soon will
+    assert ac.get(reader.total_nested.remote(2, [b]), timeout=90) == 6 * N
 
 
 def test_an_argument_owned_by_a_third_process_or_nested_is_rebuilt(cluster):
