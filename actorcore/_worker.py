@@ -437,10 +437,10 @@ class WorkerRuntime(CoreRuntime):
                 await asyncio.shield(ahead)  # (a cancel of this call leaves it be)
             return out
         finally:
-            if not mine.done():
-                mine.set_result(None)
-            if mb.args_ahead is mine:
-                mb.args_ahead = None
+            if ahead is None or ahead.done():
+                _open_gate(mb, mine)
+            else:  # (failed or cancelled first: the calls behind still wait for the one ahead)
+                ahead.add_done_callback(lambda _f: _open_gate(mb, mine))
 
     @handles(P.Tag.DROP_ACTOR)
     def on_drop_actor(self, peer: RpcPeer, msg: P.DropActorMsg, _bufs: list[bytes]) -> Any:
@@ -452,6 +452,14 @@ class WorkerRuntime(CoreRuntime):
             )
             self.producers.actor_gone(mb.actor_id, err)
         return DEFERRED
+
+
+def _open_gate(mb: ActorMailbox, gate: asyncio.Future[None]) -> None:
+    """The calls behind ``gate``'s call may start (see ``WorkerRuntime._actor_args``)."""
+    if not gate.done():
+        gate.set_result(None)
+    if mb.args_ahead is gate:
+        mb.args_ahead = None
 
 
 async def _drain(conn: Any) -> None:

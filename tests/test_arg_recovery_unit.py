@@ -173,3 +173,61 @@ def test_a_reader_of_a_borrowed_ref_pauses_while_its_owner_names_the_dead_holder
     assert stale.pause(e, [B]) == 0.0  # past the limit: the read fails for good
     assert stale.pause(types.SimpleNamespace(owned=True, state=READY, locations={B}), [B]) == 0
     assert stale.pause(types.SimpleNamespace(owned=False, state=PENDING, locations=None), [B]) == 0
+
+
+def test_async_calls_get_their_arguments_in_call_order(monkeypatch):
+    """An async call still copying its arguments holds the calls behind it (even ones with
+    inline arguments); its failure or a cancel of one of them does not stall the rest."""
+    import asyncio
+
+    from actorcore import _worker as W
+
+    async def main():
+        release = asyncio.Event()
+
+        async def decode_async(_rt, payload, _resolved):
+            if payload.startswith(b"slow"):
+                await release.wait()
+            if payload == b"slow-bad":
+                raise ValueError("bad argument")
+            return (payload,), {}, None
+
+        monkeypatch.setattr(W, "decode_args_async", decode_async)
+        monkeypatch.setattr(W, "decode_args", lambda _rt, p, _r, pulled=False: ((p,), {}, None))
+        monkeypatch.setattr(W, "store_args", lambda p, _r: [p] if p.startswith(b"slow") else [])
+        me = types.SimpleNamespace(loop=asyncio.get_running_loop())
+        mb = types.SimpleNamespace(args_ahead=None)
+        done: list[bytes] = []
+
+        async def run(payload):
+            call = types.SimpleNamespace(payload=payload, resolved=[])
+            try:
+                args = (await W.WorkerRuntime._actor_args(me, mb, call))[0]
+            except ValueError:
+                args = (b"failed",)
+            done.append(args[0])
+
+        first = [asyncio.create_task(run(p)) for p in (b"slow", b"a", b"b")]
+        for _ in range(3):
+            await asyncio.sleep(0)  # (a yield: each task runs up to its first wait)
+        assert done == []  # the inline ones wait for the slow one
+        first[1].cancel()  # the one behind it still waits for the slow one
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert done == []
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*first, return_exceptions=True), 5)
+        assert done == [b"slow", b"b"] and mb.args_ahead is None
+        release.clear()
+        second = [asyncio.create_task(run(p)) for p in (b"slow-bad", b"c")]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert done == [b"slow", b"b"]
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*second), 5)
+        assert done[2:] == [b"failed", b"c"] and mb.args_ahead is None
+        assert await W.WorkerRuntime._actor_args(
+            me, mb, types.SimpleNamespace(payload=b"d", resolved=[])
+        ) == ((b"d",), {}, None)  # nobody ahead: at once
+
+    asyncio.run(main())
