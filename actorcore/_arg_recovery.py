@@ -174,7 +174,11 @@ def _recover_sources(rt: CoreRuntime, payload: Any, resolved: list[Any]) -> tupl
     if payload and isinstance(payload, list | tuple) and isinstance(payload[0], int):
         payload = list(payload)
     limit = stale_limit_s(rt.config.node_ttl_s)
+    seen: set[bytes] = set()
     for oid, holders, owner in arg_sources(payload, resolved):
+        if oid in seen:  # (the same ref passed twice)
+            continue
+        seen.add(oid)
         got = _recover_one(rt, oid, holders, owner, limit)
         if isinstance(got, UseValue):
             for r in by_oid.get(oid, ()):

@@ -231,3 +231,10 @@ def test_async_calls_get_their_arguments_in_call_order(monkeypatch):
         ) == ((b"d",), {}, None)  # nobody ahead: at once
 
     asyncio.run(main())
+
+
+def test_the_same_argument_twice_is_got_back_once(script):
+    s = script({C}, [[STORE, 10, None, [C]]])
+    twice = [[0, STORE, 10, OID, [B], list(OWNER)], [1, STORE, 10, OID, [B], list(OWNER)]]
+    _payload, resolved = R.recover_sources(s.rt, b"", twice)
+    assert [r[4] for r in resolved] == [[C], [C]] and s.asks == 1
