@@ -113,9 +113,11 @@ def judge(
     if isinstance(answer, ObjectLostError):
         return GiveUp(answer)
     if isinstance(answer, BaseException):
-        err: ObjectLostError = OwnerDiedError(
+        died = isinstance(answer, ConnectionError | OSError)  # (as the object core judges)
+        what = "died or cannot be reached" if died else "could not provide it"
+        err: ObjectLostError = (OwnerDiedError if died else ObjectLostError)(
             f"object {oid.hex()} is lost: every copy was on a node that died, and its owner "
-            f"{who} (the process that created it) died or cannot be reached ({answer})"
+            f"{who} (the process that created it) {what} ({answer})"
         )
         err.__cause__ = answer
         return GiveUp(err)

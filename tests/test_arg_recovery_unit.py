@@ -62,6 +62,8 @@ def test_an_owner_that_freed_it_or_died_gives_up_naming_why():
     assert judge(freed) == R.GiveUp(freed)
     step = judge(ConnectionRefusedError("refused"))
     assert type(step.error) is OwnerDiedError and OWNER[0].hex() in str(step.error)
+    step = judge(RuntimeError("a bug over there"))  # an answer, not a death
+    assert type(step.error) is ObjectLostError and "could not provide it" in str(step.error)
 
 
 def test_the_stale_limit_grows_with_the_ttl():
