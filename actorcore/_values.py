@@ -236,16 +236,24 @@ _REBUILD_READS = 3  # reads of one object that may each find it lost and wait fo
 def _read(rt: CoreRuntime, ref: ObjectRef, e: ObjectEntry, timeout: float | None) -> Any:
     """:func:`value_of`; an object found lost is rebuilt from lineage (owned) or asked of
     its owner again (borrowed), and read again (within what is left of ``timeout``)."""
+    try:
+        return value_of(rt, e)
+    except ObjectLostError:
+        failed = L.holders_of(e)
+        if not rt.recovery.read_failed(e):
+            raise
+    return _read_again(rt, ref, failed, timeout)
+
+
+def _read_again(
+    rt: CoreRuntime, ref: ObjectRef, failed: list[bytes] | None, timeout: float | None
+) -> Any:
+    """The rest of :func:`_read` once a read found the object lost (``failed``: the
+    holders it found none on): wait for it, and read it again."""
     deadline = None if timeout is None else time.monotonic() + timeout
     stale = _Stale(rt)
-    reads = 0
-    while reads < _REBUILD_READS:
-        failed = L.holders_of(e)
-        try:
-            return value_of(rt, e)
-        except ObjectLostError:
-            if not rt.recovery.read_failed(e):
-                raise
+    reads = 1
+    while True:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         e = _wait_entries(rt, (ref,), 1, left)[0]
         pause = stale.pause(e, failed)
@@ -253,9 +261,16 @@ def _read(rt: CoreRuntime, ref: ObjectRef, e: ObjectEntry, timeout: float | None
             time.sleep(pause if left is None else min(pause, left))  # backoff (see _Stale)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             e = _wait_entries(rt, (ref,), 1, left)[0]  # (reset meanwhile: the node died)
+        elif reads >= _REBUILD_READS:
+            return value_of(rt, e)  # the last read: its error is the answer
         else:
             reads += 1
-    return value_of(rt, e)
+        failed = L.holders_of(e)
+        try:
+            return value_of(rt, e)
+        except ObjectLostError:
+            if not rt.recovery.read_failed(e):
+                raise
 
 
 class _Stale:
@@ -422,13 +437,15 @@ async def _until_ready(
 async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
     if rt.broken is not None:
         raise rt.broken
-    stale = _Stale(rt)
+    stale: _Stale | None = None  # (made when a pull first fails)
     failed: list[bytes] | None = None  # the holders the last pull found no copy on
     reads = 0
     while reads < _REBUILD_READS:
         # (a copy on another node is pulled)
         e = (await _until_ready(rt, (ref,), 1, None, True))[0]
         if e.state != FAILED and not is_local(rt, e):
+            if stale is None:
+                stale = _Stale(rt)
             pause = stale.pause(e, failed)
             failed = L.holders_of(e)
             if rt.recovery.read_failed(e):  # no copy: rebuilt from lineage, or asked again
