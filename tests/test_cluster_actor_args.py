@@ -13,6 +13,8 @@ seconds); waits are for states, with deadlines.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,16 @@ def make(n: int, k: int):
 
 @ac.remote(max_retries=0, num_returns=2)
 def make_once(n: int):
+    return np.ones(n, dtype=np.uint8), _here()
+
+
+@ac.remote(max_retries=1, num_returns=2)
+def make_flaky(n: int, marker: str):
+    """Runs once; its rebuild raises."""
+    if os.path.exists(marker):
+        raise RuntimeError("the rebuild failed")
+    with open(marker, "w"):
+        pass
     return np.ones(n, dtype=np.uint8), _here()
 
 
@@ -121,7 +133,7 @@ class Maker:
         return [a, ac.get(where, timeout=60)]
 
 
-def test_actor_calls_get_arguments_lost_with_a_node_back_in_order(cluster):
+def test_actor_calls_get_arguments_lost_with_a_node_back_in_order(cluster, tmp_path):
     doomed = cluster.nodes[1]
     a = _made_on(doomed, make, N, 3)  # owned by the caller
     b = _made_on(doomed, make, N, 9)  # passed nested: borrowed by the actor
@@ -129,6 +141,7 @@ def test_actor_calls_get_arguments_lost_with_a_node_back_in_order(cluster):
     inner, where = ac.get(maker.make.remote(7, doomed.node_id), timeout=60)  # a third owner
     assert where == doomed.node_id
     once = _made_on(doomed, make_once, N)  # no lineage
+    flaky = _made_on(doomed, make_flaky, N, str(tmp_path / "ran"))  # its rebuild fails
     owned_by_dead = ac.get(_made_on(doomed, put_here, N), timeout=60)[0]  # owner dies with B
     ac.wait([owned_by_dead], timeout=60, fetch_local=False)  # located, not copied
     reader = Reader.options(resources={"nc": 0.1}).remote()  # on C
@@ -148,6 +161,7 @@ def test_actor_calls_get_arguments_lost_with_a_node_back_in_order(cluster):
     r_once = reader.total.remote(5, once)
     r_dead = reader.total.remote(6, owned_by_dead)
     r_after = reader.total.remote(7, None)
+    r_flaky = reader.total.remote(8, flaky)
     assert ac.get(sync, timeout=90) == [9 * N, -1, 3 * N, -1, 7 * N]
     assert ac.get(asyncs, timeout=90) == [3 * N, -1]
     with pytest.raises(ObjectLostError, match="no lineage") as info:
@@ -156,7 +170,9 @@ def test_actor_calls_get_arguments_lost_with_a_node_back_in_order(cluster):
     with pytest.raises(OwnerDiedError):
         ac.get(r_dead, timeout=90)
     assert ac.get(r_after, timeout=60) == -1  # the actor goes on
-    # (5 and 6 failed in their places, before their method ran)
+    with pytest.raises(ObjectReconstructionFailedError, match="the rebuild failed"):
+        ac.get(r_flaky, timeout=90)
+    # (5, 6 and 8 failed in their places, before their method ran)
     assert ac.get(reader.order.remote(), timeout=60) == [0, 1, 2, 3, 4, 7]
     assert ac.get(areader.order.remote(), timeout=60) == [0, 1]
     # a borrowed ref awaited inside an async method: rebuilt by now
