@@ -627,3 +627,113 @@ def test_p2_named_actor_found_by_name_after_its_frozen_node_thawed_and_rejoined(
             assert ac.get(h.add.remote(2), timeout=30) == ([1, 2], node)
         finally:
             ac.shutdown()
+
+
+def test_p5_node_killed_during_an_etcd_outage_recovers_once_etcd_returns(tmp_path):
+    """etcd stopped, then a `w` node SIGKILLed during the outage (its peers cannot
+    ask etcd, and the dead daemon answers nothing): the two survivors keep their
+    ids (no fencing), its running task is retried on the other `w` node, and once
+    etcd is back the node is seen dead and its actor restarts there."""
+    with Cluster(num_nodes=0, ttl_s=TTL) as c:
+        c.add_node(num_cpus=1, wait=False)
+        c.add_node(num_cpus=1, resources={"w": 2}, wait=False)
+        c.add_node(num_cpus=1, resources={"w": 2}, wait=False)
+        c.wait_registered()
+        ac.init(address=c.address, attach_node=c.nodes[0].node_id)
+        try:
+            a = Log.options(max_restarts=1, max_task_retries=1, resources={"w": 1}).remote()
+            victim_id = ac.get(a.add.remote(1), timeout=60)[1]
+            victim = _node(c, victim_id)
+            other = next(n for n in c.nodes[1:] if n is not victim)
+            on_victim = NodeAffinitySchedulingStrategy(victim_id, soft=True)
+            task = slow.options(resources={"w": 1}, num_cpus=0, scheduling_strategy=on_victim)
+            ref = task.remote(5.0, str(tmp_path), 1)
+            wait_for(lambda: any(tmp_path.iterdir()), 60, what="the task running")
+            survivors = {c.nodes[0].node_id, other.node_id}
+            c.etcd.stop()
+            try:
+                c.stop_node(victim, kill=True)
+                down = time.monotonic()
+                # the task is retried on the other `w` node while etcd is still away
+                assert ac.get(ref, timeout=60) == (1, other.node_id)
+                wait_for(lambda: time.monotonic() - down > 3 * TTL, 3 * TTL + 1, interval=0.1)
+            finally:
+                c.etcd.start()
+            wait_for(lambda: _dead_everywhere(c, victim_id), 30, interval=0.05, what="seen dead")
+            seen, node = ac.get(a.add.remote(2), timeout=60)
+            assert node == other.node_id and seen == [2]
+            alive = {r["NodeID"] for r in ac.nodes() if r["Alive"]}
+            assert alive == survivors, "a survivor fenced itself"
+        finally:
+            ac.shutdown()
+
+
+# --- item 6: partitions --------------------------------------------------------------------
+
+
+def test_p6_cut_link_actor_and_task_move_name_still_found_after_rejoin(tmp_path):
+    """Three netns hosts (host 0: no `w`; hosts 1 and 2: `w: 2`), the driver in the
+    root namespace. The link of the host running a named actor (max_restarts=1)
+    and a retryable task is cut past the TTL: the task finishes on the other `w`
+    host, the actor answers from there (__init__ ran again); the link comes back,
+    the cut host rejoins as a new node, and the actor's name still finds the
+    moved instance."""
+    from actorcore.gcs import EtcdProcess
+
+    from actorcore.testing import NetnsHosts, netns_unavailable
+
+    why = netns_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with NetnsHosts(count=3) as hosts:
+        with EtcdProcess(namespace="unused", extra_hosts=(hosts.bridge_ip,)) as etcd:
+            c = Cluster(num_nodes=0, etcd=etcd, etcd_host=hosts.bridge_ip, ttl_s=TTL)
+            c.start()
+            cut_i = None
+            try:
+                for i in range(3):
+                    c.add_node(
+                        num_cpus=1,
+                        resources={"w": 2} if i else {},
+                        node_ip=hosts.ip_of(i),
+                        wrap=hosts.wrap(i),
+                        wait=False,
+                    )
+                c.wait_registered(60)
+                ac.init(address=c.address, num_cpus=0)
+                try:
+                    a = Log.options(
+                        max_restarts=1,
+                        max_task_retries=1,
+                        resources={"w": 1},
+                        name="p",
+                        namespace="p6",
+                    ).remote()
+                    first = ac.get(a.add.remote(1), timeout=60)[1]
+                    cut_i = next(i for i, n in enumerate(c.nodes) if n.node_id == first)
+                    cut, other = c.nodes[cut_i], c.nodes[3 - cut_i]
+                    ref = slow.options(
+                        resources={"w": 1},
+                        num_cpus=0,
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(first, soft=True),
+                    ).remote(4.0, str(tmp_path), 1)
+                    wait_for(lambda: any(tmp_path.iterdir()), 60, what="the task running")
+                    hosts.set_link(cut_i, False)
+                    wait_for(lambda: _alive_in(c.nodes[0].nodes(), first) is False, 5 * TTL, 0.05)
+                    assert ac.get(ref, timeout=60) == (1, other.node_id)
+                    assert ac.get(a.add.remote(2), timeout=60) == ([2], other.node_id)
+                    hosts.set_link(cut_i, True)
+                    c.wait_reborn(cut, 60)
+                    assert cut.node_id != first
+                    h = ac.get_actor("p", namespace="p6")
+                    assert ac.get(h.add.remote(3), timeout=30) == ([2, 3], other.node_id)
+                    rows = {r["NodeID"]: r["Alive"] for r in ac.nodes()}
+                    assert rows[first] is False and rows[cut.node_id] is True
+                finally:
+                    ac.shutdown()
+            finally:
+                try:
+                    if cut_i is not None:
+                        hosts.set_link(cut_i, True)
+                finally:
+                    c.shutdown()
