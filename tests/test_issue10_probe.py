@@ -610,21 +610,29 @@ def test_p2_whole_node_frozen_then_thawed_old_instance_never_answers():
             ac.shutdown()
 
 
+@ac.remote
+def call_add(h, i: int):
+    return ac.get(h.add.remote(i), timeout=40)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="the thawed node's daemon sees its actor's worker die and runs its own "
     "restart (_node/_lifecycle.py _restart_or_die: RESTARTING, epoch+1, Persist) "
     "before it fences; _node/_actors.py _write_records puts that record "
     "unconditionally, over the ALIVE record of the instance restarted elsewhere "
-    "(same epoch, old node id, no address): get_actor then finds no live actor",
+    "(same epoch, old node id, no address): every new caller (a task given the "
+    "handle) gets ActorDiedError 'its node ... died', get_actor finds no actor",
 )
-def test_p2_named_actor_found_by_name_after_its_frozen_node_thawed_and_rejoined():
+def test_p2_moved_actor_reachable_by_new_callers_after_its_frozen_node_rejoined():
     with Cluster(num_nodes=0, ttl_s=TTL) as c:
         try:
             _a, node, _first, _old_pid, frozen = _frozen_past_ttl_then_thawed(c)
             c.wait_reborn(frozen, 60)
+            # a new caller (a task given the handle) and a lookup by name both find it
+            assert ac.get(call_add.remote(_a, 2), timeout=60) == ([1, 2], node)
             h = ac.get_actor("f", namespace="p2")
-            assert ac.get(h.add.remote(2), timeout=30) == ([1, 2], node)
+            assert ac.get(h.add.remote(3), timeout=30) == ([1, 2, 3], node)
         finally:
             ac.shutdown()
 
@@ -737,3 +745,39 @@ def test_p6_cut_link_actor_and_task_move_name_still_found_after_rejoin(tmp_path)
                         hosts.set_link(cut_i, True)
                 finally:
                     c.shutdown()
+
+
+@ac.remote(max_retries=0, num_returns=2)
+def make_once(n: int):
+    return np.full(n, 9, dtype=np.uint8), _here()
+
+
+def test_p2_objects_of_a_fenced_node_are_rebuilt_or_lost_after_it_rejoins():
+    """Objects on a node frozen past the TTL, read only after it thawed and rejoined
+    (same daemon, same address, new id, empty store): a retryable task's result
+    is rebuilt, a max_retries=0 one raises ObjectLostError; neither hangs."""
+    with Cluster(num_nodes=0, ttl_s=TTL) as c:
+        c.add_node(num_cpus=1, wait=False)
+        c.add_node(num_cpus=1, resources={"w": 2}, wait=False)
+        c.add_node(num_cpus=1, resources={"w": 2}, wait=False)
+        c.wait_registered()
+        ac.init(address=c.address, attach_node=c.nodes[0].node_id)
+        try:
+            b = c.nodes[1]
+            on_b = NodeAffinitySchedulingStrategy(b.node_id, soft=True)
+            obj, w1 = make.options(scheduling_strategy=on_b, num_cpus=0).remote(MB, 4)
+            once, w2 = make_once.options(scheduling_strategy=on_b, num_cpus=0).remote(MB)
+            assert ac.get([w1, w2], timeout=60) == [b.node_id] * 2
+            old = b.node_id
+            os.killpg(b.pid, signal.SIGSTOP)
+            try:
+                wait_for(lambda: _alive_in(c.nodes[0].nodes(), old) is False, TTL * 6, 0.05)
+            finally:
+                os.killpg(b.pid, signal.SIGCONT)
+            c.wait_reborn(b, 60)
+            got = ac.get(obj, timeout=60)
+            assert int(got[0]) == 4 and got.shape == (MB,)
+            with pytest.raises(ObjectLostError):
+                ac.get(once, timeout=60)
+        finally:
+            ac.shutdown()
