@@ -127,15 +127,19 @@ def test_p1_running_and_queued_tasks_of_a_killed_node_all_finish_elsewhere(abc, 
     got = ac.get(refs, timeout=90)
     assert sorted(i for i, _ in got) == list(range(8))
     assert all(node == c.node_id for _, node in got), got
-    with pytest.raises(ActorCoreError):
+    with pytest.raises(ActorCoreError) as e:
         ac.get(once, timeout=60)
+    print("max_retries=0 task on the killed node:", type(e.value).__name__, e.value)
     # and new work asking for the dead node by hard affinity: a clear error, no hang
     wait_for(lambda: _dead_everywhere(abc, b.node_id), 30, what="death seen")
     late = slow.options(
         num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(b.node_id, soft=False)
     ).remote(0.0, str(tmp_path), 100)
-    with pytest.raises(ActorCoreError):
+    with pytest.raises(ActorCoreError) as e:
         ac.get(late, timeout=30)
+    print("hard affinity to the dead node:", type(e.value).__name__, e.value)
+    assert "is dead" in str(e.value)
+    assert b.node_id not in str(e.value).split("alive nodes")[1], "the dead node listed alive"
 
 
 @ac.remote
@@ -365,10 +369,9 @@ def test_p3_actor_results_on_a_dead_node_big_lost_small_kept(abc):
     small = m.small.remote()
     ac.wait([big, small], num_returns=2, timeout=60, fetch_local=False)
     abc.stop_node(abc.nodes[1], kill=True)
-    t0 = time.monotonic()
-    with pytest.raises(ObjectLostError):
+    with pytest.raises(ObjectLostError) as e:
         ac.get(big, timeout=60)
-    assert time.monotonic() - t0 < 30
+    print("big actor result on the dead node:", type(e.value).__name__, e.value)
     assert ac.get(small, timeout=10) == 42
 
 
@@ -781,3 +784,23 @@ def test_p2_objects_of_a_fenced_node_are_rebuilt_or_lost_after_it_rejoins():
                 ac.get(once, timeout=60)
         finally:
             ac.shutdown()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ac.wait (fetch_local=True) on an object whose node just died returns at once "
+    "with nothing ready, before its timeout: _values.py _Counter.woke pulls it, "
+    "_locations.py pull_async calls done(e) when the pull fails too, so the counter "
+    "fires; _partition then leaves it out (_usable: not local, not FAILED). A "
+    "wait loop spins until the death is declared; the pull failure starts no rebuild",
+)
+def test_p3_wait_on_an_object_of_a_just_killed_node_waits_its_timeout_or_returns_it(abc):
+    m = Maker.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(abc.nodes[1].node_id, soft=False)
+    ).remote()
+    big = m.big.remote(MB)
+    ac.wait([big], timeout=60, fetch_local=False)
+    abc.stop_node(abc.nodes[1], kill=True)
+    t0 = time.monotonic()
+    ready, _ = ac.wait([big], timeout=1.5)  # well within the TTL: its death is not known yet
+    assert ready or time.monotonic() - t0 >= 1.4, "wait returned early with nothing ready"
