@@ -97,9 +97,10 @@ def abc():
 
 
 @ac.remote(max_retries=3)
-def slow(t: float, marker_dir: str, i: int) -> tuple[int, str]:
+def slow(t: float, marker_dir: str, i: int, stuck_on: str = "") -> tuple[int, str]:
+    """Sleeps ``t`` s; on node ``stuck_on`` (the one a test kills) until killed."""
     open(os.path.join(marker_dir, f"{i}.{_here()}.{os.getpid()}"), "w").close()
-    time.sleep(t)
+    time.sleep(300 if _here() == stuck_on else t)
     return i, _here()
 
 
@@ -114,7 +115,8 @@ def test_p1_running_and_queued_tasks_of_a_killed_node_all_finish_elsewhere(abc, 
         scheduling_strategy=NodeAffinitySchedulingStrategy(b.node_id, soft=False),
     ).remote(30.0, str(tmp_path), 99)
     refs = [
-        slow.options(resources={"w": 1}, num_cpus=0).remote(3.0, str(tmp_path), i) for i in range(8)
+        slow.options(resources={"w": 1}, num_cpus=0).remote(1.0, str(tmp_path), i, b.node_id)
+        for i in range(8)
     ]
 
     def started():
@@ -236,22 +238,6 @@ def test_p1_ttl_is_tunable_and_death_is_seen_after_it_not_before():
         assert seen >= 0.7 * ttl
 
 
-def test_p1_death_seen_by_the_driver_within_ttl_default():
-    with Cluster(num_nodes=3, ttl_s=TTL) as c:
-        ac.init(address=c.address, attach_node=c.nodes[0].node_id)
-        try:
-            victim = c.nodes[2]
-            t0 = time.monotonic()
-            c.stop_node(victim, kill=True)
-            wait_for(lambda: _dead_everywhere(c, victim.node_id), TTL + 6, interval=0.02)
-            seen = time.monotonic() - t0
-            print(f"default ttl: death seen by driver and every node {seen:.2f} s after SIGKILL")
-            assert seen < TTL + 3, seen  # the issue's target is 3 s
-            assert ac.cluster_resources().get("CPU") == 2.0
-        finally:
-            ac.shutdown()
-
-
 def test_p1_an_actor_in_a_lost_bundle_restarts_in_the_bundle_placed_again():
     with Cluster(num_nodes=0, ttl_s=TTL) as c:
         c.add_node(num_cpus=1, wait=False)
@@ -290,6 +276,11 @@ def make(n: int, k: int):
 @ac.remote(max_retries=2, num_returns=2)
 def plus(a: np.ndarray, k: int):
     return a + np.uint8(k), _here()
+
+
+@ac.remote(max_retries=0, num_returns=2)
+def make_once(n: int):
+    return np.full(n, 9, dtype=np.uint8), _here()
 
 
 @ac.remote(max_retries=1, num_returns=2)
@@ -584,6 +575,11 @@ def _frozen_past_ttl_then_thawed(c: Cluster):
     first = ac.get(a.add.remote(0), timeout=60)[1]
     old_pid = ac.get(a.pid.remote(), timeout=30)
     frozen = _node(c, first)
+    # and objects in its store: a retryable task's result, and a max_retries=0 one
+    on_it = NodeAffinitySchedulingStrategy(first, soft=True)
+    obj, w1 = make.options(scheduling_strategy=on_it, num_cpus=0).remote(MB, 4)
+    once, w2 = make_once.options(scheduling_strategy=on_it, num_cpus=0).remote(MB)
+    assert ac.get([w1, w2], timeout=60) == [first] * 2
     os.killpg(frozen.pid, signal.SIGSTOP)
     try:
         wait_for(lambda: _alive_in(c.nodes[0].nodes(), first) is False, TTL * 6, interval=0.05)
@@ -591,15 +587,16 @@ def _frozen_past_ttl_then_thawed(c: Cluster):
         assert node != first and seen == [1]
     finally:
         os.killpg(frozen.pid, signal.SIGCONT)
-    return a, node, first, old_pid, frozen
+    return a, node, first, old_pid, frozen, (obj, once)
 
 
 def test_p2_whole_node_frozen_then_thawed_old_instance_never_answers():
     """After the thaw the old worker exits without serving, the new instance's state
-    is never interleaved with the old one's, and the node rejoins under a new id."""
+    is never interleaved with the old one's, and the node rejoins under a new id;
+    objects of its store are rebuilt (retryable) or lost, never read from it."""
     with Cluster(num_nodes=0, ttl_s=TTL) as c:
         try:
-            a, node, first, old_pid, frozen = _frozen_past_ttl_then_thawed(c)
+            a, node, first, old_pid, frozen, objects = _frozen_past_ttl_then_thawed(c)
             want = [1]
             for i in range(2, 8):
                 want.append(i)
@@ -609,6 +606,13 @@ def test_p2_whole_node_frozen_then_thawed_old_instance_never_answers():
             c.wait_reborn(frozen, 60)
             assert frozen.node_id != first
             assert ac.get(a.add.remote(9), timeout=30) == ([*want, 9], node)
+            # its objects, read only now (same daemon and address, new id, empty store):
+            # the retryable one is rebuilt, the other lost; neither hangs
+            obj, once = objects
+            got = ac.get(obj, timeout=60)
+            assert int(got[0]) == 4 and got.shape == (MB,)
+            with pytest.raises(ObjectLostError):
+                ac.get(once, timeout=60)
         finally:
             ac.shutdown()
 
@@ -630,7 +634,7 @@ def call_add(h, i: int):
 def test_p2_moved_actor_reachable_by_new_callers_after_its_frozen_node_rejoined():
     with Cluster(num_nodes=0, ttl_s=TTL) as c:
         try:
-            _a, node, _first, _old_pid, frozen = _frozen_past_ttl_then_thawed(c)
+            _a, node, _first, _old_pid, frozen, _objects = _frozen_past_ttl_then_thawed(c)
             c.wait_reborn(frozen, 60)
             # a new caller (a task given the handle) and a lookup by name both find it
             assert ac.get(call_add.remote(_a, 2), timeout=60) == ([1, 2], node)
@@ -658,7 +662,7 @@ def test_p5_node_killed_during_an_etcd_outage_recovers_once_etcd_returns(tmp_pat
             other = next(n for n in c.nodes[1:] if n is not victim)
             on_victim = NodeAffinitySchedulingStrategy(victim_id, soft=True)
             task = slow.options(resources={"w": 1}, num_cpus=0, scheduling_strategy=on_victim)
-            ref = task.remote(5.0, str(tmp_path), 1)
+            ref = task.remote(0.0, str(tmp_path), 1, victim_id)
             wait_for(lambda: any(tmp_path.iterdir()), 60, what="the task running")
             survivors = {c.nodes[0].node_id, other.node_id}
             c.etcd.stop()
@@ -727,7 +731,7 @@ def test_p6_cut_link_actor_and_task_move_name_still_found_after_rejoin(tmp_path)
                         resources={"w": 1},
                         num_cpus=0,
                         scheduling_strategy=NodeAffinitySchedulingStrategy(first, soft=True),
-                    ).remote(4.0, str(tmp_path), 1)
+                    ).remote(0.0, str(tmp_path), 1, first)
                     wait_for(lambda: any(tmp_path.iterdir()), 60, what="the task running")
                     hosts.set_link(cut_i, False)
                     wait_for(lambda: _alive_in(c.nodes[0].nodes(), first) is False, 5 * TTL, 0.05)
@@ -748,42 +752,6 @@ def test_p6_cut_link_actor_and_task_move_name_still_found_after_rejoin(tmp_path)
                         hosts.set_link(cut_i, True)
                 finally:
                     c.shutdown()
-
-
-@ac.remote(max_retries=0, num_returns=2)
-def make_once(n: int):
-    return np.full(n, 9, dtype=np.uint8), _here()
-
-
-def test_p2_objects_of_a_fenced_node_are_rebuilt_or_lost_after_it_rejoins():
-    """Objects on a node frozen past the TTL, read only after it thawed and rejoined
-    (same daemon, same address, new id, empty store): a retryable task's result
-    is rebuilt, a max_retries=0 one raises ObjectLostError; neither hangs."""
-    with Cluster(num_nodes=0, ttl_s=TTL) as c:
-        c.add_node(num_cpus=1, wait=False)
-        c.add_node(num_cpus=1, resources={"w": 2}, wait=False)
-        c.add_node(num_cpus=1, resources={"w": 2}, wait=False)
-        c.wait_registered()
-        ac.init(address=c.address, attach_node=c.nodes[0].node_id)
-        try:
-            b = c.nodes[1]
-            on_b = NodeAffinitySchedulingStrategy(b.node_id, soft=True)
-            obj, w1 = make.options(scheduling_strategy=on_b, num_cpus=0).remote(MB, 4)
-            once, w2 = make_once.options(scheduling_strategy=on_b, num_cpus=0).remote(MB)
-            assert ac.get([w1, w2], timeout=60) == [b.node_id] * 2
-            old = b.node_id
-            os.killpg(b.pid, signal.SIGSTOP)
-            try:
-                wait_for(lambda: _alive_in(c.nodes[0].nodes(), old) is False, TTL * 6, 0.05)
-            finally:
-                os.killpg(b.pid, signal.SIGCONT)
-            c.wait_reborn(b, 60)
-            got = ac.get(obj, timeout=60)
-            assert int(got[0]) == 4 and got.shape == (MB,)
-            with pytest.raises(ObjectLostError):
-                ac.get(once, timeout=60)
-        finally:
-            ac.shutdown()
 
 
 @pytest.mark.xfail(
