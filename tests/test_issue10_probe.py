@@ -421,6 +421,9 @@ DRIVER = """
                 rec = msgpack.unpackb(kv.value, raw=False)
                 print("ETCD", kv.key, kv.mod_revision, str(rec)[:400], file=sys.stderr)
             raise
+    from actorcore.util import placement_group
+    pg = placement_group([{"CPU": 0.5}] * 2, strategy="STRICT_SPREAD")  # its groups end too
+    assert pg.wait(60)
     det = Held.options(name="keep", namespace="p4", lifetime="detached", num_cpus=0).remote()
     ac.get(det.pid.remote(), timeout=60)
     tasks = [forever.options(resources={"w": 1}, num_cpus=0).remote(DIR, i) for i in range(6)]
@@ -461,7 +464,11 @@ def test_p4_sigkilled_driver_leaves_no_actor_process_no_task_and_frees_resources
         for n in abc.live():
             avail = dict(n.ask(P.ListStateMsg(next_rid(), "node"))["resources_available"])
             total = dict(n.ask(P.ListStateMsg(next_rid(), "node"))["resources_total"])
-            if avail.get("w", 0) != total.get("w", 0) or avail.get("CPU") != total.get("CPU"):
+            if (
+                avail.get("w", 0) != total.get("w", 0)
+                or avail.get("CPU") != total.get("CPU")
+                or any("_group_" in k for k in avail)
+            ):
                 bad.append(f"node {n.node_id[:8]} still holds {total} - {avail}")
         return bad
 
