@@ -16,6 +16,7 @@ Real etcd, real node daemons; waits are for states with deadlines. The two longe
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import signal
@@ -222,6 +223,39 @@ def test_p1_no_call_retries_in_flight_and_queued_fail_with_actor_died(abc, tmp_p
     seen, where = ac.get(a.add.remote(7), timeout=60)
     assert where != node
     assert seen == [x[0][-1] for x in ran] + [7], (seen, ran)  # none ran twice
+
+
+@ac.remote
+class AsyncLog:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def nap(self, marker: str, i: int) -> tuple[int, int, str]:
+        self.calls += 1
+        open(f"{marker}.{i}", "w").close()  # noqa: ASYNC230 (an empty marker file)
+        await asyncio.sleep(3.0)
+        return i, self.calls, _here()
+
+
+def test_p1_async_actor_concurrent_calls_in_flight_all_retried_once(abc, tmp_path):
+    """An async actor (max_restarts=1, max_task_retries=1) with four calls awaiting at
+    once when its node dies: each is retried on the new instance, once."""
+    a = AsyncLog.options(max_restarts=1, max_task_retries=1, resources={"w": 1}).remote()
+    refs = [a.nap.remote(str(tmp_path / "m"), i) for i in range(4)]
+    wait_for(lambda: len(list(tmp_path.iterdir())) == 4, 60, what="four calls running")
+    node = next(
+        n
+        for n in abc.nodes[1:]
+        if any(
+            r["actor_id"] == a.id.hex() and r["state"] == "ALIVE"
+            for r in n.ask(P.ListStateMsg(next_rid(), "actors"))
+        )
+    )
+    abc.stop_node(node, kill=True)
+    got = ac.get(refs, timeout=60)
+    assert sorted(i for i, _, _ in got) == [0, 1, 2, 3]
+    assert all(where != node.node_id for _, _, where in got)
+    assert max(calls for _, calls, _ in got) == 4, got  # the new instance ran each once
 
 
 def test_p1_ttl_is_tunable_and_death_is_seen_after_it_not_before():
