@@ -142,6 +142,13 @@ def test_p1_running_and_queued_tasks_of_a_killed_node_all_finish_elsewhere(abc, 
     print("max_retries=0 task on the killed node:", type(e.value).__name__, e.value)
     # and new work asking for the dead node by hard affinity: a clear error, no hang
     wait_for(lambda: _dead_everywhere(abc, b.node_id), 30, what="death seen")
+    # every view agrees: the state API, the cluster's resources
+    from actorcore.util import state
+
+    rows = {r["node_id"]: r for r in state.list_nodes()}
+    assert rows[b.node_id]["state"] == "DEAD", rows[b.node_id]
+    assert ac.cluster_resources().get("w") == 2.0
+    assert ac.available_resources().get("w", 0) <= 2.0
     late = slow.options(
         num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(b.node_id, soft=False)
     ).remote(0.0, str(tmp_path), 100)
