@@ -510,7 +510,8 @@ def test_p4_sigkilled_driver_leaves_no_actor_process_no_task_and_frees_resources
             try:
                 row = n.ask(P.ListStateMsg(next_rid(), "node"))
             except ConnectionError as e:  # (seen once under load: say what the node did)
-                raise AssertionError(f"node {n.node_id[:8]}: {e!r}\n{abc.daemon_log(n)[-3000:]}")
+                log = abc.daemon_log(n)[-3000:]
+                raise AssertionError(f"node {n.node_id[:8]}: {e!r}\n{log}") from e
             avail, total = dict(row["resources_available"]), dict(row["resources_total"])
             if (
                 avail.get("w", 0) != total.get("w", 0)
