@@ -710,15 +710,6 @@ def call_add(h, i: int):
     return ac.get(h.add.remote(i), timeout=40)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the thawed node's daemon sees its actor's worker die and runs its own "
-    "restart (_node/_lifecycle.py _restart_or_die: RESTARTING, epoch+1, Persist) "
-    "before it fences; _node/_actors.py _write_records puts that record "
-    "unconditionally, over the ALIVE record of the instance restarted elsewhere "
-    "(same epoch, old node id, no address): every new caller (a task given the "
-    "handle) gets ActorDiedError 'its node ... died', get_actor finds no actor",
-)
 def test_p2_moved_actor_reachable_by_new_callers_after_its_frozen_node_rejoined():
     with Cluster(num_nodes=0, ttl_s=TTL) as c:
         try:
@@ -775,14 +766,6 @@ def test_p5_node_killed_during_an_etcd_outage_recovers_once_etcd_returns(tmp_pat
 
 
 @long_probe
-@pytest.mark.xfail(
-    strict=False,  # a race: about one run in four here
-    reason="the cut node, fencing, stops its actors (_node/_daemon.py fence -> NodeStopping "
-    "-> _lifecycle._die -> ReleaseName): _node/_actors.py release_name's etcd txn (compare: "
-    "the name still names this actor id, which the moved instance keeps) waits out the cut "
-    "in gcs/_retry.py and lands once the link is back, deleting the name of the instance "
-    "now alive on the other node (seen: /names/ empty, the record ALIVE there)",
-)
 def test_p6_cut_link_actor_and_task_move_name_still_found_after_rejoin(tmp_path):
     """Three netns hosts (host 0: no `w`; hosts 1 and 2: `w: 2`), the driver in the
     root namespace. The link of the host running a named actor (max_restarts=1)

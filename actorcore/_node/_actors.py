@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from actorcore.gcs import ActorTable, NameRegistry
+from actorcore.gcs._retry import NotVouchedError
 
 from .. import _protocol as P
 from .._rpc import DEFERRED, RpcPeer, Service, handles, next_rid
@@ -85,7 +86,13 @@ class ActorService(Service):
             asyncio.get_running_loop().call_soon(self._flush_records)
 
     def release_name(self, ins: ReleaseName) -> None:
-        self.spawn(self.names.release(ins.namespace, ins.name, ins.actor_id))
+        self.spawn(self._release_name(ins))
+
+    async def _release_name(self, ins: ReleaseName) -> None:
+        try:
+            await self.names.release(ins.namespace, ins.name, ins.actor_id)
+        except NotVouchedError:  # fencing: the actor may live on elsewhere, under its name
+            logger.info("name %r of actor %s kept: %s", ins.name, ins.actor_id.hex(), "fenced")
 
     def _flush_records(self) -> None:
         self.spawn(self._write_records())
@@ -104,6 +111,8 @@ class ActorService(Service):
                     continue
                 try:
                     await self.actor_table.put(rec)
+                except NotVouchedError as e:  # fencing: the cluster decides for it now
+                    logger.info("record of actor %s not written: %s", actor_id.hex(), e)
                 except Exception:
                     logger.exception("writing the record of actor %s failed", actor_id.hex())
         finally:
