@@ -339,11 +339,33 @@ def wait(
     refs = _check_wait_args(refs, num_returns, fetch_local)
     if not refs:
         return [], []
-    try:
-        entries = _wait_entries(rt, refs, num_returns, timeout, fetch_local)
-    except GetTimeoutError:
-        entries = _current(rt, refs)
-    return _partition(rt, refs, entries, num_returns, fetch_local)
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            entries = _wait_entries(rt, refs, num_returns, left, fetch_local)
+        except GetTimeoutError:
+            entries = _current(rt, refs)
+        ready, rest = _partition(rt, refs, entries, num_returns, fetch_local)
+        pause = _pull_failed_pause(ready, num_returns, deadline)
+        if pause <= 0:
+            return ready, rest
+        time.sleep(pause)  # pacing: the owner has not heard of the holders' death yet
+
+
+def _pull_failed_pause(ready: list[Any], num_returns: int, deadline: float | None) -> float:
+    """How long a wait pauses before looking again (0: it returns now).
+
+    A wait wakes early with fewer than ``num_returns`` ready only when a pull of a
+    ready object failed (its copies' node just died, its owner does not know yet):
+    it looks again after a pause, until the owner rebuilds it, fails it or the
+    timeout ends, instead of returning early with nothing ready.
+    """
+    if len(ready) >= num_returns:
+        return 0.0
+    if deadline is None:
+        return PAUSE_S
+    return min(PAUSE_S, deadline - time.monotonic())
 
 
 def _current(rt: CoreRuntime, refs: Sequence[ObjectRef]) -> list[ObjectEntry]:
@@ -482,11 +504,18 @@ async def wait_async(
     refs = _check_wait_args(refs, num_returns, fetch_local)
     if not refs:
         return [], []
-    try:
-        entries = await _until_ready(rt, refs, num_returns, timeout, fetch_local)
-    except TimeoutError:
-        entries = _current(rt, refs)
-    return _partition(rt, refs, entries, num_returns, fetch_local)
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            entries = await _until_ready(rt, refs, num_returns, left, fetch_local)
+        except TimeoutError:
+            entries = _current(rt, refs)
+        ready, rest = _partition(rt, refs, entries, num_returns, fetch_local)
+        pause = _pull_failed_pause(ready, num_returns, deadline)
+        if pause <= 0:
+            return ready, rest
+        await asyncio.sleep(pause)  # pacing: see _pull_failed_pause
 
 
 async def as_completed(rt: CoreRuntime, refs: Sequence[Any]) -> AsyncIterator[Any]:
