@@ -151,6 +151,28 @@ def test_get_from_a_worker_twice_needs_no_daemon_the_second_time(fresh_runtime):
     ac.kill(r)
 
 
+@pytest.mark.timeout(90)
+def test_await_of_an_object_read_before_needs_no_daemon(fresh_runtime):
+    """The async route (``await ref`` on a loop): the second read is a cache hit too."""
+    import asyncio
+
+    fresh_runtime(num_cpus=1, object_store_memory=512 * MiB)
+    a = np.random.default_rng(3).integers(0, 256, 16 * MiB, dtype=np.uint8)
+    want = digest(a)
+    ref = ac.put(a)
+    del a
+
+    async def read() -> str:
+        return digest(await ref)
+
+    assert asyncio.run(read()) == want
+    gc.collect()
+    with StoppedDaemon(daemon_pid()):
+        done, got = run_in_thread(lambda: asyncio.run(asyncio.wait_for(read(), 10)), 15)
+    assert done, "await of an object read before waited for the (stopped) daemon"
+    assert got == want
+
+
 # --- no view ever shows another object's bytes -----------------------------------------------
 
 
@@ -170,7 +192,7 @@ def test_random_store_workload_never_changes_a_live_view(fresh_runtime):
         for v, want, k in views:
             assert digest(v) == want, f"live view of object #{k} changed"
 
-    for _step in range(250):
+    for _step in range(200):
         op = rng.random()
         if op < 0.35 or not refs:
             key += 1
@@ -361,6 +383,47 @@ def test_views_are_read_only_everywhere(fresh_runtime):
     del v, again, ref
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=True,
+    reason="the cancel signal (SIGUSR2, actorcore/_mailbox.py CANCEL_SIGNAL) is installed "
+    "once per worker (TaskQueue.install_cancel_signal, called from actorcore/_worker.py); a "
+    "task that sets its own SIGUSR2 handler (or SIG_IGN) silently disables cancel for every "
+    "later task on that worker: ac.cancel does nothing and get returns the value. "
+    "Reinstalling the handler before each sync task (or checking it) would fix it",
+)
+def test_a_task_that_took_sigusr2_does_not_disable_cancel_for_the_next(fresh_runtime, tmp_path):
+    fresh_runtime(num_cpus=1)
+
+    @ac.remote
+    def takes_sigusr2():
+        signal.signal(signal.SIGUSR2, lambda *_: None)  # e.g. a library's own use of it
+        return os.getpid()
+
+    @ac.remote
+    def sleeps(path):
+        pathlib.Path(path).write_text(str(os.getpid()))
+        time.sleep(5)
+        return "slept"
+
+    pid = ac.get(takes_sigusr2.remote(), timeout=30)
+    started = tmp_path / "started"
+    ref = sleeps.remote(str(started))
+    wait_for(lambda: started.exists() and started.read_text(), 30, what="running")
+    if int(started.read_text()) != pid:
+        ac.cancel(ref, force=True)
+        pytest.skip("the second task ran on another worker")
+    time.sleep(0.2)
+    t0 = time.time()
+    ac.cancel(ref)
+    try:
+        out = ac.get(ref, timeout=20)
+    except TaskCancelledError:
+        out = "TaskCancelledError"
+    took = time.time() - t0
+    assert out == "TaskCancelledError" and took < 2.0, f"get -> {out!r} after {took:.1f} s"
+
+
 # ============================================================================================
 # Item 3: idle memory and start-up (fresh subprocess drivers)
 # ============================================================================================
@@ -408,14 +471,14 @@ def _run_idle(idle: float) -> dict:
 
 @pytest.mark.timeout(120)
 def test_idle_memory_and_startup_of_a_fresh_init():
-    runs = [_run_idle(0.5) for _ in range(4)] + [_run_idle(5.0)]
+    runs = [_run_idle(0.1) for _ in range(4)] + [_run_idle(3.0)]
     inits = sorted(r["init"] for r in runs)
     last = runs[-1]
     mb = 1e6
     print(
         f"\nac.init() wall time, 5 fresh drivers: median {inits[2]:.3f} s "
         f"(min {inits[0]:.3f}, max {inits[-1]:.3f}); import {runs[-1]['import']:.3f} s"
-        f"\nidle 5 s, {len(last['procs'])} processes: RSS {last['rss'] / mb:.1f} MB "
+        f"\nidle 3 s, {len(last['procs'])} processes: RSS {last['rss'] / mb:.1f} MB "
         f"({last['rss'] / MiB:.1f} MiB), USS {last['uss'] / mb:.1f} MB, "
         f"PSS {last['pss'] / mb:.1f} MB"
     )
@@ -757,7 +820,7 @@ def test_cancel_of_a_running_sync_actor_call(rt, tmp_path, cpus):
 def test_cancel_of_a_queued_sync_actor_call(rt, tmp_path):
     started, cleaned = tmp_path / "started", tmp_path / "cleaned"
     a = Blocky.options(num_cpus=0).remote()
-    first = a.block.remote(str(started), str(cleaned))
+    first = a.block.remote(str(started), str(cleaned), 3)
     wait_for(started.exists, 30, what="actor busy")
     queued = a.incr.remote()
     ac.cancel(queued)
