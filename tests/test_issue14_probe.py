@@ -355,6 +355,34 @@ def test_a_view_kept_across_shutdown_on_an_attached_node_keeps_its_bytes():
 
 
 @pytest.mark.timeout(60)
+def test_a_dead_owners_object_leaves_the_read_cache_and_the_store(fresh_runtime):
+    """Owner death frees its objects; one that only a reader's read cache still
+    pinned must go too (before the fix it stayed, unrevocable, and a put that
+    needed its room raised ObjectStoreFullError)."""
+    fresh_runtime(num_cpus=2, object_store_memory=32 * MiB, store_read_cache_bytes=8 * MiB)
+
+    @ac.remote
+    class Keeper:
+        def make(self, size):
+            self.big = ac.put(np.full(size, 5, dtype=np.uint8))
+            return [self.big]
+
+    k = Keeper.options(num_cpus=1).remote()
+    [big] = ac.get(k.make.remote(6 * MiB), timeout=30)
+    v = ac.get(big, timeout=30)
+    assert int(v[0]) == 5
+    del v  # no view left: only the read cache pins it
+    gc.collect()
+    assert store_objects()[big.hex()]["pins"] == 1
+    ac.kill(k)
+    wait_for(lambda: big.hex() not in store_objects(), 15, what="the dead owner's object freed")
+    with pytest.raises(ac.errors.ObjectLostError):
+        ac.get(big, timeout=10)
+    r = ac.put(np.full(30 * MiB, 1, dtype=np.uint8))  # needs the whole store
+    assert int(ac.get(r)[-1]) == 1
+
+
+@pytest.mark.timeout(60)
 def test_views_are_read_only_everywhere(fresh_runtime):
     fresh_runtime(num_cpus=1, object_store_memory=128 * MiB)
     ref = ac.put(np.zeros(MiB, dtype=np.int64))
