@@ -431,7 +431,7 @@ def test_a_task_that_took_sigusr2_does_not_disable_cancel_for_the_next(fresh_run
     @ac.remote
     def sleeps(path):
         pathlib.Path(path).write_text(str(os.getpid()))
-        time.sleep(5)
+        time.sleep(3)
         return "slept"
 
     pid = ac.get(takes_sigusr2.remote(), timeout=30)
@@ -930,7 +930,7 @@ def test_cancel_lands_through_a_broad_except_exception(rt, tmp_path):
     @ac.remote
     def retry_loop(s):
         pathlib.Path(s).touch()
-        for _ in range(8):
+        for _ in range(4):
             try:
                 time.sleep(1)  # e.g. poll a service, retry on errors
             except Exception:
