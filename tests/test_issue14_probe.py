@@ -452,6 +452,47 @@ def test_a_task_that_took_sigusr2_does_not_disable_cancel_for_the_next(fresh_run
     assert out == "TaskCancelledError" and took < 2.0, f"get -> {out!r} after {took:.1f} s"
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("op", ["read", "write"])
+def test_a_cancel_while_a_task_waits_on_the_store_leaks_nothing(fresh_runtime, tmp_path, op):
+    """The task's store read (or put) is held up (the daemon is stopped) when the
+    cancel comes: the read's pin must still be released (else the object
+    outlives its last ref for as long as the worker lives), the put's range
+    aborted or owned (else it stays allocated, never sealed or freed)."""
+    fresh_runtime(num_cpus=1, object_store_memory=64 * MiB)
+
+    @ac.remote
+    def reader(refs, path):
+        pathlib.Path(path).touch()
+        return int(ac.get(refs[0])[0])
+
+    @ac.remote
+    def writer(path):
+        pathlib.Path(path).touch()
+        r = ac.put(np.full(8 * MiB, 3, dtype=np.uint8))
+        return r.hex()
+
+    assert ac.get(pid_of.remote(), timeout=30) > 0  # a worker is up
+    x = ac.put(np.full(8 * MiB, 7, dtype=np.uint8))
+    started = tmp_path / "started"
+    with StoppedDaemon(daemon_pid()):
+        if op == "read":
+            ref = reader.remote([x], str(started))
+        else:
+            ref = writer.remote(str(started))
+        wait_for(started.exists, 20, what="the task runs (and waits on the daemon)")
+        time.sleep(0.3)
+        ac.cancel(ref)
+        with pytest.raises((TaskCancelledError, ac.errors.GetTimeoutError)):
+            ac.get(ref, timeout=1)
+    with pytest.raises(TaskCancelledError):
+        ac.get(ref, timeout=15)
+    del x
+    gc.collect()
+    wait_for(lambda: not store_objects(), 15, what=f"store empty: nothing left by the {op}")
+    assert ac.get(pid_of.remote(), timeout=30) > 0
+
+
 # ============================================================================================
 # Item 3: idle memory and start-up (fresh subprocess drivers)
 # ============================================================================================
