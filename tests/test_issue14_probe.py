@@ -383,6 +383,43 @@ def test_a_dead_owners_object_leaves_the_read_cache_and_the_store(fresh_runtime)
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=True,
+    reason="the read cache makes a put fail where it succeeded before: an async actor "
+    "that blocks its loop (time.sleep in an async method) cannot answer REVOKE_PINS; the "
+    "daemon waits REVOKE_TIMEOUT_S (5 s, actorcore/_node/_store.py:51) once, then raises "
+    "ObjectStoreFullError (StoreService.create) though the only pin on the spillable "
+    "object is that cache's",
+)
+def test_a_put_under_pressure_does_not_fail_because_a_cache_cannot_answer(fresh_runtime):
+    fresh_runtime(num_cpus=1, object_store_memory=64 * MiB)
+
+    @ac.remote
+    class Hog:
+        async def read(self, refs):
+            return int((await refs[0])[0])  # its read cache now pins the object
+
+        async def hog(self, s):
+            time.sleep(s)  # noqa: ASYNC251 - the point: it blocks the actor's loop
+            return "done"
+
+    a = Hog.options(num_cpus=0).remote()
+    x = ac.put(np.full(6 * MiB, 1, dtype=np.uint8))
+    assert ac.get(a.read.remote([x]), timeout=30) == 1
+    views = [ac.get(ac.put(np.full(6 * MiB, i, dtype=np.uint8))) for i in range(9)]
+    h = a.hog.remote(6)
+    time.sleep(0.5)
+    try:
+        y = ac.put(np.full(6 * MiB, 2, dtype=np.uint8))  # only x (spillable) can make room
+        ok = int(ac.get(y)[0]) == 2
+    except ac.errors.ObjectStoreFullError:
+        ok = False
+    assert ac.get(h, timeout=30) == "done"
+    del views
+    assert ok, "ObjectStoreFullError: x was spillable but for a read cache's pin"
+
+
+@pytest.mark.timeout(60)
 def test_views_are_read_only_everywhere(fresh_runtime):
     fresh_runtime(num_cpus=1, object_store_memory=128 * MiB)
     ref = ac.put(np.zeros(MiB, dtype=np.int64))
