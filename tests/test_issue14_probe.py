@@ -498,26 +498,34 @@ def test_a_cancel_while_a_task_waits_on_the_store_leaks_nothing(fresh_runtime, t
     aborted or owned (else it stays allocated, never sealed or freed)."""
     fresh_runtime(num_cpus=1, object_store_memory=64 * MiB)
 
+    def wait_go(go: str, running: str, started: str) -> None:
+        pathlib.Path(running).touch()
+        while not os.path.exists(go):  # holds its worker (and lease) meanwhile
+            time.sleep(0.01)
+        pathlib.Path(started).touch()
+
     @ac.remote
-    def reader(refs, path):
-        pathlib.Path(path).touch()
+    def reader(refs, go, running, started):
+        wait_go(go, running, started)
         return int(ac.get(refs[0])[0])
 
     @ac.remote
-    def writer(path):
-        pathlib.Path(path).touch()
+    def writer(go, running, started):
+        wait_go(go, running, started)
         r = ac.put(np.full(8 * MiB, 3, dtype=np.uint8))
         return r.hex()
 
-    assert ac.get(pid_of.remote(), timeout=30) > 0  # a worker is up
     x = ac.put(np.full(8 * MiB, 7, dtype=np.uint8))
-    started = tmp_path / "started"
+    go, running, started = (str(tmp_path / n) for n in ("go", "running", "started"))
+    ref = (
+        reader.remote([x], go, running, started)
+        if op == "read"
+        else writer.remote(go, running, started)
+    )
+    wait_for(lambda: os.path.exists(running), 30, what="the task runs")
     with StoppedDaemon(daemon_pid()):
-        if op == "read":
-            ref = reader.remote([x], str(started))
-        else:
-            ref = writer.remote(str(started))
-        wait_for(started.exists, 20, what="the task runs (and waits on the daemon)")
+        pathlib.Path(go).touch()
+        wait_for(lambda: os.path.exists(started), 20, what="the task calls the (stopped) store")
         time.sleep(0.3)
         ac.cancel(ref)
         with pytest.raises((TaskCancelledError, ac.errors.GetTimeoutError)):
