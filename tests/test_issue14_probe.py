@@ -125,6 +125,21 @@ def test_repeated_get_of_200mib_needs_no_daemon(fresh_runtime):
             del w
             n += 1
         rate = n / (time.perf_counter() - t0)
+
+        def from_threads() -> list[int]:
+            got: list[int] = []
+            ts = [
+                threading.Thread(target=lambda: got.append(int(ac.get(ref, timeout=10)[-1])))
+                for _ in range(4)
+            ]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(10)
+            return got
+
+        done, got = run_in_thread(from_threads, 15)
+        assert done and got == [(200 * MiB - 1) % 256] * 4, f"reads from 4 threads: {got}"
     assert digest(v) == want
     print(f"\nrepeated gets of 200 MiB (views dropped), daemon stopped: {rate:,.0f}/s")
 
