@@ -398,15 +398,11 @@ def test_a_dead_owners_object_leaves_the_read_cache_and_the_store(fresh_runtime)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="the read cache makes a put fail where it succeeded before: an async actor "
-    "that blocks its loop (time.sleep in an async method) cannot answer REVOKE_PINS; the "
-    "daemon waits REVOKE_TIMEOUT_S (5 s, actorcore/_node/_store.py:51) once, then raises "
-    "ObjectStoreFullError (StoreService.create) though the only pin on the spillable "
-    "object is that cache's",
-)
 def test_a_put_under_pressure_does_not_fail_because_a_cache_cannot_answer(fresh_runtime):
+    """An async actor that blocks its loop cannot answer REVOKE_PINS for a while;
+    the daemon used to wait 5 s once and raise ObjectStoreFullError though the only
+    pin on the spillable object was that cache's (a put that succeeded without the
+    read cache); now it asks again until the process answers (or 60 s pass)."""
     fresh_runtime(num_cpus=1, object_store_memory=64 * MiB)
 
     @ac.remote
