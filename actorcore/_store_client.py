@@ -128,6 +128,7 @@ class StoreClient:
         self.daemon: RpcPeer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._writes: set[asyncio.Future[Any]] = set()
+        self._closing = False  # close() ran; the connection lives on while views do
 
     def attach(self, daemon: RpcPeer, loop: asyncio.AbstractEventLoop) -> None:
         """Use ``daemon`` (replies on ``loop``, the runtime's) for calls from loop threads."""
@@ -377,6 +378,8 @@ class StoreClient:
         cb = self.on_release
         if cb is not None:
             cb()
+        elif self._closing and not self._meta:
+            self.conn.close()  # the last view held past close() died: its pins go
 
     def _unpins(self) -> Any:
         """Unpins queued by dead views, to go first on this connection (in the same
@@ -392,6 +395,10 @@ class StoreClient:
         return out
 
     def close(self) -> None:
+        """Let go of the store. Views the program still holds keep their bytes: while
+        any is alive the store connection stays open (the daemon keeps a process's
+        pins while it is connected) and closes when the last one dies; on a node the
+        process merely attached to, the daemon outlives it and would reuse the ranges."""
         with self._cache_lock:
             dropped = list(self._cache.values())
             self._cache.clear()
@@ -399,5 +406,8 @@ class StoreClient:
         del dropped
         for fut in list(self._writes):
             fut.cancel()
-        self.conn.close()
-        self.arena.close()
+        self.on_release = None  # the runtime's flush is gone with it
+        self._closing = True
+        if not self._meta:
+            self.conn.close()
+        self.arena.close()  # (the mapping stays while views are alive)

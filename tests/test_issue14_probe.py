@@ -336,15 +336,6 @@ def test_view_held_after_del_ref_survives_reuse_in_driver_and_worker(fresh_runti
 
 @pytest.mark.etcd
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="a view held across ac.shutdown() on a node the driver attached to (not its own "
-    "embedded node) shows other objects' bytes: closing the store connection "
-    "(actorcore/_store_client.py StoreClient.close) makes the daemon drop every pin of the "
-    "process (ProcessGone -> store/_state.py client_gone) while the process still maps "
-    "the range, and the next objects reuse it. test_store.py's "
-    "test_views_stay_valid_after_shutdown_and_reinit only covers an embedded node",
-)
 def test_a_view_kept_across_shutdown_on_an_attached_node_keeps_its_bytes():
     from actorcore.testing import Cluster
 
