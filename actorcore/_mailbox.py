@@ -84,6 +84,8 @@ class ActorMailbox:
         self.dead: str | None = None
         self._is_coro: dict[str, bool] = {}
         self.async_tasks: dict[bytes, asyncio.Task[Any]] = {}
+        # the last async call still getting its arguments: the next ones wait for it (loop)
+        self.args_ahead: asyncio.Future[None] | None = None
         self.read_direct = 0  # calls its own thread read off a connection (_read_calls)
         self._wait_skip = 0
         self._late = 0  # calls in a row that were there before this thread waited
