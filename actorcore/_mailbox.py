@@ -58,6 +58,7 @@ class ActorMailbox:
         self.instance = instance
         self.class_name = class_name
         self.max_concurrency = max_concurrency
+        self.epoch = 0  # its incarnation (HOST_ACTOR): calls meant for another are refused
         self.queue: collections.deque[Call] = collections.deque()
         self.running = 0
         self.sync_running = 0  # threads draining sync calls

@@ -34,6 +34,7 @@ from ._execution import (
     encode_results,
     encode_results_async,
 )
+from ._fencing import Vouch
 from ._ids import new_id
 from ._mailbox import ActorMailbox, TaskQueue
 from ._rpc import DEFERRED, RpcPeer, error_reply, handles, next_rid
@@ -99,6 +100,7 @@ class WorkerRuntime(CoreRuntime):
         self._blocked = 0
         self._block_lock = threading.Lock()
         self.stopped: asyncio.Future[None] | None = None
+        self.vouch = Vouch()  # a cluster node's worker answers nothing past it (_fencing)
 
     async def register(self) -> None:
         self.stopped = self.loop.create_future()
@@ -116,6 +118,7 @@ class WorkerRuntime(CoreRuntime):
                 daemon_vouch_asker(self._open_store_conn),
                 self.config.node_ttl_s,
                 first_until=sent + float(info["vouch_s"]),
+                vouch=self.vouch,
             )
         for path in info.get("sys_path", []):
             if path not in sys.path:
@@ -225,6 +228,8 @@ class WorkerRuntime(CoreRuntime):
         TE.call_done(call, results)  # observability hook
         if reg is not None or waits:
             self._wait_all(reg, waits)
+        if time.monotonic() >= self.vouch.until:  # the cluster may have declared us dead
+            self.vouch.wait_renewed(self.config.node_ttl_s)  # (else the process ends there)
         conn = call.peer.conn
         if conn is not None and not conn.closed:
             try:
@@ -334,7 +339,9 @@ class WorkerRuntime(CoreRuntime):
             current_task.reset(token)
         max_conc = int(spec.get("max_concurrency") or 1)
         self.pool.resize(max_conc + self.config.shared_worker_threads)
-        self.mailboxes[msg.actor_id] = ActorMailbox(self, msg.actor_id, instance, name, max_conc)
+        mb = ActorMailbox(self, msg.actor_id, instance, name, max_conc)
+        mb.epoch = msg.epoch
+        self.mailboxes[msg.actor_id] = mb
         peer.reply(msg.rid, True)
 
     @handles(P.Tag.ACTOR_CALL)
@@ -342,6 +349,11 @@ class WorkerRuntime(CoreRuntime):
         mb = self.mailboxes.get(msg.actor_id)
         if mb is None:
             raise ActorDiedError(f"actor {msg.actor_id.hex()} is not on this worker")
+        if msg.epoch != mb.epoch and msg.epoch >= 0:  # a call racing a restart: not for us
+            raise ActorDiedError(
+                f"actor {mb.class_name} ({msg.actor_id.hex()}): this is incarnation "
+                f"{mb.epoch}, the call was meant for {msg.epoch}"
+            )
         mb.push(Call(peer, msg, f"{mb.class_name}.{msg.method}", msg.method, None, False))
         return DEFERRED
 

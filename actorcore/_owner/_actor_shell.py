@@ -150,6 +150,7 @@ class ActorClients:
             return False
         spec.rid = next_rid()
         spec.peer = peer
+        spec.epoch = c.epoch  # read after ``direct``: never older than the peer's
         self.inbox.put_quietly(E.CallSentDirect(c, spec))  # the reply wakes the loop
         self._send_call(E.SendActorCall(c, spec, peer))
         return True
@@ -260,6 +261,7 @@ class ActorClients:
             spec.return_ids,
             list(self.rt.address),
             spec.stream,
+            spec.epoch,
         )
         try:
             peer.request(msg, functools.partial(self._on_reply, c, spec.rid, peer))
