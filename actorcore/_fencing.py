@@ -56,7 +56,17 @@ for it (``CLUSTER_INFO vouch``: seconds left before the deadline, extended
 while an etcd outage is confirmed). A worker whose vouch runs out (its daemon
 frozen, fenced, or gone) exits by itself, before etcd can expire the node's
 lease; so a paused daemon's actors cannot keep answering their callers
-directly while their restarted instances answer elsewhere.
+directly while their restarted instances answer elsewhere. A whole node
+frozen at once (daemon and workers) resumes with calls waiting on the wire:
+a worker sends no answer past its last vouch (:class:`Vouch`; it waits for
+the watch's next answer, which ends it), so nothing it computed after its
+node may have been declared dead reaches a caller.
+
+**Owners check the incarnation** (:mod:`actorcore._owner._actors`): each actor
+call carries the epoch it is meant for and counts only from there; a worker
+refuses a call meant for another epoch, and an owner that learns of a newer
+epoch or of the node's death loses the calls in flight to the old one (retried
+per ``max_task_retries`` or failed) and drops their late answers.
 
 :class:`FenceMonitor` is the sans-IO state machine of the rule (events in,
 instructions out, no clock of its own); :class:`Fencer` is its async shell
