@@ -207,3 +207,31 @@ def test_a_reply_past_the_vouch_that_is_never_renewed_ends_the_worker():
     v.until = time.monotonic() - 0.1
     with pytest.raises(Ended, match="vouch"):
         v.wait_renewed(0.1, end=end)
+
+
+def test_a_stale_record_pointing_at_a_dead_node_is_never_called():
+    """The owner knows the node died; the daemon still answers with the old incarnation
+    there (its record not moved yet): the owner waits for the next one instead."""
+    o = Caller()
+    a = call("a")
+    o.feed(E.NodeDied(NODE))
+    out = o.submit(a)
+    assert [i.min_epoch for i in of(out, E.LocateActor)] == [0]
+    out = o.located(0, NODE)
+    assert of(out, E.ConnectActor) == []
+    assert [i.min_epoch for i in of(out, E.LocateActor)] == [1]
+    peer1, out = o.connect(1, OTHER)
+    assert sent(out) == [(a, peer1, 1)]
+
+
+def test_a_node_declared_dead_while_connecting_is_not_called_either():
+    o = Caller()
+    a = call("a")
+    o.submit(a)
+    assert of(o.located(0, NODE), E.ConnectActor)
+    o.feed(E.NodeDied(NODE))
+    out = o.feed(E.ActorConnected(o.c, 0, object(), NODE))
+    assert sent(out) == [] and o.c.state is ActorState.RESOLVING
+    assert [i.min_epoch for i in of(out, E.LocateActor)] == [1]
+    peer1, out = o.connect(1, OTHER)
+    assert sent(out) == [(a, peer1, 1)]

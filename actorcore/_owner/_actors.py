@@ -52,6 +52,7 @@ class ActorCore:
         self.by_return: dict[bytes, tuple[ActorClient, CallSpec]] = {}
         self._out: list[Any] = []
         self._touched: set[ActorClient] = set()  # clients whose ``direct`` may be stale
+        self.dead_nodes: set[bytes] = set()  # declared dead: nothing there answers any more
         self._handlers: dict[type, Callable[[Any], None]] = {
             E.SubmitActorCall: self._on_submit,
             E.CallSentDirect: self._on_sent_direct,
@@ -135,14 +136,32 @@ class ActorCore:
         if ev.state != "ALIVE":
             c.locating = False
             self._dead(c, ActorDiedError(f"{c.describe()} died: {ev.cause}"))
+        elif ev.node_id in self.dead_nodes:
+            self._stale_host(c, ev.epoch)
         elif c.state is not DEAD:  # still locating until connected
             self._fence(c, ev.epoch)
             self._out.append(E.ConnectActor(c, ev.address, ev.epoch, ev.node_id))
+
+    def _stale_host(self, c: ActorClient, epoch: int) -> None:
+        """Incarnation ``epoch`` is on a node declared dead (a record not moved yet):
+        never call it there; wait for the next incarnation (or the actor's death)."""
+        logger.debug(
+            "%s: incarnation %d is on a dead node; waiting for the next", c.describe(), epoch
+        )
+        c.locating = False
+        if c.state is DEAD:
+            return
+        c.epoch = max(c.epoch, epoch)
+        self._fence(c, epoch + 1)
+        self._locate(c)
 
     def _on_connected(self, ev: E.ActorConnected) -> None:
         c = ev.client
         c.locating = False
         if c.state is DEAD:
+            return
+        if ev.node_id in self.dead_nodes:  # it died while this process connected
+            self._stale_host(c, ev.epoch)
             return
         c.peer = ev.peer
         c.epoch = ev.epoch
@@ -307,6 +326,7 @@ class ActorCore:
 
     def _on_node_died(self, ev: E.NodeDied) -> None:
         err = ActorDiedError(f"node {ev.node_id.hex()} died")
+        self.dead_nodes.add(ev.node_id)  # (node ids are never reused: a node back is a new one)
         for c in {id(c): c for c in self.clients.values()}.values():
             # (every call in flight went to incarnation ``c.epoch``, on ``c.node_id``)
             if c.node_id == ev.node_id and (c.state is ALIVE or c.in_flight):
