@@ -94,13 +94,13 @@ class WorkerRuntime(CoreRuntime):
         self.task_exec: ExecPool | MainThreadExec = self.pool  # worker_main: the main thread
         self.tasks = TaskQueue(self)
         self.mailboxes: dict[bytes, ActorMailbox] = {}
-        self.producers = Producers(self)
+        self.vouch = Vouch()  # a cluster node's worker answers nothing past it (_fencing)
+        self.producers = Producers(self, self.vouch)
         self.functions: dict[bytes, Any] = {}
         self._fn_lock = threading.Lock()
         self._blocked = 0
         self._block_lock = threading.Lock()
         self.stopped: asyncio.Future[None] | None = None
-        self.vouch = Vouch()  # a cluster node's worker answers nothing past it (_fencing)
 
     async def register(self) -> None:
         self.stopped = self.loop.create_future()
