@@ -40,7 +40,9 @@ import msgpack
 from actorcore.gcs import (
     ActorRecord,
     ActorTable,
+    Compare,
     ControlStore,
+    ControlStoreError,
     DeleteOp,
     NameRegistry,
     PutOp,
@@ -53,7 +55,7 @@ from ._cluster_pg import ClusterGroups
 from ._cluster_work import REQUEUE_S, ClusterWork
 from ._fencing import wait_to_rejoin
 from ._membership import Membership
-from ._peers import ClusterSpec, Joined, Left, node_record
+from ._peers import NODES, ClusterSpec, Joined, Left, node_record
 from ._placer_client import PlacerClient
 from ._placer_service import PlacerElection, PlacerHost, PlacerMovedError, strategy_from_wire
 from ._rpc import DEFERRED, RpcPeer, next_rid
@@ -95,11 +97,20 @@ class BatchedActorTable(ActorTable):
     (``/actor_specs/<id>``, deleted with the actor): if its node and the node
     its creation went through both die, any node can restart it from there
     (:mod:`actorcore._cluster_failover`).
+
+    Fenced in etcd: each batch is written only while this node's key is there
+    under its lease (``lease()``; 0 before it registered: unguarded). A node
+    declared dead (its key expired) that resumes writes nothing more: never
+    an old incarnation's record over the one its restart elsewhere wrote.
     """
 
-    def __init__(self, store: ControlStore, daemon: Any) -> None:
+    def __init__(
+        self, store: ControlStore, daemon: Any, lease: Callable[[], int] = lambda: 0
+    ) -> None:
         super().__init__(store)
         self._daemon = daemon
+        self._lease = lease
+        self._node_key = NODES + daemon.node_id.hex().encode()
         self._pending: dict[bytes, tuple[ActorRecord, asyncio.Future[int]]] = {}
         self._writer: asyncio.Task[None] | None = None
         self._specs: dict[bytes, bytes] = {}  # actor -> its packed spec, not yet written
@@ -169,8 +180,15 @@ class BatchedActorTable(ActorTable):
                 mine = self._ops(record)
                 ops += mine
                 size += sum(len(op.value) for op in mine if isinstance(op, PutOp))
+            lease = self._lease()
+            guard = [Compare(self._node_key, "lease", "==", lease)] if lease else []
             try:
-                result = await self.store.txn([], ops)
+                result = await self.store.txn(guard, ops)
+                if not result.succeeded:
+                    raise ControlStoreError(
+                        "this node is no longer in etcd (declared dead): "
+                        f"{len(batch)} actor record(s) not written"
+                    )
             except Exception as e:  # every waiter learns it
                 for op in ops:  # specs not written: with the actor's next record
                     if isinstance(op, PutOp) and op.key.startswith(SPECS):
@@ -228,7 +246,7 @@ class ClusterNode:
         )
         # control changes wait out an etcd outage (membership's lease calls do not)
         self.store = RetryingControlStore(self.membership.store)
-        self.actor_table = BatchedActorTable(self.store, daemon)
+        self.actor_table = BatchedActorTable(self.store, daemon, lambda: self.membership.lease)
         self.names = NameRegistry(self.store)
         self._orig: dict[int, Handler] = {}
         self.rejoining = False

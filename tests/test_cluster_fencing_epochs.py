@@ -79,6 +79,21 @@ def _thaw(procs: list[psutil.Process]) -> None:
             pass
 
 
+def _actor_record(c: Cluster, actor_id: bytes):
+    """The actor's record, straight from etcd."""
+    import asyncio
+
+    from actorcore.gcs import EtcdControlStore
+
+    from gcs._tables import ActorTable
+
+    async def read():
+        async with EtcdControlStore(c.address, call_timeout=5.0) as store:
+            return await ActorTable(store).get(actor_id)
+
+    return asyncio.run(read())
+
+
 class WireLog:
     """Every answer the driver's actor shell receives, per connection, before the owner
     core decides whether it counts (so a dropped stale answer shows here too)."""
@@ -192,6 +207,10 @@ def test_a_frozen_node_never_answers_after_it_was_declared_dead():
             # nothing at all came back over the old instance's connection after the freeze:
             # its worker answered nothing once thawed (it checks its daemon's vouch first)
             assert log.from_peer_since(old_peer, frozen_at) == 0
+            # and the thawed node wrote nothing over the record of the new incarnation
+            _t, _p, new_node = caller.answers[-1]
+            rec = _actor_record(c, actor.id)
+            assert (rec.state, rec.node_id.hex(), rec.epoch) == ("ALIVE", new_node, client.epoch)
             assert thawed_at > frozen_at
         finally:
             if caller is not None:

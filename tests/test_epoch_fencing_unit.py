@@ -1,6 +1,7 @@
-"""Fencing on the owner's side, without sockets: a reply counts only from the incarnation
-(epoch) its call was sent to, and only while the owner has not learned that a newer
-one replaced it (issue 10 item 2)."""
+"""Fencing by incarnation, without sockets (issue 10 item 2): on the owner's side a
+reply counts only from the incarnation (epoch) its call was sent to, and only while
+the owner has not learned that a newer one replaced it; a worker answers nothing past
+its daemon's vouch; a node declared dead writes no actor record."""
 
 import itertools
 import threading
@@ -235,3 +236,55 @@ def test_a_node_declared_dead_while_connecting_is_not_called_either():
     assert [i.min_epoch for i in of(out, E.LocateActor)] == [1]
     peer1, out = o.connect(1, OTHER)
     assert sent(out) == [(a, peer1, 1)]
+
+
+# --- the daemon's side: a node declared dead writes no actor record ----------------------------
+
+
+def test_actor_records_are_written_only_while_the_nodes_key_is_in_etcd():
+    """A node that resumes after its lease expired must not write its stale view (say,
+    RESTARTING at the old node) over the record of the incarnation restarted elsewhere."""
+    import asyncio
+    import types
+
+    from actorcore.gcs import ActorRecord, ActorTable, ControlStoreError, EmbeddedControlStore
+
+    from actorcore._cluster_node import BatchedActorTable
+    from actorcore._peers import NODES
+
+    me = b"\x01" * 16
+    aid = b"\x0a" * 16
+
+    def rec(state, node, epoch):
+        return ActorRecord(
+            actor_id=aid,
+            name=None,
+            namespace="default",
+            state=state,
+            node_id=node,
+            address=None,
+            epoch=epoch,
+            owner=None,
+            detached=False,
+            class_name="C",
+        )
+
+    async def main():
+        async with EmbeddedControlStore() as store:
+            lease = await store.grant_lease(60.0)
+            await store.put(NODES + me.hex().encode(), b"me", lease=lease)
+            daemon = types.SimpleNamespace(node_id=me, actors=types.SimpleNamespace(actors={}))
+            table = BatchedActorTable(store, daemon, lambda: lease)
+            await table.put(rec("ALIVE", me, 0))
+            assert (await table.get(aid)).state == "ALIVE"
+            await store.revoke_lease(lease)  # the cluster declares this node dead ...
+            await ActorTable(store).put(rec("ALIVE", b"\x02" * 16, 1))  # ... restarts it
+            with pytest.raises(ControlStoreError, match="declared dead"):
+                await table.put(rec("RESTARTING", me, 1))  # the resumed node's stale view
+            got = await table.get(aid)
+            assert (got.state, got.node_id, got.epoch) == ("ALIVE", b"\x02" * 16, 1)
+            unguarded = BatchedActorTable(store, daemon)  # (before it registered: no guard)
+            await unguarded.put(rec("ALIVE", me, 2))
+            assert (await table.get(aid)).epoch == 2
+
+    asyncio.run(main())
