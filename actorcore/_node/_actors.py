@@ -10,10 +10,11 @@ control state (batched: one write task per loop tick), release its name.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from actorcore.gcs import ActorRecord, ActorTable, NameRegistry
+from actorcore.gcs import ActorRecord, ActorTable, ControlStoreError, NameRegistry
 
 from .. import _protocol as P
 from .._rpc import DEFERRED, RpcPeer, Service, handles, next_rid
@@ -21,6 +22,8 @@ from . import _events as E
 from ._lifecycle import ActorInfo, ActorPhase, Persist, ReleaseName
 from ._state import NodeState
 from ._workers import WorkerRegistry
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ActorService"]
 
@@ -89,8 +92,11 @@ class ActorService(Service):
             self.spawn(self._write_records(records))
 
     async def _write_records(self, records: list[ActorRecord]) -> None:
-        for rec in records:
-            await self.actor_table.put(rec)
+        try:
+            for rec in records:
+                await self.actor_table.put(rec)
+        except ControlStoreError as e:  # e.g. this node left, or was declared dead
+            logger.warning("actor records not written: %s", e)
 
     # --- actors ------------------------------------------------------------------------------
 
