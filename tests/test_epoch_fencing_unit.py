@@ -60,9 +60,8 @@ class Caller:
         return peer, out + self.feed(E.ActorConnected(self.c, epoch, peer, node))
 
     def reply(self, spec_rid, results, peer):
-        """The answer of the host behind ``peer`` to request ``spec_rid`` (the shell's
-        callback is per connection and request: it names the rid it was sent as)."""
-        return self.feed(E.CallReplied(self.c, spec_rid, results))
+        """The answer of the host behind ``peer`` to request ``spec_rid``."""
+        return self.feed(E.CallReplied(self.c, spec_rid, results, peer))
 
 
 def sent(out):
@@ -91,6 +90,24 @@ def test_a_stale_epoch_reply_is_dropped_and_the_resent_call_completes_from_the_n
     assert done(o.reply(rid0, OLD, peer0)) == []  # still dropped, the call now in flight anew
     assert done(o.reply(a.rid, NEW, peer1)) == [(a, NEW)]
     assert o.c.in_flight == {} and o.c.node_id == OTHER
+
+
+def test_an_old_instance_answering_the_rid_now_in_flight_to_the_new_one_is_dropped():
+    """Even an answer bearing the very rid the call was sent again as counts only from
+    the connection (the incarnation) it went to: the call completes with the new
+    instance's answer, never the old one's."""
+    o = Caller()
+    a = call("who", retries=1)
+    o.submit(a)
+    peer0, _ = o.connect(0, NODE)
+    o.feed(E.NodeDied(NODE))
+    peer1, out = o.connect(1, OTHER)
+    assert sent(out) == [(a, peer1, 1)]
+    assert done(o.reply(a.rid, OLD, peer0)) == []  # same rid, the old instance's connection
+    assert o.c.in_flight == {a.rid: a}  # still waiting for its own instance
+    assert done(o.reply(a.rid, NEW, peer1)) == [(a, NEW)]
+    assert done(o.reply(a.rid, OLD, peer0)) == []
+    assert o.c.in_flight == {}
 
 
 def test_learning_of_a_newer_incarnation_by_locating_fences_calls_still_in_flight():
@@ -148,7 +165,7 @@ def test_a_rejection_from_a_replaced_incarnation_is_dropped_too():
     _peer0, _ = o.connect(0, NODE)
     rid0 = a.rid
     o.feed(E.NodeDied(NODE))
-    assert o.feed(E.CallRejected(o.c, rid0, ValueError("late"))) == []
+    assert o.feed(E.CallRejected(o.c, rid0, ValueError("late"), _peer0)) == []
     assert list(o.c.queue) == [a]
 
 

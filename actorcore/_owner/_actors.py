@@ -338,8 +338,12 @@ class ActorCore:
     def _on_replied(self, ev: E.CallReplied) -> None:
         c = ev.client
         spec = c.in_flight.pop(ev.rid, None)
-        if spec is None or spec.epoch != c.epoch:
-            self._late(c, ev.rid, spec)
+        if (
+            spec is None
+            or spec.epoch != c.epoch
+            or (ev.peer is not None and spec.peer is not ev.peer)
+        ):
+            self._late(c, ev.rid, spec, ev.peer)
         else:
             for oid in spec.return_ids:
                 self.by_return.pop(oid, None)
@@ -348,20 +352,29 @@ class ActorCore:
 
     def _on_rejected(self, ev: E.CallRejected) -> None:
         spec = ev.client.in_flight.pop(ev.rid, None)
-        if spec is None or spec.epoch != ev.client.epoch:
-            self._late(ev.client, ev.rid, spec)
+        c = ev.client
+        if (
+            spec is None
+            or spec.epoch != c.epoch
+            or (ev.peer is not None and spec.peer is not ev.peer)
+        ):
+            self._late(c, ev.rid, spec, ev.peer)
         else:
             self._fail(spec, ev.error)
             self._after(ev.client)
 
-    def _late(self, c: ActorClient, rid: int, spec: CallSpec | None) -> None:
-        """An answer to a call already failed or sent again (or from an older incarnation
-        than the client's: never accepted, the call is lost there): dropped."""
-        logger.debug("%s: dropped a late answer to call %d (%r)", c.describe(), rid, spec)
-        if spec is not None:  # (the incarnation moved on without _fence: cannot happen)
-            c.in_flight[rid] = spec
-            self._lose(c, None, [spec], ConnectionError("an older incarnation answered"))
-            self._after(c)
+    def _late(self, c: ActorClient, rid: int, spec: CallSpec | None, peer: Any) -> None:
+        """An answer that does not count, dropped: to a call already failed or sent again,
+        or not from the instance (connection, incarnation) the call went to."""
+        logger.debug("%s: dropped a late or stray answer to call %d (%r)", c.describe(), rid, spec)
+        if spec is None:
+            return
+        c.in_flight[rid] = spec  # still waits for its own instance's answer
+        if peer is not None and spec.peer is not peer:
+            return
+        # an older incarnation than the client's (it moved on without _fence: cannot happen)
+        self._lose(c, None, [spec], ConnectionError("an older incarnation answered"))
+        self._after(c)
 
     def _on_lost(self, ev: E.CallLost) -> None:
         c = ev.client
