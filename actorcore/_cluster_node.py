@@ -99,7 +99,7 @@ class BatchedActorTable(ActorTable):
     (:mod:`actorcore._cluster_failover`).
 
     Fenced in etcd: each batch is written only while this node's key is there
-    under its lease (``lease()``; 0 before it registered: unguarded). A node
+    under its lease (``lease()``; 0: unguarded, see ``Membership.fencing_lease``). A node
     declared dead (its key expired) that resumes writes nothing more: never
     an old incarnation's record over the one its restart elsewhere wrote.
     """
@@ -202,6 +202,28 @@ class BatchedActorTable(ActorTable):
                     fut.set_result(result.revision)
 
 
+class FencedNameRegistry(NameRegistry):
+    """Actor names; this node frees one only while its key is in etcd under its lease
+    (``lease()``; 0: unguarded), as :class:`BatchedActorTable` writes records: a node
+    declared dead that resumes never frees the name of its actor restarted elsewhere."""
+
+    def __init__(self, store: ControlStore, node_id: bytes, lease: Callable[[], int]) -> None:
+        super().__init__(store)
+        self._lease = lease
+        self._node_key = NODES + node_id.hex().encode()
+
+    async def release(self, namespace: str, name: str, actor_id: bytes) -> bool:
+        lease = self._lease()
+        if not lease:
+            return await super().release(namespace, name, actor_id)
+        key = self.key(namespace, name)
+        result = await self.store.txn(
+            [Compare(key, "value", "==", actor_id), Compare(self._node_key, "lease", "==", lease)],
+            [DeleteOp(key)],
+        )
+        return result.succeeded
+
+
 def _copy(src: asyncio.Future[int], dst: asyncio.Future[int]) -> None:
     if dst.done():
         return
@@ -246,8 +268,8 @@ class ClusterNode:
         )
         # control changes wait out an etcd outage (membership's lease calls do not)
         self.store = RetryingControlStore(self.membership.store)
-        self.actor_table = BatchedActorTable(self.store, daemon, lambda: self.membership.lease)
-        self.names = NameRegistry(self.store)
+        self.actor_table = BatchedActorTable(self.store, daemon, self.membership.fencing_lease)
+        self.names = FencedNameRegistry(self.store, daemon.node_id, self.membership.fencing_lease)
         self._orig: dict[int, Handler] = {}
         self.rejoining = False
         self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees

@@ -305,3 +305,29 @@ def test_actor_records_are_written_only_while_the_nodes_key_is_in_etcd():
             assert (await table.get(aid)).epoch == 2
 
     asyncio.run(main())
+
+
+def test_a_node_declared_dead_frees_no_name():
+    import asyncio
+
+    from actorcore.gcs import EmbeddedControlStore
+
+    from actorcore._cluster_node import FencedNameRegistry
+    from actorcore._peers import NODES
+
+    me, aid = b"\x01" * 16, b"\x0a" * 16
+
+    async def main():
+        async with EmbeddedControlStore() as store:
+            lease = await store.grant_lease(60.0)
+            await store.put(NODES + me.hex().encode(), b"me", lease=lease)
+            names = FencedNameRegistry(store, me, lambda: lease)
+            assert await names.claim("ns", "svc", aid)
+            assert await names.release("ns", "svc", aid)  # alive: frees it
+            assert await names.claim("ns", "svc", aid)
+            await store.revoke_lease(lease)  # declared dead; the actor restarts elsewhere
+            assert not await names.release("ns", "svc", aid)
+            assert await names.lookup("ns", "svc") == aid
+            assert await FencedNameRegistry(store, me, lambda: 0).release("ns", "svc", aid)
+
+    asyncio.run(main())
