@@ -47,11 +47,12 @@ def _alive_seen_by(node, node_id: str) -> bool | None:
     return None
 
 
-def _freeze(pid: int) -> list[psutil.Process]:
-    """SIGSTOP a node daemon and every process under it (fork server, workers)."""
-    os.killpg(pid, signal.SIGSTOP)  # the whole group at once (the daemon leads its session)
+def _freeze(pid: int, procs: list[psutil.Process]) -> None:
+    """SIGSTOP a node daemon and every process under it (fork server, workers); ``procs``
+    gets them at once (the caller thaws them whatever happens)."""
     daemon = psutil.Process(pid)
-    procs = [daemon, *daemon.children(recursive=True)]
+    procs += [daemon, *daemon.children(recursive=True)]
+    os.killpg(pid, signal.SIGSTOP)  # the whole group at once (the daemon leads its session)
     for p in procs:  # and any child outside the group
         try:
             p.send_signal(signal.SIGSTOP)
@@ -68,7 +69,6 @@ def _freeze(pid: int) -> list[psutil.Process]:
         return True
 
     wait_for(all_stopped, 10, what="every process of the node stopped")
-    return procs
 
 
 def _thaw(procs: list[psutil.Process]) -> None:
@@ -160,7 +160,7 @@ def test_a_frozen_node_never_answers_after_it_was_declared_dead():
             assert old_peer is not None
             log = WireLog()
 
-            procs = _freeze(frozen.pid)
+            _freeze(frozen.pid, procs)
             frozen_at = time.monotonic()
             # calls sent now wait on the wire at the frozen worker (its socket buffers them)
             queued = [actor.who.remote() for _ in range(5)]
