@@ -83,9 +83,7 @@ def _actor_record(c: Cluster, actor_id: bytes):
     """The actor's record, straight from etcd."""
     import asyncio
 
-    from actorcore.gcs import EtcdControlStore
-
-    from gcs._tables import ActorTable
+    from actorcore.gcs import ActorTable, EtcdControlStore
 
     async def read():
         async with EtcdControlStore(c.address, call_timeout=5.0) as store:
@@ -184,7 +182,6 @@ def test_a_frozen_node_never_answers_after_it_was_declared_dead():
             assert client.epoch > old_epoch
 
             _thaw(procs)
-            thawed_at = time.monotonic()
             # the frozen node fences itself: its worker ends, the daemon rejoins as a new node
             wait_for(lambda: _gone(old_pid), 30, what="the old instance's worker gone")
             c.wait_reborn(frozen, 60)
@@ -211,7 +208,6 @@ def test_a_frozen_node_never_answers_after_it_was_declared_dead():
             _t, _p, new_node = caller.answers[-1]
             rec = _actor_record(c, actor.id)
             assert (rec.state, rec.node_id.hex(), rec.epoch) == ("ALIVE", new_node, client.epoch)
-            assert thawed_at > frozen_at
         finally:
             if caller is not None:
                 caller.stop.set()
