@@ -42,12 +42,12 @@ from actorcore.gcs import (
     ActorTable,
     Compare,
     ControlStore,
-    ControlStoreError,
     DeleteOp,
     NameRegistry,
     PutOp,
     RetryingControlStore,
 )
+from actorcore.gcs._retry import NotVouchedError
 
 from . import _protocol as P
 from ._cluster_failover import NodeFailover
@@ -186,7 +186,7 @@ class BatchedActorTable(ActorTable):
             try:
                 result = await self.store.txn(guard, ops)
                 if not result.succeeded:
-                    raise ControlStoreError(
+                    raise NotVouchedError(
                         "this node is no longer in etcd (declared dead): "
                         f"{len(batch)} actor record(s) not written"
                     )
@@ -267,8 +267,11 @@ class ClusterNode:
             on_change=self._membership_changed,
             on_fence=getattr(daemon, "fence", None),
         )
-        # control changes wait out an etcd outage (membership's lease calls do not)
-        self.store = RetryingControlStore(self.membership.store)
+        # control changes wait out an etcd outage (membership's lease calls do not);
+        # none is written while this node may have lost its lease (actorcore._fencing),
+        # and actor records and name releases only while etcd still holds its key
+        # under its lease (checked by etcd itself: a write sent just before a freeze)
+        self.store = RetryingControlStore(self.membership.store, may_write=self.vouched)
         self.actor_table = BatchedActorTable(self.store, daemon, self.membership.fencing_lease)
         self.names = FencedNameRegistry(self.store, daemon.node_id, self.membership.fencing_lease)
         self._orig: dict[int, Handler] = {}
@@ -349,6 +352,14 @@ class ClusterNode:
 
     def _local(self, tag: P.Tag, peer: RpcPeer, msg: Any, b: list[bytes]) -> Any:
         return self._orig[int(tag)](peer, msg, b)
+
+    def vouched(self) -> bool:
+        """Whether this node may still write control state: not fenced, and its
+        lease confirmed (or an etcd outage confirmed by its peers) recently enough
+        that etcd cannot have expired it (:meth:`FenceMonitor.vouch_remaining`).
+        A node thawed after a pause past the TTL fails this before its fencer's
+        next tick: it writes none of its stale view over the cluster's."""
+        return not self.daemon.fenced and self.membership.fencer.vouch_remaining() > 0
 
     # --- cluster information ------------------------------------------------------------
 
