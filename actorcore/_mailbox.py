@@ -68,6 +68,8 @@ class ActorMailbox:
         self.dead: str | None = None
         self._is_coro: dict[str, bool] = {}
         self.async_tasks: dict[bytes, asyncio.Task[Any]] = {}
+        # the last async call still getting its arguments: the next ones wait for it (loop)
+        self.args_ahead: asyncio.Future[None] | None = None
 
     def is_coroutine(self, method: str) -> bool:
         flag = self._is_coro.get(method)

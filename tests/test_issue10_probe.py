@@ -837,14 +837,6 @@ def test_p6_cut_link_actor_and_task_move_name_still_found_after_rejoin(tmp_path)
                     c.shutdown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ac.wait (fetch_local=True) on an object whose node just died returns at once "
-    "with nothing ready, before its timeout: _values.py _Counter.woke pulls it, "
-    "_locations.py pull_async calls done(e) when the pull fails too, so the counter "
-    "fires; _partition then leaves it out (_usable: not local, not FAILED). A "
-    "wait loop spins until the death is declared; the pull failure starts no rebuild",
-)
 def test_p3_wait_on_an_object_of_a_just_killed_node_waits_its_timeout_or_returns_it(abc):
     m = Maker.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(abc.nodes[1].node_id, soft=False)
