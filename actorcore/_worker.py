@@ -42,7 +42,13 @@ from ._mailbox import ActorMailbox, TaskQueue
 from ._rpc import DEFERRED, RpcPeer, error_reply, handles, next_rid
 from ._runtime import CoreRuntime, NodeInfo
 from ._streaming import Producers
-from .errors import ActorDiedError, ObjectLostError, TaskCancelledError, TaskError
+from .errors import (
+    ActorDiedError,
+    ObjectLostError,
+    TaskCancelledError,
+    TaskCancelledInterrupt,
+    TaskError,
+)
 
 __all__ = ["Call", "WorkerRuntime", "worker_main"]
 
@@ -174,8 +180,9 @@ class WorkerRuntime(CoreRuntime):
             if call.stream:
                 value = self.producers.drive_sync(call, value)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
-        except TaskCancelledError as e:
-            results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
+        except (TaskCancelledError, TaskCancelledInterrupt) as e:
+            err = TaskCancelledError(*e.args)  # (the caller's kind of error)
+            results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
         except BaseException as e:
             results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
         finally:
