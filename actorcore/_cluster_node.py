@@ -40,12 +40,14 @@ import msgpack
 from actorcore.gcs import (
     ActorRecord,
     ActorTable,
+    Compare,
     ControlStore,
     DeleteOp,
     NameRegistry,
     PutOp,
     RetryingControlStore,
 )
+from actorcore.gcs._retry import NotVouchedError
 
 from . import _protocol as P
 from ._cluster_failover import NodeFailover
@@ -53,7 +55,7 @@ from ._cluster_pg import ClusterGroups
 from ._cluster_work import REQUEUE_S, ClusterWork
 from ._fencing import wait_to_rejoin
 from ._membership import Membership
-from ._peers import ClusterSpec, Joined, Left, node_record
+from ._peers import NODES, ClusterSpec, Joined, Left, node_record
 from ._placer_client import PlacerClient
 from ._placer_service import PlacerElection, PlacerHost, PlacerMovedError, strategy_from_wire
 from ._rpc import DEFERRED, RpcPeer, next_rid
@@ -96,11 +98,20 @@ class BatchedActorTable(ActorTable):
     (``/actor_specs/<id>``, deleted with the actor): if its node and the node
     its creation went through both die, any node can restart it from there
     (:mod:`actorcore._cluster_failover`).
+
+    Fenced in etcd: each batch is written only while this node's key is there
+    under its lease (``lease()``; 0: unguarded, see ``Membership.fencing_lease``). A node
+    declared dead (its key expired) that resumes writes nothing more: never
+    an old incarnation's record over the one its restart elsewhere wrote.
     """
 
-    def __init__(self, store: ControlStore, daemon: Any) -> None:
+    def __init__(
+        self, store: ControlStore, daemon: Any, lease: Callable[[], int] = lambda: 0
+    ) -> None:
         super().__init__(store)
         self._daemon = daemon
+        self._lease = lease
+        self._node_key = NODES + daemon.node_id.hex().encode()
         self._pending: dict[bytes, tuple[ActorRecord, asyncio.Future[int]]] = {}
         self._writer: asyncio.Task[None] | None = None
         self._specs: dict[bytes, bytes] = {}  # actor -> its packed spec, not yet written
@@ -170,8 +181,15 @@ class BatchedActorTable(ActorTable):
                 mine = self._ops(record)
                 ops += mine
                 size += sum(len(op.value) for op in mine if isinstance(op, PutOp))
+            lease = self._lease()
+            guard = [Compare(self._node_key, "lease", "==", lease)] if lease else []
             try:
-                result = await self.store.txn([], ops)
+                result = await self.store.txn(guard, ops)
+                if not result.succeeded:
+                    raise NotVouchedError(
+                        "this node is no longer in etcd (declared dead): "
+                        f"{len(batch)} actor record(s) not written"
+                    )
             except Exception as e:  # every waiter learns it
                 for op in ops:  # specs not written: with the actor's next record
                     if isinstance(op, PutOp) and op.key.startswith(SPECS):
@@ -183,6 +201,28 @@ class BatchedActorTable(ActorTable):
             for _, fut in batch:
                 if not fut.done():
                     fut.set_result(result.revision)
+
+
+class FencedNameRegistry(NameRegistry):
+    """Actor names; this node frees one only while its key is in etcd under its lease
+    (``lease()``; 0: unguarded), as :class:`BatchedActorTable` writes records: a node
+    declared dead that resumes never frees the name of its actor restarted elsewhere."""
+
+    def __init__(self, store: ControlStore, node_id: bytes, lease: Callable[[], int]) -> None:
+        super().__init__(store)
+        self._lease = lease
+        self._node_key = NODES + node_id.hex().encode()
+
+    async def release(self, namespace: str, name: str, actor_id: bytes) -> bool:
+        lease = self._lease()
+        if not lease:
+            return await super().release(namespace, name, actor_id)
+        key = self.key(namespace, name)
+        result = await self.store.txn(
+            [Compare(key, "value", "==", actor_id), Compare(self._node_key, "lease", "==", lease)],
+            [DeleteOp(key)],
+        )
+        return result.succeeded
 
 
 def _copy(src: asyncio.Future[int], dst: asyncio.Future[int]) -> None:
@@ -228,10 +268,12 @@ class ClusterNode:
             on_fence=getattr(daemon, "fence", None),
         )
         # control changes wait out an etcd outage (membership's lease calls do not);
-        # none is written while this node may have lost its lease (actorcore._fencing)
+        # none is written while this node may have lost its lease (actorcore._fencing),
+        # and actor records and name releases only while etcd still holds its key
+        # under its lease (checked by etcd itself: a write sent just before a freeze)
         self.store = RetryingControlStore(self.membership.store, may_write=self.vouched)
-        self.actor_table = BatchedActorTable(self.store, daemon)
-        self.names = NameRegistry(self.store)
+        self.actor_table = BatchedActorTable(self.store, daemon, self.membership.fencing_lease)
+        self.names = FencedNameRegistry(self.store, daemon.node_id, self.membership.fencing_lease)
         self._orig: dict[int, Handler] = {}
         self.rejoining = False
         self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees

@@ -56,7 +56,17 @@ for it (``CLUSTER_INFO vouch``: seconds left before the deadline, extended
 while an etcd outage is confirmed). A worker whose vouch runs out (its daemon
 frozen, fenced, or gone) exits by itself, before etcd can expire the node's
 lease; so a paused daemon's actors cannot keep answering their callers
-directly while their restarted instances answer elsewhere.
+directly while their restarted instances answer elsewhere. A whole node
+frozen at once (daemon and workers) resumes with calls waiting on the wire:
+a worker sends no answer past its last vouch (:class:`Vouch`; it waits for
+the watch's next answer, which ends it), so nothing it computed after its
+node may have been declared dead reaches a caller.
+
+**Owners check the incarnation** (:mod:`actorcore._owner._actors`): each actor
+call carries the epoch it is meant for and counts only from there; a worker
+refuses a call meant for another epoch, and an owner that learns of a newer
+epoch or of the node's death loses the calls in flight to the old one (retried
+per ``max_task_retries`` or failed) and drops their late answers.
 
 :class:`FenceMonitor` is the sans-IO state machine of the rule (events in,
 instructions out, no clock of its own); :class:`Fencer` is its async shell
@@ -83,6 +93,7 @@ __all__ = [
     "FenceState",
     "Fencer",
     "PeerAnswer",
+    "Vouch",
     "classify_peer_error",
     "watch_daemon",
 ]
@@ -424,6 +435,42 @@ class Fencer:
 EXIT_FENCED = 75  # a worker's exit status when its daemon no longer vouches for it
 
 
+class Vouch:
+    """Until when (``time.monotonic()``) the daemon vouches for this worker; a worker
+    sends no answer past it (a frozen node resumed answers nothing before its watch
+    ends it). Written by the watch thread, read by the worker's reply path."""
+
+    __slots__ = ("until",)
+
+    def __init__(self) -> None:
+        self.until = float("inf")  # not a cluster node: nothing to fence
+
+    def wait_renewed(
+        self,
+        limit_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        end: Callable[[str], None] | None = None,
+    ) -> None:
+        """Past :attr:`until`: wait for the watch thread's next answer (it extends the
+        vouch, or ends the process: a watch merely starved of the GIL is not a fence);
+        end the process if neither came within ``limit_s``."""
+        give_up = clock() + limit_s
+        pause = threading.Event()
+        while clock() >= self.until:
+            if clock() >= give_up:
+                (end or exit_fenced)("no answer past the node daemon's vouch (node maybe dead)")
+            pause.wait(0.005)  # (a poll for the watch thread's answer, bounded above)
+
+
+def exit_fenced(why: str) -> None:
+    """End this worker now (no logging: a handler lock held by a stuck thread must
+    not stop the exit)."""
+    try:
+        os.write(2, f"actorcore worker {os.getpid()} exits: {why}\n".encode())
+    finally:
+        os._exit(EXIT_FENCED)
+
+
 def watch_daemon(
     ask: Callable[[float], float],
     ttl_s: float,
@@ -431,6 +478,7 @@ def watch_daemon(
     clock: Callable[[], float] = time.monotonic,
     stop: threading.Event | None = None,
     first_until: float | None = None,
+    vouch: Vouch | None = None,
 ) -> threading.Thread:
     """Start a thread that ends this worker once its daemon stops vouching for it
     (``first_until``: the vouch the daemon gave at registration, on ``clock``).
@@ -440,18 +488,12 @@ def watch_daemon(
     exits the process (``exit_``) when the last vouch has run out: the daemon
     is frozen, fenced or gone. A thread, not a loop task: a worker whose loop
     is busy still checks, and a worker whose loop is busy is not ended for it.
+    ``vouch`` (if given) is kept up to date with the last vouch's end.
     """
     period = ttl_s / 6
-
-    def default_exit(why: str) -> None:
-        # no logging module here: a handler lock held by a stuck thread must not stop the exit
-        try:
-            os.write(2, f"actorcore worker {os.getpid()} exits: {why}\n".encode())
-        finally:
-            os._exit(EXIT_FENCED)
-
-    end = exit_ or default_exit
+    end = exit_ or exit_fenced
     halt = stop or threading.Event()
+    held = vouch or Vouch()
 
     def run() -> None:
         try:
@@ -461,12 +503,12 @@ def watch_daemon(
 
     def watch() -> None:
         # until the first answer: what the daemon said at registration (or a short grace)
-        until = first_until if first_until is not None else clock() + ttl_s / 2
+        until = held.until = first_until if first_until is not None else clock() + ttl_s / 2
         while not halt.is_set():
             sent = clock()
             try:
                 left = float(ask(max(0.05, min(period, until - sent))))
-                until = sent + left  # counted from the question: never longer than the daemon's
+                until = held.until = sent + left  # from the question: never past the daemon's
             except Exception:
                 pass  # no answer: the last vouch stands until it runs out
             now = clock()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._lending import TIMED_OUT
 from ._protocol import Tag
-from .errors import TaskCancelledError
+from .errors import TaskCancelledError, TaskCancelledInterrupt
 
 if TYPE_CHECKING:
     from ._worker import Call, WorkerRuntime
@@ -75,6 +75,7 @@ class ActorMailbox:
         self.instance = instance
         self.class_name = class_name
         self.max_concurrency = max_concurrency
+        self.epoch = 0  # its incarnation (HOST_ACTOR): calls meant for another are refused
         self.queue: collections.deque[Call] = collections.deque()
         self.running = 0
         self.sync_running = 0  # threads draining sync calls
@@ -357,6 +358,9 @@ class ActorMailbox:
                     self._wait_skip = _WAIT_SKIP  # a connection shared with other actors
                 rest = frames[i:]
                 break
+            if msg.epoch != self.epoch and msg.epoch >= 0:  # the loop refuses it
+                rest = frames[i:]
+                break
             if self.is_coroutine(msg.method):
                 rest = frames[i:]
                 break
@@ -428,6 +432,8 @@ class TaskQueue:
     def run_user_code(self, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a sync task's function; a cancel may interrupt it only in here."""
         me = threading.get_ident()
+        if me == self.signal_thread and signal.getsignal(CANCEL_SIGNAL) != self._on_cancel_signal:
+            signal.signal(CANCEL_SIGNAL, self._on_cancel_signal)  # a task took it for itself
         with self.lock:
             self.in_user_code = call
         try:
@@ -442,10 +448,12 @@ class TaskQueue:
         """Let a cancel interrupt a sync task where it blocks (call on the main thread).
 
         The loop thread sends :data:`CANCEL_SIGNAL` to the main thread, which
-        runs the sync tasks; the handler raises :class:`TaskCancelledError` in
-        the task if it is still the one to cancel. ``time.sleep``, socket reads
-        and lock waits return into Python on a signal, so the cancel lands there
-        within moments; a ``finally`` in user code still runs.
+        runs the sync tasks; the handler raises :class:`TaskCancelledInterrupt`
+        (a KeyboardInterrupt) in the task if it is still the one to cancel.
+        ``time.sleep``, socket reads and lock waits return into Python on a
+        signal, so the cancel lands there within moments; a ``finally`` in user
+        code still runs. A task that takes the signal for itself (its own
+        handler, or SIG_IGN) has it back before the next task runs.
         """
         signal.signal(CANCEL_SIGNAL, self._on_cancel_signal)
         self.signal_thread = threading.get_ident()
@@ -454,7 +462,7 @@ class TaskQueue:
         target = self.cancel_target  # no lock here: the handler may run while it is held
         if target is not None and self.in_user_code is target:
             self.cancel_target = None
-            raise TaskCancelledError(f"task {target.name} was cancelled")
+            raise TaskCancelledInterrupt(f"task {target.name} was cancelled")
 
     def push(self, call: Call) -> None:
         with self.lock:
@@ -502,7 +510,7 @@ class TaskQueue:
                 self.running = call
             try:
                 self.worker.run_task(call)
-            except TaskCancelledError:
+            except TaskCancelledInterrupt:
                 pass  # an interrupt that arrived after the task ended
         self._next()
 
@@ -547,5 +555,5 @@ class TaskQueue:
                 self.cancel_target = running
                 signal.pthread_kill(self.thread_id, CANCEL_SIGNAL)
             else:
-                interrupt_thread(self.thread_id, TaskCancelledError)
+                interrupt_thread(self.thread_id, TaskCancelledInterrupt)
         return True

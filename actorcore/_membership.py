@@ -123,6 +123,14 @@ class Membership:
         )
         self._keeper: LeaseKeeper | None = None
 
+    def fencing_lease(self) -> int:
+        """The lease this node's control writes are fenced on: its writes count only while
+        its key is in etcd under it. 0 (unfenced) before it registered and once it left
+        cleanly (what it writes then is its own last word); fenced, never 0."""
+        if self._leaving and not self.fencer.fenced:
+            return 0
+        return self.lease
+
     # --- life ---------------------------------------------------------------------------
 
     async def start(self) -> None:

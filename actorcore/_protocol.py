@@ -232,6 +232,7 @@ class ActorCallMsg(NamedTuple):
     return_ids: list[bytes]
     owner: list[Any]
     stream: int = 0  # 0: a plain call; else a streaming generator, back-pressure + 1
+    epoch: int = -1  # the incarnation the caller means; another one refuses it (-1: any)
 
 
 @message(Tag.CANCEL_TASK)
@@ -358,6 +359,7 @@ class HostActorMsg(NamedTuple):
     rid: int
     actor_id: bytes
     spec: dict[str, Any]
+    epoch: int = 0  # its incarnation: calls meant for another one are refused
 
 
 @message(Tag.KILL_ACTOR)

@@ -28,11 +28,13 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
 from ._execution import encode_error, encode_results, encode_results_async
+from ._fencing import Vouch
 from ._ids import new_id
 from .errors import TaskCancelledError
 
@@ -91,8 +93,9 @@ class Producer:
 class Producers:
     """The streaming calls running on this worker, by stream id and by task id."""
 
-    def __init__(self, rt: CoreRuntime) -> None:
+    def __init__(self, rt: CoreRuntime, vouch: Vouch | None = None) -> None:
         self.rt = rt
+        self.vouch = vouch or Vouch()  # no item leaves past it (a node maybe declared dead)
         self.by_stream: dict[bytes, Producer] = {}
 
     def ack(self, stream_id: bytes, consumed: int) -> None:
@@ -213,6 +216,8 @@ class Producers:
             if conn is None:
                 raise ConnectionError("no connection")
             msg = P.GeneratorItemMsg(call.return_ids[0], index, items, self.rt.node.node_id)
+            if time.monotonic() >= self.vouch.until:  # (else the process ends there)
+                self.vouch.wait_renewed(self.rt.config.node_ttl_s)
             conn.send(msg)
         except ConnectionError:
             p.cancelled = True  # the owner is gone: nobody reads the rest

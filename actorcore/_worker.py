@@ -36,12 +36,19 @@ from ._execution import (
     encode_results_async,
     store_args,
 )
+from ._fencing import Vouch
 from ._ids import new_id
 from ._mailbox import ActorMailbox, TaskQueue
 from ._rpc import DEFERRED, RpcPeer, error_reply, handles, next_rid
 from ._runtime import CoreRuntime, NodeInfo
 from ._streaming import Producers
-from .errors import ActorDiedError, ObjectLostError, TaskCancelledError, TaskError
+from .errors import (
+    ActorDiedError,
+    ObjectLostError,
+    TaskCancelledError,
+    TaskCancelledInterrupt,
+    TaskError,
+)
 
 __all__ = ["Call", "WorkerRuntime", "worker_main"]
 
@@ -97,7 +104,8 @@ class WorkerRuntime(CoreRuntime):
         self.task_exec: ExecPool | MainThreadExec = self.pool  # worker_main: the main thread
         self.tasks = TaskQueue(self)
         self.mailboxes: dict[bytes, ActorMailbox] = {}
-        self.producers = Producers(self)
+        self.vouch = Vouch()  # a cluster node's worker answers nothing past it (_fencing)
+        self.producers = Producers(self, self.vouch)
         self.functions: dict[bytes, Any] = {}
         self._fn_lock = threading.Lock()
         self._blocked = 0
@@ -120,6 +128,7 @@ class WorkerRuntime(CoreRuntime):
                 daemon_vouch_asker(self._open_store_conn),
                 self.config.node_ttl_s,
                 first_until=sent + float(info["vouch_s"]),
+                vouch=self.vouch,
             )
         for path in info.get("sys_path", []):
             if path not in sys.path:
@@ -173,8 +182,9 @@ class WorkerRuntime(CoreRuntime):
             if call.stream:
                 value = self.producers.drive_sync(call, value)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
-        except TaskCancelledError as e:
-            results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
+        except (TaskCancelledError, TaskCancelledInterrupt) as e:
+            err = TaskCancelledError(*e.args)  # (the caller's kind of error)
+            results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
         except BaseException as e:
             results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
         finally:
@@ -229,6 +239,8 @@ class WorkerRuntime(CoreRuntime):
         TE.call_done(call, results)  # observability hook
         if reg is not None or waits:
             self._wait_all(reg, waits)
+        if time.monotonic() >= self.vouch.until:  # the cluster may have declared us dead
+            self.vouch.wait_renewed(self.config.node_ttl_s)  # (else the process ends there)
         conn = call.peer.conn
         if conn is not None and not conn.closed:
             if call.lend_reading:  # before the reply: the caller's next call may come at once
@@ -346,7 +358,9 @@ class WorkerRuntime(CoreRuntime):
             current_task.reset(token)
         max_conc = int(spec.get("max_concurrency") or 1)
         self.pool.resize(max_conc + self.config.shared_worker_threads)
-        self.mailboxes[msg.actor_id] = ActorMailbox(self, msg.actor_id, instance, name, max_conc)
+        mb = ActorMailbox(self, msg.actor_id, instance, name, max_conc)
+        mb.epoch = msg.epoch
+        self.mailboxes[msg.actor_id] = mb
         peer.reply(msg.rid, True)
 
     @handles(P.Tag.ACTOR_CALL)
@@ -354,6 +368,11 @@ class WorkerRuntime(CoreRuntime):
         mb = self.mailboxes.get(msg.actor_id)
         if mb is None:
             raise ActorDiedError(f"actor {msg.actor_id.hex()} is not on this worker")
+        if msg.epoch != mb.epoch and msg.epoch >= 0:  # a call racing a restart: not for us
+            raise ActorDiedError(
+                f"actor {mb.class_name} ({msg.actor_id.hex()}): this is incarnation "
+                f"{mb.epoch}, the call was meant for {msg.epoch}"
+            )
         conn = peer.conn
         if mb.max_concurrency == 1 and conn is not None and not conn.lendable:
             if self.config.actor_thread_reads:

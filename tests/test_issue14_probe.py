@@ -451,14 +451,6 @@ def test_views_are_read_only_everywhere(fresh_runtime):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="the cancel signal (SIGUSR2, actorcore/_mailbox.py CANCEL_SIGNAL) is installed "
-    "once per worker (TaskQueue.install_cancel_signal, called from actorcore/_worker.py); a "
-    "task that sets its own SIGUSR2 handler (or SIG_IGN) silently disables cancel for every "
-    "later task on that worker: ac.cancel does nothing and get returns the value. "
-    "Reinstalling the handler before each sync task (or checking it) would fix it",
-)
 def test_a_task_that_took_sigusr2_does_not_disable_cancel_for_the_next(fresh_runtime, tmp_path):
     fresh_runtime(num_cpus=1)
 
@@ -1005,13 +997,6 @@ def test_cancel_during_a_long_numpy_call_lands_after_it(rt, tmp_path):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="TaskCancelledError is an Exception: user code with a broad `except Exception` "
-    "(a retry loop) swallows the cancel and runs on; Ray raises KeyboardInterrupt "
-    "(BaseException) in the task so such code stops. Raised by the signal handler in "
-    "actorcore/_mailbox.py TaskQueue._on_cancel_signal",
-)
 def test_cancel_lands_through_a_broad_except_exception(rt, tmp_path):
     started = tmp_path / "started"
 

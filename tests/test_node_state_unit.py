@@ -142,7 +142,7 @@ def test_actor_restarts_on_worker_death_on_a_new_worker():
     run(st, N.ActorConstructed(b"A", W1, ["h", 1]))
     out = run(st, N.WorkerDied(W1, "its worker process died"))
     assert_external(out)
-    assert of(out, N.StartActor) == [N.StartActor(b"A", W2, {"k": 1})]
+    assert of(out, N.StartActor) == [N.StartActor(b"A", W2, {"k": 1}, 1)]
     assert st.actors.actors[b"A"].phase is N.ActorPhase.RESTARTING
     # a caller that saw epoch 0 waits for the restarted actor
     assert run(st, N.ActorWaited("c", b"A", 1)) == []

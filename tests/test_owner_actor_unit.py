@@ -326,7 +326,7 @@ def test_a_call_sent_directly_is_tracked_and_completed():
     o.submit(call("warm"))
     peer, _ = o.connect()
     d = call("direct")
-    d.rid, d.peer = 1000, peer
+    d.rid, d.peer, d.epoch = 1000, peer, o.client().epoch  # (as the shell does)
     assert o.feed(E.CallSentDirect(o.client(), d)) == []
     assert o.client().in_flight[1000] is d
     out = o.feed(E.CallReplied(o.client(), 1000, OK))
@@ -339,7 +339,7 @@ def test_a_call_sent_directly_to_a_host_that_went_away_is_retried():
     peer, _ = o.connect()
     out = o.feed(E.PeerClosed(peer))  # handled before the direct call's event
     d = call("direct", retries=1)
-    d.rid, d.peer = 1000, peer
+    d.rid, d.peer, d.epoch = 1000, peer, o.client().epoch  # (as the shell does)
     out += o.feed(E.CallSentDirect(o.client(), d))
     assert list(o.client().queue) == [d] and 1000 not in o.client().in_flight
     assert len(of(out, E.LocateActor)) == 1
@@ -352,6 +352,6 @@ def test_a_call_sent_directly_to_a_dead_actor_fails():
     peer, _ = o.connect()
     o.feed(E.ActorDied(o.client(), ConnectionError("daemon gone")))
     d = call("direct")
-    d.rid, d.peer = 1000, peer
+    d.rid, d.peer, d.epoch = 1000, peer, o.client().epoch  # (as the shell does)
     (failed,) = of(o.feed(E.CallSentDirect(o.client(), d)), E.CallFailed)
     assert failed.spec is d and isinstance(failed.error, ActorDiedError)

@@ -66,7 +66,7 @@ class ActorService(Service):
                 self.apply(E.ActorConstructed(actor_id, worker_id, rec.address))
 
         try:
-            rec.peer.request(P.HostActorMsg(next_rid(), actor_id, ins.spec), done)
+            rec.peer.request(P.HostActorMsg(next_rid(), actor_id, ins.spec, ins.epoch), done)
         except ConnectionError:
             pass
 

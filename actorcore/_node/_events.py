@@ -343,6 +343,7 @@ class StartActor:
     actor_id: bytes
     worker_id: bytes
     spec: dict[str, Any]
+    epoch: int = 0  # its incarnation (the worker refuses calls meant for another)
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,7 +247,7 @@ class NodeState:
         a = self.actors.actors.get(ins.actor_id)
         if a is None:
             return []
-        return [E.StartActor(ins.actor_id, ins.worker_id, a.spec)]
+        return [E.StartActor(ins.actor_id, ins.worker_id, a.spec, a.epoch)]
 
     def _unhost(self, ins: L.Unhost) -> list[Any]:
         w = self.sched.workers.get(ins.worker_id)

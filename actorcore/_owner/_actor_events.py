@@ -157,20 +157,24 @@ class ActorDied:
 
 @dataclass(slots=True)
 class CallReplied:
-    """The actor answered call ``rid``: ``[kind, data, nested]`` per return value."""
+    """The actor answered call ``rid``: ``[kind, data, nested]`` per return value
+    (through ``peer``: counts only from where the call went; None: not checked)."""
 
     client: ActorClient
     rid: int
     results: list[Any]
+    peer: Any = None
 
 
 @dataclass(slots=True)
 class CallRejected:
-    """Call ``rid`` failed with a system error; it is not retried."""
+    """Call ``rid`` failed with a system error; it is not retried (``peer``: as for
+    :class:`CallReplied`)."""
 
     client: ActorClient
     rid: int
     error: BaseException
+    peer: Any = None
 
 
 @dataclass(slots=True)

@@ -150,6 +150,7 @@ class ActorClients:
             return False
         spec.rid = next_rid()
         spec.peer = peer
+        spec.epoch = c.epoch  # read after ``direct``: never older than the peer's
         self.inbox.put_quietly(E.CallSentDirect(c, spec))  # the reply wakes the loop
         self._send_call(E.SendActorCall(c, spec, peer))
         return True
@@ -260,6 +261,7 @@ class ActorClients:
             spec.return_ids,
             list(self.rt.address),
             spec.stream,
+            spec.epoch,
         )
         try:
             peer.request(msg, functools.partial(self._on_reply, c, spec.rid, peer))
@@ -274,14 +276,14 @@ class ActorClients:
             if isinstance(err, ActorDiedError):
                 self.post(E.CallLost(c, rid, peer, err))
             else:
-                self.post(E.CallRejected(c, rid, err))
+                self.post(E.CallRejected(c, rid, err, peer))
         else:
             node = c.node_id
             if node is not None and node != self.rt.node.node_id:  # observability hook:
                 spec = c.in_flight.get(rid)  # the actor's node has the run's record
                 if spec is not None:
                     TE.ran_elsewhere(spec.task_id, node)
-            self.post(E.CallReplied(c, rid, reply.results))
+            self.post(E.CallReplied(c, rid, reply.results, peer))
 
     def _call_done(self, ins: E.CallDone) -> None:
         spec = ins.spec

@@ -24,6 +24,7 @@ class CallSpec:
 
     __slots__ = (
         "args",
+        "epoch",
         "label",
         "method",
         "peer",
@@ -47,6 +48,7 @@ class CallSpec:
         self.retries_left = retries
         self.rid = 0  # of its last send; 0 if never sent
         self.peer: Any = None  # where it was sent last
+        self.epoch = -1  # the incarnation it was sent to last (its reply counts only from there)
         self.stream = 0  # a streaming generator: its back-pressure + 1
 
     def __repr__(self) -> str:

@@ -13,12 +13,22 @@ incarnation and carries on, or learns that the actor is dead. A named
 creation answered with an existing actor's id moves the client to that id.
 ``NodeDied`` treats the actors hosted on that node like a lost connection.
 
+Fencing (issue 10 item 2): every call remembers the incarnation (``epoch``)
+it was sent to, and its reply counts only while that is the client's
+incarnation. Once the owner learns that a newer one runs (located or
+connected) or that the host's node died, the calls in flight to the old one
+are lost there (retried per ``max_task_retries`` or failed), so whatever the
+old instance answers later (a frozen node resumed) is dropped. The worker
+refuses calls stamped with another incarnation than its own, and stops
+answering once its daemon stops vouching for it (:mod:`actorcore._fencing`).
+
 :class:`ActorCore` is driven by ``handle(events) -> instructions``; the shell
 (:mod:`._actor_shell`) feeds it on the runtime's loop only.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -27,6 +37,8 @@ from . import _actor_events as E
 from ._actor_state import ActorClient, ActorState, CallSpec, Creation
 
 __all__ = ["ActorCore"]
+
+logger = logging.getLogger(__name__)
 
 ALIVE, DEAD, RESOLVING = ActorState.ALIVE, ActorState.DEAD, ActorState.RESOLVING
 
@@ -40,6 +52,7 @@ class ActorCore:
         self.by_return: dict[bytes, tuple[ActorClient, CallSpec]] = {}
         self._out: list[Any] = []
         self._touched: set[ActorClient] = set()  # clients whose ``direct`` may be stale
+        self.dead_nodes: set[bytes] = set()  # declared dead: nothing there answers any more
         self._handlers: dict[type, Callable[[Any], None]] = {
             E.SubmitActorCall: self._on_submit,
             E.CallSentDirect: self._on_sent_direct,
@@ -123,19 +136,39 @@ class ActorCore:
         if ev.state != "ALIVE":
             c.locating = False
             self._dead(c, ActorDiedError(f"{c.describe()} died: {ev.cause}"))
+        elif ev.node_id in self.dead_nodes:
+            self._stale_host(c, ev.epoch)
         elif c.state is not DEAD:  # still locating until connected
+            self._fence(c, ev.epoch)
             self._out.append(E.ConnectActor(c, ev.address, ev.epoch, ev.node_id))
+
+    def _stale_host(self, c: ActorClient, epoch: int) -> None:
+        """Incarnation ``epoch`` is on a node declared dead (a record not moved yet):
+        never call it there; wait for the next incarnation (or the actor's death)."""
+        logger.debug(
+            "%s: incarnation %d is on a dead node; waiting for the next", c.describe(), epoch
+        )
+        c.locating = False
+        if c.state is DEAD:
+            return
+        c.epoch = max(c.epoch, epoch)
+        self._fence(c, epoch + 1)
+        self._locate(c)
 
     def _on_connected(self, ev: E.ActorConnected) -> None:
         c = ev.client
         c.locating = False
         if c.state is DEAD:
             return
+        if ev.node_id in self.dead_nodes:  # it died while this process connected
+            self._stale_host(c, ev.epoch)
+            return
         c.peer = ev.peer
         c.epoch = ev.epoch
         c.node_id = ev.node_id
         c.state = ALIVE
         self._touched.add(c)
+        self._fence(c, ev.epoch)
         self._drain(c)
 
     def _on_unreachable(self, ev: E.ActorUnreachable) -> None:
@@ -143,7 +176,21 @@ class ActorCore:
         c = ev.client
         c.locating = False
         c.epoch = ev.epoch
+        self._fence(c, ev.epoch)
         self._locate(c)
+
+    def _fence(self, c: ActorClient, epoch: int) -> None:
+        """Incarnation ``epoch`` replaced the older ones (the cluster declared them dead):
+        the calls in flight to those are lost there; their late answers are dropped."""
+        stale = [s for s in c.in_flight.values() if s.epoch < epoch]
+        if stale:
+            logger.debug(
+                "%s: %d call(s) in flight to an older incarnation than %d are lost",
+                c.describe(),
+                len(stale),
+                epoch,
+            )
+            self._lose(c, None, stale, ConnectionError(f"incarnation {epoch} replaced it"))
 
     def _on_died(self, ev: E.ActorDied) -> None:
         ev.client.locating = False
@@ -196,8 +243,9 @@ class ActorCore:
             self._fail(spec, c.death or ActorDiedError(f"{c.describe()} is dead"))
             return
         c.in_flight[spec.rid] = spec
-        if c.peer is not spec.peer:  # the host changed meanwhile: as if lost there
+        if c.peer is not spec.peer or spec.epoch != c.epoch:  # the host changed meanwhile
             self._lose(c, spec.peer, [spec], ConnectionError("the host changed"))
+            self._after(c)  # (alive at a new host: it goes there now)
 
     def _on_args_ready(self, ev: E.ArgsReady) -> None:
         item = ev.item
@@ -237,6 +285,7 @@ class ActorCore:
     def _send(self, c: ActorClient, spec: CallSpec) -> None:
         spec.rid = rid = self.next_rid()
         spec.peer = c.peer
+        spec.epoch = c.epoch
         c.in_flight[rid] = spec
         self._out.append(E.SendActorCall(c, spec, c.peer))
 
@@ -277,10 +326,11 @@ class ActorCore:
 
     def _on_node_died(self, ev: E.NodeDied) -> None:
         err = ActorDiedError(f"node {ev.node_id.hex()} died")
+        self.dead_nodes.add(ev.node_id)  # (node ids are never reused: a node back is a new one)
         for c in {id(c): c for c in self.clients.values()}.values():
-            if c.state is ALIVE and c.node_id == ev.node_id:
-                peer = c.peer
-                self._lose(c, peer, [s for s in c.in_flight.values() if s.peer is peer], err)
+            # (every call in flight went to incarnation ``c.epoch``, on ``c.node_id``)
+            if c.node_id == ev.node_id and (c.state is ALIVE or c.in_flight):
+                self._lose(c, c.peer, list(c.in_flight.values()), err)
                 self._after(c)
 
     # --- results ------------------------------------------------------------------------
@@ -288,7 +338,13 @@ class ActorCore:
     def _on_replied(self, ev: E.CallReplied) -> None:
         c = ev.client
         spec = c.in_flight.pop(ev.rid, None)
-        if spec is not None:  # else a late reply for a call already failed or sent again
+        if (
+            spec is None
+            or spec.epoch != c.epoch
+            or (ev.peer is not None and spec.peer is not ev.peer)
+        ):
+            self._late(c, ev.rid, spec, ev.peer)
+        else:
             for oid in spec.return_ids:
                 self.by_return.pop(oid, None)
             self._out.append(E.CallDone(spec, ev.results, c.node_id))
@@ -296,9 +352,29 @@ class ActorCore:
 
     def _on_rejected(self, ev: E.CallRejected) -> None:
         spec = ev.client.in_flight.pop(ev.rid, None)
-        if spec is not None:
+        c = ev.client
+        if (
+            spec is None
+            or spec.epoch != c.epoch
+            or (ev.peer is not None and spec.peer is not ev.peer)
+        ):
+            self._late(c, ev.rid, spec, ev.peer)
+        else:
             self._fail(spec, ev.error)
             self._after(ev.client)
+
+    def _late(self, c: ActorClient, rid: int, spec: CallSpec | None, peer: Any) -> None:
+        """An answer that does not count, dropped: to a call already failed or sent again,
+        or not from the instance (connection, incarnation) the call went to."""
+        logger.debug("%s: dropped a late or stray answer to call %d (%r)", c.describe(), rid, spec)
+        if spec is None:
+            return
+        c.in_flight[rid] = spec  # still waits for its own instance's answer
+        if peer is not None and spec.peer is not peer:
+            return
+        # an older incarnation than the client's (it moved on without _fence: cannot happen)
+        self._lose(c, None, [spec], ConnectionError("an older incarnation answered"))
+        self._after(c)
 
     def _on_lost(self, ev: E.CallLost) -> None:
         c = ev.client
@@ -378,6 +454,7 @@ class ActorCore:
         for c in self.clients.values():
             for rid, spec in c.in_flight.items():
                 assert spec.rid == rid, (c, spec)
+                assert spec.epoch == c.epoch, (c, spec)  # older ones were fenced
             if c.state is DEAD:
                 assert not c.queue and not c.in_flight, c
             if c.state is ALIVE:
