@@ -75,6 +75,9 @@ class ActorMailbox:
         self.instance = instance
         self.class_name = class_name
         self.max_concurrency = max_concurrency
+        # sync methods at once: max_concurrency when the user set it (a threaded
+        # actor), else 1 (an async actor's sync methods run one at a time, as in Ray)
+        self.sync_limit = max_concurrency
         self.epoch = 0  # its incarnation (HOST_ACTOR): calls meant for another are refused
         self.queue: collections.deque[Call] = collections.deque()
         self.running = 0
@@ -176,6 +179,7 @@ class ActorMailbox:
             and bool(self.queue)
             and not self.is_coroutine(self.queue[0].method)
             and self.running < self.max_concurrency
+            and self.sync_running < self.sync_limit
         )
 
     def _take_for_new_thread(self) -> Call | None:

@@ -333,6 +333,8 @@ class ActorClass:
             "class_name": self.__name__,
             "methods": self._methods,
             "max_concurrency": max_conc,
+            # sync methods of an async actor run one at a time unless the user asked
+            "sync_concurrency": int(opts.get("max_concurrency") or 1),
             "shape": shape,
             "runtime_env": wire,
             "name": name,

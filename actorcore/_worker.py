@@ -359,6 +359,7 @@ class WorkerRuntime(CoreRuntime):
         max_conc = int(spec.get("max_concurrency") or 1)
         self.pool.resize(max_conc + self.config.shared_worker_threads)
         mb = ActorMailbox(self, msg.actor_id, instance, name, max_conc)
+        mb.sync_limit = int(spec.get("sync_concurrency") or max_conc)
         mb.epoch = msg.epoch
         self.mailboxes[msg.actor_id] = mb
         peer.reply(msg.rid, True)

@@ -1050,13 +1050,6 @@ def test_cancel_twice_does_not_cut_the_finally_short(rt, tmp_path):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="DESIGN 1: 'Sync methods run one at a time' -- but in a class that also has an "
-    "async method, max_concurrency defaults to 1000 (actorcore/_remote.py:326) and the "
-    "mailbox runs its sync methods on several threads at once (actorcore/_mailbox.py "
-    "ActorMailbox._fill/_grow); Ray runs them on the actor's loop, one at a time",
-)
 def test_sync_methods_of_a_mixed_actor_run_one_at_a_time(rt, tmp_path):
     started = tmp_path / "started"
 
