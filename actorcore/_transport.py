@@ -24,6 +24,7 @@ sockets, each for a short deadline.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import logging
 import select
@@ -57,6 +58,9 @@ SEND_HIGH_WATER = 64 << 20  # queued bytes above which senders wait for the peer
 SEND_MAX_QUEUED = 512 << 20  # a loop thread cannot wait: the connection drops here
 SEND_STALL_S = 60.0  # a waiting thread gives up on a peer that read nothing this long
 CLOSE_LINGER_S = 2.0  # a closed connection drains what it queued for this long
+READ_BACK_S = 0.002  # the loop takes reading back once no caller thread read this long
+_POLL_SLICE_MS = 100  # a caller thread reading its reply looks whether it still should
+_BROKEN = object()  # in ``_handed``: the connection ended while a caller thread read it
 
 
 class Receiver:
@@ -124,6 +128,16 @@ class Connection:
         self._leftover = leftover
         # a TLS socket may hold decrypted bytes the fd no longer signals
         self._pending = getattr(sock, "pending", None)
+        # reading: the loop's reader, or a caller thread waiting for its reply (see read_reply)
+        # held by whoever reads the socket and decodes (re-entered by the loop closing it)
+        self._rlock = threading.RLock()
+        self._caller_reading = False
+        self._handed: collections.deque[Any] = collections.deque()  # read off-loop, for the loop
+        self.handed_rids: set[int] = set()  # replies among them, not delivered yet
+        self._reader_paused = False  # the loop's reader is off while caller threads read
+        self._caller_reads = 0  # reads by caller threads (the loop looks whether it moved)
+        self._seen_reads = 0
+        self._close_deferred = False  # a caller thread read when the socket was to close
 
     def start(self) -> None:
         """Begin reading; call on the loop thread after the handshake.
@@ -330,6 +344,18 @@ class Connection:
     # --- reading -----------------------------------------------------------------------
 
     def _on_readable(self) -> None:
+        if not self._rlock.acquire(False):  # a caller thread reads its reply: step aside
+            self._pause_reading()
+            return
+        try:
+            if self._handed:  # read before by a caller thread: first
+                self._deliver_handed()
+            if not self.closed:
+                self._read_once()
+        finally:
+            self._rlock.release()
+
+    def _read_once(self) -> None:
         try:
             data = self.sock.recv(_RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -345,6 +371,150 @@ class Connection:
         self._deliver(data)
         if self._pending is not None and not self.closed and self._pending():
             self.loop.call_soon(self._on_readable)  # (after other ready callbacks: fairness)
+
+    # --- a caller thread reading its own reply --------------------------------------------
+
+    def read_reply(
+        self, rid: int, waiting: Any, hand_on: Any, timeout: float | None
+    ) -> tuple[Any, bool]:
+        """Read the socket on this (non-loop) thread until the reply to ``rid`` came.
+
+        For a thread that would otherwise block until the loop read the reply and
+        woke it: one wake-up instead of two, and no loop turn on the way. Every
+        frame read goes to :attr:`_handed`, in order, for the loop to deliver as
+        if it had read it (:meth:`deliver_handed`); the caller makes sure the loop
+        does. Returns ``(reply or None, others)``: None when another reader holds
+        the socket, the reply was read by someone else already, the connection
+        ended or ``timeout`` passed (the caller then waits the usual way);
+        ``others`` tells whether frames other than the reply were read.
+        ``hand_on()`` is called (on this thread) as soon as other frames were read,
+        while this thread reads on: the loop must deliver them now (a request of
+        the peer may be what its reply waits for).
+        ``waiting()``: whether the reply is still to come here, checked once this
+        thread holds the socket (the loop may have read it just before) and every
+        ``_POLL_SLICE_MS`` (the call may have failed or gone elsewhere meanwhile).
+        Only plain (Unix or TCP) sockets: a TLS socket is not read off its loop.
+        """
+        if self._pending is not None or not self._rlock.acquire(False):
+            return None, False
+        mine = None
+        others = False
+        try:
+            if self.closed or not self._sock_open or rid in self.handed_rids or not waiting():
+                return None, False
+            self._caller_reads += 1
+            self._caller_reading = True
+            deadline = None if timeout is None else time.monotonic() + timeout
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            decoder = self._decoder
+            handed = self._handed
+            while mine is None:
+                if deadline is None:
+                    ms = _POLL_SLICE_MS
+                else:
+                    ms = min(_POLL_SLICE_MS, max(0, int((deadline - time.monotonic()) * 1000)))
+                if not poller.poll(ms):
+                    if self.closed or not waiting():
+                        break
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+                    continue
+                try:
+                    data = self.sock.recv(_RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    handed.append((_BROKEN, e))
+                    others = True
+                    break
+                if not data:
+                    handed.append((_BROKEN, ConnectionResetError(errno.ECONNRESET, "peer closed")))
+                    others = True
+                    break
+                try:
+                    frames = decoder.feed(data)
+                except ProtocolError as e:
+                    handed.append((_BROKEN, e))
+                    others = True
+                    break
+                urgent = False
+                for frame in frames:
+                    msg = frame[0]
+                    if mine is None and msg.TAG in _REPLY and msg.rid == rid:
+                        mine = msg
+                    else:
+                        others = urgent = True
+                        if msg.TAG in _REPLY:
+                            self.handed_rids.add(msg.rid)  # (before the loop can see it)
+                    handed.append(frame)
+                if urgent and mine is None:
+                    hand_on()
+        finally:
+            self._caller_reading = False
+            self._rlock.release()
+            if self._close_deferred:
+                self._call_loop(self._close_socket)
+        return mine, others
+
+    def has_handed(self) -> bool:
+        return bool(self._handed)
+
+    def deliver_handed(self) -> None:
+        """On the loop: deliver the frames caller threads read, in order (a caller
+        thread reading meanwhile appends behind them)."""
+        if self._handed:
+            self._deliver_handed()
+
+    def _deliver_handed(self) -> None:
+        handed = self._handed
+        receiver = self.receiver
+        while handed:
+            msg, bufs = handed.popleft()
+            if msg is _BROKEN:
+                if isinstance(bufs, ProtocolError):
+                    receiver.on_protocol_error(self, bufs)
+                else:
+                    self._break(bufs)
+                handed.clear()
+                return
+            if self.closed:
+                handed.clear()
+                return
+            if msg.TAG in _REPLY:
+                self.handed_rids.discard(msg.rid)
+            try:
+                receiver.on_frame(self, msg, bufs)
+            except Exception:
+                logger.exception("dispatching %s failed", type(msg).__name__)
+
+    def _pause_reading(self) -> None:
+        """A caller thread reads the socket: the loop stops watching it until no
+        caller thread has read for ``READ_BACK_S`` (no contention meanwhile)."""
+        if self._reader_paused or self.closed:
+            return
+        self._reader_paused = True
+        self._seen_reads = self._caller_reads
+        self.loop.remove_reader(self._fd)
+        self.loop.call_later(READ_BACK_S, self._maybe_read_again)
+
+    def _maybe_read_again(self) -> None:
+        if not self._reader_paused or self.closed or not self._sock_open:
+            return
+        if self._caller_reads != self._seen_reads or self._caller_reading:
+            self._seen_reads = self._caller_reads
+            self.loop.call_later(READ_BACK_S, self._maybe_read_again)
+            return
+        self._reader_paused = False
+        self.loop.add_reader(self._fd, self._on_readable)
+        if self._handed:
+            self.loop.call_soon(self._on_readable)
+
+    def _call_loop(self, fn: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn)
+        except RuntimeError:  # the loop is closed
+            pass
 
     def _more_tls(self, data: bytes) -> bytes:
         """A TLS read returns one record (16 KiB at most): take what else arrived,
@@ -410,6 +580,22 @@ class Connection:
         return True
 
     def _close_socket(self) -> None:
+        if not self._rlock.acquire(False):
+            # a caller thread is reading it: wake it (it sees the end) and close
+            # once it let go, so that its fd cannot be reused under it
+            self._close_deferred = True
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        try:
+            self._close_socket_locked()
+        finally:
+            self._rlock.release()
+
+    def _close_socket_locked(self) -> None:
+        self._close_deferred = False
         with self._lock:
             if not self._sock_open:
                 return
@@ -499,6 +685,8 @@ async def open_connection(
     conn.start()
     return conn
 
+
+_REPLY = frozenset({P.Tag.REPLY, P.Tag.ERROR_REPLY, P.Tag.TASK_RESULT})
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "", socket.gethostname()}
 

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _locations as L
+from ._owner._actor_shell import NO_REPLY
 from ._ref import ObjectRef
 from ._refcount import FAILED, INLINE, PENDING, STORE, ObjectEntry
 from ._serialization import loads_payload
@@ -218,6 +219,15 @@ def _wait_entries(
 
 def get(rt: CoreRuntime, refs: Any, timeout: float | None) -> Any:
     if isinstance(refs, ObjectRef):
+        e = rt.table.entries.get(refs.id)
+        if (e is None or e.state == PENDING) and rt.broken is None:
+            # the reply to a call this thread just sent: read it here (see own_reply)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            value = rt.actors.own_reply(refs.id, timeout)
+            if value is not NO_REPLY:
+                return value
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
         e = _wait_entries(rt, (refs,), 1, timeout)[0]
         return _read(rt, refs, e, timeout)
     if not isinstance(refs, list | tuple):
