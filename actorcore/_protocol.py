@@ -104,6 +104,7 @@ class Tag(IntEnum):
     # observability (process -> node daemon; state queries)
     TASK_EVENTS = 90
     STATE_QUERY = 91
+    LOG_SUBSCRIBE = 92  # node daemon -> peer node daemon: send me (no more) worker output
     # streaming generators (worker -> owner items, owner -> worker acks)
     GENERATOR_ITEM = 108
     ITEMS_ACK = 109
@@ -612,6 +613,14 @@ class NodeDiedMsg(NamedTuple):
     or it left); its workers, actors and store copies are gone."""
 
     node_id: bytes
+
+
+@message(Tag.LOG_SUBSCRIBE)
+class LogSubscribeMsg(NamedTuple):
+    """Node daemon -> peer node daemon: this node has drivers (``wanted``) and wants
+    the output of the peer's workers forwarded to it, or no longer (none left)."""
+
+    wanted: bool
 
 
 @message(Tag.OWNER_GONE)

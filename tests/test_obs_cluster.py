@@ -190,6 +190,80 @@ def test_remote_worker_output_streams_to_the_driver_and_to_logs(cluster, capfd):
     ac.kill(actor)
 
 
+def _forwarded(node_entry):
+    """A node's ``actorcore_log_batches_forwarded_total`` (its /metrics)."""
+    url = f"http://{node_entry['NodeManagerAddress']}:{node_entry['MetricsExportPort']}/metrics"
+    status, text = _http(url)
+    assert status == 200
+    for ln in text.splitlines():
+        if ln.startswith("actorcore_log_batches_forwarded_total"):
+            return float(ln.split()[-1])
+    raise AssertionError("no actorcore_log_batches_forwarded_total in /metrics")
+
+
+_B_DRIVER = """
+import sys, actorcore as ac
+ac.init(address=sys.argv[1], attach_node=sys.argv[2])
+print("b-driver-ready", flush=True)
+sys.stdin.readline()  # until the test is done with it
+ac.shutdown()
+"""
+
+
+def test_output_goes_only_to_nodes_with_drivers(cluster, capfd):
+    """A's workers' output is not sent to B while B has no driver; a driver
+    attached to B gets it; once it leaves, A stops sending again."""
+    import subprocess
+    import sys
+
+    from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    a_id = cluster.nodes[0].node_id
+    entries = {n["NodeID"]: n for n in ac.nodes()}
+    a = entries[a_id]
+
+    @ac.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(a_id, soft=False))
+    def on_a(x):
+        print(f"a-says-{x}", flush=True)
+        return ac.get_runtime_context().get_node_id()
+
+    seen = ""
+
+    def printed_here(marker):
+        nonlocal seen
+        seen += capfd.readouterr().out
+        return f"a-says-{marker}" in seen
+
+    def quiet_round(tag):  # a line printed on A reaches this driver; A sent nothing to B
+        before = _forwarded(a)
+        marker = f"{tag}-{time.time_ns()}"
+        assert ac.get(on_a.remote(marker)) == a_id
+        wait_for(lambda: printed_here(marker), 20, interval=0.05, what="A's output here")
+        return _forwarded(a) == before
+
+    wait_for(lambda: quiet_round("alone"), 30, interval=0.1, what="A sends B nothing")
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _B_DRIVER, cluster.address, _b(cluster)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "b-driver-ready"
+        marker = f"to-b-{time.time_ns()}"
+        ac.get(on_a.remote(marker))
+        for line in proc.stdout:  # bounded by the test's timeout
+            if f"a-says-{marker}" in line:
+                assert f"node={a_id[:8]}" in line
+                break
+        assert _forwarded(a) >= 1
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+    wait_for(lambda: quiet_round("left"), 30, interval=0.1, what="A stops sending to B")
+
+
 def test_timeline_has_workers_of_every_node(cluster, tmp_path):
     ac.get(on_b.remote("t"))
 

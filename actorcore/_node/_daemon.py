@@ -442,8 +442,11 @@ class NodeDaemon(Service):
             if self.cluster is not None:
                 self.cluster.work.owner_gone(pid)  # its actors created on other nodes
                 self.cluster.groups.owner_gone(pid)  # its placement groups (not detached)
-            if self.drivers.pop(pid, None) is not None and pid == self.embedded_driver:
-                self.stop("the driver that started this node exited")
+            if self.drivers.pop(pid, None) is not None:
+                if not self.drivers:
+                    self.obs.drivers_changed()  # (a cluster stops forwarding output here)
+                if pid == self.embedded_driver:
+                    self.stop("the driver that started this node exited")
 
     def _worker_gone(self, rec: WorkerRec, why: str) -> None:
         self.workers.remove(rec)
@@ -482,7 +485,10 @@ class NodeDaemon(Service):
     @handles(P.Tag.REGISTER_DRIVER)
     def on_register_driver(self, peer: RpcPeer, msg: P.RegisterDriverMsg, _b: list[bytes]) -> Any:
         assert peer.conn is not None
+        first = not self.drivers
         self.drivers[peer.conn.peer_id] = peer
+        if first:
+            self.obs.drivers_changed()  # (a cluster forwards other nodes' output here)
         if msg.embedded:
             self.embedded_driver = peer.conn.peer_id
         for path in msg.sys_path:

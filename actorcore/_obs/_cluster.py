@@ -12,8 +12,11 @@
   while no placer election drives it, the oldest live node that offers a
   dashboard. Its address is published under ``/dashboard`` in etcd, attached
   to the node's lease (gone when the node is);
-* worker output is forwarded to the other nodes' drivers, its prefix naming
-  the node it came from.
+* worker output is forwarded to the drivers on other nodes, its prefix naming
+  the node it came from. Only to nodes that have drivers: a node tells each
+  peer when it gets its first driver and when its last one leaves
+  (``LOG_SUBSCRIBE``, and again to nodes that join), so output costs one
+  message per node with drivers, not one per node of the cluster.
 """
 
 from __future__ import annotations
@@ -119,6 +122,9 @@ class ClusterObserver:
         self._published: bytes | None = None
         self._logs: list[Any] = []
         self._flushing = False
+        self._wanted_by: set[bytes] = set()  # peers with drivers: they get our output
+        self._told: dict[bytes, bool] = {}  # what each peer last heard from us
+        self._telling: set[bytes] = set()
         self._prefix = f", ip={self.membership.spec.node_ip}, node={self.me.hex()[:8]}"
 
     def prepare_record(self, metrics_port: int | None, offers_dashboard: bool) -> None:
@@ -292,6 +298,7 @@ class ClusterObserver:
         checks = 0
         while True:
             self._duty_step()
+            self._announce()  # nodes that joined since, and sends that failed
             try:
                 if self._holder and (self._published is None or checks % 5 == 0):
                     await self._publish()
@@ -339,9 +346,46 @@ class ClusterObserver:
     def is_peer(self, conn_id: bytes | None) -> bool:
         return conn_id is not None and conn_id != self.me and conn_id in self.membership.table.live
 
+    def on_log_subscribe(self, peer_id: bytes, wanted: bool) -> None:
+        """A peer has drivers (``wanted``) or has none left. (A node may say so before
+        this node's watch has seen it join: output goes only to live ones.)"""
+        if wanted and peer_id != self.me:
+            self._wanted_by.add(peer_id)
+        else:
+            self._wanted_by.discard(peer_id)
+
+    def drivers_changed(self) -> None:
+        """This node's first driver came or its last one left: tell the peers."""
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell every live peer whether this node wants its workers' output (each
+        is told again only when that changes, or when it joined since)."""
+        live = self.membership.table.live
+        for node in [n for n in self._told if n not in live]:
+            del self._told[node]
+        self._wanted_by -= set(self.membership.table.members) - set(live)  # dead ones
+        want = bool(self.obs.daemon.drivers)
+        for node in live:
+            if node != self.me and node not in self._telling:
+                if self._told.get(node, False) != want:
+                    self._telling.add(node)
+                    self.obs.daemon.spawn(self._tell(node, want))
+
+    async def _tell(self, node: bytes, want: bool) -> None:
+        try:
+            await self.membership.send_node(node, P.LogSubscribeMsg(want))
+            self._told[node] = want
+        except (OSError, ConnectionError, TimeoutError, LookupError) as e:
+            logger.debug("log subscription to %s not sent (next duty tick): %s", node.hex(), e)
+        finally:
+            self._telling.discard(node)
+        if bool(self.obs.daemon.drivers) != want:  # changed meanwhile
+            self._announce()
+
     def forward_logs(self, lines: list[Any]) -> None:
-        """Send lines this node's workers printed to every other node's drivers."""
-        if len(self.membership.table.live) < 2:
+        """Send lines this node's workers printed to the drivers of other nodes."""
+        if not self._wanted_by:
             return
         p = self._prefix
         self._logs.extend([k, str(label) + p, text] for k, label, text in lines)
@@ -354,9 +398,11 @@ class ClusterObserver:
             while self._logs:
                 lines, self._logs = self._logs, []
                 msg = P.LogBatchMsg(lines)
-                for node in [n for n in self.membership.table.live if n != self.me]:
+                live = self.membership.table.live
+                for node in [n for n in self._wanted_by if n in live]:
                     try:
                         await self.membership.send_node(node, msg)
+                        self.obs.counters["log_batches_forwarded"] += 1
                     except (OSError, ConnectionError, TimeoutError, LookupError) as e:
                         logger.debug("log lines to %s lost: %s", node.hex(), e)
         finally:

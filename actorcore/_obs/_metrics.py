@@ -174,6 +174,12 @@ def _families(snap: dict[str, Any], users: UserMetrics) -> list[Any]:
         ("pulls_failed", "Pulls from other nodes that failed"),
     ):
         counter(f"actorcore_object_{key}", doc, [], [([], snap["counters"].get(key, 0))])
+    counter(
+        "actorcore_log_batches_forwarded",
+        "Batches of worker output sent to drivers on other nodes",
+        [],
+        [([], snap["counters"].get("log_batches_forwarded", 0))],
+    )
     gauge(
         "actorcore_scheduler_queue_length",
         "Requests waiting in the local scheduler",

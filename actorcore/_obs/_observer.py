@@ -193,6 +193,11 @@ class NodeObserver:
             self.users.ingest(list(msg.samples))
         self.version += 1
 
+    def drivers_changed(self) -> None:
+        """The node got its first driver or lost its last one."""
+        if self.cluster is not None:
+            self.cluster.drivers_changed()
+
     def add_logs(self, pid: int | None, lines: list[Any], conn_id: bytes | None = None) -> None:
         """Lines a process sent (``conn_id``: its connection's id); a peer node's
         forwarded lines are for this node's drivers only (kept on their node)."""
@@ -299,6 +304,12 @@ class ObservabilityMixin:
         pid_ = peer.conn.peer_id
         rec = self.workers.get(pid_)
         self.obs.ingest(pid_ if rec is not None else None, rec.pid if rec else None, msg)
+        return DEFERRED
+
+    @handles(P.Tag.LOG_SUBSCRIBE)
+    def on_log_subscribe(self, peer: RpcPeer, msg: P.LogSubscribeMsg, _b: list[bytes]) -> Any:
+        if self.obs.cluster is not None and peer.conn is not None:
+            self.obs.cluster.on_log_subscribe(peer.conn.peer_id, bool(msg.wanted))
         return DEFERRED
 
     @handles(P.Tag.STATE_QUERY)
