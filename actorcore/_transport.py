@@ -59,8 +59,7 @@ SEND_MAX_QUEUED = 512 << 20  # a loop thread cannot wait: the connection drops h
 SEND_STALL_S = 60.0  # a waiting thread gives up on a peer that read nothing this long
 CLOSE_LINGER_S = 2.0  # a closed connection drains what it queued for this long
 READ_BACK_S = 0.002  # the loop takes reading back once no caller thread read this long
-_POLL_SLICE_MS = 100  # a caller thread reading its reply looks whether it still should
-_BROKEN = object()  # in ``_handed``: the connection ended while a caller thread read it
+BROKEN = object()  # in ``handed``: the connection ended while a caller thread read it
 
 
 class Receiver:
@@ -130,14 +129,15 @@ class Connection:
         self._pending = getattr(sock, "pending", None)
         # reading: the loop's reader, or a caller thread waiting for its reply (see read_reply)
         # held by whoever reads the socket and decodes (re-entered by the loop closing it)
-        self._rlock = threading.RLock()
-        self._caller_reading = False
-        self._handed: collections.deque[Any] = collections.deque()  # read off-loop, for the loop
+        self.read_lock = threading.RLock()
+        self.caller_reading = False
+        self.claim: Any = None  # a caller's event loop reading its reply (see ._caller_read)
+        self.handed: collections.deque[Any] = collections.deque()  # read off-loop, for the loop
         self.handed_rids: set[int] = set()  # replies among them, not delivered yet
         self._reader_paused = False  # the loop's reader is off while caller threads read
-        self._caller_reads = 0  # reads by caller threads (the loop looks whether it moved)
+        self.caller_reads = 0  # reads by caller threads (the loop looks whether it moved)
         self._seen_reads = 0
-        self._close_deferred = False  # a caller thread read when the socket was to close
+        self.close_deferred = False  # a caller thread read when the socket was to close
 
     def start(self) -> None:
         """Begin reading; call on the loop thread after the handshake.
@@ -344,16 +344,20 @@ class Connection:
     # --- reading -----------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        if not self._rlock.acquire(False):  # a caller thread reads its reply: step aside
+        if not self.read_lock.acquire(False):  # a caller thread reads its reply: step aside
+            self._pause_reading()
+            return
+        if self.claim is not None and self.claim.live():  # a caller's loop reads it
+            self.read_lock.release()
             self._pause_reading()
             return
         try:
-            if self._handed:  # read before by a caller thread: first
+            if self.handed:  # read before by a caller thread: first
                 self._deliver_handed()
             if not self.closed:
                 self._read_once()
         finally:
-            self._rlock.release()
+            self.read_lock.release()
 
     def _read_once(self) -> None:
         try:
@@ -372,106 +376,27 @@ class Connection:
         if self._pending is not None and not self.closed and self._pending():
             self.loop.call_soon(self._on_readable)  # (after other ready callbacks: fairness)
 
-    # --- a caller thread reading its own reply --------------------------------------------
+    # --- reads by caller threads (see ._caller_read) ------------------------------------
 
-    def read_reply(
-        self, rid: int, waiting: Any, hand_on: Any, timeout: float | None
-    ) -> tuple[Any, bool]:
-        """Read the socket on this (non-loop) thread until the reply to ``rid`` came.
-
-        For a thread that would otherwise block until the loop read the reply and
-        woke it: one wake-up instead of two, and no loop turn on the way. Every
-        frame read goes to :attr:`_handed`, in order, for the loop to deliver as
-        if it had read it (:meth:`deliver_handed`); the caller makes sure the loop
-        does. Returns ``(reply or None, others)``: None when another reader holds
-        the socket, the reply was read by someone else already, the connection
-        ended or ``timeout`` passed (the caller then waits the usual way);
-        ``others`` tells whether frames other than the reply were read.
-        ``hand_on()`` is called (on this thread) as soon as other frames were read,
-        while this thread reads on: the loop must deliver them now (a request of
-        the peer may be what its reply waits for).
-        ``waiting()``: whether the reply is still to come here, checked once this
-        thread holds the socket (the loop may have read it just before) and every
-        ``_POLL_SLICE_MS`` (the call may have failed or gone elsewhere meanwhile).
-        Only plain (Unix or TCP) sockets: a TLS socket is not read off its loop.
-        """
-        if self._pending is not None or not self._rlock.acquire(False):
-            return None, False
-        mine = None
-        others = False
-        try:
-            if self.closed or not self._sock_open or rid in self.handed_rids or not waiting():
-                return None, False
-            self._caller_reads += 1
-            self._caller_reading = True
-            deadline = None if timeout is None else time.monotonic() + timeout
-            poller = select.poll()
-            poller.register(self._fd, select.POLLIN)
-            decoder = self._decoder
-            handed = self._handed
-            while mine is None:
-                if deadline is None:
-                    ms = _POLL_SLICE_MS
-                else:
-                    ms = min(_POLL_SLICE_MS, max(0, int((deadline - time.monotonic()) * 1000)))
-                if not poller.poll(ms):
-                    if self.closed or not waiting():
-                        break
-                    if deadline is not None and time.monotonic() >= deadline:
-                        break
-                    continue
-                try:
-                    data = self.sock.recv(_RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as e:
-                    handed.append((_BROKEN, e))
-                    others = True
-                    break
-                if not data:
-                    handed.append((_BROKEN, ConnectionResetError(errno.ECONNRESET, "peer closed")))
-                    others = True
-                    break
-                try:
-                    frames = decoder.feed(data)
-                except ProtocolError as e:
-                    handed.append((_BROKEN, e))
-                    others = True
-                    break
-                urgent = False
-                for frame in frames:
-                    msg = frame[0]
-                    if mine is None and msg.TAG in _REPLY and msg.rid == rid:
-                        mine = msg
-                    else:
-                        others = urgent = True
-                        if msg.TAG in _REPLY:
-                            self.handed_rids.add(msg.rid)  # (before the loop can see it)
-                    handed.append(frame)
-                if urgent and mine is None:
-                    hand_on()
-        finally:
-            self._caller_reading = False
-            self._rlock.release()
-            if self._close_deferred:
-                self._call_loop(self._close_socket)
-        return mine, others
+    def rid_gone(self, rid: int) -> bool:
+        """Whether a caller read the reply to ``rid`` for the loop already."""
+        return rid in self.handed_rids
 
     def has_handed(self) -> bool:
-        return bool(self._handed)
+        return bool(self.handed)
 
     def deliver_handed(self) -> None:
         """On the loop: deliver the frames caller threads read, in order (a caller
         thread reading meanwhile appends behind them)."""
-        if self._handed:
+        if self.handed:
             self._deliver_handed()
 
     def _deliver_handed(self) -> None:
-        handed = self._handed
+        handed = self.handed
         receiver = self.receiver
         while handed:
             msg, bufs = handed.popleft()
-            if msg is _BROKEN:
+            if msg is BROKEN:
                 if isinstance(bufs, ProtocolError):
                     receiver.on_protocol_error(self, bufs)
                 else:
@@ -481,7 +406,7 @@ class Connection:
             if self.closed:
                 handed.clear()
                 return
-            if msg.TAG in _REPLY:
+            if msg.TAG in REPLY_TAGS:
                 self.handed_rids.discard(msg.rid)
             try:
                 receiver.on_frame(self, msg, bufs)
@@ -494,27 +419,43 @@ class Connection:
         if self._reader_paused or self.closed:
             return
         self._reader_paused = True
-        self._seen_reads = self._caller_reads
+        self._seen_reads = self.caller_reads
         self.loop.remove_reader(self._fd)
         self.loop.call_later(READ_BACK_S, self._maybe_read_again)
 
     def _maybe_read_again(self) -> None:
         if not self._reader_paused or self.closed or not self._sock_open:
             return
-        if self._caller_reads != self._seen_reads or self._caller_reading:
-            self._seen_reads = self._caller_reads
+        claimed = self.claim is not None and self.claim.live()
+        if self.caller_reads != self._seen_reads or self.caller_reading or claimed:
+            self._seen_reads = self.caller_reads
             self.loop.call_later(READ_BACK_S, self._maybe_read_again)
             return
         self._reader_paused = False
         self.loop.add_reader(self._fd, self._on_readable)
-        if self._handed:
+        if self.handed:
             self.loop.call_soon(self._on_readable)
 
-    def _call_loop(self, fn: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(fn)
-        except RuntimeError:  # the loop is closed
-            pass
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    @property
+    def readable_off_loop(self) -> bool:
+        """Open, and a plain (Unix or TCP) socket: a TLS one is read on its loop only."""
+        return self._pending is None and self._sock_open and not self.closed
+
+    def feed(self, data: bytes) -> list[tuple[Any, list[bytes]]]:
+        """Decode ``data`` (by whoever holds ``read_lock``)."""
+        return self._decoder.feed(data)
+
+    def done_reading(self) -> None:
+        """A caller let go of ``read_lock``: close the socket if that waited for it."""
+        if self.close_deferred:
+            try:
+                self.loop.call_soon_threadsafe(self._close_socket)
+            except RuntimeError:  # the loop is closed
+                pass
 
     def _more_tls(self, data: bytes) -> bytes:
         """A TLS read returns one record (16 KiB at most): take what else arrived,
@@ -580,10 +521,10 @@ class Connection:
         return True
 
     def _close_socket(self) -> None:
-        if not self._rlock.acquire(False):
+        if not self.read_lock.acquire(False):
             # a caller thread is reading it: wake it (it sees the end) and close
             # once it let go, so that its fd cannot be reused under it
-            self._close_deferred = True
+            self.close_deferred = True
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -592,10 +533,10 @@ class Connection:
         try:
             self._close_socket_locked()
         finally:
-            self._rlock.release()
+            self.read_lock.release()
 
     def _close_socket_locked(self) -> None:
-        self._close_deferred = False
+        self.close_deferred = False
         with self._lock:
             if not self._sock_open:
                 return
@@ -686,7 +627,7 @@ async def open_connection(
     return conn
 
 
-_REPLY = frozenset({P.Tag.REPLY, P.Tag.ERROR_REPLY, P.Tag.TASK_RESULT})
+REPLY_TAGS = frozenset({P.Tag.REPLY, P.Tag.ERROR_REPLY, P.Tag.TASK_RESULT})
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "", socket.gethostname()}
 

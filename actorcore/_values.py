@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _locations as L
-from ._owner._actor_shell import NO_REPLY
+from ._owner._own_reply import NO_REPLY, own_reply, own_reply_async
 from ._ref import ObjectRef
 from ._refcount import FAILED, INLINE, PENDING, STORE, ObjectEntry
 from ._serialization import loads_payload
@@ -223,7 +223,7 @@ def get(rt: CoreRuntime, refs: Any, timeout: float | None) -> Any:
         if (e is None or e.state == PENDING) and rt.broken is None:
             # the reply to a call this thread just sent: read it here (see own_reply)
             deadline = None if timeout is None else time.monotonic() + timeout
-            value = rt.actors.own_reply(refs.id, timeout)
+            value = own_reply(rt, refs.id, timeout)
             if value is not NO_REPLY:
                 return value
             if deadline is not None:
@@ -397,6 +397,12 @@ async def _until_ready(
 async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
     if rt.broken is not None:
         raise rt.broken
+    if threading.get_ident() != rt.loop_thread_id:
+        e = rt.table.entries.get(ref.id)
+        if e is None or e.state == PENDING:  # this thread's own call: its loop reads the reply
+            value = await own_reply_async(rt, ref.id)
+            if value is not NO_REPLY:
+                return value
     for _ in range(_REBUILD_READS):
         # (a copy on another node is pulled)
         e = (await _until_ready(rt, (ref,), 1, None, True))[0]

@@ -4,6 +4,7 @@ itself (issue 14, item 1): same results, order, errors and failures as through t
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -53,12 +54,12 @@ def test_the_caller_reads_its_reply_and_the_loop_catches_up(runtime):
     c = Counter.remote()
     assert ac.get(c.append.remote(0), timeout=30) == 1
     conn = _conn(c)
-    before = conn._caller_reads
+    before = conn.caller_reads
     refs = []
     for i in range(50):
         refs.append(c.append.remote(i))
         assert ac.get(refs[-1], timeout=30) == i + 2
-    assert conn._caller_reads - before >= 40  # read here, not woken by the loop
+    assert conn.caller_reads - before >= 40  # read here, not woken by the loop
     # the loop took every frame: the objects are ready, a second get reads them again
     ready, rest = ac.wait(refs, num_returns=len(refs), timeout=10)
     assert len(ready) == len(refs) and not rest
@@ -131,3 +132,36 @@ def test_the_actor_dies_while_the_caller_reads(runtime):
     assert time.monotonic() - t < 10
     with pytest.raises(ActorDiedError):
         ac.get(c.append.remote(2), timeout=30)
+
+
+def test_an_asyncio_driver_awaiting_its_calls_one_at_a_time(runtime):
+    c = Counter.remote()
+    ac.get(c.append.remote(0), timeout=30)
+    conn = _conn(c)
+    before = conn.caller_reads
+
+    async def run() -> list[int]:
+        got = []
+        for i in range(50):
+            got.append(await asyncio.wait_for(c.append.remote(i), 30))
+        early = c.append.remote("early")  # not awaited before the next one
+        got.append(await asyncio.wait_for(c.append.remote("late"), 30))
+        got.append(await asyncio.wait_for(early, 30))
+        with pytest.raises(ValueError):
+            await asyncio.wait_for(c.fail.remote(), 30)
+        slow = c.sleep.remote(1.0)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(slow, 0.2)  # cancelled while its loop watched the socket
+        got.append(await asyncio.wait_for(c.append.remote("after"), 30))
+        assert await asyncio.wait_for(slow, 30) == 1.0
+        return got
+
+    loop = asyncio.new_event_loop()
+    try:
+        got = loop.run_until_complete(asyncio.wait_for(run(), 60))
+    finally:
+        loop.close()
+    assert got == [*range(2, 52), 53, 52, 54]
+    assert conn.caller_reads - before >= 40
+    assert conn.claim is None
+    assert ac.get(c.append.remote(1), timeout=30) == 55  # the runtime's loop reads again

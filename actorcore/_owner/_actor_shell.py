@@ -21,9 +21,7 @@ from .. import _task_events as TE
 from .._args import prepare_args
 from .._ref import ObjectRef
 from .._refcount import ACTOR
-from .._refcount import INLINE, PENDING
 from .._rpc import error_from_reply, next_rid
-from .._serialization import loads_payload
 from ..errors import ActorDiedError
 from . import _actor_events as E
 from . import _object_events as OE
@@ -31,6 +29,7 @@ from ._actor_state import ActorClient, CallSpec, Creation
 from ._actors import ActorCore
 from ._deps import ready_now, resolve_deps
 from ._inbox import Inbox, carry_out
+from ._own_reply import last_call
 
 if TYPE_CHECKING:
     from .._runtime import CoreRuntime
@@ -39,18 +38,6 @@ __all__ = ["ActorClients"]
 
 logger = logging.getLogger(__name__)
 
-NO_REPLY = object()  # :meth:`ActorClients.own_reply` found nothing: wait the usual way
-
-
-class _LastCall(threading.local):
-    """The last call this thread sent itself: ``(return id, peer, rid)`` or None."""
-
-    call: tuple[bytes, Any, int] | None = None
-    answered = False  # its reply came back here: the next call may go straight away too
-
-
-_last = _LastCall()
-SELF_READ = True  # (a switch for side-by-side measurements)
 
 
 class ActorClients:
@@ -168,7 +155,8 @@ class ActorClients:
         """
         if threading.get_ident() == self.rt.loop_thread_id or not self.inbox.quiet():
             return False
-        if self._sent and not _last.answered:
+        last = last_call()
+        if self._sent and not last.answered:
             return False  # a burst of calls: the loop sends the rest, in batches
         c = self.core.clients.get(actor_id)
         peer = None if c is None else c.direct  # one read: the loop may change it
@@ -180,65 +168,11 @@ class ActorClients:
         # loop), and this thread's next call may go straight away too
         self._sent.append(E.CallSentDirect(c, spec))
         self._send_call(E.SendActorCall(c, spec, peer))
-        _last.answered = False
-        if len(spec.return_ids) == 1 and not spec.stream:
-            _last.call = (spec.return_ids[0], peer, rid)
+        last.answered = False
+        last.call = (spec.return_ids[0], peer, rid) if len(spec.return_ids) == 1 else None
+        if spec.stream:
+            last.call = None
         return True
-
-    def own_reply(self, oid: bytes, timeout: float | None) -> Any:
-        """The value of ``oid`` read by this thread off its connection, or NO_REPLY.
-
-        When ``oid`` is the return of the last call this thread sent itself, this
-        thread reads the reply (see ``Connection.read_reply``) instead of waiting
-        for the loop to read it and wake it. The loop still takes every frame
-        read, in order, before anything queued later (``rt.deliver_handed``): the
-        object gets its value there as usual. Only a plain value with no refs in
-        it is returned here; anything else (an error, a store object, nested
-        refs, another reader on the socket, a lost connection) is NO_REPLY, and
-        the caller waits for the loop as before.
-        """
-        last = _last.call
-        if last is None or last[0] != oid or not SELF_READ:
-            return NO_REPLY
-        _last.call = None
-        _oid, peer, rid = last
-        conn = peer.conn
-        rt = self.rt
-        if conn is None or rid not in peer.pending:
-            return NO_REPLY
-        entry = rt.table.entries.get
-
-        def waiting() -> bool:  # the reply is still to come on this connection
-            e = entry(oid)
-            return rid in peer.pending and (e is None or e.state == PENDING)
-
-        def hand_on() -> None:
-            rt.handed_conns.append(conn)
-            rt.kick_handed()
-
-        reply, others = conn.read_reply(rid, waiting, hand_on, timeout)
-        if reply is None or others:
-            if conn.has_handed():
-                rt.handed_conns.append(conn)
-                rt.kick_handed()
-            if reply is None:
-                return NO_REPLY
-        else:
-            rt.handed_conns.append(conn)
-            rt._schedule_flush()  # (at the latest: the next inbox drain comes first)
-        results = getattr(reply, "results", None)
-        if results is None or len(results) != 1:
-            rt.kick_handed()
-            return NO_REPLY
-        kind, data, nested = results[0]
-        if kind != INLINE or nested:
-            rt.kick_handed()
-            return NO_REPLY
-        value, refs = loads_payload(data, f"object {oid.hex()}")
-        if refs:
-            rt.register_borrows(refs, oid)
-        _last.answered = True
-        return value
 
     def cancel(self, oid: bytes, force: bool) -> None:
         self.post(E.CancelCall(oid, force))
