@@ -35,9 +35,7 @@ _RECV_SIZE = 1 << 18
 POLL_SLICE_S = 0.1  # a caller looks this often whether its reply is still to come here
 
 
-def _read_some(
-    conn: Connection, rid: int, hand_on: Callable[[], None]
-) -> tuple[Any, bool, bool]:
+def _read_some(conn: Connection, rid: int, hand_on: Callable[[], None]) -> tuple[Any, bool, bool]:
     """One read, with ``conn.read_lock`` held: ``(reply or None, others, ended)``."""
     handed = conn.handed
     try:
@@ -211,6 +209,13 @@ class LoopClaim:
             conn.read_lock.release()
         if reply is not None or ended:
             self._finish(reply)
+
+    def wake(self) -> None:
+        """The connection ended (any thread): look now, not at the next tick."""
+        try:
+            self.loop.call_soon_threadsafe(self._check)
+        except RuntimeError:  # its loop is closed
+            pass
 
     def _check(self) -> None:
         self.timer = None

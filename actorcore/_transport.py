@@ -5,7 +5,10 @@ event loop (``add_reader``) and hand whole frames to a receiver. Writes are
 thread-safe: on the loop thread frames queued in one loop tick go out in one
 write; from any other thread (a worker's executor, a driver's main thread) the
 frame is written straight to the socket, so a blocking caller does not wait for
-the loop to wake up. Anything left over waits for ``add_writer``.
+the loop to wake up. Anything left over waits for ``add_writer``. A caller
+waiting for the reply to its own call may read the socket itself
+(:mod:`._caller_read`): the loop then stops watching it for a while and
+delivers the frames that caller read, in order (``handed``).
 
 Back-pressure: what a peer has not read yet is bounded. Above the high-water
 mark a plain thread that sends waits (off any loop) for the peer to read, a
@@ -127,13 +130,15 @@ class Connection:
         self._leftover = leftover
         # a TLS socket may hold decrypted bytes the fd no longer signals
         self._pending = getattr(sock, "pending", None)
-        # reading: the loop's reader, or a caller thread waiting for its reply (see read_reply)
-        # held by whoever reads the socket and decodes (re-entered by the loop closing it)
+        # Reading: the loop's reader, or a caller waiting for its reply (._caller_read).
+        # read_lock is held by whoever reads the socket and decodes (the loop re-enters
+        # it when closing the socket).
         self.read_lock = threading.RLock()
         self.caller_reading = False
         self.claim: Any = None  # a caller's event loop reading its reply (see ._caller_read)
         self.handed: collections.deque[Any] = collections.deque()  # read off-loop, for the loop
         self.handed_rids: set[int] = set()  # replies among them, not delivered yet
+        self._delivering = False  # the loop delivers ``handed`` now
         self._reader_paused = False  # the loop's reader is off while caller threads read
         self.caller_reads = 0  # reads by caller threads (the loop looks whether it moved)
         self._seen_reads = 0
@@ -392,6 +397,15 @@ class Connection:
             self._deliver_handed()
 
     def _deliver_handed(self) -> None:
+        if self._delivering:  # (a frame's handler drained an inbox, which got here)
+            return  # the running delivery goes on with the frames after it, in order
+        self._delivering = True
+        try:
+            self._deliver_handed_now()
+        finally:
+            self._delivering = False
+
+    def _deliver_handed_now(self) -> None:
         handed = self.handed
         receiver = self.receiver
         while handed:
@@ -537,6 +551,8 @@ class Connection:
 
     def _close_socket_locked(self) -> None:
         self.close_deferred = False
+        if self.claim is not None:  # a caller's loop watches it: it sees the end now
+            self.claim.wake()
         with self._lock:
             if not self._sock_open:
                 return

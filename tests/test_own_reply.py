@@ -108,7 +108,7 @@ def test_several_threads_calling_one_actor(runtime):
             got = results.setdefault(k, [])
             for _ in range(150):
                 got.append(ac.get(c.append.remote(k), timeout=30))
-        except BaseException as e:  # noqa: BLE001 (reported below)
+        except BaseException as e:  # (reported below)
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
@@ -165,3 +165,21 @@ def test_an_asyncio_driver_awaiting_its_calls_one_at_a_time(runtime):
     assert conn.caller_reads - before >= 40
     assert conn.claim is None
     assert ac.get(c.append.remote(1), timeout=30) == 55  # the runtime's loop reads again
+
+
+def test_many_replies_read_by_the_caller_are_delivered_in_one_go(runtime, monkeypatch):
+    c = Counter.remote()
+    ac.get(c.append.remote(0), timeout=30)
+    rt = G.require()
+    # nothing makes the loop take the frames this thread reads until the end (the
+    # flush would, every few ms): hundreds pile up, delivered one after the other
+    monkeypatch.setattr(rt, "_schedule_flush", lambda: None)
+    refs = []
+    for i in range(600):
+        refs.append(c.append.remote(i))
+        assert ac.get(refs[-1], timeout=30) == i + 2
+    monkeypatch.undo()
+    rt.kick_handed()
+    ready, rest = ac.wait(refs, num_returns=len(refs), timeout=30)
+    assert len(ready) == len(refs) and not rest
+    assert ac.get(c.append.remote("x"), timeout=30) == 602

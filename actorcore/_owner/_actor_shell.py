@@ -39,7 +39,6 @@ __all__ = ["ActorClients"]
 logger = logging.getLogger(__name__)
 
 
-
 class ActorClients:
     """The caller's side of actors: an :class:`ActorCore` fed on the runtime's loop."""
 

@@ -93,7 +93,12 @@ def own_reply(rt: CoreRuntime, oid: bytes, timeout: float | None) -> Any:
     if claim is None:
         return NO_REPLY
     conn, rid, waiting, hand_on = claim
-    reply, others = read_reply(conn, rid, waiting, hand_on, timeout)
+    try:
+        reply, others = read_reply(conn, rid, waiting, hand_on, timeout)
+    except BaseException:  # (KeyboardInterrupt in the wait): what was read goes on
+        if conn.has_handed():
+            hand_on()
+        raise
     return _value(rt, oid, conn, reply, others)
 
 
@@ -106,5 +111,10 @@ async def own_reply_async(rt: CoreRuntime, oid: bytes) -> Any:
     claim = LoopClaim(conn, rid, waiting, hand_on)
     if not claim.start():
         return NO_REPLY
-    reply, others = await claim.wait()
+    try:
+        reply, others = await claim.wait()
+    except BaseException:  # cancelled: what its loop read goes on
+        if conn.has_handed():
+            hand_on()
+        raise
     return _value(rt, oid, conn, reply, others)
