@@ -156,9 +156,11 @@ class NodeFailover:
                 svc._create(owner, actor_id, new)
             return
         work.placed[actor_id] = (spec, target)
-        owners = work.forwarded.get(work._owner_of.get(actor_id, b""), {})
+        owner_id = work._owner_of.get(actor_id, b"")
+        owners = work.forwarded.get(owner_id, {})
         if actor_id in owners:
             owners[actor_id] = target
+            work.reach.sent_to(owner_id, target)  # (OWNER_GONE goes there too)
         await self.membership.call_node(target, P.CreateActorMsg(next_rid(), actor_id, new))
 
     async def _target(self, shape: dict[str, Any]) -> bytes | None:

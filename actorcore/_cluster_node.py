@@ -63,6 +63,7 @@ __all__ = ["ClusterNode", "join_cluster"]
 logger = logging.getLogger(__name__)
 
 JOIN_WAIT_S = 45.0  # how long a new node waits for etcd (its starter waits 60 s for it)
+WARM_UP_S = 5.0  # the etcd connection opened while the first worker starts (bounded)
 _BATCH = 100  # operations per etcd transaction (etcd allows 128)
 _BATCH_BYTES = 1 << 20  # a transaction stays under etcd's request limit (~1.5 MiB)
 SPECS = b"/actor_specs/"
@@ -276,6 +277,14 @@ class ClusterNode:
         self.placer.start()
         self._requeue = asyncio.get_running_loop().create_task(self._requeue_loop())
 
+    async def warm_up(self) -> None:
+        """Open the connection to etcd (registering nothing): the daemon does it while
+        its first worker starts, before :meth:`start` registers it."""
+        try:
+            await asyncio.wait_for(self.membership.store.ping(), WARM_UP_S)
+        except Exception as e:  # the join says why, and waits for etcd
+            logger.debug("etcd not reached before joining: %r", e)
+
     async def _requeue_loop(self) -> None:
         while True:
             await asyncio.sleep(REQUEUE_S)  # a periodic look at this node's queue
@@ -317,6 +326,10 @@ class ClusterNode:
             return self.membership.table.total()
         if what == "frees_received":  # (tests: frees go only to nodes holding copies)
             return self.work.frees_received
+        if what == "startup":  # (tests: it joined only once it could start workers)
+            return dict(self.daemon.started)
+        if what == "owner_gone":  # (tests: OWNER_GONE goes only to nodes holding something)
+            return {"sent": self.work.owner_gone_sent, "received": self.work.owner_gone_received}
         if what == "failover":  # this node's recovery counters (chaos runs report them)
             return self.failover.statistics()
         if what == "available":
@@ -406,7 +419,15 @@ class ClusterNode:
     def on_wait_actor(self, peer: RpcPeer, msg: P.WaitActorMsg, b: list[bytes]) -> Any:
         if msg.actor_id in self.daemon.actors.actors:
             return self._local(P.Tag.WAIT_ACTOR, peer, msg, b)
-        return self._wait_remote(peer, msg, b)
+        return self._located(peer, self._wait_remote(peer, msg, b))
+
+    async def _located(self, peer: RpcPeer, answer: Any) -> Any:
+        """The caller's calls go to the actor's node, their results stored there: it may
+        hold something for the caller (``OWNER_GONE`` goes there when it ends)."""
+        out = await answer
+        if isinstance(out, list) and len(out) > 4 and out[0] == "ALIVE" and out[4]:
+            self.work.sent_to(peer, bytes(out[4]))
+        return out
 
     async def _wait_remote(self, peer: RpcPeer, msg: P.WaitActorMsg, b: list[bytes]) -> Any:
         key = self.actor_table.key(msg.actor_id)

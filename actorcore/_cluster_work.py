@@ -18,7 +18,21 @@
   transfer addresses from the peer table);
 * ``FREE_OBJECTS`` from a local process also goes to the daemons of the nodes
   its owner recorded as holding copies (and to no other), so the primary and
-  every copy pulled elsewhere are freed together.
+  every copy pulled elsewhere are freed together;
+* when a process of this node ends, ``OWNER_GONE`` goes only to the nodes that
+  may hold something for it (:class:`OwnerReach`), never to every node.
+
+Which nodes may hold something for a process (``OWNER_GONE``'s targets): its
+own node records, on the way through, every node it was sent to (a lease
+redirected or spilled there, an actor forwarded or restarted there, an actor
+it located there: its calls' results are stored there); and
+every node records which nodes pulled a copy of an object of that owner from
+it (the copy's owner is in the store entry). An object of an owner is first
+stored on its node or on a node it was sent to, and every copy is pulled from
+an earlier one, so following the pulls from the owner's node reaches every
+copy: a node told ``OWNER_GONE`` passes it on to the nodes that pulled from it
+(minus those already told, which the message lists). A process that ran only on
+its own node costs no message at all.
 
 Work no node can ever run waits at the placer (one warning to this node's
 drivers per shape, naming what is missing and the largest node's offer) and is
@@ -57,6 +71,7 @@ __all__ = [
     "AFFINITY_SOFT",
     "LOCAL",
     "ClusterWork",
+    "OwnerReach",
     "copies_elsewhere",
     "route",
     "split_affinity",
@@ -151,6 +166,65 @@ def copies_elsewhere(msg: P.FreeObjectsMsg, here: bytes) -> dict[bytes, list[byt
     return out
 
 
+class OwnerReach:
+    """Which nodes may hold something for which process: where ``OWNER_GONE`` goes
+    when it ends (no I/O; see the module's text)."""
+
+    MAX_OWNERS = 100_000  # pulled-from-here records kept (oldest dropped past it)
+
+    def __init__(self, me: bytes) -> None:
+        self.me = me
+        self.home: set[bytes] = set()  # the processes of this node (drivers, workers)
+        self.sent: dict[bytes, set[bytes]] = {}  # process -> nodes it was sent to
+        self.pulled: dict[bytes, set[bytes]] = {}  # owner -> nodes that pulled its copies here
+        # OWNER_GONE received while its process was still connected here: passed on
+        # when that connection ends (owner -> the nodes told already)
+        self.deferred: dict[bytes, set[bytes]] = {}
+
+    def registered(self, process_id: bytes) -> None:
+        self.home.add(process_id)
+
+    def sent_to(self, process_id: bytes, node_id: bytes) -> None:
+        """``process_id`` (of this node) had work or calls sent to ``node_id``."""
+        if node_id != self.me and process_id in self.home:
+            nodes = self.sent.get(process_id)
+            if nodes is None:
+                self.sent[process_id] = {node_id}
+            else:
+                nodes.add(node_id)
+
+    def served(self, owner: bytes, node_id: bytes) -> None:
+        """``node_id`` pulled a copy of an object of ``owner`` from this node."""
+        if node_id == self.me:
+            return
+        nodes = self.pulled.get(owner)
+        if nodes is None:
+            if len(self.pulled) >= self.MAX_OWNERS:  # (owners whose node died unseen)
+                del self.pulled[next(iter(self.pulled))]
+            self.pulled[owner] = {node_id}
+        else:
+            nodes.add(node_id)
+
+    def ended(self, process_id: bytes) -> tuple[list[bytes], set[bytes]]:
+        """A process's last connection here closed: ``(the nodes to tell, the nodes
+        told already)`` (some only for a process of this node, or one whose node
+        told us while it was still connected here)."""
+        sent = self.sent.pop(process_id, set())
+        seen = self.deferred.pop(process_id, None)
+        if process_id in self.home:
+            self.home.discard(process_id)
+            return sorted((sent | self.pulled.pop(process_id, set())) - {self.me}), {self.me}
+        if seen is not None:
+            return self.told(process_id, seen), seen
+        return [], set()  # its own node tells everyone who may hold something for it
+
+    def told(self, owner: bytes, seen: set[bytes]) -> list[bytes]:
+        """``OWNER_GONE`` for ``owner`` came, naming the nodes told already: the nodes
+        to pass it on to."""
+        nodes = self.pulled.pop(owner, set()) | self.sent.pop(owner, set())
+        return sorted(nodes - seen - {self.me})
+
+
 class ClusterWork:
     """Lease, actor-creation, pull and free handlers of a cluster node daemon."""
 
@@ -163,6 +237,9 @@ class ClusterWork:
         self.forwarded: dict[bytes, dict[bytes, bytes]] = {}
         self._owner_of: dict[bytes, bytes] = {}  # actor -> its owner, for the above
         self.frees_received = 0  # FREE_OBJECTS from peer daemons (copies here freed)
+        self.reach = OwnerReach(self.node_id)  # where OWNER_GONE goes
+        self.owner_gone_sent = 0  # OWNER_GONE messages sent to peer daemons (and received)
+        self.owner_gone_received = 0
         # work scheduled into a placement group: the node of its bundle (_cluster_pg)
         self.group_target: Callable[[Mapping[str, float]], bytes | None] | None = None
         # actor -> (its creation spec, the node hosting it): actors sent to other nodes
@@ -194,6 +271,39 @@ class ClusterWork:
                 self._orig[int(tag)] = handlers[int(tag)]
                 handlers[int(tag)] = fn
         handlers[int(P.Tag.OWNER_GONE)] = self.on_owner_gone
+        for tag in (P.Tag.REGISTER_WORKER, P.Tag.REGISTER_DRIVER):
+            if int(tag) in handlers:
+                handlers[int(tag)] = self._registers(handlers[int(tag)])
+        # the processes registered before the node joined (its first workers: it joins
+        # only once it can start them); a worker's id is its process id
+        workers = getattr(getattr(self.daemon, "workers", None), "by_id", {})
+        for process_id in [*workers, *getattr(self.daemon, "drivers", {})]:
+            self.reach.registered(process_id)
+        transfer = getattr(self.daemon, "transfer", None)
+        if transfer is not None:
+            transfer.on_served = self._served
+
+    def _registers(self, fn: Handler) -> Handler:
+        """``fn`` (a registration handler), noting the process as one of this node's."""
+
+        def register(peer: RpcPeer, msg: Any, b: list[bytes]) -> Any:
+            result = fn(peer, msg, b)
+            if peer.conn is not None:
+                self.reach.registered(peer.conn.peer_id)
+            return result
+
+        return register
+
+    def _served(self, oid: bytes, node_id: bytes) -> None:
+        """A peer pulled ``oid`` from here: it may hold a copy for the object's owner."""
+        e = self.daemon.store.state.entries.get(oid)
+        if e is not None and isinstance(e.owner, bytes) and not e.owner.startswith(b"transfer-"):
+            self.reach.served(e.owner, node_id)
+
+    def sent_to(self, peer: RpcPeer, node_id: bytes) -> None:
+        """The process on ``peer`` has work, an actor or calls on ``node_id`` now."""
+        if peer.conn is not None:
+            self.reach.sent_to(peer.conn.peer_id, node_id)
 
     def _local(self, tag: P.Tag, peer: RpcPeer, msg: Any, b: list[bytes]) -> Any:
         return self._orig[int(tag)](peer, msg, b)
@@ -279,6 +389,7 @@ class ClusterWork:
                 self._track(peer, msg, b)
             return result
         if isinstance(where, bytes):
+            self.sent_to(peer, where)
             return ["redirect", where, self._daemon_address(where)]
         return self._spill_lease(peer, msg, b, *where)
 
@@ -295,6 +406,7 @@ class ClusterWork:
             result = self._local(P.Tag.REQUEST_LEASE, peer, msg, b)
             self._poke()
             return result
+        self.sent_to(peer, node)
         return ["redirect", node, self._daemon_address(node)]
 
     def _track(self, peer: RpcPeer, msg: P.RequestLeaseMsg, b: list[bytes]) -> None:
@@ -379,6 +491,7 @@ class ClusterWork:
         spec = dict(msg.spec)
         assert peer.conn is not None
         owner = peer.conn.peer_id
+        self.reach.sent_to(owner, target)
         spec["forwarded_from"] = [self.node_id, owner]
         if not spec.get("detached"):
             self.forwarded.setdefault(owner, {})[msg.actor_id] = target
@@ -402,12 +515,11 @@ class ClusterWork:
         return await self.membership.call_node(target, msg)
 
     def owner_gone(self, owner: bytes) -> None:
-        """A process of this node ended: its actors on other nodes end too, and every
-        peer daemon drops what it holds for it (``OWNER_GONE``: leases, objects)."""
+        """A process of this node ended: its actors on other nodes end too, and the
+        peer daemons that may hold something for it drop it (``OWNER_GONE``: leases,
+        objects; :class:`OwnerReach` says which)."""
         if owner not in self.membership.table.members:  # (a peer daemon's link is no owner)
-            for node_id in list(self.membership.table.live):
-                if node_id != self.node_id:
-                    self.daemon.spawn(self._tell_owner_gone(node_id, owner))
+            self._tell_owner_gone(owner, *self.reach.ended(owner))
         for actor_id, node_id in self.forwarded.pop(owner, {}).items():
             self._owner_of.pop(actor_id, None)
             self.placed.pop(actor_id, None)
@@ -423,22 +535,39 @@ class ClusterWork:
             if not mine:
                 self.forwarded.pop(owner, None)
 
-    async def _tell_owner_gone(self, node_id: bytes, owner: bytes) -> None:
+    def _tell_owner_gone(self, owner: bytes, nodes: list[bytes], seen: set[bytes]) -> None:
+        """Send ``OWNER_GONE`` to the live ones of ``nodes``, naming every node told."""
+        live = self.membership.table.live
+        nodes = [n for n in nodes if n in live and n != self.node_id]
+        if not nodes:
+            return
+        told = sorted(seen | set(nodes))
+        for node_id in nodes:
+            self.owner_gone_sent += 1
+            self.daemon.spawn(self._send_owner_gone(node_id, P.OwnerGoneMsg(owner, told)))
+
+    async def _send_owner_gone(self, node_id: bytes, msg: P.OwnerGoneMsg) -> None:
         try:
             peer = await self.membership._link(node_id)
-            peer.send(P.OwnerGoneMsg(owner))
+            peer.send(msg)
         except (OSError, ConnectionError, TimeoutError, LookupError) as e:
             logger.debug("owner-gone notice to node %s not sent: %s", node_id.hex(), e)
 
     def on_owner_gone(self, peer: RpcPeer, msg: P.OwnerGoneMsg, b: list[bytes]) -> Any:
         """A peer daemon's process ended: what this node holds for it goes (only a
-        peer daemon may say so, and never of a process connected here)."""
+        peer daemon may say so, and never of a process connected here), and the
+        nodes that pulled its copies from here are told in turn."""
         assert peer.conn is not None
+        if peer.conn.peer_id not in self.membership.table.live:
+            return DEFERRED
+        self.owner_gone_received += 1
         owner = bytes(msg.owner)
-        if peer.conn.peer_id in self.membership.table.live and owner not in self.daemon.conns:
-            from ._node import _events as NE
-
-            self.daemon.apply(NE.ProcessGone(owner))
+        seen = {bytes(n) for n in msg.told or ()} | {peer.conn.peer_id, self.node_id}
+        if owner in self.daemon.conns:  # still connected here: passed on when it ends
+            self.reach.deferred[owner] = seen | self.reach.deferred.get(owner, set())
+            return DEFERRED
+        self.daemon.apply(NE.ProcessGone(owner))
+        self._tell_owner_gone(owner, self.reach.told(owner, seen), seen)
         return DEFERRED
 
     async def _kill_on(self, node_id: bytes, actor_id: bytes) -> None:

@@ -625,10 +625,13 @@ class LogSubscribeMsg(NamedTuple):
 
 @message(Tag.OWNER_GONE)
 class OwnerGoneMsg(NamedTuple):
-    """Node daemon -> peer node daemon: process ``owner`` of this node ended; its
-    non-detached actors, leases and objects on the peer go too."""
+    """Node daemon -> peer node daemon: process ``owner`` ended; its non-detached
+    actors, leases and objects on the peer go too. Sent only to nodes that may hold
+    something for it, and passed on to the nodes that pulled its copies from the
+    peer; ``told``: the nodes told already (not told again)."""
 
     owner: bytes
+    told: list[bytes] | None = None
 
 
 # --- observability ---------------------------------------------------------------------

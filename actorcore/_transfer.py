@@ -125,6 +125,8 @@ class TransferService:
         self.serving = SS.ServeState(self.config.serve)
         self.stats = TransferStats()
         self.on_pulled: Callable[[bytes, int], None] | None = None
+        # ``on_served(oid, puller node id)``: a peer opened one of this node's objects
+        self.on_served: Callable[[bytes, bytes], None] | None = None
         self._links: dict[Holder, PullLink] = {}
         self._closing_links: set[PullLink] = set()
         self._conns: set[ServeConnection] = set()
@@ -378,8 +380,13 @@ class TransferService:
             on_read=self._read_asked,
             on_closed=self._conn_closed,
             write_timeout=self.config.pull.stall_timeout_s,
+            on_opened=self._served,
         )
         self._conns.add(conn)
+
+    def _served(self, conn: ServeConnection, oid: bytes) -> None:
+        if self.on_served is not None:
+            self.on_served(oid, conn.peer_id)
 
     def _read_asked(self, conn: ServeConnection, msg: P.TransferReadMsg) -> None:
         ev = SS.ReadAskedEvent(conn, msg.rid, msg.oid, msg.offset, msg.length)

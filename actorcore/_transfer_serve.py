@@ -59,8 +59,10 @@ class ServeConnection:
         on_read: Callable[[ServeConnection, P.TransferReadMsg], None],
         on_closed: Callable[[ServeConnection], None],
         write_timeout: float | None = None,
+        on_opened: Callable[[ServeConnection, bytes], None] | None = None,
     ) -> None:
         self.loop = loop
+        self._on_opened = on_opened
         self.peer_id = peer_id
         self.store = store
         self.pin_id = b"transfer-" + os.urandom(8)
@@ -118,6 +120,8 @@ class ServeConnection:
         rec = self.opened.get(msg.oid)
         if rec is None:
             rec = self.opened[msg.oid] = _Opened(offset, size)
+            if self._on_opened is not None:  # (the copy's owner learns of it at its end)
+                self._on_opened(self, msg.oid)
         rec.pins += 1
         self._reply(P.TransferOpenedMsg(msg.rid, size, meta))
 

@@ -9,7 +9,8 @@ workers die with it.
 Requests: ``F`` forks a plain worker; ``E`` + a little-endian u32 length + a
 JSON object forks ``count`` workers of a runtime env (``tag``: the env's
 hash, ``env_vars``, ``paths`` put first on ``sys.path``, ``cwd``). The answer is
-``P <pid> [<tag>]``. Variables that numpy or the other pre-imported modules
+``P <pid> [<tag>]``; ``X <pid> <code>`` reports an exit, and ``R 0``, sent once
+its imports are done, says it is ready. Variables that numpy or the other pre-imported modules
 read at import time are already read when a runtime env sets them.
 """
 
@@ -116,6 +117,7 @@ def zygote_main(sock: socket.socket, boot: dict[str, Any], daemon_pid: int) -> N
     from ._task_events import set_process_title
 
     set_process_title("forkserver")  # observability hook
+    sock.sendall(b"R 0\n")  # ready: forks from here on take milliseconds
     buf = b""
     while True:
         ready, _, _ = select.select([sock], [], [], 0.5)

@@ -14,6 +14,8 @@ import psutil
 import pytest
 
 import actorcore as ac
+from actorcore import _protocol as P
+from actorcore._rpc import next_rid
 from actorcore.errors import ActorCoreError
 from actorcore.testing import Cluster, wait_for
 
@@ -81,6 +83,9 @@ def test_frozen_daemon_past_ttl_fences_and_rejoins_as_a_new_node():
 
             c.wait_reborn(far, 30)  # the same daemon process under a new node id
             assert far.node_id != old_id
+            # back as a new node, it registered only once it could start workers
+            started = far.ask(P.ClusterInfoMsg(next_rid(), "startup"))
+            assert started["workers_ready"] <= started["joining"], started
             assert "this daemon fenced itself as node " + old_id in c.daemon_log(far)
             assert _alive_seen_by(c.nodes[0], old_id) is False
             wait_for(lambda: _alive_seen_by(c.nodes[0], far.node_id), 10, what="new id seen")

@@ -51,6 +51,7 @@ __all__ = ["NodeDaemon"]
 logger = logging.getLogger(__name__)
 
 _PLACEMENTS = (E.LeaseRequested, E.ActorCreated)
+WORKERS_READY_S = 30.0  # a cluster node joins once it can start workers, or after this
 
 
 def _node_resources(config: Config, capacity: int, driver_node: bool) -> dict[str, float]:
@@ -153,6 +154,11 @@ class NodeDaemon(Service):
         self.listener: Listener | None = None
         self._peers_seen: tuple[frozenset[bytes], frozenset[bytes]] | None = None
         self._exited: set[int] = set()  # workers whose death was handled before their exit
+        self._a_worker: asyncio.Future[None] | None = None  # done once a worker registered
+        # monotonic times of this daemon's start: "serving" (listening, workers asked
+        # for), "workers_ready" (it can start work),
+        # "joining" (its cluster registration began), "joined" (tests read the order)
+        self.started: dict[str, float] = {}
         self._queue: collections.deque[Any] = collections.deque()
         self._applying = False
         self._carriers: dict[type, Callable[[Any], None]] = {
@@ -227,13 +233,34 @@ class NodeDaemon(Service):
         if prestart < 0:
             prestart = max(1, int(self.state.total["CPU"]))
         self.state.warm = prestart
+        self._a_worker = loop.create_future()
         self.apply(E.NodeStarted(time.monotonic()))
         if self.cluster is not None:
-            # last: once registered, peers (and the placer) send work here at once
+            # last: once registered, peers (and the placer) send work here at once, so
+            # only once this node can start it (a fresh start, or back after fencing)
+            self.spawn(self.cluster.warm_up())  # meanwhile: the etcd connection
+            await self._workers_ready(WORKERS_READY_S)
+            self.started["joining"] = time.monotonic()
             await self.cluster.start(handlers)  # registered in etcd from here on
+            self.started["joined"] = time.monotonic()
             self._feed_peers()
         self.spawn(self._housekeeping())
         self.obs.start()  # observability hook: /metrics, dashboard, sampler
+
+    async def _workers_ready(self, timeout: float) -> None:
+        """Wait until this node can run work: its fork server has its modules imported
+        and, with workers prestarted, the first one registered (work placed here then
+        starts at once instead of waiting for a worker's boot). After ``timeout`` it
+        goes on, saying so (a node that cannot start workers is no better off out)."""
+        assert self.pool is not None and self._a_worker is not None
+        self.started["serving"] = time.monotonic()
+        waits: set[asyncio.Future[None]] = {self.pool.ready}
+        if self.state.warm > 0:
+            waits.add(self._a_worker)
+        _done, pending = await asyncio.wait(waits, timeout=timeout)
+        if pending:
+            logger.error("no worker started within %.0f s: joining the cluster anyway", timeout)
+        self.started["workers_ready"] = time.monotonic()
 
     async def wait_stopped(self) -> None:
         assert self.stopping is not None
@@ -477,6 +504,8 @@ class NodeDaemon(Service):
         self.workers.add(WorkerRec(msg.worker_id, msg.pid, peer, list(msg.address)))
         env = self.runtime_env.worker_env(self.pool.env_of.get(msg.pid, ""))
         self.apply(E.WorkerStarted(msg.worker_id, time.monotonic(), env.digest if env else ""))
+        if self._a_worker is not None and not self._a_worker.done():
+            self._a_worker.set_result(None)  # this node can run work (its cluster join waits)
         if self.cluster is not None:  # how long the worker may serve (actorcore._fencing)
             vouch = self.cluster.membership.fencer.vouch_remaining()
             return {"sys_path": self.sys_path, "vouch_s": vouch}

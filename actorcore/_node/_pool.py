@@ -34,6 +34,8 @@ class WorkerPool:
         self.pids: set[int] = set()  # live workers, registered or not
         self.env_of: dict[int, str] = {}  # worker pid -> its runtime env's hash (if any)
         self._buf = b""
+        # done once the fork server has its modules imported (or is gone)
+        self.ready: asyncio.Future[None] = loop.create_future()
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._on_readable)
         self.closed = False
@@ -60,6 +62,8 @@ class WorkerPool:
         except OSError:
             data = b""
         if not data:
+            if not self.ready.done():
+                self.ready.set_result(None)  # (whoever waits for it goes on: it logs why)
             self.loop.remove_reader(self.sock.fileno())
             if not self.closed:
                 logger.error("the fork server exited")
@@ -69,7 +73,10 @@ class WorkerPool:
         for line in lines:
             kind, pid_s, *rest = line.decode().split()
             pid = int(pid_s)
-            if kind == "P":
+            if kind == "R":
+                if not self.ready.done():
+                    self.ready.set_result(None)
+            elif kind == "P":
                 self.pids.add(pid)
                 if rest:
                     self.env_of[pid] = rest[0]

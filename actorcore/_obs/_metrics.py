@@ -174,6 +174,11 @@ def _families(snap: dict[str, Any], users: UserMetrics) -> list[Any]:
         ("pulls_failed", "Pulls from other nodes that failed"),
     ):
         counter(f"actorcore_object_{key}", doc, [], [([], snap["counters"].get(key, 0))])
+    for key, doc in (
+        ("owner_gone_sent", "Process-ended notices (OWNER_GONE) sent to peer node daemons"),
+        ("owner_gone_received", "Process-ended notices (OWNER_GONE) from peer node daemons"),
+    ):
+        counter(f"actorcore_{key}", doc, [], [([], snap["counters"].get(key, 0))])
     counter(
         "actorcore_log_batches_forwarded",
         "Batches of worker output sent to drivers on other nodes",

@@ -276,6 +276,10 @@ class NodeObserver:
             out["bytes_pushed"] = st.bytes_sent
             out["pulls_done"] = st.pulls_done
             out["pulls_failed"] = st.pulls_failed
+        cluster = getattr(self.daemon, "cluster", None)
+        if cluster is not None:  # process-ended notices to and from peer daemons
+            out["owner_gone_sent"] = cluster.work.owner_gone_sent
+            out["owner_gone_received"] = cluster.work.owner_gone_received
         return out
 
     def metrics_text(self) -> bytes:
