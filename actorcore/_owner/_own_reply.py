@@ -93,12 +93,15 @@ def own_reply(rt: CoreRuntime, oid: bytes, timeout: float | None) -> Any:
     if claim is None:
         return NO_REPLY
     conn, rid, waiting, hand_on = claim
+    rt.block_begin()  # (a worker gives its CPU back, a threaded actor serves another call)
     try:
         reply, others = read_reply(conn, rid, waiting, hand_on, timeout)
     except BaseException:  # (KeyboardInterrupt in the wait): what was read goes on
         if conn.has_handed():
             hand_on()
         raise
+    finally:
+        rt.block_end()
     return _value(rt, oid, conn, reply, others)
 
 
