@@ -279,10 +279,15 @@ def cancel(
     item (an async generator at once), and the generator ends with
     TaskCancelledError after the items already delivered.
 
-    A queued task is dropped; a running async one is cancelled; a running sync
-    task gets TaskCancelledError raised in it at its next Python bytecode (a
-    blocking C call such as ``time.sleep`` finishes first; ``force=True`` kills
-    its worker at once). Getting ``ref`` then raises TaskCancelledError.
+    A queued task or actor call is dropped; a running async one is cancelled;
+    a running sync task gets TaskCancelledError raised where it blocks
+    (``time.sleep``, a socket or pipe read, a lock, event, queue or subprocess
+    wait) or at its next Python bytecode, and its ``finally`` runs; a C call
+    that never returns to Python (a long numpy operation) finishes first.
+    ``force=True`` kills the task's worker at once (it is replaced). A running
+    call of a sync actor is not interrupted (as in Ray: actors have state;
+    ``force`` too is ignored for actor calls). Getting a cancelled ``ref``
+    raises TaskCancelledError.
     With ``recursive`` (the default) the tasks that the cancelled task
     submitted are cancelled too, and theirs in turn.
     """

@@ -227,8 +227,9 @@ class ClusterNode:
             on_change=self._membership_changed,
             on_fence=getattr(daemon, "fence", None),
         )
-        # control changes wait out an etcd outage (membership's lease calls do not)
-        self.store = RetryingControlStore(self.membership.store)
+        # control changes wait out an etcd outage (membership's lease calls do not);
+        # none is written while this node may have lost its lease (actorcore._fencing)
+        self.store = RetryingControlStore(self.membership.store, may_write=self.vouched)
         self.actor_table = BatchedActorTable(self.store, daemon)
         self.names = NameRegistry(self.store)
         self._orig: dict[int, Handler] = {}
@@ -309,6 +310,14 @@ class ClusterNode:
 
     def _local(self, tag: P.Tag, peer: RpcPeer, msg: Any, b: list[bytes]) -> Any:
         return self._orig[int(tag)](peer, msg, b)
+
+    def vouched(self) -> bool:
+        """Whether this node may still write control state: not fenced, and its
+        lease confirmed (or an etcd outage confirmed by its peers) recently enough
+        that etcd cannot have expired it (:meth:`FenceMonitor.vouch_remaining`).
+        A node thawed after a pause past the TTL fails this before its fencer's
+        next tick: it writes none of its stale view over the cluster's."""
+        return not self.daemon.fenced and self.membership.fencer.vouch_remaining() > 0
 
     # --- cluster information ------------------------------------------------------------
 

@@ -144,8 +144,10 @@ def resolve_token(config: Config, address: str) -> bytes:
     return asyncio.run(cluster_token(address, etcd_options(config), given))
 
 
-def _wait_for_etcd(call: Any, address: str, limit_s: float = 30.0) -> Any:
-    """``call()``, tried again while etcd is unreachable (a join waits out an outage)."""
+def _wait_for_etcd(call: Any, address: str, limit_s: float = 120.0) -> Any:
+    """``call()``, tried again while etcd is unreachable (a join waits out an outage,
+    as long as every other control change does: ``gcs/_retry.py``'s 2 minutes; it
+    was 30 s, and a node started as a 30 s outage began never joined)."""
     from actorcore.gcs import ControlStoreUnavailableError
 
     deadline = time.monotonic() + limit_s

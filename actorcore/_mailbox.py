@@ -22,7 +22,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .errors import TaskCancelledError
+from .errors import TaskCancelledError, TaskCancelledInterrupt
 
 if TYPE_CHECKING:
     from ._worker import Call, WorkerRuntime
@@ -67,6 +67,8 @@ class ActorMailbox:
         self.dead: str | None = None
         self._is_coro: dict[str, bool] = {}
         self.async_tasks: dict[bytes, asyncio.Task[Any]] = {}
+        # the last async call still getting its arguments: the next ones wait for it (loop)
+        self.args_ahead: asyncio.Future[None] | None = None
 
     def is_coroutine(self, method: str) -> bool:
         flag = self._is_coro.get(method)
@@ -250,6 +252,8 @@ class TaskQueue:
     def run_user_code(self, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a sync task's function; a cancel may interrupt it only in here."""
         me = threading.get_ident()
+        if me == self.signal_thread and signal.getsignal(CANCEL_SIGNAL) != self._on_cancel_signal:
+            signal.signal(CANCEL_SIGNAL, self._on_cancel_signal)  # a task took it for itself
         with self.lock:
             self.in_user_code = call
         try:
@@ -264,10 +268,12 @@ class TaskQueue:
         """Let a cancel interrupt a sync task where it blocks (call on the main thread).
 
         The loop thread sends :data:`CANCEL_SIGNAL` to the main thread, which
-        runs the sync tasks; the handler raises :class:`TaskCancelledError` in
-        the task if it is still the one to cancel. ``time.sleep``, socket reads
-        and lock waits return into Python on a signal, so the cancel lands there
-        within moments; a ``finally`` in user code still runs.
+        runs the sync tasks; the handler raises :class:`TaskCancelledInterrupt`
+        (a KeyboardInterrupt) in the task if it is still the one to cancel.
+        ``time.sleep``, socket reads and lock waits return into Python on a
+        signal, so the cancel lands there within moments; a ``finally`` in user
+        code still runs. A task that takes the signal for itself (its own
+        handler, or SIG_IGN) has it back before the next task runs.
         """
         signal.signal(CANCEL_SIGNAL, self._on_cancel_signal)
         self.signal_thread = threading.get_ident()
@@ -276,7 +282,7 @@ class TaskQueue:
         target = self.cancel_target  # no lock here: the handler may run while it is held
         if target is not None and self.in_user_code is target:
             self.cancel_target = None
-            raise TaskCancelledError(f"task {target.name} was cancelled")
+            raise TaskCancelledInterrupt(f"task {target.name} was cancelled")
 
     def push(self, call: Call) -> None:
         with self.lock:
@@ -324,7 +330,7 @@ class TaskQueue:
                 self.running = call
             try:
                 self.worker.run_task(call)
-            except TaskCancelledError:
+            except TaskCancelledInterrupt:
                 pass  # an interrupt that arrived after the task ended
         self._next()
 
@@ -369,5 +375,5 @@ class TaskQueue:
                 self.cancel_target = running
                 signal.pthread_kill(self.thread_id, CANCEL_SIGNAL)
             else:
-                interrupt_thread(self.thread_id, TaskCancelledError)
+                interrupt_thread(self.thread_id, TaskCancelledInterrupt)
         return True

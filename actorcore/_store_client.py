@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import signal
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from actorcore.store import Arena, decode_meta, encode_meta, layout
 
 from . import _protocol as P
+from ._mailbox import CANCEL_SIGNAL
 from ._rpc import error_from_reply, next_rid
 from ._serialization import Serialized, deserialize
 from .errors import ObjectLostError
@@ -43,6 +46,36 @@ __all__ = ["StoreClient", "settle_on"]
 WRITE_ON_LOOP_MAX = 1 << 20
 
 Holders = list[Any]  # numpy arrays over the arena (store._arena.Arena.holder)
+
+
+def _defer_cancel() -> Any:
+    """Hold a task's cancel (a signal to the main thread) from now on; returns
+    what :func:`_allow_cancel` takes (None off the main thread: nothing held).
+
+    A store call on the blocking connection pins or allocates on the daemon's
+    side: a cancel raised while it waits for the reply would lose the reply
+    (and with it the pin's release, or the new range's abort) for as long as
+    the process lives. The signal stays pending meanwhile and lands as soon as
+    it is allowed again, once the holder's finalizer (or the abort) is in place.
+    """
+    if threading.get_ident() != threading.main_thread().ident:
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {CANCEL_SIGNAL})
+
+
+def _allow_cancel(old: Any) -> None:
+    if old is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def _cancel_deferred() -> Iterator[None]:
+    """:func:`_defer_cancel` for a block."""
+    old = _defer_cancel()
+    try:
+        yield
+    finally:
+        _allow_cancel(old)
 
 
 def settle_on(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any) -> None:
@@ -95,6 +128,7 @@ class StoreClient:
         self.daemon: RpcPeer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._writes: set[asyncio.Future[Any]] = set()
+        self._closing = False  # close() ran; the connection lives on while views do
 
     def attach(self, daemon: RpcPeer, loop: asyncio.AbstractEventLoop) -> None:
         """Use ``daemon`` (replies on ``loop``, the runtime's) for calls from loop threads."""
@@ -109,17 +143,23 @@ class StoreClient:
         """
         raws = [b.raw() for b in ser.buffers]
         total, spans = layout(len(ser.stream), [r.nbytes for r in raws])
-        reply = self.conn.call(
-            P.CreateObjectMsg(next_rid(), oid, total, [owner_id]), self._unpins()
-        )
-        if reply.TAG == P.Tag.ERROR_REPLY:
-            raise error_from_reply(reply)
-        offset = reply.value
+        held = _defer_cancel()  # a range handed out is always sealed or aborted
         try:
-            self.arena.write(offset, ser.stream, raws, spans)
-        except BaseException:
-            self.conn.send(P.AbortObjectMsg(oid))
-            raise
+            reply = self.conn.call(
+                P.CreateObjectMsg(next_rid(), oid, total, [owner_id]), self._unpins()
+            )
+            if reply.TAG == P.Tag.ERROR_REPLY:
+                raise error_from_reply(reply)
+            offset = reply.value
+            try:
+                _allow_cancel(held)  # a cancel held meanwhile lands here: aborted
+                held = None
+                self.arena.write(offset, ser.stream, raws, spans)
+            except BaseException:
+                self.conn.send(P.AbortObjectMsg(oid))
+                raise
+        finally:
+            _allow_cancel(held)
         self.conn.send(P.SealObjectMsg(0, oid, encode_meta(len(ser.stream), spans)))
         return total
 
@@ -131,8 +171,9 @@ class StoreClient:
                 if oid in self._cache:
                     self._touch(oid)
                 return holder, meta
-        reply = self.conn.call(P.OpenObjectsMsg(next_rid(), [oid]), self._unpins())
-        holder = self._opened([oid], reply)[0]
+        with _cancel_deferred():  # the pin's release is in place before a cancel lands
+            reply = self.conn.call(P.OpenObjectsMsg(next_rid(), [oid]), self._unpins())
+            holder = self._opened([oid], reply)[0]
         return holder, self._meta[id(holder)]
 
     def _cached(self, oid: bytes) -> np.ndarray | None:
@@ -337,6 +378,8 @@ class StoreClient:
         cb = self.on_release
         if cb is not None:
             cb()
+        elif self._closing and not self._meta:
+            self.conn.close()  # the last view held past close() died: its pins go
 
     def _unpins(self) -> Any:
         """Unpins queued by dead views, to go first on this connection (in the same
@@ -352,6 +395,10 @@ class StoreClient:
         return out
 
     def close(self) -> None:
+        """Let go of the store. Views the program still holds keep their bytes: while
+        any is alive the store connection stays open (the daemon keeps a process's
+        pins while it is connected) and closes when the last one dies; on a node the
+        process merely attached to, the daemon outlives it and would reuse the ranges."""
         with self._cache_lock:
             dropped = list(self._cache.values())
             self._cache.clear()
@@ -359,5 +406,8 @@ class StoreClient:
         del dropped
         for fut in list(self._writes):
             fut.cancel()
-        self.conn.close()
-        self.arena.close()
+        self.on_release = None  # the runtime's flush is gone with it
+        self._closing = True
+        if not self._meta:
+            self.conn.close()
+        self.arena.close()  # (the mapping stays while views are alive)

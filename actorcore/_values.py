@@ -21,9 +21,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _locations as L
+from ._arg_recovery import PAUSE_S, stale_limit_s
 from ._owner._own_reply import NO_REPLY, own_reply, own_reply_async
 from ._ref import ObjectRef
-from ._refcount import FAILED, INLINE, PENDING, STORE, ObjectEntry
+from ._refcount import FAILED, INLINE, PENDING, READY, STORE, ObjectEntry
 from ._serialization import loads_payload
 from .errors import GetTimeoutError, ObjectLostError
 
@@ -88,6 +89,8 @@ def value_of(rt: CoreRuntime, e: ObjectEntry) -> Any:
     """The Python value of a READY entry; raises the error of a FAILED one."""
     if e.state == FAILED:
         raise e.data
+    if e.state == PENDING:  # reset since it was seen ready (its copies' node died)
+        raise ObjectLostError(f"object {e.oid.hex()} is being made again")
     if e.kind == INLINE:
         value, refs = loads_payload(e.data, f"object {e.oid.hex()}")
     elif e.kind == STORE:
@@ -243,16 +246,63 @@ _REBUILD_READS = 3  # reads of one object that may each find it lost and wait fo
 def _read(rt: CoreRuntime, ref: ObjectRef, e: ObjectEntry, timeout: float | None) -> Any:
     """:func:`value_of`; an object found lost is rebuilt from lineage (owned) or asked of
     its owner again (borrowed), and read again (within what is left of ``timeout``)."""
+    try:
+        return value_of(rt, e)
+    except ObjectLostError:
+        failed = L.holders_of(e)
+        if not rt.recovery.read_failed(e):
+            raise
+    return _read_again(rt, ref, failed, timeout)
+
+
+def _read_again(
+    rt: CoreRuntime, ref: ObjectRef, failed: list[bytes] | None, timeout: float | None
+) -> Any:
+    """The rest of :func:`_read` once a read found the object lost (``failed``: the
+    holders it found none on): wait for it, and read it again."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    for _ in range(_REBUILD_READS):
+    stale = _Stale(rt)
+    reads = 1
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        e = _wait_entries(rt, (ref,), 1, left)[0]
+        pause = stale.pause(e, failed)
+        if pause:
+            time.sleep(pause if left is None else min(pause, left))  # backoff (see _Stale)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            e = _wait_entries(rt, (ref,), 1, left)[0]  # (reset meanwhile: the node died)
+        elif reads >= _REBUILD_READS:
+            return value_of(rt, e)  # the last read: its error is the answer
+        else:
+            reads += 1
+        failed = L.holders_of(e)
         try:
             return value_of(rt, e)
         except ObjectLostError:
             if not rt.recovery.read_failed(e):
                 raise
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        e = _wait_entries(rt, (ref,), 1, left)[0]
-    return value_of(rt, e)
+
+
+class _Stale:
+    """A borrowed object's owner that answers with the very holders a copy just failed
+    from has not learned of their node's death yet (it will within a node TTL, and then
+    rebuild the object): its reader asks again after a pause, for a bounded time."""
+
+    __slots__ = ("limit_s", "since")
+
+    def __init__(self, rt: CoreRuntime) -> None:
+        self.since: float | None = None
+        self.limit_s = stale_limit_s(rt.config.node_ttl_s)
+
+    def pause(self, e: ObjectEntry, failed: list[bytes] | None) -> float:
+        """The pause before the next read of ``e`` (0: read again now, as a new try)."""
+        if e.owned or e.state != READY or not failed or L.holders_of(e) != failed:
+            self.since = None
+            return 0.0
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        return PAUSE_S if now - self.since < self.limit_s else 0.0
 
 
 def _partition(
@@ -299,11 +349,33 @@ def wait(
     refs = _check_wait_args(refs, num_returns, fetch_local)
     if not refs:
         return [], []
-    try:
-        entries = _wait_entries(rt, refs, num_returns, timeout, fetch_local)
-    except GetTimeoutError:
-        entries = _current(rt, refs)
-    return _partition(rt, refs, entries, num_returns, fetch_local)
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            entries = _wait_entries(rt, refs, num_returns, left, fetch_local)
+        except GetTimeoutError:
+            entries = _current(rt, refs)
+        ready, rest = _partition(rt, refs, entries, num_returns, fetch_local)
+        pause = _pull_failed_pause(ready, num_returns, deadline)
+        if pause <= 0:
+            return ready, rest
+        time.sleep(pause)  # pacing: the owner has not heard of the holders' death yet
+
+
+def _pull_failed_pause(ready: list[Any], num_returns: int, deadline: float | None) -> float:
+    """How long a wait pauses before looking again (0: it returns now).
+
+    A wait wakes early with fewer than ``num_returns`` ready only when a pull of a
+    ready object failed (its copies' node just died, its owner does not know yet):
+    it looks again after a pause, until the owner rebuilds it, fails it or the
+    timeout ends, instead of returning early with nothing ready.
+    """
+    if len(ready) >= num_returns:
+        return 0.0
+    if deadline is None:
+        return PAUSE_S
+    return min(PAUSE_S, deadline - time.monotonic())
 
 
 def _current(rt: CoreRuntime, refs: Sequence[ObjectRef]) -> list[ObjectEntry]:
@@ -403,11 +475,24 @@ async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
             value = await own_reply_async(rt, ref.id)
             if value is not NO_REPLY:
                 return value
-    for _ in range(_REBUILD_READS):
+    stale: _Stale | None = None  # (made when a pull first fails)
+    failed: list[bytes] | None = None  # the holders the last pull found no copy on
+    reads = 0
+    while reads < _REBUILD_READS:
         # (a copy on another node is pulled)
         e = (await _until_ready(rt, (ref,), 1, None, True))[0]
-        if e.state != FAILED and not is_local(rt, e) and rt.recovery.read_failed(e):
-            continue  # the pull found no copy: rebuilt from lineage, or asked again
+        if e.state != FAILED and not is_local(rt, e):
+            if stale is None:
+                stale = _Stale(rt)
+            pause = stale.pause(e, failed)
+            failed = L.holders_of(e)
+            if rt.recovery.read_failed(e):  # no copy: rebuilt from lineage, or asked again
+                if pause:
+                    await asyncio.sleep(pause)  # backoff (see _Stale)
+                else:
+                    reads += 1
+                continue
+        reads += 1
         try:
             if e.kind == STORE and e.state != FAILED:
                 # map it without a blocking round trip to the daemon (which may be
@@ -435,11 +520,18 @@ async def wait_async(
     refs = _check_wait_args(refs, num_returns, fetch_local)
     if not refs:
         return [], []
-    try:
-        entries = await _until_ready(rt, refs, num_returns, timeout, fetch_local)
-    except TimeoutError:
-        entries = _current(rt, refs)
-    return _partition(rt, refs, entries, num_returns, fetch_local)
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            entries = await _until_ready(rt, refs, num_returns, left, fetch_local)
+        except TimeoutError:
+            entries = _current(rt, refs)
+        ready, rest = _partition(rt, refs, entries, num_returns, fetch_local)
+        pause = _pull_failed_pause(ready, num_returns, deadline)
+        if pause <= 0:
+            return ready, rest
+        await asyncio.sleep(pause)  # pacing: see _pull_failed_pause
 
 
 async def as_completed(rt: CoreRuntime, refs: Sequence[Any]) -> AsyncIterator[Any]:

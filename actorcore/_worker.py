@@ -22,6 +22,7 @@ from typing import Any
 from . import _global as G
 from . import _protocol as P
 from . import _task_events as TE
+from ._arg_recovery import recover_sources
 from ._config import Config
 from ._execution import (
     ExecPool,
@@ -33,13 +34,20 @@ from ._execution import (
     encode_error,
     encode_results,
     encode_results_async,
+    store_args,
 )
 from ._ids import new_id
 from ._mailbox import ActorMailbox, TaskQueue
 from ._rpc import DEFERRED, RpcPeer, error_reply, handles, next_rid
 from ._runtime import CoreRuntime, NodeInfo
 from ._streaming import Producers
-from .errors import ActorDiedError, ObjectLostError, TaskCancelledError, TaskError
+from .errors import (
+    ActorDiedError,
+    ObjectLostError,
+    TaskCancelledError,
+    TaskCancelledInterrupt,
+    TaskError,
+)
 
 __all__ = ["Call", "WorkerRuntime", "worker_main"]
 
@@ -169,8 +177,9 @@ class WorkerRuntime(CoreRuntime):
             if call.stream:
                 value = self.producers.drive_sync(call, value)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
-        except TaskCancelledError as e:
-            results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
+        except (TaskCancelledError, TaskCancelledInterrupt) as e:
+            err = TaskCancelledError(*e.args)  # (the caller's kind of error)
+            results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
         except BaseException as e:
             results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
         finally:
@@ -323,7 +332,13 @@ class WorkerRuntime(CoreRuntime):
         token = current_task.set(TaskContext(name, new_id(), msg.actor_id))
         try:
             cls = self.function(spec["class_id"], spec["class_blob"])
-            args, kwargs, reg = decode_args(self, spec["args"], spec.get("resolved") or [])
+            try:
+                args, kwargs, reg = decode_args(self, spec["args"], spec.get("resolved") or [])
+            except ObjectLostError as e:  # (a restart elsewhere: its node died) got back
+                if type(e) is not ObjectLostError:
+                    raise
+                payload, resolved = recover_sources(self, spec["args"], spec.get("resolved") or [])
+                args, kwargs, reg = decode_args(self, payload, resolved)
             instance = cls(*args, **kwargs)
             self._wait_all(reg, None)
         except BaseException as e:
@@ -358,7 +373,12 @@ class WorkerRuntime(CoreRuntime):
         TE.call_running(call, mb.actor_id)  # observability hook
         try:
             method = self._method(mb, call)
-            args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            try:
+                args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+            except ObjectLostError as e:  # its node died: got back in place (_arg_recovery)
+                if type(e) is not ObjectLostError:
+                    raise
+                args, kwargs, reg = self._recovered_args(call)
             value = method(*args, **kwargs)
             if call.stream:
                 value = self.producers.drive_sync(call, value, mb.actor_id)
@@ -374,7 +394,7 @@ class WorkerRuntime(CoreRuntime):
         TE.call_running(call, mb.actor_id)  # observability hook
         try:
             method = self._method(mb, call)
-            args, kwargs, reg = await decode_args_async(self, call.payload, call.resolved)
+            args, kwargs, reg = await self._actor_args(mb, call)
             if call.stream:
                 value = await self.producers.drive_async(call, method(*args, **kwargs), mb.actor_id)
             else:
@@ -397,6 +417,38 @@ class WorkerRuntime(CoreRuntime):
             await _drain(conn)
         self._reply(call, results, reg, waits)
 
+    def _recovered_args(self, call: Call) -> tuple[Any, Any, Any]:
+        """An actor call's argument was lost with its node: the call keeps its place in
+        the mailbox while the argument's owner rebuilds it (or says why it cannot)."""
+        payload, resolved = recover_sources(self, call.payload, call.resolved)
+        return decode_args(self, payload, resolved)
+
+    async def _actor_args(self, mb: ActorMailbox, call: Call) -> tuple[Any, Any, Any]:
+        """An async call's arguments, in call order: while a call before it still waits
+        for its own (a copy from another node, a lost one got back), it waits too."""
+        ahead = mb.args_ahead
+        if ahead is None and not store_args(call.payload, call.resolved):
+            return decode_args(self, call.payload, call.resolved, pulled=True)  # (all inline)
+        mine = mb.args_ahead = self.loop.create_future()
+        try:
+            try:
+                out = await decode_args_async(self, call.payload, call.resolved)
+            except ObjectLostError as e:  # its node died: got back in place (_arg_recovery)
+                if type(e) is not ObjectLostError:
+                    raise
+                payload, resolved = await self.loop.run_in_executor(
+                    None, recover_sources, self, call.payload, call.resolved
+                )
+                out = await decode_args_async(self, payload, resolved)
+            if ahead is not None:
+                await asyncio.shield(ahead)  # (a cancel of this call leaves it be)
+            return out
+        finally:
+            if ahead is None or ahead.done():
+                _open_gate(mb, mine)
+            else:  # (failed or cancelled first: the calls behind still wait for the one ahead)
+                ahead.add_done_callback(lambda _f: _open_gate(mb, mine))
+
     @handles(P.Tag.DROP_ACTOR)
     def on_drop_actor(self, peer: RpcPeer, msg: P.DropActorMsg, _bufs: list[bytes]) -> Any:
         mb = self.mailboxes.pop(msg.actor_id, None)
@@ -407,6 +459,14 @@ class WorkerRuntime(CoreRuntime):
             )
             self.producers.actor_gone(mb.actor_id, err)
         return DEFERRED
+
+
+def _open_gate(mb: ActorMailbox, gate: asyncio.Future[None]) -> None:
+    """The calls behind ``gate``'s call may start (see ``WorkerRuntime._actor_args``)."""
+    if not gate.done():
+        gate.set_result(None)
+    if mb.args_ahead is gate:
+        mb.args_ahead = None
 
 
 async def _drain(conn: Any) -> None:

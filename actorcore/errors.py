@@ -38,6 +38,7 @@ __all__ = [
     "ProtocolError",
     "SerializationError",
     "TaskCancelledError",
+    "TaskCancelledInterrupt",
     "TaskError",
     "WorkerCrashedError",
 ]
@@ -285,6 +286,19 @@ class ObjectReconstructionFailedError(ObjectLostError):
 
 class TaskCancelledError(ActorCoreError):
     """Raised when getting the result of a task cancelled with ``ac.cancel``."""
+
+
+class TaskCancelledInterrupt(KeyboardInterrupt):
+    """Raised *inside* a running sync task where ``ac.cancel`` interrupts it (in
+    ``time.sleep``, a socket read, a lock wait, or at its next bytecode).
+
+    A ``KeyboardInterrupt``, as Ray raises there: a broad ``except Exception``
+    in user code (a retry loop) does not swallow the cancel, and ``finally``
+    blocks run. Whoever gets the task's result gets :class:`TaskCancelledError`.
+    """
+
+    def __reduce__(self) -> Any:
+        return (type(self), self.args)
 
 
 class ObjectStoreFullError(ActorCoreError, MemoryError):

@@ -14,7 +14,11 @@ From the kill, each round times:
   other node (``__init__`` ran again; an answer from the killed node's
   orphaned worker does not count);
 * **object rebuilt**: a ``get`` made right after the kill returns the object,
-  rebuilt by lineage.
+  rebuilt by lineage;
+* **actor call with a lost argument**: a call made right after the kill, to
+  an actor on the driver's node, with another such object as its argument
+  returns (the argument rebuilt by lineage while the call waits for it; not
+  the object of the row above, whose failed ``get`` starts its rebuild early).
 
 actorcore runs at its default node TTL (``Config.node_ttl_s``) unless
 ``--ttl`` is given. Every side runs in its own subprocess.
@@ -50,8 +54,13 @@ def _timed(fn: Any, out: dict[str, float], key: str, t0: float) -> threading.Thr
     return th
 
 
-def _setup(api: Any) -> tuple[Any, Any, Any]:
+def _setup(api: Any, affinity: Any) -> tuple[Any, Any, Any, Any, Any]:
     import numpy as np
+
+    @api.remote(num_cpus=0)
+    class Reader:
+        def size(self, a: Any) -> int:
+            return int(a.size)
 
     @api.remote
     class Counter:
@@ -66,18 +75,24 @@ def _setup(api: Any) -> tuple[Any, Any, Any]:
     def make(n: int) -> Any:
         return np.ones(n, dtype=np.uint8), api.get_runtime_context().get_node_id()
 
+    here = api.get_runtime_context().get_node_id()
+    reader = Reader.options(scheduling_strategy=affinity(here, soft=False)).remote()
+    api.get(reader.size.remote(np.ones(1)), timeout=120)
     actor = Counter.options(max_restarts=1, max_task_retries=1, resources={"w": 1}).remote()
     node = api.get(actor.incr.remote(), timeout=120)[1]
-    for _ in range(50):
+    objs = []
+    for _ in range(100):
         obj, where = make.options(resources={"w": 0.5}).remote(MiB)
         if api.get(where, timeout=120) == node:
             api.wait([obj], timeout=120, fetch_local=False)
-            return actor, obj, node
+            objs.append(obj)
+            if len(objs) == 2:
+                return actor, objs[0], node, reader, objs[1]
     raise RuntimeError("could not place the object on the actor's node")
 
 
 def _after_kill(
-    api: Any, actor: Any, obj: Any, node: str, t0: float, out: dict[str, float]
+    api: Any, actor: Any, obj: Any, node: str, call: Any, t0: float, out: dict[str, float]
 ) -> list[Any]:
     def answered_elsewhere() -> None:
         # the first answer from the restarted actor: a worker orphaned by the kill may
@@ -98,6 +113,7 @@ def _after_kill(
     return [
         _timed(answered_elsewhere, out, "actor", t0),
         _timed(lambda: api.get(obj, timeout=120), out, "object", t0),
+        _timed(lambda: api.get(call(), timeout=120), out, "call", t0),
     ]
 
 
@@ -116,14 +132,16 @@ def _actorcore_round(ttl: float | None) -> dict[str, float]:
         c.wait_registered()
         ac.init(address=c.address, attach_node=c.nodes[0].node_id)
         try:
-            actor, obj, node = _setup(ac)
+            from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            actor, obj, node, reader, obj2 = _setup(ac, NodeAffinitySchedulingStrategy)
             doomed = next(n for n in c.nodes if n.node_id == node)
             others = [n for n in c.nodes if n is not doomed]
             t0 = time.perf_counter()
             import signal
 
             _killpg(doomed.pid, signal.SIGKILL)
-            threads = _after_kill(ac, actor, obj, node, t0, out)
+            threads = _after_kill(ac, actor, obj, node, lambda: reader.size.remote(obj2), t0, out)
 
             def seen() -> bool:
                 views = [o.nodes() for o in others] + [ac.nodes()]
@@ -150,11 +168,13 @@ def _ray_round() -> dict[str, float]:
     c.wait_for_nodes()
     ray.init(address=c.address)
     try:
-        actor, obj, node = _setup(ray)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        actor, obj, node, reader, obj2 = _setup(ray, NodeAffinitySchedulingStrategy)
         doomed = next(n for n in nodes if n.node_id == node)
         t0 = time.perf_counter()
         c.remove_node(doomed, allow_graceful=False)
-        threads = _after_kill(ray, actor, obj, node, t0, out)
+        threads = _after_kill(ray, actor, obj, node, lambda: reader.size.remote(obj2), t0, out)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if any(r["NodeID"] == node and not r["Alive"] for r in ray.nodes()):
@@ -213,6 +233,7 @@ def main() -> None:
         ("death", "death seen by every node"),
         ("actor", "actor answering on another node"),
         ("object", "lost object rebuilt (lineage)"),
+        ("call", "actor call with a lost argument answered"),
     ):
         print(f"| {label} | " + " | ".join(_median(r, key) for r in sides.values()) + " |")
     ttl = sides["actorcore"][0].get("ttl_s")

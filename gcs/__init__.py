@@ -63,6 +63,7 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "ActorRecord",
     "ActorTable",

@@ -9,6 +9,13 @@ a name claim answers True to the actor already holding it, a compare-and-delete
 whose first try went through answers False the second time. Lease calls are
 *not* retried (a node's lease has its own clock: :mod:`actorcore._fencing`);
 watches resume by themselves.
+
+A node that may have lost its lease must not write: given ``may_write``, every
+try of a write (put, delete, transaction) first asks it and fails with
+:class:`NotVouchedError` when it says no, however long the write has waited.
+A node thawed after a pause past its TTL would otherwise write its stale view
+(an actor RESTARTING there, a name released) over what the rest of the
+cluster decided meanwhile (the actor restarted elsewhere, under that name).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import TypeVar
 from ._interface import (
     Compare,
     ControlStore,
+    ControlStoreError,
     ControlStoreUnavailableError,
     DeleteOp,
     GetOp,
@@ -31,12 +39,17 @@ from ._interface import (
     Watch,
 )
 
-__all__ = ["RetryingControlStore"]
+__all__ = ["NotVouchedError", "RetryingControlStore"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _BACKOFF = (0.1, 1.0)  # first retry after 0.1 s, doubling to 1 s: pacing, not synchronization
+
+
+class NotVouchedError(ControlStoreError):
+    """A write refused because this node may have lost its lease (it fences and
+    rejoins as a new node; what it would have written is the others' to decide)."""
 
 
 class RetryingControlStore(ControlStore):
@@ -45,12 +58,37 @@ class RetryingControlStore(ControlStore):
     Args:
         inner: the store (not closed here: its owner closes it).
         max_wait_s: how long one call may wait for etcd to come back.
+        may_write: asked before every try of a write; False refuses it
+            (:class:`NotVouchedError`). None: writes always go.
     """
 
-    def __init__(self, inner: ControlStore, max_wait_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        inner: ControlStore,
+        max_wait_s: float = 120.0,
+        may_write: Callable[[], bool] | None = None,
+    ) -> None:
         self.inner = inner
         self.max_wait_s = max_wait_s
+        self.may_write = may_write
         self.retried = 0  # calls that had to wait for etcd (observability, tests)
+        self.refused = 0  # writes refused by may_write
+
+    def _write(self, call: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        may_write = self.may_write
+        if may_write is None:
+            return call
+
+        async def checked() -> T:
+            if not may_write():
+                self.refused += 1
+                raise NotVouchedError(
+                    "this node may have lost its lease: it writes nothing to control "
+                    "state until it rejoins as a new node"
+                )
+            return await call()
+
+        return checked
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self.max_wait_s
@@ -80,13 +118,15 @@ class RetryingControlStore(ControlStore):
         return await self._retry("a read", lambda: self.inner.get_prefix(prefix))
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
-        return await self._retry("a write", lambda: self.inner.put(key, value, lease=lease))
+        return await self._retry(
+            "a write", self._write(lambda: self.inner.put(key, value, lease=lease))
+        )
 
     async def delete(self, key: bytes) -> bool:
-        return await self._retry("a delete", lambda: self.inner.delete(key))
+        return await self._retry("a delete", self._write(lambda: self.inner.delete(key)))
 
     async def delete_prefix(self, prefix: bytes) -> int:
-        return await self._retry("a delete", lambda: self.inner.delete_prefix(prefix))
+        return await self._retry("a delete", self._write(lambda: self.inner.delete_prefix(prefix)))
 
     async def txn(
         self,
@@ -95,7 +135,7 @@ class RetryingControlStore(ControlStore):
         failure: Sequence[PutOp | DeleteOp | GetOp] = (),
     ) -> TxnResult:
         return await self._retry(
-            "a transaction", lambda: self.inner.txn(compares, success, failure)
+            "a transaction", self._write(lambda: self.inner.txn(compares, success, failure))
         )
 
     async def grant_lease(self, ttl: float) -> int:

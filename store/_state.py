@@ -142,12 +142,22 @@ class StoreState:
             and e.state is ObjectState.CREATED
             and e.creator == client
         ]
+        owned = [e.oid for e in self.entries.values() if e.owner == client and not e.freed]
         out: list[StoreInstruction] = _files(self.client_gone(client))
         why = "the process writing it died before sealing it"
         for oid in writing:
             out += self._wake(oid, why)
         for oid in [o for o in self.waiters if o not in self.entries]:
             out += self._wake(oid, "its owner's process exited")
+        # freed with their owner: read caches let go of them too, as after a Free
+        # (cached_pins() skips freed objects, so no later revocation would ask)
+        revoke: dict[Any, list[bytes]] = {}
+        for oid in owned:
+            left = self.entries.get(oid)
+            if left is not None and left.pins:
+                for c in left.pins:
+                    revoke.setdefault(c, []).append(oid)
+        out += [RevokePins(c, tuple(oids)) for c, oids in revoke.items()]
         return out
 
     # --- state changes ----------------------------------------------------------------

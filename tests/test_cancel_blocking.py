@@ -1,6 +1,7 @@
 """Cancel that lands (issue 14, item 4): a running sync task blocked in
-``time.sleep``, a socket read or a lock wait sees ``TaskCancelledError`` where
-it blocks within a second of ``ac.cancel``, and its ``finally`` still runs;
+``time.sleep``, a socket read or a lock wait sees ``TaskCancelledInterrupt`` (a
+KeyboardInterrupt, like Ray's) where it blocks within a second of ``ac.cancel``
+(its caller gets ``TaskCancelledError``), and its ``finally`` still runs;
 ``force=True`` kills the worker, which is replaced.
 
 Each task marks a file when it is about to block (so the cancel is sent while

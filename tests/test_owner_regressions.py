@@ -6,7 +6,7 @@ import time
 import pytest
 
 import actorcore as ac
-from actorcore.errors import TaskCancelledError
+from actorcore.errors import TaskCancelledError, TaskCancelledInterrupt
 from actorcore.testing import wait_for
 
 
@@ -69,7 +69,7 @@ def child(d):
             if os.path.exists(os.path.join(d, "stop")):
                 return "stopped"
             time.sleep(0.05)
-    except TaskCancelledError:
+    except TaskCancelledInterrupt:  # (a KeyboardInterrupt: like Ray's)
         open(os.path.join(d, "cancelled"), "w").close()
         raise
     return "not cancelled"

@@ -16,6 +16,7 @@ import pytest
 from actorcore.store import (
     ALIGN,
     ArenaAllocator,
+    ClientGone,
     Created,
     Free,
     Full,
@@ -655,6 +656,28 @@ def test_client_gone_drops_pins():
     assert b not in s.entries
     s.validate()
     assert s.stats().used == 0
+
+
+def test_an_owner_gone_asks_the_read_caches_to_let_go_of_its_objects():
+    """Objects freed because their owner died are revoked like freed ones: a
+    freed object is never revoked later (cached_pins() skips it), so a read
+    cache would hold it, unreclaimable, until it evicts it by itself."""
+    s = StoreState(1 * MB)
+    mine, other, gone_first = _oid(1), _oid(2), _oid(3)
+    _sealed(s, mine, 10_000, owner=OWNER)
+    _sealed(s, other, 10_000, owner=OTHER)
+    _sealed(s, gone_first, 10_000, owner=OWNER)
+    s.open(mine, R1)
+    s.open(mine, R2)
+    s.open(other, R1)
+    out = s.handle(ClientGone(OWNER))
+    revokes = sorted((i.client, i.oids) for i in out if isinstance(i, RevokePins))
+    assert revokes == sorted([(R1, (mine,)), (R2, (mine,))])
+    assert gone_first not in s.entries and other in s.entries
+    s.release(mine, R1)
+    s.release(mine, R2)
+    s.validate()
+    assert mine not in s.entries
 
 
 def test_client_gone_drops_its_unsealed_objects():

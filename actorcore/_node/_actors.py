@@ -10,10 +10,12 @@ control state (batched: one write task per loop tick), release its name.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from actorcore.gcs import ActorRecord, ActorTable, NameRegistry
+from actorcore.gcs import ActorTable, NameRegistry
+from actorcore.gcs._retry import NotVouchedError
 
 from .. import _protocol as P
 from .._rpc import DEFERRED, RpcPeer, Service, handles, next_rid
@@ -23,6 +25,8 @@ from ._state import NodeState
 from ._workers import WorkerRegistry
 
 __all__ = ["ActorService"]
+
+logger = logging.getLogger(__name__)
 
 
 class ActorService(Service):
@@ -43,6 +47,7 @@ class ActorService(Service):
         self.actor_table = actor_table
         self.names = names
         self._dirty: set[bytes] = set()
+        self._writing = False  # a _write_records task is scheduled or running
 
     # --- instructions ------------------------------------------------------------------
 
@@ -75,22 +80,43 @@ class ActorService(Service):
             pass
 
     def persist(self, ins: Persist) -> None:
-        if not self._dirty:
-            asyncio.get_running_loop().call_soon(self._flush_records)
         self._dirty.add(ins.actor_id)
+        if not self._writing:
+            self._writing = True
+            asyncio.get_running_loop().call_soon(self._flush_records)
 
     def release_name(self, ins: ReleaseName) -> None:
-        self.spawn(self.names.release(ins.namespace, ins.name, ins.actor_id))
+        self.spawn(self._release_name(ins))
+
+    async def _release_name(self, ins: ReleaseName) -> None:
+        try:
+            await self.names.release(ins.namespace, ins.name, ins.actor_id)
+        except NotVouchedError:  # fencing: the actor may live on elsewhere, under its name
+            logger.info("name %r of actor %s kept: %s", ins.name, ins.actor_id.hex(), "fenced")
 
     def _flush_records(self) -> None:
-        dirty, self._dirty = self._dirty, set()
-        records = [r for r in map(self.state.actor_record, dirty) if r is not None]
-        if records:
-            self.spawn(self._write_records(records))
+        self.spawn(self._write_records())
 
-    async def _write_records(self, records: list[ActorRecord]) -> None:
-        for rec in records:
-            await self.actor_table.put(rec)
+    async def _write_records(self) -> None:
+        """The one writer of this node's actor records: each record is read when it is
+        written (its latest state), one put at a time. Two writers, or a snapshot
+        taken before a put that waits on etcd, let an older state (PENDING) land
+        after a newer one (ALIVE), and callers waiting on the record never found
+        the actor."""
+        try:
+            while self._dirty:
+                actor_id = self._dirty.pop()
+                rec = self.state.actor_record(actor_id)
+                if rec is None:
+                    continue
+                try:
+                    await self.actor_table.put(rec)
+                except NotVouchedError as e:  # fencing: the cluster decides for it now
+                    logger.info("record of actor %s not written: %s", actor_id.hex(), e)
+                except Exception:
+                    logger.exception("writing the record of actor %s failed", actor_id.hex())
+        finally:
+            self._writing = False
 
     # --- actors ------------------------------------------------------------------------------
 

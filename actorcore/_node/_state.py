@@ -220,7 +220,10 @@ class NodeState:
                 continue
             other = next((n for n in self.others.values() if n.node_id.hex() == hex_id), None)
             if other is None or not other.alive:
-                known = [self.me.node_id.hex(), *(n.node_id.hex() for n in self.others.values())]
+                known = [
+                    self.me.node_id.hex(),
+                    *(n.node_id.hex() for n in self.others.values() if n.alive),
+                ]
                 state = "is dead" if other is not None else "is not a node of this cluster"
                 raise ValueError(
                     f"NodeAffinitySchedulingStrategy(node_id={hex_id!r}, soft=False): that node "

@@ -48,7 +48,11 @@ __all__ = ["StoreService"]
 
 logger = logging.getLogger(__name__)
 
-REVOKE_TIMEOUT_S = 5.0  # a process that does not answer a revocation in time is not waited for
+REVOKE_TIMEOUT_S = 5.0  # one wait for the processes asked to give cached pins back
+# A request that needs room only read caches hold waits this long in all for a
+# process that does not answer (its loop blocked by user code, say), asking again
+# every REVOKE_TIMEOUT_S, before it fails with ObjectStoreFullError.
+REVOKE_PATIENCE_S = 60.0
 
 
 def _write_file(arena: Arena, offset: int, size: int, path: str) -> str | None:
@@ -166,18 +170,31 @@ class StoreService(Service):
             return None
         return fut
 
-    async def _revoke_cached_pins(self) -> bool:
-        """Make read caches let go of what they pin; True if any was asked (then
-        a request that found no room may try again once)."""
+    async def _revoke_cached_pins(self) -> str:
+        """Make read caches let go of what they pin: ``"none"`` (nobody to ask),
+        ``"answered"`` (every process asked answered, its releases counted) or
+        ``"pending"`` (some did not answer within REVOKE_TIMEOUT_S)."""
         asked = [
             fut
             for client, oids in self.state.cached_pins().items()
             if (fut := self.revoke_pins(RevokePins(client, tuple(oids)))) is not None
         ]
         if not asked:
-            return False
-        await asyncio.wait(asked, timeout=REVOKE_TIMEOUT_S)
-        return True
+            return "none"
+        _done, pending = await asyncio.wait(asked, timeout=REVOKE_TIMEOUT_S)
+        return "pending" if pending else "answered"
+
+    async def _room_from_caches(self, tries: dict[str, float]) -> bool:
+        """No room: ask the read caches for their pins; True if the request may try
+        again (once after every asked process answered; while some do not answer,
+        until REVOKE_PATIENCE_S has passed). ``tries`` keeps the request's state."""
+        now = asyncio.get_running_loop().time()
+        deadline = tries.setdefault("deadline", now + REVOKE_PATIENCE_S)
+        outcome = await self._revoke_cached_pins()
+        if outcome == "answered" and not tries.get("answered"):
+            tries["answered"] = 1.0
+            return True
+        return outcome == "pending" and now < deadline
 
     # --- writers -------------------------------------------------------------------
 
@@ -219,14 +236,13 @@ class StoreService(Service):
         Raises:
             ObjectStoreFullError: when spilling cannot make room.
         """
-        revoked = False
+        tries: dict[str, float] = {}
         while True:
             r = self.state.create(oid, size, creator, owner)
             if isinstance(r, Created):
                 return r.offset
             if isinstance(r, Full):
-                if not revoked and await self._revoke_cached_pins():
-                    revoked = True
+                if await self._room_from_caches(tries):
                     continue
                 raise ObjectStoreFullError(r.message)
             await self._spill(r.oids)
@@ -346,14 +362,13 @@ class StoreService(Service):
             return None
 
     async def _restore(self, oid: bytes) -> None:
-        revoked = False
+        tries: dict[str, float] = {}
         while True:
             r = self.state.begin_restore(oid)
             if r is None:
                 return
             if isinstance(r, Full):
-                if not revoked and await self._revoke_cached_pins():
-                    revoked = True
+                if await self._room_from_caches(tries):
                     continue
                 raise ObjectStoreFullError(r.message)
             if isinstance(r, NeedSpill):
