@@ -17,6 +17,7 @@ guards only the connection maps. Reading values (get, wait, await) is in
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import threading
@@ -86,6 +87,8 @@ class CoreRuntime(OwnershipMixin, Service):
         self.daemon: RpcPeer = None  # type: ignore[assignment]
         self.store: StoreClient = None  # type: ignore[assignment]
         self._flush_scheduled = False
+        # connections holding frames that a caller thread read for the loop
+        self.handed_conns: collections.deque[Any] = collections.deque()
         self._frees: list[FreeStore] = []
         self._releases: dict[tuple[Any, ...], list[bytes]] = {}
         self.broken: BaseException | None = None
@@ -346,9 +349,25 @@ class CoreRuntime(OwnershipMixin, Service):
     def _arm_flush(self) -> None:
         self.loop.call_later(FLUSH_DELAY_S, self.flush)
 
+    def deliver_handed(self) -> None:
+        """On the loop: deliver what caller threads read off connections, before
+        anything queued after it (every inbox drain and flush calls this first)."""
+        conns = self.handed_conns
+        while conns:
+            conns.popleft().deliver_handed()
+
+    def kick_handed(self) -> None:
+        """From another thread: have the loop deliver handed frames now."""
+        try:
+            self.loop.call_soon_threadsafe(self.deliver_handed)
+        except RuntimeError:
+            pass  # the loop is closed: the runtime is shutting down
+
     def flush(self) -> None:
         """Count queued ref changes, then send frees, releases and unpins (on the loop)."""
         self._flush_scheduled = False
+        if self.handed_conns:
+            self.deliver_handed()
         self.objects.catch_up()
         self._send_releases()
 

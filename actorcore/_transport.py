@@ -5,7 +5,10 @@ event loop (``add_reader``) and hand whole frames to a receiver. Writes are
 thread-safe: on the loop thread frames queued in one loop tick go out in one
 write; from any other thread (a worker's executor, a driver's main thread) the
 frame is written straight to the socket, so a blocking caller does not wait for
-the loop to wake up. Anything left over waits for ``add_writer``.
+the loop to wake up. Anything left over waits for ``add_writer``. A caller
+waiting for the reply to its own call may read the socket itself
+(:mod:`._caller_read`): the loop then stops watching it for a while and
+delivers the frames that caller read, in order (``handed``).
 
 Back-pressure: what a peer has not read yet is bounded. Above the high-water
 mark a plain thread that sends waits (off any loop) for the peer to read, a
@@ -24,6 +27,7 @@ sockets, each for a short deadline.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import logging
 import select
@@ -59,6 +63,8 @@ SEND_HIGH_WATER = 64 << 20  # queued bytes above which senders wait for the peer
 SEND_MAX_QUEUED = 512 << 20  # a loop thread cannot wait: the connection drops here
 SEND_STALL_S = 60.0  # a waiting thread gives up on a peer that read nothing this long
 CLOSE_LINGER_S = 2.0  # a closed connection drains what it queued for this long
+READ_BACK_S = 0.002  # the loop takes reading back once no caller thread read this long
+BROKEN = object()  # in ``handed``: the connection ended while a caller thread read it
 
 
 class Receiver:
@@ -127,6 +133,19 @@ class Connection(LendableReading):
         # a TLS socket may hold decrypted bytes the fd no longer signals
         self._pending = getattr(sock, "pending", None)
         self._init_lending()
+        # Reading: the loop's reader, or a caller waiting for its reply (._caller_read).
+        # read_lock is held by whoever reads the socket and decodes (the loop re-enters
+        # it when closing the socket).
+        self.read_lock = threading.RLock()
+        self.caller_reading = False
+        self.claim: Any = None  # a caller's event loop reading its reply (see ._caller_read)
+        self.handed: collections.deque[Any] = collections.deque()  # read off-loop, for the loop
+        self.handed_rids: set[int] = set()  # replies among them, not delivered yet
+        self._delivering = False  # the loop delivers ``handed`` now
+        self._reader_paused = False  # the loop's reader is off while caller threads read
+        self.caller_reads = 0  # reads by caller threads (the loop looks whether it moved)
+        self._seen_reads = 0
+        self.close_deferred = False  # a caller thread read when the socket was to close
 
     def start(self) -> None:
         """Begin reading; call on the loop thread after the handshake.
@@ -353,7 +372,7 @@ class Connection(LendableReading):
     # --- reading -----------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        if self._ep is not None:
+        if self._ep is not None:  # a worker's actor thread may borrow reading (_lending)
             with self._read_lock:  # frames are delivered in order, whoever reads
                 if not self._lent:
                     self._read_and_deliver()
@@ -361,6 +380,22 @@ class Connection(LendableReading):
         self._read_and_deliver()
 
     def _read_and_deliver(self) -> None:
+        if not self.read_lock.acquire(False):  # a caller thread reads its reply: step aside
+            self._pause_reading()
+            return
+        if self.claim is not None and self.claim.live():  # a caller's loop reads it
+            self.read_lock.release()
+            self._pause_reading()
+            return
+        try:
+            if self.handed:  # read before by a caller thread: first
+                self._deliver_handed()
+            if not self.closed:
+                self._read_once()
+        finally:
+            self.read_lock.release()
+
+    def _read_once(self) -> None:
         try:
             data = self.sock.recv(_RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -376,6 +411,96 @@ class Connection(LendableReading):
         self._deliver(data)
         if self._pending is not None and not self.closed and self._pending():
             self.loop.call_soon(self._on_readable)  # (after other ready callbacks: fairness)
+
+    # --- reads by caller threads (see ._caller_read) ------------------------------------
+
+    def rid_gone(self, rid: int) -> bool:
+        """Whether a caller read the reply to ``rid`` for the loop already."""
+        return rid in self.handed_rids
+
+    def has_handed(self) -> bool:
+        return bool(self.handed)
+
+    def deliver_handed(self) -> None:
+        """On the loop: deliver the frames caller threads read, in order (a caller
+        thread reading meanwhile appends behind them)."""
+        if self.handed:
+            self._deliver_handed()
+
+    def _deliver_handed(self) -> None:
+        if self._delivering:  # (a frame's handler drained an inbox, which got here)
+            return  # the running delivery goes on with the frames after it, in order
+        self._delivering = True
+        try:
+            self._deliver_handed_now()
+        finally:
+            self._delivering = False
+
+    def _deliver_handed_now(self) -> None:
+        handed = self.handed
+        receiver = self.receiver
+        while handed:
+            msg, bufs = handed.popleft()
+            if msg is BROKEN:
+                if isinstance(bufs, ProtocolError):
+                    receiver.on_protocol_error(self, bufs)
+                else:
+                    self._break(bufs)
+                handed.clear()
+                return
+            if self.closed:
+                handed.clear()
+                return
+            if msg.TAG in REPLY_TAGS:
+                self.handed_rids.discard(msg.rid)
+            try:
+                receiver.on_frame(self, msg, bufs)
+            except Exception:
+                logger.exception("dispatching %s failed", type(msg).__name__)
+
+    def _pause_reading(self) -> None:
+        """A caller thread reads the socket: the loop stops watching it until no
+        caller thread has read for ``READ_BACK_S`` (no contention meanwhile)."""
+        if self._reader_paused or self.closed:
+            return
+        self._reader_paused = True
+        self._seen_reads = self.caller_reads
+        self.loop.remove_reader(self._fd)
+        self.loop.call_later(READ_BACK_S, self._maybe_read_again)
+
+    def _maybe_read_again(self) -> None:
+        if not self._reader_paused or self.closed or not self._sock_open:
+            return
+        claimed = self.claim is not None and self.claim.live()
+        if self.caller_reads != self._seen_reads or self.caller_reading or claimed:
+            self._seen_reads = self.caller_reads
+            self.loop.call_later(READ_BACK_S, self._maybe_read_again)
+            return
+        self._reader_paused = False
+        self.loop.add_reader(self._fd, self._on_readable)
+        if self.handed:
+            self.loop.call_soon(self._on_readable)
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    @property
+    def readable_off_loop(self) -> bool:
+        """Open, and a plain (Unix or TCP) socket: a TLS one is read on its loop only."""
+        return self._pending is None and self._sock_open and not self.closed
+
+    def feed(self, data: bytes) -> list[tuple[Any, list[bytes]]]:
+        """Decode ``data`` (by whoever holds ``read_lock``)."""
+        return self._decoder.feed(data)
+
+    def done_reading(self) -> None:
+        """A caller let go of ``read_lock``: close the socket if that waited for it."""
+        if self.close_deferred:
+            try:
+                self.loop.call_soon_threadsafe(self._close_socket)
+            except RuntimeError:  # the loop is closed
+                pass
 
     def _more_tls(self, data: bytes) -> bytes:
         """A TLS read returns one record (16 KiB at most): take what else arrived,
@@ -441,6 +566,24 @@ class Connection(LendableReading):
         return True
 
     def _close_socket(self) -> None:
+        if not self.read_lock.acquire(False):
+            # a caller thread is reading it: wake it (it sees the end) and close
+            # once it let go, so that its fd cannot be reused under it
+            self.close_deferred = True
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        try:
+            self._close_socket_locked()
+        finally:
+            self.read_lock.release()
+
+    def _close_socket_locked(self) -> None:
+        self.close_deferred = False
+        if self.claim is not None:  # a caller's loop watches it: it sees the end now
+            self.claim.wake()
         with self._lock:
             if not self._sock_open:
                 return
@@ -533,6 +676,8 @@ async def open_connection(
     conn.start()
     return conn
 
+
+REPLY_TAGS = frozenset({P.Tag.REPLY, P.Tag.ERROR_REPLY, P.Tag.TASK_RESULT})
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "", socket.gethostname()}
 

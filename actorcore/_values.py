@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _locations as L
 from ._arg_recovery import PAUSE_S, stale_limit_s
+from ._owner._own_reply import NO_REPLY, own_reply, own_reply_async
 from ._ref import ObjectRef
 from ._refcount import FAILED, INLINE, PENDING, READY, STORE, ObjectEntry
 from ._serialization import loads_payload
@@ -221,6 +222,15 @@ def _wait_entries(
 
 def get(rt: CoreRuntime, refs: Any, timeout: float | None) -> Any:
     if isinstance(refs, ObjectRef):
+        e = rt.table.entries.get(refs.id)
+        if (e is None or e.state == PENDING) and rt.broken is None:
+            # the reply to a call this thread just sent: read it here (see own_reply)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            value = own_reply(rt, refs.id, timeout)
+            if value is not NO_REPLY:
+                return value
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
         e = _wait_entries(rt, (refs,), 1, timeout)[0]
         return _read(rt, refs, e, timeout)
     if not isinstance(refs, list | tuple):
@@ -459,6 +469,12 @@ async def _until_ready(
 async def await_ref(rt: CoreRuntime, ref: ObjectRef) -> Any:
     if rt.broken is not None:
         raise rt.broken
+    if threading.get_ident() != rt.loop_thread_id:
+        e = rt.table.entries.get(ref.id)
+        if e is None or e.state == PENDING:  # this thread's own call: its loop reads the reply
+            value = await own_reply_async(rt, ref.id)
+            if value is not NO_REPLY:
+                return value
     stale: _Stale | None = None  # (made when a pull first fails)
     failed: list[bytes] | None = None  # the holders the last pull found no copy on
     reads = 0

@@ -9,6 +9,7 @@ named actor waits for the daemon's answer, except on the runtime's loop
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import threading
@@ -28,6 +29,7 @@ from ._actor_state import ActorClient, CallSpec, Creation
 from ._actors import ActorCore
 from ._deps import ready_now, resolve_deps
 from ._inbox import Inbox, carry_out
+from ._own_reply import last_call
 
 if TYPE_CHECKING:
     from .._runtime import CoreRuntime
@@ -44,6 +46,8 @@ class ActorClients:
         self.rt = rt
         self.core = ActorCore(next_rid=next_rid)
         self.inbox = Inbox(rt, self._process)
+        # calls caller threads sent themselves, for the core (ahead of the inbox's events)
+        self._sent: collections.deque[E.CallSentDirect] = collections.deque()
         self._run: dict[type, Callable[[Any], None]] = {
             E.SendActorCall: self._send_call,
             E.CallDone: self._call_done,
@@ -64,6 +68,12 @@ class ActorClients:
 
     def _process(self, events: list[Any]) -> None:
         self.rt.objects.catch_up()
+        sent = self._sent
+        if sent:
+            first = []
+            while sent:
+                first.append(sent.popleft())
+            events = first + events
         carry_out(self.core.handle(events), self._run)
 
     # --- the API's entry points (any thread) -----------------------------------------------
@@ -144,15 +154,24 @@ class ActorClients:
         """
         if threading.get_ident() == self.rt.loop_thread_id or not self.inbox.quiet():
             return False
+        last = last_call()
+        if self._sent and not last.answered:
+            return False  # a burst of calls: the loop sends the rest, in batches
         c = self.core.clients.get(actor_id)
         peer = None if c is None else c.direct  # one read: the loop may change it
         if c is None or peer is None:
             return False
-        spec.rid = next_rid()
+        spec.rid = rid = next_rid()
         spec.peer = peer
         spec.epoch = c.epoch  # read after ``direct``: never older than the peer's
-        self.inbox.put_quietly(E.CallSentDirect(c, spec))  # the reply wakes the loop
+        # not through the inbox: the core sees it before the reply (which wakes the
+        # loop), and this thread's next call may go straight away too
+        self._sent.append(E.CallSentDirect(c, spec))
         self._send_call(E.SendActorCall(c, spec, peer))
+        last.answered = False
+        last.call = (spec.return_ids[0], peer, rid) if len(spec.return_ids) == 1 else None
+        if spec.stream:
+            last.call = None
         return True
 
     def cancel(self, oid: bytes, force: bool) -> None:

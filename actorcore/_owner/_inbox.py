@@ -107,6 +107,8 @@ class Inbox:
     def drain(self) -> None:
         """Feed the core every queued event, in order; on the loop thread."""
         self._scheduled = False  # before reading: an event added from now on schedules again
+        if self._rt.handed_conns:  # frames a caller thread read come before these events
+            self._rt.deliver_handed()
         self._draining = True
         events = self._events
         try:

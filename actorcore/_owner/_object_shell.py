@@ -85,6 +85,9 @@ class ObjectShell:
         runtime's flush is armed as a backstop either way.
         """
         self.note(E.Watch(refs, cb))
+        if self.rt.handed_conns:  # a value read off a connection may be among them
+            self.inbox.wake()
+            return
         entries = self.table.entries
         for oid, _owner in refs:
             e = entries.get(oid)

@@ -1,0 +1,185 @@
+"""A thread blocked in get() on its own actor call reads the reply off the connection
+itself (issue 14, item 1): same results, order, errors and failures as through the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+
+import actorcore as ac
+from actorcore import _global as G
+from actorcore.errors import ActorDiedError, GetTimeoutError, TaskError
+
+
+@ac.remote
+class Counter:
+    def __init__(self):
+        self.items = []
+
+    def append(self, x):
+        self.items.append(x)
+        return len(self.items)
+
+    def items_(self):
+        return list(self.items)
+
+    def boxed(self, x):
+        return [ac.put(x)]
+
+    def read_box(self, box):
+        return ac.get(box[0]) + 1  # asks the driver (the owner) while it waits
+
+    def fail(self):
+        raise ValueError("no")
+
+    def sleep(self, s):
+        time.sleep(s)
+        return s
+
+    def die(self):
+        os._exit(1)
+
+
+def _conn(handle) -> object:
+    rt = G.require()
+    return rt.actors.core.clients[handle.id].peer.conn
+
+
+def test_the_caller_reads_its_reply_and_the_loop_catches_up(runtime):
+    c = Counter.remote()
+    assert ac.get(c.append.remote(0), timeout=30) == 1
+    conn = _conn(c)
+    before = conn.caller_reads
+    refs = []
+    for i in range(50):
+        refs.append(c.append.remote(i))
+        assert ac.get(refs[-1], timeout=30) == i + 2
+    assert conn.caller_reads - before >= 40  # read here, not woken by the loop
+    # the loop took every frame: the objects are ready, a second get reads them again
+    ready, rest = ac.wait(refs, num_returns=len(refs), timeout=10)
+    assert len(ready) == len(refs) and not rest
+    assert ac.get(refs, timeout=10) == list(range(2, 52))
+
+
+def test_calls_stay_in_order_with_unawaited_calls_before_them(runtime):
+    c = Counter.remote()
+    first = [c.append.remote(i) for i in range(20)]  # not waited on yet
+    assert ac.get(c.append.remote(20), timeout=30) == 21
+    assert ac.get(first, timeout=30) == list(range(1, 21))
+    assert ac.get(c.items_.remote(), timeout=30) == list(range(21))
+
+
+def test_replies_with_refs_errors_and_owner_requests(runtime):
+    c = Counter.remote()
+    box = ac.get(c.boxed.remote(41), timeout=30)  # nested ref: the loop's way
+    assert ac.get(box[0], timeout=30) == 41
+    mine = ac.put(1)
+    assert ac.get(c.read_box.remote([mine]), timeout=30) == 2  # the worker asks us meanwhile
+    with pytest.raises(TaskError) as info:
+        ac.get(c.fail.remote(), timeout=30)
+    assert isinstance(info.value, ValueError)
+    assert ac.get(c.append.remote("x"), timeout=30) == 1
+
+
+def test_timeout_then_the_value_later(runtime):
+    c = Counter.remote()
+    ref = c.sleep.remote(1.5)
+    t = time.monotonic()
+    with pytest.raises(GetTimeoutError):
+        ac.get(ref, timeout=0.3)
+    assert time.monotonic() - t < 1.2
+    assert ac.get(ref, timeout=30) == 1.5
+    assert ac.get(c.append.remote(1), timeout=30) == 1
+
+
+def test_several_threads_calling_one_actor(runtime):
+    c = Counter.remote()
+    ac.get(c.append.remote(-1), timeout=30)
+    errors: list[BaseException] = []
+    results: dict[int, list[int]] = {}
+
+    def run(k: int) -> None:
+        try:
+            got = results.setdefault(k, [])
+            for _ in range(150):
+                got.append(ac.get(c.append.remote(k), timeout=30))
+        except BaseException as e:  # (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors, errors
+    assert all(not th.is_alive() for th in threads)
+    for got in results.values():
+        assert got == sorted(got) and len(got) == 150  # each thread's calls in its order
+    assert len(ac.get(c.items_.remote(), timeout=30)) == 601
+
+
+def test_the_actor_dies_while_the_caller_reads(runtime):
+    c = Counter.options(max_restarts=0).remote()
+    assert ac.get(c.append.remote(1), timeout=30) == 1
+    t = time.monotonic()
+    with pytest.raises(ActorDiedError):
+        ac.get(c.die.remote(), timeout=30)
+    assert time.monotonic() - t < 10
+    with pytest.raises(ActorDiedError):
+        ac.get(c.append.remote(2), timeout=30)
+
+
+def test_an_asyncio_driver_awaiting_its_calls_one_at_a_time(runtime):
+    c = Counter.remote()
+    ac.get(c.append.remote(0), timeout=30)
+    conn = _conn(c)
+    before = conn.caller_reads
+
+    async def run() -> list[int]:
+        got = []
+        for i in range(50):
+            got.append(await asyncio.wait_for(c.append.remote(i), 30))
+        early = c.append.remote("early")  # not awaited before the next one
+        got.append(await asyncio.wait_for(c.append.remote("late"), 30))
+        got.append(await asyncio.wait_for(early, 30))
+        with pytest.raises(ValueError):
+            await asyncio.wait_for(c.fail.remote(), 30)
+        slow = c.sleep.remote(1.0)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(slow, 0.2)  # cancelled while its loop watched the socket
+        got.append(await asyncio.wait_for(c.append.remote("after"), 30))
+        assert await asyncio.wait_for(slow, 30) == 1.0
+        return got
+
+    loop = asyncio.new_event_loop()
+    try:
+        got = loop.run_until_complete(asyncio.wait_for(run(), 60))
+    finally:
+        loop.close()
+    assert got == [*range(2, 52), 53, 52, 54]
+    assert conn.caller_reads - before >= 40
+    assert conn.claim is None
+    assert ac.get(c.append.remote(1), timeout=30) == 55  # the runtime's loop reads again
+
+
+def test_many_replies_read_by_the_caller_are_delivered_in_one_go(runtime, monkeypatch):
+    c = Counter.remote()
+    ac.get(c.append.remote(0), timeout=30)
+    rt = G.require()
+    # nothing makes the loop take the frames this thread reads until the end (the
+    # flush would, every few ms): hundreds pile up, delivered one after the other
+    monkeypatch.setattr(rt, "_schedule_flush", lambda: None)
+    refs = []
+    for i in range(600):
+        refs.append(c.append.remote(i))
+        assert ac.get(refs[-1], timeout=30) == i + 2
+    monkeypatch.undo()
+    rt.kick_handed()
+    ready, rest = ac.wait(refs, num_returns=len(refs), timeout=30)
+    assert len(ready) == len(refs) and not rest
+    assert ac.get(c.append.remote("x"), timeout=30) == 602
