@@ -166,6 +166,14 @@ class Killer(threading.Thread):
 
 
 def run(args: argparse.Namespace) -> Report:
+    logdir = tempfile.mkdtemp(prefix="acchaos-", dir="/dev/shm")
+    try:
+        return _run(args, logdir)
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)  # (also when the run failed)
+
+
+def _run(args: argparse.Namespace, logdir: str) -> Report:
     import actorcore as ac
     from actorcore.errors import GetTimeoutError
     from actorcore.testing import Cluster
@@ -173,7 +181,6 @@ def run(args: argparse.Namespace) -> Report:
     report = Report(
         nodes=args.nodes, kill_daemons=args.kill_daemons, etcd_outage_s=args.etcd_outage
     )
-    logdir = tempfile.mkdtemp(prefix="acchaos-", dir="/dev/shm")
     log = os.path.join(logdir, "executions")
     cluster = Cluster(num_nodes=1, ttl_s=args.ttl, num_cpus=1)
     cluster.start()
@@ -244,7 +251,6 @@ def run(args: argparse.Namespace) -> Report:
         finally:
             cluster.shutdown()
     _count_executions(log, answered, args.actors, report)
-    shutil.rmtree(logdir, ignore_errors=True)
     if killer is not None and killer.errors:
         print(f"killer notes: {killer.errors[:5]}", file=sys.stderr)
     return report
