@@ -44,9 +44,10 @@ class Config:
     send_high_water_bytes: int = 64 * MiB  # ACTORCORE_SEND_HIGH_WATER_BYTES: senders wait
     send_max_queued_bytes: int = 512 * MiB  # ACTORCORE_SEND_MAX_QUEUED_BYTES: then dropped
     loop: str = "uvloop"  # "uvloop" or "asyncio": the runtime's own loops
-    # idle workers kept warm (-1: one per CPU); more fork from the fork server on
-    # demand in a few ms. One keeps an idle node small (issue 14: <= 150 MB).
-    prestart_workers: int = 1
+    # idle workers kept warm (-1: one per CPU; -2: one on a node of a cluster, none
+    # on a single machine's node, which stays small when idle: issue 14, <= 150 MB);
+    # more fork from the fork server on demand in a few ms
+    prestart_workers: int = -2
     # bytes of recently read store objects a process keeps mapped and pinned, so
     # reading one again needs no round trip (-1: an eighth of the store; 0: off)
     store_read_cache_bytes: int = -1

@@ -230,7 +230,9 @@ class NodeDaemon(Service):
         zsock, zpid = self._zygote
         self.pool = WorkerPool(loop, zsock, zpid, self._on_worker_exit)
         prestart = self.config.prestart_workers
-        if prestart < 0:
+        if prestart == -2:  # the default: a warm worker where failures need one at once
+            prestart = 0 if self.cluster is None else 1
+        elif prestart < 0:
             prestart = max(1, int(self.state.total["CPU"]))
         self.state.warm = prestart
         self._a_worker = loop.create_future()
