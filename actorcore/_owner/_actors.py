@@ -335,31 +335,27 @@ class ActorCore:
 
     # --- results ------------------------------------------------------------------------
 
+    def _answered(self, c: ActorClient, rid: int, peer: Any) -> Any:
+        """The call in flight that an answer (``rid`` on ``peer``) is for, taken out;
+        None for an answer from another incarnation or connection, or a late one."""
+        spec = c.in_flight.pop(rid, None)
+        if spec is None or spec.epoch != c.epoch or (peer is not None and spec.peer is not peer):
+            self._late(c, rid, spec, peer)
+            return None
+        return spec
+
     def _on_replied(self, ev: E.CallReplied) -> None:
         c = ev.client
-        spec = c.in_flight.pop(ev.rid, None)
-        if (
-            spec is None
-            or spec.epoch != c.epoch
-            or (ev.peer is not None and spec.peer is not ev.peer)
-        ):
-            self._late(c, ev.rid, spec, ev.peer)
-        else:
+        spec = self._answered(c, ev.rid, ev.peer)
+        if spec is not None:
             for oid in spec.return_ids:
                 self.by_return.pop(oid, None)
             self._out.append(E.CallDone(spec, ev.results, c.node_id))
             self._after(c)
 
     def _on_rejected(self, ev: E.CallRejected) -> None:
-        spec = ev.client.in_flight.pop(ev.rid, None)
-        c = ev.client
-        if (
-            spec is None
-            or spec.epoch != c.epoch
-            or (ev.peer is not None and spec.peer is not ev.peer)
-        ):
-            self._late(c, ev.rid, spec, ev.peer)
-        else:
+        spec = self._answered(ev.client, ev.rid, ev.peer)
+        if spec is not None:
             self._fail(spec, ev.error)
             self._after(ev.client)
 
