@@ -13,6 +13,7 @@ import collections
 import contextvars
 import functools
 import os
+import pickle
 import queue
 import threading
 from collections.abc import Callable
@@ -78,6 +79,8 @@ def decode_args(
     worker is registering as borrower of refs it received). Store arguments
     on other nodes are pulled here first (unless ``pulled``: done already).
     """
+    if not payload and not resolved:  # a call without arguments
+        return (), {}, None
     if not pulled:
         for oid, holders, owner in arg_sources(payload, resolved):
             ensure_local(rt, oid, holders, owner)
@@ -109,12 +112,21 @@ def encode_error(exc: BaseException, where: str) -> list[Any]:
     return [ERROR, exception_blob(err), None]
 
 
+_PLAIN = frozenset({bytes, str, int, float, bool, type(None)})
+_NOTHING: list[tuple[int, Any]] = []  # (never appended to)
+_dumps = pickle.dumps
+
+
 def _encode_values(
     rt: CoreRuntime, value: Any, return_ids: list[bytes], owner: list[Any], where: str
 ) -> tuple[list[Any], list[tuple[int, Any]], Any]:
     """Result rows (None where a value goes to the store), those ``(row, Serialized)``
     to store, and the Events to wait for (borrows) or None."""
     n = len(return_ids)
+    if n == 1 and type(value) in _PLAIN:  # (no refs, buffers or classes inside: pickle it)
+        stream = _dumps(value, 5)
+        if len(stream) <= rt.config.inline_threshold:
+            return [[INLINE, stream, None]], _NOTHING, None
     if n == 1:
         values = [value]
     else:
