@@ -39,6 +39,8 @@ __all__ = [
     "encode_error",
     "encode_results",
     "encode_results_async",
+    "encode_values",
+    "store_results",
 ]
 
 
@@ -194,16 +196,36 @@ async def encode_results_async(
     store without waiting on the daemon from this loop."""
     out, to_store, waits = _encode_values(rt, value, return_ids, owner, where)
     if to_store:
-        loop = asyncio.get_running_loop()
-        futs = []
-        for i, ser in to_store:
-            fut: asyncio.Future[Any] = loop.create_future()
-            rt.store.put_then(return_ids[i], ser, owner[0], functools.partial(settle_on, loop, fut))
-            futs.append(fut)
-        results = await asyncio.gather(*futs, return_exceptions=True)
-        for (i, _ser), result in zip(to_store, results, strict=True):
-            out[i] = _stored(out[i], result)
+        await store_results(rt, out, to_store, return_ids, owner)
     return out, waits
+
+
+def encode_values(
+    rt: CoreRuntime, value: Any, return_ids: list[bytes], owner: list[Any], where: str
+) -> tuple[list[Any], list[tuple[int, Any]], Any]:
+    """The first half of :func:`encode_results_async`, for a loop thread that awaits
+    :func:`store_results` only when a value goes to the store (no coroutine else)."""
+    return _encode_values(rt, value, return_ids, owner, where)
+
+
+async def store_results(
+    rt: CoreRuntime,
+    out: list[Any],
+    to_store: list[tuple[int, Any]],
+    return_ids: list[bytes],
+    owner: list[Any],
+) -> None:
+    """Write the large values of :func:`encode_values` to the store (on a loop thread,
+    without waiting on the daemon from it) and fill in their rows of ``out``."""
+    loop = asyncio.get_running_loop()
+    futs = []
+    for i, ser in to_store:
+        fut: asyncio.Future[Any] = loop.create_future()
+        rt.store.put_then(return_ids[i], ser, owner[0], functools.partial(settle_on, loop, fut))
+        futs.append(fut)
+    results = await asyncio.gather(*futs, return_exceptions=True)
+    for (i, _ser), result in zip(to_store, results, strict=True):
+        out[i] = _stored(out[i], result)
 
 
 def store_args(payload: Any, resolved: list[Any]) -> list[bytes]:

@@ -87,6 +87,7 @@ class ActorMailbox:
         self.lock = threading.Lock()
         self.dead: str | None = None
         self._is_coro: dict[str, bool] = {}
+        self._names: dict[str, str] = {}
         self.async_tasks: dict[bytes, asyncio.Task[Any]] = {}
         # the last async call still getting its arguments: the next ones wait for it (loop)
         self.args_ahead: asyncio.Future[None] | None = None
@@ -94,6 +95,15 @@ class ActorMailbox:
         self._wait_skip = 0
         self._late = 0  # calls in a row that were there before this thread waited
         self._run_delay: tuple[int, int, int] | None = None  # (thread, ns waited for a CPU, calls)
+
+    def call_name(self, method: str) -> str:
+        """``Class.method``, for logs and task events (made once per method)."""
+        name = self._names.get(method)
+        if name is None:
+            if len(self._names) > 1000:  # (names sent by callers: bounded)
+                self._names.clear()
+            name = self._names[method] = f"{self.class_name}.{method}"
+        return name
 
     def is_coroutine(self, method: str) -> bool:
         flag = self._is_coro.get(method)
@@ -126,18 +136,20 @@ class ActorMailbox:
             with self.lock:
                 if self.dead is not None or not self.queue or self.running >= self.max_concurrency:
                     return
-                if not self.is_coroutine(self.queue[0].method) and self.sync_running:
+                is_async = self.is_coroutine(self.queue[0].method)
+                if not is_async and self.sync_running:
                     self._arm_grow()
                     return
                 call = self.queue.popleft()
                 self.running += 1
-                is_async = self.is_coroutine(call.method)
                 if not is_async:
                     self.sync_running += 1
-            if is_async:
-                self.worker.call_soon(self._start_async, call)
-            else:
+            if not is_async:
                 self.worker.pool.submit(functools.partial(self._drain, call))
+            elif threading.get_ident() == self.worker.loop_thread_id:
+                self._start_async(call)  # (its first step runs on the loop's next turn)
+            else:
+                self.worker.call_soon(self._start_async, call)
 
     def _arm_grow(self) -> None:
         """(under the lock) check for a stall soon, unless a check is pending."""

@@ -34,7 +34,9 @@ from ._execution import (
     encode_error,
     encode_results,
     encode_results_async,
+    encode_values,
     store_args,
+    store_results,
 )
 from ._fencing import Vouch
 from ._ids import new_id
@@ -56,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 # How long a reply waits for owners to acknowledge the borrows it depends on.
 BORROW_ACK_WAIT_S = 30.0
+_result_msg = tuple.__new__  # (a TaskResultMsg of both fields without its Python __new__)
 
 
 class Call:
@@ -111,6 +114,7 @@ class WorkerRuntime(CoreRuntime):
         self._blocked = 0
         self._block_lock = threading.Lock()
         self.stopped: asyncio.Future[None] | None = None
+        self._thread_reads = config.actor_thread_reads
 
     async def register(self) -> None:
         self.stopped = self.loop.create_future()
@@ -246,7 +250,7 @@ class WorkerRuntime(CoreRuntime):
             if call.lend_reading:  # before the reply: the caller's next call may come at once
                 call.lend_reading = conn.lend()
             try:
-                conn.send(P.TaskResultMsg(call.rid, results))
+                conn.send(_result_msg(P.TaskResultMsg, (call.rid, results)))
             except ConnectionError:
                 pass
 
@@ -374,11 +378,11 @@ class WorkerRuntime(CoreRuntime):
                 f"actor {mb.class_name} ({msg.actor_id.hex()}): this is incarnation "
                 f"{mb.epoch}, the call was meant for {msg.epoch}"
             )
-        conn = peer.conn
-        if mb.max_concurrency == 1 and conn is not None and not conn.lendable:
-            if self.config.actor_thread_reads:
+        if self._thread_reads and mb.max_concurrency == 1:
+            conn = peer.conn
+            if conn is not None and not conn.lendable:
                 conn.enable_lending()  # its thread may wait for the next call on it
-        mb.push(Call(peer, msg, f"{mb.class_name}.{msg.method}", msg.method, None, False))
+        mb.push(Call(peer, msg, mb.call_name(msg.method), msg.method, None, False))
         return DEFERRED
 
     def _method(self, mb: ActorMailbox, call: Call) -> Any:
@@ -415,14 +419,19 @@ class WorkerRuntime(CoreRuntime):
         TE.call_running(call, mb.actor_id)  # observability hook
         try:
             method = self._method(mb, call)
-            args, kwargs, reg = await self._actor_args(mb, call)
+            if call.payload or call.resolved or mb.args_ahead is not None:
+                args, kwargs, reg = await self._actor_args(mb, call)
+            else:  # no arguments, none to wait for
+                args, kwargs, reg = (), {}, None
             if call.stream:
                 value = await self.producers.drive_async(call, method(*args, **kwargs), mb.actor_id)
             else:
                 value = await method(*args, **kwargs)
-            results, waits = await encode_results_async(
+            results, to_store, waits = encode_values(
                 self, value, call.return_ids, call.owner, call.name
             )
+            if to_store:
+                await store_results(self, results, to_store, call.return_ids, call.owner)
         except asyncio.CancelledError:
             err = TaskCancelledError(f"call {call.method}() was cancelled")
             results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
