@@ -284,6 +284,10 @@ class Connection(LendableReading):
         self._close_socket()
 
     def _consume(self, n: int) -> None:
+        if n == self._out_bytes:  # all of it went (the common case)
+            self._out = []
+            self._out_bytes = 0
+            return
         self._out_bytes -= n
         out = self._out
         i = 0
