@@ -146,8 +146,8 @@ def child() -> None:
     out["  decode_args (no arguments)"] = _per_call(
         lambda: decode_args(rt, call.payload, call.resolved), N
     )
-    inst = mb.instance
-    out["  method lookup + call"] = _per_call(lambda: getattr(inst, "small_value")(), N)
+    name = msg.method  # (looked up by name, as the worker does)
+    out["  method lookup + call"] = _per_call(lambda: getattr(mb.instance, name)(), N)
     out["  encode_results (b'ok')"] = _per_call(
         lambda: encode_results(rt, b"ok", call.return_ids, call.owner, call.name), N
     )
