@@ -398,13 +398,17 @@ class WorkerRuntime(CoreRuntime):
         TE.call_running(call, mb.actor_id)  # observability hook
         try:
             method = self._method(mb, call)
-            try:
-                args, kwargs, reg = decode_args(self, call.payload, call.resolved)
-            except ObjectLostError as e:  # its node died: got back in place (_arg_recovery)
-                if type(e) is not ObjectLostError:
-                    raise
-                args, kwargs, reg = self._recovered_args(call)
-            value = method(*args, **kwargs)
+            if call.payload or call.resolved:
+                try:
+                    args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+                except ObjectLostError as e:  # its node died: got back in place (_arg_recovery)
+                    if type(e) is not ObjectLostError:
+                        raise
+                    args, kwargs, reg = self._recovered_args(call)
+                value = method(*args, **kwargs)
+            else:  # no arguments
+                reg = None
+                value = method()
             if call.stream:
                 value = self.producers.drive_sync(call, value, mb.actor_id)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
