@@ -119,11 +119,14 @@ _NOTHING: list[tuple[int, Any]] = []  # (never appended to)
 _dumps = pickle.dumps
 
 
-def _encode_values(
+def encode_values(
     rt: CoreRuntime, value: Any, return_ids: list[bytes], owner: list[Any], where: str
 ) -> tuple[list[Any], list[tuple[int, Any]], Any]:
     """Result rows (None where a value goes to the store), those ``(row, Serialized)``
-    to store, and the Events to wait for (borrows) or None."""
+    to store, and the Events to wait for (borrows) or None.
+
+    A loop thread awaits :func:`store_results` only when a value goes to the store
+    (no coroutine else); :func:`encode_results_async` does both."""
     n = len(return_ids)
     if n == 1 and type(value) in _PLAIN:  # (no refs, buffers or classes inside: pickle it)
         stream = _dumps(value, 5)
@@ -179,7 +182,7 @@ def encode_results(
     Large values are written to the store with blocking calls: for threads that
     may block. A loop thread uses :func:`encode_results_async`.
     """
-    out, to_store, waits = _encode_values(rt, value, return_ids, owner, where)
+    out, to_store, waits = encode_values(rt, value, return_ids, owner, where)
     for i, ser in to_store:
         try:
             result: Any = rt.store.put(return_ids[i], ser, owner[0])
@@ -194,18 +197,10 @@ async def encode_results_async(
 ) -> tuple[list[Any], Any]:
     """:func:`encode_results` for a loop thread: large values are written to the
     store without waiting on the daemon from this loop."""
-    out, to_store, waits = _encode_values(rt, value, return_ids, owner, where)
+    out, to_store, waits = encode_values(rt, value, return_ids, owner, where)
     if to_store:
         await store_results(rt, out, to_store, return_ids, owner)
     return out, waits
-
-
-def encode_values(
-    rt: CoreRuntime, value: Any, return_ids: list[bytes], owner: list[Any], where: str
-) -> tuple[list[Any], list[tuple[int, Any]], Any]:
-    """The first half of :func:`encode_results_async`, for a loop thread that awaits
-    :func:`store_results` only when a value goes to the store (no coroutine else)."""
-    return _encode_values(rt, value, return_ids, owner, where)
 
 
 async def store_results(
