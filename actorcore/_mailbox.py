@@ -88,7 +88,7 @@ class ActorMailbox:
         self.dead: str | None = None
         self._is_coro: dict[str, bool] = {}
         self._names: dict[str, str] = {}
-        self.async_tasks: dict[bytes, asyncio.Task[Any]] = {}
+        self.async_tasks: dict[bytes, tuple[asyncio.Task[Any], Call]] = {}
         # the last async call still getting its arguments: the next ones wait for it (loop)
         self.args_ahead: asyncio.Future[None] | None = None
         self.read_direct = 0  # calls its own thread read off a connection (_read_calls)
@@ -206,14 +206,25 @@ class ActorMailbox:
 
     def _start_async(self, call: Call) -> None:
         task = self.worker.loop.create_task(self.worker.run_actor_call_async(self, call))
-        self.async_tasks[call.task_id] = task
-        task.add_done_callback(functools.partial(self._async_done, call.task_id))
+        self.async_tasks[call.task_id] = (task, call)
 
-    def _async_done(self, task_id: bytes, _task: Any = None) -> None:
-        self.async_tasks.pop(task_id, None)
+    def async_ended(self, call: Call, _task: Any = None) -> None:
+        """(loop) An async call is over: its slot is free. Called at the end of the
+        call's coroutine, and by its task's end when cancelled (a task cancelled
+        before it began never runs its coroutine); the first call counts."""
+        if call.ended:
+            return
+        call.ended = True
+        entry = self.async_tasks.get(call.task_id)
+        if entry is not None and entry[1] is call:
+            del self.async_tasks[call.task_id]
         with self.lock:
             self.running -= 1
         self._fill()
+
+    def _cancel_async(self, task: asyncio.Task[Any], call: Call) -> None:
+        task.cancel()
+        task.add_done_callback(functools.partial(self.async_ended, call))
 
     def _drain(self, call: Call) -> None:
         """Run sync calls while the head of the queue is one (executor thread).
@@ -412,9 +423,9 @@ class ActorMailbox:
         if call is not None:
             self.worker.reply_error(call, TaskCancelledError(f"call {call.method}() was cancelled"))
             return True
-        task = self.async_tasks.get(task_id)
-        if task is not None:
-            task.cancel()
+        entry = self.async_tasks.get(task_id)
+        if entry is not None:
+            self._cancel_async(*entry)
             return True
         return False
 
@@ -426,8 +437,8 @@ class ActorMailbox:
             self.queue.clear()
         for call in calls:
             self.worker.reply_died(call, self, reason)
-        for task in list(self.async_tasks.values()):
-            task.cancel()
+        for task, call in list(self.async_tasks.values()):
+            self._cancel_async(task, call)
 
 
 class TaskQueue:

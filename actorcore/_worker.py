@@ -65,6 +65,7 @@ class Call:
     """One task or actor call received by this worker."""
 
     __slots__ = (
+        "ended",
         "fn",
         "is_async",
         "lend_reading",
@@ -96,6 +97,7 @@ class Call:
         self.is_async = is_async
         self.stream = msg.stream  # 0, or a streaming generator's back-pressure + 1
         self.lend_reading = False  # the reply lends reading to the actor's thread (_mailbox)
+        self.ended = False  # an async actor call's slot was freed (ActorMailbox.async_ended)
 
 
 class WorkerRuntime(CoreRuntime):
@@ -419,37 +421,43 @@ class WorkerRuntime(CoreRuntime):
         self._reply(call, results, reg, waits)
 
     async def run_actor_call_async(self, mb: ActorMailbox, call: Call) -> None:
-        token = current_task.set(TaskContext(mb.class_name, call.task_id, mb.actor_id))
-        TE.call_running(call, mb.actor_id)  # observability hook
+        """Run an async actor call on the loop (its task, :meth:`ActorMailbox._start_async`);
+        its slot in the mailbox is freed at the end, here: no done callback per call."""
         try:
-            method = self._method(mb, call)
-            if call.payload or call.resolved or mb.args_ahead is not None:
-                args, kwargs, reg = await self._actor_args(mb, call)
-            else:  # no arguments, none to wait for
-                args, kwargs, reg = (), {}, None
-            if call.stream:
-                value = await self.producers.drive_async(call, method(*args, **kwargs), mb.actor_id)
-            else:
-                value = await method(*args, **kwargs)
-            results, to_store, waits = encode_values(
-                self, value, call.return_ids, call.owner, call.name
-            )
-            if to_store:
-                await store_results(self, results, to_store, call.return_ids, call.owner)
-        except asyncio.CancelledError:
-            err = TaskCancelledError(f"call {call.method}() was cancelled")
-            results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
-        except Exception as e:
-            results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
+            token = current_task.set(TaskContext(mb.class_name, call.task_id, mb.actor_id))
+            TE.call_running(call, mb.actor_id)  # observability hook
+            try:
+                method = self._method(mb, call)
+                if call.payload or call.resolved or mb.args_ahead is not None:
+                    args, kwargs, reg = await self._actor_args(mb, call)
+                else:  # no arguments, none to wait for
+                    args, kwargs, reg = (), {}, None
+                if call.stream:
+                    gen = method(*args, **kwargs)
+                    value = await self.producers.drive_async(call, gen, mb.actor_id)
+                else:
+                    value = await method(*args, **kwargs)
+                results, to_store, waits = encode_values(
+                    self, value, call.return_ids, call.owner, call.name
+                )
+                if to_store:
+                    await store_results(self, results, to_store, call.return_ids, call.owner)
+            except asyncio.CancelledError:
+                err = TaskCancelledError(f"call {call.method}() was cancelled")
+                results, reg, waits = _failed(call, err)
+            except Exception as e:
+                results, reg, waits = _failed(call, e)
+            finally:
+                current_task.reset(token)
+            if reg is not None or waits:
+                await self.loop.run_in_executor(None, self._wait_all, reg, waits)
+                reg = waits = None
+            conn = call.peer.conn
+            if conn is not None and conn.congested:  # back-pressure: the caller is not reading
+                await _drain(conn)
+            self._reply(call, results, reg, waits)
         finally:
-            current_task.reset(token)
-        if reg is not None or waits:
-            await self.loop.run_in_executor(None, self._wait_all, reg, waits)
-            reg = waits = None
-        conn = call.peer.conn
-        if conn is not None and conn.congested:  # back-pressure: the caller is not reading
-            await _drain(conn)
-        self._reply(call, results, reg, waits)
+            mb.async_ended(call)
 
     def _recovered_args(self, call: Call) -> tuple[Any, Any, Any]:
         """An actor call's argument was lost with its node: the call keeps its place in
@@ -493,6 +501,11 @@ class WorkerRuntime(CoreRuntime):
             )
             self.producers.actor_gone(mb.actor_id, err)
         return DEFERRED
+
+
+def _failed(call: Call, exc: BaseException) -> tuple[list[Any], None, None]:
+    """The results of a call that raised ``exc`` (no borrows to wait for)."""
+    return [encode_error(exc, call.name)] * len(call.return_ids), None, None
 
 
 def _open_gate(mb: ActorMailbox, gate: asyncio.Future[None]) -> None:
