@@ -66,6 +66,9 @@ def child() -> None:
         def small_value(self) -> bytes:
             return b"ok"
 
+        async def async_value(self) -> bytes:
+            return b"ok"
+
     aid = b"a" * 16
     mb = ActorMailbox(rt, aid, Actor(), "Actor", 1)
     mb.epoch = 1
@@ -87,17 +90,22 @@ def child() -> None:
 
     class Conn:  # encodes what the worker sends, writes nothing
         closed = congested = lendable = False
+        sent = expect = 0
+        all_sent: asyncio.Event | None = None
 
         def send(self, msg: Any, buffers: Any = None) -> None:
             P.encode(msg, buffers)
+            Conn.sent += 1
+            if Conn.sent == Conn.expect and Conn.all_sent is not None:
+                Conn.all_sent.set()
 
     rt.pool = Pool()  # type: ignore[assignment]
     peer = RpcPeer(rt, rt.bound_handlers())
     peer.conn = Conn()  # type: ignore[assignment]
     owner = [b"o" * 16, "127.0.0.1", 4000, "/tmp/x.sock"]
 
-    def call_msg(i: int) -> Any:
-        return P.ActorCallMsg(i, aid, "small_value", os.urandom(16), b"", [], [os.urandom(20)],
+    def call_msg(i: int, method: str = "small_value") -> Any:
+        return P.ActorCallMsg(i, aid, method, os.urandom(16), b"", [], [os.urandom(20)],
                               owner, 0, 1)  # fmt: skip
 
     batch = 100  # calls read at once (the pipelined row)
@@ -126,6 +134,27 @@ def child() -> None:
         dispatch_only, N // batch, batch
     )
     out["loop + executor, all steps but decode"] = _per_call(dispatch_and_run, N // batch, batch)
+    amsgs = [call_msg(i, "async_value") for i in range(batch)]
+
+    async def until_replied(n: int) -> None:
+        Conn.all_sent = asyncio.Event()
+        Conn.expect = n
+        await Conn.all_sent.wait()
+
+    async def async_batch() -> None:
+        Conn.sent = 0
+        for m in amsgs:
+            peer.on_frame(None, m, [])  # type: ignore[arg-type]
+        await until_replied(batch)
+
+    def async_calls() -> None:
+        loop.run_until_complete(async_batch())
+
+    mb.max_concurrency = 1000  # (an async actor's default)
+    out["async actor: dispatch, run on the loop, reply (100 at once)"] = _per_call(
+        async_calls, N // batch, batch
+    )
+    mb.max_concurrency = 1
     msg = msgs[0]
     from actorcore._worker import Call
 
