@@ -203,7 +203,9 @@ def main() -> None:
         for side, path in sides.items():
             env = dict(os.environ, PYTHONPATH=path)
             cmd = [sys.executable, os.path.abspath(__file__), "--child"]
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            res = subprocess.run(
+                cmd, env=env, cwd=path, capture_output=True, text=True, timeout=300
+            )
             lines = [x for x in res.stdout.splitlines() if x.startswith("{")]
             if not lines:
                 print(side, "failed:", res.stderr[-800:], file=sys.stderr)
