@@ -926,6 +926,11 @@ class FrameDecoder:
             if self._pos:
                 buf.clear()
                 self._pos = 0
+            if type(data) is bytes:  # (what a socket read returns: sliced as it is)
+                pos = self._decode(data, 0, out, limit)
+                if pos < len(data):  # what was not decoded waits in the buffer
+                    buf += memoryview(data)[pos:]
+                return out
             src: Any = data
         else:
             buf += data
@@ -949,11 +954,11 @@ class FrameDecoder:
         return out
 
     def _decode(
-        self, view: memoryview, pos: int, out: list[tuple[Any, list[bytes]]], limit: int
+        self, view: bytes | memoryview, pos: int, out: list[tuple[Any, list[bytes]]], limit: int
     ) -> int:
-        """Decode the whole frames in ``view`` from ``pos`` on into ``out``; returns
-        where the first frame not decoded begins."""
-        end = view.nbytes
+        """Decode the whole frames in ``view`` (bytes, or a memoryview of bytes) from
+        ``pos`` on into ``out``; returns where the first frame not decoded begins."""
+        end = len(view)
         unpack_prelude = _PRELUDE.unpack_from
         while end - pos >= 6:
             hlen, nbufs = unpack_prelude(view, pos)
@@ -990,7 +995,7 @@ class FrameDecoder:
             if nbufs:
                 bufs: list[bytes] = []
                 for n in lens:
-                    bufs.append(bytes(view[p : p + n]))
+                    bufs.append(bytes(view[p : p + n]))  # (a bytes slice is not copied again)
                     p += n
             else:
                 bufs = []
