@@ -119,11 +119,25 @@ class ActorMailbox:
         with self.lock:
             reason = self.dead
             if reason is None:
-                self.queue.append(call)
+                is_async = self.is_coroutine(call.method)
+                # nothing waits and a slot is free: it starts now (what _fill would do)
+                now = (
+                    not self.queue
+                    and self.running < self.max_concurrency
+                    and (is_async or not self.sync_running)
+                )
+                if now:
+                    self.running += 1
+                    if not is_async:
+                        self.sync_running += 1
+                else:
+                    self.queue.append(call)
         if reason is not None:
             self.worker.reply_died(call, self, reason)
-            return
-        self._fill()
+        elif now:
+            self._start(call, is_async)
+        else:
+            self._fill()
 
     def _fill(self) -> None:
         """Start queued calls while slots are free (any thread).
@@ -144,12 +158,17 @@ class ActorMailbox:
                 self.running += 1
                 if not is_async:
                     self.sync_running += 1
-            if not is_async:
-                self.worker.pool.submit(functools.partial(self._drain, call))
-            elif threading.get_ident() == self.worker.loop_thread_id:
-                self._start_async(call)  # (its first step runs on the loop's next turn)
-            else:
-                self.worker.call_soon(self._start_async, call)
+            self._start(call, is_async)
+
+    def _start(self, call: Call, is_async: bool) -> None:
+        """Run ``call``, its slot taken: a sync one on an executor thread (which then
+        drains the calls behind it), an async one as a task on the loop."""
+        if not is_async:
+            self.worker.pool.submit(functools.partial(self._drain, call))
+        elif threading.get_ident() == self.worker.loop_thread_id:
+            self._start_async(call)  # (its first step runs on the loop's next turn)
+        else:
+            self.worker.call_soon(self._start_async, call)
 
     def _arm_grow(self) -> None:
         """(under the lock) check for a stall soon, unless a check is pending."""
