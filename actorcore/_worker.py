@@ -241,7 +241,9 @@ class WorkerRuntime(CoreRuntime):
                     BORROW_ACK_WAIT_S,
                 )
 
-    def _reply(self, call: Call, results: list[Any], reg: Any, waits: Any) -> None:
+    def _reply(
+        self, call: Call, results: list[Any], reg: Any, waits: Any, alone: bool = False
+    ) -> None:
         TE.call_done(call, results)  # observability hook
         if reg is not None or waits:
             self._wait_all(reg, waits)
@@ -252,7 +254,7 @@ class WorkerRuntime(CoreRuntime):
             if call.lend_reading:  # before the reply: the caller's next call may come at once
                 call.lend_reading = conn.lend()
             try:
-                conn.send(_result_msg(P.TaskResultMsg, (call.rid, results)))
+                conn.send(_result_msg(P.TaskResultMsg, (call.rid, results)), None, alone)
             except ConnectionError:
                 pass
 
@@ -455,7 +457,8 @@ class WorkerRuntime(CoreRuntime):
             conn = call.peer.conn
             if conn is not None and conn.congested:  # back-pressure: the caller is not reading
                 await _drain(conn)
-            self._reply(call, results, reg, waits)
+            # the only call of its actor: the reply need not wait for others this turn
+            self._reply(call, results, reg, waits, mb.running == 1 and not mb.queue)
         finally:
             mb.async_ended(call)
 

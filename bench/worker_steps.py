@@ -93,7 +93,7 @@ def child() -> None:
         sent = expect = 0
         all_sent: asyncio.Event | None = None
 
-        def send(self, msg: Any, buffers: Any = None) -> None:
+        def send(self, msg: Any, buffers: Any = None, alone: bool = False) -> None:
             P.encode(msg, buffers)
             Conn.sent += 1
             if Conn.sent == Conn.expect and Conn.all_sent is not None:

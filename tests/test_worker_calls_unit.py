@@ -47,9 +47,11 @@ class Conn:
 
     def __init__(self):
         self.sent = []
+        self.alone = []
 
-    def send(self, msg, buffers=None):
+    def send(self, msg, buffers=None, alone=False):
         self.sent.append(msg)
+        self.alone.append(alone)
 
 
 class Pool:  # executor jobs run when the test says so
@@ -199,3 +201,21 @@ def test_an_async_call_cancelled_while_it_runs_replies_cancelled(worker):
     assert first.rid == 1 and first.results[0][0] == ERROR
     assert second.rid == 2 and value(second) == "quick"
     assert mb.running == 0 and mb.async_tasks == {}
+
+
+def test_the_reply_of_a_lone_async_call_goes_out_at_once(worker):
+    """Written in the loop's turn when it is the actor's only call; with others
+    running, it waits for the turn's end with theirs (one write)."""
+    rt, peer, loop = worker
+    mb = host(rt, max_concurrency=10)
+    call(peer, 1, "quick")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    gate = asyncio.Event()
+    mb.instance.slow = lambda g=gate, f=Actor.slow, i=mb.instance: f(i, g)
+    call(peer, 2, "slow")
+    call(peer, 3, "quick")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    gate.set()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert [m.rid for m in peer.conn.sent] == [1, 3, 2]
+    assert peer.conn.alone == [True, False, True]
