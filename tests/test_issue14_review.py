@@ -737,3 +737,52 @@ def test_refs_passed_between_actors(rt):
     assert ac.get(c.again.remote(), timeout=30) == (9 * 4 * MiB, False)
     ac.kill(c)
     ac.kill(p)
+
+
+@ac.remote
+class Host:
+    def pid(self):
+        return os.getpid()
+
+    def slow(self):
+        time.sleep(30)
+
+
+@pytest.mark.timeout(120)
+def test_an_actor_created_after_its_host_worker_died_is_not_dead_on_arrival(rt):
+    """A light actor created once the caller saw the shared worker die was placed on
+    the dead worker (the daemon had not seen the death yet) and died with it."""
+    dead_on_arrival = 0
+    for _ in range(8):
+        b = Host.options(num_cpus=0).remote()
+        pid = ac.get(b.pid.remote(), timeout=30)
+        r = b.slow.remote()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ActorDiedError):
+            ac.get(r, timeout=30)
+        c = Host.options(num_cpus=0).remote()
+        try:
+            assert ac.get(c.pid.remote(), timeout=30) != pid
+        except ActorDiedError:
+            dead_on_arrival += 1
+    assert dead_on_arrival == 0, f"{dead_on_arrival} of 8 new actors died with a dead worker"
+
+
+@ac.remote
+class SelfKiller:
+    def __init__(self, path):
+        with open(path, "a") as f:
+            f.write("x")
+        os._exit(1)
+
+    def m(self):
+        return 1
+
+
+@pytest.mark.timeout(60)
+def test_an_init_that_kills_its_worker_still_ends_the_actor(rt, tmp_path):
+    a = SelfKiller.options(num_cpus=0).remote(str(tmp_path / "inits"))
+    with pytest.raises(ActorDiedError):
+        ac.get(a.m.remote(), timeout=30)
+    assert len((tmp_path / "inits").read_text()) <= 2  # tried once more at most
+    assert ac.get(pid_of.remote(), timeout=30) > 0
