@@ -786,3 +786,90 @@ def test_an_init_that_kills_its_worker_still_ends_the_actor(rt, tmp_path):
         ac.get(a.m.remote(), timeout=30)
     assert len((tmp_path / "inits").read_text()) <= 2  # tried once more at most
     assert ac.get(pid_of.remote(), timeout=30) > 0
+
+
+@ac.remote
+def _late(value, s):
+    time.sleep(s)
+    return value
+
+
+@ac.remote
+class Recorder:
+    def __init__(self):
+        self.log = []
+
+    def add(self, x):
+        self.log.append(x if not hasattr(x, "shape") else ("arr", int(x[0])))
+
+    def get(self):
+        return self.log
+
+
+@ac.remote
+class AsyncRecorder:
+    def __init__(self):
+        self.log = []
+
+    async def add(self, x):
+        self.log.append(x if not hasattr(x, "shape") else ("arr", int(x[0])))
+
+    async def get(self):
+        return self.log
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cls", [Recorder, AsyncRecorder], ids=["sync", "async"])
+def test_calls_waiting_for_their_arguments_keep_their_order(rt, cls):
+    """Ray's rule: one caller's calls run in submission order, even when an earlier
+    call's argument is ready later than a later call's."""
+    a = cls.options(num_cpus=0).remote()
+    a.add.remote(0)
+    a.add.remote(_late.remote("late", 0.5))
+    a.add.remote(1)
+    a.add.remote(_late.remote(np.full(MiB, 7, np.uint8), 0.3))  # a store object, late
+    a.add.remote(2)
+    a.add.remote(ac.put(np.full(MiB, 9, np.uint8)))
+    a.add.remote(3)
+    assert ac.get(a.get.remote(), timeout=30) == [0, "late", 1, ("arr", 7), 2, ("arr", 9), 3]
+    ac.kill(a)
+
+
+@pytest.mark.timeout(120)
+def test_gets_timing_out_on_the_callers_own_reply_lose_no_reply(rt):
+    """Threads that sync-get their own calls with tiny timeouts (the caller reads its
+    reply itself) and then get again: every value is the one that call returned."""
+    import random
+
+    a = Log.options(num_cpus=0).remote()
+    assert ac.get(a.add.remote("w", 0), timeout=30) == ("w", 0)
+    errors: list = []
+    timeouts = [0]
+
+    def run(w):
+        rnd = random.Random(w)
+        try:
+            for i in range(200):
+                if rnd.random() < 0.7:
+                    r, want = a.add.remote(w, i), (w, i)
+                else:
+                    r, want = a.slow.remote(0.002 + w / 1000), 0.002 + w / 1000
+                try:
+                    got = ac.get(r, timeout=rnd.choice([0.0005, 0.002, 5]))
+                except GetTimeoutError:
+                    timeouts[0] += 1
+                    got = ac.get(r, timeout=30)
+                if got != want:
+                    errors.append((want, got))
+        except BaseException as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(100)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors[:5]
+    print(f"\n{timeouts[0]} gets timed out first")
+    ac.kill(a)

@@ -361,6 +361,15 @@ def test_a_forced_cancel_kills_nothing_once_the_task_answered():
     assert of(o.feed(E.CancelTask(b.return_ids[0], False, True)), E.StartTimer) == []
 
 
+def test_a_forced_cancel_of_a_task_queued_behind_another_kills_nothing():
+    o = Owner(limit=2)
+    a, b = make_spec(), make_spec()
+    rid = of(o.submit(a, b), E.RequestLease)[0].rid
+    o.grant(rid)
+    (timer,) = of(o.feed(E.CancelTask(b.return_ids[0], True, True)), E.StartTimer)
+    assert of(o.feed(timer.event), E.ReturnLease) == []  # a, running first, is not killed
+
+
 def test_cancel_while_waiting_for_arguments():
     o = Owner()
     s = make_spec(deps=1)

@@ -481,7 +481,9 @@ class TaskCore:
 
     def _on_force_kill(self, ev: E.ForceKill) -> None:
         spec, lease = ev.spec, ev.lease
-        if spec.lease is lease and lease.in_flight.get(spec.rid) is spec:
+        if spec.lease is not lease or lease.in_flight.get(spec.rid) is not spec:
+            return  # it answered
+        if next(iter(lease.in_flight.values())) is spec:  # running (the worker's oldest)
             self._out.append(E.ReturnLease(lease.worker_id, True, lease.node_id))
 
     def _on_cancel_children(self, ev: E.CancelChildren) -> None:
