@@ -304,14 +304,10 @@ def test_memory_of_a_fresh_init_all_processes_summed():
     assert r["fresh"]["rss"] <= 150e6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an idle node keeps num_cpus idle workers forever (_node/_state.py keep_idle = "
-    "max(1, CPU)), although a fresh single-machine node keeps none (prestart_workers -2): "
-    "after any parallel work the idle figure stays ~35 MB per CPU above the fresh one",
-)
 @pytest.mark.timeout(120)
 def test_memory_goes_back_under_the_line_once_idle_workers_are_reaped():
+    """An idle node kept num_cpus idle workers forever (and an empty shared actor host),
+    although a fresh single-machine node keeps none: ~35 MB per worker above the line."""
     r = _run_mem(0.5, 15.0)
     print(
         f"\nafter work and 15 s idle (worker_idle_timeout_s=0.5): RSS "
