@@ -869,3 +869,61 @@ def test_gets_timing_out_on_the_callers_own_reply_lose_no_reply(rt):
     assert not errors, errors[:5]
     print(f"\n{timeouts[0]} gets timed out first")
     ac.kill(a)
+
+
+@ac.remote(max_concurrency=2)
+class TwoAtATime:
+    def __init__(self):
+        self.now = 0
+        self.peak = 0
+
+    async def visit(self):
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        await asyncio.sleep(0.05)
+        self.now -= 1
+        return self.peak
+
+    async def peak_seen(self):
+        return self.peak
+
+
+@pytest.mark.timeout(60)
+def test_an_async_actors_max_concurrency_bounds_its_coroutines(rt):
+    a = TwoAtATime.options(num_cpus=0).remote()
+    ac.get([a.visit.remote() for _ in range(10)], timeout=30)
+    assert ac.get(a.peak_seen.remote(), timeout=10) == 2
+    ac.kill(a)
+
+
+@pytest.mark.timeout(60)
+def test_a_temporary_handle_still_serves_the_call_made_through_it(rt):
+    """With the handle-method cycle gone, a handle used once and dropped at once ends
+    its actor, but only after that call is served (as in Ray)."""
+    gc.disable()
+    try:
+        assert ac.get(Log.options(num_cpus=0).remote().add.remote("t", 1), timeout=30) == ("t", 1)
+        m = Log.options(num_cpus=0).remote().add  # the method object keeps its handle
+        assert ac.get([m.remote("m", i) for i in range(3)], timeout=30) == [
+            ("m", 0),
+            ("m", 1),
+            ("m", 2),
+        ]
+        del m
+        wait_for(lambda: not alive_actors(), 10, what="both actors ended with their handles")
+    finally:
+        gc.enable()
+
+
+@ac.remote
+def _big_result():
+    return np.arange(1 << 22)
+
+
+@pytest.mark.timeout(60)
+def test_cancel_of_a_finished_task_leaves_its_store_result(rt):
+    r = _big_result.remote()
+    v = ac.get(r, timeout=30)
+    ac.cancel(r)
+    ac.cancel(r, force=True)
+    assert int(ac.get(r, timeout=10)[-1]) == (1 << 22) - 1 == int(v[-1])
