@@ -643,6 +643,9 @@ class Raiser:
             raise LockedError("holds a lock")
         raise KeyError("k")
 
+    async def aboom(self, kind):
+        self.boom(kind)
+
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
@@ -654,11 +657,12 @@ class Raiser:
         ("key", KeyError, None),
     ],
 )
-def test_method_errors_keep_type_attributes_and_traceback(rt, kind, cls, attr):
+@pytest.mark.parametrize("method", ["boom", "aboom"])
+def test_method_errors_keep_type_attributes_and_traceback(rt, kind, cls, attr, method):
     a = Raiser.options(num_cpus=0).remote()
     for _ in range(2):  # the first call and one on the warm path
         with pytest.raises(cls) as info:
-            ac.get(a.boom.remote(kind), timeout=30)
+            ac.get(getattr(a, method).remote(kind), timeout=30)
         e = info.value
         assert isinstance(e, ac.errors.TaskError)
         assert "boom" in e.traceback_text
@@ -966,3 +970,23 @@ def test_mixed_sync_and_async_methods_of_one_actor_keep_the_callers_order(rt):
         stale[1] += ac.get(k.get.remote(), timeout=30) != -i
     ac.kill(k)
     assert stale == [0, 0], f"stale reads: sync set->async get {stale[0]}, async->sync {stale[1]}"
+
+
+@ac.remote
+def _forcing_parent(started: str) -> float:
+    ref = ac.remote(_gil_hog).remote(started)
+    wait_for(lambda: os.path.exists(started) and open(started).read(), 30)
+    t0 = time.time()
+    ac.cancel(ref, force=True)
+    try:
+        ac.get(ref, timeout=10)
+    except TaskCancelledError:
+        return time.time() - t0
+    return -1.0
+
+
+@pytest.mark.timeout(60)
+def test_a_task_force_cancels_its_starved_child(rt, tmp_path):
+    took = ac.get(_forcing_parent.remote(str(tmp_path / "started")), timeout=40)
+    assert 0 <= took < 2.0
+    _cpus_back()
