@@ -271,6 +271,8 @@ _MEM = textwrap.dedent(
     while time.monotonic() < deadline and after["rss"] > 150e6:
         time.sleep(0.2)  # polling a state with a deadline
         after = mem()
+    assert ac.get([f.remote(i) for i in range(4)]) == [0, 1, 2, 3]  # workers again
+    assert ac.get(A.remote().m.remote()) > 0
     ac.shutdown()
     print(json.dumps({"import": t1 - t0, "init": t2 - t1, "first": t4 - t3,
                       "fresh": fresh, "after": after}))
