@@ -992,3 +992,34 @@ def test_a_task_force_cancels_its_starved_child(rt, tmp_path):
     took = ac.get(_forcing_parent.remote(str(tmp_path / "started")), timeout=40)
     assert 0 <= took < 2.0
     _cpus_back()
+
+
+@ac.remote
+class Driver:
+    def drive(self, a, who, n):
+        wrong = 0
+        for i in range(n):
+            if i % 2:
+                wrong += ac.get(a.add.remote(who, i), timeout=60) != (who, i)
+            else:
+                a.add.remote(who, i)
+        return wrong
+
+
+@pytest.mark.timeout(120)
+def test_actors_and_the_driver_calling_one_actor_each_keep_their_order(rt):
+    a = Log.options(num_cpus=0).remote()
+    drivers = [Driver.options(num_cpus=0).remote() for _ in range(2)]
+    refs = [d.drive.remote(a, f"b{k}", 300) for k, d in enumerate(drivers)]
+    wrong = 0
+    for i in range(300):
+        if i % 2:
+            wrong += ac.get(a.add.remote("d", i), timeout=60) != ("d", i)
+        else:
+            a.add.remote("d", i)
+    assert wrong == 0 and ac.get(refs, timeout=60) == [0, 0]
+    log = ac.get(a.get.remote(), timeout=60)
+    for who in ("d", "b0", "b1"):
+        assert [i for w, i in log if w == who] == list(range(300)), who
+    for x in [a, *drivers]:
+        ac.kill(x)
