@@ -5,6 +5,9 @@ methods run on the worker's executor threads, at most ``max_concurrency`` at a
 time (1 by default: one at a time, in order); an executor thread drains the
 mailbox without going back to the event loop between calls. ``async def``
 methods run on the loop and interleave at ``await`` up to ``max_concurrency``.
+In an actor with both kinds, one caller's calls keep their order across the two
+(:class:`_Caller`): an async call waits for the caller's sync calls before it to
+end, a sync call for its async calls before it to begin.
 
 The :class:`TaskQueue` runs a leased worker's tasks one at a time, in order,
 sync ones on the worker's main thread, where a cancel can interrupt them even
@@ -51,6 +54,57 @@ def _call_class() -> Any:
     return Call
 
 
+def _mixed(cls: type) -> bool:
+    """Whether ``cls`` has both sync and async (coroutine or async generator) methods."""
+    kinds: set[bool] = set()
+    for name in dir(cls):
+        if name.startswith("__") and name != "__call__":
+            continue
+        try:
+            fn = getattr(cls, name)
+        except Exception:
+            continue
+        if not callable(fn) or isinstance(fn, type):
+            continue
+        kinds.add(inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn))
+        if len(kinds) == 2:
+            return True
+    return False
+
+
+class _Caller:
+    """One caller's calls to an actor with both sync and async methods (one connection).
+
+    A call of the caller is *admitted* (queued or started as today) only when
+    nothing of the caller's holds it: an async call while a sync call of the
+    caller before it is queued or runs (its effects must be visible, as in Ray,
+    where an async actor's sync method runs on its loop), a sync call while an
+    async call before it has not begun (run to its first ``await``), and any call
+    while one before it is held (the caller's order). Held calls wait in
+    ``held``; they are admitted in order as their blockers go. Other callers are
+    not held back.
+    """
+
+    __slots__ = ("held", "last", "syncs")
+
+    def __init__(self) -> None:
+        self.held: collections.deque[Call] = collections.deque()
+        self.last: Call | None = None  # its last admitted async call, until it ends
+        self.syncs = 0  # its sync calls admitted and not ended
+
+    def holds(self, is_async: bool) -> bool:
+        """(under the mailbox's lock) whether a call of this kind must wait now."""
+        if self.held:
+            return True
+        if is_async:
+            return self.syncs > 0
+        last = self.last
+        return last is not None and not last.begun
+
+    def idle(self) -> bool:
+        return not self.held and not self.holds(False) and not self.syncs
+
+
 def interrupt_thread(thread_id: int, exc_type: type[BaseException] | None) -> bool:
     """Raise ``exc_type`` in another thread at its next bytecode (cancelling sync code);
     ``None`` takes back an interrupt that has not fired yet."""
@@ -95,6 +149,9 @@ class ActorMailbox:
         self._wait_skip = 0
         self._late = 0  # calls in a row that were there before this thread waited
         self._run_delay: tuple[int, int, int] | None = None  # (thread, ns waited for a CPU, calls)
+        # both sync and async methods: each caller's calls keep their order across the kinds
+        self.ordered = _mixed(type(instance))
+        self.callers: dict[Any, _Caller] = {}  # (ordered) by connection (RpcPeer)
 
     def call_name(self, method: str) -> str:
         """``Class.method``, for logs and task events (made once per method)."""
@@ -120,6 +177,8 @@ class ActorMailbox:
             reason = self.dead
             if reason is None:
                 is_async = self.is_coroutine(call.method)
+                if self.ordered and not self._admit(call, is_async):
+                    return  # held behind the caller's calls before it
                 # nothing waits and a slot is free: it starts now (what _fill would do)
                 now = (
                     not self.queue
@@ -138,6 +197,65 @@ class ActorMailbox:
             self._start(call, is_async)
         else:
             self._fill()
+
+    def _caller(self, peer: Any) -> _Caller:
+        """(under the lock) the record of the caller on ``peer``."""
+        rec = self.callers.get(peer)
+        if rec is None:
+            if len(self.callers) >= 64:  # (callers come and go: forget the idle ones)
+                for key in [k for k, r in self.callers.items() if r.idle()]:
+                    del self.callers[key]
+            rec = self.callers[peer] = _Caller()
+        return rec
+
+    def _admit(self, call: Call, is_async: bool) -> bool:
+        """(under the lock, ordered) Admit ``call`` (True) or hold it behind its caller's
+        calls before it (False: :meth:`_release` admits it later)."""
+        rec = self._caller(call.peer)
+        call.caller = rec
+        call.is_async = is_async
+        if rec.holds(is_async):
+            rec.held.append(call)
+            return False
+        if is_async:
+            rec.last = call
+        else:
+            rec.syncs += 1
+        return True
+
+    def _release(self, rec: _Caller) -> bool:
+        """(under the lock) Queue the held calls of ``rec`` that may go now, in order."""
+        moved = False
+        while rec.held and self.dead is None:
+            call = rec.held[0]
+            if call.is_async:
+                if rec.syncs:
+                    break
+                rec.last = call
+            else:
+                last = rec.last
+                if last is not None and not last.begun:
+                    break
+                rec.syncs += 1
+            rec.held.popleft()
+            self.queue.append(call)
+            moved = True
+        return moved
+
+    def release(self, rec: _Caller) -> None:
+        """(loop) Admit what ``rec`` holds that may go now, and start it."""
+        with self.lock:
+            moved = self._release(rec)
+        if moved:
+            self._fill()
+
+    def async_begun(self, call: Call) -> None:
+        """(loop, ordered) The async ``call`` is about to run its method's first step: the
+        caller's sync calls held behind it are admitted after that step (next turn)."""
+        call.begun = True
+        rec = call.caller
+        if rec is not None and rec.held:
+            self.worker.loop.call_soon(self.release, rec)
 
     def _fill(self) -> None:
         """Start queued calls while slots are free (any thread).
@@ -237,8 +355,15 @@ class ActorMailbox:
         entry = self.async_tasks.get(call.task_id)
         if entry is not None and entry[1] is call:
             del self.async_tasks[call.task_id]
+        rec = call.caller
         with self.lock:
             self.running -= 1
+            if rec is not None:
+                call.begun = True  # (ended before it began: cancelled, its arguments failed)
+                if rec.last is call:
+                    rec.last = None
+                if rec.held:
+                    self._release(rec)
         self._fill()
 
     def _cancel_async(self, task: asyncio.Task[Any], call: Call) -> None:
@@ -270,8 +395,13 @@ class ActorMailbox:
             call.lend_reading = wait
             self.worker.run_actor_call(self, call)
             lent = wait and call.lend_reading
+            rec = call.caller
             with self.lock:
                 self.completed += 1
+                if rec is not None:
+                    rec.syncs -= 1
+                    if rec.held and not rec.syncs:
+                        self._release(rec)  # the caller's async calls held behind it
                 more = (
                     self.dead is None
                     and bool(self.queue)
@@ -417,6 +547,11 @@ class ActorMailbox:
                 if self.dead is not None:  # the loop answers calls to a dead actor
                     rest = frames[i:]
                     break
+                if self.ordered and self._caller(call.peer).holds(False):
+                    rest = frames[i:]  # the loop holds it (push)
+                    break
+                if self.ordered:
+                    self._admit(call, False)  # (admitted: nothing holds it)
                 if first is None and not self.queue and self.running == 0:
                     self.running += 1
                     self.sync_running += 1
@@ -432,13 +567,34 @@ class ActorMailbox:
         return first
 
     def cancel(self, task_id: bytes) -> bool:
+        moved = False
         with self.lock:
             for call in self.queue:
                 if call.task_id == task_id:
                     self.queue.remove(call)
+                    rec = call.caller
+                    if rec is not None:  # it no longer holds its caller's later calls
+                        if call.is_async:
+                            call.begun = True
+                            if rec.last is call:
+                                rec.last = None
+                        else:
+                            rec.syncs -= 1
+                        moved = self._release(rec)
                     break
             else:
                 call = None
+                for rec in self.callers.values():
+                    for held in rec.held:
+                        if held.task_id == task_id:
+                            call = held
+                            break
+                    if call is not None:
+                        rec.held.remove(call)
+                        moved = self._release(rec)
+                        break
+        if moved:
+            self._fill()
         if call is not None:
             self.worker.reply_error(call, TaskCancelledError(f"call {call.method}() was cancelled"))
             return True
@@ -454,6 +610,9 @@ class ActorMailbox:
             self.dead = reason
             calls = list(self.queue)
             self.queue.clear()
+            for rec in self.callers.values():
+                calls.extend(rec.held)
+                rec.held.clear()
         for call in calls:
             self.worker.reply_died(call, self, reason)
         for task, call in list(self.async_tasks.values()):

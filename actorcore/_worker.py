@@ -65,6 +65,8 @@ class Call:
     """One task or actor call received by this worker."""
 
     __slots__ = (
+        "begun",
+        "caller",
         "ended",
         "fn",
         "is_async",
@@ -98,6 +100,8 @@ class Call:
         self.stream = msg.stream  # 0, or a streaming generator's back-pressure + 1
         self.lend_reading = False  # the reply lends reading to the actor's thread (_mailbox)
         self.ended = False  # an async actor call's slot was freed (ActorMailbox.async_ended)
+        self.caller: Any = None  # its caller's record (_mailbox._Caller): an ordered actor's call
+        self.begun = False  # (an ordered actor's async call) its method ran its first step
 
 
 class WorkerRuntime(CoreRuntime):
@@ -436,6 +440,8 @@ class WorkerRuntime(CoreRuntime):
                     args, kwargs, reg = await self._actor_args(mb, call)
                 else:  # no arguments, none to wait for
                     args, kwargs, reg = (), {}, None
+                if call.caller is not None:  # (an actor with sync methods too)
+                    mb.async_begun(call)
                 if call.stream:
                     gen = method(*args, **kwargs)
                     value = await self.producers.drive_async(call, gen, mb.actor_id)

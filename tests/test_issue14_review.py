@@ -951,14 +951,6 @@ class KV:
         return self.v
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an actor with both sync and async methods runs one caller's calls out of order: "
-    "ActorMailbox._fill hands a sync call to an executor thread at once and an async one to "
-    "the loop (call_soon), with no order between the two kinds, so `a.set.remote(1)` (sync) "
-    "then `a.aget()` (async) may read the old value, and an async set then a sync get too "
-    "(DESIGN 1: calls from one caller run in the order they were made)",
-)
 @pytest.mark.timeout(60)
 def test_mixed_sync_and_async_methods_of_one_actor_keep_the_callers_order(rt):
     k = KV.options(num_cpus=0).remote()

@@ -219,3 +219,172 @@ def test_the_reply_of_a_lone_async_call_goes_out_at_once(worker):
     loop.run_until_complete(asyncio.sleep(0.01))
     assert [m.rid for m in peer.conn.sent] == [1, 3, 2]
     assert peer.conn.alone == [True, False, True]
+
+
+# --- one caller's order across sync and async methods (ActorMailbox._Caller) -------------
+
+
+def other_peer(rt):
+    peer = RpcPeer(rt, rt.bound_handlers())
+    peer.conn = Conn()
+    return peer
+
+
+def test_an_async_call_waits_for_the_callers_sync_call_before_it(worker):
+    rt, peer, loop = worker
+    mb = host(rt, max_concurrency=10)
+    assert mb.ordered
+    call(peer, 1, "plain", pickle.dumps(((1,), {}), protocol=5))
+    call(peer, 2, "quick")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == [] and mb.running == 1  # the async call is held, not started
+    rt.pool.run()  # the sync call ends: the async one is admitted and started
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == [1, "quick"]
+    assert [m.rid for m in peer.conn.sent] == [1, 2]
+    assert mb.running == 0 and not mb.queue and not mb.callers[peer].held
+
+
+def test_a_sync_call_waits_for_the_callers_async_call_before_it_to_begin(worker):
+    rt, peer, loop = worker
+    mb = host(rt, max_concurrency=10)
+    gate = asyncio.Event()
+    mb.instance.slow = lambda g=gate, f=Actor.slow, i=mb.instance: f(i, g)
+    call(peer, 1, "slow")  # its task is made, its first step not run yet
+    call(peer, 2, "plain", pickle.dumps(((2,), {}), protocol=5))
+    assert rt.pool.jobs == []  # held until the async call begins
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == ["slow"]
+    assert len(rt.pool.jobs) == 1  # admitted after its first step, not at its end
+    rt.pool.run()
+    assert mb.instance.seen == ["slow", 2]
+    gate.set()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert sorted(m.rid for m in peer.conn.sent) == [1, 2]
+    assert mb.running == 0 and mb.callers[peer].last is None
+
+
+def test_calls_of_other_callers_are_not_held_back(worker):
+    rt, peer, loop = worker
+    mb = host(rt, max_concurrency=10)
+    peer2 = other_peer(rt)
+    call(peer, 1, "plain", pickle.dumps(((1,), {}), protocol=5))  # its thread not run yet
+    call(peer, 2, "quick")  # held behind it
+    call(peer2, 3, "quick")  # another caller: starts at once
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == ["quick"] and [m.rid for m in peer2.conn.sent] == [3]
+    rt.pool.run()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == ["quick", 1, "quick"]
+    assert [m.rid for m in peer.conn.sent] == [1, 2]
+
+
+def test_held_calls_keep_the_callers_order_and_the_concurrency_limit(worker):
+    rt, peer, loop = worker
+    mb = host(rt, max_concurrency=2)
+    gate = asyncio.Event()
+    mb.instance.slow = lambda g=gate, f=Actor.slow, i=mb.instance: f(i, g)
+    call(peer, 1, "plain", pickle.dumps(((1,), {}), protocol=5))
+    call(peer, 2, "slow")
+    call(peer, 3, "slow")
+    call(peer, 4, "quick")  # async: behind the two slow ones (the limit)
+    call(peer, 5, "plain", pickle.dumps(((5,), {}), protocol=5))  # sync: after 4 began
+    rt.pool.run()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == [1, "slow", "slow"] and mb.running == 2
+    assert rt.pool.jobs == []  # 5 waits for 4 to begin
+    gate.set()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    rt.pool.run()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == [1, "slow", "slow", "quick", 5]
+    assert sorted(m.rid for m in peer.conn.sent) == [1, 2, 3, 4, 5]
+    assert mb.running == 0 and not mb.queue and not mb.callers[peer].held
+
+
+def test_a_held_call_can_be_cancelled_and_the_next_goes_on(worker):
+    rt, peer, loop = worker
+    mb = host(rt, max_concurrency=10)
+    call(peer, 1, "plain", pickle.dumps(((1,), {}), protocol=5))
+    held = call(peer, 2, "quick")
+    call(peer, 3, "plain", pickle.dumps(((3,), {}), protocol=5))  # held behind 2
+    assert mb.cancel(held.task_id)
+    (cancelled,) = peer.conn.sent
+    assert cancelled.rid == 2 and cancelled.results[0][0] == ERROR
+    assert [c.rid for c in mb.queue] == [3]  # admitted: nothing of its caller holds it now
+    rt.pool.run()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == [1, 3]
+    assert [m.rid for m in peer.conn.sent] == [2, 1, 3]
+
+
+def test_a_queued_sync_call_cancelled_lets_the_held_async_call_go(worker):
+    rt, peer, loop = worker
+    mb = host(rt, max_concurrency=10)
+    peer2 = other_peer(rt)
+    call(peer2, 1, "plain", pickle.dumps(((1,), {}), protocol=5))  # runs (its thread)
+    queued = call(peer, 2, "plain", pickle.dumps(((2,), {}), protocol=5))  # queued behind
+    call(peer, 3, "quick")  # held behind 2
+    assert mb.cancel(queued.task_id)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == ["quick"]
+    rt.pool.run()
+    assert mb.instance.seen == ["quick", 1]
+    assert [m.rid for m in peer.conn.sent] == [2, 3]
+
+
+def test_held_calls_fail_when_the_actor_goes(worker):
+    rt, peer, loop = worker
+    mb = host(rt, max_concurrency=10)
+    call(peer, 1, "plain", pickle.dumps(((1,), {}), protocol=5))
+    call(peer, 2, "quick")
+    call(peer, 3, "plain")
+    mb.close("killed")
+    died = [m for m in peer.conn.sent if m.TAG == P.Tag.ERROR_REPLY]
+    assert sorted(m.rid for m in died) == [2, 3] and "killed" in died[0].message
+    rt.pool.run()  # the running call ends; nothing more starts
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == [1] and mb.running == 0 and not mb.callers[peer].held
+
+
+def test_a_threaded_callers_async_call_waits_for_all_its_sync_calls(worker):
+    rt, peer, loop = worker
+    mb = host(rt, max_concurrency=4)
+    call(peer, 1, "plain", pickle.dumps(((1,), {}), protocol=5))
+    call(peer, 2, "plain", pickle.dumps(((2,), {}), protocol=5))
+    call(peer, 3, "quick")
+    mb.blocked()  # the first waits in get(): the second gets a thread of its own
+    assert len(rt.pool.jobs) == 2 and mb.sync_running == 2
+    rt.pool.jobs.pop()()  # the second ends first
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == [2]  # the async call still waits for the first
+    rt.pool.run()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == [2, 1, "quick"]
+
+
+class SyncOnly:
+    def f(self): ...
+
+
+class AsyncOnly:
+    async def f(self): ...
+
+    async def g(self): ...
+
+
+def test_actors_with_one_kind_of_methods_keep_the_plain_path(worker):
+    rt, peer, loop = worker
+    for cls, ordered in [(SyncOnly, False), (AsyncOnly, False), (Actor, True)]:
+        assert ActorMailbox(rt, AID, cls(), cls.__name__, 1).ordered is ordered
+    mb = host(rt, max_concurrency=10)
+    call(peer, 1, "quick")
+    call(peer, 2, "quick")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert [m.rid for m in peer.conn.sent] == [1, 2] and len(mb.callers) == 1
+    for i in range(70):  # callers come and go: the idle ones are forgotten
+        p = other_peer(rt)
+        call(p, 10 + i, "quick")
+        loop.run_until_complete(asyncio.sleep(0))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert len(mb.callers) <= 64
