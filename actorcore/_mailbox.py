@@ -85,11 +85,13 @@ class _Caller:
     not held back.
     """
 
-    __slots__ = ("held", "last", "syncs")
+    __slots__ = ("held", "syncs", "unbegun")
 
     def __init__(self) -> None:
         self.held: collections.deque[Call] = collections.deque()
-        self.last: Call | None = None  # its last admitted async call, until it ends
+        # its last admitted async call until that begins (the async calls of one caller
+        # begin in order: the ones before it began too, or ended) or ends
+        self.unbegun: Call | None = None
         self.syncs = 0  # its sync calls admitted and not ended
 
     def holds(self, is_async: bool) -> bool:
@@ -98,8 +100,7 @@ class _Caller:
             return True
         if is_async:
             return self.syncs > 0
-        last = self.last
-        return last is not None and not last.begun
+        return self.unbegun is not None
 
     def idle(self) -> bool:
         return not self.held and not self.holds(False) and not self.syncs
@@ -177,8 +178,20 @@ class ActorMailbox:
             reason = self.dead
             if reason is None:
                 is_async = self.is_coroutine(call.method)
-                if self.ordered and not self._admit(call, is_async):
-                    return  # held behind the caller's calls before it
+                if self.ordered:  # (_admit, inline: every call of such an actor)
+                    rec = self.callers.get(call.peer) or self._caller(call.peer)
+                    call.caller = rec
+                    if is_async:
+                        call.is_async = True
+                        if rec.syncs or rec.held:
+                            rec.held.append(call)
+                            return  # held behind the caller's calls before it
+                        rec.unbegun = call
+                    else:
+                        if rec.held or rec.unbegun is not None:
+                            rec.held.append(call)
+                            return
+                        rec.syncs += 1
                 # nothing waits and a slot is free: it starts now (what _fill would do)
                 now = (
                     not self.queue
@@ -208,21 +221,6 @@ class ActorMailbox:
             rec = self.callers[peer] = _Caller()
         return rec
 
-    def _admit(self, call: Call, is_async: bool) -> bool:
-        """(under the lock, ordered) Admit ``call`` (True) or hold it behind its caller's
-        calls before it (False: :meth:`_release` admits it later)."""
-        rec = self._caller(call.peer)
-        call.caller = rec
-        call.is_async = is_async
-        if rec.holds(is_async):
-            rec.held.append(call)
-            return False
-        if is_async:
-            rec.last = call
-        else:
-            rec.syncs += 1
-        return True
-
     def _release(self, rec: _Caller) -> bool:
         """(under the lock) Queue the held calls of ``rec`` that may go now, in order."""
         moved = False
@@ -231,10 +229,9 @@ class ActorMailbox:
             if call.is_async:
                 if rec.syncs:
                     break
-                rec.last = call
+                rec.unbegun = call
             else:
-                last = rec.last
-                if last is not None and not last.begun:
+                if rec.unbegun is not None:
                     break
                 rec.syncs += 1
             rec.held.popleft()
@@ -243,19 +240,12 @@ class ActorMailbox:
         return moved
 
     def release(self, rec: _Caller) -> None:
-        """(loop) Admit what ``rec`` holds that may go now, and start it."""
+        """(loop) Admit what ``rec`` holds that may go now, and start it (after the first
+        step of an async call that held them: ``WorkerRuntime.run_actor_call_async``)."""
         with self.lock:
             moved = self._release(rec)
         if moved:
             self._fill()
-
-    def async_begun(self, call: Call) -> None:
-        """(loop, ordered) The async ``call`` is about to run its method's first step: the
-        caller's sync calls held behind it are admitted after that step (next turn)."""
-        call.begun = True
-        rec = call.caller
-        if rec is not None and rec.held:
-            self.worker.loop.call_soon(self.release, rec)
 
     def _fill(self) -> None:
         """Start queued calls while slots are free (any thread).
@@ -359,9 +349,8 @@ class ActorMailbox:
         with self.lock:
             self.running -= 1
             if rec is not None:
-                call.begun = True  # (ended before it began: cancelled, its arguments failed)
-                if rec.last is call:
-                    rec.last = None
+                if rec.unbegun is call:  # (ended before it began: cancelled, arguments failed)
+                    rec.unbegun = None
                 if rec.held:
                     self._release(rec)
         self._fill()
@@ -547,11 +536,13 @@ class ActorMailbox:
                 if self.dead is not None:  # the loop answers calls to a dead actor
                     rest = frames[i:]
                     break
-                if self.ordered and self._caller(call.peer).holds(False):
-                    rest = frames[i:]  # the loop holds it (push)
-                    break
                 if self.ordered:
-                    self._admit(call, False)  # (admitted: nothing holds it)
+                    rec = self._caller(call.peer)
+                    if rec.holds(False):
+                        rest = frames[i:]  # the loop holds it (push)
+                        break
+                    call.caller = rec
+                    rec.syncs += 1
                 if first is None and not self.queue and self.running == 0:
                     self.running += 1
                     self.sync_running += 1
@@ -575,9 +566,8 @@ class ActorMailbox:
                     rec = call.caller
                     if rec is not None:  # it no longer holds its caller's later calls
                         if call.is_async:
-                            call.begun = True
-                            if rec.last is call:
-                                rec.last = None
+                            if rec.unbegun is call:
+                                rec.unbegun = None
                         else:
                             rec.syncs -= 1
                         moved = self._release(rec)

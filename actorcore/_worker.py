@@ -65,7 +65,6 @@ class Call:
     """One task or actor call received by this worker."""
 
     __slots__ = (
-        "begun",
         "caller",
         "ended",
         "fn",
@@ -101,7 +100,6 @@ class Call:
         self.lend_reading = False  # the reply lends reading to the actor's thread (_mailbox)
         self.ended = False  # an async actor call's slot was freed (ActorMailbox.async_ended)
         self.caller: Any = None  # its caller's record (_mailbox._Caller): an ordered actor's call
-        self.begun = False  # (an ordered actor's async call) its method ran its first step
 
 
 class WorkerRuntime(CoreRuntime):
@@ -440,8 +438,12 @@ class WorkerRuntime(CoreRuntime):
                     args, kwargs, reg = await self._actor_args(mb, call)
                 else:  # no arguments, none to wait for
                     args, kwargs, reg = (), {}, None
-                if call.caller is not None:  # (an actor with sync methods too)
-                    mb.async_begun(call)
+                rec = call.caller
+                if rec is not None:  # (an actor with sync methods too: _mailbox._Caller)
+                    if rec.unbegun is call:  # begun: the caller's sync calls behind it may
+                        rec.unbegun = None  # start, after this step (its first await)
+                    if rec.held:
+                        self.loop.call_soon(mb.release, rec)
                 if call.stream:
                     gen = method(*args, **kwargs)
                     value = await self.producers.drive_async(call, gen, mb.actor_id)

@@ -129,6 +129,7 @@ def child() -> None:
         jobs.clear()
         mb.queue.clear()
         mb.running = mb.sync_running = 0
+        getattr(mb, "callers", {}).clear()  # (the dropped sync calls would hold async ones)
 
     out["dispatch (on_frame, handler, Call, mailbox push, hand-off)"] = _per_call(
         dispatch_only, N // batch, batch

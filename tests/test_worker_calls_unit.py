@@ -261,7 +261,7 @@ def test_a_sync_call_waits_for_the_callers_async_call_before_it_to_begin(worker)
     gate.set()
     loop.run_until_complete(asyncio.sleep(0.01))
     assert sorted(m.rid for m in peer.conn.sent) == [1, 2]
-    assert mb.running == 0 and mb.callers[peer].last is None
+    assert mb.running == 0 and mb.callers[peer].unbegun is None
 
 
 def test_calls_of_other_callers_are_not_held_back(worker):
