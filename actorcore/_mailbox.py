@@ -153,6 +153,8 @@ class ActorMailbox:
         # both sync and async methods: each caller's calls keep their order across the kinds
         self.ordered = _mixed(type(instance))
         self.callers: dict[Any, _Caller] = {}  # (ordered) by connection (RpcPeer)
+        # async calls with their slots taken off the loop's thread, to start on the loop
+        self.to_start: collections.deque[Call] = collections.deque()
 
     def call_name(self, method: str) -> str:
         """``Class.method``, for logs and task events (made once per method)."""
@@ -202,6 +204,9 @@ class ActorMailbox:
                     self.running += 1
                     if not is_async:
                         self.sync_running += 1
+                    elif self.to_start:  # calls another thread started go first
+                        self.to_start.append(call)
+                        return
                 else:
                     self.queue.append(call)
         if reason is not None:
@@ -264,19 +269,35 @@ class ActorMailbox:
                     return
                 call = self.queue.popleft()
                 self.running += 1
+                later = first = False
                 if not is_async:
                     self.sync_running += 1
-            self._start(call, is_async)
+                elif self.to_start or threading.get_ident() != self.worker.loop_thread_id:
+                    # started in order on the loop: a call the loop takes meanwhile
+                    # (push) must not begin before this one
+                    self.to_start.append(call)
+                    later = True
+                    first = len(self.to_start) == 1
+            if not later:
+                self._start(call, is_async)
+            elif first:
+                self.worker.call_soon(self._start_queued)
 
     def _start(self, call: Call, is_async: bool) -> None:
         """Run ``call``, its slot taken: a sync one on an executor thread (which then
         drains the calls behind it), an async one as a task on the loop."""
         if not is_async:
             self.worker.pool.submit(functools.partial(self._drain, call))
-        elif threading.get_ident() == self.worker.loop_thread_id:
-            self._start_async(call)  # (its first step runs on the loop's next turn)
         else:
-            self.worker.call_soon(self._start_async, call)
+            self._start_async(call)  # (loop; its first step runs on the loop's next turn)
+
+    def _start_queued(self) -> None:
+        """(loop) Start the async calls other threads took, in the order they took them."""
+        with self.lock:
+            calls = list(self.to_start)
+            self.to_start.clear()
+        for call in calls:
+            self._start_async(call)
 
     def _arm_grow(self) -> None:
         """(under the lock) check for a stall soon, unless a check is pending."""

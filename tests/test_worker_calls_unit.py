@@ -388,3 +388,20 @@ def test_actors_with_one_kind_of_methods_keep_the_plain_path(worker):
         loop.run_until_complete(asyncio.sleep(0))
     loop.run_until_complete(asyncio.sleep(0.01))
     assert len(mb.callers) <= 64
+
+
+def test_async_calls_started_off_the_loop_begin_before_later_ones(worker):
+    """A call admitted by the executor thread (its sync call before it ended) is
+    started on the loop later; a call pushed meanwhile must not begin before it."""
+    rt, peer, loop = worker
+    mb = host(rt, max_concurrency=10)
+    call(peer, 1, "plain")
+    call(peer, 2, "quick")  # held behind 1
+    t = threading.Thread(target=rt.pool.run)  # 1 runs and ends off the loop's thread
+    t.start()
+    t.join(10)
+    assert [c.rid for c in mb.to_start] == [2]
+    call(peer, 3, "quick")  # on the loop: behind 2
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert [m.rid for m in peer.conn.sent] == [1, 2, 3]
+    assert mb.running == 0 and not mb.to_start
