@@ -579,27 +579,31 @@ class ActorMailbox:
         return first
 
     def cancel(self, task_id: bytes) -> bool:
+        """Cancel a call not started yet (queued, held, or about to start on the loop),
+        or a running async one."""
         moved = False
         with self.lock:
-            for call in self.queue:
-                if call.task_id == task_id:
-                    self.queue.remove(call)
-                    rec = call.caller
-                    if rec is not None:  # it no longer holds its caller's later calls
-                        if call.is_async:
-                            if rec.unbegun is call:
-                                rec.unbegun = None
-                        else:
-                            rec.syncs -= 1
-                        moved = self._release(rec)
-                    break
+            call = next((c for c in self.queue if c.task_id == task_id), None)
+            if call is not None:
+                self.queue.remove(call)
             else:
-                call = None
+                call = next((c for c in self.to_start if c.task_id == task_id), None)
+                if call is not None:  # its slot was taken: free it
+                    self.to_start.remove(call)
+                    self.running -= 1
+                    moved = True
+            if call is not None:
+                rec = call.caller
+                if rec is not None:  # it no longer holds its caller's later calls
+                    if call.is_async:
+                        if rec.unbegun is call:
+                            rec.unbegun = None
+                    else:
+                        rec.syncs -= 1
+                    moved = self._release(rec) or moved
+            else:
                 for rec in self.callers.values():
-                    for held in rec.held:
-                        if held.task_id == task_id:
-                            call = held
-                            break
+                    call = next((c for c in rec.held if c.task_id == task_id), None)
                     if call is not None:
                         rec.held.remove(call)
                         moved = self._release(rec)

@@ -405,3 +405,19 @@ def test_async_calls_started_off_the_loop_begin_before_later_ones(worker):
     loop.run_until_complete(asyncio.sleep(0.01))
     assert [m.rid for m in peer.conn.sent] == [1, 2, 3]
     assert mb.running == 0 and not mb.to_start
+
+
+def test_an_async_call_about_to_start_on_the_loop_can_be_cancelled(worker):
+    rt, peer, loop = worker
+    mb = host(rt, max_concurrency=10)
+    call(peer, 1, "plain")
+    msg = call(peer, 2, "quick")  # held behind 1
+    t = threading.Thread(target=rt.pool.run)
+    t.start()
+    t.join(10)
+    assert [c.rid for c in mb.to_start] == [2]
+    assert mb.cancel(msg.task_id)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert mb.instance.seen == [None]
+    assert [(m.rid, m.results[0][0]) for m in peer.conn.sent] == [(1, INLINE), (2, ERROR)]
+    assert mb.running == 0 and not mb.to_start and mb.async_tasks == {}
