@@ -16,6 +16,7 @@ dicts).
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, NamedTuple, TypeVar, cast
@@ -34,6 +35,7 @@ _PRELUDE = struct.Struct("<IH")
 MAX_BUFFERS = 1024  # raw buffers in one frame
 STREAM_MIN_BYTES = 1 << 20  # raw buffers this large are received into their own memory
 _BUFLEN = struct.Struct("<Q")
+_NO_LENS: list[int] = []  # (never changed)
 
 
 class Tag(IntEnum):
@@ -777,8 +779,17 @@ REQUESTS: frozenset[int] = frozenset(
     tag for tag, cls in MESSAGES.items() if getattr(cls, "_fields", ())[:1] == ("rid",)
 )
 
-_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
-_pack = _packer.pack
+class _Packers(threading.local):
+    """One msgpack Packer per thread (``packb`` builds a new one per call; a Packer
+    is not thread-safe, and frames are encoded on several threads)."""
+
+    pack: Callable[[Any], bytes]
+
+    def __init__(self) -> None:
+        self.pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+_packers = _Packers()
 
 
 def encode(msg: Any, buffers: list[Any] | None = None) -> bytes | list[Any]:
@@ -787,7 +798,7 @@ def encode(msg: Any, buffers: list[Any] | None = None) -> bytes | list[Any]:
     Returns one ``bytes`` when there are no buffers, else a list of byte-likes
     to write in order (the buffers themselves are never copied).
     """
-    header = msgpack.packb((msg.TAG, msg), use_bin_type=True)
+    header = _packers.pack((msg.TAG, msg))
     if not buffers:
         return _PRELUDE.pack(len(header), 0) + header
     lens = b"".join(_BUFLEN.pack(memoryview(b).nbytes) for b in buffers)
@@ -934,8 +945,12 @@ class FrameDecoder:
             start = pos + 6 + 8 * nbufs
             if end < start:
                 break
-            lens = [_BUFLEN.unpack_from(buf, pos + 6 + 8 * i)[0] for i in range(nbufs)]
-            total = hlen + sum(lens)
+            if nbufs:
+                lens = [_BUFLEN.unpack_from(buf, pos + 6 + 8 * i)[0] for i in range(nbufs)]
+                total = hlen + sum(lens)
+            else:  # (most frames: a header alone)
+                lens = _NO_LENS
+                total = hlen
             if total > self._max_frame:
                 raise MessageTooLargeError(
                     f"frame of {total} bytes exceeds the limit of {self._max_frame}"
