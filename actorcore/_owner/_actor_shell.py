@@ -302,18 +302,28 @@ class ActorClients:
                 spec = c.in_flight.get(rid)  # the actor's node has the run's record
                 if spec is not None:
                     TE.ran_elsewhere(spec.task_id, node)
+            if (
+                not self._sent
+                and self.inbox.quiet()
+                and threading.get_ident() == self.rt.loop_thread_id
+            ):
+                # nothing for the core before it: the plain case needs no event
+                spec = self.core.replied(c, rid, peer)
+                if spec is not None:
+                    self._results(spec, reply.results, node)
+                    return
             self.post(E.CallReplied(c, rid, reply.results, peer))
 
     def _call_done(self, ins: E.CallDone) -> None:
-        spec = ins.spec
-        events: list[Any] = [
-            OE.ResultArrived(oid, kind, data, nested, ins.node_id)  # (on the actor's node)
-            for oid, (kind, data, nested) in zip(spec.return_ids, ins.results, strict=True)
-        ]
-        if spec.args.held:
-            events.append(OE.HeldReleased(spec.args.held))
+        self._results(ins.spec, ins.results, ins.node_id)
+
+    def _results(self, spec: CallSpec, results: list[Any], node_id: bytes | None) -> None:
+        """Complete the call's objects (store results are on ``node_id``, the actor's
+        node), release its arguments."""
+        held = spec.args.held
+        if held:
             spec.args.held = []
-        self.rt.objects.post_all(events)
+        self.rt.objects.results_arrived(spec.return_ids, results, node_id, held)
 
     def _call_failed(self, ins: E.CallFailed) -> None:
         TE.owner_failed(ins.spec.task_id, ins.spec.label, ins.error)  # observability hook

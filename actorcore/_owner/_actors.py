@@ -344,6 +344,32 @@ class ActorCore:
             return None
         return spec
 
+    def replied(self, c: ActorClient, rid: int, peer: Any) -> CallSpec | None:
+        """The fast path of :class:`CallReplied` for the plain case: the answer that
+        counts (from where the call went) to a client alive with nothing queued,
+        not to be ended. Takes the call out and returns it; its results are the
+        caller's to complete, as for a :class:`CallDone`. Anything else returns
+        None, having changed nothing: hand the event to :meth:`handle`.
+
+        (``handle`` would do the same, and then find nothing to send and the way
+        as open as it was published.)
+        """
+        spec = c.in_flight.get(rid)
+        if (
+            spec is None
+            or spec.peer is not peer
+            or spec.epoch != c.epoch
+            or c.state is not ALIVE
+            or c.queue
+            or c.kill_when_idle
+        ):
+            return None
+        del c.in_flight[rid]
+        by_return = self.by_return
+        for oid in spec.return_ids:
+            by_return.pop(oid, None)
+        return spec
+
     def _on_replied(self, ev: E.CallReplied) -> None:
         c = ev.client
         spec = self._answered(c, ev.rid, ev.peer)

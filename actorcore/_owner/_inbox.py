@@ -92,6 +92,11 @@ class Inbox:
         if self._events and not self._draining:
             self.drain()
 
+    @property
+    def draining(self) -> bool:
+        """Whether a drain is under way (it handles what is queued meanwhile)."""
+        return self._draining
+
     def quiet(self) -> bool:
         """Whether every event queued so far has been handled (any thread).
 

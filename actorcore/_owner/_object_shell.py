@@ -61,6 +61,32 @@ class ObjectShell:
     def post_all(self, events: list[Any]) -> None:
         self.inbox.post_all(events)
 
+    def results_arrived(
+        self, oids: list[bytes], results: list[Any], node_id: bytes | None, held: list[bytes]
+    ) -> None:
+        """A call's results are in (``[kind, data, nested]`` per return id) and its
+        arguments ``held`` may go (as :class:`ResultArrived` and :class:`HeldReleased`);
+        any thread. On the loop with no drain under way they are handled at once
+        (what is queued comes first), without making events; else posted."""
+        inbox, rt = self.inbox, self.rt
+        if inbox.draining or threading.get_ident() != rt.loop_thread_id or rt.handed_conns:
+            events: list[Any] = [
+                E.ResultArrived(oid, kind, data, nested, node_id)
+                for oid, (kind, data, nested) in zip(oids, results, strict=True)
+            ]
+            if held:
+                events.append(E.HeldReleased(held))
+            inbox.post_all(events)
+            return
+        inbox.drain_if_idle()
+        out: list[Any] = []
+        core = self.core
+        core.results_arrived(oids, results, node_id, out)
+        if held:
+            core._held_released(E.HeldReleased(held), out)
+        if out:
+            carry_out(out, self._run)
+
     def note(self, event: Any) -> None:
         """Queue a count change without waking the loop: the runtime's next flush (armed
         here if need be) or any earlier drain handles it, in order. ``event`` may be a

@@ -156,21 +156,49 @@ class ObjectCore:
         again, the containment counting for it. A result nobody wants any more
         goes through a stand-in entry dropped at once, which frees its store
         copy and releases its nested refs the usual way."""
+        self._arrived(ev.oid, ev.kind, ev.data, ev.nested, ev.node_id, ev.create, out)
+
+    def results_arrived(
+        self, oids: list[bytes], results: list[Any], node_id: bytes | None, out: list[Any]
+    ) -> None:
+        """A call's results (``[kind, data, nested]`` per return id): what as many
+        :class:`ResultArrived` events do, without making them (the actor shell's
+        fast path; on the loop, with nothing queued before)."""
+        if len(results) != len(oids):
+            raise ValueError(f"{len(results)} results for {len(oids)} return ids")
+        entries = self.table.entries
+        for oid, (kind, data, nested) in zip(oids, results):
+            e = entries.get(oid)
+            if e is not None and kind == INLINE and not nested:  # the common case
+                waiters = self.table.complete(e, kind, data)
+                if waiters:
+                    out.append(E.Wake(waiters, e))
+            else:
+                self._arrived(oid, kind, data, nested, node_id, False, out)
+
+    def _arrived(
+        self,
+        oid: bytes,
+        kind: int,
+        data: Any,
+        nested: Any,
+        node_id: bytes | None,
+        create: bool,
+        out: list[Any],
+    ) -> None:
         table = self.table
-        oid = ev.oid
         e = table.entries.get(oid)
-        unwanted = e is None and not ev.create
+        unwanted = e is None and not create
         if e is None:
             e = table.create_owned(oid, self.address)
             e.local = 1
-        kind, data = ev.kind, ev.data
         if kind == ERROR:
             data = load_error(data)
         self._complete(e, kind, data, out)
-        if kind == STORE and ev.node_id is not None:
-            table.add_location(oid, ev.node_id)
-        if ev.nested:
-            pairs = [(bytes(n[0]), tuple(n[1])) for n in ev.nested]
+        if kind == STORE and node_id is not None:
+            table.add_location(oid, node_id)
+        if nested:
+            pairs = [(bytes(n[0]), tuple(n[1])) for n in nested]
             table.set_nested(oid, pairs, registered=True)
             mine = [inner for inner, owner in pairs if owner[0] == self.my_id]
             if mine:
