@@ -779,6 +779,7 @@ REQUESTS: frozenset[int] = frozenset(
     tag for tag, cls in MESSAGES.items() if getattr(cls, "_fields", ())[:1] == ("rid",)
 )
 
+
 class _Packers(threading.local):
     """One msgpack Packer per thread (``packb`` builds a new one per call; a Packer
     is not thread-safe, and frames are encoded on several threads)."""

@@ -167,7 +167,7 @@ class ObjectCore:
         if len(results) != len(oids):
             raise ValueError(f"{len(results)} results for {len(oids)} return ids")
         entries = self.table.entries
-        for oid, (kind, data, nested) in zip(oids, results):
+        for oid, (kind, data, nested) in zip(oids, results, strict=False):  # (checked)
             e = entries.get(oid)
             if e is not None and kind == INLINE and not nested:  # the common case
                 waiters = self.table.complete(e, kind, data)
