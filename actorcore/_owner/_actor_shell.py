@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as P
 from .. import _task_events as TE
-from .._args import prepare_args
+from .._args import NO_ARGS, prepare_args
 from .._ref import ObjectRef
 from .._refcount import ACTOR
 from .._rpc import error_from_reply, next_rid
@@ -128,22 +128,34 @@ class ActorClients:
         stream: int = 0,
     ) -> list[Any]:
         rt = self.rt
-        prepared = prepare_args(rt, args, kwargs, f"{class_name}.{method}()")
+        if args or kwargs:
+            prepared = prepare_args(rt, args, kwargs, f"{class_name}.{method}()")
+        else:
+            prepared = NO_ARGS  # (shared: never changed)
         spec = CallSpec(method, prepared, max_task_retries, num_returns)
         spec.stream = stream
         spec.label = label = f"{class_name}.{method}"
         TE.pending_actor_call(spec.task_id, label, actor_id, bool(prepared.deps))  # observability
         address = rt.address
         # queued quietly: the reply (or this shell's drain) catches the object core up first
-        rt.objects.inbox.put_quietly(OE.ObjectsCreated(spec.return_ids, prepared.held))
+        # (the bare list: ObjectsCreated with nothing held, one object fewer per call)
+        held = prepared.held
+        rt.objects.inbox.put_quietly(
+            OE.ObjectsCreated(spec.return_ids, held) if held else spec.return_ids
+        )
         if prepared.deps and (resolved := ready_now(rt, prepared.deps)) is not None:
             spec.resolved = resolved
             prepared.deps = []  # nothing to wait for (``held`` keeps them alive)
         if stream:  # the stream first: its items may come as soon as the call is sent
             rt.streams.open(spec.return_ids[0], stream - 1)
         if prepared.deps or not self._send_direct(actor_id, spec):
-            self.post(E.SubmitActorCall(actor_id, class_name, max_task_retries, spec))
-        return [ObjectRef(oid, address, _counted=True) for oid in spec.return_ids]
+            spec.actor_id = actor_id
+            spec.class_name = class_name
+            self.post(spec)  # (bare: its own SubmitActorCall)
+        ids = spec.return_ids
+        if len(ids) == 1:
+            return [ObjectRef(ids[0], address, _counted=True)]
+        return [ObjectRef(oid, address, _counted=True) for oid in ids]
 
     def _send_direct(self, actor_id: bytes, spec: CallSpec) -> bool:
         """Send a call from this thread when the core says the way is open; else False.

@@ -55,6 +55,7 @@ class ActorCore:
         self.dead_nodes: set[bytes] = set()  # declared dead: nothing there answers any more
         self._handlers: dict[type, Callable[[Any], None]] = {
             E.SubmitActorCall: self._on_submit,
+            CallSpec: self._on_submit_bare,
             E.CallSentDirect: self._on_sent_direct,
             E.ArgsReady: self._on_args_ready,
             E.ArgsFailed: self._on_args_failed,
@@ -216,9 +217,19 @@ class ActorCore:
     # --- calls ---------------------------------------------------------------------------
 
     def _on_submit(self, ev: E.SubmitActorCall) -> None:
-        c = self.client(ev.actor_id, ev.class_name, ev.max_task_retries)
+        self._submit(ev.spec, self.client(ev.actor_id, ev.class_name, ev.max_task_retries))
+
+    def _on_submit_bare(self, spec: CallSpec) -> None:
+        """A :class:`CallSpec` posted bare is its own submission (``spec.actor_id``; its
+        ``retries_left`` untouched yet: the handle's max_task_retries). One object fewer
+        per call than a :class:`SubmitActorCall`."""
+        c = self.clients.get(spec.actor_id)
+        if c is None:
+            c = self.client(spec.actor_id, spec.class_name, spec.retries_left)
+        self._submit(spec, c)
+
+    def _submit(self, spec: CallSpec, c: ActorClient) -> None:
         self._touched.add(c)
-        spec = ev.spec
         for oid in spec.return_ids:
             self.by_return[oid] = (c, spec)
         if c.state is DEAD:

@@ -66,7 +66,8 @@ Waiter = Callable[["ObjectEntry"], None]
 # The two commonest events also travel bare, as the runtime sends them (one per
 # ObjectRef made or dropped; creating a dataclass costs about 0.4 us): an object
 # id (``bytes``) is ``RefsDropped([oid])``, an ``(oid, owner)`` tuple is
-# ``RefAdded(oid, owner)``.
+# ``RefAdded(oid, owner)``. So does the commonest submission's: a list of object
+# ids is ``ObjectsCreated(oids, [])``.
 
 
 @dataclass(slots=True)

@@ -54,6 +54,7 @@ class ObjectCore:
             E.RefsDropped: self._refs_dropped,
             bytes: self._one_dropped,  # the bare forms (see _object_events)
             tuple: self._one_added,
+            list: self._created_bare,
             E.ObjectsCreated: self._objects_created,
             E.ValueOwned: self._value_owned,
             E.ValueSet: self._value_set,
@@ -114,6 +115,11 @@ class ObjectCore:
             table.create_owned(oid, address).local = 1
         if ev.held:
             table.add_submitted(ev.held)
+
+    def _created_bare(self, oids: list[bytes], out: list[Any]) -> None:
+        table, address = self.table, self.address
+        for oid in oids:
+            table.create_owned(oid, address).local = 1
 
     def _value_owned(self, ev: E.ValueOwned, out: list[Any]) -> None:
         table = self.table
