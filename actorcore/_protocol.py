@@ -35,7 +35,7 @@ _PRELUDE = struct.Struct("<IH")
 MAX_BUFFERS = 1024  # raw buffers in one frame
 STREAM_MIN_BYTES = 1 << 20  # raw buffers this large are received into their own memory
 _BUFLEN = struct.Struct("<Q")
-_NO_LENS: list[int] = []  # (never changed)
+_NO_LENS: list[Any] = []  # no buffers (shared: never changed)
 
 
 class Tag(IntEnum):
@@ -806,6 +806,24 @@ def encode(msg: Any, buffers: list[Any] | None = None) -> bytes | list[Any]:
     return [_PRELUDE.pack(len(header), len(buffers)) + lens + header, *buffers]
 
 
+def encode_all(msgs: list[Any], max_header_bytes: int, max_frame_bytes: int) -> bytes:
+    """The frames of several messages without buffers, one after the other in one bytes.
+
+    Raises:
+        MessageTooLargeError: a message is over the limits (see :func:`check_size`).
+    """
+    pack = _packers.pack
+    prelude = _PRELUDE.pack
+    parts = []
+    for msg in msgs:
+        header = pack((msg.TAG, msg))
+        if len(header) > max_header_bytes or len(header) + _PRELUDE.size > max_frame_bytes:
+            check_size(prelude(len(header), 0) + header, max_header_bytes, max_frame_bytes)
+        parts.append(prelude(len(header), 0))
+        parts.append(header)
+    return b"".join(parts)
+
+
 def check_size(frame: bytes | list[Any], max_header_bytes: int, max_frame_bytes: int) -> int:
     """The size of an encoded frame; raises if a peer with these limits would refuse it.
 
@@ -967,11 +985,14 @@ class FrameDecoder:
             except Exception as e:
                 raise ProtocolError(f"undecodable frame header: {e}") from None
             msg = decode_header(header)
-            bufs: list[bytes] = []
             p = start + hlen
-            for n in lens:
-                bufs.append(bytes(buf[p : p + n]))
-                p += n
+            if lens:
+                bufs: list[bytes] = []
+                for n in lens:
+                    bufs.append(bytes(buf[p : p + n]))
+                    p += n
+            else:
+                bufs = _NO_LENS  # (shared, never changed: receivers only read buffers)
             out.append((msg, bufs))
             pos = p
             if limit and len(out) >= limit:

@@ -48,6 +48,7 @@ class ActorClients:
         self.inbox = Inbox(rt, self._process)
         # calls caller threads sent themselves, for the core (ahead of the inbox's events)
         self._sent: collections.deque[E.CallSentDirect] = collections.deque()
+        self._owner: tuple[Any, list[Any]] = (None, [])  # rt.address, as calls carry it
         self._run: dict[type, Callable[[Any], None]] = {
             E.SendActorCall: self._send_call,
             E.CallDone: self._call_done,
@@ -74,7 +75,32 @@ class ActorClients:
             while sent:
                 first.append(sent.popleft())
             events = first + events
-        carry_out(self.core.handle(events), self._run)
+        instructions = self.core.handle(events)
+        if len(instructions) == 1:
+            carry_out(instructions, self._run)
+        else:
+            self._carry_out(instructions)
+
+    def _carry_out(self, instructions: list[Any]) -> None:
+        """:func:`carry_out`, sending consecutive calls to one host in one write."""
+        run = self._run
+        calls: list[E.SendActorCall] = []
+        for ins in instructions:
+            if type(ins) is E.SendActorCall:
+                if calls and calls[0].peer is not ins.peer:
+                    self._send_calls(calls)
+                    calls = []
+                calls.append(ins)
+                continue
+            if calls:
+                self._send_calls(calls)
+                calls = []
+            try:
+                run[type(ins)](ins)
+            except Exception:
+                logger.exception("carrying out %s failed", type(ins).__name__)
+        if calls:
+            self._send_calls(calls)
 
     # --- the API's entry points (any thread) -----------------------------------------------
 
@@ -280,9 +306,13 @@ class ActorClients:
 
     # --- instructions: calls ------------------------------------------------------------------
 
-    def _send_call(self, ins: E.SendActorCall) -> None:
-        c, spec, peer = ins.client, ins.spec, ins.peer
-        msg = P.ActorCallMsg(
+    def _call_msg(self, c: ActorClient, spec: CallSpec) -> P.ActorCallMsg:
+        address = self.rt.address
+        cached = self._owner  # (one read: caller threads send calls too)
+        if cached[0] is not address:
+            cached = self._owner = (address, list(address))  # (shared: never changed)
+        owner = cached[1]
+        return P.ActorCallMsg(
             spec.rid,
             c.actor_id,
             spec.method,
@@ -290,14 +320,47 @@ class ActorClients:
             spec.args.payload,
             spec.resolved,
             spec.return_ids,
-            list(self.rt.address),
+            owner,
             spec.stream,
             spec.epoch,
         )
+
+    def _send_call(self, ins: E.SendActorCall) -> None:
+        c, spec, peer = ins.client, ins.spec, ins.peer
+        msg = self._call_msg(c, spec)
         try:
             peer.request(msg, functools.partial(self._on_reply, c, spec.rid, peer))
         except ConnectionError:
             self.post(E.SendFailed(c, spec, peer))
+
+    def _send_calls(self, calls: list[E.SendActorCall]) -> None:
+        """Several :class:`SendActorCall` to one host, in order, in one write."""
+        if len(calls) == 1:
+            self._run_one(calls[0])
+            return
+        peer = calls[0].peer
+        on_reply = self._on_reply
+        partial = functools.partial
+        msgs = []
+        callbacks = []
+        for ins in calls:
+            c, spec = ins.client, ins.spec
+            msgs.append(self._call_msg(c, spec))
+            callbacks.append(partial(on_reply, c, spec.rid, peer))
+        try:
+            peer.request_all(msgs, callbacks)
+        except ConnectionError:
+            for ins in calls:
+                self.post(E.SendFailed(ins.client, ins.spec, peer))
+        except Exception:  # (a message over the limits): each on its own, as ever
+            for ins in calls:
+                self._run_one(ins)
+
+    def _run_one(self, ins: E.SendActorCall) -> None:
+        try:
+            self._send_call(ins)
+        except Exception:
+            logger.exception("carrying out %s failed", type(ins).__name__)
 
     def _on_reply(self, c: ActorClient, rid: int, peer: Any, reply: Any) -> None:
         if isinstance(reply, BaseException):
