@@ -29,6 +29,7 @@ class CallSpec:
         "actor_id",
         "args",
         "class_name",
+        "client",
         "epoch",
         "label",
         "method",
@@ -58,6 +59,8 @@ class CallSpec:
         # the actor called, as the handle named it (a spec posted bare is its submission)
         self.actor_id = b""
         self.class_name = ""
+        # set by the core once it has the call (before anything reads it)
+        self.client: ActorClient = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"<CallSpec {self.method} rid={self.rid}>"

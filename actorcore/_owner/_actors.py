@@ -49,7 +49,7 @@ class ActorCore:
     def __init__(self, *, next_rid: Callable[[], int]) -> None:
         self.next_rid = next_rid
         self.clients: dict[bytes, ActorClient] = {}
-        self.by_return: dict[bytes, tuple[ActorClient, CallSpec]] = {}
+        self.by_return: dict[bytes, CallSpec] = {}  # (its ``client`` is set)
         self._out: list[Any] = []
         self._touched: set[ActorClient] = set()  # clients whose ``direct`` may be stale
         self.dead_nodes: set[bytes] = set()  # declared dead: nothing there answers any more
@@ -230,8 +230,9 @@ class ActorCore:
 
     def _submit(self, spec: CallSpec, c: ActorClient) -> None:
         self._touched.add(c)
+        spec.client = c
         for oid in spec.return_ids:
-            self.by_return[oid] = (c, spec)
+            self.by_return[oid] = spec
         if c.state is DEAD:
             self._fail(spec, c.death or ActorDiedError(f"{c.describe()} is dead"))
             return
@@ -248,8 +249,9 @@ class ActorCore:
     def _on_sent_direct(self, ev: E.CallSentDirect) -> None:
         """A caller's thread sent a call itself (the way was open): track it."""
         c, spec = ev.client, ev.spec
+        spec.client = c
         for oid in spec.return_ids:
-            self.by_return[oid] = (c, spec)
+            self.by_return[oid] = spec
         if c.state is DEAD:  # it died meanwhile: whatever the host answers is ignored
             self._fail(spec, c.death or ActorDiedError(f"{c.describe()} is dead"))
             return
@@ -267,7 +269,7 @@ class ActorCore:
         if found is not None:
             item.resolved = ev.resolved
             item.waiting = False
-            self._drain(found[0])
+            self._drain(found.client)
 
     def _on_args_failed(self, ev: E.ArgsFailed) -> None:
         item = ev.item
@@ -277,7 +279,7 @@ class ActorCore:
             return
         found = self.by_return.get(item.return_ids[0])
         if found is not None:
-            c = found[0]
+            c = found.client
             if item in c.queue:
                 c.queue.remove(item)
             self._fail(item, ev.error)
@@ -450,10 +452,10 @@ class ActorCore:
     # --- cancel and lifetime ----------------------------------------------------------------
 
     def _on_cancel(self, ev: E.CancelCall) -> None:
-        found = self.by_return.get(ev.oid)
-        if found is None:
+        spec = self.by_return.get(ev.oid)
+        if spec is None:
             return
-        c, spec = found
+        c = spec.client
         if spec in c.queue:
             c.queue.remove(spec)
             self._fail(spec, TaskCancelledError(f"call {spec.method}() was cancelled"))
@@ -492,5 +494,5 @@ class ActorCore:
                 assert not c.queue and not c.in_flight, c
             if c.state is ALIVE:
                 assert c.peer is not None, c
-        for oid, (_c, spec) in self.by_return.items():
+        for oid, spec in self.by_return.items():
             assert oid in spec.return_ids
