@@ -35,7 +35,6 @@ _PRELUDE = struct.Struct("<IH")
 MAX_BUFFERS = 1024  # raw buffers in one frame
 STREAM_MIN_BYTES = 1 << 20  # raw buffers this large are received into their own memory
 _BUFLEN = struct.Struct("<Q")
-_NO_LENS: list[Any] = []  # no buffers (shared: never changed)
 
 
 class Tag(IntEnum):
@@ -779,6 +778,9 @@ REQUESTS: frozenset[int] = frozenset(
     tag for tag, cls in MESSAGES.items() if getattr(cls, "_fields", ())[:1] == ("rid",)
 )
 
+_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+_pack = _packer.pack
+
 
 class _Packers(threading.local):
     """One msgpack Packer per thread (``packb`` builds a new one per call; a Packer
@@ -964,12 +966,8 @@ class FrameDecoder:
             start = pos + 6 + 8 * nbufs
             if end < start:
                 break
-            if nbufs:
-                lens = [_BUFLEN.unpack_from(buf, pos + 6 + 8 * i)[0] for i in range(nbufs)]
-                total = hlen + sum(lens)
-            else:  # (most frames: a header alone)
-                lens = _NO_LENS
-                total = hlen
+            lens = [_BUFLEN.unpack_from(buf, pos + 6 + 8 * i)[0] for i in range(nbufs)]
+            total = hlen + sum(lens)
             if total > self._max_frame:
                 raise MessageTooLargeError(
                     f"frame of {total} bytes exceeds the limit of {self._max_frame}"
@@ -985,14 +983,11 @@ class FrameDecoder:
             except Exception as e:
                 raise ProtocolError(f"undecodable frame header: {e}") from None
             msg = decode_header(header)
+            bufs: list[bytes] = []
             p = start + hlen
-            if lens:
-                bufs: list[bytes] = []
-                for n in lens:
-                    bufs.append(bytes(buf[p : p + n]))
-                    p += n
-            else:
-                bufs = _NO_LENS  # (shared, never changed: receivers only read buffers)
+            for n in lens:
+                bufs.append(bytes(buf[p : p + n]))
+                p += n
             out.append((msg, bufs))
             pos = p
             if limit and len(out) >= limit:
