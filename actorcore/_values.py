@@ -92,7 +92,7 @@ def value_of(rt: CoreRuntime, e: ObjectEntry) -> Any:
     if e.state == PENDING:  # reset since it was seen ready (its copies' node died)
         raise ObjectLostError(f"object {e.oid.hex()} is being made again")
     if e.kind == INLINE:
-        value, refs = loads_payload(e.data, f"object {e.oid.hex()}")
+        value, refs = loads_payload(e.data, e.oid)  # (named "object <hex>" in errors)
     elif e.kind == STORE:
         if not L.is_local(rt, e):
             L.ensure_local(rt, e.oid, L.holders_of(e), e.owner)
@@ -152,8 +152,10 @@ class _Counter:
 
     def woke(self, e: ObjectEntry) -> None:
         self.got[e.oid] = e
-        if _usable(self.rt, e, self.fetch_local):
-            self.count(e)
+        if e.state != PENDING and (not self.fetch_local or _usable(self.rt, e, True)):
+            self.need -= 1  # (count(), inline: once per object)
+            if self.need == 0:
+                self.fire()
         else:
             pull_local(self.rt, e, self.count)  # ready elsewhere: counted once it is here
 

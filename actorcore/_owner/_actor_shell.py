@@ -177,7 +177,7 @@ class ActorClients:
         if prepared.deps or not self._send_direct(actor_id, spec):
             spec.actor_id = actor_id
             spec.class_name = class_name
-            self.post(spec)  # (bare: its own SubmitActorCall)
+            self.inbox.post(spec)  # (bare: its own SubmitActorCall)
         ids = spec.return_ids
         if len(ids) == 1:
             return [ObjectRef(ids[0], address, _counted=True)]

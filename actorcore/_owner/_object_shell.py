@@ -12,6 +12,7 @@ held.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from .._runtime import CoreRuntime
 
 __all__ = ["ObjectShell"]
+
+logger = logging.getLogger(__name__)
 
 
 class ObjectShell:
@@ -84,8 +87,15 @@ class ObjectShell:
         core.results_arrived(oids, results, node_id, out)
         if held:
             core._held_released(E.HeldReleased(held), out)
-        if out:
-            carry_out(out, self._run)
+        run = self._run
+        for ins in out:
+            if type(ins) is E.Wake:  # (the commonest: straight to the waiters)
+                wake(ins.waiters, ins.entry)
+                continue
+            try:
+                run[type(ins)](ins)
+            except Exception:
+                logger.exception("carrying out %s failed", type(ins).__name__)
 
     def note(self, event: Any) -> None:
         """Queue a count change without waking the loop: the runtime's next flush (armed
