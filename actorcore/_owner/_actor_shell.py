@@ -38,6 +38,9 @@ __all__ = ["ActorClients"]
 
 logger = logging.getLogger(__name__)
 
+_new_msg = tuple.__new__
+assert len(P.ActorCallMsg._fields) == 10  # (see _call_msg)
+
 
 class ActorClients:
     """The caller's side of actors: an :class:`ActorCore` fed on the runtime's loop."""
@@ -312,17 +315,21 @@ class ActorClients:
         if cached[0] is not address:
             cached = self._owner = (address, list(address))  # (shared: never changed)
         owner = cached[1]
-        return P.ActorCallMsg(
-            spec.rid,
-            c.actor_id,
-            spec.method,
-            spec.task_id,
-            spec.args.payload,
-            spec.resolved,
-            spec.return_ids,
-            owner,
-            spec.stream,
-            spec.epoch,
+        # every field, in order: built in C (the NamedTuple's __new__ is Python code)
+        return _new_msg(
+            P.ActorCallMsg,
+            (
+                spec.rid,
+                c.actor_id,
+                spec.method,
+                spec.task_id,
+                spec.args.payload,
+                spec.resolved,
+                spec.return_ids,
+                owner,
+                spec.stream,
+                spec.epoch,
+            ),
         )
 
     def _send_call(self, ins: E.SendActorCall) -> None:

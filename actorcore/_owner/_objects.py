@@ -103,11 +103,16 @@ class ObjectCore:
         self.table.add_local(ev[0], ev[1])
 
     def _one_dropped(self, oid: bytes, out: list[Any]) -> None:
-        e = self.table.entries.get(oid)
+        entries = self.table.entries
+        e = entries.get(oid)
         if e is not None:
             e.local -= 1
             if e.local <= 0 and e.total() <= 0:
-                out.extend(self.table.remove_local_last(e))
+                if e.owned and e.kind == INLINE and e.nested is None:
+                    del entries[oid]  # (what _drop does for it: nothing else to let go)
+                    e.waiters = None
+                else:
+                    out.extend(self.table.remove_local_last(e))
 
     def _objects_created(self, ev: E.ObjectsCreated, out: list[Any]) -> None:
         table, address = self.table, self.address
