@@ -392,7 +392,10 @@ class ActorClients:
                 # nothing for the core before it: the plain case needs no event
                 spec = self.core.replied(c, rid, peer)
                 if spec is not None:
-                    self._results(spec, reply.results, node)
+                    held = spec.args.held  # (_results, inline)
+                    if held:
+                        spec.args.held = []
+                    self.rt.objects.results_arrived(spec.return_ids, reply.results, node, held)
                     return
             self.post(E.CallReplied(c, rid, reply.results, peer))
 

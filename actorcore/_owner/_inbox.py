@@ -92,10 +92,14 @@ class Inbox:
         if self._events and not self._draining:
             self.drain()
 
-    @property
-    def draining(self) -> bool:
-        """Whether a drain is under way (it handles what is queued meanwhile)."""
-        return self._draining
+    def caught_up(self) -> bool:
+        """On the loop: handle what is queued now, unless a drain is under way (then
+        False: the running drain handles what is queued meanwhile)."""
+        if self._draining:
+            return False
+        if self._events:
+            self.drain()
+        return True
 
     def quiet(self) -> bool:
         """Whether every event queued so far has been handled (any thread).

@@ -72,7 +72,11 @@ class ObjectShell:
         any thread. On the loop with no drain under way they are handled at once
         (what is queued comes first), without making events; else posted."""
         inbox, rt = self.inbox, self.rt
-        if inbox.draining or threading.get_ident() != rt.loop_thread_id or rt.handed_conns:
+        if (
+            threading.get_ident() != rt.loop_thread_id
+            or rt.handed_conns
+            or not inbox.caught_up()  # (what is queued first)
+        ):
             events: list[Any] = [
                 E.ResultArrived(oid, kind, data, nested, node_id)
                 for oid, (kind, data, nested) in zip(oids, results, strict=True)
@@ -81,7 +85,6 @@ class ObjectShell:
                 events.append(E.HeldReleased(held))
             inbox.post_all(events)
             return
-        inbox.drain_if_idle()
         out: list[Any] = []
         core = self.core
         core.results_arrived(oids, results, node_id, out)

@@ -122,9 +122,10 @@ class ObjectCore:
             table.add_submitted(ev.held)
 
     def _created_bare(self, oids: list[bytes], out: list[Any]) -> None:
-        table, address = self.table, self.address
+        entries, address = self.table.entries, self.address
         for oid in oids:
-            table.create_owned(oid, address).local = 1
+            e = entries[oid] = ObjectEntry(oid, address, True)  # (create_owned, inline)
+            e.local = 1
 
     def _value_owned(self, ev: E.ValueOwned, out: list[Any]) -> None:
         table = self.table
