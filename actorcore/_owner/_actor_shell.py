@@ -384,12 +384,11 @@ class ActorClients:
                 spec = c.in_flight.get(rid)  # the actor's node has the run's record
                 if spec is not None:
                     TE.ran_elsewhere(spec.task_id, node)
-            if (
-                not self._sent
-                and self.inbox.quiet()
-                and threading.get_ident() == self.rt.loop_thread_id
-            ):
-                # nothing for the core before it: the plain case needs no event
+            if not self.inbox.draining and threading.get_ident() == self.rt.loop_thread_id:
+                # The plain case needs no event. The core has the call (or replied()
+                # says no); what is still queued for it (other calls, their sends)
+                # does not bear on this answer, nor this answer on them: the core
+                # sees the same as if the answer had come a moment earlier.
                 spec = self.core.replied(c, rid, peer)
                 if spec is not None:
                     held = spec.args.held  # (_results, inline)
