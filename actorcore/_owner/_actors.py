@@ -240,7 +240,11 @@ class ActorCore:
             spec.waiting = True
             self._out.append(E.ResolveArgs(spec, spec.args.deps))
         if c.state is ALIVE and not c.queue and not spec.waiting:
-            self._send(c, spec)
+            spec.rid = rid = self.next_rid()  # (_send, inline)
+            spec.peer = peer = c.peer
+            spec.epoch = c.epoch
+            c.in_flight[rid] = spec
+            self._out.append(E.SendActorCall(c, spec, peer))
             return
         c.queue.append(spec)
         if c.state is RESOLVING:

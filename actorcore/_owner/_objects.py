@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._ids import new_id
-from .._refcount import ERROR, INLINE, PENDING, STORE, ObjectEntry, ObjectTable
+from .._refcount import ERROR, INLINE, PENDING, READY, STORE, ObjectEntry, ObjectTable
 from .._serialization import load_error
 from ..errors import ObjectLostError, OwnerDiedError
 from . import _object_events as E
@@ -181,9 +181,18 @@ class ObjectCore:
         entries = self.table.entries
         for oid, (kind, data, nested) in zip(oids, results, strict=False):  # (checked)
             e = entries.get(oid)
-            if e is not None and kind == INLINE and not nested:  # the common case
-                waiters = self.table.complete(e, kind, data)
-                if waiters:
+            if e is not None and kind == INLINE and not nested and e.state == PENDING:
+                # the common case: ObjectTable.complete() inline (the state set last:
+                # other threads read the value once they see it)
+                e.kind = INLINE
+                e.data = data
+                e.fetching = False
+                e.state = READY
+                waiters = e.waiters
+                if waiters is not None:
+                    e.waiters = None
+                    if type(waiters) is not list:
+                        waiters = [waiters]  # type: ignore[list-item]
                     out.append(E.Wake(waiters, e))
             else:
                 self._arrived(oid, kind, data, nested, node_id, False, out)
@@ -308,7 +317,10 @@ class ObjectCore:
             if e.state != PENDING:
                 ready.append(e)
                 continue
-            table.add_waiter(e, cb)
+            if e.waiters is None:  # (add_waiter's commonest case, inline)
+                e.waiters = cb
+            else:
+                table.add_waiter(e, cb)
             if not e.owned and not e.fetching:
                 e.fetching = True
                 out.append(E.FetchValue(e.owner, oid))
