@@ -170,6 +170,17 @@ def deserialize(
     return value, ctx.refs
 
 
+def loads_plain(stream: bytes, where: str | bytes = "value") -> Any:
+    """Unpickle a value whose producer pickled no ObjectRef or actor handle in it (its
+    nested refs were none): no context is needed to collect the refs it makes."""
+    try:
+        return pickle.loads(stream)
+    except Exception as e:
+        if isinstance(where, bytes):
+            where = f"object {where.hex()}"
+        raise SerializationError(f"cannot deserialize {where}: {type(e).__name__}: {e}") from e
+
+
 def loads_payload(
     payload: bytes | list[Any] | tuple[Any, ...], where: str | bytes = "value"
 ) -> tuple[Any, list[Any]]:

@@ -25,7 +25,7 @@ from ._arg_recovery import PAUSE_S, stale_limit_s
 from ._owner._own_reply import NO_REPLY, own_reply, own_reply_async
 from ._ref import ObjectRef
 from ._refcount import FAILED, INLINE, PENDING, READY, STORE, ObjectEntry
-from ._serialization import deserialize, loads_payload
+from ._serialization import deserialize, loads_payload, loads_plain
 from .errors import GetTimeoutError, ObjectLostError
 
 if TYPE_CHECKING:
@@ -93,6 +93,10 @@ def value_of(rt: CoreRuntime, e: ObjectEntry) -> Any:
         raise ObjectLostError(f"object {e.oid.hex()} is being made again")
     if e.kind == INLINE:
         data = e.data  # (an object id names it in errors: "object <hex>")
+        if type(data) is bytes and e.owned and e.nested is None:
+            # its producer listed every ref it pickled (an owned entry records them
+            # as ``nested``): none, so none to collect while unpickling
+            return loads_plain(data, e.oid)
         if type(data) is bytes:
             value, refs = deserialize(data, None, e.oid)
         else:

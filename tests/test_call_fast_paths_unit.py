@@ -307,3 +307,63 @@ def test_request_all_registers_every_callback_or_none():
     with pytest.raises(ConnectionBrokenError):
         peer2.request_all(msgs, [got.append] * 3)
     assert peer2.pending == {}
+
+
+# --- reading a value ----------------------------------------------------------------------------
+
+
+def test_a_value_is_unpickled_with_its_refs_collected_unless_its_producer_listed_none():
+    import pickle
+
+    from actorcore._ref import ObjectRef
+    from actorcore._refcount import ObjectEntry
+    from actorcore._values import value_of
+
+    class _Rt:
+        def __init__(self):
+            self.borrows = []
+
+        def register_borrows(self, refs, container):
+            self.borrows.append(([r.id for r in refs], container))
+
+    rt = _Rt()
+    plain = ObjectEntry(b"p", ADDR, True)
+    plain.state, plain.kind, plain.data = READY, INLINE, pickle.dumps(b"v", protocol=5)
+    assert value_of(rt, plain) == b"v" and rt.borrows == []
+    inner = ObjectRef(b"i" * 16, (b"other", "h", 2), _counted=True)
+    holder = ObjectEntry(b"h", ADDR, True)
+    holder.state, holder.kind = READY, INLINE
+    holder.data = pickle.dumps([inner], protocol=5)
+    holder.nested = [(inner.id, inner.owner)]  # (as the object core records a result's refs)
+    (got,) = value_of(rt, holder)
+    assert got.id == inner.id and rt.borrows == [([inner.id], b"h")]
+    borrowed = ObjectEntry(b"b", (b"other", "h", 2), False)  # (no ``nested`` recorded)
+    borrowed.state, borrowed.kind, borrowed.data = READY, INLINE, holder.data
+    value_of(rt, borrowed)
+    assert rt.borrows[-1] == ([inner.id], b"b")
+
+
+def test_a_values_refs_are_recorded_before_the_value_is_published():
+    """Other threads read a value once its state leaves PENDING, without a lock: by
+    then its nested refs must be recorded (a reader relies on them, see value_of)."""
+    from actorcore._refcount import ObjectEntry
+
+    class _Spy(ObjectEntry):
+        __slots__ = ("nested_when_published",)
+
+        def __setattr__(self, name, value):
+            if name == "state" and value != PENDING:
+                object.__setattr__(self, "nested_when_published", self.nested)
+            object.__setattr__(self, name, value)
+
+    inner = [[b"i" * 16, list(ADDR)]]
+    core = ObjectCore(ME, ADDR)
+    spy = core.table.entries[b"r"] = _Spy(b"r", ADDR, True)
+    spy.local = 1
+    core.handle([OE.ResultArrived(b"r", INLINE, b"v", inner)])
+    assert spy.nested_when_published == [(b"i" * 16, ADDR)]
+    out: list = []
+    spy2 = core.table.entries[b"s"] = _Spy(b"s", ADDR, True)
+    spy2.local = 1
+    core.results_arrived([b"s"], [[INLINE, b"v", inner]], None, out)
+    assert spy2.nested_when_published == [(b"i" * 16, ADDR)]

@@ -133,10 +133,10 @@ class ObjectCore:
         e.local = ev.local
         if ev.node_id is not None:
             e.locations = {ev.node_id}
+        if ev.nested:  # (before the value: a reader that sees it sees its refs too)
+            table.set_nested(ev.oid, ev.nested, registered=True)
         if ev.kind is not None:
             table.complete(e, ev.kind, ev.data)
-        if ev.nested:
-            table.set_nested(ev.oid, ev.nested, registered=True)
         if ev.held:
             table.add_submitted(ev.held)
 
@@ -215,12 +215,13 @@ class ObjectCore:
             e.local = 1
         if kind == ERROR:
             data = load_error(data)
+        if nested:  # (before the value: a reader that sees it sees its refs too)
+            pairs = [(bytes(n[0]), tuple(n[1])) for n in nested]
+            table.set_nested(oid, pairs, registered=True)
         self._complete(e, kind, data, out)
         if kind == STORE and node_id is not None:
             table.add_location(oid, node_id)
         if nested:
-            pairs = [(bytes(n[0]), tuple(n[1])) for n in nested]
-            table.set_nested(oid, pairs, registered=True)
             mine = [inner for inner, owner in pairs if owner[0] == self.my_id]
             if mine:
                 out.extend(table.remove_borrower(mine, self.my_id))
