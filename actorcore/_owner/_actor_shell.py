@@ -9,6 +9,7 @@ named actor waits for the daemon's answer, except on the runtime's loop
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import logging
@@ -39,6 +40,8 @@ __all__ = ["ActorClients"]
 logger = logging.getLogger(__name__)
 
 _new_msg = tuple.__new__
+HAND_OVER = 100  # calls queued by a caller thread: it lets the loop send them
+HAND_OVER_WAIT_S = 0.005
 assert len(P.ActorCallMsg._fields) == 10  # (see _call_msg)
 
 
@@ -180,11 +183,34 @@ class ActorClients:
         if prepared.deps or not self._send_direct(actor_id, spec):
             spec.actor_id = actor_id
             spec.class_name = class_name
-            self.inbox.post(spec)  # (bare: its own SubmitActorCall)
+            inbox = self.inbox
+            inbox.post(spec)  # (bare: its own SubmitActorCall)
+            if inbox.pending() == HAND_OVER and threading.get_ident() != rt.loop_thread_id:
+                self._hand_over()
         ids = spec.return_ids
         if len(ids) == 1:
             return [ObjectRef(ids[0], address, _counted=True)]
         return [ObjectRef(oid, address, _counted=True) for oid in ids]
+
+    def _hand_over(self) -> None:
+        """A burst of calls from this thread: let the loop send what is queued now.
+
+        The loop thread was woken by the first of them but waits for the GIL,
+        which this thread holds while it makes calls (up to the interpreter's
+        switch interval, 5 ms: a thousand calls). Waiting here until the loop
+        has drained the inbox (a callback queued behind that drain) sends these
+        calls now, so the actor works while this thread makes the next ones.
+        The wait is short (what the loop would spend on them anyway, under the
+        same GIL) and bounded.
+        """
+        if asyncio._get_running_loop() is not None:
+            return  # (a thread running an event loop never waits)
+        done = threading.Event()
+        try:
+            self.rt.loop.call_soon_threadsafe(done.set)
+        except RuntimeError:
+            return  # the loop is closed
+        done.wait(HAND_OVER_WAIT_S)
 
     def _send_direct(self, actor_id: bytes, spec: CallSpec) -> bool:
         """Send a call from this thread when the core says the way is open; else False.
@@ -220,6 +246,8 @@ class ActorClients:
 
     def kill(self, actor_id: bytes, no_restart: bool) -> None:
         rt = self.rt
+        if asyncio._get_running_loop() is not None:
+            return  # (a thread running an event loop never waits)
         done = threading.Event()
         try:
             rt.daemon.request(

@@ -92,6 +92,10 @@ class Inbox:
         if self._events and not self.draining:
             self.drain()
 
+    def pending(self) -> int:
+        """How many events are queued (any thread)."""
+        return len(self._events)
+
     def caught_up(self) -> bool:
         """On the loop: handle what is queued now, unless a drain is under way (then
         False: the running drain handles what is queued meanwhile)."""
