@@ -17,10 +17,10 @@ import os
 
 import numpy as np
 import pytest
+from cluster_helpers import attached_cluster
 
 import actorcore as ac
 from actorcore.errors import ObjectLostError, ObjectReconstructionFailedError, OwnerDiedError
-from actorcore.testing import Cluster
 from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
@@ -31,16 +31,8 @@ N = 1 << 20
 
 @pytest.fixture
 def cluster():
-    with Cluster(num_nodes=0, ttl_s=TTL) as c:
-        c.add_node(num_cpus=2, resources={"na": 1}, wait=False)
-        c.add_node(num_cpus=2, resources={"w": 2}, wait=False)
-        c.add_node(num_cpus=2, resources={"w": 2, "nc": 1}, wait=False)
-        c.wait_registered()
-        ac.init(address=c.address, attach_node=c.nodes[0].node_id)
-        try:
-            yield c
-        finally:
-            ac.shutdown()
+    with attached_cluster({"na": 1}, {"w": 2}, {"w": 2, "nc": 1}, ttl_s=TTL) as c:
+        yield c
 
 
 def _here() -> str:
