@@ -9,6 +9,7 @@ named actor waits for the daemon's answer, except on the runtime's loop
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import collections
 import functools
@@ -205,12 +206,13 @@ class ActorClients:
         """
         if asyncio._get_running_loop() is not None:
             return  # (a thread running an event loop never waits)
-        done = threading.Event()
+        done = _thread.allocate_lock()  # (a bare lock: an Event is Python code)
+        done.acquire()
         try:
-            self.rt.loop.call_soon_threadsafe(done.set)
+            self.rt.loop.call_soon_threadsafe(done.release)
         except RuntimeError:
             return  # the loop is closed
-        done.wait(HAND_OVER_WAIT_S)
+        done.acquire(timeout=HAND_OVER_WAIT_S)  # (released by the loop; late: harmless)
 
     def _send_direct(self, actor_id: bytes, spec: CallSpec) -> bool:
         """Send a call from this thread when the core says the way is open; else False.
