@@ -184,10 +184,8 @@ class ActorClients:
         if prepared.deps or not self._send_direct(actor_id, spec):
             spec.actor_id = actor_id
             spec.class_name = class_name
-            inbox = self.inbox
-            inbox.post(spec)  # (bare: its own SubmitActorCall)
-            if inbox.pending() == HAND_OVER and threading.get_ident() != rt.loop_thread_id:
-                self._hand_over()
+            if self.inbox.post(spec) == HAND_OVER:  # (bare: its own SubmitActorCall)
+                self._hand_over()  # (a caller thread's burst: 0 on the loop's)
         ids = spec.return_ids
         if len(ids) == 1:
             return [ObjectRef(ids[0], address, _counted=True)]

@@ -45,21 +45,24 @@ class Inbox:
         self._scheduled = False
         self.draining = False  # a drain is under way (read only outside)
 
-    def post(self, event: Any) -> None:
-        """Queue ``event`` for the core; any thread."""
-        self._events.append(event)
+    def post(self, event: Any) -> int:
+        """Queue ``event`` for the core; any thread. From another thread than the
+        loop's, returns how many events wait for the loop now (on it: 0)."""
+        events = self._events
+        events.append(event)
         rt = self._rt
         if threading.get_ident() == rt.loop_thread_id:
             if not self.draining:
                 self.drain()
-            return
+            return 0
         if self._scheduled:
-            return  # a drain is due and will see this event
+            return len(events)  # a drain is due and will see this event
         self._scheduled = True
         try:
             rt.loop.call_soon_threadsafe(self.drain)
         except RuntimeError:
             pass  # the loop is closed: the runtime is shutting down
+        return len(events)
 
     def post_all(self, events: list[Any]) -> None:
         """Queue several events, handled in one batch when on the loop; any thread."""
@@ -91,10 +94,6 @@ class Inbox:
         """On the loop: handle what is queued now, unless a drain is under way."""
         if self._events and not self.draining:
             self.drain()
-
-    def pending(self) -> int:
-        """How many events are queued (any thread)."""
-        return len(self._events)
 
     def caught_up(self) -> bool:
         """On the loop: handle what is queued now, unless a drain is under way (then
