@@ -367,3 +367,17 @@ def test_a_values_refs_are_recorded_before_the_value_is_published():
     spy2.local = 1
     core.results_arrived([b"s"], [[INLINE, b"v", inner]], None, out)
     assert spy2.nested_when_published == [(b"i" * 16, ADDR)]
+
+
+def test_a_watch_of_several_values_already_there_wakes_them_in_one_instruction():
+    core = ObjectCore(ME, ADDR)
+    core.handle([[b"a", b"b", b"c"]])
+    core.results_arrived([b"a", b"b"], [[INLINE, b"1", None], [INLINE, b"2", None]], None, [])
+    seen = []
+    out = core.handle([OE.Watch([(b"a", ADDR), (b"c", ADDR), (b"b", ADDR)], seen.append)])
+    (each,) = out
+    assert type(each) is OE.WakeEach and [e.oid for e in each.entries] == [b"a", b"b"]
+    assert each.waiter == seen.append and seen == []  # described, not run
+    assert core.table.entries[b"c"].waiters == seen.append  # the pending one waits
+    (one,) = core.handle([OE.Watch([(b"a", ADDR)], seen.append)])
+    assert type(one) is OE.Wake  # (a single one: as ever)

@@ -55,6 +55,7 @@ __all__ = [
     "ValueRequested",
     "ValueSet",
     "Wake",
+    "WakeEach",
     "Watch",
 ]
 
@@ -309,6 +310,15 @@ class Wake:
 
     waiters: list[Waiter]
     entry: ObjectEntry
+
+
+@dataclass(slots=True)
+class WakeEach:
+    """Call ``waiter`` with each of ``entries`` (a watch found several values there
+    already: one instruction for them all)."""
+
+    waiter: Waiter
+    entries: list[ObjectEntry]
 
 
 @dataclass(slots=True)

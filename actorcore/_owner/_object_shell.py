@@ -46,6 +46,7 @@ class ObjectShell:
             E.ReleaseBorrow: self._release,
             E.ActorOutOfScope: self._out_of_scope,
             E.Wake: self._wake,
+            E.WakeEach: self._wake_each,
             E.Answer: self._answer,
             E.SendAddBorrower: self._send_add_borrower,
             E.FetchValue: self._fetch,
@@ -187,6 +188,14 @@ class ObjectShell:
 
     def _wake(self, ins: E.Wake) -> None:
         wake(ins.waiters, ins.entry)
+
+    def _wake_each(self, ins: E.WakeEach) -> None:
+        cb = ins.waiter
+        for e in ins.entries:
+            try:
+                cb(e)
+            except Exception:  # one that fails does not keep the others waiting
+                logger.exception("a waiter of object %s failed", e.oid.hex())
 
     def _answer(self, ins: E.Answer) -> None:
         ins.fn(ins.value)

@@ -325,8 +325,10 @@ class ObjectCore:
             if not e.owned and not e.fetching:
                 e.fetching = True
                 out.append(E.FetchValue(e.owner, oid))
-        for e in ready:
-            out.append(E.Wake([cb], e))
+        if len(ready) == 1:
+            out.append(E.Wake([cb], ready[0]))
+        elif ready:
+            out.append(E.WakeEach(cb, ready))
 
     def _unwatch(self, ev: E.Unwatch, out: list[Any]) -> None:
         entries = self.table.entries
