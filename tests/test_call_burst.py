@@ -71,3 +71,22 @@ async def test_a_burst_from_an_event_loop_thread_never_waits_for_the_runtime(run
     got = [await r for r in refs]
     assert got == list(range(1, len(refs) + 1))
     assert await log.read() == list(range(len(refs)))
+
+
+@pytest.mark.timeout(60)
+async def test_kill_from_an_event_loop_thread_still_kills(runtime):
+    import asyncio
+    import time
+
+    from actorcore.errors import ActorDiedError
+
+    log = Log.remote()
+    assert await log.append(1) == 1
+    ac.kill(log)
+    deadline = time.monotonic() + 20
+    while True:  # (each try waits for an answer: no sleep as synchronization)
+        try:
+            await asyncio.wait_for(log.read(), 10)
+        except ActorDiedError:
+            return
+        assert time.monotonic() < deadline, "the actor killed from a loop thread still answers"

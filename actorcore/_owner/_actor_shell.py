@@ -246,8 +246,6 @@ class ActorClients:
 
     def kill(self, actor_id: bytes, no_restart: bool) -> None:
         rt = self.rt
-        if asyncio._get_running_loop() is not None:
-            return  # (a thread running an event loop never waits)
         done = threading.Event()
         try:
             rt.daemon.request(

@@ -90,7 +90,7 @@ class ObjectShell:
         core = self.core
         core.results_arrived(oids, results, node_id, out)
         if held:
-            core._held_released(E.HeldReleased(held), out)
+            out.extend(core.handle([E.HeldReleased(held)]))
         run = self._run
         for ins in out:
             if type(ins) is E.Wake:  # (the commonest: straight to the waiters)
