@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._runtime import CoreRuntime
 
 __all__ = [
+    "NO_ARGS",
     "Dep",
     "FunctionDescriptor",
     "PreparedArgs",
@@ -70,11 +71,21 @@ class PreparedArgs:
     __slots__ = ("deps", "held", "nested_ids", "payload", "store_ref")
 
     def __init__(self) -> None:
+        # No arguments (the common call) make no lists: the fields hold one shared
+        # empty list, never changed in place (fields are replaced, not appended to).
+        # Fewer objects per call in flight, fewer for the cyclic GC to walk.
         self.payload: Any = b""
-        self.deps: list[Any] = []  # top-level ObjectRefs, by Dep index
-        self.nested_ids: list[bytes] = []
+        self.deps: list[Any] = _NONE  # top-level ObjectRefs, by Dep index
+        self.nested_ids: list[bytes] = _NONE
         self.store_ref: Any = None  # when the arguments went to the store
-        self.held: list[bytes] = []  # every id counted as "submitted"
+        self.held: list[bytes] = _NONE  # every id counted as "submitted"
+
+
+_NONE: list[Any] = []  # (see PreparedArgs; never changed)
+
+# The arguments of every actor call that has none (its fields are never set: only
+# non-empty ``deps`` and ``held`` are replaced, which it has not).
+NO_ARGS = PreparedArgs()
 
 
 def prepare_args(
@@ -83,7 +94,8 @@ def prepare_args(
     p = PreparedArgs()
     if not args and not kwargs:
         return p
-    deps: list[Any] = p.deps
+    deps: list[Any] = []
+    p.deps = deps
     if any(isinstance(a, ObjectRef) for a in args):
         new_args = []
         for a in args:
@@ -116,9 +128,10 @@ def prepare_args(
         p.payload = [STORE, ref.id, [rt.node.node_id], list(rt.address)]
     else:
         p.payload = ser.payload()
-    p.held = [d.id for d in deps if type(d) is not SealWait] + p.nested_ids
+    held = [d.id for d in deps if type(d) is not SealWait] + p.nested_ids
     if p.store_ref is not None:
-        p.held.append(p.store_ref.id)
+        held.append(p.store_ref.id)
+    p.held = held
     return p
 
 

@@ -16,6 +16,7 @@ dicts).
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, NamedTuple, TypeVar, cast
@@ -785,17 +786,48 @@ _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
 _pack = _packer.pack
 
 
+class _Packers(threading.local):
+    """One msgpack Packer per thread (``packb`` builds a new one per call; a Packer
+    is not thread-safe, and frames are encoded on several threads)."""
+
+    pack: Callable[[Any], bytes]
+
+    def __init__(self) -> None:
+        self.pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+_packers = _Packers()
+
+
 def encode(msg: Any, buffers: list[Any] | None = None) -> bytes | list[Any]:
     """Encode one message into a frame.
 
     Returns one ``bytes`` when there are no buffers, else a list of byte-likes
     to write in order (the buffers themselves are never copied).
     """
-    header = msgpack.packb((msg.TAG, msg), use_bin_type=True)
+    header = _packers.pack((msg.TAG, msg))
     if not buffers:
         return _PRELUDE.pack(len(header), 0) + header
     lens = b"".join(_BUFLEN.pack(memoryview(b).nbytes) for b in buffers)
     return [_PRELUDE.pack(len(header), len(buffers)) + lens + header, *buffers]
+
+
+def encode_all(msgs: list[Any], max_header_bytes: int, max_frame_bytes: int) -> bytes:
+    """The frames of several messages without buffers, one after the other in one bytes.
+
+    Raises:
+        MessageTooLargeError: a message is over the limits (see :func:`check_size`).
+    """
+    pack = _packers.pack
+    prelude = _PRELUDE.pack
+    parts = []
+    for msg in msgs:
+        header = pack((msg.TAG, msg))
+        if len(header) > max_header_bytes or len(header) + _PRELUDE.size > max_frame_bytes:
+            check_size(prelude(len(header), 0) + header, max_header_bytes, max_frame_bytes)
+        parts.append(prelude(len(header), 0))
+        parts.append(header)
+    return b"".join(parts)
 
 
 def check_size(frame: bytes | list[Any], max_header_bytes: int, max_frame_bytes: int) -> int:

@@ -116,7 +116,9 @@ class ObjectEntry:
         self.state = PENDING
         self.kind = INLINE
         self.data: Any = None
-        self.waiters: list[Callable[[ObjectEntry], None]] | None = None
+        # one waiter bare (the common case: one object fewer per pending entry), or a list
+        self.waiters: Callable[[ObjectEntry], None] | list[Callable[[ObjectEntry], None]] | None
+        self.waiters = None
         self.nested: list[tuple[bytes, tuple[Any, ...]]] | None = None
         self.fetching = False
         self.locations: set[bytes] | None = None  # nodes holding a store copy (owned objects)
@@ -290,7 +292,9 @@ class ObjectTable:
         e.fetching = False
         e.state = FAILED if kind == ERROR else READY
         waiters, e.waiters = e.waiters, None
-        return waiters or []
+        if waiters is None:
+            return []
+        return waiters if type(waiters) is list else [waiters]  # type: ignore[list-item]
 
     # --- locations -------------------------------------------------------------------------
 
@@ -328,18 +332,24 @@ class ObjectTable:
         """Register ``cb``; False (and nothing registered) if the value is already there."""
         if e.state != PENDING:
             return False
-        if e.waiters is None:
-            e.waiters = [cb]
+        waiters = e.waiters
+        if waiters is None:
+            e.waiters = cb
+        elif type(waiters) is list:
+            waiters.append(cb)
         else:
-            e.waiters.append(cb)
+            e.waiters = [waiters, cb]  # type: ignore[list-item]
         return True
 
     def remove_waiter(self, e: ObjectEntry, cb: Callable[[ObjectEntry], None]) -> None:
-        if e.waiters:
+        waiters = e.waiters
+        if type(waiters) is list:
             try:
-                e.waiters.remove(cb)
+                waiters.remove(cb)
             except ValueError:
                 pass
+        elif waiters is not None and waiters == cb:
+            e.waiters = None
 
     # --- checks ----------------------------------------------------------------------------
 

@@ -138,6 +138,23 @@ class RpcPeer(Receiver):
             self.pending.pop(msg.rid, None)
             raise
 
+    def request_all(self, msgs: list[Any], callbacks: list[Callable[[Any], None]]) -> None:
+        """:meth:`request` of several messages without buffers, sent in order in one write.
+
+        Thread-safe. Raises as :meth:`request` (then none of them was sent).
+        """
+        conn = self.conn
+        assert conn is not None
+        pending = self.pending
+        for msg, cb in zip(msgs, callbacks, strict=True):
+            pending[msg.rid] = cb
+        try:
+            conn.send_all(msgs)
+        except BaseException:
+            for msg in msgs:
+                pending.pop(msg.rid, None)
+            raise
+
     def call(self, msg: Any) -> asyncio.Future[Any]:
         """Send a request from the loop thread; the future gets the reply's value."""
         loop = asyncio.get_running_loop()

@@ -147,14 +147,19 @@ def current_deserialization() -> DeserializationContext | None:
 
 
 def deserialize(
-    stream: Any, buffers: list[Any] | None = None, where: str = "value"
+    stream: Any, buffers: list[Any] | None = None, where: str | bytes = "value"
 ) -> tuple[Any, list[Any]]:
-    """Unpickle; returns the value and the refs created while doing it."""
+    """Unpickle; returns the value and the refs created while doing it.
+
+    ``where`` names the value in errors (an object id: "object <hex>").
+    """
     outer = getattr(_local, "deser", None)
     ctx = _local.deser = DeserializationContext()
     try:
-        value = pickle.loads(stream, buffers=buffers or ())
+        value = pickle.loads(stream, buffers=buffers) if buffers else pickle.loads(stream)
     except Exception as e:
+        if isinstance(where, bytes):
+            where = f"object {where.hex()}"
         raise SerializationError(f"cannot deserialize {where}: {type(e).__name__}: {e}") from e
     finally:
         _local.deser = outer
@@ -165,10 +170,21 @@ def deserialize(
     return value, ctx.refs
 
 
+def loads_plain(stream: bytes, where: str | bytes = "value") -> Any:
+    """Unpickle a value whose producer pickled no ObjectRef or actor handle in it (its
+    nested refs were none): no context is needed to collect the refs it makes."""
+    try:
+        return pickle.loads(stream)
+    except Exception as e:
+        if isinstance(where, bytes):
+            where = f"object {where.hex()}"
+        raise SerializationError(f"cannot deserialize {where}: {type(e).__name__}: {e}") from e
+
+
 def loads_payload(
-    payload: bytes | list[Any] | tuple[Any, ...], where: str = "value"
+    payload: bytes | list[Any] | tuple[Any, ...], where: str | bytes = "value"
 ) -> tuple[Any, list[Any]]:
-    if isinstance(payload, list | tuple):
+    if type(payload) is not bytes and isinstance(payload, list | tuple):
         return deserialize(payload[0], list(payload[1:]), where)
     return deserialize(payload, None, where)
 

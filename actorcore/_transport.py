@@ -198,8 +198,18 @@ class Connection(LendableReading):
         """
         self.send_raw(P.encode(msg, buffers), alone)
 
+    def send_all(self, msgs: list[Any]) -> None:
+        """Queue several messages without buffers, in order, as one write; thread-safe.
+
+        Raises as :meth:`send` (then none of them was queued).
+        """
+        frames = P.encode_all(msgs, *self._limits)
+        self._queue(frames, len(frames))
+
     def send_raw(self, frame: bytes | list[Any], alone: bool = False) -> None:
-        size = P.check_size(frame, *self._limits)
+        self._queue(frame, P.check_size(frame, *self._limits), alone)
+
+    def _queue(self, frame: bytes | list[Any], size: int, alone: bool = False) -> None:
         with self._lock:
             if self.closed:
                 raise self._closed_error()

@@ -25,7 +25,7 @@ from ._arg_recovery import PAUSE_S, stale_limit_s
 from ._owner._own_reply import NO_REPLY, own_reply, own_reply_async
 from ._ref import ObjectRef
 from ._refcount import FAILED, INLINE, PENDING, READY, STORE, ObjectEntry
-from ._serialization import loads_payload
+from ._serialization import deserialize, loads_payload, loads_plain
 from .errors import GetTimeoutError, ObjectLostError
 
 if TYPE_CHECKING:
@@ -92,7 +92,15 @@ def value_of(rt: CoreRuntime, e: ObjectEntry) -> Any:
     if e.state == PENDING:  # reset since it was seen ready (its copies' node died)
         raise ObjectLostError(f"object {e.oid.hex()} is being made again")
     if e.kind == INLINE:
-        value, refs = loads_payload(e.data, f"object {e.oid.hex()}")
+        data = e.data  # (an object id names it in errors: "object <hex>")
+        if type(data) is bytes and e.owned and e.nested is None:
+            # its producer listed every ref it pickled (an owned entry records them
+            # as ``nested``): none, so none to collect while unpickling
+            return loads_plain(data, e.oid)
+        if type(data) is bytes:
+            value, refs = deserialize(data, None, e.oid)
+        else:
+            value, refs = loads_payload(data, e.oid)
     elif e.kind == STORE:
         if not L.is_local(rt, e):
             L.ensure_local(rt, e.oid, L.holders_of(e), e.owner)
@@ -152,8 +160,10 @@ class _Counter:
 
     def woke(self, e: ObjectEntry) -> None:
         self.got[e.oid] = e
-        if _usable(self.rt, e, self.fetch_local):
-            self.count(e)
+        if e.state != PENDING and (not self.fetch_local or _usable(self.rt, e, True)):
+            self.need -= 1  # (count(), inline: once per object)
+            if self.need == 0:
+                self.fire()
         else:
             pull_local(self.rt, e, self.count)  # ready elsewhere: counted once it is here
 

@@ -79,7 +79,11 @@ class ActorCreateFailed:
 
 @dataclass(slots=True)
 class SubmitActorCall:
-    """A call of ``spec.method`` on the actor ``actor_id`` (made through a handle)."""
+    """A call of ``spec.method`` on the actor ``actor_id`` (made through a handle).
+
+    The shell posts the :class:`CallSpec` itself instead, bare, with ``actor_id``
+    and ``class_name`` set on it (``retries_left`` is still max_task_retries).
+    """
 
     actor_id: bytes
     class_name: str

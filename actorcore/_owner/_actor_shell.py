@@ -9,6 +9,8 @@ named actor waits for the daemon's answer, except on the runtime's loop
 
 from __future__ import annotations
 
+import _thread
+import asyncio
 import collections
 import functools
 import logging
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as P
 from .. import _task_events as TE
-from .._args import prepare_args
+from .._args import NO_ARGS, prepare_args
 from .._ref import ObjectRef
 from .._refcount import ACTOR
 from .._rpc import error_from_reply, next_rid
@@ -38,6 +40,11 @@ __all__ = ["ActorClients"]
 
 logger = logging.getLogger(__name__)
 
+_new_msg = tuple.__new__
+HAND_OVER = 100  # calls queued by a caller thread: it lets the loop send them
+HAND_OVER_WAIT_S = 0.005
+assert len(P.ActorCallMsg._fields) == 10  # (see _call_msg)
+
 
 class ActorClients:
     """The caller's side of actors: an :class:`ActorCore` fed on the runtime's loop."""
@@ -48,6 +55,7 @@ class ActorClients:
         self.inbox = Inbox(rt, self._process)
         # calls caller threads sent themselves, for the core (ahead of the inbox's events)
         self._sent: collections.deque[E.CallSentDirect] = collections.deque()
+        self._owner: tuple[Any, list[Any]] = (None, [])  # rt.address, as calls carry it
         self._run: dict[type, Callable[[Any], None]] = {
             E.SendActorCall: self._send_call,
             E.CallDone: self._call_done,
@@ -74,7 +82,32 @@ class ActorClients:
             while sent:
                 first.append(sent.popleft())
             events = first + events
-        carry_out(self.core.handle(events), self._run)
+        instructions = self.core.handle(events)
+        if len(instructions) == 1:
+            carry_out(instructions, self._run)
+        else:
+            self._carry_out(instructions)
+
+    def _carry_out(self, instructions: list[Any]) -> None:
+        """:func:`carry_out`, sending consecutive calls to one host in one write."""
+        run = self._run
+        calls: list[E.SendActorCall] = []
+        for ins in instructions:
+            if type(ins) is E.SendActorCall:
+                if calls and calls[0].peer is not ins.peer:
+                    self._send_calls(calls)
+                    calls = []
+                calls.append(ins)
+                continue
+            if calls:
+                self._send_calls(calls)
+                calls = []
+            try:
+                run[type(ins)](ins)
+            except Exception:
+                logger.exception("carrying out %s failed", type(ins).__name__)
+        if calls:
+            self._send_calls(calls)
 
     # --- the API's entry points (any thread) -----------------------------------------------
 
@@ -128,22 +161,56 @@ class ActorClients:
         stream: int = 0,
     ) -> list[Any]:
         rt = self.rt
-        prepared = prepare_args(rt, args, kwargs, f"{class_name}.{method}()")
+        if args or kwargs:
+            prepared = prepare_args(rt, args, kwargs, f"{class_name}.{method}()")
+        else:
+            prepared = NO_ARGS  # (shared: never changed)
         spec = CallSpec(method, prepared, max_task_retries, num_returns)
         spec.stream = stream
         spec.label = label = f"{class_name}.{method}"
         TE.pending_actor_call(spec.task_id, label, actor_id, bool(prepared.deps))  # observability
         address = rt.address
         # queued quietly: the reply (or this shell's drain) catches the object core up first
-        rt.objects.inbox.put_quietly(OE.ObjectsCreated(spec.return_ids, prepared.held))
+        # (the bare list: ObjectsCreated with nothing held, one object fewer per call)
+        held = prepared.held
+        rt.objects.inbox.put_quietly(
+            OE.ObjectsCreated(spec.return_ids, held) if held else spec.return_ids
+        )
         if prepared.deps and (resolved := ready_now(rt, prepared.deps)) is not None:
             spec.resolved = resolved
             prepared.deps = []  # nothing to wait for (``held`` keeps them alive)
         if stream:  # the stream first: its items may come as soon as the call is sent
             rt.streams.open(spec.return_ids[0], stream - 1)
         if prepared.deps or not self._send_direct(actor_id, spec):
-            self.post(E.SubmitActorCall(actor_id, class_name, max_task_retries, spec))
-        return [ObjectRef(oid, address, _counted=True) for oid in spec.return_ids]
+            spec.actor_id = actor_id
+            spec.class_name = class_name
+            if self.inbox.post(spec) == HAND_OVER:  # (bare: its own SubmitActorCall)
+                self._hand_over()  # (a caller thread's burst: 0 on the loop's)
+        ids = spec.return_ids
+        if len(ids) == 1:
+            return [ObjectRef(ids[0], address, _counted=True)]
+        return [ObjectRef(oid, address, _counted=True) for oid in ids]
+
+    def _hand_over(self) -> None:
+        """A burst of calls from this thread: let the loop send what is queued now.
+
+        The loop thread was woken by the first of them but waits for the GIL,
+        which this thread holds while it makes calls (up to the interpreter's
+        switch interval, 5 ms: a thousand calls). Waiting here until the loop
+        has drained the inbox (a callback queued behind that drain) sends these
+        calls now, so the actor works while this thread makes the next ones.
+        The wait is short (what the loop would spend on them anyway, under the
+        same GIL) and bounded.
+        """
+        if asyncio._get_running_loop() is not None:
+            return  # (a thread running an event loop never waits)
+        done = _thread.allocate_lock()  # (a bare lock: an Event is Python code)
+        done.acquire()
+        try:
+            self.rt.loop.call_soon_threadsafe(done.release)
+        except RuntimeError:
+            return  # the loop is closed
+        done.acquire(timeout=HAND_OVER_WAIT_S)  # (released by the loop; late: harmless)
 
     def _send_direct(self, actor_id: bytes, spec: CallSpec) -> bool:
         """Send a call from this thread when the core says the way is open; else False.
@@ -268,24 +335,65 @@ class ActorClients:
 
     # --- instructions: calls ------------------------------------------------------------------
 
+    def _call_msg(self, c: ActorClient, spec: CallSpec) -> P.ActorCallMsg:
+        address = self.rt.address
+        cached = self._owner  # (one read: caller threads send calls too)
+        if cached[0] is not address:
+            cached = self._owner = (address, list(address))  # (shared: never changed)
+        owner = cached[1]
+        # every field, in order: built in C (the NamedTuple's __new__ is Python code)
+        return _new_msg(
+            P.ActorCallMsg,
+            (
+                spec.rid,
+                c.actor_id,
+                spec.method,
+                spec.task_id,
+                spec.args.payload,
+                spec.resolved,
+                spec.return_ids,
+                owner,
+                spec.stream,
+                spec.epoch,
+            ),
+        )
+
     def _send_call(self, ins: E.SendActorCall) -> None:
         c, spec, peer = ins.client, ins.spec, ins.peer
-        msg = P.ActorCallMsg(
-            spec.rid,
-            c.actor_id,
-            spec.method,
-            spec.task_id,
-            spec.args.payload,
-            spec.resolved,
-            spec.return_ids,
-            list(self.rt.address),
-            spec.stream,
-            spec.epoch,
-        )
+        msg = self._call_msg(c, spec)
         try:
             peer.request(msg, functools.partial(self._on_reply, c, spec.rid, peer))
         except ConnectionError:
             self.post(E.SendFailed(c, spec, peer))
+
+    def _send_calls(self, calls: list[E.SendActorCall]) -> None:
+        """Several :class:`SendActorCall` to one host, in order, in one write."""
+        if len(calls) == 1:
+            self._run_one(calls[0])
+            return
+        peer = calls[0].peer
+        on_reply = self._on_reply
+        partial = functools.partial
+        msgs = []
+        callbacks = []
+        for ins in calls:
+            c, spec = ins.client, ins.spec
+            msgs.append(self._call_msg(c, spec))
+            callbacks.append(partial(on_reply, c, spec.rid, peer))
+        try:
+            peer.request_all(msgs, callbacks)
+        except ConnectionError:
+            for ins in calls:
+                self.post(E.SendFailed(ins.client, ins.spec, peer))
+        except Exception:  # (a message over the limits): each on its own, as ever
+            for ins in calls:
+                self._run_one(ins)
+
+    def _run_one(self, ins: E.SendActorCall) -> None:
+        try:
+            self._send_call(ins)
+        except Exception:
+            logger.exception("carrying out %s failed", type(ins).__name__)
 
     def _on_reply(self, c: ActorClient, rid: int, peer: Any, reply: Any) -> None:
         if isinstance(reply, BaseException):
@@ -302,18 +410,30 @@ class ActorClients:
                 spec = c.in_flight.get(rid)  # the actor's node has the run's record
                 if spec is not None:
                     TE.ran_elsewhere(spec.task_id, node)
+            if not self.inbox.draining and threading.get_ident() == self.rt.loop_thread_id:
+                # The plain case needs no event. The core has the call (or replied()
+                # says no); what is still queued for it (other calls, their sends)
+                # does not bear on this answer, nor this answer on them: the core
+                # sees the same as if the answer had come a moment earlier.
+                spec = self.core.replied(c, rid, peer)
+                if spec is not None:
+                    held = spec.args.held  # (_results, inline)
+                    if held:
+                        spec.args.held = []
+                    self.rt.objects.results_arrived(spec.return_ids, reply.results, node, held)
+                    return
             self.post(E.CallReplied(c, rid, reply.results, peer))
 
     def _call_done(self, ins: E.CallDone) -> None:
-        spec = ins.spec
-        events: list[Any] = [
-            OE.ResultArrived(oid, kind, data, nested, ins.node_id)  # (on the actor's node)
-            for oid, (kind, data, nested) in zip(spec.return_ids, ins.results, strict=True)
-        ]
-        if spec.args.held:
-            events.append(OE.HeldReleased(spec.args.held))
+        self._results(ins.spec, ins.results, ins.node_id)
+
+    def _results(self, spec: CallSpec, results: list[Any], node_id: bytes | None) -> None:
+        """Complete the call's objects (store results are on ``node_id``, the actor's
+        node), release its arguments."""
+        held = spec.args.held
+        if held:
             spec.args.held = []
-        self.rt.objects.post_all(events)
+        self.rt.objects.results_arrived(spec.return_ids, results, node_id, held)
 
     def _call_failed(self, ins: E.CallFailed) -> None:
         TE.owner_failed(ins.spec.task_id, ins.spec.label, ins.error)  # observability hook

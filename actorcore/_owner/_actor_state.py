@@ -13,6 +13,9 @@ from .._ids import new_id
 __all__ = ["ActorClient", "ActorState", "CallSpec", "Creation"]
 
 
+_NO_REFS: list[Any] = []  # (shared: one list fewer per call in flight; never changed)
+
+
 class ActorState(enum.Enum):
     RESOLVING = "resolving"  # where it runs is not known (yet, or again)
     ALIVE = "alive"  # calls go to ``peer``
@@ -23,7 +26,10 @@ class CallSpec:
     """One actor call as its caller knows it."""
 
     __slots__ = (
+        "actor_id",
         "args",
+        "class_name",
+        "client",
         "epoch",
         "label",
         "method",
@@ -42,14 +48,19 @@ class CallSpec:
         self.label = method  # "Class.method", for task events
         self.args = args
         self.task_id = new_id()
-        self.return_ids = [new_id() for _ in range(num_returns)]
-        self.resolved: list[Any] = []
+        self.return_ids = [new_id()] if num_returns == 1 else [new_id() for _ in range(num_returns)]
+        self.resolved: list[Any] = _NO_REFS  # replaced (never changed) once refs are resolved
         self.waiting = False  # for its ref arguments: holds the calls behind it
         self.retries_left = retries
         self.rid = 0  # of its last send; 0 if never sent
         self.peer: Any = None  # where it was sent last
         self.epoch = -1  # the incarnation it was sent to last (its reply counts only from there)
         self.stream = 0  # a streaming generator: its back-pressure + 1
+        # the actor called, as the handle named it (a spec posted bare is its submission)
+        self.actor_id = b""
+        self.class_name = ""
+        # set by the core once it has the call (before anything reads it)
+        self.client: ActorClient = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"<CallSpec {self.method} rid={self.rid}>"

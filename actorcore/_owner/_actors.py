@@ -49,12 +49,13 @@ class ActorCore:
     def __init__(self, *, next_rid: Callable[[], int]) -> None:
         self.next_rid = next_rid
         self.clients: dict[bytes, ActorClient] = {}
-        self.by_return: dict[bytes, tuple[ActorClient, CallSpec]] = {}
+        self.by_return: dict[bytes, CallSpec] = {}  # (its ``client`` is set)
         self._out: list[Any] = []
         self._touched: set[ActorClient] = set()  # clients whose ``direct`` may be stale
         self.dead_nodes: set[bytes] = set()  # declared dead: nothing there answers any more
         self._handlers: dict[type, Callable[[Any], None]] = {
             E.SubmitActorCall: self._on_submit,
+            CallSpec: self._on_submit_bare,
             E.CallSentDirect: self._on_sent_direct,
             E.ArgsReady: self._on_args_ready,
             E.ArgsFailed: self._on_args_failed,
@@ -216,11 +217,22 @@ class ActorCore:
     # --- calls ---------------------------------------------------------------------------
 
     def _on_submit(self, ev: E.SubmitActorCall) -> None:
-        c = self.client(ev.actor_id, ev.class_name, ev.max_task_retries)
+        self._submit(ev.spec, self.client(ev.actor_id, ev.class_name, ev.max_task_retries))
+
+    def _on_submit_bare(self, spec: CallSpec) -> None:
+        """A :class:`CallSpec` posted bare is its own submission (``spec.actor_id``; its
+        ``retries_left`` untouched yet: the handle's max_task_retries). One object fewer
+        per call than a :class:`SubmitActorCall`."""
+        c = self.clients.get(spec.actor_id)
+        if c is None:
+            c = self.client(spec.actor_id, spec.class_name, spec.retries_left)
+        self._submit(spec, c)
+
+    def _submit(self, spec: CallSpec, c: ActorClient) -> None:
         self._touched.add(c)
-        spec = ev.spec
+        spec.client = c
         for oid in spec.return_ids:
-            self.by_return[oid] = (c, spec)
+            self.by_return[oid] = spec
         if c.state is DEAD:
             self._fail(spec, c.death or ActorDiedError(f"{c.describe()} is dead"))
             return
@@ -228,7 +240,11 @@ class ActorCore:
             spec.waiting = True
             self._out.append(E.ResolveArgs(spec, spec.args.deps))
         if c.state is ALIVE and not c.queue and not spec.waiting:
-            self._send(c, spec)
+            spec.rid = rid = self.next_rid()  # (_send, inline)
+            spec.peer = peer = c.peer
+            spec.epoch = c.epoch
+            c.in_flight[rid] = spec
+            self._out.append(E.SendActorCall(c, spec, peer))
             return
         c.queue.append(spec)
         if c.state is RESOLVING:
@@ -237,8 +253,9 @@ class ActorCore:
     def _on_sent_direct(self, ev: E.CallSentDirect) -> None:
         """A caller's thread sent a call itself (the way was open): track it."""
         c, spec = ev.client, ev.spec
+        spec.client = c
         for oid in spec.return_ids:
-            self.by_return[oid] = (c, spec)
+            self.by_return[oid] = spec
         if c.state is DEAD:  # it died meanwhile: whatever the host answers is ignored
             self._fail(spec, c.death or ActorDiedError(f"{c.describe()} is dead"))
             return
@@ -256,7 +273,7 @@ class ActorCore:
         if found is not None:
             item.resolved = ev.resolved
             item.waiting = False
-            self._drain(found[0])
+            self._drain(found.client)
 
     def _on_args_failed(self, ev: E.ArgsFailed) -> None:
         item = ev.item
@@ -266,7 +283,7 @@ class ActorCore:
             return
         found = self.by_return.get(item.return_ids[0])
         if found is not None:
-            c = found[0]
+            c = found.client
             if item in c.queue:
                 c.queue.remove(item)
             self._fail(item, ev.error)
@@ -344,6 +361,32 @@ class ActorCore:
             return None
         return spec
 
+    def replied(self, c: ActorClient, rid: int, peer: Any) -> CallSpec | None:
+        """The fast path of :class:`CallReplied` for the plain case: the answer that
+        counts (from where the call went) to a client alive with nothing queued,
+        not to be ended. Takes the call out and returns it; its results are the
+        caller's to complete, as for a :class:`CallDone`. Anything else returns
+        None, having changed nothing: hand the event to :meth:`handle`.
+
+        (``handle`` would do the same, and then find nothing to send and the way
+        as open as it was published.)
+        """
+        spec = c.in_flight.get(rid)
+        if (
+            spec is None
+            or spec.peer is not peer
+            or spec.epoch != c.epoch
+            or c.state is not ALIVE
+            or c.queue
+            or c.kill_when_idle
+        ):
+            return None
+        del c.in_flight[rid]
+        by_return = self.by_return
+        for oid in spec.return_ids:
+            by_return.pop(oid, None)
+        return spec
+
     def _on_replied(self, ev: E.CallReplied) -> None:
         c = ev.client
         spec = self._answered(c, ev.rid, ev.peer)
@@ -413,10 +456,10 @@ class ActorCore:
     # --- cancel and lifetime ----------------------------------------------------------------
 
     def _on_cancel(self, ev: E.CancelCall) -> None:
-        found = self.by_return.get(ev.oid)
-        if found is None:
+        spec = self.by_return.get(ev.oid)
+        if spec is None:
             return
-        c, spec = found
+        c = spec.client
         if spec in c.queue:
             c.queue.remove(spec)
             self._fail(spec, TaskCancelledError(f"call {spec.method}() was cancelled"))
@@ -455,5 +498,5 @@ class ActorCore:
                 assert not c.queue and not c.in_flight, c
             if c.state is ALIVE:
                 assert c.peer is not None, c
-        for oid, (_c, spec) in self.by_return.items():
+        for oid, spec in self.by_return.items():
             assert oid in spec.return_ids

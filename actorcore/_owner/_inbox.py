@@ -36,37 +36,40 @@ def carry_out(instructions: list[Any], run: dict[type, Callable[[Any], None]]) -
 class Inbox:
     """The events waiting for one core; ``process(events)`` runs them on the loop."""
 
-    __slots__ = ("_draining", "_events", "_process", "_rt", "_scheduled")
+    __slots__ = ("_events", "_process", "_rt", "_scheduled", "draining")
 
     def __init__(self, rt: CoreRuntime, process: Callable[[list[Any]], None]) -> None:
         self._rt = rt
         self._process = process
         self._events: collections.deque[Any] = collections.deque()
         self._scheduled = False
-        self._draining = False
+        self.draining = False  # a drain is under way (read only outside)
 
-    def post(self, event: Any) -> None:
-        """Queue ``event`` for the core; any thread."""
-        self._events.append(event)
+    def post(self, event: Any) -> int:
+        """Queue ``event`` for the core; any thread. From another thread than the
+        loop's, returns how many events wait for the loop now (on it: 0)."""
+        events = self._events
+        events.append(event)
         rt = self._rt
         if threading.get_ident() == rt.loop_thread_id:
-            if not self._draining:
+            if not self.draining:
                 self.drain()
-            return
+            return 0
         if self._scheduled:
-            return  # a drain is due and will see this event
+            return len(events)  # a drain is due and will see this event
         self._scheduled = True
         try:
             rt.loop.call_soon_threadsafe(self.drain)
         except RuntimeError:
             pass  # the loop is closed: the runtime is shutting down
+        return len(events)
 
     def post_all(self, events: list[Any]) -> None:
         """Queue several events, handled in one batch when on the loop; any thread."""
         self._events.extend(events)
         rt = self._rt
         if threading.get_ident() == rt.loop_thread_id:
-            if not self._draining:
+            if not self.draining:
                 self.drain()
             return
         if self._scheduled:
@@ -89,8 +92,17 @@ class Inbox:
 
     def drain_if_idle(self) -> None:
         """On the loop: handle what is queued now, unless a drain is under way."""
-        if self._events and not self._draining:
+        if self._events and not self.draining:
             self.drain()
+
+    def caught_up(self) -> bool:
+        """On the loop: handle what is queued now, unless a drain is under way (then
+        False: the running drain handles what is queued meanwhile)."""
+        if self.draining:
+            return False
+        if self._events:
+            self.drain()
+        return True
 
     def quiet(self) -> bool:
         """Whether every event queued so far has been handled (any thread).
@@ -98,7 +110,7 @@ class Inbox:
         Read in this order: an event taken by a drain is handled before that
         drain ends, so "nothing queued, no drain running" means "all done".
         """
-        return not self._events and not self._draining
+        return not self._events and not self.draining
 
     def put_quietly(self, event: Any) -> None:
         """Queue ``event`` without waking the loop (something else will, soon)."""
@@ -109,7 +121,7 @@ class Inbox:
         self._scheduled = False  # before reading: an event added from now on schedules again
         if self._rt.handed_conns:  # frames a caller thread read come before these events
             self._rt.deliver_handed()
-        self._draining = True
+        self.draining = True
         events = self._events
         try:
             while events:
@@ -121,4 +133,4 @@ class Inbox:
                 except Exception:
                     logger.exception("the owner core failed on %d event(s)", len(batch))
         finally:
-            self._draining = False
+            self.draining = False

@@ -55,6 +55,7 @@ __all__ = [
     "ValueRequested",
     "ValueSet",
     "Wake",
+    "WakeEach",
     "Watch",
 ]
 
@@ -66,7 +67,8 @@ Waiter = Callable[["ObjectEntry"], None]
 # The two commonest events also travel bare, as the runtime sends them (one per
 # ObjectRef made or dropped; creating a dataclass costs about 0.4 us): an object
 # id (``bytes``) is ``RefsDropped([oid])``, an ``(oid, owner)`` tuple is
-# ``RefAdded(oid, owner)``.
+# ``RefAdded(oid, owner)``. So does the commonest submission's: a list of object
+# ids is ``ObjectsCreated(oids, [])``.
 
 
 @dataclass(slots=True)
@@ -308,6 +310,15 @@ class Wake:
 
     waiters: list[Waiter]
     entry: ObjectEntry
+
+
+@dataclass(slots=True)
+class WakeEach:
+    """Call ``waiter`` with each of ``entries`` (a watch found several values there
+    already: one instruction for them all)."""
+
+    waiter: Waiter
+    entries: list[ObjectEntry]
 
 
 @dataclass(slots=True)

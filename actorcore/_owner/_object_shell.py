@@ -12,6 +12,7 @@ held.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ObjectShell"]
 
+logger = logging.getLogger(__name__)
+
 
 class ObjectShell:
     """The runtime's :class:`ObjectCore`, fed through one :class:`Inbox`."""
@@ -43,6 +46,7 @@ class ObjectShell:
             E.ReleaseBorrow: self._release,
             E.ActorOutOfScope: self._out_of_scope,
             E.Wake: self._wake,
+            E.WakeEach: self._wake_each,
             E.Answer: self._answer,
             E.SendAddBorrower: self._send_add_borrower,
             E.FetchValue: self._fetch,
@@ -60,6 +64,42 @@ class ObjectShell:
 
     def post_all(self, events: list[Any]) -> None:
         self.inbox.post_all(events)
+
+    def results_arrived(
+        self, oids: list[bytes], results: list[Any], node_id: bytes | None, held: list[bytes]
+    ) -> None:
+        """A call's results are in (``[kind, data, nested]`` per return id) and its
+        arguments ``held`` may go (as :class:`ResultArrived` and :class:`HeldReleased`);
+        any thread. On the loop with no drain under way they are handled at once
+        (what is queued comes first), without making events; else posted."""
+        inbox, rt = self.inbox, self.rt
+        if (
+            threading.get_ident() != rt.loop_thread_id
+            or rt.handed_conns
+            or not inbox.caught_up()  # (what is queued first)
+        ):
+            events: list[Any] = [
+                E.ResultArrived(oid, kind, data, nested, node_id)
+                for oid, (kind, data, nested) in zip(oids, results, strict=True)
+            ]
+            if held:
+                events.append(E.HeldReleased(held))
+            inbox.post_all(events)
+            return
+        out: list[Any] = []
+        core = self.core
+        core.results_arrived(oids, results, node_id, out)
+        if held:
+            out.extend(core.handle([E.HeldReleased(held)]))
+        run = self._run
+        for ins in out:
+            if type(ins) is E.Wake:  # (the commonest: straight to the waiters)
+                wake(ins.waiters, ins.entry)
+                continue
+            try:
+                run[type(ins)](ins)
+            except Exception:
+                logger.exception("carrying out %s failed", type(ins).__name__)
 
     def note(self, event: Any) -> None:
         """Queue a count change without waking the loop: the runtime's next flush (armed
@@ -148,6 +188,14 @@ class ObjectShell:
 
     def _wake(self, ins: E.Wake) -> None:
         wake(ins.waiters, ins.entry)
+
+    def _wake_each(self, ins: E.WakeEach) -> None:
+        cb = ins.waiter
+        for e in ins.entries:
+            try:
+                cb(e)
+            except Exception:  # one that fails does not keep the others waiting
+                logger.exception("a waiter of object %s failed", e.oid.hex())
 
     def _answer(self, ins: E.Answer) -> None:
         ins.fn(ins.value)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._ids import new_id
-from .._refcount import ERROR, INLINE, PENDING, STORE, ObjectEntry, ObjectTable
+from .._refcount import ERROR, INLINE, PENDING, READY, STORE, ObjectEntry, ObjectTable
 from .._serialization import load_error
 from ..errors import ObjectLostError, OwnerDiedError
 from . import _object_events as E
@@ -54,6 +54,7 @@ class ObjectCore:
             E.RefsDropped: self._refs_dropped,
             bytes: self._one_dropped,  # the bare forms (see _object_events)
             tuple: self._one_added,
+            list: self._created_bare,
             E.ObjectsCreated: self._objects_created,
             E.ValueOwned: self._value_owned,
             E.ValueSet: self._value_set,
@@ -102,11 +103,16 @@ class ObjectCore:
         self.table.add_local(ev[0], ev[1])
 
     def _one_dropped(self, oid: bytes, out: list[Any]) -> None:
-        e = self.table.entries.get(oid)
+        entries = self.table.entries
+        e = entries.get(oid)
         if e is not None:
             e.local -= 1
             if e.local <= 0 and e.total() <= 0:
-                out.extend(self.table.remove_local_last(e))
+                if e.owned and e.kind == INLINE and e.nested is None:
+                    del entries[oid]  # (what _drop does for it: nothing else to let go)
+                    e.waiters = None
+                else:
+                    out.extend(self.table.remove_local_last(e))
 
     def _objects_created(self, ev: E.ObjectsCreated, out: list[Any]) -> None:
         table, address = self.table, self.address
@@ -115,16 +121,22 @@ class ObjectCore:
         if ev.held:
             table.add_submitted(ev.held)
 
+    def _created_bare(self, oids: list[bytes], out: list[Any]) -> None:
+        entries, address = self.table.entries, self.address
+        for oid in oids:
+            e = entries[oid] = ObjectEntry(oid, address, True)  # (create_owned, inline)
+            e.local = 1
+
     def _value_owned(self, ev: E.ValueOwned, out: list[Any]) -> None:
         table = self.table
         e = table.create_owned(ev.oid, self.address)
         e.local = ev.local
         if ev.node_id is not None:
             e.locations = {ev.node_id}
+        if ev.nested:  # (before the value: a reader that sees it sees its refs too)
+            table.set_nested(ev.oid, ev.nested, registered=True)
         if ev.kind is not None:
             table.complete(e, ev.kind, ev.data)
-        if ev.nested:
-            table.set_nested(ev.oid, ev.nested, registered=True)
         if ev.held:
             table.add_submitted(ev.held)
 
@@ -156,22 +168,60 @@ class ObjectCore:
         again, the containment counting for it. A result nobody wants any more
         goes through a stand-in entry dropped at once, which frees its store
         copy and releases its nested refs the usual way."""
+        self._arrived(ev.oid, ev.kind, ev.data, ev.nested, ev.node_id, ev.create, out)
+
+    def results_arrived(
+        self, oids: list[bytes], results: list[Any], node_id: bytes | None, out: list[Any]
+    ) -> None:
+        """A call's results (``[kind, data, nested]`` per return id): what as many
+        :class:`ResultArrived` events do, without making them (the actor shell's
+        fast path; on the loop, with nothing queued before)."""
+        if len(results) != len(oids):
+            raise ValueError(f"{len(results)} results for {len(oids)} return ids")
+        entries = self.table.entries
+        for oid, (kind, data, nested) in zip(oids, results, strict=False):  # (checked)
+            e = entries.get(oid)
+            if e is not None and kind == INLINE and not nested and e.state == PENDING:
+                # the common case: ObjectTable.complete() inline (the state set last:
+                # other threads read the value once they see it)
+                e.kind = INLINE
+                e.data = data
+                e.fetching = False
+                e.state = READY
+                waiters = e.waiters
+                if waiters is not None:
+                    e.waiters = None
+                    if type(waiters) is not list:
+                        waiters = [waiters]  # type: ignore[list-item]
+                    out.append(E.Wake(waiters, e))
+            else:
+                self._arrived(oid, kind, data, nested, node_id, False, out)
+
+    def _arrived(
+        self,
+        oid: bytes,
+        kind: int,
+        data: Any,
+        nested: Any,
+        node_id: bytes | None,
+        create: bool,
+        out: list[Any],
+    ) -> None:
         table = self.table
-        oid = ev.oid
         e = table.entries.get(oid)
-        unwanted = e is None and not ev.create
+        unwanted = e is None and not create
         if e is None:
             e = table.create_owned(oid, self.address)
             e.local = 1
-        kind, data = ev.kind, ev.data
         if kind == ERROR:
             data = load_error(data)
-        self._complete(e, kind, data, out)
-        if kind == STORE and ev.node_id is not None:
-            table.add_location(oid, ev.node_id)
-        if ev.nested:
-            pairs = [(bytes(n[0]), tuple(n[1])) for n in ev.nested]
+        if nested:  # (before the value: a reader that sees it sees its refs too)
+            pairs = [(bytes(n[0]), tuple(n[1])) for n in nested]
             table.set_nested(oid, pairs, registered=True)
+        self._complete(e, kind, data, out)
+        if kind == STORE and node_id is not None:
+            table.add_location(oid, node_id)
+        if nested:
             mine = [inner for inner, owner in pairs if owner[0] == self.my_id]
             if mine:
                 out.extend(table.remove_borrower(mine, self.my_id))
@@ -268,12 +318,17 @@ class ObjectCore:
             if e.state != PENDING:
                 ready.append(e)
                 continue
-            table.add_waiter(e, cb)
+            if e.waiters is None:  # (add_waiter's commonest case, inline)
+                e.waiters = cb
+            else:
+                table.add_waiter(e, cb)
             if not e.owned and not e.fetching:
                 e.fetching = True
                 out.append(E.FetchValue(e.owner, oid))
-        for e in ready:
-            out.append(E.Wake([cb], e))
+        if len(ready) == 1:
+            out.append(E.Wake([cb], ready[0]))
+        elif ready:
+            out.append(E.WakeEach(cb, ready))
 
     def _unwatch(self, ev: E.Unwatch, out: list[Any]) -> None:
         entries = self.table.entries

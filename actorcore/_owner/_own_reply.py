@@ -80,7 +80,7 @@ def _value(rt: CoreRuntime, oid: bytes, conn: Any, reply: Any, others: bool) -> 
     if results is None or len(results) != 1 or results[0][0] != INLINE or results[0][2]:
         rt.kick_handed()  # an error or another kind of value: the loop's way, now
         return NO_REPLY
-    value, refs = loads_payload(results[0][1], f"object {oid.hex()}")
+    value, refs = loads_payload(results[0][1], oid)  # ("object <hex>" in errors)
     if refs:
         rt.register_borrows(refs, oid)
     _last.answered = True
