@@ -19,6 +19,7 @@ class Gate:
     def __init__(self):
         self.ev = threading.Event()
         self.v = 0
+        self.log = []
 
     def wait(self):
         return self.ev.wait(30)
@@ -41,6 +42,15 @@ class Gate:
         for i in range(n):
             self.v = i
             yield i
+
+    def add(self, i):
+        self.log.append(i)
+
+    async def aadd(self, i):
+        self.log.append(i)
+
+    def read(self):
+        return self.log
 
 
 @ac.remote
@@ -89,4 +99,15 @@ def test_streaming_calls_keep_the_callers_order_across_the_kinds(runtime):
         gen = g.stream_set.options(num_returns="streaming").remote(3)  # (kept: not cancelled)
         assert ac.get(g.aget.remote(), timeout=30) == 2  # after the sync stream's end
         assert [ac.get(r, timeout=30) for r in gen] == [0, 1, 2]
+    ac.kill(g)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("max_concurrency", [None, 1])
+def test_pipelined_calls_of_both_kinds_run_in_the_order_made(runtime, max_concurrency):
+    g = Gate.options(num_cpus=0, max_concurrency=max_concurrency).remote()
+    pattern = [0, 1, 1, 0, 0, 1, 0, 1]  # 0: sync, 1: async; runs of each kind and alternation
+    for i in range(400):
+        (g.aadd if pattern[i % len(pattern)] else g.add).remote(i)
+    assert ac.get(g.read.remote(), timeout=30) == list(range(400))
     ac.kill(g)
