@@ -111,6 +111,7 @@ class Inbox:
             self._rt.deliver_handed()
         self._draining = True
         events = self._events
+        rt = self._rt
         try:
             while events:
                 batch = []
@@ -120,5 +121,7 @@ class Inbox:
                     self._process(batch)
                 except Exception:
                     logger.exception("the owner core failed on %d event(s)", len(batch))
+                if rt.handed_conns:  # read meanwhile: a waiter just registered gets it now
+                    rt.deliver_handed()
         finally:
             self._draining = False
