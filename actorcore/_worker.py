@@ -22,7 +22,7 @@ from typing import Any
 from . import _global as G
 from . import _protocol as P
 from . import _task_events as TE
-from ._arg_recovery import recover_sources
+from ._arg_recovery import cancel_recovery, recover_sources
 from ._config import Config
 from ._execution import (
     ExecPool,
@@ -285,6 +285,7 @@ class WorkerRuntime(CoreRuntime):
         if msg.recursive:  # first, while the cancelled task cannot submit more
             self.submitter.cancel_children(msg.task_id, msg.force)
         self.producers.cancel(msg.task_id)  # a streaming call stops at its next item
+        cancel_recovery(msg.task_id)  # an actor call getting back a lost argument stops
         if not self.tasks.cancel(msg.task_id, msg.force):
             for mb in list(self.mailboxes.values()):
                 if mb.cancel(msg.task_id):
@@ -441,7 +442,7 @@ class WorkerRuntime(CoreRuntime):
     def _recovered_args(self, call: Call) -> tuple[Any, Any, Any]:
         """An actor call's argument was lost with its node: the call keeps its place in
         the mailbox while the argument's owner rebuilds it (or says why it cannot)."""
-        payload, resolved = recover_sources(self, call.payload, call.resolved)
+        payload, resolved = recover_sources(self, call.payload, call.resolved, call.task_id)
         return decode_args(self, payload, resolved)
 
     async def _actor_args(self, mb: ActorMailbox, call: Call) -> tuple[Any, Any, Any]:
@@ -458,7 +459,7 @@ class WorkerRuntime(CoreRuntime):
                 if type(e) is not ObjectLostError:
                     raise
                 payload, resolved = await self.loop.run_in_executor(
-                    None, recover_sources, self, call.payload, call.resolved
+                    None, recover_sources, self, call.payload, call.resolved, call.task_id
                 )
                 out = await decode_args_async(self, payload, resolved)
             if ahead is not None:

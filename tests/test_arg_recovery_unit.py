@@ -89,7 +89,7 @@ class Script:
         if holders is None or not set(holders) & self.good:
             raise ObjectLostError(f"object {oid.hex()} could not be copied to this node")
 
-    def ask(self, _rt, owner, oid):
+    def ask(self, _rt, owner, oid, _cancel):
         self.asks += 1
         return self.answers.pop(0)
 
@@ -240,3 +240,60 @@ def test_the_same_argument_twice_is_got_back_once(script):
     twice = [[0, STORE, 10, OID, [B], list(OWNER)], [1, STORE, 10, OID, [B], list(OWNER)]]
     _payload, resolved = R.recover_sources(s.rt, b"", twice)
     assert [r[4] for r in resolved] == [[C], [C]] and s.asks == 1
+
+
+class SilentOwner:
+    """An owner that never answers (it waits for a rebuild that takes long)."""
+
+    def __init__(self):
+        self.asked = 0
+        self.rt = types.SimpleNamespace(
+            config=types.SimpleNamespace(node_ttl_s=1.0),
+            my_id=b"me" * 8,
+            call_soon=self.call_soon,
+            with_peer=None,
+        )
+
+    def call_soon(self, *_a):
+        self.asked += 1
+
+
+def _never_local(_rt, oid, _holders, _owner):
+    raise ObjectLostError(f"object {oid.hex()} could not be copied to this node")
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["while-asking", "before-the-first-ask"])
+def test_a_cancel_stops_the_recovery_where_it_waits(monkeypatch, early):
+    """Cancelled while it waits for the owner's answer (or before its recovery even
+    started, while its first copy failed): TaskCancelledError at once, marked as the
+    call's own result; nothing of it stays registered."""
+    import threading
+
+    from actorcore.errors import TaskCancelledError
+
+    monkeypatch.setattr(R, "ensure_local", _never_local)
+    owner = SilentOwner()
+    task_id = b"t-early" if early else b"t-asking"
+    if early:
+        assert not R.cancel_recovery(task_id)  # (not recovering yet: kept for a while)
+    out = []
+
+    def run():
+        try:
+            R.recover_sources(owner.rt, b"", _resolved([B]), task_id)
+            out.append("recovered")
+        except TaskCancelledError as e:
+            out.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    if not early:
+        from actorcore.testing import wait_for
+
+        wait_for(lambda: owner.asked == 1, 10, what="the owner asked")
+        assert R.cancel_recovery(task_id)
+    t.join(5)
+    assert not t.is_alive(), "the recovery did not stop"
+    assert len(out) == 1 and isinstance(out[0], TaskCancelledError), out
+    assert out[0]._actorcore_system  # the caller gets TaskCancelledError itself
+    assert task_id not in R._recovering and task_id not in R._early
