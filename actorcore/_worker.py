@@ -265,13 +265,25 @@ class WorkerRuntime(CoreRuntime):
         self._reply(call, [encode_error(exc, call.name)] * len(call.return_ids), None, None)
 
     def reply_died(self, call: Call, mb: ActorMailbox, reason: str) -> None:
-        err = ActorDiedError(f"actor {mb.class_name} ({mb.actor_id.hex()}) is gone: {reason}")
+        self.reply_gone(
+            call, ActorDiedError(f"actor {mb.class_name} ({mb.actor_id.hex()}) is gone: {reason}")
+        )
+
+    def reply_gone(self, call: Call, err: ActorDiedError) -> None:
+        """The call's actor was dropped from this worker: the owner retries the call on
+        its next incarnation, as ``max_task_retries`` allows (or fails it with ``err``)."""
         conn = call.peer.conn
         if conn is not None and not conn.closed:
             try:
                 conn.send(error_reply(call.rid, err))
             except ConnectionError:
                 pass
+
+    def _stream_gone(self, call: Call, err: ActorDiedError) -> None:
+        """A streaming call stopped because its actor was dropped (``on_drop_actor``)."""
+        TE.call_done(call, [encode_error(err, call.name)] * len(call.return_ids))
+        call.lend_reading = False  # (nothing lent: the loop reads on)
+        self.reply_gone(call, err)
 
     @handles(P.Tag.STEAL_TASKS)
     def on_steal_tasks(self, peer: RpcPeer, msg: P.StealTasksMsg, _bufs: list[bytes]) -> Any:
@@ -406,6 +418,9 @@ class WorkerRuntime(CoreRuntime):
                 value = self.producers.drive_sync(call, value, mb.actor_id)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
         except BaseException as e:
+            if isinstance(e, ActorDiedError) and call.stream and mb.dead is not None:
+                self._stream_gone(call, e)  # stopped by its actor's drop: retried
+                return
             results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
         finally:
             current_task.reset(token)
@@ -425,9 +440,15 @@ class WorkerRuntime(CoreRuntime):
                 self, value, call.return_ids, call.owner, call.name
             )
         except asyncio.CancelledError:
+            if call.stream and mb.dead is not None:  # stopped by its actor's drop: retried
+                self._stream_gone(call, ActorDiedError(f"actor {mb.class_name} is gone: {mb.dead}"))
+                return
             err = TaskCancelledError(f"call {call.method}() was cancelled")
             results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
         except Exception as e:
+            if isinstance(e, ActorDiedError) and call.stream and mb.dead is not None:
+                self._stream_gone(call, e)  # (as above)
+                return
             results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
         finally:
             current_task.reset(token)

@@ -113,3 +113,40 @@ def test_a_batch_overlapping_what_was_delivered_is_split():
     assert [o for o, _r in out[0].items] == [b"o0-w2", b"o1-w2", b"o2-w2"]
     assert [o for o, _r in out[1].items] == [b"o3-w2", b"o4-w2"]
     assert core.streams[SID].delivered == 5
+
+
+def _attempt(i: int, rid: int, peer: object = "w1", n: int = 1) -> S.ItemsArrived:
+    ev = _item(i, peer, n)
+    ev.rid = rid
+    return ev
+
+
+def test_a_retry_on_the_same_connection_is_told_the_progress_at_once():
+    """An actor restarted in the same worker: the retry comes on the same connection
+    (same peer) under the same stream id, with a newer rid."""
+    core = _core(2)
+    assert _kinds(core.handle([_attempt(0, 10, n=2)])) == ["DeliverItems"]
+    core.handle([S.ItemsConsumed(SID, 2)])
+    out = core.handle([_attempt(0, 11)])  # the retry's first item: a duplicate
+    assert _kinds(out) == ["AckItems", "DropItems"] and out[0].consumed == 2
+    out = core.handle([_attempt(1, 11), _attempt(2, 11)])
+    assert _kinds(out) == ["DropItems", "DeliverItems"]
+    core.validate()
+
+
+def test_late_items_of_an_older_attempt_are_dropped():
+    core = _core()
+    core.handle([_attempt(0, 10)])
+    core.handle([_attempt(0, 12, peer="w2")])  # the retry, elsewhere
+    out = core.handle([_attempt(1, 10), _attempt(1, 12, peer="w2")])  # the old one, late
+    assert _kinds(out) == ["DropItems", "DeliverItems"]
+    assert out[1].items[0][0] == b"o1-w2"
+
+
+def test_items_made_after_the_actor_was_dropped_are_dropped():
+    core = _core()
+    core.handle([_attempt(0, 10)])
+    out = core.handle([_attempt(1, -1)])
+    assert _kinds(out) == ["DropItems"]
+    out = core.handle([_attempt(1, 11)])
+    assert _kinds(out) == ["DeliverItems"]
