@@ -164,7 +164,7 @@ def test_an_asyncio_driver_awaiting_its_calls_one_at_a_time(runtime):
         loop.close()
     assert got == [*range(2, 52), 53, 52, 54]
     assert conn.caller_reads - before >= 40
-    assert conn.claim is None
+    assert conn.claim is None or not conn.claim.live()  # (its loop closed: gone)
     assert ac.get(c.append.remote(1), timeout=30) == 55  # the runtime's loop reads again
 
 
@@ -296,3 +296,62 @@ def own_reply_answered() -> bool:
     from actorcore._owner._own_reply import last_call
 
     return last_call().answered
+
+
+@pytest.mark.timeout(60)
+def test_an_asyncio_driver_registers_the_socket_once_for_a_run_of_calls(runtime):
+    """Awaited one after the other, the calls' replies are read by the caller's loop,
+    which keeps watching the socket between them: it is registered with that loop
+    once, not once per call (add_reader/remove_reader per reply before)."""
+    c = Counter.remote()
+    ac.get(c.append.remote(0), timeout=30)
+    conn = _conn(c)
+    before = conn.caller_reads
+    loop = asyncio.new_event_loop()
+    added = []
+    real_add = loop.add_reader
+    loop.add_reader = lambda fd, *a: (added.append(fd), real_add(fd, *a))[1]
+
+    async def run() -> list[int]:
+        return [await asyncio.wait_for(c.append.remote(i), 30) for i in range(100)]
+
+    try:
+        got = loop.run_until_complete(asyncio.wait_for(run(), 60))
+    finally:
+        loop.close()
+    assert got == list(range(2, 102))
+    assert conn.caller_reads - before >= 90  # (read by the caller's loop)
+    assert added.count(conn.fd) <= 5, f"registered {added.count(conn.fd)} times for 100 calls"
+    assert ac.get(c.append.remote(1), timeout=30) == 102  # the runtime's loop reads again
+
+
+@pytest.mark.timeout(60)
+def test_a_caller_loop_busy_after_its_call_does_not_hold_the_socket(runtime):
+    """After its reply the caller's loop watches the socket a moment longer; if that
+    loop then blocks on other work, replies on the same connection for others
+    (here another thread's call that the runtime's loop reads) must not wait for it."""
+    c = Counter.remote()
+    ac.get(c.append.remote(0), timeout=30)
+    done = threading.Event()
+
+    def other() -> None:
+        first = c.append.remote("a")  # not its last call: the runtime's loop reads it
+        c.append.remote("b")
+        ac.get(first, timeout=30)
+        done.set()
+
+    async def run() -> bool:
+        for i in range(5):  # (the runtime's loop has stepped aside by now)
+            assert await asyncio.wait_for(c.append.remote("x"), 30) == i + 2
+        t = threading.Thread(target=other)
+        t.start()
+        ok = done.wait(20)  # this loop blocks meanwhile (the point of the test)
+        t.join(30)
+        return ok
+
+    loop = asyncio.new_event_loop()
+    try:
+        ok = loop.run_until_complete(asyncio.wait_for(run(), 60))
+    finally:
+        loop.close()
+    assert ok, "another thread's reply waited for a busy caller loop"

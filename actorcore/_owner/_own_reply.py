@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .._caller_read import LoopClaim, read_reply
+from .._caller_read import claim_reply, read_reply
 from .._refcount import INLINE, PENDING
 from .._serialization import loads_payload
 
@@ -121,8 +121,8 @@ async def own_reply_async(rt: CoreRuntime, oid: bytes) -> Any:
     if found is None:
         return NO_REPLY
     conn, rid, waiting, hand_on = found
-    claim = LoopClaim(conn, rid, waiting, hand_on)
-    if not claim.start():
+    claim = claim_reply(conn, rid, waiting, hand_on)
+    if claim is None:
         return NO_REPLY
     try:
         reply, others = await claim.wait()
