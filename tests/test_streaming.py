@@ -420,9 +420,34 @@ class Paced:
                 yield (self.token, i)
 
 
+@ac.remote(max_restarts=1, max_task_retries=1)
+class AsyncPaced:
+    """:class:`Paced` with an async generator."""
+
+    def __init__(self):
+        import uuid
+
+        self.token = uuid.uuid4().hex[:8]
+
+    async def where(self):
+        return os.getpid(), self.token
+
+    async def items(self, port, n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(self.token.encode())
+            for i in range(n):
+                if await reader.read(1) != b"x":
+                    return
+                yield (self.token, i)
+        finally:
+            writer.close()
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("backpressure", [0, 2])
-def test_a_stream_retried_on_a_restart_in_the_same_worker(runtime, backpressure):
+@pytest.mark.parametrize("cls", [Paced, AsyncPaced], ids=["sync", "async"])
+def test_a_stream_retried_on_a_restart_in_the_same_worker(runtime, backpressure, cls):
     """A packed actor restarted (``ac.kill(no_restart=False)``) in the same worker
     gets its streaming call again, on the same connection and under the same
     stream id. The consumer gets every item once, in order: the first ones from
@@ -433,7 +458,7 @@ def test_a_stream_retried_on_a_restart_in_the_same_worker(runtime, backpressure)
     import threading
 
     n = 8
-    g = Paced.options(num_cpus=0).remote()
+    g = cls.options(num_cpus=0).remote()
     pid, first = ac.get(g.where.remote(), timeout=30)
     opts = {"generator_backpressure": backpressure} if backpressure else {}
     with socket.create_server(("127.0.0.1", 0)) as srv:
