@@ -38,7 +38,7 @@ import msgpack
 from actorcore.gcs import ActorRecord, Compare, GetOp, PutOp
 
 from . import _protocol as P
-from ._cluster_work import LOCAL, split_affinity
+from ._cluster_route import LOCAL, split_affinity
 from ._peers import Joined, Left
 from ._rpc import next_rid
 

@@ -278,7 +278,7 @@ class ClusterNode:
         self.rejoining = False
         self.work = ClusterWork(daemon, self.membership)  # leases, actors, pulls, frees
         self.groups = ClusterGroups(daemon, self.membership)  # placement groups
-        self.work.group_target = self.groups.node_for_shape
+        self.work.group_target = self.groups.gate.node_for_shape
         self.failover = NodeFailover(daemon, self)  # when a peer node dies
         self._orphan_waits: set[asyncio.Future[None]] = set()
         # the global placer: elected among the nodes; runs here while this node holds it

@@ -20,11 +20,10 @@
   released from here;
 * ``GET_PLACEMENT_GROUP`` and ``LIST_STATE placement_groups``: from etcd;
 * ``REQUEST_LEASE``/``CREATE_ACTOR`` of work scheduled into a group wait until
-  its bundle is placed; then :class:`~actorcore._cluster_work.ClusterWork`
-  sends it to the bundle's node (:meth:`ClusterGroups.node_for_shape` is its
-  ``group_target``);
+  its bundle is placed (:class:`~actorcore._pg_gate.GroupGate`, then routed to
+  the bundle's node);
 * ``PG_PREPARE``/``PG_COMMIT``/``PG_RELEASE``: this node as a participant
-  (:class:`~actorcore.scheduler._bundles.BundleHolds` in its scheduler).
+  (:class:`~actorcore._pg_participant.GroupParticipant`).
 
 When a node leaves, the bundles it held are placed again by their
 coordinators (:meth:`ClusterGroups.reschedule_bundles_of`, callable by the
@@ -51,16 +50,16 @@ from actorcore.scheduler import placer_msgs as M
 from . import _protocol as P
 from ._peers import Joined, Left
 from ._pg_coordinator import GroupCoordinator, Outcomes
+from ._pg_gate import GroupGate
 from ._pg_known import REMEMBER_REMOVED, KnownGroups
+from ._pg_participant import GroupParticipant
 from ._pg_records import (
     GroupRecord,
     RecordState,
-    marker_of,
     name_key,
-    node_for,
     record_key,
 )
-from ._rpc import DEFERRED, RpcPeer, next_rid
+from ._rpc import RpcPeer, next_rid
 
 __all__ = ["ClusterGroups"]
 
@@ -70,24 +69,6 @@ Handler = Callable[[RpcPeer, Any, list[bytes]], Any]
 _PUMP_S = 0.1  # how often pending groups see the nodes' loads
 FORWARD_FOR_S = 60.0  # how long a node keeps handing a new group to a coordinator
 _RETRY_S = 0.5  # pacing of retries after etcd errors, not synchronization
-
-
-def _events() -> Any:
-    """The node daemon's events (imported late: the daemon's package imports this one)."""
-    from ._node import _events as E
-
-    return E
-
-
-class _Answer:
-    """A waiter for this node's own participant: the reply resolves a future."""
-
-    def __init__(self, fut: asyncio.Future[Any]) -> None:
-        self.fut = fut
-
-    def reply(self, rid: int, value: Any) -> None:
-        if not self.fut.done():
-            self.fut.set_result(value)
 
 
 class ClusterGroups:
@@ -101,6 +82,8 @@ class ClusterGroups:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.known = KnownGroups(self.store, self.node_id, self._own)
         self.records = self.known.records  # (the same dict)
+        self.gate = GroupGate(daemon, membership, self.known)  # work into a group
+        self.participant = GroupParticipant(daemon, membership, self.known)
         self.coordinator: GroupCoordinator | None = None
         self._orig: dict[int, Handler] = {}
         self._owned: dict[bytes, set[bytes]] = {}  # driver of this node -> its groups
@@ -113,22 +96,18 @@ class ClusterGroups:
 
     def install(self, handlers: dict[int, Handler]) -> None:
         """Wrap the daemon's handlers in ``handlers`` (changed in place); call it after
-        ClusterWork's, so work into a group waits here before it is routed."""
+        ClusterWork's, so work into a group waits before it is routed."""
         for tag, fn in (
             (P.Tag.CREATE_PLACEMENT_GROUP, self.on_create),
             (P.Tag.WAIT_PLACEMENT_GROUP, self.on_wait),
             (P.Tag.REMOVE_PLACEMENT_GROUP, self.on_remove),
             (P.Tag.GET_PLACEMENT_GROUP, self.on_get),
             (P.Tag.LIST_STATE, self.on_list_state),
-            (P.Tag.REQUEST_LEASE, self.on_request_lease),
-            (P.Tag.CREATE_ACTOR, self.on_create_actor),
         ):
             self._orig[int(tag)] = handlers[int(tag)]
             handlers[int(tag)] = fn
-        handlers[int(P.Tag.PG_PREPARE)] = self.on_prepare
-        handlers[int(P.Tag.PG_COMMIT)] = self.on_commit
-        handlers[int(P.Tag.PG_RELEASE)] = self.on_release
-        handlers[int(P.Tag.PG_RECORD)] = self.on_record
+        self.gate.install(handlers)
+        self.participant.install(handlers)
 
     async def start(self) -> None:
         """Load the groups' records, watch them, and follow the cluster's nodes
@@ -178,7 +157,7 @@ class ClusterGroups:
         if self.coordinator is not None:
             self.coordinator.reschedule_bundles_of(node_id)
         if node_id != self.node_id:
-            self.daemon.apply(_events().BundlesReleased(b"", coordinator=node_id))
+            self.participant.coordinator_gone(node_id)
 
     def _nodes_changed(self, changes: list[Joined | Left]) -> None:
         assert self.coordinator is not None
@@ -391,43 +370,7 @@ class ClusterGroups:
     async def _call(self, node_id: bytes, msg: Any) -> Any:
         if node_id != self.node_id:
             return await self.membership.call_node(node_id, msg)
-        if isinstance(msg, P.PgReleaseMsg):
-            return self.on_release(None, msg, [])
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._participate((_Answer(fut), msg.rid), msg)
-        return await fut
-
-    # --- this node as a participant ---------------------------------------------------------
-
-    def on_prepare(self, peer: RpcPeer, msg: P.PgPrepareMsg, b: list[bytes]) -> Any:
-        self._participate((peer, msg.rid), msg)
-        return DEFERRED
-
-    def on_commit(self, peer: RpcPeer, msg: P.PgCommitMsg, b: list[bytes]) -> Any:
-        self._participate((peer, msg.rid), msg)
-        return DEFERRED
-
-    def _participate(self, waiter: Any, msg: Any) -> None:
-        E = _events()
-        if isinstance(msg, P.PgPrepareMsg):
-            bundles = [(int(i), dict(s)) for i, s in msg.bundles]
-            ev: Any = E.BundlesPrepared(waiter, msg.pg_id, msg.attempt, bundles, msg.coordinator)
-        else:
-            ev = E.BundlesCommitted(waiter, msg.pg_id, msg.attempt)
-        self.daemon.apply(ev)  # bad input raises: the caller gets the error
-
-    def on_record(self, peer: RpcPeer, msg: P.PgRecordMsg, b: list[bytes]) -> Any:
-        """A coordinator's record of a group created through this node."""
-        if peer.conn is not None and peer.conn.peer_id in self.membership.table.live:
-            rec = GroupRecord.from_bytes(msg.record)
-            if rec.coordinator != self.node_id and rec.pg_id not in self.known.removed:
-                self.known.learn(rec)  # (etcd's copy, older or the same, may follow: it is learnt)
-        return DEFERRED
-
-    def on_release(self, peer: RpcPeer | None, msg: P.PgReleaseMsg, b: list[bytes]) -> Any:
-        ev = _events().BundlesReleased(msg.pg_id, tuple(int(i) for i in msg.indexes))
-        self.daemon.apply(ev)
-        return dict(self.daemon.sched.available)
+        return await self.participant.call_here(msg)
 
     # --- readiness ------------------------------------------------------------------------
 
@@ -540,58 +483,6 @@ class ClusterGroups:
     def rows(self) -> list[dict[str, Any]]:
         """The groups this node knows of now (no etcd read)."""
         return self.known.rows()
-
-    # --- work scheduled into a group ---------------------------------------------------------
-
-    def node_for_shape(self, shape: Mapping[str, float]) -> bytes | None:
-        """The node for work of ``shape`` scheduled into a placed group (None: not
-        such work, or its bundle is not placed); ClusterWork's ``group_target``."""
-        m = marker_of(shape)
-        if m is None:
-            return None
-        rec = self.records.get(m[0])
-        if rec is None:
-            return None
-        avail = dict(self.membership.loads)
-        avail[self.node_id] = self.daemon.sched.available
-        node = node_for(rec, m[1], shape, self.node_id, avail)
-        if node is None or (node != self.node_id and node not in self.membership.table.live):
-            return None
-        return node
-
-    def _routable(self, shape: Mapping[str, Any]) -> bytes | None:
-        """The group to wait for before work of ``shape`` can be routed (None: go on)."""
-        m = marker_of({str(k): v for k, v in shape.items()})
-        if m is None:
-            return None
-        rec = self.records.get(m[0])
-        if rec is None or rec.state is not RecordState.CREATED:
-            return m[0]
-        return None
-
-    def on_request_lease(self, peer: RpcPeer, msg: P.RequestLeaseMsg, b: list[bytes]) -> Any:
-        pg_id = self._routable(dict(msg.shape))
-        if pg_id is None:
-            return self._local(P.Tag.REQUEST_LEASE, peer, msg, b)
-        return self._after_ready(pg_id, P.Tag.REQUEST_LEASE, peer, msg, b)
-
-    def on_create_actor(self, peer: RpcPeer, msg: P.CreateActorMsg, b: list[bytes]) -> Any:
-        spec = dict(msg.spec)
-        pg_id = None if spec.get("forwarded_from") else self._routable(spec.get("shape") or {})
-        if pg_id is None:
-            return self._local(P.Tag.CREATE_ACTOR, peer, msg, b)
-        return self._after_ready(pg_id, P.Tag.CREATE_ACTOR, peer, msg, b)
-
-    async def _after_ready(
-        self, pg_id: bytes, tag: P.Tag, peer: RpcPeer, msg: Any, b: list[bytes]
-    ) -> Any:
-        if not await self.known.wait_created(pg_id):
-            raise ValueError(
-                f"placement group {pg_id.hex()} was removed or does not exist: "
-                f"work scheduled into it cannot run"
-            )
-        result = self._local(tag, peer, msg, b)
-        return await result if asyncio.iscoroutine(result) else result
 
 
 def _listen(membership: Any, fn: Callable[[list[Joined | Left]], None]) -> None:

@@ -2,48 +2,26 @@
 
 :class:`ClusterWork` wraps a cluster node daemon's handlers so that
 
-* a lease request or an actor creation goes where :func:`route` says (two-level
-  scheduling, DESIGN section 5): this node's queue when it can start here now
-  (local first: no round trip to anyone), or when the node is not busy past the
-  spill thresholds (``scheduler.SpillPolicy``); otherwise the cluster's global
-  placer chooses a node (feasible, then locality by argument bytes, then least
-  loaded; ``SPREAD`` round-robins; soft node affinity prefers its node when it
-  has room now). A lease placed on another node is answered with a redirect
-  ``["redirect", node id, daemon address]``: the owner asks that node's daemon
-  (marking the request placed, so it is not sent on again), gets a worker there,
-  and gives the lease back there. An actor placed elsewhere is created there
-  (the request is forwarded to that node's daemon; its record goes to etcd as
-  every actor's does, so ``WAIT_ACTOR`` finds it);
+* a lease request or an actor creation goes where
+  :func:`~actorcore._cluster_route.route` says (this node's queue, or a node the
+  cluster's global placer chooses). A lease placed on another node is answered
+  with a redirect ``["redirect", node id, daemon address]``: the owner asks that
+  node's daemon (marking the request placed, so it is not sent on again), gets a
+  worker there, and gives the lease back there. An actor placed elsewhere is
+  created there (the request is forwarded to that node's daemon; its record goes
+  to etcd as every actor's does, so ``WAIT_ACTOR`` finds it);
 * ``PULL_OBJECT`` accepts holders given as node ids (mapped to the nodes'
   transfer addresses from the peer table);
 * ``FREE_OBJECTS`` from a local process also goes to the daemons of the nodes
   its owner recorded as holding copies (and to no other), so the primary and
   every copy pulled elsewhere are freed together;
 * when a process of this node ends, ``OWNER_GONE`` goes only to the nodes that
-  may hold something for it (:class:`OwnerReach`), never to every node.
-
-Which nodes may hold something for a process (``OWNER_GONE``'s targets): its
-own node records, on the way through, every node it was sent to (a lease
-redirected or spilled there, an actor forwarded or restarted there, an actor
-it located there: its calls' results are stored there); and
-every node records which nodes pulled a copy of an object of that owner from
-it (the copy's owner is in the store entry). An object of an owner is first
-stored on its node or on a node it was sent to, and every copy is pulled from
-an earlier one, so following the pulls from the owner's node reaches every
-copy: a node told ``OWNER_GONE`` passes it on to the nodes that pulled from it
-(minus those already told, which the message lists). A process that ran only on
-its own node costs no message at all.
+  may hold something for it (:class:`~actorcore._cluster_reach.OwnerReach`),
+  never to every node.
 
 Work no node can ever run waits at the placer (one warning to this node's
 drivers per shape, naming what is missing and the largest node's offer) and is
 placed when a fitting node joins.
-
-A hard node affinity travels in a shape as the pseudo-resource ``node:<hex>``
-(``scheduler.NODE_AFFINITY_PREFIX``; a live other node gets the work straight
-away, the node state drops it on its own node and refuses a dead or unknown
-node); a soft one as ``node_affinity_soft:<hex>``, SPREAD as
-``scheduling:spread`` (hints the node state drops). :func:`split_affinity`
-reads the affinities.
 """
 
 from __future__ import annotations
@@ -54,175 +32,26 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from actorcore.scheduler import Decision, LocalView, SpillConfig, SpillPolicy
+from actorcore.scheduler import LocalView, SpillConfig, SpillPolicy
 from actorcore.scheduler import _resources as R
 from actorcore.scheduler import placer_msgs as M
 from actorcore.store._results import Free
 
 from . import _protocol as P
+from ._cluster_reach import OwnerReach, copies_elsewhere
+from ._cluster_route import AFFINITY, IGNORED, LOCAL, Route, route, split_affinity, usable
 from ._node import _events as NE
 from ._rpc import DEFERRED, RpcPeer, next_rid
 
 if TYPE_CHECKING:
     from ._placer_client import PlacerClient
 
-__all__ = [
-    "AFFINITY",
-    "AFFINITY_SOFT",
-    "LOCAL",
-    "ClusterWork",
-    "OwnerReach",
-    "copies_elsewhere",
-    "route",
-    "split_affinity",
-]
+__all__ = ["REQUEUE_S", "ClusterWork"]
 
 logger = logging.getLogger(__name__)
 
-AFFINITY = R.NODE_AFFINITY_PREFIX  # hard: the node state checks it names a live node
-AFFINITY_SOFT = R.NODE_AFFINITY_SOFT_PREFIX
-# a task whose store arguments hold this many more bytes on another node goes
-# to the placer (which sends it there when that node has room: locality)
-LOCALITY_MIN_BYTES = 1 << 20
 REQUEUE_S = 0.05  # how often queued requests are looked at (and their least wait)
-_IGNORED = ("memory", "object_store_memory")
 Handler = Callable[[RpcPeer, Any, list[bytes]], Any]
-
-
-def split_affinity(shape: Mapping[str, float]) -> tuple[dict[str, float], bytes | None, bool]:
-    """``(shape without the affinity, target node id or None, soft)``."""
-    out: dict[str, float] = {}
-    target: bytes | None = None
-    soft = False
-    for k, v in shape.items():
-        if k.startswith(AFFINITY_SOFT):
-            target, soft = bytes.fromhex(k[len(AFFINITY_SOFT) :]), True
-        elif k.startswith(AFFINITY):
-            target, soft = bytes.fromhex(k[len(AFFINITY) :]), False
-        else:
-            out[k] = v
-    return out, target, soft
-
-
-def _usable(record: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in dict(record.get("resources") or {}).items()}
-
-
-LOCAL = "local"
-Route = str | bytes | tuple[dict[str, float], M.Strategy]
-
-
-def route(
-    shape: Mapping[str, float],
-    view: LocalView,
-    live: Mapping[bytes, Any],
-    policy: SpillPolicy,
-    now: float,
-    args: Mapping[bytes, int] | None = None,
-) -> Route:
-    """Where work of ``shape`` submitted on ``view``'s node goes (no I/O).
-
-    ``LOCAL``: this node's queue (also a hard affinity to a dead node, which the
-    node state refuses, saying why); a node id: straight to that node (hard
-    affinity to a live one); ``(shape, strategy)``: ask the placer.
-    """
-    if R.PLACED_KEY in shape:
-        return LOCAL  # the placer chose this node already: no ping-pong
-    base, target, soft = split_affinity(shape)
-    spread = R.SPREAD_KEY in base
-    base, _env = R.split_runtime_env(base)  # any node can start a worker of an env
-    want = {k: v for k, v in R.strip_hints(base).items() if k not in _IGNORED and v > 0}
-    me = view.node_id
-    if target is not None and not soft:
-        return target if target != me and target in live else LOCAL
-    strategy: M.Strategy = M.DEFAULT
-    if target is not None:
-        strategy = M.NodeAffinity(target, True)
-    elif spread:
-        strategy = M.SPREAD
-    elif args and _elsewhere(args, me) >= LOCALITY_MIN_BYTES:
-        return want, M.DEFAULT  # most of its arguments live on another node
-    if policy.decide(want, view, now, strategy) is Decision.LOCAL:
-        return LOCAL
-    return want, strategy
-
-
-def _elsewhere(args: Mapping[bytes, int], me: bytes) -> int:
-    """How many more argument bytes the best other node holds than this one."""
-    here = args.get(me, 0)
-    best = max((v for k, v in args.items() if k != me), default=0)
-    return best - here
-
-
-def copies_elsewhere(msg: P.FreeObjectsMsg, here: bytes) -> dict[bytes, list[bytes]]:
-    """The objects of an owner's free to free on each other node: exactly the nodes
-    its owner recorded as holding a copy (its primary's node and every node that
-    pulled one), never any other."""
-    out: dict[bytes, list[bytes]] = {}
-    for oid, holders in zip(msg.oids, msg.holders or (), strict=False):
-        for node_id in holders or ():
-            if bytes(node_id) != here:
-                out.setdefault(bytes(node_id), []).append(oid)
-    return out
-
-
-class OwnerReach:
-    """Which nodes may hold something for which process: where ``OWNER_GONE`` goes
-    when it ends (no I/O; see the module's text)."""
-
-    MAX_OWNERS = 100_000  # pulled-from-here records kept (oldest dropped past it)
-
-    def __init__(self, me: bytes) -> None:
-        self.me = me
-        self.home: set[bytes] = set()  # the processes of this node (drivers, workers)
-        self.sent: dict[bytes, set[bytes]] = {}  # process -> nodes it was sent to
-        self.pulled: dict[bytes, set[bytes]] = {}  # owner -> nodes that pulled its copies here
-        # OWNER_GONE received while its process was still connected here: passed on
-        # when that connection ends (owner -> the nodes told already)
-        self.deferred: dict[bytes, set[bytes]] = {}
-
-    def registered(self, process_id: bytes) -> None:
-        self.home.add(process_id)
-
-    def sent_to(self, process_id: bytes, node_id: bytes) -> None:
-        """``process_id`` (of this node) had work or calls sent to ``node_id``."""
-        if node_id != self.me and process_id in self.home:
-            nodes = self.sent.get(process_id)
-            if nodes is None:
-                self.sent[process_id] = {node_id}
-            else:
-                nodes.add(node_id)
-
-    def served(self, owner: bytes, node_id: bytes) -> None:
-        """``node_id`` pulled a copy of an object of ``owner`` from this node."""
-        if node_id == self.me:
-            return
-        nodes = self.pulled.get(owner)
-        if nodes is None:
-            if len(self.pulled) >= self.MAX_OWNERS:  # (owners whose node died unseen)
-                del self.pulled[next(iter(self.pulled))]
-            self.pulled[owner] = {node_id}
-        else:
-            nodes.add(node_id)
-
-    def ended(self, process_id: bytes) -> tuple[list[bytes], set[bytes]]:
-        """A process's last connection here closed: ``(the nodes to tell, the nodes
-        told already)`` (some only for a process of this node, or one whose node
-        told us while it was still connected here)."""
-        sent = self.sent.pop(process_id, set())
-        seen = self.deferred.pop(process_id, None)
-        if process_id in self.home:
-            self.home.discard(process_id)
-            return sorted((sent | self.pulled.pop(process_id, set())) - {self.me}), {self.me}
-        if seen is not None:
-            return self.told(process_id, seen), seen
-        return [], set()  # its own node tells everyone who may hold something for it
-
-    def told(self, owner: bytes, seen: set[bytes]) -> list[bytes]:
-        """``OWNER_GONE`` for ``owner`` came, naming the nodes told already: the nodes
-        to pass it on to."""
-        nodes = self.pulled.pop(owner, set()) | self.sent.pop(owner, set())
-        return sorted(nodes - seen - {self.me})
 
 
 class ClusterWork:
@@ -361,7 +190,7 @@ class ClusterWork:
     def _warn_if_infeasible(self, shape: dict[str, float]) -> None:
         """One warning per shape that no live node can ever run (it waits for one)."""
         live = self.membership.table.live
-        if any(not R.missing(_usable(r), shape) for r in live.values()):
+        if any(not R.missing(usable(r), shape) for r in live.values()):
             return
         key = tuple(sorted(shape.items()))
         if key in self._warned:
@@ -370,11 +199,11 @@ class ClusterWork:
         best: dict[str, float] = {}
         best_miss: dict[str, float] | None = None
         for r in live.values():
-            miss = R.missing(_usable(r), shape)
+            miss = R.missing(usable(r), shape)
             if best_miss is None or sum(miss.values()) < sum(best_miss.values()):
-                best, best_miss = _usable(r), miss
+                best, best_miss = usable(r), miss
         names = ", ".join(f"{k}: {v:g}" for k, v in (best_miss or shape).items())
-        offer = {k: v for k, v in best.items() if k not in _IGNORED}
+        offer = {k: v for k, v in best.items() if k not in IGNORED}
         self.daemon._warn_drivers(
             f"work needing {shape} cannot run on any node of the cluster: it lacks "
             f"{names}; the largest node offers {offer}. It waits for a node that fits to join."
@@ -422,7 +251,7 @@ class ClusterWork:
             if R.SPREAD_KEY in base:
                 strategy = M.SPREAD
             base, _env = R.split_runtime_env(base)
-            want = {k: v for k, v in R.strip_hints(base).items() if k not in _IGNORED}
+            want = {k: v for k, v in R.strip_hints(base).items() if k not in IGNORED}
             self._queued[key] = (msg, b, want, strategy, time.monotonic())
 
     def requeue(self, now: float) -> None:

@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
 from ._execution import encode_error, encode_results, encode_results_async
-from ._fencing import Vouch
 from ._ids import new_id
+from ._vouch import Vouch
 from .errors import TaskCancelledError
 
 if TYPE_CHECKING:

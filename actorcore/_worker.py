@@ -36,12 +36,12 @@ from ._execution import (
     encode_results_async,
     store_args,
 )
-from ._fencing import Vouch
 from ._ids import new_id
 from ._mailbox import ActorMailbox, TaskQueue
 from ._rpc import DEFERRED, RpcPeer, error_reply, handles, next_rid
 from ._runtime import CoreRuntime, NodeInfo
 from ._streaming import Producers
+from ._vouch import Vouch
 from .errors import (
     ActorDiedError,
     ObjectLostError,
@@ -120,7 +120,7 @@ class WorkerRuntime(CoreRuntime):
         )
         if "vouch_s" in info:  # a cluster node: serve only while the daemon vouches (_fencing)
             # the watch starts before this worker can serve anything (no await before it)
-            from ._fencing import daemon_vouch_asker, watch_daemon
+            from ._vouch import daemon_vouch_asker, watch_daemon
 
             if float(info["vouch_s"]) <= 0:  # a daemon that has lost its lease
                 self.exit_now("the node daemon does not vouch for this node (fenced)")

@@ -166,6 +166,16 @@ def no_leaks(request: pytest.FixtureRequest):
     assert not leaked_dirs, f"test left session directories behind: {sorted(leaked_dirs)}"
 
 
+@pytest.fixture
+def abc():
+    """Three cluster nodes, TTL 2 s (needs etcd): A, the driver's node (2 CPUs, no
+    ``w``); B and C (2 CPUs, ``w: 2`` each). This process's driver is attached to A."""
+    from cluster_helpers import ABC, ABC_TTL, attached_cluster
+
+    with attached_cluster(*ABC, ttl_s=ABC_TTL) as c:
+        yield c
+
+
 @pytest.fixture(scope="module")
 def runtime():
     """One embedded node (2 CPUs) shared by the tests of a module."""

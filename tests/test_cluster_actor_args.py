@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pytest
+from cluster_helpers import attached_cluster
 
 import actorcore as ac
 from actorcore.errors import (
@@ -26,7 +27,7 @@ from actorcore.errors import (
     OwnerDiedError,
     TaskCancelledError,
 )
-from actorcore.testing import Cluster, wait_for
+from actorcore.testing import wait_for
 from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
@@ -37,16 +38,8 @@ N = 1 << 20
 
 @pytest.fixture
 def cluster():
-    with Cluster(num_nodes=0, ttl_s=TTL) as c:
-        c.add_node(num_cpus=2, resources={"na": 1}, wait=False)
-        c.add_node(num_cpus=2, resources={"w": 2}, wait=False)
-        c.add_node(num_cpus=2, resources={"w": 2, "nc": 1}, wait=False)
-        c.wait_registered()
-        ac.init(address=c.address, attach_node=c.nodes[0].node_id)
-        try:
-            yield c
-        finally:
-            ac.shutdown()
+    with attached_cluster({"na": 1}, {"w": 2}, {"w": 2, "nc": 1}, ttl_s=TTL) as c:
+        yield c
 
 
 def _here() -> str:

@@ -5,12 +5,8 @@ at once."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
+from cluster_helpers import run_driver
 
 from actorcore.testing import Cluster
 
@@ -51,14 +47,7 @@ def test_hard_affinity_knows_the_clusters_nodes():
             .replace("HERE", repr(here))
             .replace("OTHER", repr(other))
         )
-        env = {**os.environ, "ACTORCORE_ATTACH_NODE": here}
-        out = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
+        out = run_driver(code, here)
         assert out.returncode == 0, out.stderr
         lines = out.stdout.strip().splitlines()
         assert lines[-3:] == ["here 1", "other ran there", "nowhere refused"], out.stdout

@@ -12,13 +12,11 @@ from __future__ import annotations
 import gc
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
+from cluster_helpers import ABC, attached_cluster, here, node_of, run_driver
 
 import actorcore as ac
 from actorcore import _protocol as P
@@ -34,20 +32,8 @@ SEEN_S = TTL + 8.0  # death seen well within this on a loaded 2-core machine
 
 @pytest.fixture
 def cluster():
-    with Cluster(num_nodes=0, ttl_s=TTL) as c:
-        c.add_node(num_cpus=2, wait=False)
-        c.add_node(num_cpus=2, resources={"w": 2}, wait=False)
-        c.add_node(num_cpus=2, resources={"w": 2}, wait=False)
-        c.wait_registered()
-        ac.init(address=c.address, attach_node=c.nodes[0].node_id)
-        try:
-            yield c
-        finally:
-            ac.shutdown()
-
-
-def _node_of(c: Cluster, node_id: str):
-    return next(n for n in c.nodes if n.node_id == node_id)
+    with attached_cluster(*ABC, ttl_s=TTL) as c:
+        yield c
 
 
 def _dead_everywhere(c: Cluster, node_id: str) -> bool:
@@ -57,15 +43,11 @@ def _dead_everywhere(c: Cluster, node_id: str) -> bool:
     return not any(r["NodeID"] == node_id and r["Alive"] for r in ac.nodes())
 
 
-def _here() -> str:
-    return ac.get_runtime_context().get_node_id()
-
-
 @ac.remote
 class Counter:
     def __init__(self) -> None:
         self.n = 0
-        self.node = _here()
+        self.node = here()
 
     def incr(self) -> tuple[int, str]:
         self.n += 1
@@ -75,7 +57,7 @@ class Counter:
         with open(marker, "w"):
             pass  # the call started (the test waits for this state)
         time.sleep(t)
-        return _here()
+        return here()
 
 
 @ac.remote(num_cpus=0)
@@ -85,7 +67,7 @@ class Borrower:
     def keep(self, refs: list) -> str:
         self.refs = refs
         ac.wait(refs, timeout=60, fetch_local=False)
-        return _here()
+        return here()
 
     def read(self) -> int:
         return int(ac.get(self.refs[0], timeout=60)[0])
@@ -96,37 +78,37 @@ class Borrower:
 
 @ac.remote(max_retries=3)
 def slow(t: float, marker: str) -> str:
-    with open(f"{marker}.{_here()}.{os.getpid()}", "w"):
+    with open(f"{marker}.{here()}.{os.getpid()}", "w"):
         pass  # started, and where (the test waits for this state)
     time.sleep(t)
-    return _here()
+    return here()
 
 
 @ac.remote(max_retries=2, num_returns=2)
 def make(n: int, k: int):
-    return np.full(n, k, dtype=np.uint8), _here()
+    return np.full(n, k, dtype=np.uint8), here()
 
 
 @ac.remote(max_retries=2, num_returns=2)
 def plus(a: np.ndarray, k: int):
-    return a + np.uint8(k), _here()
+    return a + np.uint8(k), here()
 
 
 @ac.remote(max_retries=0, num_returns=2)
 def make_once(n: int):
-    return np.ones(n, dtype=np.uint8), _here()
+    return np.ones(n, dtype=np.uint8), here()
 
 
 @ac.remote(num_returns=2)
 def put_here(n: int):
-    return [ac.put(np.ones(n, dtype=np.uint8))], _here()
+    return [ac.put(np.ones(n, dtype=np.uint8))], here()
 
 
 def test_a_killed_node_loses_no_retryable_work(cluster, tmp_path):
     actor = Counter.options(max_restarts=1, max_task_retries=1, resources={"w": 1}).remote()
     assert ac.get(actor.incr.remote(), timeout=60)[0] == 1
     doomed_id = ac.get(actor.incr.remote(), timeout=60)[1]
-    doomed = _node_of(cluster, doomed_id)
+    doomed = node_of(cluster, doomed_id)
 
     # objects made on the doomed node: a chain a -> b (b rebuilt needs a rebuilt first),
     # one from a task that may not run again, and one `put` by a worker there
@@ -225,7 +207,7 @@ def test_an_actor_out_of_restarts_dies_with_its_node(cluster, tmp_path):
         again = Counter.options(max_restarts=1, resources={"w": 1}).remote()
     held = again.hold.remote(30.0, str(tmp_path / "held"))
     wait_for((tmp_path / "held").exists, 60, what="the actor call started")
-    cluster.stop_node(_node_of(cluster, doomed_id), kill=True)
+    cluster.stop_node(node_of(cluster, doomed_id), kill=True)
     wait_for(lambda: _dead_everywhere(cluster, doomed_id), SEEN_S, what="death seen everywhere")
     with pytest.raises(ActorDiedError, match=doomed_id):
         ac.get(actor.incr.remote(), timeout=60)
@@ -280,14 +262,7 @@ def test_a_driver_killed_with_sigkill_is_cleaned_up_on_every_node(cluster, tmp_p
 
     pidfile = str(tmp_path / "forever.pid")
     code = DRIVER.replace("ADDRESS", repr(cluster.address)).replace("PIDFILE", repr(pidfile))
-    env = {**os.environ, "ACTORCORE_ATTACH_NODE": cluster.nodes[0].node_id}
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    out = run_driver(code, cluster.nodes[0].node_id)
     assert out.returncode == -signal.SIGKILL, out.stderr
     actor_id, *oids = out.stdout.split()
     with open(pidfile) as f:
@@ -344,14 +319,7 @@ DETACHED = """
 
 def test_a_detached_actor_whose_node_and_home_died_restarts_from_its_saved_spec(cluster):
     # created by a driver of node 1 on node 1 itself: its node is its home; the driver is gone
-    env = {**os.environ, "ACTORCORE_ATTACH_NODE": cluster.nodes[1].node_id}
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(DETACHED.replace("ADDRESS", repr(cluster.address)))],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    out = run_driver(DETACHED.replace("ADDRESS", repr(cluster.address)), cluster.nodes[1].node_id)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == cluster.nodes[1].node_id
     h = ac.get_actor("svc", namespace="f")
@@ -371,7 +339,7 @@ def total(a: np.ndarray) -> int:
 
 def test_tasks_submitted_as_the_node_dies_get_their_rebuilt_argument(cluster):
     a, where = make.options(resources={"w": 0.5}).remote(1 << 20, 1)
-    doomed = _node_of(cluster, ac.get(where, timeout=60))
+    doomed = node_of(cluster, ac.get(where, timeout=60))
     cluster.stop_node(doomed, kill=True)
     # the owner is not told for up to a TTL: these resolve `a` to the dead node first;
     # their workers cannot copy it, and they are resolved again once it is rebuilt

@@ -18,7 +18,7 @@ import pytest
 
 import actorcore as ac
 from actorcore import _protocol as P
-from actorcore._cluster_work import OwnerReach
+from actorcore._cluster_reach import OwnerReach
 from actorcore._rpc import next_rid
 from actorcore.errors import ActorDiedError
 from actorcore.testing import Cluster, wait_for

@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import time
 
-import psutil
 import pytest
-from actorcore.gcs import EtcdProcess
+from cluster_helpers import alive_in, gone, netns_cluster
 
 import actorcore as ac
-from actorcore.testing import Cluster, NetnsHosts, netns_unavailable, wait_for
+from actorcore.testing import Cluster, NetnsHosts, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
 
@@ -39,44 +38,9 @@ class Host:
         return ac.get_runtime_context().get_node_id()
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _alive(node, node_id: str) -> bool | None:
-    for r in node.nodes():
-        if r["NodeID"] == node_id:
-            return bool(r["Alive"])
-    return None
-
-
 def test_cut_node_fences_the_rest_go_on_and_it_rejoins_as_a_new_node():
-    why = netns_unavailable()
-    if why is not None:
-        pytest.skip(why)
-    with NetnsHosts(count=3) as hosts:
-        with EtcdProcess(namespace="unused", extra_hosts=(hosts.bridge_ip,)) as etcd:
-            c = Cluster(num_nodes=0, etcd=etcd, etcd_host=hosts.bridge_ip, ttl_s=TTL)
-            c.start()
-            try:
-                for i in range(3):
-                    c.add_node(
-                        num_cpus=1,
-                        resources={f"h{i}": 10},
-                        node_ip=hosts.ip_of(i),
-                        wrap=hosts.wrap(i),
-                        wait=False,
-                    )
-                c.wait_registered(60)
-                _partition(c, hosts)
-            finally:
-                try:
-                    hosts.set_link(2, True)
-                finally:
-                    c.shutdown()
+    with netns_cluster(*({f"h{i}": 10} for i in range(3)), ttl_s=TTL) as (c, hosts):
+        _partition(c, hosts)
 
 
 def _partition(c: Cluster, hosts: NetnsHosts) -> None:
@@ -91,10 +55,15 @@ def _partition(c: Cluster, hosts: NetnsHosts) -> None:
 
         hosts.set_link(2, False)
         cut_at = time.monotonic()
-        wait_for(lambda: _alive(other, old_id) is False, 5 * TTL, 0.05, "the cut node seen dead")
+        wait_for(
+            lambda: alive_in(other.nodes(), old_id) is False,
+            5 * TTL,
+            0.05,
+            "the cut node seen dead",
+        )
         seen_dead = time.monotonic() - cut_at
         # the cut node fenced itself: its worker had ended by then (a little slack for the reap)
-        wait_for(lambda: _gone(worker), 1.0, what="the cut node's worker gone")
+        wait_for(lambda: gone(worker), 1.0, what="the cut node's worker gone")
         # the rest go on
         assert ac.get(near.node.remote(), timeout=30) == c.nodes[1].node_id
         nodes = [where.options(resources={f"h{i}": 1}).remote() for i in (0, 1)]
@@ -105,8 +74,8 @@ def _partition(c: Cluster, hosts: NetnsHosts) -> None:
         c.wait_reborn(cut, 60)  # the same daemon process under a new node id
         assert cut.node_id != old_id
         assert "peer(s) did not answer" in c.daemon_log(cut)  # the rule's silent-peer branch
-        wait_for(lambda: _alive(other, cut.node_id), 20, 0.05, "the new node seen alive")
-        assert _alive(other, old_id) is False
+        wait_for(lambda: alive_in(other.nodes(), cut.node_id), 20, 0.05, "the new node seen alive")
+        assert alive_in(other.nodes(), old_id) is False
         got = ac.get(where.options(resources={"h2": 1}).remote(), timeout=60)
         assert got == cut.node_id, "the node back from the partition takes work"
     finally:

@@ -8,6 +8,7 @@ node's resources free again (checked by ``_all_free``).
 from __future__ import annotations
 
 import pytest
+from cluster_helpers import attached_cluster
 
 import actorcore as ac
 from actorcore import _protocol as P
@@ -24,15 +25,8 @@ pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120)]
 
 @pytest.fixture(scope="module")
 def cluster():
-    with Cluster(num_nodes=0, ttl_s=3.0) as c:
-        for _ in range(3):
-            c.add_node(num_cpus=2, wait=False)
-        c.wait_registered()
-        ac.init(address=c.address, attach_node=c.nodes[0].node_id)
-        try:
-            yield c
-        finally:
-            ac.shutdown()
+    with attached_cluster({}, {}, {}, ttl_s=3.0) as c:
+        yield c
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from cluster_helpers import run_driver
 
 import actorcore as ac
 from actorcore import _protocol as P
@@ -218,11 +219,6 @@ def test_named_actor_on_b_found_from_a(cluster):
 
 
 def test_an_actor_on_b_ends_with_its_owner_on_a(cluster):
-    import os
-    import subprocess
-    import sys
-    import textwrap
-
     code = f"""
         import actorcore as ac
         ac.init(address={cluster.address!r})
@@ -238,14 +234,7 @@ def test_an_actor_on_b_ends_with_its_owner_on_a(cluster):
         import os
         os._exit(0)  # no goodbye: the node learns it from the closed connections
     """
-    env = {**os.environ, "ACTORCORE_ATTACH_NODE": _a(cluster)}
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=env,
-    )
+    out = run_driver(code, _a(cluster), timeout=90)
     assert out.returncode == 0, out.stderr
     actor_id = out.stdout.strip().splitlines()[-1]
     b = cluster.nodes[1]

@@ -8,14 +8,8 @@ from actorcore.scheduler import LocalView, SpillConfig, SpillPolicy
 from actorcore.scheduler import _resources as R
 from actorcore.scheduler import placer_msgs as M
 
-from actorcore._cluster_work import (
-    AFFINITY,
-    AFFINITY_SOFT,
-    LOCAL,
-    ClusterWork,
-    route,
-    split_affinity,
-)
+from actorcore._cluster_route import AFFINITY, AFFINITY_SOFT, LOCAL, route, split_affinity
+from actorcore._cluster_work import ClusterWork
 
 A, B, C = b"a" * 8, b"b" * 8, b"c" * 8
 

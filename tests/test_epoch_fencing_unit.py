@@ -10,11 +10,11 @@ import time
 import pytest
 
 from actorcore._args import PreparedArgs
-from actorcore._fencing import Vouch
 from actorcore._owner import ActorCore
 from actorcore._owner import _actor_events as E
 from actorcore._owner._actor_state import ActorState, CallSpec
 from actorcore._refcount import INLINE
+from actorcore._vouch import Vouch
 from actorcore.errors import ActorDiedError
 
 pytestmark = pytest.mark.timeout(10)

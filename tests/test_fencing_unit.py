@@ -17,8 +17,8 @@ from actorcore._fencing import (
     FenceState,
     PeerAnswer,
     classify_peer_error,
-    watch_daemon,
 )
+from actorcore._vouch import watch_daemon
 
 TTL = 3.0
 M = TTL / 8  # the safety margin before the lease could expire in etcd
