@@ -20,9 +20,9 @@ an actor that dies meanwhile loses the call like any other, and its next
 incarnation gets the argument back the same way. An actor's ``__init__``
 (run again on another node after its node died) gets its arguments the same way.
 
-A cancel of the call (``ac.cancel``) ends the recovery where it waits (for the
-owner's answer, or between asks) and the call with ``TaskCancelledError``; its
-method does not run (:func:`cancel_recovery`).
+A cancel of the call (``ac.cancel``) ends the recovery where it waits (for a
+copy, the owner's answer, or between asks) and the call with
+``TaskCancelledError``; its method does not run (:func:`cancel_recovery`).
 
 The calls of an ``async`` actor start in call order too: one whose arguments
 are still being copied (or got back) holds those behind it (``_worker``).
@@ -276,7 +276,8 @@ def _recover_one(
     for _ in range(MAX_ASKS):
         _check(cancel)
         try:
-            ensure_local(rt, oid, hs, owner)
+            ensure_local(rt, oid, hs, owner, cancel)
+            _check(cancel)  # (it stopped waiting for the pull)
             return hs
         except ObjectLostError as e:
             if type(e) is not ObjectLostError or owner is None or bytes(owner[0]) == rt.my_id:

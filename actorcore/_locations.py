@@ -132,13 +132,18 @@ def _request(rt: CoreRuntime, msg: Any, fut: concurrent.futures.Future[Any]) -> 
 
 
 def ensure_local(
-    rt: CoreRuntime, oid: bytes, holders: Iterable[bytes] | None, owner: Any = None
+    rt: CoreRuntime,
+    oid: bytes,
+    holders: Iterable[bytes] | None,
+    owner: Any = None,
+    cancel: concurrent.futures.Future[None] | None = None,
 ) -> None:
     """Make sure this node's store has ``oid`` (blocking; any thread but the runtime's loop).
 
     Args:
         holders: node ids known to hold a copy (None: unknown, every peer is asked).
         owner: the owner's address, told of the new copy (None: not known).
+        cancel: once done, stop waiting (the pull goes on; its copy is reported).
 
     Raises:
         ObjectLostError: no node could provide it.
@@ -149,7 +154,41 @@ def ensure_local(
     hs = [bytes(h) for h in holders] if holders is not None else []
     if here in hs:
         return
-    reply = rt.store.conn.call(P.PullObjectMsg(next_rid(), oid, hs, _owner_id(rt, owner)))
+    msg = P.PullObjectMsg(next_rid(), oid, hs, _owner_id(rt, owner))
+    if cancel is not None:
+        _pull_unless(rt, msg, owner, cancel)
+        return
+    reply = rt.store.conn.call(msg)
+    _pulled(rt, oid, owner, reply)
+
+
+def _pull_unless(
+    rt: CoreRuntime, msg: Any, owner: Any, cancel: concurrent.futures.Future[None]
+) -> None:
+    """:func:`ensure_local`'s pull through the runtime's loop, until ``cancel`` is done."""
+    fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    rt.call_soon(_request, rt, msg, fut)
+    concurrent.futures.wait([fut, cancel], return_when=concurrent.futures.FIRST_COMPLETED)
+    if not fut.done():  # the copy, if it comes, is still reported (never left unknown)
+        fut.add_done_callback(lambda f: _pulled_quietly(rt, msg.oid, owner, f.result()))
+        return
+    reply = fut.result()
+    if isinstance(reply, BaseException):
+        raise ObjectLostError(f"object {msg.oid.hex()} could not be copied here: {reply}")
+    _pulled(rt, msg.oid, owner, reply)
+
+
+def _pulled_quietly(rt: CoreRuntime, oid: bytes, owner: Any, reply: Any) -> None:
+    if isinstance(reply, BaseException):
+        return  # (the daemon is gone: nothing was copied)
+    try:
+        _pulled(rt, oid, owner, reply)
+    except ObjectLostError:
+        pass  # (nothing was copied: nobody waits for it any more)
+
+
+def _pulled(rt: CoreRuntime, oid: bytes, owner: Any, reply: Any) -> None:
+    """Carry out the daemon's answer to a pull of ``oid`` (raises if it failed)."""
     if reply.TAG == P.Tag.ERROR_REPLY:
         raise ObjectLostError(
             f"object {oid.hex()} could not be copied to this node: {reply.message}"

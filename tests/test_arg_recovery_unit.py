@@ -84,7 +84,7 @@ class Script:
             config=types.SimpleNamespace(node_ttl_s=1.0), my_id=b"me" * 8
         )
 
-    def ensure_local(self, _rt, oid, holders, owner):
+    def ensure_local(self, _rt, oid, holders, owner, _cancel=None):
         self.pulls.append(None if holders is None else frozenset(holders))
         if holders is None or not set(holders) & self.good:
             raise ObjectLostError(f"object {oid.hex()} could not be copied to this node")
@@ -258,7 +258,7 @@ class SilentOwner:
         self.asked += 1
 
 
-def _never_local(_rt, oid, _holders, _owner):
+def _never_local(_rt, oid, _holders, _owner, _cancel=None):
     raise ObjectLostError(f"object {oid.hex()} could not be copied to this node")
 
 
@@ -297,3 +297,41 @@ def test_a_cancel_stops_the_recovery_where_it_waits(monkeypatch, early):
     assert len(out) == 1 and isinstance(out[0], TaskCancelledError), out
     assert out[0]._actorcore_system  # the caller gets TaskCancelledError itself
     assert task_id not in R._recovering and task_id not in R._early
+
+
+def test_a_cancel_stops_the_wait_for_a_pull_and_its_copy_is_still_reported():
+    """Cancelled while its daemon pulls the argument (from a holder that does not
+    answer): the call stops waiting; a copy that comes later is still reported to
+    the owner (never left unknown in the store)."""
+    import threading
+
+    from actorcore import _protocol as P
+    from actorcore.errors import TaskCancelledError
+    from actorcore.testing import wait_for
+
+    pulls, located = [], []
+    rt = types.SimpleNamespace(
+        config=types.SimpleNamespace(node_ttl_s=1.0),
+        my_id=b"me" * 8,
+        node=types.SimpleNamespace(node_id=b"here" * 4, raw={"cluster": True}),
+        call_soon=lambda fn, *a: pulls.append(a),  # (the daemon never answers here)
+        objects=types.SimpleNamespace(location=lambda *a, **k: located.append(a)),
+    )
+    mine = [[0, STORE, 10, OID, [B], [rt.my_id, "127.0.0.1", 2]]]  # (owned: reported locally)
+    out = []
+
+    def run():
+        try:
+            R.recover_sources(rt, b"", mine, b"t-pull")
+        except TaskCancelledError as e:
+            out.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    wait_for(lambda: pulls, 10, what="the pull asked of the daemon")
+    assert R.cancel_recovery(b"t-pull")
+    t.join(5)
+    assert not t.is_alive() and len(out) == 1
+    _rt, msg, fut = pulls[0]
+    fut.set_result(P.ReplyMsg(msg.rid, True))  # the copy came after all
+    assert located == [(OID, rt.node.node_id)]
