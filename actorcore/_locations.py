@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ from .errors import ObjectLostError
 
 if TYPE_CHECKING:
     from ._runtime import CoreRuntime
+
+PULL_WAIT_S = 300.0  # (as the blocking store connection's timeout)
 
 __all__ = [
     "arg_sources",
@@ -145,6 +148,11 @@ def ensure_local(
         owner: the owner's address, told of the new copy (None: not known).
         cancel: once done, stop waiting (the pull goes on; its copy is reported).
 
+    A pull may take long: on the main thread (a driver's, where Ctrl-C lands)
+    it goes through the runtime's loop, so that an interrupt stops the wait but
+    never lands half way through the blocking store connection's read (which
+    would leave it out of step) and the copy is still reported.
+
     Raises:
         ObjectLostError: no node could provide it.
     """
@@ -155,7 +163,7 @@ def ensure_local(
     if here in hs:
         return
     msg = P.PullObjectMsg(next_rid(), oid, hs, _owner_id(rt, owner))
-    if cancel is not None:
+    if cancel is not None or threading.current_thread() is threading.main_thread():
         _pull_unless(rt, msg, owner, cancel)
         return
     reply = rt.store.conn.call(msg)
@@ -163,14 +171,25 @@ def ensure_local(
 
 
 def _pull_unless(
-    rt: CoreRuntime, msg: Any, owner: Any, cancel: concurrent.futures.Future[None]
+    rt: CoreRuntime, msg: Any, owner: Any, cancel: concurrent.futures.Future[None] | None
 ) -> None:
-    """:func:`ensure_local`'s pull through the runtime's loop, until ``cancel`` is done."""
+    """:func:`ensure_local`'s pull through the runtime's loop, until ``cancel`` is done
+    (or an interrupt: a KeyboardInterrupt raised in the wait)."""
+    if rt.closing or rt.loop.is_closed():
+        raise ObjectLostError(f"object {msg.oid.hex()} cannot be copied here: shutting down")
     fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
     rt.call_soon(_request, rt, msg, fut)
-    concurrent.futures.wait([fut, cancel], return_when=concurrent.futures.FIRST_COMPLETED)
-    if not fut.done():  # the copy, if it comes, is still reported (never left unknown)
-        fut.add_done_callback(lambda f: _pulled_quietly(rt, msg.oid, owner, f.result()))
+    try:
+        waits = [fut] if cancel is None else [fut, cancel]
+        concurrent.futures.wait(waits, PULL_WAIT_S, concurrent.futures.FIRST_COMPLETED)
+    finally:
+        if not fut.done():  # the copy, if it comes, is still reported (never left unknown)
+            fut.add_done_callback(lambda f: _pulled_quietly(rt, msg.oid, owner, f.result()))
+    if not fut.done():
+        if cancel is None or not cancel.done():
+            raise ObjectLostError(
+                f"object {msg.oid.hex()}: no answer to its pull in {PULL_WAIT_S:.0f} s"
+            )
         return
     reply = fut.result()
     if isinstance(reply, BaseException):

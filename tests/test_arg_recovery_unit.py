@@ -314,6 +314,8 @@ def test_a_cancel_stops_the_wait_for_a_pull_and_its_copy_is_still_reported():
         config=types.SimpleNamespace(node_ttl_s=1.0),
         my_id=b"me" * 8,
         node=types.SimpleNamespace(node_id=b"here" * 4, raw={"cluster": True}),
+        closing=False,
+        loop=types.SimpleNamespace(is_closed=lambda: False),
         call_soon=lambda fn, *a: pulls.append(a),  # (the daemon never answers here)
         objects=types.SimpleNamespace(location=lambda *a, **k: located.append(a)),
     )
@@ -334,4 +336,43 @@ def test_a_cancel_stops_the_wait_for_a_pull_and_its_copy_is_still_reported():
     assert not t.is_alive() and len(out) == 1
     _rt, msg, fut = pulls[0]
     fut.set_result(P.ReplyMsg(msg.rid, True))  # the copy came after all
+    assert located == [(OID, rt.node.node_id)]
+
+
+def test_ctrl_c_in_a_pull_on_the_main_thread_stops_the_wait_and_the_copy_is_reported():
+    """A driver's main thread pulling an object (Ctrl-C lands there): the wait goes
+    through the runtime's loop, so the interrupt never lands half way through the
+    blocking store connection's read; a copy that comes later is still reported."""
+    import signal
+    import threading
+
+    from actorcore import _locations as L
+    from actorcore import _protocol as P
+    from actorcore.testing import wait_for
+
+    pulls, located = [], []
+    rt = types.SimpleNamespace(
+        my_id=b"me" * 8,
+        node=types.SimpleNamespace(node_id=b"here" * 4, raw={"cluster": True}),
+        closing=False,
+        loop=types.SimpleNamespace(is_closed=lambda: False),
+        call_soon=lambda fn, *a: pulls.append(a),
+        objects=types.SimpleNamespace(location=lambda *a, **k: located.append(a)),
+        store=None,  # (the blocking connection is not used)
+    )
+    main = threading.get_ident()
+
+    def interrupt():
+        wait_for(lambda: pulls, 10, what="the pull asked of the daemon")
+        signal.pthread_kill(main, signal.SIGINT)
+
+    t = threading.Thread(target=interrupt)
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            L.ensure_local(rt, OID, [B], [rt.my_id, "127.0.0.1", 2])
+    finally:
+        t.join(10)
+    _rt, msg, fut = pulls[0]
+    fut.set_result(P.ReplyMsg(msg.rid, True))
     assert located == [(OID, rt.node.node_id)]
