@@ -179,14 +179,22 @@ class LoopClaim:
         """Its loop is closed (and the socket with it no longer watched there)."""
         return self.loop.is_closed()
 
-    def _take(self) -> bool:
-        """Whether the reply to ``self.rid`` is still to come and this loop may read it."""
+    def _take(self, fut: asyncio.Future[Any]) -> bool:
+        """Claim the reply to ``self.rid`` with ``fut`` if it is still to come and this
+        loop may read it. Under the lock: the runtime's loop reads before (the reply is
+        gone then) or after (it sees the claim live and steps aside), never between."""
         conn = self.conn
         if not conn.readable_off_loop or not conn.read_lock.acquire(False):
             return False
-        try:  # (under the lock: the runtime's loop reads before or after, never during)
+        try:
             if conn.rid_gone(self.rid) or not self.waiting():
                 return False
+            if conn.claim is not None and conn.claim is not self:
+                return False
+            self.fut = fut
+            self.others = False
+            conn.claim = self
+            self.registered = True  # (live from now on: its loop watches it at once)
             conn.caller_reads += 1
             return True
         finally:
@@ -194,12 +202,9 @@ class LoopClaim:
 
     def start(self) -> bool:
         """Take the socket over for this loop; False when that cannot be now."""
-        conn = self.conn
-        if conn.claim is not None or not self._take():
+        if self.conn.claim is not None or not self._take(self.fut):
             return False
-        conn.claim = self
-        self.registered = True
-        self.loop.add_reader(conn.fd, self._readable)
+        self.loop.add_reader(self.conn.fd, self._readable)
         self.timer = self.loop.call_later(POLL_SLICE_S, self._check)
         return True
 
@@ -208,11 +213,7 @@ class LoopClaim:
         if not self.fut.done() or not self.registered:
             return False
         self.rid, self.waiting, self.hand_on = rid, waiting, hand_on
-        if not self._take():
-            return False
-        self.fut = self.loop.create_future()
-        self.others = False
-        return True
+        return self._take(self.loop.create_future())
 
     async def wait(self) -> tuple[Any, bool]:
         try:
