@@ -269,7 +269,11 @@ def test_other_waiters_see_the_value_the_caller_read_at_once(runtime, monkeypatc
         other.start()
 
         def release() -> None:  # once both wait: the other thread, and this one reading
-            wait_for(lambda: _watch_queued(rt, ref.id), 30, what="the other waits")
+            wait_for(  # (queued, or already registered by some drain meanwhile)
+                lambda: _watch_queued(rt, ref.id) or _watch_registered(rt, ref.id),
+                30,
+                what="the other waits",
+            )
             if registered:
                 rt.objects.inbox.wake()
                 wait_for(lambda: _watch_registered(rt, ref.id), 30, what="registered")
