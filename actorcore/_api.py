@@ -284,7 +284,9 @@ def cancel(
     (``time.sleep``, a socket or pipe read, a lock, event, queue or subprocess
     wait) or at its next Python bytecode, and its ``finally`` runs; a C call
     that never returns to Python (a long numpy operation) finishes first.
-    ``force=True`` kills the task's worker at once (it is replaced). A running
+    ``force=True`` kills the task's worker at once (it is replaced; one that cannot
+    end itself, its loop starved by a C call holding the GIL, is killed by its node
+    daemon half a second later). A running
     call of a sync actor is not interrupted (as in Ray: actors have state;
     ``force`` too is ignored for actor calls). Getting a cancelled ``ref``
     raises TaskCancelledError.

@@ -424,8 +424,10 @@ class ActorHandle:
                     f"actor class {self._class_name!r} has no method {name!r} "
                     f"(it has: {', '.join(sorted(self._methods)) or 'none'})"
                 )
-            m = cache[name] = ActorMethod(self, name, self._methods[name])
-        return m
+            # unbound (no handle): a cached method holding its handle would make a cycle,
+            # and a dropped handle would end its actor only at the next gc, if ever
+            m = cache[name] = ActorMethod(None, name, self._methods[name])  # type: ignore[arg-type]
+        return m._bound(self)
 
     def __del__(self) -> None:
         rt = G.runtime
@@ -463,6 +465,9 @@ def _rebuild_handle(
     return h
 
 
+_new_method = object.__new__
+
+
 class ActorMethod:
     """``handle.method``: call it (or ``.remote``) to get an awaitable ObjectRef."""
 
@@ -475,6 +480,14 @@ class ActorMethod:
         self._name = name
         self._stream = stream_of({"num_returns": num_returns}) if stream is None else stream
         self._num_returns = 1 if self._stream else num_returns
+
+    def _bound(self, handle: ActorHandle) -> ActorMethod:
+        m = _new_method(ActorMethod)
+        m._handle = handle
+        m._name = self._name
+        m._stream = self._stream
+        m._num_returns = self._num_returns
+        return m
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         h = self._handle

@@ -400,6 +400,8 @@ class WorkerRuntime(CoreRuntime):
         try:
             return getattr(mb.instance, call.method)
         except AttributeError:
+            if mb.dead is not None:  # dropped meanwhile (its instance is gone)
+                raise ActorDiedError(f"actor {mb.class_name} is gone: {mb.dead}") from None
             raise AttributeError(f"{mb.class_name} has no method {call.method!r}") from None
 
     def run_actor_call(self, mb: ActorMailbox, call: Call) -> None:
@@ -497,6 +499,7 @@ class WorkerRuntime(CoreRuntime):
         mb = self.mailboxes.pop(msg.actor_id, None)
         if mb is not None:
             mb.close(msg.reason)
+            mb.instance = None  # its state goes now (store views, memory), not at a later gc
             err = ActorDiedError(
                 f"actor {mb.class_name} ({mb.actor_id.hex()}) is gone: {msg.reason}"
             )

@@ -294,13 +294,22 @@ class LocalScheduler:
         self.starting_env[env] = self.starting_env.get(env, 0) + n
 
     def reap_idle(self, now: float, idle_timeout: float, keep: int) -> list[Instruction]:
-        """Stop workers idle for longer than ``idle_timeout``, keeping ``keep`` default ones."""
+        """Stop workers idle for longer than ``idle_timeout``, keeping ``keep`` default ones;
+        also shared actor hosts left without actors for that long."""
+        out: list[Instruction] = []
+        for w in list(self.workers.values()):
+            if w.role is not WorkerRole.SHARED or w.actors:
+                continue
+            if w.idle_since < 0:
+                w.idle_since = now  # first seen empty
+            elif now - w.idle_since > idle_timeout:
+                del self.workers[w.worker_id]
+                out.append(StopWorker(w.worker_id))
         idle = sorted(
             (w for w in self.workers.values() if w.role is WorkerRole.IDLE),
             key=lambda w: (not w.env, w.idle_since),  # runtime-env workers are never kept
         )
         plain = sum(1 for w in idle if not w.env)
-        out: list[Instruction] = []
         for w in idle[: max(0, len(idle) - min(keep, plain))]:
             if now - w.idle_since > idle_timeout:
                 del self.workers[w.worker_id]
@@ -362,6 +371,7 @@ class LocalScheduler:
                 w.role = WorkerRole.DEDICATED
                 self._take(w, req.shape)
             w.actors.add(req.actor_id)
+            w.idle_since = -1.0  # hosting (a shared host's empty time starts when it empties)
             self.actor_worker[req.actor_id] = w.worker_id
             self.actor_queue.remove(req)
             out.append(HostActor(req.actor_id, w.worker_id))

@@ -114,3 +114,28 @@ def test_illegal_transitions_are_rejected():
 
 def test_unknown_actor_is_reported_dead():
     assert L.ActorLifecycle().where(b"nope", 0)[0] == "DEAD"
+
+
+def test_a_worker_dying_before_construction_places_the_actor_again_once():
+    lc = L.ActorLifecycle()
+    lc.created(info())
+    lc.placed(b"A", b"w1")  # a worker that was dying: its death not seen yet
+    assert lc.worker_died([b"A"], "worker died") == [L.Place(b"A", {})]
+    assert lc.actors[b"A"].phase is L.ActorPhase.PENDING and lc.actors[b"A"].restarts == 0
+    lc.placed(b"A", b"w2")
+    out = lc.worker_died([b"A"], "worker died again")  # its __init__ kills workers: it ends
+    assert L.Notify(b"A") in out and lc.where(b"A", 0)[0] == "DEAD"
+
+
+def test_a_constructed_actor_may_again_lose_a_worker_while_restarting():
+    lc = L.ActorLifecycle()
+    lc.created(info(max_restarts=1))
+    lc.placed(b"A", b"w0")
+    lc.worker_died([b"A"], "dying worker")  # placed again
+    alive(lc, worker=b"w1")
+    lc.worker_died([b"A"], "crash")  # a restart
+    assert lc.actors[b"A"].restarts == 1
+    lc.placed(b"A", b"w2")
+    assert lc.worker_died([b"A"], "dying worker") == [L.Place(b"A", {})]  # not a restart
+    alive(lc, worker=b"w3")
+    assert lc.where(b"A", 1)[0] == "ALIVE" and lc.actors[b"A"].restarts == 1

@@ -7,7 +7,7 @@ import pytest
 from actorcore._args import FunctionDescriptor, PreparedArgs
 from actorcore._owner import TaskCore, TaskSpec
 from actorcore._owner import _task_events as E
-from actorcore._owner._tasks import OPT_RETRY_EXCEPTIONS
+from actorcore._owner._tasks import FORCE_KILL_GRACE_S, OPT_RETRY_EXCEPTIONS
 from actorcore._refcount import ERROR, INLINE, STORE, ObjectTable
 from actorcore.errors import ActorCoreError, TaskCancelledError, WorkerCrashedError
 
@@ -337,9 +337,37 @@ def test_cancel_of_a_queued_task_fails_it_here_and_of_a_running_one_tells_its_wo
     (failed,) = of(out, E.TaskFailed)
     assert failed.spec is b and isinstance(failed.error, TaskCancelledError)
     out = o.feed(E.CancelTask(a.return_ids[0], True, False))
-    assert out == [E.SendCancel(peer, a.task_id, True, False)]
+    lease = a.lease
+    assert out == [
+        E.SendCancel(peer, a.task_id, True, False),
+        E.StartTimer(FORCE_KILL_GRACE_S, E.ForceKill(a, lease)),
+    ]
     out = o.feed(E.CancelTask(b"?" * 16, False, True))
     assert out == [E.NotATask(b"?" * 16, False, True)]
+    # the worker did not end itself (its loop starved): its daemon kills it
+    assert o.feed(E.ForceKill(a, lease)) == [E.ReturnLease(lease.worker_id, True, lease.node_id)]
+
+
+def test_a_forced_cancel_kills_nothing_once_the_task_answered():
+    o = Owner(limit=2)
+    a, b = make_spec(), make_spec()
+    rid = of(o.submit(a, b), E.RequestLease)[0].rid
+    o.grant(rid)
+    lease = a.lease
+    (timer,) = of(o.feed(E.CancelTask(a.return_ids[0], True, True)), E.StartTimer)
+    o.feed(E.TaskReplied(lease, a.rid, OK))  # it ended (or answered) within the grace
+    assert of(o.feed(timer.event), E.ReturnLease) == []  # b runs on there, untouched
+    # a plain cancel starts no timer
+    assert of(o.feed(E.CancelTask(b.return_ids[0], False, True)), E.StartTimer) == []
+
+
+def test_a_forced_cancel_of_a_task_queued_behind_another_kills_nothing():
+    o = Owner(limit=2)
+    a, b = make_spec(), make_spec()
+    rid = of(o.submit(a, b), E.RequestLease)[0].rid
+    o.grant(rid)
+    (timer,) = of(o.feed(E.CancelTask(b.return_ids[0], True, True)), E.StartTimer)
+    assert of(o.feed(timer.event), E.ReturnLease) == []  # a, running first, is not killed
 
 
 def test_cancel_while_waiting_for_arguments():

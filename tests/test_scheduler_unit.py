@@ -135,6 +135,22 @@ def test_idle_workers_are_reaped_down_to_the_pool_size():
     assert of(out, S.StopWorker) == [S.StopWorker(b"w0"), S.StopWorker(b"w1")]
 
 
+def test_a_shared_host_left_without_actors_is_reaped_like_an_idle_worker():
+    s = sched()
+    s.worker_started(b"w0", now=0.0)
+    assert of(s.place_actor(b"a", {}), S.HostActor) == [S.HostActor(b"a", b"w0")]
+    assert s.reap_idle(now=500.0, idle_timeout=60.0, keep=0) == []  # hosting: kept
+    s.actor_removed(b"a")
+    assert s.reap_idle(now=510.0, idle_timeout=60.0, keep=0) == []  # empty from now on
+    assert s.reap_idle(now=560.0, idle_timeout=60.0, keep=0) == []
+    assert of(s.place_actor(b"b", {}), S.HostActor) == [S.HostActor(b"b", b"w0")]
+    s.actor_removed(b"b")  # a new actor meanwhile: its empty time starts again
+    assert s.reap_idle(now=580.0, idle_timeout=60.0, keep=0) == []
+    assert s.reap_idle(now=641.0, idle_timeout=60.0, keep=0) == [S.StopWorker(b"w0")]
+    assert not s.workers
+    s.validate()
+
+
 def test_worker_starts_are_bounded():
     s = S.LocalScheduler({"CPU": 1000.0}, max_workers=4)
     out = []

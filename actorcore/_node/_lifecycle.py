@@ -28,6 +28,12 @@ __all__ = [
 ]
 
 
+# an actor whose worker dies before the actor is constructed is placed again this many
+# times before that counts as its death (or restart): an __init__ that kills its worker
+# still ends it
+HOST_LOSS_RETRIES = 1
+
+
 class ActorPhase(enum.Enum):
     PENDING = "PENDING"
     ALIVE = "ALIVE"
@@ -60,6 +66,7 @@ class ActorInfo:
     worker_id: bytes | None = None
     address: list[Any] | None = None
     death_cause: str | None = None
+    host_losses: int = 0  # workers that died before this incarnation was constructed
 
 
 # --- instructions ----------------------------------------------------------------------
@@ -150,6 +157,7 @@ class ActorLifecycle:
             ]
         self._set_phase(a, ActorPhase.ALIVE)
         a.address = address
+        a.host_losses = 0
         return [Persist(actor_id), Notify(actor_id)]
 
     def construction_failed(
@@ -168,6 +176,12 @@ class ActorLifecycle:
                 continue
             a.worker_id = None
             a.address = None
+            if a.phase is not ActorPhase.ALIVE and a.host_losses < HOST_LOSS_RETRIES:
+                # not constructed yet: it was placed on a worker that was dying (its death
+                # not seen here yet) or died meanwhile; placed again, not a restart
+                a.host_losses += 1
+                out.append(Place(a.actor_id, a.shape))
+                continue
             out += self._restart_or_die(a, why)
         return out
 

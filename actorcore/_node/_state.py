@@ -66,7 +66,6 @@ class NodeState:
         self.store = StoreState(capacity)
         self.warm = warm
         self.idle_timeout_s = idle_timeout_s
-        self.keep_idle = max(1, int(self.total.get("CPU", 1.0)))
         self.others: dict[bytes, E.NodeInfo] = {}
         self.actor_waiters: dict[bytes, list[tuple[Any, int]]] = {}
         self.group_waiters: dict[bytes, list[Any]] = {}
@@ -166,7 +165,9 @@ class NodeState:
         return []
 
     def _tick(self, ev: E.Tick) -> list[Any]:
-        out = self.sched.reap_idle(ev.now, self.idle_timeout_s, self.keep_idle)
+        # idle workers past the timeout go, down to the warm ones (none on a single
+        # machine's node by default): an idle node goes back to a fresh one's memory
+        out = self.sched.reap_idle(ev.now, self.idle_timeout_s, self.warm)
         out += self.sched.keep_warm(self.warm)
         self.actors.forget_dead()
         return out

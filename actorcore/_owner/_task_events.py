@@ -27,6 +27,7 @@ __all__ = [
     "DepsFailed",
     "DepsReady",
     "DiscardResults",
+    "ForceKill",
     "LeaseFailed",
     "LeaseGranted",
     "LeaseRedirected",
@@ -194,6 +195,16 @@ class CancelTask:
     oid: bytes
     force: bool
     recursive: bool
+
+
+@dataclass(slots=True)
+class ForceKill:
+    """A forced cancel's grace is over: if ``spec`` still runs on ``lease``, its worker
+    did not end itself (a loop starved by a C call holding the GIL, or blocked by an
+    async task): the daemon kills it."""
+
+    spec: TaskSpec
+    lease: Lease
 
 
 @dataclass(slots=True)

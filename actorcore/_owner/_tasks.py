@@ -52,6 +52,8 @@ UNREACHABLE_TRIES = 150  # ~30 s: far past any node TTL
 # again after a pause, this many times, without using the task's retries.
 ARGS_LOST_RETRY_S = 0.5
 ARGS_LOST_TRIES = 20  # ~10 s
+# a forced cancel's worker that has not ended itself by then is killed by its daemon
+FORCE_KILL_GRACE_S = 0.5
 
 
 class TaskCore:
@@ -95,6 +97,7 @@ class TaskCore:
             E.LeaseRevoked: self._on_revoked,
             E.CancelTask: self._on_cancel,
             E.CancelChildren: self._on_cancel_children,
+            E.ForceKill: self._on_force_kill,
             E.LingerOver: self._on_linger_over,
             E.RetryLease: self._on_retry_lease,
             E.StallCheck: self._on_stall_check,
@@ -468,11 +471,20 @@ class TaskCore:
         lease = spec.lease
         if lease is not None:
             self._out.append(E.SendCancel(lease.peer, spec.task_id, force, recursive))
+            if force:
+                self._out.append(E.StartTimer(FORCE_KILL_GRACE_S, E.ForceKill(spec, lease)))
             return
         q = self.queues.get(spec.key)
         if q is not None and spec in q.pending:
             q.pending.remove(spec)
         self._finish_failed(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+
+    def _on_force_kill(self, ev: E.ForceKill) -> None:
+        spec, lease = ev.spec, ev.lease
+        if spec.lease is not lease or lease.in_flight.get(spec.rid) is not spec:
+            return  # it answered
+        if next(iter(lease.in_flight.values())) is spec:  # running (the worker's oldest)
+            self._out.append(E.ReturnLease(lease.worker_id, True, lease.node_id))
 
     def _on_cancel_children(self, ev: E.CancelChildren) -> None:
         children = {id(s): s for s in self.by_return.values() if s.parent == ev.parent}
