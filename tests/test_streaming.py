@@ -444,6 +444,17 @@ class AsyncPaced:
             writer.close()
 
 
+def _restarted(handle) -> bool:
+    """The daemon placed the actor's next incarnation (the old one was dropped first)."""
+    from actorcore.testing import list_state
+
+    aid = handle.id.hex()
+    return any(
+        a["actor_id"] == aid and a["state"] == "ALIVE" and a["restarts"] >= 1
+        for a in list_state("actors")
+    )
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("backpressure", [0, 2])
 @pytest.mark.parametrize("cls", [Paced, AsyncPaced], ids=["sync", "async"])
@@ -471,6 +482,7 @@ def test_a_stream_retried_on_a_restart_in_the_same_worker(runtime, backpressure,
             got = [ac.get(next(gen), timeout=30) for _ in range(3)]
             assert got == [(first, 0), (first, 1), (first, 2)]
             ac.kill(g, no_restart=False)  # dropped while it waits for its next byte
+            wait_for(lambda: _restarted(g), 30, what="the actor restarted")
             a.sendall(b"x")  # it makes one more item, after it was dropped
             b, _ = srv.accept()  # the call again, on the next incarnation
         with b:
