@@ -13,6 +13,7 @@ import collections
 import contextvars
 import functools
 import os
+import pickle
 import queue
 import threading
 from collections.abc import Callable
@@ -38,6 +39,8 @@ __all__ = [
     "encode_error",
     "encode_results",
     "encode_results_async",
+    "encode_values",
+    "store_results",
 ]
 
 
@@ -78,6 +81,8 @@ def decode_args(
     worker is registering as borrower of refs it received). Store arguments
     on other nodes are pulled here first (unless ``pulled``: done already).
     """
+    if not payload and not resolved:  # a call without arguments
+        return (), {}, None
     if not pulled:
         for oid, holders, owner in arg_sources(payload, resolved):
             ensure_local(rt, oid, holders, owner)
@@ -109,12 +114,24 @@ def encode_error(exc: BaseException, where: str) -> list[Any]:
     return [ERROR, exception_blob(err), None]
 
 
-def _encode_values(
+_PLAIN = frozenset({bytes, str, int, float, bool, type(None)})
+_NOTHING: list[tuple[int, Any]] = []  # (never appended to)
+_dumps = pickle.dumps
+
+
+def encode_values(
     rt: CoreRuntime, value: Any, return_ids: list[bytes], owner: list[Any], where: str
 ) -> tuple[list[Any], list[tuple[int, Any]], Any]:
     """Result rows (None where a value goes to the store), those ``(row, Serialized)``
-    to store, and the Events to wait for (borrows) or None."""
+    to store, and the Events to wait for (borrows) or None.
+
+    A loop thread awaits :func:`store_results` only when a value goes to the store
+    (no coroutine else); :func:`encode_results_async` does both."""
     n = len(return_ids)
+    if n == 1 and type(value) in _PLAIN:  # (no refs, buffers or classes inside: pickle it)
+        stream = _dumps(value, 5)
+        if len(stream) <= rt.config.inline_threshold:
+            return [[INLINE, stream, None]], _NOTHING, None
     if n == 1:
         values = [value]
     else:
@@ -165,7 +182,7 @@ def encode_results(
     Large values are written to the store with blocking calls: for threads that
     may block. A loop thread uses :func:`encode_results_async`.
     """
-    out, to_store, waits = _encode_values(rt, value, return_ids, owner, where)
+    out, to_store, waits = encode_values(rt, value, return_ids, owner, where)
     for i, ser in to_store:
         try:
             result: Any = rt.store.put(return_ids[i], ser, owner[0])
@@ -180,18 +197,30 @@ async def encode_results_async(
 ) -> tuple[list[Any], Any]:
     """:func:`encode_results` for a loop thread: large values are written to the
     store without waiting on the daemon from this loop."""
-    out, to_store, waits = _encode_values(rt, value, return_ids, owner, where)
+    out, to_store, waits = encode_values(rt, value, return_ids, owner, where)
     if to_store:
-        loop = asyncio.get_running_loop()
-        futs = []
-        for i, ser in to_store:
-            fut: asyncio.Future[Any] = loop.create_future()
-            rt.store.put_then(return_ids[i], ser, owner[0], functools.partial(settle_on, loop, fut))
-            futs.append(fut)
-        results = await asyncio.gather(*futs, return_exceptions=True)
-        for (i, _ser), result in zip(to_store, results, strict=True):
-            out[i] = _stored(out[i], result)
+        await store_results(rt, out, to_store, return_ids, owner)
     return out, waits
+
+
+async def store_results(
+    rt: CoreRuntime,
+    out: list[Any],
+    to_store: list[tuple[int, Any]],
+    return_ids: list[bytes],
+    owner: list[Any],
+) -> None:
+    """Write the large values of :func:`encode_values` to the store (on a loop thread,
+    without waiting on the daemon from it) and fill in their rows of ``out``."""
+    loop = asyncio.get_running_loop()
+    futs = []
+    for i, ser in to_store:
+        fut: asyncio.Future[Any] = loop.create_future()
+        rt.store.put_then(return_ids[i], ser, owner[0], functools.partial(settle_on, loop, fut))
+        futs.append(fut)
+    results = await asyncio.gather(*futs, return_exceptions=True)
+    for (i, _ser), result in zip(to_store, results, strict=True):
+        out[i] = _stored(out[i], result)
 
 
 def store_args(payload: Any, resolved: list[Any]) -> list[bytes]:

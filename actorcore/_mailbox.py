@@ -87,13 +87,23 @@ class ActorMailbox:
         self.lock = threading.Lock()
         self.dead: str | None = None
         self._is_coro: dict[str, bool] = {}
-        self.async_tasks: dict[bytes, asyncio.Task[Any]] = {}
+        self._names: dict[str, str] = {}
+        self.async_tasks: dict[bytes, tuple[asyncio.Task[Any], Call]] = {}
         # the last async call still getting its arguments: the next ones wait for it (loop)
         self.args_ahead: asyncio.Future[None] | None = None
         self.read_direct = 0  # calls its own thread read off a connection (_read_calls)
         self._wait_skip = 0
         self._late = 0  # calls in a row that were there before this thread waited
         self._run_delay: tuple[int, int, int] | None = None  # (thread, ns waited for a CPU, calls)
+
+    def call_name(self, method: str) -> str:
+        """``Class.method``, for logs and task events (made once per method)."""
+        name = self._names.get(method)
+        if name is None:
+            if len(self._names) > 1000:  # (names sent by callers: bounded)
+                self._names.clear()
+            name = self._names[method] = f"{self.class_name}.{method}"
+        return name
 
     def is_coroutine(self, method: str) -> bool:
         flag = self._is_coro.get(method)
@@ -109,11 +119,25 @@ class ActorMailbox:
         with self.lock:
             reason = self.dead
             if reason is None:
-                self.queue.append(call)
+                is_async = self.is_coroutine(call.method)
+                # nothing waits and a slot is free: it starts now (what _fill would do)
+                now = (
+                    not self.queue
+                    and self.running < self.max_concurrency
+                    and (is_async or not self.sync_running)
+                )
+                if now:
+                    self.running += 1
+                    if not is_async:
+                        self.sync_running += 1
+                else:
+                    self.queue.append(call)
         if reason is not None:
             self.worker.reply_died(call, self, reason)
-            return
-        self._fill()
+        elif now:
+            self._start(call, is_async)
+        else:
+            self._fill()
 
     def _fill(self) -> None:
         """Start queued calls while slots are free (any thread).
@@ -126,18 +150,25 @@ class ActorMailbox:
             with self.lock:
                 if self.dead is not None or not self.queue or self.running >= self.max_concurrency:
                     return
-                if not self.is_coroutine(self.queue[0].method) and self.sync_running:
+                is_async = self.is_coroutine(self.queue[0].method)
+                if not is_async and self.sync_running:
                     self._arm_grow()
                     return
                 call = self.queue.popleft()
                 self.running += 1
-                is_async = self.is_coroutine(call.method)
                 if not is_async:
                     self.sync_running += 1
-            if is_async:
-                self.worker.call_soon(self._start_async, call)
-            else:
-                self.worker.pool.submit(functools.partial(self._drain, call))
+            self._start(call, is_async)
+
+    def _start(self, call: Call, is_async: bool) -> None:
+        """Run ``call``, its slot taken: a sync one on an executor thread (which then
+        drains the calls behind it), an async one as a task on the loop."""
+        if not is_async:
+            self.worker.pool.submit(functools.partial(self._drain, call))
+        elif threading.get_ident() == self.worker.loop_thread_id:
+            self._start_async(call)  # (its first step runs on the loop's next turn)
+        else:
+            self.worker.call_soon(self._start_async, call)
 
     def _arm_grow(self) -> None:
         """(under the lock) check for a stall soon, unless a check is pending."""
@@ -194,14 +225,25 @@ class ActorMailbox:
 
     def _start_async(self, call: Call) -> None:
         task = self.worker.loop.create_task(self.worker.run_actor_call_async(self, call))
-        self.async_tasks[call.task_id] = task
-        task.add_done_callback(functools.partial(self._async_done, call.task_id))
+        self.async_tasks[call.task_id] = (task, call)
 
-    def _async_done(self, task_id: bytes, _task: Any = None) -> None:
-        self.async_tasks.pop(task_id, None)
+    def async_ended(self, call: Call, _task: Any = None) -> None:
+        """(loop) An async call is over: its slot is free. Called at the end of the
+        call's coroutine, and by its task's end when cancelled (a task cancelled
+        before it began never runs its coroutine); the first call counts."""
+        if call.ended:
+            return
+        call.ended = True
+        entry = self.async_tasks.get(call.task_id)
+        if entry is not None and entry[1] is call:
+            del self.async_tasks[call.task_id]
         with self.lock:
             self.running -= 1
         self._fill()
+
+    def _cancel_async(self, task: asyncio.Task[Any], call: Call) -> None:
+        task.cancel()
+        task.add_done_callback(functools.partial(self.async_ended, call))
 
     def _drain(self, call: Call) -> None:
         """Run sync calls while the head of the queue is one (executor thread).
@@ -400,9 +442,9 @@ class ActorMailbox:
         if call is not None:
             self.worker.reply_error(call, TaskCancelledError(f"call {call.method}() was cancelled"))
             return True
-        task = self.async_tasks.get(task_id)
-        if task is not None:
-            task.cancel()
+        entry = self.async_tasks.get(task_id)
+        if entry is not None:
+            self._cancel_async(*entry)
             return True
         return False
 
@@ -414,8 +456,8 @@ class ActorMailbox:
             self.queue.clear()
         for call in calls:
             self.worker.reply_died(call, self, reason)
-        for task in list(self.async_tasks.values()):
-            task.cancel()
+        for task, call in list(self.async_tasks.values()):
+            self._cancel_async(task, call)
 
 
 class TaskQueue:

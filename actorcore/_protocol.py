@@ -778,11 +778,15 @@ class PgReleaseMsg(NamedTuple):
 
 
 MESSAGES: dict[int, type] = _collect()
+_ARITY: dict[int, int] = {tag: len(getattr(cls, "_fields", ())) for tag, cls in MESSAGES.items()}
+_new_tuple = tuple.__new__
 # tags of messages that carry a request id as their first field
 REQUESTS: frozenset[int] = frozenset(
     tag for tag, cls in MESSAGES.items() if getattr(cls, "_fields", ())[:1] == ("rid",)
 )
 
+_NO_LENS: list[int] = []
+_unpackb = msgpack.unpackb
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
 _pack = _packer.pack
 
@@ -835,6 +839,8 @@ def decode_header(header: Any) -> Any:
     try:
         tag, fields = header
         cls = MESSAGES[tag]
+        if len(fields) == _ARITY[tag]:  # all fields sent: no defaults to fill (a C call)
+            return _new_tuple(cls, fields)
         return cls(*fields)
     except KeyError:
         raise ProtocolError(f"unknown message type {header[0]!r}") from None
@@ -922,58 +928,91 @@ class FrameDecoder:
             out.append((fill.msg, cast(list[bytes], fill.bufs)))
             data = rest
         buf = self._buf
-        if self._pos and self._pos == len(buf):
-            buf.clear()
-            self._pos = 0
-        buf += data
-        pos = self._pos
-        end = len(buf)
-        unpack_prelude = _PRELUDE.unpack_from
-        while end - pos >= 6:
-            hlen, nbufs = unpack_prelude(buf, pos)
-            if nbufs > MAX_BUFFERS:
-                raise ProtocolError(f"frame announces {nbufs} buffers, more than {MAX_BUFFERS}")
-            if hlen > self._max_header:
-                raise MessageTooLargeError(
-                    f"frame header of {hlen} bytes exceeds the limit of {self._max_header}"
-                )
-            start = pos + 6 + 8 * nbufs
-            if end < start:
-                break
-            lens = [_BUFLEN.unpack_from(buf, pos + 6 + 8 * i)[0] for i in range(nbufs)]
-            total = hlen + sum(lens)
-            if total > self._max_frame:
-                raise MessageTooLargeError(
-                    f"frame of {total} bytes exceeds the limit of {self._max_frame}"
-                )
-            if end - start < total:
-                if total - hlen >= STREAM_MIN_BYTES and end - start >= hlen and not limit:
-                    pos = self._stream(buf, start, hlen, lens, end)
-                break
-            try:
-                header = msgpack.unpackb(
-                    memoryview(buf)[start : start + hlen], use_list=False, raw=False
-                )
-            except Exception as e:
-                raise ProtocolError(f"undecodable frame header: {e}") from None
-            msg = decode_header(header)
-            bufs: list[bytes] = []
-            p = start + hlen
-            for n in lens:
-                bufs.append(bytes(buf[p : p + n]))
-                p += n
-            out.append((msg, bufs))
-            pos = p
-            if limit and len(out) >= limit:
-                break
+        if self._pos == len(buf):  # nothing held back: decode ``data`` in place (no copy)
+            if self._pos:
+                buf.clear()
+                self._pos = 0
+            if type(data) is bytes:  # (what a socket read returns: sliced as it is)
+                pos = self._decode(data, 0, out, limit)
+                if pos < len(data):  # what was not decoded waits in the buffer
+                    buf += memoryview(data)[pos:]
+                return out
+            src: Any = data
+        else:
+            buf += data
+            src = buf
+        view = memoryview(src)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        try:
+            pos = self._decode(view, self._pos if src is buf else 0, out, limit)
+            if src is not buf:  # what was not decoded waits in the buffer
+                if pos < view.nbytes:
+                    buf += view[pos:]
+                self._pos = 0
+                return out
+        finally:
+            view.release()  # (``buf`` may grow or shrink again)
         self._pos = pos
         if pos > 1 << 20:
             del buf[:pos]
             self._pos = 0
         return out
 
+    def _decode(
+        self, view: bytes | memoryview, pos: int, out: list[tuple[Any, list[bytes]]], limit: int
+    ) -> int:
+        """Decode the whole frames in ``view`` (bytes, or a memoryview of bytes) from
+        ``pos`` on into ``out``; returns where the first frame not decoded begins."""
+        end = len(view)
+        unpack_prelude = _PRELUDE.unpack_from
+        while end - pos >= 6:
+            hlen, nbufs = unpack_prelude(view, pos)
+            if nbufs > MAX_BUFFERS:
+                raise ProtocolError(f"frame announces {nbufs} buffers, more than {MAX_BUFFERS}")
+            if hlen > self._max_header:
+                raise MessageTooLargeError(
+                    f"frame header of {hlen} bytes exceeds the limit of {self._max_header}"
+                )
+            if nbufs:
+                start = pos + 6 + 8 * nbufs
+                if end < start:
+                    break
+                lens = [_BUFLEN.unpack_from(view, pos + 6 + 8 * i)[0] for i in range(nbufs)]
+                total = hlen + sum(lens)
+            else:
+                start = pos + 6
+                lens = _NO_LENS
+                total = hlen
+            if total > self._max_frame:
+                raise MessageTooLargeError(
+                    f"frame of {total} bytes exceeds the limit of {self._max_frame}"
+                )
+            if end - start < total:
+                if total - hlen >= STREAM_MIN_BYTES and end - start >= hlen and not limit:
+                    pos = self._stream(view, start, hlen, lens, end)
+                break
+            try:
+                header = _unpackb(view[start : start + hlen], use_list=False, raw=False)
+            except Exception as e:
+                raise ProtocolError(f"undecodable frame header: {e}") from None
+            msg = decode_header(header)
+            p = start + hlen
+            if nbufs:
+                bufs: list[bytes] = []
+                for n in lens:
+                    bufs.append(bytes(view[p : p + n]))  # (a bytes slice is not copied again)
+                    p += n
+            else:
+                bufs = []
+            out.append((msg, bufs))
+            pos = p
+            if limit and len(out) >= limit:
+                break
+        return pos
+
     @staticmethod
-    def _header(buf: bytearray, start: int, hlen: int) -> Any:
+    def _header(buf: Any, start: int, hlen: int) -> Any:
         try:
             header = msgpack.unpackb(
                 memoryview(buf)[start : start + hlen], use_list=False, raw=False
@@ -982,7 +1021,7 @@ class FrameDecoder:
             raise ProtocolError(f"undecodable frame header: {e}") from None
         return decode_header(header)
 
-    def _stream(self, buf: bytearray, start: int, hlen: int, lens: list[int], end: int) -> int:
+    def _stream(self, buf: Any, start: int, hlen: int, lens: list[int], end: int) -> int:
         """Receive the rest of this frame's buffers straight into their own memory."""
         fill = _Fill(self._header(buf, start, hlen), lens)
         rest = fill.take(memoryview(buf)[start + hlen : end])

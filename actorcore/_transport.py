@@ -186,16 +186,19 @@ class Connection(LendableReading):
 
     # --- writing ------------------------------------------------------------------
 
-    def send(self, msg: Any, buffers: list[Any] | None = None) -> None:
+    def send(self, msg: Any, buffers: list[Any] | None = None, alone: bool = False) -> None:
         """Queue one message; thread-safe.
+
+        ``alone``: the loop thread sends nothing else this turn (a reply to the only
+        call running): written at once when nothing is queued, not at the turn's end.
 
         Raises:
             ConnectionClosedError/ConnectionBrokenError: the connection ended.
             MessageTooLargeError: the message is over the frame limits.
         """
-        self.send_raw(P.encode(msg, buffers))
+        self.send_raw(P.encode(msg, buffers), alone)
 
-    def send_raw(self, frame: bytes | list[Any]) -> None:
+    def send_raw(self, frame: bytes | list[Any], alone: bool = False) -> None:
         size = P.check_size(frame, *self._limits)
         with self._lock:
             if self.closed:
@@ -203,10 +206,11 @@ class Connection(LendableReading):
             if (
                 not self._armed
                 and type(frame) is bytes
-                and threading.get_ident() != self._loop_thread
+                and (alone or threading.get_ident() != self._loop_thread)
             ):
-                # Another thread and nothing queued: write now rather than wait for the
-                # loop to wake (what does not fit waits below, as any frame).
+                # Another thread (or a lone frame) and nothing queued: write now rather
+                # than wait for the loop to wake or to end its turn (what does not fit
+                # waits below, as any frame).
                 try:
                     n = self.sock.send(frame)
                 except (BlockingIOError, InterruptedError):
@@ -284,6 +288,10 @@ class Connection(LendableReading):
         self._close_socket()
 
     def _consume(self, n: int) -> None:
+        if n == self._out_bytes:  # all of it went (the common case)
+            self._out = []
+            self._out_bytes = 0
+            return
         self._out_bytes -= n
         out = self._out
         i = 0

@@ -34,7 +34,9 @@ from ._execution import (
     encode_error,
     encode_results,
     encode_results_async,
+    encode_values,
     store_args,
+    store_results,
 )
 from ._ids import new_id
 from ._mailbox import ActorMailbox, TaskQueue
@@ -56,12 +58,14 @@ logger = logging.getLogger(__name__)
 
 # How long a reply waits for owners to acknowledge the borrows it depends on.
 BORROW_ACK_WAIT_S = 30.0
+_result_msg = tuple.__new__  # (a TaskResultMsg of both fields without its Python __new__)
 
 
 class Call:
     """One task or actor call received by this worker."""
 
     __slots__ = (
+        "ended",
         "fn",
         "is_async",
         "lend_reading",
@@ -93,6 +97,7 @@ class Call:
         self.is_async = is_async
         self.stream = msg.stream  # 0, or a streaming generator's back-pressure + 1
         self.lend_reading = False  # the reply lends reading to the actor's thread (_mailbox)
+        self.ended = False  # an async actor call's slot was freed (ActorMailbox.async_ended)
 
 
 class WorkerRuntime(CoreRuntime):
@@ -111,6 +116,7 @@ class WorkerRuntime(CoreRuntime):
         self._blocked = 0
         self._block_lock = threading.Lock()
         self.stopped: asyncio.Future[None] | None = None
+        self._thread_reads = config.actor_thread_reads
 
     async def register(self) -> None:
         self.stopped = self.loop.create_future()
@@ -235,7 +241,9 @@ class WorkerRuntime(CoreRuntime):
                     BORROW_ACK_WAIT_S,
                 )
 
-    def _reply(self, call: Call, results: list[Any], reg: Any, waits: Any) -> None:
+    def _reply(
+        self, call: Call, results: list[Any], reg: Any, waits: Any, alone: bool = False
+    ) -> None:
         TE.call_done(call, results)  # observability hook
         if reg is not None or waits:
             self._wait_all(reg, waits)
@@ -246,7 +254,7 @@ class WorkerRuntime(CoreRuntime):
             if call.lend_reading:  # before the reply: the caller's next call may come at once
                 call.lend_reading = conn.lend()
             try:
-                conn.send(P.TaskResultMsg(call.rid, results))
+                conn.send(_result_msg(P.TaskResultMsg, (call.rid, results)), None, alone)
             except ConnectionError:
                 pass
 
@@ -387,11 +395,11 @@ class WorkerRuntime(CoreRuntime):
                 f"actor {mb.class_name} ({msg.actor_id.hex()}): this is incarnation "
                 f"{mb.epoch}, the call was meant for {msg.epoch}"
             )
-        conn = peer.conn
-        if mb.max_concurrency == 1 and conn is not None and not conn.lendable:
-            if self.config.actor_thread_reads:
+        if self._thread_reads and mb.max_concurrency == 1:
+            conn = peer.conn
+            if conn is not None and not conn.lendable:
                 conn.enable_lending()  # its thread may wait for the next call on it
-        mb.push(Call(peer, msg, f"{mb.class_name}.{msg.method}", msg.method, None, False))
+        mb.push(Call(peer, msg, mb.call_name(msg.method), msg.method, None, False))
         return DEFERRED
 
     def _method(self, mb: ActorMailbox, call: Call) -> Any:
@@ -409,13 +417,17 @@ class WorkerRuntime(CoreRuntime):
         TE.call_running(call, mb.actor_id)  # observability hook
         try:
             method = self._method(mb, call)
-            try:
-                args, kwargs, reg = decode_args(self, call.payload, call.resolved)
-            except ObjectLostError as e:  # its node died: got back in place (_arg_recovery)
-                if type(e) is not ObjectLostError:
-                    raise
-                args, kwargs, reg = self._recovered_args(call)
-            value = method(*args, **kwargs)
+            if call.payload or call.resolved:
+                try:
+                    args, kwargs, reg = decode_args(self, call.payload, call.resolved)
+                except ObjectLostError as e:  # its node died: got back in place (_arg_recovery)
+                    if type(e) is not ObjectLostError:
+                        raise
+                    args, kwargs, reg = self._recovered_args(call)
+                value = method(*args, **kwargs)
+            else:  # no arguments
+                reg = None
+                value = method()
             if call.stream:
                 value = self.producers.drive_sync(call, value, mb.actor_id)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
@@ -429,38 +441,52 @@ class WorkerRuntime(CoreRuntime):
         self._reply(call, results, reg, waits)
 
     async def run_actor_call_async(self, mb: ActorMailbox, call: Call) -> None:
-        token = current_task.set(TaskContext(mb.class_name, call.task_id, mb.actor_id))
-        TE.call_running(call, mb.actor_id)  # observability hook
+        """Run an async actor call on the loop (its task, :meth:`ActorMailbox._start_async`);
+        its slot in the mailbox is freed at the end, here: no done callback per call."""
         try:
-            method = self._method(mb, call)
-            args, kwargs, reg = await self._actor_args(mb, call)
-            if call.stream:
-                value = await self.producers.drive_async(call, method(*args, **kwargs), mb.actor_id)
-            else:
-                value = await method(*args, **kwargs)
-            results, waits = await encode_results_async(
-                self, value, call.return_ids, call.owner, call.name
-            )
-        except asyncio.CancelledError:
-            if call.stream and mb.dead is not None:  # stopped by its actor's drop: retried
-                self._stream_gone(call, ActorDiedError(f"actor {mb.class_name} is gone: {mb.dead}"))
-                return
-            err = TaskCancelledError(f"call {call.method}() was cancelled")
-            results, reg, waits = [encode_error(err, call.name)] * len(call.return_ids), None, None
-        except Exception as e:
-            if isinstance(e, ActorDiedError) and call.stream and mb.dead is not None:
-                self._stream_gone(call, e)  # (as above)
-                return
-            results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
+            token = current_task.set(TaskContext(mb.class_name, call.task_id, mb.actor_id))
+            TE.call_running(call, mb.actor_id)  # observability hook
+            try:
+                method = self._method(mb, call)
+                if call.payload or call.resolved or mb.args_ahead is not None:
+                    args, kwargs, reg = await self._actor_args(mb, call)
+                else:  # no arguments, none to wait for
+                    args, kwargs, reg = (), {}, None
+                if call.stream:
+                    gen = method(*args, **kwargs)
+                    value = await self.producers.drive_async(call, gen, mb.actor_id)
+                else:
+                    value = await method(*args, **kwargs)
+                results, to_store, waits = encode_values(
+                    self, value, call.return_ids, call.owner, call.name
+                )
+                if to_store:
+                    await store_results(self, results, to_store, call.return_ids, call.owner)
+            except asyncio.CancelledError:
+                if call.stream and mb.dead is not None:  # stopped by its actor's drop: retried
+                    self._stream_gone(
+                        call, ActorDiedError(f"actor {mb.class_name} is gone: {mb.dead}")
+                    )
+                    return
+                err = TaskCancelledError(f"call {call.method}() was cancelled")
+                results, reg, waits = _failed(call, err)
+            except Exception as e:
+                if isinstance(e, ActorDiedError) and call.stream and mb.dead is not None:
+                    self._stream_gone(call, e)  # (as above)
+                    return
+                results, reg, waits = _failed(call, e)
+            finally:
+                current_task.reset(token)
+            if reg is not None or waits:
+                await self.loop.run_in_executor(None, self._wait_all, reg, waits)
+                reg = waits = None
+            conn = call.peer.conn
+            if conn is not None and conn.congested:  # back-pressure: the caller is not reading
+                await _drain(conn)
+            # the only call of its actor: the reply need not wait for others this turn
+            self._reply(call, results, reg, waits, mb.running == 1 and not mb.queue)
         finally:
-            current_task.reset(token)
-        if reg is not None or waits:
-            await self.loop.run_in_executor(None, self._wait_all, reg, waits)
-            reg = waits = None
-        conn = call.peer.conn
-        if conn is not None and conn.congested:  # back-pressure: the caller is not reading
-            await _drain(conn)
-        self._reply(call, results, reg, waits)
+            mb.async_ended(call)
 
     def _recovered_args(self, call: Call) -> tuple[Any, Any, Any]:
         """An actor call's argument was lost with its node: the call keeps its place in
@@ -505,6 +531,11 @@ class WorkerRuntime(CoreRuntime):
             )
             self.producers.actor_gone(mb.actor_id, err)
         return DEFERRED
+
+
+def _failed(call: Call, exc: BaseException) -> tuple[list[Any], None, None]:
+    """The results of a call that raised ``exc`` (no borrows to wait for)."""
+    return [encode_error(exc, call.name)] * len(call.return_ids), None, None
 
 
 def _open_gate(mb: ActorMailbox, gate: asyncio.Future[None]) -> None:

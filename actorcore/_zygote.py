@@ -17,6 +17,7 @@ read at import time are already read when a runtime env sets them.
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import os
 import select
@@ -117,6 +118,10 @@ def zygote_main(sock: socket.socket, boot: dict[str, Any], daemon_pid: int) -> N
     from ._task_events import set_process_title
 
     set_process_title("forkserver")  # observability hook
+    # What is here now lives as long as every worker: the cyclic GC of a worker
+    # need not walk it (a full collection of these ~40,000 objects took ~45 ms,
+    # about every 25,000 calls), nor write to its pages (shared with this process).
+    gc.freeze()
     sock.sendall(b"R 0\n")  # ready: forks from here on take milliseconds
     buf = b""
     while True:

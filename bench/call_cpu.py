@@ -60,6 +60,9 @@ def child(seconds: float) -> None:
         def pid(self) -> int:
             return os.getpid()
 
+        def file(self) -> str:
+            return str(ac.__file__)
+
     @ac.remote
     class Async:
         async def small_value(self) -> bytes:
@@ -83,7 +86,7 @@ def child(seconds: float) -> None:
         "asyncactor_sync": (aa, lambda: ac.get(aa.small_value.remote()), 1),
         "asyncio_driver": (aa, lambda: loop.run_until_complete(one_at_a_time()), 100),
     }
-    result: dict[str, Any] = {"file": ac.__file__}
+    result: dict[str, Any] = {"file": ac.__file__, "worker_file": ac.get(a.file.remote())}
     for name, (handle, fn, per) in rows.items():
         fn()
         fn()
@@ -122,14 +125,19 @@ def main() -> None:
     for _ in range(args.rounds):
         for side, path in sides.items():
             env = dict(os.environ, PYTHONPATH=path)
-            # run as a script: its sys.path[0] is bench/, so PYTHONPATH picks actorcore
+            # run as a script: its sys.path[0] is bench/, so PYTHONPATH picks actorcore;
+            # in the checkout's directory: the daemon and the workers it starts
+            # (``python -m``: the working directory comes first) use that one too
             cmd = [sys.executable, os.path.abspath(__file__), "--child"]
             cmd += ["--seconds", str(args.seconds)]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            out = subprocess.run(
+                cmd, env=env, cwd=path, capture_output=True, text=True, timeout=600
+            )
             lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
             if lines:
                 run = json.loads(lines[-1])
                 assert run["file"].startswith(path), (run["file"], path)
+                assert run["worker_file"].startswith(path), (run["worker_file"], path)
                 got[side].append(run)
             else:
                 print(side, "failed:", out.stderr[-500:], file=sys.stderr)

@@ -150,3 +150,26 @@ def test_a_streamed_frame_still_obeys_the_limits():
     d = P.FrameDecoder(1 << 20, 1 << 20)
     with pytest.raises(MessageTooLargeError):
         d.feed(frame[0])
+
+
+def test_frames_with_buffers_fed_in_pieces_of_any_kind_reassemble():
+    """A frame decoded straight from the fed bytes (nothing held back) and one
+    reassembled in the buffer give the same messages; memoryviews of any format work."""
+    import array
+
+    frame = P.encode(P.LogBatchMsg([]), [b"abc" * 50, b"t"])
+    data = (
+        b"".join(frame)
+        + P.encode(P.ReplyMsg(2, [1, b"x"]))
+        + P.encode(P.ActorCallMsg(3, b"a", "m", b"t", b"", [], [b"r"], []))
+    )  # (stream, epoch: the defaults)
+    for cut in range(0, len(data) + 1, 7):
+        d = decoder()
+        out = d.feed(memoryview(data[:cut])) + d.feed(bytearray(data[cut:]))
+        assert [type(m) for m, _ in out] == [P.LogBatchMsg, P.ReplyMsg, P.ActorCallMsg]
+        assert out[0][1] == [b"abc" * 50, b"t"] and out[1][1] == []
+        assert out[2][0].epoch == -1 and out[2][0].stream == 0
+        assert d.pending_bytes() == 0
+    words = array.array("I", data + b"\0" * (-len(data) % 4))
+    out = decoder().feed(memoryview(words)[: len(data) // 4 + 1])
+    assert [type(m) for m, _ in out] == [P.LogBatchMsg, P.ReplyMsg, P.ActorCallMsg]
