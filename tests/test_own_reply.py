@@ -213,7 +213,7 @@ def _watch_queued(rt, oid: bytes) -> bool:
         type(ev).__name__ == "Watch" and any(o == oid for o, _ in ev.refs)
         for ev in list(inbox._events)
     )
-    return queued and not inbox._scheduled and not inbox._draining
+    return queued and not inbox._scheduled and not inbox.draining
 
 
 def _watch_registered(rt, oid: bytes) -> bool:
