@@ -20,6 +20,10 @@ an actor that dies meanwhile loses the call like any other, and its next
 incarnation gets the argument back the same way. An actor's ``__init__``
 (run again on another node after its node died) gets its arguments the same way.
 
+A cancel of the call (``ac.cancel``) ends the recovery where it waits (for a
+copy, the owner's answer, or between asks) and the call with
+``TaskCancelledError``; its method does not run (:func:`cancel_recovery`).
+
 The calls of an ``async`` actor start in call order too: one whose arguments
 are still being copied (or got back) holds those behind it (``_worker``).
 
@@ -29,6 +33,7 @@ sockets; :func:`recover_sources` carries it out on an executor thread.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import time
@@ -40,14 +45,28 @@ from ._locations import arg_sources, ensure_local
 from ._refcount import ERROR, STORE
 from ._rpc import error_from_reply, next_rid
 from ._serialization import load_error
-from .errors import ObjectLostError, ObjectReconstructionFailedError, OwnerDiedError
+from .errors import (
+    ObjectLostError,
+    ObjectReconstructionFailedError,
+    OwnerDiedError,
+    TaskCancelledError,
+)
 
 if TYPE_CHECKING:
     from ._runtime import CoreRuntime
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Again", "GiveUp", "Pull", "UseValue", "judge", "recover_sources", "stale_limit_s"]
+__all__ = [
+    "Again",
+    "GiveUp",
+    "Pull",
+    "UseValue",
+    "cancel_recovery",
+    "judge",
+    "recover_sources",
+    "stale_limit_s",
+]
 
 # The owner answers with the dead holders until it learns of the death (within a
 # node TTL, after its daemon's etcd watch); asked again this often, for this long.
@@ -56,6 +75,42 @@ PAUSE_S = 0.25
 # taken as lost (a rebuild runs the task again, which may wait for resources).
 ANSWER_WAIT_S = 300.0
 MAX_ASKS = 400  # a bound whatever the owner answers
+_EARLY_CANCELS = 256  # cancels kept for calls that may be about to start a recovery
+
+Cancel = concurrent.futures.Future  # done once the call is cancelled
+
+# the calls of this process getting arguments back (task id -> its Cancel), and the
+# last cancels of running calls that were not (yet) doing so: a call that starts a
+# recovery after its cancel came (while its first copy failed) stops at once
+_recovering: dict[bytes, Cancel[None]] = {}
+_early: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+
+
+def cancel_recovery(task_id: bytes) -> bool:
+    """A cancel of call ``task_id`` came (any thread): if it is getting its arguments
+    back, it stops waiting and fails with ``TaskCancelledError``; True if it was."""
+    cancel = _recovering.get(task_id)
+    if cancel is None:
+        _early[task_id] = None
+        while len(_early) > _EARLY_CANCELS:
+            _early.popitem(last=False)
+        return False
+    _set(cancel)
+    return True
+
+
+def _set(cancel: Cancel[None]) -> None:
+    try:
+        cancel.set_result(None)
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled twice
+
+
+def _check(cancel: Cancel[None]) -> None:
+    if cancel.done():
+        err = TaskCancelledError("the call was cancelled while its arguments were got back")
+        err._actorcore_system = True  # type: ignore[attr-defined]  # (see encode_error)
+        raise err
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +204,7 @@ def recover_sources(
     rt: CoreRuntime,
     payload: Any,
     resolved: list[Any],
+    task_id: bytes | None = None,
 ) -> tuple[Any, list[Any]]:
     """Make every store argument of a call local, asking owners for lost ones.
 
@@ -159,15 +215,27 @@ def recover_sources(
     Raises:
         ObjectLostError: (or a subclass) an argument cannot be had; the call's
             result is this error itself, not one of its method's.
+        TaskCancelledError: call ``task_id`` was cancelled meanwhile
+            (:func:`cancel_recovery`).
     """
+    cancel: Cancel[None] = Cancel()
+    if task_id is not None:
+        _recovering[task_id] = cancel
+        if _early.pop(task_id, False) is None:  # (cancelled while its first copy failed)
+            _set(cancel)
     try:
-        return _recover_sources(rt, payload, resolved)
+        return _recover_sources(rt, payload, resolved, cancel)
     except ObjectLostError as e:
         e._actorcore_system = True  # type: ignore[attr-defined]  # (see encode_error)
         raise
+    finally:
+        if task_id is not None:
+            _recovering.pop(task_id, None)
 
 
-def _recover_sources(rt: CoreRuntime, payload: Any, resolved: list[Any]) -> tuple[Any, list[Any]]:
+def _recover_sources(
+    rt: CoreRuntime, payload: Any, resolved: list[Any], cancel: Cancel[None]
+) -> tuple[Any, list[Any]]:
     resolved = [list(r) for r in resolved]
     by_oid: dict[bytes, list[Any]] = {}
     for r in resolved:
@@ -181,7 +249,7 @@ def _recover_sources(rt: CoreRuntime, payload: Any, resolved: list[Any]) -> tupl
         if oid in seen:  # (the same ref passed twice)
             continue
         seen.add(oid)
-        got = _recover_one(rt, oid, holders, owner, limit)
+        got = _recover_one(rt, oid, holders, owner, limit, cancel)
         if isinstance(got, UseValue):
             for r in by_oid.get(oid, ()):
                 r[1:] = [got.kind, got.data, oid]
@@ -200,13 +268,16 @@ def _recover_one(
     holders: Any,
     owner: Any,
     limit_s: float,
+    cancel: Cancel[None],
 ) -> frozenset[bytes] | UseValue | None:
     """Copy ``oid`` here; the holders it was copied from (or the owner's inline value)."""
     hs = frozenset(bytes(h) for h in holders) if holders is not None else None
     stale_since: float | None = None
     for _ in range(MAX_ASKS):
+        _check(cancel)
         try:
-            ensure_local(rt, oid, hs, owner)
+            ensure_local(rt, oid, hs, owner, cancel)
+            _check(cancel)  # (it stopped waiting for the pull)
             return hs
         except ObjectLostError as e:
             if type(e) is not ObjectLostError or owner is None or bytes(owner[0]) == rt.my_id:
@@ -216,7 +287,9 @@ def _recover_one(
             logger.info(
                 "argument %s could not be copied here (%s): asking its owner", oid.hex(), failed
             )
-        step = judge(oid, owner, _ask_owner(rt, owner, oid), hs, _stale(stale_since), limit_s)
+        answer = _ask_owner(rt, owner, oid, cancel)
+        _check(cancel)
+        step = judge(oid, owner, answer, hs, _stale(stale_since), limit_s)
         if isinstance(step, GiveUp):
             raise step.error from failed
         if isinstance(step, UseValue):
@@ -226,7 +299,8 @@ def _recover_one(
             continue
         if stale_since is None:
             stale_since = time.monotonic()
-        time.sleep(PAUSE_S)  # backoff between asks: the owner learns of the death within a TTL
+        # backoff between asks: the owner learns of the death within a TTL
+        concurrent.futures.wait([cancel], PAUSE_S)
     raise ObjectLostError(f"object {oid.hex()}: asked its owner {MAX_ASKS} times, still no copy")
 
 
@@ -234,9 +308,10 @@ def _stale(since: float | None) -> float:
     return 0.0 if since is None else time.monotonic() - since
 
 
-def _ask_owner(rt: CoreRuntime, owner: Any, oid: bytes) -> Any:
+def _ask_owner(rt: CoreRuntime, owner: Any, oid: bytes, cancel: Cancel[None]) -> Any:
     """The owner's answer to GET_OBJECT ``oid``: ``[kind, data, nested, locations]`` or an
-    exception (blocking; it comes once the object is ready, e.g. rebuilt)."""
+    exception (blocking; it comes once the object is ready, e.g. rebuilt), or None
+    once ``cancel`` is done (the answer is then dropped when it comes)."""
     fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def answered(reply: Any) -> None:
@@ -255,9 +330,11 @@ def _ask_owner(rt: CoreRuntime, owner: Any, oid: bytes) -> Any:
             answered(e)
 
     rt.call_soon(rt.with_peer, tuple(owner), send)
-    try:
-        return fut.result(ANSWER_WAIT_S)
-    except concurrent.futures.TimeoutError:
-        return ObjectLostError(
-            f"object {oid.hex()}: its owner did not answer within {ANSWER_WAIT_S:.0f} s"
-        )
+    concurrent.futures.wait([fut, cancel], ANSWER_WAIT_S, concurrent.futures.FIRST_COMPLETED)
+    if fut.done():
+        return fut.result()
+    if cancel.done():
+        return None
+    return ObjectLostError(
+        f"object {oid.hex()}: its owner did not answer within {ANSWER_WAIT_S:.0f} s"
+    )

@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._transport import BROKEN, REPLY_TAGS, Connection
+from ._transport import BROKEN, READ_BACK_S, REPLY_TAGS, Connection
 from .errors import ProtocolError
 
-__all__ = ["LoopClaim", "read_reply"]
+__all__ = ["LoopClaim", "claim_reply", "read_reply"]
 
 _RECV_SIZE = 1 << 18
 POLL_SLICE_S = 0.1  # a caller looks this often whether its reply is still to come here
@@ -128,9 +128,27 @@ class LoopClaim:
     :func:`read_reply`. While the claim holds, the runtime's loop leaves the
     socket to this loop (unless this loop stops running: then it reads again,
     and the claim finds its reply gone within ``POLL_SLICE_S``).
+
+    Once the reply is in, the loop keeps watching the socket for a moment
+    (idle): the next call awaited on this loop (:func:`claim_reply`) takes the
+    claim over without registering the socket with the loop again, and what
+    comes meanwhile is read here and handed on to the runtime's loop. The
+    socket goes back to the runtime's loop at the first look (every
+    ``POLL_SLICE_S``) after ``READ_BACK_S`` with no call awaited here.
     """
 
-    __slots__ = ("conn", "fut", "hand_on", "loop", "others", "rid", "timer", "waiting")
+    __slots__ = (
+        "conn",
+        "fut",
+        "hand_on",
+        "idle_since",
+        "loop",
+        "others",
+        "registered",
+        "rid",
+        "timer",
+        "waiting",
+    )
 
     def __init__(
         self,
@@ -147,41 +165,73 @@ class LoopClaim:
         self.fut: asyncio.Future[Any] = self.loop.create_future()
         self.others = False
         self.timer: asyncio.TimerHandle | None = None
+        self.registered = False  # this loop watches the socket
+        self.idle_since = 0.0  # (loop time) the last reply came: no call awaited since
 
     def live(self) -> bool:
-        """Whether this claim will read what comes (its loop runs); any thread."""
-        return not self.fut.done() and self.loop.is_running()
+        """Whether this claim will read what comes (its loop runs; idle, only for
+        ``READ_BACK_S``: a loop busy with other work must not hold the socket); any thread."""
+        if not self.registered or not self.loop.is_running():
+            return False
+        return not self.fut.done() or self.loop.time() - self.idle_since < READ_BACK_S
+
+    def dead(self) -> bool:
+        """Its loop is closed (and the socket with it no longer watched there)."""
+        return self.loop.is_closed()
+
+    def _take(self, fut: asyncio.Future[Any]) -> bool:
+        """Claim the reply to ``self.rid`` with ``fut`` if it is still to come and this
+        loop may read it. Under the lock: the runtime's loop reads before (the reply is
+        gone then) or after (it sees the claim live and steps aside), never between."""
+        conn = self.conn
+        if not conn.readable_off_loop or not conn.read_lock.acquire(False):
+            return False
+        try:
+            if conn.rid_gone(self.rid) or not self.waiting():
+                return False
+            if conn.claim is not None and conn.claim is not self:
+                return False
+            self.fut = fut
+            self.others = False
+            conn.claim = self
+            self.registered = True  # (live from now on: its loop watches it at once)
+            conn.caller_reads += 1
+            return True
+        finally:
+            conn.read_lock.release()
 
     def start(self) -> bool:
         """Take the socket over for this loop; False when that cannot be now."""
-        conn = self.conn
-        if not conn.readable_off_loop or conn.claim is not None:
+        if self.conn.claim is not None or not self._take(self.fut):
             return False
-        if not conn.read_lock.acquire(False):
-            return False
-        try:  # (under the lock: the runtime's loop reads before or after, never during)
-            if conn.rid_gone(self.rid) or not self.waiting():
-                return False
-            conn.claim = self
-            conn.caller_reads += 1
-        finally:
-            conn.read_lock.release()
-        self.loop.add_reader(conn.fd, self._readable)
+        self.loop.add_reader(self.conn.fd, self._readable)
         self.timer = self.loop.call_later(POLL_SLICE_S, self._check)
         return True
+
+    def again(self, rid: int, waiting: Callable[[], bool], hand_on: Callable[[], None]) -> bool:
+        """Take an idle claim over for the next reply (the socket stays registered)."""
+        if not self.fut.done() or not self.registered:
+            return False
+        self.rid, self.waiting, self.hand_on = rid, waiting, hand_on
+        return self._take(self.loop.create_future())
 
     async def wait(self) -> tuple[Any, bool]:
         try:
             return await self.fut
-        finally:
+        except BaseException:  # cancelled: the socket goes back now
             self.stop()
+            raise
 
     def stop(self) -> None:
         """Give the socket back (idempotent; on this claim's loop)."""
         conn = self.conn
+        if not self.fut.done():
+            self.fut.set_result((None, self.others))
+        if self.registered:
+            self.registered = False
+            self.loop.remove_reader(conn.fd)
         if conn.claim is self:
             conn.claim = None
-            self.loop.remove_reader(conn.fd)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -190,24 +240,30 @@ class LoopClaim:
     def _finish(self, reply: Any) -> None:
         if not self.fut.done():
             self.fut.set_result((reply, self.others))
-        self.stop()
+        self.idle_since = self.loop.time()
+        if reply is None:  # (the connection ended, or the reply went elsewhere)
+            self.stop()
 
     def _readable(self) -> None:
         conn = self.conn
-        if self.fut.done():
-            return
+        idle = self.fut.done()
         if not conn.read_lock.acquire(False):
+            if idle:  # the lock's holder reads it: do not spin on a readable socket
+                self.stop()
             return  # the runtime's loop or a thread reads now: this fires again if need be
         try:
             conn.caller_reads += 1
             if not conn.readable_off_loop:
                 reply, ended = None, True
-            else:
-                reply, more, ended = _read_some(conn, self.rid, self.hand_on)
+            else:  # (idle: no reply is wanted; every frame is handed on)
+                reply, more, ended = _read_some(conn, -1 if idle else self.rid, self.hand_on)
                 self.others = self.others or more
         finally:
             conn.read_lock.release()
-        if reply is not None or ended:
+        if idle:
+            if ended:
+                self.stop()
+        elif reply is not None or ended:
             self._finish(reply)
 
     def wake(self) -> None:
@@ -219,9 +275,27 @@ class LoopClaim:
 
     def _check(self) -> None:
         self.timer = None
-        if self.fut.done():
+        if not self.registered:
             return
-        if not self.conn.readable_off_loop or not self.waiting():
+        if self.fut.done():  # idle: the socket goes back unless a call came meanwhile
+            if not self.conn.readable_off_loop or self.loop.time() - self.idle_since >= READ_BACK_S:
+                self.stop()
+                return
+        elif not self.conn.readable_off_loop or not self.waiting():
             self._finish(None)
-        else:
-            self.timer = self.loop.call_later(POLL_SLICE_S, self._check)
+            return
+        self.timer = self.loop.call_later(POLL_SLICE_S, self._check)
+
+
+def claim_reply(
+    conn: Connection, rid: int, waiting: Callable[[], bool], hand_on: Callable[[], None]
+) -> LoopClaim | None:
+    """A claim of ``conn`` for the reply to ``rid`` by the running loop, or None (the
+    caller then waits the usual way): this loop's idle claim taken over, or a new one."""
+    c = conn.claim
+    if c is not None and c.loop is asyncio.get_running_loop():
+        return c if c.again(rid, waiting, hand_on) else None
+    if c is not None and c.dead():
+        conn.claim = None  # (left by a loop closed while idle)
+    claim = LoopClaim(conn, rid, waiting, hand_on)
+    return claim if claim.start() else None

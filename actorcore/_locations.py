@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ from .errors import ObjectLostError
 
 if TYPE_CHECKING:
     from ._runtime import CoreRuntime
+
+PULL_WAIT_S = 300.0  # (as the blocking store connection's timeout)
 
 __all__ = [
     "arg_sources",
@@ -132,13 +135,23 @@ def _request(rt: CoreRuntime, msg: Any, fut: concurrent.futures.Future[Any]) -> 
 
 
 def ensure_local(
-    rt: CoreRuntime, oid: bytes, holders: Iterable[bytes] | None, owner: Any = None
+    rt: CoreRuntime,
+    oid: bytes,
+    holders: Iterable[bytes] | None,
+    owner: Any = None,
+    cancel: concurrent.futures.Future[None] | None = None,
 ) -> None:
     """Make sure this node's store has ``oid`` (blocking; any thread but the runtime's loop).
 
     Args:
         holders: node ids known to hold a copy (None: unknown, every peer is asked).
         owner: the owner's address, told of the new copy (None: not known).
+        cancel: once done, stop waiting (the pull goes on; its copy is reported).
+
+    A pull may take long: on the main thread (a driver's, where Ctrl-C lands)
+    it goes through the runtime's loop, so that an interrupt stops the wait but
+    never lands half way through the blocking store connection's read (which
+    would leave it out of step) and the copy is still reported.
 
     Raises:
         ObjectLostError: no node could provide it.
@@ -149,7 +162,52 @@ def ensure_local(
     hs = [bytes(h) for h in holders] if holders is not None else []
     if here in hs:
         return
-    reply = rt.store.conn.call(P.PullObjectMsg(next_rid(), oid, hs, _owner_id(rt, owner)))
+    msg = P.PullObjectMsg(next_rid(), oid, hs, _owner_id(rt, owner))
+    if cancel is not None or threading.current_thread() is threading.main_thread():
+        _pull_unless(rt, msg, owner, cancel)
+        return
+    reply = rt.store.conn.call(msg)
+    _pulled(rt, oid, owner, reply)
+
+
+def _pull_unless(
+    rt: CoreRuntime, msg: Any, owner: Any, cancel: concurrent.futures.Future[None] | None
+) -> None:
+    """:func:`ensure_local`'s pull through the runtime's loop, until ``cancel`` is done
+    (or an interrupt: a KeyboardInterrupt raised in the wait)."""
+    if rt.closing or rt.loop.is_closed():
+        raise ObjectLostError(f"object {msg.oid.hex()} cannot be copied here: shutting down")
+    fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    rt.call_soon(_request, rt, msg, fut)
+    try:
+        waits = [fut] if cancel is None else [fut, cancel]
+        concurrent.futures.wait(waits, PULL_WAIT_S, concurrent.futures.FIRST_COMPLETED)
+    finally:
+        if not fut.done():  # the copy, if it comes, is still reported (never left unknown)
+            fut.add_done_callback(lambda f: _pulled_quietly(rt, msg.oid, owner, f.result()))
+    if not fut.done():
+        if cancel is None or not cancel.done():
+            raise ObjectLostError(
+                f"object {msg.oid.hex()}: no answer to its pull in {PULL_WAIT_S:.0f} s"
+            )
+        return
+    reply = fut.result()
+    if isinstance(reply, BaseException):
+        raise ObjectLostError(f"object {msg.oid.hex()} could not be copied here: {reply}")
+    _pulled(rt, msg.oid, owner, reply)
+
+
+def _pulled_quietly(rt: CoreRuntime, oid: bytes, owner: Any, reply: Any) -> None:
+    if isinstance(reply, BaseException):
+        return  # (the daemon is gone: nothing was copied)
+    try:
+        _pulled(rt, oid, owner, reply)
+    except ObjectLostError:
+        pass  # (nothing was copied: nobody waits for it any more)
+
+
+def _pulled(rt: CoreRuntime, oid: bytes, owner: Any, reply: Any) -> None:
+    """Carry out the daemon's answer to a pull of ``oid`` (raises if it failed)."""
     if reply.TAG == P.Tag.ERROR_REPLY:
         raise ObjectLostError(
             f"object {oid.hex()} could not be copied to this node: {reply.message}"

@@ -684,13 +684,19 @@ class GeneratorItemMsg(NamedTuple):
 
     The stream is named by the call's end ref. ``items`` holds ``[oid, result]``
     each, ``result`` being ``[kind, data, nested]`` like a task result;
-    ``node_id`` is the producer's node (where store items are).
+    ``node_id`` is the producer's node (where store items are). ``rid`` names
+    the attempt (the rid of the call's send: a retry is sent with a newer one);
+    ``DROPPED_ATTEMPT`` marks items made after the actor was dropped.
     """
 
     stream_id: bytes
     start: int
     items: list[Any]
     node_id: bytes | None = None
+    rid: int = 0
+
+
+DROPPED_ATTEMPT = -1  # GeneratorItemMsg.rid of items nobody may read (a dropped actor's)
 
 
 @message(Tag.ITEMS_ACK)

@@ -33,7 +33,7 @@ from ._ref import ObjectRef
 from ._refcount import ERROR, INLINE, STORE, FreeStore
 from ._rpc import DEFERRED, RpcPeer, Service, error_from_reply, handles
 from ._serialization import serialize
-from ._store_client import StoreClient
+from ._store_client import StoreClient, allow_interrupts, defer_interrupts
 from ._sync_client import SyncClient
 from ._tls import TlsContexts
 from ._transport import Listener, best_address, open_connection
@@ -546,15 +546,24 @@ class CoreRuntime(OwnershipMixin, Service):
         oid = new_id()
         if background and ser.size > self.config.inline_threshold:
             return self._put_in_background(oid, ser)
-        if ser.size > self.config.inline_threshold:
-            self.store.put(oid, ser, self.my_id)
-            kind, data = STORE, ser.size
-        else:
-            kind, data = INLINE, ser.payload()
         nested = [(r.id, r.owner) for r in ser.nested] if ser.nested else None
-        here = self.node.node_id if kind == STORE else None
-        self.objects.post(OE.ValueOwned(oid, kind, data, nested, here))
-        return ObjectRef(oid, self.address, _counted=True)
+        if ser.size <= self.config.inline_threshold:
+            self.objects.post(OE.ValueOwned(oid, INLINE, ser.payload(), nested, None))
+            return ObjectRef(oid, self.address, _counted=True)
+        held = defer_interrupts()  # sealed and owned (or aborted) before a Ctrl-C lands
+        try:
+            self.store.put(oid, ser, self.my_id)
+            self.objects.post(OE.ValueOwned(oid, STORE, ser.size, nested, self.node.node_id))
+            ref = ObjectRef(oid, self.address, _counted=True)
+        except BaseException:
+            allow_interrupts(held)
+            raise
+        try:
+            allow_interrupts(held)
+        except BaseException:
+            del ref  # (not kept by the traceback: the object is freed)
+            raise
+        return ref
 
     def _put_in_background(self, oid: bytes, ser: Any) -> Any:
         """``put`` on a loop thread, which must not wait on the daemon (it may be

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import signal
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from actorcore.store import Arena, decode_meta, encode_meta, layout
@@ -40,7 +39,7 @@ if TYPE_CHECKING:
     from ._rpc import RpcPeer
     from ._sync_client import SyncClient
 
-__all__ = ["StoreClient", "settle_on"]
+__all__ = ["StoreClient", "allow_interrupts", "defer_interrupts", "settle_on"]
 
 # Writes up to this size are copied on the runtime loop; larger ones on a thread.
 WRITE_ON_LOOP_MAX = 1 << 20
@@ -48,34 +47,65 @@ WRITE_ON_LOOP_MAX = 1 << 20
 Holders = list[Any]  # numpy arrays over the arena (store._arena.Arena.holder)
 
 
-def _defer_cancel() -> Any:
-    """Hold a task's cancel (a signal to the main thread) from now on; returns
-    what :func:`_allow_cancel` takes (None off the main thread: nothing held).
+_CANCEL = {CANCEL_SIGNAL}
+
+
+class _Held:
+    """What :func:`defer_interrupts` changed, for :func:`allow_interrupts` to undo."""
+
+    __slots__ = ("caught", "handler", "mask")
+
+    def __init__(self) -> None:
+        self.handler: Any = None  # the program's SIGINT handler while ours records
+        self.mask: Any = None
+        self.caught: list[Any] = []  # frames of the Ctrl-Cs held meanwhile
+
+    def record(self, _signum: int, frame: Any) -> None:
+        self.caught.append(frame)
+
+
+def defer_interrupts() -> _Held | None:
+    """Hold a task's cancel (a signal to the main thread) and Ctrl-C from now on;
+    returns what :func:`allow_interrupts` takes (None off the main thread: nothing held).
 
     A store call on the blocking connection pins or allocates on the daemon's
-    side: a cancel raised while it waits for the reply would lose the reply
+    side: an interrupt raised while it waits for the reply would lose the reply
     (and with it the pin's release, or the new range's abort) for as long as
-    the process lives. The signal stays pending meanwhile and lands as soon as
-    it is allowed again, once the holder's finalizer (or the abort) is in place.
+    the process lives, or land half way through a frame read. The cancel signal
+    stays pending meanwhile and a Ctrl-C is recorded by a stand-in handler; both
+    land as soon as they are allowed again, once the holder's finalizer (or the
+    abort) is in place.
     """
     if threading.get_ident() != threading.main_thread().ident:
         return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {CANCEL_SIGNAL})
-
-
-def _allow_cancel(old: Any) -> None:
-    if old is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-@contextlib.contextmanager
-def _cancel_deferred() -> Iterator[None]:
-    """:func:`_defer_cancel` for a block."""
-    old = _defer_cancel()
+    held = _Held()
+    handler = signal.getsignal(signal.SIGINT)
     try:
-        yield
+        if callable(handler):
+            held.handler = handler  # (first: the except below puts it back)
+            signal.signal(signal.SIGINT, held.record)
+        held.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _CANCEL)
+    except BaseException:  # a cancel that arrived just before: nothing stays held
+        held.mask = held.mask or ()
+        allow_interrupts(held)
+        raise
+    return held
+
+
+def allow_interrupts(held: _Held | None) -> None:
+    """Undo :func:`defer_interrupts`: a cancel or a Ctrl-C held meanwhile lands here."""
+    if held is None:
+        return
+    try:
+        if CANCEL_SIGNAL not in (held.mask or ()):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _CANCEL)
     finally:
-        _allow_cancel(old)
+        try:
+            if held.handler is not None:
+                signal.signal(signal.SIGINT, held.handler)
+        finally:
+            if held.caught and held.handler is not None:
+                held.handler(signal.SIGINT, held.caught[0])
 
 
 def settle_on(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any) -> None:
@@ -143,7 +173,8 @@ class StoreClient:
         """
         raws = [b.raw() for b in ser.buffers]
         total, spans = layout(len(ser.stream), [r.nbytes for r in raws])
-        held = _defer_cancel()  # a range handed out is always sealed or aborted
+        held = defer_interrupts()  # a range handed out is always sealed or aborted
+        offset = None
         try:
             reply = self.conn.call(
                 P.CreateObjectMsg(next_rid(), oid, total, [owner_id]), self._unpins()
@@ -151,16 +182,20 @@ class StoreClient:
             if reply.TAG == P.Tag.ERROR_REPLY:
                 raise error_from_reply(reply)
             offset = reply.value
-            try:
-                _allow_cancel(held)  # a cancel held meanwhile lands here: aborted
-                held = None
-                self.arena.write(offset, ser.stream, raws, spans)
-            except BaseException:
+            allow, held = held, None
+            allow_interrupts(allow)  # a cancel or Ctrl-C held meanwhile lands here: aborted
+            self.arena.write(offset, ser.stream, raws, spans)
+            held = defer_interrupts()
+            self.conn.send(P.SealObjectMsg(0, oid, encode_meta(len(ser.stream), spans)))
+            offset = None
+        except BaseException:
+            if offset is not None:
+                if held is None:
+                    held = defer_interrupts()
                 self.conn.send(P.AbortObjectMsg(oid))
-                raise
+            raise
         finally:
-            _allow_cancel(held)
-        self.conn.send(P.SealObjectMsg(0, oid, encode_meta(len(ser.stream), spans)))
+            allow_interrupts(held)
         return total
 
     def _holder(self, oid: bytes) -> tuple[np.ndarray, tuple[int, list[list[int]]]]:
@@ -171,9 +206,18 @@ class StoreClient:
                 if oid in self._cache:
                     self._touch(oid)
                 return holder, meta
-        with _cancel_deferred():  # the pin's release is in place before a cancel lands
+        held = defer_interrupts()  # the pin's release is in place before a cancel lands
+        try:
             reply = self.conn.call(P.OpenObjectsMsg(next_rid(), [oid]), self._unpins())
             holder = self._opened([oid], reply)[0]
+        except BaseException:
+            allow_interrupts(held)
+            raise
+        try:
+            allow_interrupts(held)  # a cancel or Ctrl-C held meanwhile lands here
+        except BaseException:
+            del holder  # (not kept alive by the traceback: its pin goes now)
+            raise
         return holder, self._meta[id(holder)]
 
     def _cached(self, oid: bytes) -> np.ndarray | None:

@@ -16,6 +16,14 @@ producer waits for acks, and at the end, before the reply. One small lock per
 producer orders the flushes of the loop and of the producer's thread; nothing
 is called under it but the connection's non-blocking ``send``.
 
+A call retried on a new incarnation of its actor may come back to this worker
+(the actor restarted here) under the same stream id: each message names its
+attempt (the call's rid), the owner drops what an older attempt sends late,
+and an actor dropped from this worker sends its items marked as nobody's
+(:data:`~actorcore._protocol.DROPPED_ATTEMPT`; the owner frees them). Its call
+answers that the actor is gone, so the owner retries it as the call's
+``max_task_retries`` allows.
+
 Back-pressure: with ``backpressure=N`` the producer waits before making item
 ``i`` while ``i - acked >= N`` (``acked`` is what the owner last said the
 consumer took, ITEMS_ACK). A cancel wakes a waiting producer and stops it at
@@ -123,11 +131,18 @@ class Producers:
 
     def _open(self, call: Call, actor_id: bytes | None) -> Producer:
         p = Producer(call, call.stream - 1, actor_id)
-        self.by_stream[call.return_ids[0]] = p
+        sid = call.return_ids[0]
+        old = self.by_stream.get(sid)
+        if old is not None:  # an earlier attempt of the same call: it stops
+            old.cancelled = True
+            old.wake()
+        self.by_stream[sid] = p
         return p
 
-    def _close(self, call: Call) -> None:
-        self.by_stream.pop(call.return_ids[0], None)
+    def _close(self, p: Producer) -> None:
+        sid = p.call.return_ids[0]
+        if self.by_stream.get(sid) is p:  # (not a later attempt's, under the same id)
+            del self.by_stream[sid]
 
     # --- sync generators (on an executor thread) -------------------------------------------
 
@@ -153,7 +168,7 @@ class Producers:
                 i += 1
         finally:
             self._flush(p)
-            self._close(call)
+            self._close(p)
             _close_quietly(gen)
 
     def _wait_sync(self, p: Producer, i: int) -> None:
@@ -215,7 +230,8 @@ class Producers:
         try:
             if conn is None:
                 raise ConnectionError("no connection")
-            msg = P.GeneratorItemMsg(call.return_ids[0], index, items, self.rt.node.node_id)
+            rid = call.rid if p.error is None else P.DROPPED_ATTEMPT  # (its actor was dropped)
+            msg = P.GeneratorItemMsg(call.return_ids[0], index, items, self.rt.node.node_id, rid)
             if time.monotonic() >= self.vouch.until:  # (else the process ends there)
                 self.vouch.wait_renewed(self.rt.config.node_ttl_s)
             conn.send(msg)
@@ -248,7 +264,7 @@ class Producers:
                 i += 1
         finally:
             self._flush(p)
-            self._close(call)
+            self._close(p)
             await _aclose_quietly(agen)
 
     async def _encode_async(self, call: Call, value: Any) -> list[Any]:

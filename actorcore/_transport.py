@@ -489,6 +489,8 @@ class Connection(LendableReading):
     def _maybe_read_again(self) -> None:
         if not self._reader_paused or self.closed or not self._sock_open:
             return
+        if self.claim is not None and self.claim.dead():
+            self.claim = None  # (left by a caller's loop closed while idle)
         claimed = self.claim is not None and self.claim.live()
         if self.caller_reads != self._seen_reads or self.caller_reading or claimed:
             self._seen_reads = self.caller_reads

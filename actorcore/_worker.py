@@ -22,7 +22,7 @@ from typing import Any
 from . import _global as G
 from . import _protocol as P
 from . import _task_events as TE
-from ._arg_recovery import recover_sources
+from ._arg_recovery import cancel_recovery, recover_sources
 from ._config import Config
 from ._execution import (
     ExecPool,
@@ -275,13 +275,25 @@ class WorkerRuntime(CoreRuntime):
         self._reply(call, [encode_error(exc, call.name)] * len(call.return_ids), None, None)
 
     def reply_died(self, call: Call, mb: ActorMailbox, reason: str) -> None:
-        err = ActorDiedError(f"actor {mb.class_name} ({mb.actor_id.hex()}) is gone: {reason}")
+        self.reply_gone(
+            call, ActorDiedError(f"actor {mb.class_name} ({mb.actor_id.hex()}) is gone: {reason}")
+        )
+
+    def reply_gone(self, call: Call, err: ActorDiedError) -> None:
+        """The call's actor was dropped from this worker: the owner retries the call on
+        its next incarnation, as ``max_task_retries`` allows (or fails it with ``err``)."""
         conn = call.peer.conn
         if conn is not None and not conn.closed:
             try:
                 conn.send(error_reply(call.rid, err))
             except ConnectionError:
                 pass
+
+    def _stream_gone(self, call: Call, err: ActorDiedError) -> None:
+        """A streaming call stopped because its actor was dropped (``on_drop_actor``)."""
+        TE.call_done(call, [encode_error(err, call.name)] * len(call.return_ids))
+        call.lend_reading = False  # (nothing lent: the loop reads on)
+        self.reply_gone(call, err)
 
     @handles(P.Tag.STEAL_TASKS)
     def on_steal_tasks(self, peer: RpcPeer, msg: P.StealTasksMsg, _bufs: list[bytes]) -> Any:
@@ -295,6 +307,7 @@ class WorkerRuntime(CoreRuntime):
         if msg.recursive:  # first, while the cancelled task cannot submit more
             self.submitter.cancel_children(msg.task_id, msg.force)
         self.producers.cancel(msg.task_id)  # a streaming call stops at its next item
+        cancel_recovery(msg.task_id)  # an actor call getting back a lost argument stops
         if not self.tasks.cancel(msg.task_id, msg.force):
             for mb in list(self.mailboxes.values()):
                 if mb.cancel(msg.task_id):
@@ -421,6 +434,9 @@ class WorkerRuntime(CoreRuntime):
                 value = self.producers.drive_sync(call, value, mb.actor_id)
             results, waits = encode_results(self, value, call.return_ids, call.owner, call.name)
         except BaseException as e:
+            if isinstance(e, ActorDiedError) and call.stream and mb.dead is not None:
+                self._stream_gone(call, e)  # stopped by its actor's drop: retried
+                return
             results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
         finally:
             current_task.reset(token)
@@ -455,9 +471,17 @@ class WorkerRuntime(CoreRuntime):
                 if to_store:
                     await store_results(self, results, to_store, call.return_ids, call.owner)
             except asyncio.CancelledError:
+                if call.stream and mb.dead is not None:  # stopped by its actor's drop: retried
+                    self._stream_gone(
+                        call, ActorDiedError(f"actor {mb.class_name} is gone: {mb.dead}")
+                    )
+                    return
                 err = TaskCancelledError(f"call {call.method}() was cancelled")
                 results, reg, waits = _failed(call, err)
             except Exception as e:
+                if isinstance(e, ActorDiedError) and call.stream and mb.dead is not None:
+                    self._stream_gone(call, e)  # (as above)
+                    return
                 results, reg, waits = _failed(call, e)
             finally:
                 current_task.reset(token)
@@ -475,7 +499,7 @@ class WorkerRuntime(CoreRuntime):
     def _recovered_args(self, call: Call) -> tuple[Any, Any, Any]:
         """An actor call's argument was lost with its node: the call keeps its place in
         the mailbox while the argument's owner rebuilds it (or says why it cannot)."""
-        payload, resolved = recover_sources(self, call.payload, call.resolved)
+        payload, resolved = recover_sources(self, call.payload, call.resolved, call.task_id)
         return decode_args(self, payload, resolved)
 
     async def _actor_args(self, mb: ActorMailbox, call: Call) -> tuple[Any, Any, Any]:
@@ -492,7 +516,7 @@ class WorkerRuntime(CoreRuntime):
                 if type(e) is not ObjectLostError:
                     raise
                 payload, resolved = await self.loop.run_in_executor(
-                    None, recover_sources, self, call.payload, call.resolved
+                    None, recover_sources, self, call.payload, call.resolved, call.task_id
                 )
                 out = await decode_args_async(self, payload, resolved)
             if ahead is not None:

@@ -84,12 +84,12 @@ class Script:
             config=types.SimpleNamespace(node_ttl_s=1.0), my_id=b"me" * 8
         )
 
-    def ensure_local(self, _rt, oid, holders, owner):
+    def ensure_local(self, _rt, oid, holders, owner, _cancel=None):
         self.pulls.append(None if holders is None else frozenset(holders))
         if holders is None or not set(holders) & self.good:
             raise ObjectLostError(f"object {oid.hex()} could not be copied to this node")
 
-    def ask(self, _rt, owner, oid):
+    def ask(self, _rt, owner, oid, _cancel):
         self.asks += 1
         return self.answers.pop(0)
 
@@ -240,3 +240,139 @@ def test_the_same_argument_twice_is_got_back_once(script):
     twice = [[0, STORE, 10, OID, [B], list(OWNER)], [1, STORE, 10, OID, [B], list(OWNER)]]
     _payload, resolved = R.recover_sources(s.rt, b"", twice)
     assert [r[4] for r in resolved] == [[C], [C]] and s.asks == 1
+
+
+class SilentOwner:
+    """An owner that never answers (it waits for a rebuild that takes long)."""
+
+    def __init__(self):
+        self.asked = 0
+        self.rt = types.SimpleNamespace(
+            config=types.SimpleNamespace(node_ttl_s=1.0),
+            my_id=b"me" * 8,
+            call_soon=self.call_soon,
+            with_peer=None,
+        )
+
+    def call_soon(self, *_a):
+        self.asked += 1
+
+
+def _never_local(_rt, oid, _holders, _owner, _cancel=None):
+    raise ObjectLostError(f"object {oid.hex()} could not be copied to this node")
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["while-asking", "before-the-first-ask"])
+def test_a_cancel_stops_the_recovery_where_it_waits(monkeypatch, early):
+    """Cancelled while it waits for the owner's answer (or before its recovery even
+    started, while its first copy failed): TaskCancelledError at once, marked as the
+    call's own result; nothing of it stays registered."""
+    import threading
+
+    from actorcore.errors import TaskCancelledError
+
+    monkeypatch.setattr(R, "ensure_local", _never_local)
+    owner = SilentOwner()
+    task_id = b"t-early" if early else b"t-asking"
+    if early:
+        assert not R.cancel_recovery(task_id)  # (not recovering yet: kept for a while)
+    out = []
+
+    def run():
+        try:
+            R.recover_sources(owner.rt, b"", _resolved([B]), task_id)
+            out.append("recovered")
+        except TaskCancelledError as e:
+            out.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    if not early:
+        from actorcore.testing import wait_for
+
+        wait_for(lambda: owner.asked == 1, 10, what="the owner asked")
+        assert R.cancel_recovery(task_id)
+    t.join(5)
+    assert not t.is_alive(), "the recovery did not stop"
+    assert len(out) == 1 and isinstance(out[0], TaskCancelledError), out
+    assert out[0]._actorcore_system  # the caller gets TaskCancelledError itself
+    assert task_id not in R._recovering and task_id not in R._early
+
+
+def test_a_cancel_stops_the_wait_for_a_pull_and_its_copy_is_still_reported():
+    """Cancelled while its daemon pulls the argument (from a holder that does not
+    answer): the call stops waiting; a copy that comes later is still reported to
+    the owner (never left unknown in the store)."""
+    import threading
+
+    from actorcore import _protocol as P
+    from actorcore.errors import TaskCancelledError
+    from actorcore.testing import wait_for
+
+    pulls, located = [], []
+    rt = types.SimpleNamespace(
+        config=types.SimpleNamespace(node_ttl_s=1.0),
+        my_id=b"me" * 8,
+        node=types.SimpleNamespace(node_id=b"here" * 4, raw={"cluster": True}),
+        closing=False,
+        loop=types.SimpleNamespace(is_closed=lambda: False),
+        call_soon=lambda fn, *a: pulls.append(a),  # (the daemon never answers here)
+        objects=types.SimpleNamespace(location=lambda *a, **k: located.append(a)),
+    )
+    mine = [[0, STORE, 10, OID, [B], [rt.my_id, "127.0.0.1", 2]]]  # (owned: reported locally)
+    out = []
+
+    def run():
+        try:
+            R.recover_sources(rt, b"", mine, b"t-pull")
+        except TaskCancelledError as e:
+            out.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    wait_for(lambda: pulls, 10, what="the pull asked of the daemon")
+    assert R.cancel_recovery(b"t-pull")
+    t.join(5)
+    assert not t.is_alive() and len(out) == 1
+    _rt, msg, fut = pulls[0]
+    fut.set_result(P.ReplyMsg(msg.rid, True))  # the copy came after all
+    assert located == [(OID, rt.node.node_id)]
+
+
+def test_ctrl_c_in_a_pull_on_the_main_thread_stops_the_wait_and_the_copy_is_reported():
+    """A driver's main thread pulling an object (Ctrl-C lands there): the wait goes
+    through the runtime's loop, so the interrupt never lands half way through the
+    blocking store connection's read; a copy that comes later is still reported."""
+    import signal
+    import threading
+
+    from actorcore import _locations as L
+    from actorcore import _protocol as P
+    from actorcore.testing import wait_for
+
+    pulls, located = [], []
+    rt = types.SimpleNamespace(
+        my_id=b"me" * 8,
+        node=types.SimpleNamespace(node_id=b"here" * 4, raw={"cluster": True}),
+        closing=False,
+        loop=types.SimpleNamespace(is_closed=lambda: False),
+        call_soon=lambda fn, *a: pulls.append(a),
+        objects=types.SimpleNamespace(location=lambda *a, **k: located.append(a)),
+        store=None,  # (the blocking connection is not used)
+    )
+    main = threading.get_ident()
+
+    def interrupt():
+        wait_for(lambda: pulls, 10, what="the pull asked of the daemon")
+        signal.pthread_kill(main, signal.SIGINT)
+
+    t = threading.Thread(target=interrupt)
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            L.ensure_local(rt, OID, [B], [rt.my_id, "127.0.0.1", 2])
+    finally:
+        t.join(10)
+    _rt, msg, fut = pulls[0]
+    fut.set_result(P.ReplyMsg(msg.rid, True))
+    assert located == [(OID, rt.node.node_id)]

@@ -7,20 +7,27 @@ actors with them at once: the owners learn of the death only after the TTL,
 so the actors' workers first fail to copy the arguments, then get them back
 from their owners (rebuilt by lineage) while each call keeps its place in
 its actor's mailbox; an argument that cannot be rebuilt fails its call with
-the error that names why. Two tests, one kill each (a cluster start costs
+the error that names why. Three tests, one kill each (a cluster start costs
 seconds); waits are for states, with deadlines.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
 from cluster_helpers import attached_cluster
 
 import actorcore as ac
-from actorcore.errors import ObjectLostError, ObjectReconstructionFailedError, OwnerDiedError
+from actorcore.errors import (
+    ObjectLostError,
+    ObjectReconstructionFailedError,
+    OwnerDiedError,
+    TaskCancelledError,
+)
+from actorcore.testing import wait_for
 from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(180)]
@@ -204,3 +211,42 @@ def test_actors_restarted_elsewhere_get_arguments_lost_with_their_node(cluster):
     assert total == 4 * N and where == cluster.nodes[2].node_id
     # restarted on C, where __init__ runs again with its argument rebuilt
     assert ac.get(holder.where.remote(), timeout=90) == (2 * N, cluster.nodes[2].node_id)
+
+
+@ac.remote(max_retries=1, num_returns=2)
+def make_slow_rebuild(n: int, ran: str, rebuilding: str, go: str):
+    """Runs once at once; its rebuild waits until the test lets it go."""
+    if os.path.exists(ran):
+        with open(rebuilding, "w"):
+            pass
+        deadline = time.monotonic() + 120
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            time.sleep(0.05)  # (held: the call that needs it waits meanwhile)
+    else:
+        with open(ran, "w"):
+            pass
+    return np.ones(n, dtype=np.uint8), _here()
+
+
+def test_a_call_waiting_for_a_lost_argument_can_be_cancelled(cluster, tmp_path):
+    """A sync actor call whose argument is being rebuilt (its worker waits for the
+    owner's answer) ends with TaskCancelledError on ``ac.cancel``, without running
+    its method; the calls behind it go on."""
+    doomed = cluster.nodes[1]
+    ran, rebuilding, go = (str(tmp_path / n) for n in ("ran", "rebuilding", "go"))
+    x = _made_on(doomed, make_slow_rebuild, N, ran, rebuilding, go)
+    reader = Reader.options(resources={"nc": 0.1}).remote()  # on C
+    assert ac.get(reader.where.remote(), timeout=60) == cluster.nodes[2].node_id
+    cluster.stop_node(doomed, kill=True)
+    ref = reader.total.remote(0, x)
+    after = reader.total.remote(1, None)
+    try:
+        wait_for(lambda: os.path.exists(rebuilding), 60, what="the argument's rebuild runs")
+        ac.cancel(ref)
+        with pytest.raises(TaskCancelledError):
+            ac.get(ref, timeout=15)
+        assert ac.get(after, timeout=30) == -1
+        assert ac.get(reader.order.remote(), timeout=30) == [1]  # 0's method never ran
+    finally:
+        with open(go, "w"):
+            pass

@@ -395,3 +395,104 @@ def test_streaming_declared_in_the_decorators(runtime):
     refs = w.split.options(num_returns=1).remote  # a plain call of a generator method
     with pytest.raises(E.ActorCoreError):
         ac.get(refs("x"))
+
+
+@ac.remote(max_restarts=1, max_task_retries=1)
+class Paced:
+    """Makes item i once the test sends a byte on this attempt's own connection."""
+
+    def __init__(self):
+        import uuid
+
+        self.token = uuid.uuid4().hex[:8]
+
+    def where(self):
+        return os.getpid(), self.token
+
+    def items(self, port, n):
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            s.sendall(self.token.encode())
+            for i in range(n):
+                if s.recv(1) != b"x":
+                    return
+                yield (self.token, i)
+
+
+@ac.remote(max_restarts=1, max_task_retries=1)
+class AsyncPaced:
+    """:class:`Paced` with an async generator."""
+
+    def __init__(self):
+        import uuid
+
+        self.token = uuid.uuid4().hex[:8]
+
+    async def where(self):
+        return os.getpid(), self.token
+
+    async def items(self, port, n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(self.token.encode())
+            for i in range(n):
+                if await reader.read(1) != b"x":
+                    return
+                yield (self.token, i)
+        finally:
+            writer.close()
+
+
+def _restarted(handle) -> bool:
+    """The daemon placed the actor's next incarnation (the old one was dropped first)."""
+    from actorcore.testing import list_state
+
+    aid = handle.id.hex()
+    return any(
+        a["actor_id"] == aid and a["state"] == "ALIVE" and a["restarts"] >= 1
+        for a in list_state("actors")
+    )
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backpressure", [0, 2])
+@pytest.mark.parametrize("cls", [Paced, AsyncPaced], ids=["sync", "async"])
+def test_a_stream_retried_on_a_restart_in_the_same_worker(runtime, backpressure, cls):
+    """A packed actor restarted (``ac.kill(no_restart=False)``) in the same worker
+    gets its streaming call again, on the same connection and under the same
+    stream id. The consumer gets every item once, in order: the first ones from
+    the first incarnation, the rest from the second; nothing the first made
+    after it was dropped; and the retry is told at once how far the consumer got
+    (with back-pressure it would wait forever for an ack otherwise)."""
+    import socket
+    import threading
+
+    n = 8
+    g = cls.options(num_cpus=0).remote()
+    pid, first = ac.get(g.where.remote(), timeout=30)
+    opts = {"generator_backpressure": backpressure} if backpressure else {}
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(30)
+        gen = g.items.options(num_returns="streaming", **opts).remote(srv.getsockname()[1], n)
+        a, _ = srv.accept()
+        with a:
+            assert a.recv(8).decode() == first
+            a.sendall(b"xxx")
+            got = [ac.get(next(gen), timeout=30) for _ in range(3)]
+            assert got == [(first, 0), (first, 1), (first, 2)]
+            ac.kill(g, no_restart=False)  # dropped while it waits for its next byte
+            wait_for(lambda: _restarted(g), 30, what="the actor restarted")
+            a.sendall(b"x")  # it makes one more item, after it was dropped
+            b, _ = srv.accept()  # the call again, on the next incarnation
+        with b:
+            second = b.recv(8).decode()
+            assert second != first
+            b.sendall(b"x" * n)
+            out: list = []
+            reader = threading.Thread(target=lambda: out.extend(ac.get(r) for r in gen))
+            reader.start()
+            reader.join(30)
+            assert not reader.is_alive(), f"the stream hangs after {got + out}"
+    assert ac.get(g.where.remote(), timeout=30) == (pid, second)  # in the same worker
+    assert got + out == [(first, i) for i in range(3)] + [(second, i) for i in range(3, n)]

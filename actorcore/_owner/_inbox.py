@@ -123,6 +123,7 @@ class Inbox:
             self._rt.deliver_handed()
         self.draining = True
         events = self._events
+        rt = self._rt
         try:
             while events:
                 batch = []
@@ -132,5 +133,7 @@ class Inbox:
                     self._process(batch)
                 except Exception:
                     logger.exception("the owner core failed on %d event(s)", len(batch))
+                if rt.handed_conns:  # read meanwhile: a waiter just registered gets it now
+                    rt.deliver_handed()
         finally:
             self.draining = False

@@ -40,6 +40,9 @@ class ObjectShell:
         self.core = ObjectCore(rt.my_id)
         self.table = self.core.table  # other threads read it (published values only)
         self.inbox = Inbox(rt, self._process)
+        # watches queued quietly and not handled yet (id -> event): a caller that read
+        # a reply itself looks here to see whether another waiter needs the loop now
+        self.quiet_watches: dict[int, Any] = {}
         self._queue = self.inbox.put_quietly
         self._run: dict[type, Callable[[Any], None]] = {
             E.FreeStore: self._free,
@@ -124,7 +127,9 @@ class ObjectShell:
         completion drained before this event was queued) needs a drain now. The
         runtime's flush is armed as a backstop either way.
         """
-        self.note(E.Watch(refs, cb))
+        ev = E.Watch(refs, cb)
+        self.quiet_watches[id(ev)] = ev  # (before it is queued: see _own_reply)
+        self.note(ev)
         if self.rt.handed_conns:  # a value read off a connection may be among them
             self.inbox.wake()
             return
@@ -169,7 +174,12 @@ class ObjectShell:
         return box[0]
 
     def _process(self, events: list[Any]) -> None:
-        carry_out(self.core.handle(events), self._run)
+        try:
+            carry_out(self.core.handle(events), self._run)
+        finally:
+            if self.quiet_watches:  # (handled: registered, or woken)
+                for ev in events:
+                    self.quiet_watches.pop(id(ev), None)
 
     # --- instructions ----------------------------------------------------------------------
 

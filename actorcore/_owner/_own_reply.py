@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .._caller_read import LoopClaim, read_reply
+from .._caller_read import claim_reply, read_reply
 from .._refcount import INLINE, PENDING
 from .._serialization import loads_payload
 
@@ -75,7 +75,10 @@ def _value(rt: CoreRuntime, oid: bytes, conn: Any, reply: Any, others: bool) -> 
             return NO_REPLY
     else:
         rt.handed_conns.append(conn)
-        rt._schedule_flush()  # (at the latest: any inbox drain before comes first)
+        if rt.objects.quiet_watches or _watched(rt, oid):
+            rt.kick_handed()  # another thread or loop waits on it: the loop delivers now
+        else:
+            rt._schedule_flush()  # (at the latest: any inbox drain before comes first)
     results = getattr(reply, "results", None)
     if results is None or len(results) != 1 or results[0][0] != INLINE or results[0][2]:
         rt.kick_handed()  # an error or another kind of value: the loop's way, now
@@ -85,6 +88,13 @@ def _value(rt: CoreRuntime, oid: bytes, conn: Any, reply: Any, others: bool) -> 
         rt.register_borrows(refs, oid)
     _last.answered = True
     return value
+
+
+def _watched(rt: CoreRuntime, oid: bytes) -> bool:
+    """Whether a waiter is on ``oid`` (read after the reply was handed on: a waiter the
+    loop registers later finds it there, see ``Inbox.drain``)."""
+    e = rt.table.entries.get(oid)
+    return e is not None and bool(e.waiters)
 
 
 def own_reply(rt: CoreRuntime, oid: bytes, timeout: float | None) -> Any:
@@ -111,8 +121,8 @@ async def own_reply_async(rt: CoreRuntime, oid: bytes) -> Any:
     if found is None:
         return NO_REPLY
     conn, rid, waiting, hand_on = found
-    claim = LoopClaim(conn, rid, waiting, hand_on)
-    if not claim.start():
+    claim = claim_reply(conn, rid, waiting, hand_on)
+    if claim is None:
         return NO_REPLY
     try:
         reply, others = await claim.wait()

@@ -88,7 +88,7 @@ class GeneratorStreams:
 
     def item(self, peer: Any, msg: P.GeneratorItemMsg) -> None:
         node_id = bytes(msg.node_id) if msg.node_id else None
-        self.post(S.ItemsArrived(msg.stream_id, msg.start, msg.items, peer, node_id))
+        self.post(S.ItemsArrived(msg.stream_id, msg.start, msg.items, peer, node_id, msg.rid))
 
     def consumed(self, stream_id: bytes, n: int) -> None:
         self.post(S.ItemsConsumed(stream_id, n))

@@ -13,7 +13,11 @@ has to stop), or at once when the worker may be paused.
 
 A retried attempt (its worker died, or an actor restarted) starts again from
 item 0: the items already delivered are dropped (``DropItems``), and the new
-producer is told at once how far the consumer got. A stream whose generator
+producer is told at once how far the consumer got. Attempts are told apart by
+the rid of the call's send (a retry is sent with a newer one), not by where
+they run: an actor restarted in the same worker gets the retry on the same
+connection, under the same stream id. Items of an older attempt that come
+late, and those made after an actor was dropped, are dropped. A stream whose generator
 was dropped by the consumer cancels its producer and drops what still comes.
 
 :class:`StreamCore` is driven by ``handle(events) -> instructions``; the shell
@@ -64,6 +68,7 @@ class ItemsArrived:
     items: list[Any]
     peer: Any
     node_id: bytes | None = None
+    rid: int = 0  # the attempt (the rid its call was sent with); -1: nobody may read them
 
 
 @dataclass(slots=True)
@@ -138,7 +143,16 @@ class CancelProducer:
 class StreamState:
     """One stream as its owner knows it."""
 
-    __slots__ = ("acked", "backpressure", "consumed", "delivered", "dropped", "peer", "sent")
+    __slots__ = (
+        "acked",
+        "backpressure",
+        "consumed",
+        "delivered",
+        "dropped",
+        "peer",
+        "rid",
+        "sent",
+    )
 
     def __init__(self, backpressure: int) -> None:
         self.backpressure = backpressure
@@ -147,6 +161,7 @@ class StreamState:
         self.acked = 0  # the last ``consumed`` told to the producer
         self.sent = 0  # items the current producer sent (it restarts at 0 on a retry)
         self.peer: Any = None  # the current producer
+        self.rid = 0  # its attempt (the rid of the call's send)
         self.dropped = False
 
 
@@ -179,11 +194,12 @@ class StreamCore:
     def _on_items(self, ev: ItemsArrived) -> None:
         st = self.streams.get(ev.stream_id)
         items = ev.items
-        if st is None:
+        if st is None or ev.rid < 0 or ev.rid < st.rid:  # (or of an earlier attempt)
             self._out.append(DropItems(items))
             return
-        if ev.peer is not st.peer:  # a new attempt: tell it at once how far we are
+        if ev.rid != st.rid or ev.peer is not st.peer:  # a new attempt: tell it how far we are
             st.peer = ev.peer
+            st.rid = ev.rid
             st.sent = 0
             if st.backpressure and st.consumed:
                 self._ack(st, ev.stream_id)
