@@ -224,13 +224,17 @@ class WorkerRuntime(CoreRuntime):
             results, reg, waits = [encode_error(e, call.name)] * len(call.return_ids), None, None
         finally:
             current_task.reset(token)
+        await self._settle(call, reg, waits)
+        self._reply(call, results, None, None)
+
+    async def _settle(self, call: Call, reg: Any, waits: Any) -> None:
+        """Before an async call's reply, off the loop's back: the owners of refs it
+        borrows or lends have acknowledged, and the caller reads again (back-pressure)."""
         if reg is not None or waits:
             await self.loop.run_in_executor(None, self._wait_all, reg, waits)
-            reg = waits = None
         conn = call.peer.conn
-        if conn is not None and conn.congested:  # back-pressure: the caller is not reading
+        if conn is not None and conn.congested:  # the caller is not reading
             await _drain(conn)
-        self._reply(call, results, reg, waits)
 
     @staticmethod
     def _wait_all(reg: Any, waits: Any) -> None:
@@ -485,14 +489,9 @@ class WorkerRuntime(CoreRuntime):
                 results, reg, waits = _failed(call, e)
             finally:
                 current_task.reset(token)
-            if reg is not None or waits:
-                await self.loop.run_in_executor(None, self._wait_all, reg, waits)
-                reg = waits = None
-            conn = call.peer.conn
-            if conn is not None and conn.congested:  # back-pressure: the caller is not reading
-                await _drain(conn)
+            await self._settle(call, reg, waits)
             # the only call of its actor: the reply need not wait for others this turn
-            self._reply(call, results, reg, waits, mb.running == 1 and not mb.queue)
+            self._reply(call, results, None, None, mb.running == 1 and not mb.queue)
         finally:
             mb.async_ended(call)
 
